@@ -1,0 +1,58 @@
+"""The `qw` command: parsing and wiring only. Every command calls one function of a stage module."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from datagen import __version__
+from datagen.errors import QwError
+
+log = logging.getLogger("qw")
+
+
+class QwGroup(click.Group):
+    """A click group that turns `QwError` into one line on stderr and its exit code (traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QwError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"qw: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=QwGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="qw")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def main(verbose: int, quiet: bool, debug: bool) -> None:
+    """qw: training data for neural temporal anti-aliasing, and QW-Net trained and quantized on it.
+
+    \b
+    Pipeline:
+      qw datagen capture   render or capture shots   -> captures/<scene>/<shot>/ (EXR + capture.json)
+      qw datagen build     tile captures with Dask   -> blocks.zarr (256x256x8 blocks)
+      qw train             train QW-Net               -> runs/NAME/last.pt
+      qw quantize          4/8-bit fine-tuning        -> runs/NAME-q/last.pt
+      qw eval / infer / export
+    """
+    level = logging.WARNING if quiet else (logging.INFO, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+@main.group()
+def datagen() -> None:
+    """Make training data: capture shots, validate them, plan and build the block store."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The builtin OpenGL renderer and its scenes: captures without Unreal."""

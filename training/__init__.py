@@ -1,0 +1,1 @@
+"""QW-Net: model, training, quantization, evaluation, inference and export."""
