@@ -1,0 +1,178 @@
+"""Scene and dataset manifests: YAML read with a safe loader and validated against a schema on load.
+
+A *scene manifest* (``manifests/scenes/<name>.yaml``) says how to capture one scene: its backend (``builtin`` or
+``ue4``), capture settings and shots. A *dataset manifest* (``manifests/datasets/<name>.yaml``) says which scenes
+go into a block store and how many blocks each contributes. Errors name the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from datagen.errors import QwError
+
+MANIFEST_ROOT = Path(os.environ.get("QW_MANIFESTS", Path(__file__).resolve().parent.parent / "manifests"))
+FILL_IN = "FILL_IN"  # marker for values the user must provide (project paths, level sequences)
+
+
+class ManifestError(QwError):
+    """A manifest file is missing, not YAML, or does not match its schema (exit status 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CaptureSettings(_Strict):
+    resolution: tuple[int, int] = Field(description="width, height in pixels")
+    fps: float = Field(gt=0)
+    reference_samples: int = Field(64, ge=1, description="supersampling samples per pixel of the reference")
+    jitter: Literal["halton23", "none", "engine"] = "halton23"
+    jitter_cycle: int = Field(8, ge=1)
+    mip_bias: float = 0.0
+    mode: Literal["render", "mrq", "bufvis"] = Field("render", description="render: builtin; mrq/bufvis: Unreal")
+
+
+class Shot(_Strict):
+    name: str
+    start: int = Field(ge=0, description="first source frame")
+    end: int = Field(description="one past the last source frame")
+    split: Literal["train", "val", "test"] = "train"
+    camera_cuts: list[int] = Field(default_factory=list, description="source frames that start a new camera cut")
+
+    @model_validator(mode="after")
+    def _range(self) -> "Shot":
+        if self.end <= self.start:
+            raise ValueError(f"shot {self.name!r}: end ({self.end}) must be greater than start ({self.start})")
+        bad = [c for c in self.camera_cuts if not self.start <= c < self.end]
+        if bad:
+            raise ValueError(f"shot {self.name!r}: camera_cuts {bad} outside [{self.start}, {self.end})")
+        return self
+
+    @property
+    def frame_count(self) -> int:
+        return self.end - self.start
+
+
+class BuiltinSource(_Strict):
+    builder: str = Field(description="name of a scene builder in datagen.builtin.scenes")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class UnrealSource(_Strict):
+    engine_version: str = Field(description="e.g. '4.27' or '5.3'")
+    project: str = Field(description=f"path to the .uproject; may use $ENV vars; '{FILL_IN}' until set")
+    map: str = Field(description="/Game/... map asset path")
+    level_sequence: str = Field(description=f"/Game/... Level Sequence asset; '{FILL_IN}' until set")
+    notes: str = ""
+
+    def unfilled(self) -> list[str]:
+        """Fields the user still has to fill in (value is FILL_IN or an unset environment variable)."""
+        return [f for f in ("project", "map", "level_sequence")
+                if FILL_IN in (v := getattr(self, f)) or "$" in os.path.expandvars(v)]
+
+
+class SceneManifest(_Strict):
+    name: str
+    description: str = ""
+    backend: Literal["builtin", "ue4"]
+    seed: int = 0
+    capture: CaptureSettings
+    builtin: BuiltinSource | None = None
+    unreal: UnrealSource | None = None
+    shots: list[Shot] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> "SceneManifest":
+        if self.backend == "builtin" and self.builtin is None:
+            raise ValueError("backend 'builtin' needs a 'builtin' section (builder, params)")
+        if self.backend == "ue4" and self.unreal is None:
+            raise ValueError("backend 'ue4' needs an 'unreal' section (engine_version, project, map, level_sequence)")
+        names = [s.name for s in self.shots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate shot names in {names}")
+        return self
+
+    def shot(self, name: str) -> Shot:
+        for s in self.shots:
+            if s.name == name:
+                return s
+        raise ManifestError(f"scene {self.name!r} has no shot {name!r}; shots are {[s.name for s in self.shots]}")
+
+
+class DatasetScene(_Strict):
+    scene: str
+    budget: int = Field(ge=0, description="number of blocks this scene contributes")
+
+
+class ContentFilter(_Strict):
+    candidates: int = Field(4, ge=1, description="tile positions tried per window; the most aliased is kept")
+
+
+class DatasetManifest(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    frames: int = Field(8, ge=2, description="frames per block (T)")
+    tile: int = Field(256, ge=16, description="block height and width in pixels")
+    total_blocks: int = Field(ge=1)
+    scenes: list[DatasetScene] = Field(min_length=1)
+    content_filter: ContentFilter | None = None
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "DatasetManifest":
+        total = sum(s.budget for s in self.scenes)
+        if total != self.total_blocks:
+            raise ValueError(f"scene budgets sum to {total}, but total_blocks is {self.total_blocks}")
+        return self
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _validate(model: type[BaseModel], path: Path):
+    try:
+        return model.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ManifestError(f"{path}: field {where}: {msg}") from None
+
+
+def load_scene_manifest(path: str | os.PathLike) -> SceneManifest:
+    return _validate(SceneManifest, Path(path))
+
+
+def load_dataset_manifest(path: str | os.PathLike) -> DatasetManifest:
+    return _validate(DatasetManifest, Path(path))
+
+
+def scene_paths(root: Path = MANIFEST_ROOT) -> dict[str, Path]:
+    """Known scene names (lower case) → manifest path."""
+    return {p.stem.lower(): p for p in sorted((Path(root) / "scenes").glob("*.yaml"))}
+
+
+def find_scene(name_or_path: str, root: Path = MANIFEST_ROOT) -> SceneManifest:
+    """A scene by name (case-insensitive, e.g. 'Kite') or by manifest path."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        return load_scene_manifest(name_or_path)
+    known = scene_paths(root)
+    key = name_or_path.lower().replace(" ", "").replace("_", "")
+    if key not in known:
+        raise ManifestError(f"unknown scene {name_or_path!r}; known scenes: {', '.join(known) or '(none)'}")
+    return load_scene_manifest(known[key])
