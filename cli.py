@@ -54,5 +54,30 @@ def datagen() -> None:
     """Make training data: capture shots, validate them, plan and build the block store."""
 
 
+@datagen.command("validate")
+@click.argument("capture_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--tolerance", default=0.25, show_default=True, type=float,
+              help="Reprojection: a pixel agrees when its motion is within this many pixels (+ --rel-tolerance).")
+@click.option("--rel-tolerance", default=0.02, show_default=True, type=float,
+              help="Reprojection: extra tolerance as a fraction of the expected motion's length.")
+@click.option("--min-agree", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Reprojection: fraction of a frame's pixels that must agree (moving objects disagree).")
+@click.option("--max-problems", default=20, show_default=True, type=int, help="Problems listed per shot.")
+def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_problems) -> None:
+    """Check captures against the qw-capture/1 contract; exit status 0 only if every shot passes.
+
+    Each CAPTURE_DIR is a shot (captures/kite/shot01) or any folder above shots (captures/). Checks:
+    capture.json (present, known version), every pass present for every frame with contiguous numbering,
+    checksums, EXR channels and dtypes, resolution, no NaN/Inf, plausible motion, and motion against a
+    depth + camera reprojection when camera matrices are recorded. Prints one line per shot and the
+    failing files with their problems.
+    """
+    from datagen.validate import ReprojectionTolerance, validate_paths
+
+    tol = ReprojectionTolerance(abs_px=tolerance, rel=rel_tolerance, min_agree=min_agree)
+    if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo):
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -227,12 +227,22 @@ def read_exr(path: str | os.PathLike, channels: tuple[str, ...], dtype: type | N
             planes = [stored[c].pixels for c in channels]
     except CaptureError:
         raise
-    except Exception as exc:  # OpenEXR raises RuntimeError for truncated and non-EXR files
-        raise CaptureError(f"{path}: not a readable EXR file ({exc})") from None
+    except Exception:  # OpenEXR raises RuntimeError("Unable to open") for truncated and non-EXR files alike
+        raise CaptureError(f"{path}: {_unreadable_reason(path)}") from None
     image = np.stack(planes, axis=-1)
     if dtype is not None and image.dtype != dtype:
         raise CaptureError(f"{path}: channels stored as {image.dtype}, expected {np.dtype(dtype)}")
     return image
+
+
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+
+
+def _unreadable_reason(path: Path) -> str:
+    """Tell a file that is not an EXR at all from an EXR that is truncated or corrupt (by its magic number)."""
+    with open(path, "rb") as f:
+        head = f.read(len(EXR_MAGIC))
+    return "truncated or corrupt EXR file" if head == EXR_MAGIC else "not an EXR file (no OpenEXR magic number)"
 
 
 def write_frame(shot: str | os.PathLike, pass_name: str, index: int, image: np.ndarray) -> Path:

@@ -1,0 +1,249 @@
+"""`datagen.validate` and `qw datagen validate` on real synthetic captures, valid and deliberately broken."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from capture_helpers import FRAMES, HEIGHT, WIDTH, make_capture, ndc_grid, perspective
+from click.testing import CliRunner
+
+from cli import main
+from datagen.capture_format import META_FILE, finish_capture, frame_path, load_meta, write_exr, write_frame
+from datagen.validate import reprojected_motion, validate_capture
+
+
+@pytest.fixture(scope="module")
+def good_shot(tmp_path_factory) -> Path:
+    shot = tmp_path_factory.mktemp("captures") / "synthetic" / "good"
+    make_capture(shot)
+    return shot
+
+
+@pytest.fixture
+def shot(tmp_path) -> Path:
+    path = tmp_path / "synthetic" / "s1"
+    make_capture(path)
+    return path
+
+
+def refinish(shot: Path) -> None:
+    """Re-checksum after a corruption so that only the check under test fails."""
+    finish_capture(shot, load_meta(shot))
+
+
+def test_valid_capture_passes_every_check(good_shot):
+    report = validate_capture(good_shot)
+    assert report.ok, report.problems
+    assert {c.name: c.status for c in report.checks.values()} == dict.fromkeys(report.checks, "pass")
+    assert report.lowest_agreement == 1.0
+
+
+# ------------------------------------------------------------------------------------------- reprojection
+
+
+def test_reprojected_motion_matches_analytic_translation(good_shot):
+    from capture_helpers import analytic_motion, plane_depth
+
+    meta = load_meta(good_shot)
+    proj = np.asarray(meta.cameras[0].projection)
+    for i in range(1, FRAMES):
+        depth = np.full((HEIGHT, WIDTH), plane_depth(i))
+        got = reprojected_motion(depth, meta.cameras[i - 1], meta.cameras[i], WIDTH, HEIGHT)
+        expected = analytic_motion(i, proj)
+        assert np.abs(expected).max() > 0.5  # the move is large enough for the comparison to mean something
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_reprojected_motion_of_a_pure_rotation_ignores_depth():
+    """Camera yaws by 2° about +Y: motion depends on the pixel only, whatever the (random) depth."""
+    proj = perspective()
+    angle = math.radians(2.0)
+    c, s = math.cos(angle), math.sin(angle)
+    rot_y = np.array([[c, 0, s, 0], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1]])
+    cam_prev = {"view": np.eye(4), "projection": proj}
+    cam_cur = {"view": rot_y.T, "projection": proj}  # view = inverse of the camera's rotation
+    depth = np.random.default_rng(1).uniform(1, 50, (HEIGHT, WIDTH))
+    got = reprojected_motion(depth, cam_prev, cam_cur, WIDTH, HEIGHT)
+
+    # Direction through each pixel in the current camera, rotated into the previous camera's frame.
+    nx, ny = ndc_grid()
+    x, y, z = nx / proj[0, 0], ny / proj[1, 1], -np.ones_like(nx)
+    x_prev, z_prev = c * x + s * z, -s * x + c * z
+    nx_prev, ny_prev = proj[0, 0] * x_prev / -z_prev, proj[1, 1] * y / -z_prev
+    expected = np.stack([(nx - nx_prev) * WIDTH / 2, -(ny - ny_prev) * HEIGHT / 2], axis=-1)
+    assert np.abs(expected[..., 0]).mean() > 0.5
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_reprojected_motion_marks_invalid_depth_nan():
+    proj = perspective()
+    depth = np.full((HEIGHT, WIDTH), 5.0)
+    depth[0, 0], depth[1, 1] = 0.0, np.inf
+    got = reprojected_motion(depth, (np.eye(4), proj), (np.eye(4), proj), WIDTH, HEIGHT)
+    assert np.isnan(got[0, 0]).all() and np.isnan(got[1, 1]).all()
+    assert np.abs(got[2:, 2:]).max() < 1e-9  # no camera move: zero motion elsewhere
+
+
+def test_sign_flipped_motion_fails_reprojection(tmp_path):
+    shot = tmp_path / "flipped"
+    make_capture(shot, motion_sign=-1.0)
+    report = validate_capture(shot)
+    assert report.failed_checks == ["reprojection"]
+    assert len(report.problems) == FRAMES - 1  # every frame with history
+    assert str(frame_path(shot, "motion", 1)) in report.problems[0]
+    assert "agree with the depth + camera reprojection" in report.problems[0]
+
+
+def test_reprojection_skipped_without_cameras(tmp_path):
+    shot = tmp_path / "nocam"
+    make_capture(shot, cameras=False)
+    report = validate_capture(shot)
+    assert report.ok and report.checks["reprojection"].status == "skip"
+
+
+# ------------------------------------------------------------------------------------------- contract violations
+
+
+def _delete(shot):
+    path = frame_path(shot, "color", 2)
+    path.unlink()
+    return path, "files", "missing frame"
+
+
+def _extra_frame(shot):
+    path = frame_path(shot, "depth", FRAMES)
+    write_frame(shot, "depth", FRAMES, np.ones((HEIGHT, WIDTH, 1)))
+    return path, "files", "unexpected file"
+
+
+def _truncate(shot):
+    path = frame_path(shot, "motion", 1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    refinish(shot)
+    return path, "readable", "truncated or corrupt EXR"
+
+
+def _not_exr(shot):
+    path = frame_path(shot, "depth", 1)
+    path.write_text("this is not an image\n")
+    refinish(shot)
+    return path, "readable", "not an EXR file"
+
+
+def _missing_channel(shot):
+    path = frame_path(shot, "color", 1)
+    write_exr(path, np.ones((HEIGHT, WIDTH, 2)), ("R", "G"), np.float16)
+    refinish(shot)
+    return path, "readable", "missing channel(s) ['B']"
+
+
+def _wrong_dtype(shot):
+    path = frame_path(shot, "color", 1)
+    write_exr(path, np.ones((HEIGHT, WIDTH, 3)), ("R", "G", "B"), np.float32)
+    refinish(shot)
+    return path, "readable", "expected float16"
+
+
+def _wrong_resolution(shot):
+    path = frame_path(shot, "reference", 3)
+    write_frame(shot, "reference", 3, np.ones((HEIGHT // 2, WIDTH, 3)))
+    refinish(shot)
+    return path, "resolution", f"resolution {WIDTH}x{HEIGHT // 2}, capture.json says {WIDTH}x{HEIGHT}"
+
+
+def _pixels(value):
+    def corrupt(shot):
+        path = frame_path(shot, "reference", 2)
+        image = np.ones((HEIGHT, WIDTH, 3))
+        image[5, 7, 1] = value
+        write_frame(shot, "reference", 2, image)
+        refinish(shot)
+        return path, "finite", f"1 pixel(s) with {'NaN' if np.isnan(value) else 'Inf'} values, first at x=7, y=5"
+    return corrupt
+
+
+def _checksum(shot):
+    path = frame_path(shot, "color", 0)
+    write_frame(shot, "color", 0, np.zeros((HEIGHT, WIDTH, 3)))
+    return path, "checksums", "sha256 does not match"
+
+
+def _implausible_motion(shot):
+    path = frame_path(shot, "motion", 0)
+    motion = np.zeros((HEIGHT, WIDTH, 2))
+    motion[3, 4] = (0.0, 1e4)
+    write_frame(shot, "motion", 0, motion)
+    refinish(shot)
+    return path, "motion range", f"implausible motion of 10000.0 px (first at x=4, y=3); limit is max(width, " \
+                                 f"height) = {WIDTH}"
+
+
+def _no_meta(shot):
+    path = shot / META_FILE
+    path.unlink()
+    return path, "capture.json", "missing (the capture is incomplete"
+
+
+def _newer_meta(shot):
+    path = shot / META_FILE
+    meta = json.loads(path.read_text())
+    meta["format"] = "qw-capture/2"
+    path.write_text(json.dumps(meta))
+    return path, "capture.json", "newer than this qw reads"
+
+
+def _bad_json(shot):
+    path = shot / META_FILE
+    path.write_text("{not json")
+    return path, "capture.json", "not valid JSON"
+
+
+CORRUPTIONS = {
+    "missing frame": _delete, "extra frame": _extra_frame, "truncated EXR": _truncate, "not an EXR": _not_exr,
+    "missing channel": _missing_channel, "wrong dtype": _wrong_dtype, "wrong resolution": _wrong_resolution,
+    "NaN pixels": _pixels(np.nan), "Inf pixels": _pixels(np.inf), "checksum mismatch": _checksum,
+    "implausible motion": _implausible_motion, "capture.json missing": _no_meta,
+    "capture.json newer version": _newer_meta, "capture.json not JSON": _bad_json,
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_each_violation_fails_its_check_naming_file_and_problem(shot, corrupt):
+    path, check, problem = corrupt(shot)
+    report = validate_capture(shot)
+    assert not report.ok
+    assert report.failed_checks == [check], report.problems
+    assert any(p.startswith(f"{path}: ") and problem in p for p in report.problems), report.problems
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_validates_a_root_of_shots_and_fails_on_any_bad_one(tmp_path):
+    good, bad = tmp_path / "scene" / "a", tmp_path / "scene" / "b"
+    make_capture(good, frames=2)
+    make_capture(bad, frames=2)
+    (bad / META_FILE).unlink()
+
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "1 shot(s): 1 passed, 0 failed" in result.output
+
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.startswith(str(good)) and "PASS" in line for line in lines)
+    assert any(line.startswith(str(bad)) and "FAIL: capture.json" in line for line in lines)
+    assert f"{bad / META_FILE}: missing" in result.output
+    assert "2 shot(s): 1 passed, 1 failed" in result.output
+
+
+def test_cli_reports_a_directory_without_captures_as_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["datagen", "validate", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"qw: error: {tmp_path}: no capture here (no capture.json or pass folders " \
+                                    f"['color', 'reference', 'motion', 'depth'] at or below it)"
