@@ -1,0 +1,207 @@
+"""QW-Net: a recurrent feature extractor U_e (U-Net) predicting per-pixel kernels for a filter pyramid U_f.
+
+    I_w^k = warp(I_o^{k-1}, I_v^k)           (history; the current input on a block's first frame and after cuts)
+    I_o^k = U_f(U_e(I_a^k, I_w^k), I_a^k, I_w^k)
+
+Structure the quantizer relies on (names are stable):
+
+* ``model.extractor`` is U_e. Every convolution in it is a `ConvBNAct` (``.conv``, ``.bn``, ``.act``); the first
+  one is ``model.extractor.first``. Encoder: two 3×3 convs per scale, 2×2 max pool between scales. Decoder: 2×2
+  nearest upsample, concat skip, 1×1 projection, ``decoder_convs[i]`` 3×3 convs.
+* ``model.filter`` is U_f. Its only weights are the 1×1 kernel-prediction convs ``model.filter.predictors``
+  (one per scale, on the U_e decoder output of that scale); softmax, kernel application, pooling and upsampling
+  are the functions below.
+
+Filter pyramid, per scale s (full resolution s=0 … bottleneck s=n−1), weights shared by R, G, B:
+  s=0:      18 weights, two 3×3 kernels on I_a and I_w summed (one softmax over all 18) -> skip_0;
+            10 weights for the output up filter.
+  0<s<n−1:  2×2 average pool, 9 weights (3×3 kernel) -> skip_s; 10 weights for the up filter.
+  s=n−1:    2×2 average pool, 9 weights (3×3 kernel).
+  up:       bilinear 2× upsample, 3×3 kernel (9) + 1 weight on skip_s, one softmax over the 10.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.config import ModelConfig
+from training.hdr import compress
+from training.warp import warp
+
+# Rec. 709 luma weights, applied to the range-compressed colour for the optional input processing.
+LUMA = (0.2126, 0.7152, 0.0722)
+KERNEL = 9          # 3×3 kernel weights
+INPUT_WEIGHTS = 2 * KERNEL
+UP_WEIGHTS = KERNEL + 1
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (same padding) → BatchNorm2d or Identity → ELU or ReLU. The unit the quantizer replaces."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, activation: str):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm == "none")
+        self.bn = nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity()
+        self.act = nn.ELU() if activation == "elu" else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class FeatureExtractor(nn.Module):
+    """U_e: returns the decoder output at every scale (full resolution first, the bottleneck last)."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        w = cfg.widths
+        unit = lambda cin, cout, k: ConvBNAct(cin, cout, k, cfg.norm, cfg.activation)  # noqa: E731
+        self.encoder = nn.ModuleList(
+            nn.Sequential(unit(in_channels if s == 0 else w[s - 1], w[s], 3), unit(w[s], w[s], 3))
+            for s in range(len(w))
+        )
+        self.decoder = nn.ModuleList(
+            nn.Sequential(unit(w[s + 1] + w[s], w[s], 1), *(unit(w[s], w[s], 3) for _ in range(cfg.decoder_convs[s])))
+            for s in range(len(w) - 1)
+        )
+
+    @property
+    def first(self) -> ConvBNAct:
+        """The convolution that sees the network input (8-bit weights and input in the quantization plan)."""
+        return self.encoder[0][0]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for s, block in enumerate(self.encoder):
+            x = block(x if s == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        features = [x]
+        for s in reversed(range(len(self.decoder))):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = self.decoder[s](torch.cat([x, skips[s]], dim=1))
+            features.insert(0, x)
+        return features
+
+
+def predictor_outputs(num_scales: int) -> list[int]:
+    """Kernel weights predicted per scale, full resolution first."""
+    return [INPUT_WEIGHTS + UP_WEIGHTS] + [KERNEL + UP_WEIGHTS] * (num_scales - 2) + [KERNEL]
+
+
+def apply_kernel(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-pixel 3×3 filter: image (B,C,H,W), weights (B,9,H,W) in row-major kernel order, the same for every C.
+
+    Borders replicate, so normalized weights keep a constant image constant.
+    """
+    h, w = image.shape[-2:]
+    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    out = image.new_zeros(())
+    for k in range(KERNEL):
+        dy, dx = divmod(k, 3)
+        out = out + weights[:, k:k + 1] * padded[..., dy:dy + h, dx:dx + w]
+    return out
+
+
+def filter_pyramid(weights: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """U_f's filtering, given the raw (pre-softmax) predictor outputs per scale; acts on linear colour."""
+    n = len(weights)
+    full = torch.softmax(weights[0][:, :INPUT_WEIGHTS].float(), dim=1)
+    x = apply_kernel(color, full[:, :KERNEL]) + apply_kernel(history, full[:, KERNEL:])
+    skips = [x]
+    for s in range(1, n):
+        down = torch.softmax(weights[s][:, :KERNEL].float(), dim=1)
+        x = apply_kernel(F.avg_pool2d(x, 2), down)
+        skips.append(x)
+    for s in reversed(range(n - 1)):
+        up = torch.softmax(weights[s][:, -UP_WEIGHTS:].float(), dim=1)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = apply_kernel(x, up[:, :KERNEL]) + up[:, KERNEL:] * skips[s]
+    return x
+
+
+class KernelFilter(nn.Module):
+    """U_f: 1×1 kernel-prediction convs (the only weights) and the filter pyramid."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.predictors = nn.ModuleList(
+            nn.Conv2d(width, count, 1) for width, count in zip(cfg.widths, predictor_outputs(cfg.num_scales))
+        )
+
+    def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history)
+
+    def kernel_macs(self, height: int, width: int, channels: int = 3) -> list[int]:
+        """Multiply-adds of kernel application per scale: every predicted weight multiplies one value per channel."""
+        return [count * channels * (height >> s) * (width >> s)
+                for s, count in enumerate(predictor_outputs(len(self.predictors)))]
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Central-difference gradient magnitude with replicated borders (eps keeps sqrt differentiable at 0)."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    dx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) * 0.5
+    dy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) * 0.5
+    return torch.sqrt(dx * dx + dy * dy + 1e-12)
+
+
+def input_features(color: torch.Tensor, history: torch.Tensor, processing: bool) -> torch.Tensor:
+    """U_e's input from range-compressed colour and history: 6 channels, or 10 with grayscale and gradients."""
+    if not processing:
+        return torch.cat([color, history], dim=1)
+    luma = color.new_tensor(LUMA).view(1, 3, 1, 1)
+    gray_c, gray_h = (color * luma).sum(1, keepdim=True), (history * luma).sum(1, keepdim=True)
+    return torch.cat([color, history, gray_c, gray_h, gradient_magnitude(gray_c), gradient_magnitude(gray_h)], 1)
+
+
+def input_channels(cfg: ModelConfig) -> int:
+    return 10 if cfg.input_processing else 6
+
+
+class QWNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.extractor = FeatureExtractor(cfg, input_channels(cfg))
+        self.filter = KernelFilter(cfg)
+
+    def step(self, color: torch.Tensor, history_warped: torch.Tensor) -> torch.Tensor:
+        """One frame: colour and warped history (B,3,H,W, linear HDR, H and W multiples of 16) -> output."""
+        m = self.cfg.size_multiple
+        if color.shape[-2] % m or color.shape[-1] % m:
+            raise ValueError(f"QWNet.step needs height and width divisible by {m}, got {tuple(color.shape[-2:])}; "
+                             "QWNet.forward pads other sizes")
+        features = self.extractor(input_features(compress(color, self.cfg.hdr), compress(history_warped, self.cfg.hdr),
+                                                 self.cfg.input_processing))
+        return self.filter(features, color, history_warped)
+
+    def forward(self, color_seq: torch.Tensor, motion_seq: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
+        """Run the recurrence over (B,T,3,H,W) colour, (B,T,2,H,W) motion, (B,T) bool -> (B,T,3,H,W) float32.
+
+        Sizes that are not multiples of 16 are reflect-padded at the bottom/right and cropped back.
+        """
+        h, w = color_seq.shape[-2:]
+        color_seq, motion_seq = pad_to_multiple(color_seq, self.cfg.size_multiple), pad_to_multiple(
+            motion_seq, self.cfg.size_multiple)
+        outputs, previous = [], None
+        for t in range(color_seq.shape[1]):
+            color = color_seq[:, t].float()
+            history = color
+            if previous is not None:
+                valid = history_valid[:, t].to(color.device).view(-1, 1, 1, 1)
+                history = torch.where(valid, warp(previous, motion_seq[:, t]), color)
+            previous = self.step(color, history)
+            outputs.append(previous)
+        return torch.stack(outputs, dim=1)[..., :h, :w]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad the last two dims of x (any leading dims) up to multiples of `multiple`."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return x
+    lead = x.shape[:-2]
+    padded = F.pad(x.reshape(-1, 1, h, w).float(), (0, pw, 0, ph), mode="reflect")
+    return padded.reshape(*lead, h + ph, w + pw).to(x.dtype)

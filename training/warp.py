@@ -1,0 +1,31 @@
+"""Backward warp of the previous frame by motion vectors (contract: pixels, +x right, +y down, current − previous).
+
+Pixel p of the current frame saw the surface that was at p − m(p) in the previous frame, so the warped history
+samples the previous image there, bilinearly. Samples outside the frame clamp to the border.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, H, W, 2) pixel-centre coordinates (x + 0.5, y + 0.5)."""
+    ys = torch.arange(h, device=device, dtype=dtype) + 0.5
+    xs = torch.arange(w, device=device, dtype=dtype) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=-1).unsqueeze(0)
+
+
+def warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels. Integer motion is an exact shift."""
+    b, _, h, w = image.shape
+    # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
+    motion = motion.to(torch.float32)
+    source = _pixel_grid(h, w, image.device, torch.float32) - motion.permute(0, 2, 3, 1)
+    # align_corners=False: normalized −1 and 1 are the outer pixel edges, so x_n = 2·x/W − 1 for a position x.
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=image.device)
+    grid = source * scale - 1.0
+    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(image.dtype)
