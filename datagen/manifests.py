@@ -70,6 +70,9 @@ class UnrealSource(_Strict):
     map: str = Field(description="/Game/... map asset path")
     level_sequence: str = Field(description=f"/Game/... Level Sequence asset; '{FILL_IN}' until set")
     notes: str = ""
+    cvars: dict[str, float | int | str] = Field(
+        default_factory=dict, description="extra console variables for both passes (override qw's defaults)")
+    warm_up_frames: int = Field(32, ge=0, description="frames rendered and discarded before each shot")
 
     def unfilled(self) -> list[str]:
         """Fields the user still has to fill in (value is FILL_IN or an unset environment variable)."""
@@ -167,12 +170,26 @@ def scene_paths(root: Path = MANIFEST_ROOT) -> dict[str, Path]:
     return {p.stem.lower(): p for p in sorted((Path(root) / "scenes").glob("*.yaml"))}
 
 
-def find_scene(name_or_path: str, root: Path = MANIFEST_ROOT) -> SceneManifest:
-    """A scene by name (case-insensitive, e.g. 'Kite') or by manifest path."""
+def dataset_paths(root: Path = MANIFEST_ROOT) -> dict[str, Path]:
+    """Known dataset names (lower case) → manifest path."""
+    return {p.stem.lower(): p for p in sorted((Path(root) / "datasets").glob("*.yaml"))}
+
+
+def _find(kind: str, name_or_path: str, known: dict[str, Path]) -> Path:
+    """A manifest path from a path ending in .yaml/.yml, or from a name looked up case-insensitively in `known`."""
     if name_or_path.endswith((".yaml", ".yml")):
-        return load_scene_manifest(name_or_path)
-    known = scene_paths(root)
+        return Path(name_or_path)
     key = name_or_path.lower().replace(" ", "").replace("_", "")
     if key not in known:
-        raise ManifestError(f"unknown scene {name_or_path!r}; known scenes: {', '.join(known) or '(none)'}")
-    return load_scene_manifest(known[key])
+        raise ManifestError(f"unknown {kind} {name_or_path!r}; known {kind}s: {', '.join(known) or '(none)'}")
+    return known[key]
+
+
+def find_scene(name_or_path: str, root: Path = MANIFEST_ROOT) -> SceneManifest:
+    """A scene by name (case-insensitive, e.g. 'Kite') or by manifest path."""
+    return load_scene_manifest(_find("scene", name_or_path, scene_paths(root)))
+
+
+def find_dataset(name_or_path: str, root: Path = MANIFEST_ROOT) -> DatasetManifest:
+    """A dataset by name (e.g. 'qwnet-paper') or by manifest path."""
+    return load_dataset_manifest(_find("dataset", name_or_path, dataset_paths(root)))
