@@ -54,6 +54,23 @@ def datagen() -> None:
     """Make training data: capture shots, validate them, plan and build the block store."""
 
 
+@main.command("scenes")
+@click.option("--dataset", metavar="NAME|FILE",
+              help="Only the scenes of this dataset manifest (e.g. qwnet-paper), with their block budgets.")
+@click.option("--manifests", "manifests_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Manifest folder holding scenes/ and datasets/ [default: the repository's manifests/].")
+def scenes(dataset, manifests_dir) -> None:
+    """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
+
+    builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
+    file and a filled-in level sequence. Every manifest is validated on the way: a broken one is an error.
+    """
+    from datagen.catalog import print_scenes
+    from datagen.manifests import MANIFEST_ROOT
+
+    print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
+
+
 @datagen.command("validate")
 @click.argument("capture_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--tolerance", default=0.25, show_default=True, type=float,
