@@ -1,0 +1,76 @@
+"""Each metric against a value computed by hand from its definition."""
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+
+def linear_for_display(value: float) -> float:
+    """The linear radiance that `tonemap` maps to `value` (inverse of gamma 2.2 then of Reinhard)."""
+    r = value ** metrics.DISPLAY_GAMMA
+    return r / (1 - r)
+
+
+def constant(value: float, shape=(32, 40)) -> np.ndarray:
+    return np.full(shape + (3,), value, np.float32)
+
+
+def test_tonemap_is_reinhard_then_gamma():
+    out = metrics.tonemap(np.array([[[0.0, 1.0, 3.0]]], np.float32))
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.5 ** (1 / 2.2), 0.75 ** (1 / 2.2)], rtol=1e-6)
+
+
+def test_psnr_matches_hand_computed_value():
+    # Tone-mapped 0.5 vs 0.6 everywhere: MSE 0.01 -> 20 dB. Half the pixels off by 0.2: MSE 0.02 -> 16.99 dB.
+    ref = constant(linear_for_display(0.5))
+    assert metrics.psnr(constant(linear_for_display(0.6)), ref) == pytest.approx(20.0, abs=1e-3)
+    half = ref.copy()
+    half[:16] = linear_for_display(0.7)
+    assert metrics.psnr(half, ref) == pytest.approx(10 * np.log10(1 / 0.02), abs=1e-3)
+    assert metrics.psnr(ref, ref) == metrics.PSNR_CAP_DB
+
+
+def test_ssim_of_constant_images_is_the_luminance_term():
+    # Constant images have zero variance, so SSIM = (2ab + C1) / (a² + b² + C1) with C1 = (0.01·1)².
+    a, b = 0.4, 0.7
+    c1 = 0.01 ** 2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    got = metrics.ssim(constant(linear_for_display(a)), constant(linear_for_display(b)))
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_ssim_drops_for_noise_and_is_one_for_identity():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 4, (48, 48, 3)).astype(np.float32)
+    assert metrics.ssim(img, img) == pytest.approx(1.0, abs=1e-9)
+    assert metrics.ssim(img + rng.normal(0, 0.5, img.shape).astype(np.float32), img) < 0.95
+
+
+def test_tpsnr_matches_hand_computed_value():
+    # Static reference; the output flickers from 0.5 to 0.6 (tone-mapped): the difference error is 0.1 -> 20 dB.
+    ref = constant(linear_for_display(0.3))
+    prev, cur = constant(linear_for_display(0.5)), constant(linear_for_display(0.6))
+    assert metrics.tpsnr(prev, cur, ref, ref) == pytest.approx(20.0, abs=1e-3)
+    # A steady output that is wrong but does not flicker is temporally perfect.
+    assert metrics.tpsnr(prev, prev, ref, ref) == metrics.PSNR_CAP_DB
+
+
+def test_flip_is_zero_for_identical_images_and_grows_with_error():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(0, 2, (64, 64, 3)).astype(np.float32)
+    assert metrics.flip(ref, ref) == 0.0
+    small = metrics.flip(ref * 1.05, ref)
+    large = metrics.flip(ref * 1.5, ref)
+    assert 0 < small < large
+
+
+def test_flip_crops_the_centre():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0, 2, (80, 100, 3)).astype(np.float32)
+    test = ref.copy()
+    test[:10] = 0  # damage only rows outside the centred 32×32 crop
+    assert metrics.flip(test, ref, crop=32) == 0.0
+    assert metrics.flip(test, ref, crop=None) > 0.0
+    assert metrics.center_crop(ref, 32).shape == (32, 32, 3)
+    np.testing.assert_array_equal(metrics.center_crop(ref, 32), ref[24:56, 34:66])
