@@ -1,0 +1,128 @@
+"""The `qw` command itself: help of every registered command, error reporting, and `qw scenes`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from datagen.catalog import opengl_blocker
+from datagen.manifests import MANIFEST_ROOT, ManifestError, scene_paths
+
+
+def all_commands(group: click.Group = main, path: tuple[str, ...] = ()):
+    """(path, command) for the root and every command and group below it."""
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+COMMANDS = dict(all_commands())
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(("qw", *p)))
+def test_every_command_has_useful_help(path):
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+    help_text = COMMANDS[path].help or ""
+    assert len(help_text.split()) >= 5, f"qw {' '.join(path)}: --help needs a description"
+
+
+def test_the_pipeline_commands_are_registered():
+    assert {("scenes",), ("datagen", "validate")} <= set(COMMANDS)
+
+
+def test_console_script_runs_help_fast():
+    """The installed `qw` starts without importing stage modules (torch, zarr …) for --help."""
+    qw = Path(sys.executable).with_name("qw")
+    result = subprocess.run([str(qw), "--help"], capture_output=True, text=True, timeout=60, check=True)
+    assert "datagen" in result.stdout and "scenes" in result.stdout
+    probe = "import sys, cli; cli.main(['--help'], standalone_mode=False); print(sorted(m for m in ('torch', " \
+            "'zarr', 'moderngl') if m in sys.modules))"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert imported.stdout.strip().endswith("[]"), imported.stdout
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("qw, version ")
+
+
+def test_user_errors_are_one_line_unless_debug(tmp_path):
+    missing = str(tmp_path / "none.yaml")
+    result = CliRunner().invoke(main, ["scenes", "--dataset", missing])
+    assert result.exit_code == 2
+    assert result.output == f"qw: error: {missing}: manifest file not found\n"
+    result = CliRunner().invoke(main, ["--debug", "scenes", "--dataset", missing])
+    assert isinstance(result.exception, ManifestError)  # raised through: the traceback is shown
+
+
+# ------------------------------------------------------------------------------------------- qw scenes
+
+
+def _scene_rows(output: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in output.splitlines()[1:] if not line.startswith(" ")}
+
+
+def test_scenes_lists_every_manifest(monkeypatch):
+    monkeypatch.delenv("QW_UE4_EDITOR", raising=False)
+    result = CliRunner().invoke(main, ["scenes"])
+    assert result.exit_code == 0, result.output
+    rows = _scene_rows(result.output)
+    assert set(rows) == set(scene_paths())
+    assert rows["kite"][1] == "ue4" and rows["kite"][-1] == "no"
+    assert "QW_UE4_EDITOR" in result.output
+
+
+def test_unreal_scene_runs_once_editor_project_and_sequence_are_set(tmp_path, monkeypatch):
+    editor = tmp_path / "UE4Editor-Cmd"
+    editor.write_text("#!/bin/sh\n")
+    editor.chmod(0o755)
+    (tmp_path / "projects" / "KiteDemo").mkdir(parents=True)
+    (tmp_path / "projects" / "KiteDemo" / "KiteDemo.uproject").write_text("{}")
+    scene = yaml.safe_load((MANIFEST_ROOT / "scenes" / "kite.yaml").read_text())
+    (tmp_path / "m" / "scenes").mkdir(parents=True)
+    manifest = tmp_path / "m" / "scenes" / "kite.yaml"
+    monkeypatch.setenv("QW_UE4_EDITOR", str(editor))
+    monkeypatch.setenv("QW_UE4_PROJECTS", str(tmp_path / "projects"))
+
+    manifest.write_text(yaml.safe_dump(scene))
+    result = CliRunner().invoke(main, ["scenes", "--manifests", str(tmp_path / "m")])
+    assert _scene_rows(result.output)["kite"][-1] == "no"
+    assert result.output.count("    - ") == 1 and "unreal.level_sequence still FILL_IN" in result.output
+
+    scene["unreal"]["level_sequence"] = "/Game/Cinematics/Kite.Kite"
+    manifest.write_text(yaml.safe_dump(scene))
+    result = CliRunner().invoke(main, ["scenes", "--manifests", str(tmp_path / "m")])
+    assert result.exit_code == 0 and _scene_rows(result.output)["kite"][-1] == "yes", result.output
+
+
+def test_builtin_scene_availability_follows_egl(tmp_path):
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "toy.yaml").write_text(yaml.safe_dump({
+        "name": "toy", "backend": "builtin", "builtin": {"builder": "toy"},
+        "capture": {"resolution": [64, 64], "fps": 30}, "shots": [{"name": "a", "start": 0, "end": 8}]}))
+    result = CliRunner().invoke(main, ["scenes", "--manifests", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    blocker = opengl_blocker()
+    assert _scene_rows(result.output)["toy"] == ["toy", "builtin", "1", "8", "1/0/0", "no" if blocker else "yes"]
+    assert (blocker or "") in result.output
+
+
+def test_egl_is_reported_missing_when_no_driver_loads():
+    """With no EGL vendor (glvnd) and no Mesa driver to load, the builtin backend is blocked with a reason."""
+    code = "from datagen.catalog import opengl_blocker; print(opengl_blocker())"
+    env = {**os.environ, "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json", "LIBGL_DRIVERS_PATH": "/nonexistent"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "needs an OpenGL 3.3+ context through EGL" in out

@@ -1,0 +1,162 @@
+"""Scene and dataset manifests: the repository's own, and broken ones rejected with one line and exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from datagen.manifests import (
+    FILL_IN,
+    MANIFEST_ROOT,
+    ManifestError,
+    dataset_paths,
+    find_dataset,
+    find_scene,
+    load_scene_manifest,
+    scene_paths,
+)
+
+UNREAL_SCENES = ("infiltrator", "kite", "showdown", "zengarden")
+
+
+def test_every_repository_manifest_loads():
+    scenes = {name: load_scene_manifest(path) for name, path in scene_paths().items()}
+    assert set(UNREAL_SCENES) <= set(scenes)
+    for name, manifest in scenes.items():
+        assert manifest.name == name, f"{scene_paths()[name]}: name differs from the file name"
+    assert "qwnet-paper" in dataset_paths()
+    for name in dataset_paths():
+        assert {s.scene for s in find_dataset(name).scenes} <= set(scenes)
+
+
+def test_qwnet_paper_dataset_is_the_papers_size():
+    dataset = find_dataset("qwnet-paper")
+    assert sum(s.budget for s in dataset.scenes) == dataset.total_blocks == 13712
+    assert (dataset.frames, dataset.tile) == (8, 256)
+    assert sorted(s.scene for s in dataset.scenes) == sorted(UNREAL_SCENES)
+
+
+@pytest.mark.parametrize("name", UNREAL_SCENES)
+def test_unreal_scenes_are_1080p_with_user_fields_marked(name, monkeypatch):
+    scene = find_scene(name.upper())  # names are case-insensitive
+    assert scene.backend == "ue4" and scene.capture.resolution == (1920, 1080)
+    assert scene.capture.reference_samples == 64 and scene.capture.mode in ("mrq", "bufvis")
+    assert scene.unreal.level_sequence == FILL_IN
+    assert {s.split for s in scene.shots} == {"train", "val", "test"}
+    monkeypatch.delenv("QW_UE4_PROJECTS", raising=False)
+    assert {"project", "level_sequence"} <= set(scene.unreal.unfilled())
+    monkeypatch.setenv("QW_UE4_PROJECTS", "/projects")
+    assert "project" not in scene.unreal.unfilled()
+
+
+def test_known_maps():
+    assert find_scene("infiltrator").unreal.map == "/Game/Maps/TestMaps/Visuals/VIS_ArtDemo_P"
+    assert find_scene("kite").unreal.map.endswith("/GDC_Landscape_01") and find_scene("kite").capture.fps == 30
+
+
+def test_unknown_scene_lists_the_known_ones():
+    with pytest.raises(ManifestError, match="unknown scene 'atlantis'; known scenes: .*infiltrator, kite"):
+        find_scene("atlantis")
+
+
+# ------------------------------------------------------------------------------------------- errors via the CLI
+
+
+def _tree(tmp_path: Path, scene: dict | str | None = None, dataset: dict | None = None) -> Path:
+    """A manifest folder with one scene (a copy of kite unless given) and optionally a dataset `d.yaml`."""
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "datasets").mkdir()
+    if scene is None:
+        scene = yaml.safe_load((MANIFEST_ROOT / "scenes" / "kite.yaml").read_text())
+    text = scene if isinstance(scene, str) else yaml.safe_dump(scene)
+    (tmp_path / "scenes" / "kite.yaml").write_text(text)
+    if dataset is not None:
+        (tmp_path / "datasets" / "d.yaml").write_text(yaml.safe_dump(dataset))
+    return tmp_path
+
+
+def _kite(**changes) -> dict:
+    scene = yaml.safe_load((MANIFEST_ROOT / "scenes" / "kite.yaml").read_text())
+    return {**scene, **changes}
+
+
+def _dataset(**changes) -> dict:
+    return {"name": "d", "total_blocks": 10, "scenes": [{"scene": "kite", "budget": 10}], **changes}
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["scenes", *args])
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qw: error: "), result.output
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_valid_tree_lists_the_scene(tmp_path):
+    result = _run("--manifests", str(_tree(tmp_path, dataset=_dataset())), "--dataset", "d")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].split()[:6] == ["kite", "ue4", "6", "1380", "4/1/1", "10"]
+
+
+def test_unknown_key(tmp_path):
+    root = _tree(tmp_path, _kite(colour="blue"))
+    _assert_one_line_error(_run("--manifests", str(root)), f"{root / 'scenes' / 'kite.yaml'}: field colour: unknown key")
+
+
+def test_unknown_nested_key(tmp_path):
+    scene = _kite()
+    scene["capture"]["samples"] = 4
+    root = _tree(tmp_path, scene)
+    _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: field capture.samples: unknown key")
+
+
+def test_wrong_type(tmp_path):
+    scene = _kite()
+    scene["capture"]["fps"] = "fast"
+    root = _tree(tmp_path, scene)
+    _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: field capture.fps: Input should be a valid number")
+
+
+def test_bad_shot_range(tmp_path):
+    root = _tree(tmp_path, _kite(shots=[{"name": "a", "start": 10, "end": 5}]))
+    _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: field shots.0", "end (5) must be greater")
+
+
+def test_not_yaml(tmp_path):
+    root = _tree(tmp_path, "name: [unclosed\n")
+    _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: not valid YAML")
+
+
+def test_budgets_not_summing(tmp_path):
+    root = _tree(tmp_path, dataset=_dataset(total_blocks=13712))
+    _assert_one_line_error(_run("--manifests", str(root), "--dataset", "d"),
+                           f"{root / 'datasets' / 'd.yaml'}: field (top level)",
+                           "scene budgets sum to 10, but total_blocks is 13712")
+
+
+def test_dataset_wrong_type(tmp_path):
+    root = _tree(tmp_path, dataset=_dataset(scenes=[{"scene": "kite", "budget": "many"}]))
+    _assert_one_line_error(_run("--manifests", str(root), "--dataset", "d"),
+                           "d.yaml: field scenes.0.budget: Input should be a valid integer")
+
+
+def test_dataset_scene_without_manifest(tmp_path):
+    root = _tree(tmp_path, dataset=_dataset(scenes=[{"scene": "atlantis", "budget": 10}]))
+    _assert_one_line_error(_run("--manifests", str(root), "--dataset", "d"),
+                           "dataset 'd': no scene manifest for ['atlantis']")
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    _assert_one_line_error(_run("--dataset", str(missing)), f"{missing}: manifest file not found")
+
+
+def test_unknown_dataset_name(tmp_path):
+    _assert_one_line_error(_run("--dataset", "atlantis"), "unknown dataset 'atlantis'; known datasets: ", "qwnet-paper")
