@@ -73,16 +73,20 @@ CONVENTIONS = {
     "color": "linear HDR, 1 sample per pixel at pixel centre + jitter",
     "reference": "linear HDR, supersampled, unjittered",
     "motion": "pixels at full-frame scale, +x right, +y down, current minus previous: p was at p - m(p)",
-    "depth": "planar view depth, scene units",
+    "depth": "planar view depth, scene units; beyond the float16 range (sky) clipped to 65504",
     "jitter": "sample offset from the pixel centre in pixels, +x right, +y down",
     "origin": "scene index, shot index, first source frame (stored-frame index), tile y, tile x",
     "history_valid": "False where the previous frame is not this frame's history (block start, camera cut)",
 }
 
 
-def default_codec() -> BloscCodec:
-    """blosc-zstd level 5 with bit shuffle: ~3.3× on float16 frames, lossless."""
-    return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
+def default_codec(typesize: int = 2) -> BloscCodec:
+    """blosc-zstd level 5 with bit shuffle: ~3.3× on float16 frames, lossless.
+
+    `typesize` is the element size the shuffle works on; zarr would set it per array anyway, so it is set here
+    explicitly to make the recorded ``codec`` attribute the configuration the chunks were really written with.
+    """
+    return BloscCodec(typesize=typesize, cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
 
 
 def _storage_options(url: str, storage_options: dict | None) -> dict | None:
@@ -91,16 +95,20 @@ def _storage_options(url: str, storage_options: dict | None) -> dict | None:
 
 def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, tile: int = TILE,
                  storage_options: dict | None = None) -> zarr.Group:
-    """Create (or overwrite) an empty store with every array of the contract; ``complete`` is False."""
-    codec = default_codec()
-    group = zarr.open_group(url, mode="w", storage_options=_storage_options(url, storage_options))
+    """Create (or overwrite) an empty store with every array of the contract; ``complete`` is False.
+
+    The group and all its attributes are written first, in one write, so an interrupted creation still leaves a
+    store that says what it is (and is recreated by the builder) rather than an anonymous folder.
+    """
+    image_codec = default_codec(np.dtype(ARRAYS["color"].dtype).itemsize)
+    group = zarr.open_group(url, mode="w", storage_options=_storage_options(url, storage_options), attributes={
+        "format": FORMAT, "block_shape": [t, tile, tile], "conventions": CONVENTIONS,
+        "codec": image_codec.to_dict(), "qw_version": __version__, **attrs, "complete": False,
+    })
     for spec in ARRAYS.values():
         group.create_array(spec.name, shape=spec.shape(n_blocks, t, tile), chunks=spec.chunks(t, tile),
-                           dtype=spec.dtype, compressors=codec, fill_value=0)
-    group.attrs.update({
-        "format": FORMAT, "block_shape": [t, tile, tile], "conventions": CONVENTIONS,
-        "codec": codec.to_dict(), "qw_version": __version__, **attrs, "complete": False,
-    })
+                           dtype=spec.dtype, compressors=default_codec(np.dtype(spec.dtype).itemsize),
+                           fill_value=0)
     return group
 
 

@@ -1,0 +1,260 @@
+"""The planner: which blocks a store holds, as a pure function of (dataset manifest, capture metadata, seed).
+
+A *task* is one window of T consecutive stored frames of one shot plus every block cut from it, so the executor
+decodes each source frame once. Windows
+
+* never contain a camera cut except at their first frame (whose history is invalid in every block anyway);
+* never overlap: each cut-free segment of a shot is divided into disjoint windows, behind a random phase;
+* share each scene's block budget evenly (counts differ by at most one; the extra blocks go to random windows).
+
+Each block gets ``candidates`` tile positions (distinct where the frame allows). Without a content filter
+there is one; with one the executor keeps the candidate whose crop differs most from the reference (it needs
+pixels, so it runs there), and the plan stays a pure function of its inputs. Splits come from the scene
+manifests, per shot, so a shot never spans two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datagen.capture_format import META_FILE, PASSES, CaptureMeta, find_captures, frame_files, load_meta, \
+    sha256_file
+from datagen.errors import CaptureError, QwError
+from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene
+
+PLAN_FORMAT = "qw-plan/1"
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """One complete shot as the planner sees it: metadata only, no pixels."""
+
+    path: str  # relative to the captures root, e.g. "Kite/shot01"
+    meta: CaptureMeta
+    sha256: str  # of capture.json, which holds the checksum of every frame file
+    split: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One window of `frames` consecutive frames of shot `shot`, and the blocks cut from it."""
+
+    index: int
+    shot: int
+    start: int
+    first_block: int
+    positions: np.ndarray  # (blocks, candidates, 2) int32: top-left y, x of each candidate tile
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.positions)
+
+    @property
+    def block_indices(self) -> range:
+        return range(self.first_block, self.first_block + self.num_blocks)
+
+
+@dataclass(frozen=True)
+class Plan:
+    dataset: DatasetManifest
+    seed: int
+    shots: list[CaptureInfo]
+    tasks: list[Task]
+
+    @property
+    def frames(self) -> int:
+        return self.dataset.frames
+
+    @property
+    def tile(self) -> int:
+        return self.dataset.tile
+
+    @property
+    def candidates(self) -> int:
+        return self.dataset.content_filter.candidates if self.dataset.content_filter else 1
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(t.num_blocks for t in self.tasks)
+
+    def shot_table(self) -> list[dict]:
+        return [{"scene": c.meta.scene, "shot": c.meta.shot, "split": c.split, "path": c.path,
+                 "width": c.meta.width, "height": c.meta.height, "frame_count": c.meta.frame_count,
+                 "capture_sha256": c.sha256} for c in self.shots]
+
+    def scene_table(self) -> list[dict]:
+        return [{"name": s.scene, "budget": s.budget} for s in self.dataset.scenes]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": PLAN_FORMAT, "dataset": self.dataset.model_dump(mode="json"), "seed": self.seed,
+            "scenes": self.scene_table(), "shots": self.shot_table(),
+            "tasks": [{"shot": t.shot, "start": t.start, "first_block": t.first_block,
+                       "positions": t.positions.tolist()} for t in self.tasks],
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the plan: same inputs and seed ⇒ same digest."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def blocks_by(self, key: str) -> Counter:
+        """Block counts per 'scene', 'shot' ("scene/shot") or 'split'."""
+        counts: Counter = Counter()
+        for t in self.tasks:
+            c = self.shots[t.shot]
+            counts[{"scene": c.meta.scene, "shot": c.path, "split": c.split}[key]] += t.num_blocks
+        return counts
+
+    def summary(self) -> str:
+        d = self.dataset
+        lines = [f"plan for dataset {d.name!r}: {self.num_blocks} blocks of {d.frames}×{d.tile}×{d.tile}, "
+                 f"{len(self.tasks)} windows, {len(self.shots)} shots, seed {self.seed}, "
+                 f"{self.candidates} candidate position(s) per block",
+                 f"{'scene':<20} {'budget':>7} {'blocks':>7} {'shots':>6} {'windows':>8}"]
+        by_scene, windows = self.blocks_by("scene"), Counter(self.shots[t.shot].meta.scene for t in self.tasks)
+        for s in d.scenes:
+            n_shots = sum(c.meta.scene == s.scene for c in self.shots)
+            lines.append(f"{s.scene:<20} {s.budget:>7} {by_scene[s.scene]:>7} {n_shots:>6} {windows[s.scene]:>8}")
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.blocks_by("split").items())))
+        lines.append(f"digest: {self.digest()}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _incomplete_shots(root: Path) -> list[Path]:
+    """Shot folders with frames but no capture.json: interrupted or still-running captures."""
+    return sorted({p.parent.parent for p in root.rglob(f"{next(iter(PASSES))}/*.exr")
+                   if not (p.parent.parent / META_FILE).is_file()})
+
+
+def _check_frames(shot: Path, meta: CaptureMeta) -> None:
+    for rel in frame_files(shot, meta.frame_count):
+        if not (shot / rel).is_file():
+            raise CaptureError(f"{shot / rel}: missing frame ({META_FILE} lists {meta.frame_count} frames)")
+
+
+def shot_splits(scenes: set[str], manifests_root: Path | None = None) -> dict[tuple[str, str], str]:
+    """(scene, shot) → split, from the scene manifests."""
+    splits = {}
+    for scene in sorted(scenes):
+        try:
+            manifest = find_scene(scene, Path(manifests_root or MANIFEST_ROOT))
+        except ManifestError as exc:
+            raise QwError(f"{exc} (the split of each shot comes from its scene manifest)") from None
+        splits.update({(scene, s.name): s.split for s in manifest.shots})
+    return splits
+
+
+def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
+                  manifests_root: Path | None = None) -> list[CaptureInfo]:
+    """Read the capture.json of every shot under `captures_root` (of `scenes`, when given) and check that every
+    frame file exists. Incomplete shots are an error, not silently skipped."""
+    root = Path(captures_root)
+    if not root.is_dir():
+        raise CaptureError(f"{root}: captures directory not found")
+    incomplete = _incomplete_shots(root)
+    if incomplete:
+        raise CaptureError(f"{incomplete[0] / META_FILE}: missing: the capture is incomplete or was interrupted "
+                           f"({len(incomplete)} incomplete shot(s) under {root})")
+    metas = [(shot, load_meta(shot)) for shot in find_captures(root)]
+    metas = [(shot, m) for shot, m in metas if scenes is None or m.scene in scenes]
+    splits = shot_splits({m.scene for _, m in metas}, manifests_root)
+    infos = []
+    for shot, meta in metas:
+        if (meta.scene, meta.shot) not in splits:
+            raise QwError(f"{shot / META_FILE}: shot {meta.shot!r} is not in the manifest of scene {meta.scene!r}")
+        _check_frames(shot, meta)
+        infos.append(CaptureInfo(shot.relative_to(root).as_posix() if shot != root else shot.name, meta,
+                                 sha256_file(shot / META_FILE), splits[meta.scene, meta.shot]))
+    return infos
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def _check_scene_shots(scene: str, shots: list[CaptureInfo], tile: int) -> None:
+    if not shots:
+        raise QwError(f"scene {scene!r}: the dataset gives it a budget but no capture of it was found")
+    sizes = {(c.meta.width, c.meta.height): c.path for c in shots}
+    if len(sizes) > 1:
+        (a, pa), (b, pb) = list(sizes.items())[:2]
+        raise CaptureError(f"resolution mismatch between shots of scene {scene!r}: {pa} is {a[0]}×{a[1]}, "
+                           f"{pb} is {b[0]}×{b[1]}")
+    (w, h), path = next(iter(sizes.items()))
+    if min(w, h) < tile:
+        raise QwError(f"{path}: frames are {w}×{h}, smaller than the {tile}-pixel tile")
+
+
+def window_starts(meta: CaptureMeta, frames: int, rng: np.random.Generator) -> list[int]:
+    """Disjoint windows of `frames` frames inside each cut-free segment, behind a random phase per segment."""
+    bounds = sorted({0, *meta.camera_cuts}) + [meta.frame_count]
+    starts: list[int] = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        n = (b - a) // frames
+        if n:
+            phase = int(rng.integers(0, b - a - n * frames + 1))
+            starts.extend(a + phase + frames * np.arange(n))
+    return [int(s) for s in starts]
+
+
+def _positions(count: int, meta: CaptureMeta, tile: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` tile positions inside the frame, distinct when the frame has that many."""
+    nx, ny = meta.width - tile + 1, meta.height - tile + 1
+    idx = rng.choice(nx * ny, size=count, replace=count > nx * ny)
+    return np.stack([idx // nx, idx % nx], axis=-1).astype(np.int32)
+
+
+def _block_counts(budget: int, n_windows: int, rng: np.random.Generator) -> np.ndarray:
+    """Split `budget` blocks over windows as evenly as possible; the remainder goes to random windows."""
+    counts = np.full(n_windows, budget // n_windows)
+    counts[rng.choice(n_windows, size=budget % n_windows, replace=False)] += 1
+    return counts
+
+
+def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int | None = None) -> Plan:
+    """The blocks of a store. Pure: same manifest, capture metadata and seed ⇒ same plan (and digest)."""
+    seed = dataset.seed if seed is None else seed
+    shots = sorted((c for c in captures if c.meta.scene in {s.scene for s in dataset.scenes}),
+                   key=lambda c: ([s.scene for s in dataset.scenes].index(c.meta.scene), c.meta.shot))
+    dup = [k for k, n in Counter((c.meta.scene, c.meta.shot) for c in shots).items() if n > 1]
+    if dup:
+        raise QwError(f"shot {dup[0][1]!r} of scene {dup[0][0]!r} was captured more than once under the captures "
+                      f"root: {[c.path for c in shots if (c.meta.scene, c.meta.shot) == dup[0]]}")
+    k, tasks, next_block = (dataset.content_filter.candidates if dataset.content_filter else 1), [], 0
+    for scene in dataset.scenes:
+        scene_shots = [i for i, c in enumerate(shots) if c.meta.scene == scene.scene]
+        _check_scene_shots(scene.scene, [shots[i] for i in scene_shots], dataset.tile)
+        if not scene.budget:
+            continue
+        # One generator per scene (seeded by its name) so editing one scene's budget leaves the others alone.
+        rng = np.random.default_rng([seed, zlib.crc32(scene.scene.encode())])
+        windows = [(i, s) for i in scene_shots for s in window_starts(shots[i].meta, dataset.frames, rng)]
+        if not windows:
+            raise QwError(f"scene {scene.scene!r}: no shot has {dataset.frames} consecutive frames without a "
+                          f"camera cut")
+        for (shot, start), count in zip(windows, _block_counts(scene.budget, len(windows), rng)):
+            if count:
+                pos = _positions(int(count) * k, shots[shot].meta, dataset.tile, rng).reshape(int(count), k, 2)
+                tasks.append(Task(len(tasks), shot, start, next_block, pos))
+                next_block += int(count)
+    return Plan(dataset, seed, shots, tasks)
+
+
+def plan_from_files(dataset: DatasetManifest, captures_root: str | Path, seed: int | None = None,
+                    manifests_root: Path | None = None) -> Plan:
+    """Load the capture metadata of the dataset's scenes and plan the store."""
+    return make_plan(dataset, load_captures(captures_root, [s.scene for s in dataset.scenes], manifests_root), seed)
+
+
+def write_plan(plan: Plan, path: str | Path) -> None:
+    Path(path).write_text(json.dumps({**plan.to_dict(), "digest": plan.digest()}, indent=1) + "\n")
