@@ -1,0 +1,122 @@
+"""Fake quantizers (levels, clipping, straight-through gradients), BN folding, and the QAT conversion of QW-Net."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from training import quant
+from training.config import ModelConfig, QuantConfig
+from training.model import ConvBNAct, QWNet
+
+SMALL = ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1])
+
+
+def test_weight_codes_are_symmetric_per_output_channel():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, 3, 3) * torch.tensor([0.01, 0.1, 1.0, 10.0, 3.0]).view(-1, 1, 1, 1)
+    codes, scale = quant.weight_codes(w, 4)
+    assert torch.equal(codes, codes.round()) and codes.abs().max() == 7
+    # The largest |w| of every channel lands on ±7 exactly, so each channel has its own scale = max|w| / 7.
+    torch.testing.assert_close(scale, w.abs().amax(dim=(1, 2, 3)) / 7)
+    assert torch.equal(codes.abs().amax(dim=(1, 2, 3)), torch.full((5,), 7.0))
+    assert ((codes * scale.view(-1, 1, 1, 1) - w).abs() <= scale.view(-1, 1, 1, 1) / 2 + 1e-7).all()
+    assert quant.weight_codes(w, 8)[0].abs().max() == 127
+
+
+def test_weight_gradient_passes_straight_through():
+    w = torch.randn(4, 2, 3, 3, requires_grad=True)
+    codes, scale = quant.weight_codes(w, 4)
+    (codes * scale.view(-1, 1, 1, 1) * torch.arange(72.0).view(4, 2, 3, 3)).sum().backward()
+    torch.testing.assert_close(w.grad, torch.arange(72.0).view(4, 2, 3, 3))
+
+
+def test_unsigned_activation_levels_and_clipping():
+    q = quant.ActQuant(4, lower=0.0, clip=1.5)
+    x = torch.linspace(-1, 3, 4001)
+    y = q(x)
+    levels = torch.unique(y)
+    assert len(levels) == 16
+    torch.testing.assert_close(levels, torch.arange(16) * 0.1)
+    assert y[x < 0].eq(0).all() and torch.allclose(y[x > 1.5], torch.tensor(1.5))
+
+
+def test_elu_activation_range_is_asymmetric_with_exact_zero():
+    q = quant.ActQuant(4, lower=-1.0, clip=2.0)
+    scale, zero = q.scale_and_zero()
+    assert scale.item() == pytest.approx(3.0 / 15) and zero.item() == 5  # round(1 / 0.2)
+    y = q(torch.linspace(-3, 5, 8001))
+    levels = torch.unique(y)
+    assert len(levels) == 16 and levels.min().item() == pytest.approx(-1.0) and levels.max().item() == pytest.approx(2.0)
+    assert q(torch.zeros(3)).eq(0).all()
+    # An unsigned quantizer would have thrown away everything ELU puts below zero.
+    assert quant.ActQuant(4, lower=0.0, clip=2.0)(torch.tensor([-0.8])).item() == 0.0
+    assert q(torch.tensor([-0.8])).item() == pytest.approx(-0.8)
+
+
+def test_activation_gradients_straight_through_inside_and_to_the_clip_outside():
+    q = quant.ActQuant(4, lower=0.0, clip=1.0)
+    x = torch.tensor([0.33, 0.71, 1.8, -0.4], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+    # d(clip)/d(log_clip) = clip: a clipped value pulls the clip up by exactly that (LSQ/PACT-style).
+    q2 = quant.ActQuant(4, lower=0.0, clip=1.0)
+    q2(torch.tensor([1.8])).sum().backward()
+    assert q2.log_clip.grad.item() == pytest.approx(1.0)
+
+
+def test_fold_batch_norm_equals_conv_then_bn():
+    torch.manual_seed(1)
+    unit = ConvBNAct(6, 10, 3, "batch", "elu")
+    unit.bn.running_mean.uniform_(-1, 1)
+    unit.bn.running_var.uniform_(0.2, 3)
+    nn.init.uniform_(unit.bn.weight, 0.5, 2)
+    nn.init.uniform_(unit.bn.bias, -1, 1)
+    unit.eval()
+    x = torch.randn(2, 6, 9, 11)
+    folded = quant.fold_batch_norm(unit.conv, unit.bn)
+    torch.testing.assert_close(unit.act(folded(x)), unit(x), rtol=1e-5, atol=1e-5)
+
+
+def test_quant_conv_integer_path_equals_float_fake_quant():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(7, 5, 3, padding=1)
+    qc = quant.QuantConv(conv, 4, quant.ActQuant(4, -1.0, 2.5))
+    x = torch.randn(1, 7, 12, 10) * 2
+    w_codes, w_scale = qc.quantized_weight()
+    expected = nn.functional.conv2d(qc.input_quant(x), w_codes * w_scale.view(-1, 1, 1, 1), qc.bias, padding=1)
+    torch.testing.assert_close(qc(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_model_follows_the_plan():
+    torch.manual_seed(3)
+    model = QWNet(SMALL).eval()
+    qmodel = quant.quantize_model(model, QuantConfig())
+    convs = dict(quant.quantized_convs(qmodel))
+    n_units = sum(isinstance(m, ConvBNAct) for m in model.modules())
+    assert len(convs) == n_units + len(model.filter.predictors)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qmodel.modules())
+    first = convs["extractor.encoder.0.0.conv"]
+    assert (first.weight_bits, first.input_quant.bits, first.input_quant.lower) == (8, 8, 0.0)
+    inner = convs["extractor.decoder.0.0.conv"]
+    assert (inner.weight_bits, inner.input_quant.bits, inner.input_quant.lower) == (4, 4, -1.0)
+    pred = convs["filter.predictors.1"]
+    assert (pred.weight_bits, pred.input_quant.bits) == (8, 4)
+    assert isinstance(model.extractor.first.bn, nn.BatchNorm2d)  # the float model is untouched
+
+
+def test_eight_bit_model_tracks_float_model_and_fp16_is_closer():
+    torch.manual_seed(4)
+    model = QWNet(SMALL).eval()
+    color, history = torch.rand(1, 3, 32, 32) * 3, torch.rand(1, 3, 32, 32) * 3
+    calib = [(color, history)]
+    sites = quant.quant_sites(model, QuantConfig())
+    clips = quant.calibrate_clips(model, sites, calib)
+    assert all(math.isfinite(c) and c > 0 for c in clips.values())
+    with torch.no_grad():
+        ref = model.step(color, history)
+        err8 = (quant.quantize_model(model, quant.QUANT_PRESETS["w8a8"], clips).step(color, history) - ref).abs().mean()
+        err4 = (quant.quantize_model(model, quant.QUANT_PRESETS["w4a4"], clips).step(color, history) - ref).abs().mean()
+        err16 = (quant.quantize_model(model, quant.QUANT_PRESETS["fp16"]).step(color, history) - ref).abs().mean()
+    assert err16 < err8 < err4 < 0.5 * ref.abs().mean()
