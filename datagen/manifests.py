@@ -179,10 +179,13 @@ def _find(kind: str, name_or_path: str, known: dict[str, Path]) -> Path:
     """A manifest path from a path ending in .yaml/.yml, or from a name looked up case-insensitively in `known`."""
     if name_or_path.endswith((".yaml", ".yml")):
         return Path(name_or_path)
-    key = name_or_path.lower().replace(" ", "").replace("_", "")
-    if key not in known:
+    def normal(name: str) -> str:  # 'Zen Garden', 'zen_garden' and 'ZenGarden' name the same manifest
+        return name.lower().replace(" ", "").replace("_", "")
+
+    by_key = {normal(name): path for name, path in known.items()}
+    if normal(name_or_path) not in by_key:
         raise ManifestError(f"unknown {kind} {name_or_path!r}; known {kind}s: {', '.join(known) or '(none)'}")
-    return known[key]
+    return by_key[normal(name_or_path)]
 
 
 def find_scene(name_or_path: str, root: Path = MANIFEST_ROOT) -> SceneManifest:
