@@ -1,0 +1,116 @@
+"""Unreal encodings → contract units: each decodes known ground-truth motion back within 1e-3 px."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ue_formats import (
+    analytic_motion,
+    counts_to_ndc,
+    mrq_material,
+    pixels_to_ndc,
+    sign_bits,
+    unorm16_counts,
+)
+
+from datagen.errors import QwError
+from ue_capture.convert import (
+    decode_motion,
+    depth_to_scene_units,
+    jitter_ndc_to_pixels,
+    ndc_to_pixels,
+    unpack_unorm16,
+)
+
+W, H = 48, 20  # non-square on purpose: a W/H swap changes every value
+TOL = 1e-3
+
+
+@pytest.fixture
+def truth() -> np.ndarray:
+    d = analytic_motion(W, H)
+    assert (d[..., 0] < 0).any() and (d[..., 0] > 0).any() and (d[..., 1] < 0).any() and (d[..., 1] > 0).any()
+    return d
+
+
+def test_ndc_anchor_values():
+    # V = +0.01 NDC at 1920×1080: +9.6 px right; V.y = +0.01 (up in NDC) is 5.4 px UP, i.e. −5.4 in image y.
+    assert ndc_to_pixels(np.array([0.01, 0.01]), 1920, 1080) == pytest.approx([9.6, -5.4])
+
+
+def test_float_ndc_decodes_to_truth(truth):
+    motion, written = decode_motion(pixels_to_ndc(truth, W, H).astype(np.float32), "ndc", (W, H))
+    assert written.all()
+    np.testing.assert_allclose(motion, truth, atol=TOL)
+
+
+def test_tile_uses_full_frame_size():
+    full_w, full_h = 160, 90
+    tile_truth = analytic_motion(32, 16, x0=64, y0=40)
+    v = pixels_to_ndc(tile_truth, full_w, full_h).astype(np.float32)
+    motion, _ = decode_motion(v, "ndc", (full_w, full_h))
+    np.testing.assert_allclose(motion, tile_truth, atol=TOL)
+    wrong, _ = decode_motion(v, "ndc", (32, 16))  # the tile's own size would be a scale error
+    assert np.abs(wrong - tile_truth).max() > 1.0
+
+
+@pytest.mark.parametrize("ue5", [False, True], ids=["ue4-unorm16", "ue5-sqrt"])
+def test_packed_velocity_on_grid_decodes_exactly(truth, ue5):
+    counts = unorm16_counts(pixels_to_ndc(truth, W, H), ue5=ue5)
+    snapped = counts_to_ndc(counts, ue5=ue5)  # the value each stored count stands for
+    snapped_px = np.stack([snapped[..., 0] * W / 2, -snapped[..., 1] * H / 2], axis=-1)
+    for encoded in (counts, counts.astype(np.float32) / 65535.0):  # raw counts, or UNORM read back as float
+        motion, written = decode_motion(encoded, "unorm16-ue5" if ue5 else "unorm16", (W, H))
+        assert written.all()
+        np.testing.assert_allclose(motion, snapped_px, atol=TOL)
+
+
+@pytest.mark.parametrize("ue5", [False, True], ids=["ue4-unorm16", "ue5-sqrt"])
+def test_packed_velocity_error_within_quantization(truth, ue5):
+    counts = unorm16_counts(pixels_to_ndc(truth, W, H), ue5=ue5)
+    motion, _ = decode_motion(counts, "unorm16-ue5" if ue5 else "unorm16", (W, H))
+    step_ndc = 1.0 / (65535 * 0.2495)
+    if ue5:  # d|V|/ds = |s|, and |s| ≤ sqrt(2·max|V|)
+        step_ndc *= np.sqrt(2 * np.abs(pixels_to_ndc(truth, W, H)).max()) + step_ndc
+    bound = 0.5 * step_ndc * max(W, H) / 2 + 1e-6
+    assert np.abs(motion - truth).max() <= bound
+
+
+def test_packed_zero_means_unwritten():
+    counts = unorm16_counts(np.full((2, 3, 2), 0.1))
+    counts[0, 1, 0] = 0
+    v, written = unpack_unorm16(counts)
+    assert written.tolist() == [[True, False, True], [True, True, True]]
+    motion, _ = decode_motion(counts, "unorm16", (W, H))
+    assert motion[0, 1].tolist() == [0.0, 0.0]
+
+
+def test_sign_bits_decode_to_truth(truth):
+    motion, _ = decode_motion(sign_bits(pixels_to_ndc(truth, W, H)).astype(np.float32), "sign-bits", (W, H))
+    np.testing.assert_allclose(motion, truth, atol=TOL)
+
+
+@pytest.mark.parametrize("scale", [(1.0, -1.0), (2.0, 2.0), (-2.0, -2.0)])
+def test_mrq_material_decodes_to_truth(truth, scale):
+    encoded = mrq_material(truth, W, H, scale).astype(np.float32)
+    motion, _ = decode_motion(encoded, "mrq-material", (W, H), mrq_scale=scale)
+    np.testing.assert_allclose(motion, truth, atol=TOL)
+
+
+def test_mrq_material_default_agrees_with_ndc_over_two(truth):
+    # Default calibration: the material holds V/2 + 0.5 with NDC's y up (Epic's Nuke recipe, ×W).
+    v = pixels_to_ndc(truth, W, H)
+    motion, _ = decode_motion((v / 2 + 0.5).astype(np.float32), "mrq-material", (W, H))
+    np.testing.assert_allclose(motion, truth, atol=TOL)
+
+
+def test_jitter_and_depth_units():
+    assert jitter_ndc_to_pixels((2 * 0.25 / W, -2 * 0.125 / H), W, H) == pytest.approx((0.25, 0.125))
+    assert depth_to_scene_units(np.array([150.0, 2500.0])).tolist() == pytest.approx([1.5, 25.0])
+
+
+def test_bad_encoding_and_channel_count_are_user_errors():
+    with pytest.raises(QwError, match="unknown motion encoding 'rgb'"):
+        decode_motion(np.zeros((2, 2, 3)), "rgb", (2, 2))
+    with pytest.raises(QwError, match="needs 3 channels"):
+        decode_motion(np.zeros((2, 2, 2)), "sign-bits", (2, 2))

@@ -1,0 +1,101 @@
+"""Unreal-format test inputs built from known ground truth: encoders written from the published formulas.
+
+These are the inverse of ue_capture.convert, written independently from the formulas in notes/unreal.md (engine
+Common.ush packing, the Intel sample's sign bits, MRQ's 0.5-centred material), so a wrong sign, scale, bias or
+W/H swap in the decoders shows up as a mismatch. Used by the conversion/importer tests and by the fake editor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import OpenEXR
+
+HEADER = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+
+
+def analytic_motion(width: int, height: int, phase: float = 0.0, x0: int = 0, y0: int = 0) -> np.ndarray:
+    """(H, W, 2) float64 motion in pixels with both signs in x and y, smooth and non-separable."""
+    y, x = np.mgrid[y0:y0 + height, x0:x0 + width].astype(np.float64)
+    dx = 6.5 * np.sin(2 * np.pi * x / 37.0 + phase) + 0.05 * y - 1.0
+    dy = -4.25 * np.cos(2 * np.pi * y / 23.0 + phase) + 0.03 * x - 0.5
+    return np.stack([dx, dy], axis=-1)
+
+
+def pixels_to_ndc(d: np.ndarray, full_w: int, full_h: int) -> np.ndarray:
+    """Pixels (+y down) → UE NDC velocity (+y up) of the full frame."""
+    return np.stack([d[..., 0] * 2.0 / full_w, -d[..., 1] * 2.0 / full_h], axis=-1)
+
+
+def unorm16_counts(v: np.ndarray, ue5: bool = False) -> np.ndarray:
+    """UE velocity texture counts: round(65535·(V·0.499·0.5 + 32767/65535)); UE5 first maps V→sign·sqrt|V|·√2."""
+    if ue5:
+        v = np.sign(v) * np.sqrt(np.abs(v)) * np.sqrt(2.0)
+    return np.rint(65535.0 * (v * 0.2495 + 32767.0 / 65535.0)).astype(np.uint16)
+
+
+def counts_to_ndc(counts: np.ndarray, ue5: bool = False) -> np.ndarray:
+    """The exact NDC value a count stands for (spec formula), the ground truth after snapping."""
+    s = (counts.astype(np.float64) - 32767.0) / (65535.0 * 0.2495)
+    return s * np.abs(s) / 2.0 if ue5 else s
+
+
+def sign_bits(v: np.ndarray) -> np.ndarray:
+    """The Intel sample's velocity image: |V.x|, |V.y|, code (1: x < 0, 2: y < 0)."""
+    code = (v[..., 0] < 0) * 1.0 + (v[..., 1] < 0) * 2.0
+    return np.stack([np.abs(v[..., 0]), np.abs(v[..., 1]), code], axis=-1)
+
+
+def mrq_material(d: np.ndarray, width: int, height: int, scale=(1.0, -1.0)) -> np.ndarray:
+    """MRQ's 0.5-centred motion material for pixel motion `d` under the per-axis calibration `scale`."""
+    return np.stack([d[..., 0] / (width * scale[0]) + 0.5, d[..., 1] / (height * scale[1]) + 0.5,
+                     np.zeros(d.shape[:2])], axis=-1)
+
+
+def write_exr(path: Path, image: np.ndarray, channels=("R", "G", "B"), dtype=np.float32, layer: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    planes = {(f"{layer}.{c}" if layer else c): np.ascontiguousarray(image[..., i], dtype=dtype)
+              for i, c in enumerate(channels)}
+    OpenEXR.File(HEADER, planes).write(str(path))
+
+
+def colour(width: int, height: int, frame: int, spp_noise: float = 0.0) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([0.5 + 0.4 * np.sin(x / 5 + frame), 0.3 + 0.2 * np.cos(y / 3), 2.0 + 0 * x], axis=-1)
+    return base + spp_noise * ((x + y + frame) % 2)[..., None]
+
+
+def write_intel_sample(root: Path, width: int, height: int, frames: list[int], stem: str = "VIS_ArtDemo_P",
+                       offsets: dict[int, tuple[float, float]] | None = None) -> dict[int, np.ndarray]:
+    """noaa/ ssaa/ vel/ folders like the public sample; returns ground-truth motion in pixels per frame."""
+    truth = {}
+    for n in frames:
+        name = f"{stem}_PreTonemapHDRColor_{n:04d}.exr"
+        d = analytic_motion(width, height, phase=0.3 * n)
+        truth[n] = d
+        noaa = colour(width, height, n, 0.1)
+        if offsets:
+            noaa[0, 0] = sign_bits(np.asarray(offsets[n], np.float64)[None, None])[0, 0]
+        write_exr(root / "noaa" / name, noaa, dtype=np.float16)
+        write_exr(root / "ssaa" / name, colour(width, height, n), dtype=np.float16)
+        write_exr(root / "vel" / name, sign_bits(pixels_to_ndc(d, width, height)))
+    return truth
+
+
+def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int, *, motion: np.ndarray | None = None,
+                    motion_pass: str = "FinalImageM_QW_Velocity", depth_cm: np.ndarray | None = None,
+                    jitter_ndc: tuple[float, float] | None = None, colour_only: bool = False) -> None:
+    """One frame of MRQ output with separate files per pass, named {seq}.{pass}.{frame:04d}.exr."""
+    write_exr(folder / f"{seq}.FinalImage.{frame:04d}.exr", colour(width, height, frame), dtype=np.float16)
+    if colour_only:
+        return
+    if motion is not None:
+        v = pixels_to_ndc(motion, width, height)
+        write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", np.concatenate([v, 0 * v[..., :1]], -1))
+    if depth_cm is not None:
+        write_exr(folder / f"{seq}.FinalImageMovieRenderQueue_WorldDepth.{frame:04d}.exr", depth_cm[..., None],
+                  channels=("R",))
+    if jitter_ndc is not None:
+        write_exr(folder / f"{seq}.FinalImageM_QW_Jitter.{frame:04d}.exr",
+                  np.broadcast_to(np.array([*jitter_ndc, 0.0]), (height, width, 3)))

@@ -1,0 +1,132 @@
+"""Decoders from Unreal's motion, jitter and depth encodings into the capture contract's units.
+
+Contract units (datagen/capture_format.py): motion in pixels, +x right, +y down, current minus previous; jitter in
+pixels from the pixel centre; depth planar, in scene units.
+
+Unreal's velocity ``V`` is ``ScreenPos − PrevScreenPos`` in NDC (y up), TAA jitter removed, so
+``dx = V.x·W/2`` and ``dy = −V.y·H/2`` with the FULL frame's W,H, also for crops and tiles
+(notes/unreal.md §2.1-2.2, [C] engine VelocityCommon.ush and the Intel sample's decode_vel). The encodings:
+
+=================  ===========================================================================================
+``ndc``            float V.x, V.y in R,G (a post-process material writing SceneTexture:Velocity at 32 bit)
+``unorm16``        the UE4 velocity texture: ``E = V·0.2495 + 32767/65535`` in 16-bit UNORM; E.x = 0: unwritten
+``unorm16-ue5``    UE5: the same packing of ``sign(V)·sqrt(|V|)·√2`` (decode ``s·|s|/2``)
+``sign-bits``      the Intel sample: ``|V.x|, |V.y|`` in R,G; B holds bit 1 = x negative, bit 2 = y negative
+``mrq-material``   MRQ's stock MovieRenderQueue_MotionVectors: 0.5-centred, normalized to the frame:
+                   ``d = (C − 0.5)·size·scale``. [U] scale and sign disagree between sources (×1 or ×2, y sign);
+                   default (1, −1) follows Epic's Nuke recipe (×W) with NDC's y up; calibrate with a known pan.
+=================  ===========================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from datagen.errors import QwError
+
+VELOCITY_SCALE = 0.499 * 0.5  # EncodeVelocityToTexture: V·(0.499·0.5) + 32767/65535 ([C] UE4.26 Common.ush)
+VELOCITY_BIAS = 32767.0 / 65535.0
+UE5_GAMMA_GAIN = np.sqrt(2.0)  # UE5 VELOCITY_ENCODE_GAMMA: sign(V)·sqrt(|V|)·(2/√2) before packing
+MRQ_MATERIAL_SCALE = (1.0, -1.0)  # [U] see the module docstring
+UNREAL_UNITS_PER_METRE = 100.0  # Unreal world units are centimetres
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def ndc_to_pixels(v: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(…, 2) NDC velocity (y up) → pixels (+y down), using the full frame's width and height."""
+    v = np.asarray(v, np.float64)
+    return np.stack([v[..., 0] * (width / 2.0), v[..., 1] * (-height / 2.0)], axis=-1).astype(np.float32)
+
+
+def _normalized(encoded: np.ndarray) -> np.ndarray:
+    """UNORM values as floats in [0, 1]: integer counts are divided by 65535, floats are taken as read."""
+    encoded = np.asarray(encoded)
+    if np.issubdtype(encoded.dtype, np.integer):
+        return encoded.astype(np.float64) / 65535.0
+    return encoded.astype(np.float64)
+
+
+def unpack_unorm16(encoded: np.ndarray, *, ue5_gamma: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(…, ≥2) packed velocity texture → (NDC V (…, 2), written mask); E.x == 0 means nothing wrote velocity."""
+    e = _normalized(encoded)[..., :2]
+    written = e[..., 0] > 0
+    v = (e - VELOCITY_BIAS) / VELOCITY_SCALE
+    if ue5_gamma:
+        v = v * np.abs(v) * 0.5
+    return np.where(written[..., None], v, 0.0), written
+
+
+def sign_bits_to_ndc(image: np.ndarray) -> np.ndarray:
+    """(…, 3) |V.x|, |V.y|, sign code → signed (…, 2): code bit 1 negates x, bit 2 negates y."""
+    image = np.asarray(image, np.float64)
+    code = np.rint(image[..., 2]).astype(np.int64)
+    sx = np.where(code & 1, -1.0, 1.0)
+    sy = np.where(code & 2, -1.0, 1.0)
+    return np.stack([image[..., 0] * sx, image[..., 1] * sy], axis=-1)
+
+
+def mrq_material_to_pixels(image: np.ndarray, width: int, height: int,
+                           scale: tuple[float, float] = MRQ_MATERIAL_SCALE) -> np.ndarray:
+    """(…, ≥2) MRQ MotionVectors material values (0.5 = still) → pixels with per-axis `scale` (see docstring)."""
+    c = np.asarray(image, np.float64)[..., :2] - 0.5
+    return np.stack([c[..., 0] * (width * scale[0]), c[..., 1] * (height * scale[1])], axis=-1).astype(np.float32)
+
+
+def _all_written(shape: tuple[int, ...]) -> np.ndarray:
+    return np.ones(shape[:-1], dtype=bool)
+
+
+MotionDecoder = Callable[[np.ndarray, int, int, tuple[float, float]], tuple[np.ndarray, np.ndarray]]
+
+MOTION_DECODERS: dict[str, MotionDecoder] = {
+    "ndc": lambda img, w, h, s: (ndc_to_pixels(np.asarray(img)[..., :2], w, h), _all_written(np.shape(img))),
+    "unorm16": lambda img, w, h, s: _packed_to_pixels(img, w, h, ue5_gamma=False),
+    "unorm16-ue5": lambda img, w, h, s: _packed_to_pixels(img, w, h, ue5_gamma=True),
+    "sign-bits": lambda img, w, h, s: (ndc_to_pixels(sign_bits_to_ndc(img), w, h), _all_written(np.shape(img))),
+    "mrq-material": lambda img, w, h, s: (mrq_material_to_pixels(img, w, h, s), _all_written(np.shape(img))),
+}
+MOTION_CHANNELS = {"ndc": 2, "unorm16": 2, "unorm16-ue5": 2, "sign-bits": 3, "mrq-material": 2}
+
+
+def _packed_to_pixels(image: np.ndarray, width: int, height: int, *, ue5_gamma: bool):
+    v, written = unpack_unorm16(image, ue5_gamma=ue5_gamma)
+    return ndc_to_pixels(v, width, height), written
+
+
+def decode_motion(image: np.ndarray, encoding: str, full_size: tuple[int, int],
+                  mrq_scale: tuple[float, float] = MRQ_MATERIAL_SCALE) -> tuple[np.ndarray, np.ndarray]:
+    """Any supported Unreal encoding (H, W, C) → (motion in pixels (H, W, 2) float32, written mask (H, W)).
+
+    `full_size` is the full frame's (width, height), which NDC is relative to, also when `image` is a tile.
+    Unwritten pixels (packed value 0) get zero motion; the caller records how many there were.
+    """
+    if encoding not in MOTION_DECODERS:
+        raise QwError(f"unknown motion encoding {encoding!r}; known: {', '.join(MOTION_DECODERS)}")
+    if image.shape[-1] < MOTION_CHANNELS[encoding]:
+        raise QwError(f"motion encoding {encoding!r} needs {MOTION_CHANNELS[encoding]} channels, "
+                      f"got {image.shape[-1]}")
+    motion, written = MOTION_DECODERS[encoding](image, full_size[0], full_size[1], mrq_scale)
+    return np.where(written[..., None], motion, np.float32(0)).astype(np.float32), written
+
+
+def jitter_ndc_to_pixels(jitter: tuple[float, float], width: int, height: int) -> tuple[float, float]:
+    """View.TemporalAAJitter.xy (clip-space offset, y up) → sample offset in pixels (+y down).
+
+    [U] that TemporalAAJitter.xy is in NDC units (not pixels) is inferred from its use in the projection matrix.
+    """
+    dx, dy = ndc_to_pixels(np.asarray(jitter, np.float64), width, height)
+    return float(dx), float(dy)
+
+
+def depth_to_scene_units(depth: np.ndarray, units_per_scene_unit: float = UNREAL_UNITS_PER_METRE) -> np.ndarray:
+    """Unreal world-unit depth (cm) → scene units (metres by default): divide by Unreal units per scene unit."""
+    return (np.asarray(depth, np.float64) / units_per_scene_unit).astype(np.float32)
+
+
+def color_to_half_range(color: np.ndarray) -> tuple[np.ndarray, int]:
+    """Clamp linear HDR colour into float16's finite range (the contract stores half); returns (colour, #clamped)."""
+    color = np.asarray(color, np.float32)
+    over = color > FLOAT16_MAX
+    return np.minimum(color, FLOAT16_MAX), int(over.sum())
