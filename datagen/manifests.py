@@ -126,6 +126,9 @@ class DatasetManifest(_Strict):
     total_blocks: int = Field(ge=1)
     scenes: list[DatasetScene] = Field(min_length=1)
     content_filter: ContentFilter | None = None
+    splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train"], min_length=1,
+        description="shot splits the blocks are drawn from (per the scene manifests); the budgets count these only")
 
     @model_validator(mode="after")
     def _budgets(self) -> "DatasetManifest":
