@@ -1,0 +1,188 @@
+"""Scene builders: small functions that turn a manifest's `builtin: {builder, params}` and seed into a `Scene`.
+
+Each builder provokes one kind of aliasing that QW-Net must learn to remove:
+
+* ``fence``     thin geometry: fence slats, wires, alpha-tested grass and leaf cards;
+* ``street``    high-frequency, minified textures: checkers and text on receding planes;
+* ``specular``  sharp HDR highlights (≫ 1) on glossy spheres under bright lights, emissive panels;
+* ``crossing``  disocclusions: pillars and objects crossing the view at different depths.
+
+Every builder takes the camera keys from its params (``camera: [{frame, eye, target, cut?}, ...]``) and places
+random detail with ``numpy.random.default_rng(seed)``, so a manifest fully determines the pixels.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+from datagen.builtin.scene import (CameraKey, CameraPath, Material, PointLight, RigidMotion, Scene, box, quad,
+                                   rotate, scale, sphere, translate)
+from datagen.errors import QwError
+
+Builder = Callable[..., Scene]
+BUILDERS: dict[str, Builder] = {}
+
+SKY = Material(color=(0.9, 1.0, 1.2), color2=(0.25, 0.45, 1.0), pattern="sky")
+
+
+def builder(fn: Builder) -> Builder:
+    BUILDERS[fn.__name__] = fn
+    return fn
+
+
+def camera_path(keys: list[dict[str, Any]], fov: float = 60.0) -> CameraPath:
+    """A `CameraPath` from manifest keys like ``{frame: 0, eye: [x, y, z], target: [x, y, z], cut: false}``."""
+    return CameraPath(tuple(CameraKey(float(k["frame"]), tuple(k["eye"]), tuple(k["target"]), bool(k.get("cut")))
+                            for k in keys), fov_y=fov)
+
+
+def environment(scene: Scene, ground: Material, ground_size: float = 200.0, uv_repeat: float = 1.0) -> None:
+    """Sky box and a ground quad in the XZ plane: every pixel sees geometry, so depth and motion are defined."""
+    scene.add(box(), SKY, scale(300.0))
+    ground_quad = quad(ground_size, ground_size, (ground_size * uv_repeat,) * 2)
+    scene.add(ground_quad, ground, rotate((1, 0, 0), -90))
+
+
+def build_scene(builder_name: str, params: dict[str, Any], seed: int, where: str = "manifest") -> Scene:
+    """Run builder `builder_name` with `params`; errors name `where` (the manifest) and the problem."""
+    if builder_name not in BUILDERS:
+        raise QwError(f"{where}: unknown builtin builder {builder_name!r}; builders are {', '.join(BUILDERS)}")
+    fn = BUILDERS[builder_name]
+    accepted = set(inspect.signature(fn).parameters) - {"seed"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise QwError(f"{where}: builder {builder_name!r} has no parameter(s) {unknown}; it takes {sorted(accepted)}")
+    try:
+        return fn(seed=seed, **params)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QwError(f"{where}: builder {builder_name!r} failed on its params: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ builders
+
+
+@builder
+def fence(*, seed: int, camera: list[dict], fov: float = 55.0, slats: int = 60, slat_width: float = 0.035,
+          wires: int = 4, grass_cards: int = 260, bushes: int = 6) -> Scene:
+    """A picket fence with thin wires, a field of alpha-tested grass cards, leafy bushes and a rolling ball."""
+    rng = np.random.default_rng(seed)
+    s = Scene([], [], camera_path(camera, fov), texture_seed=seed)
+    environment(s, Material(color=(0.22, 0.3, 0.12), color2=(0.3, 0.24, 0.14), pattern="checker",
+                            pattern_scale=0.5))
+    wood = Material(color=(0.75, 0.62, 0.45), specular=0.2, shininess=16)
+    for x in np.linspace(-12, 12, slats):
+        height = 1.2 + 0.1 * rng.standard_normal()
+        s.add(box(), wood, translate((x, height / 2, 0)) @ scale((slat_width, height, slat_width)))
+    wire = Material(color=(0.6, 0.6, 0.65), specular=1.0, shininess=120)
+    for y in np.linspace(0.25, 1.05, wires):
+        s.add(box(), wire, translate((0, y, 0.03)) @ scale((24, 0.012, 0.012)))
+    grass = Material(color=(0.12, 0.35, 0.05), color2=(0.5, 0.75, 0.2), pattern="blades", pattern_scale=6)
+    for _ in range(grass_cards):
+        x, z = rng.uniform(-12, 12), rng.uniform(-6, 8)
+        card = quad(0.8, 0.5)
+        s.add(card, grass, translate((x, 0.25, z)) @ rotate((0, 1, 0), rng.uniform(0, 180)))
+    leaves = Material(color=(0.08, 0.3, 0.06), color2=(0.3, 0.55, 0.12), pattern="leaf", pattern_scale=5)
+    for _ in range(bushes):
+        centre = np.array([rng.uniform(-10, 10), 0.9, rng.uniform(-5, -1)])
+        for angle in (0, 60, 120):
+            s.add(quad(1.6, 1.6), leaves, translate(centre) @ rotate((0, 1, 0), angle + rng.uniform(0, 30)))
+    ball = Material(color=(0.8, 0.1, 0.1), specular=0.8, shininess=200)
+    s.add(sphere(), ball, RigidMotion(position=(-8, 0.35, -1.5), size=(0.7,) * 3, velocity=(0.09, 0, 0),
+                                      axis=(0, 0, 1), spin=-14.7))
+    return s
+
+
+@builder
+def street(*, seed: int, camera: list[dict], fov: float = 60.0, length: float = 120.0, buildings: int = 14,
+           checker_scale: float = 1.0, signs: int = 8) -> Scene:
+    """A long street: checkered road, text-covered façades and signs receding into the distance, a moving van."""
+    rng = np.random.default_rng(seed)
+    s = Scene([], [], camera_path(camera, fov), texture_seed=seed)
+    environment(s, Material(color=(0.85, 0.85, 0.85), color2=(0.05, 0.05, 0.06), pattern="checker",
+                            pattern_scale=checker_scale))
+    for side in (-1, 1):
+        z = 0.0
+        for _ in range(buildings):
+            depth, height = rng.uniform(5, 10), rng.uniform(6, 18)
+            facade = Material(color=(0.95, 0.92, 0.85), color2=tuple(rng.uniform(0.02, 0.2, 3)), pattern="text",
+                              pattern_scale=float(rng.choice([0.5, 1.0, 2.0])), specular=0.1, shininess=32)
+            centre = (side * 9.0, height / 2, -z - depth / 2)
+            s.add(box(uv_scale=2.0), facade, translate(centre) @ scale((6, height, depth)))
+            z += depth + rng.uniform(0.2, 1.5)
+            if z > length:
+                break
+        railing = Material(color=(0.9, 0.9, 0.9), color2=(0.1, 0.1, 0.1), pattern="stripes", pattern_scale=40)
+        s.add(quad(length, 1.0, (length / 10, 1)), railing,
+              translate((side * 5.5, 0.5, -length / 2)) @ rotate((0, 1, 0), 90))
+    sign = Material(color=(1.0, 1.0, 1.0), color2=(0.0, 0.0, 0.0), pattern="text", pattern_scale=1.0, emissive=1.5)
+    for k in range(signs):
+        side = 1 if k % 2 else -1
+        s.add(quad(3.0, 1.2, (3, 1.2)), sign,
+              translate((side * 4.5, 3.5, -8.0 - k * length / signs)) @ rotate((0, 1, 0), -side * 70))
+    van = Material(color=(0.9, 0.5, 0.1), color2=(0.1, 0.1, 0.1), pattern="checker", pattern_scale=8,
+                   specular=0.6, shininess=80)
+    s.add(box(), van, RigidMotion(position=(-2.0, 1.0, -60), size=(2, 2, 4.5), velocity=(0, 0, 0.35)))
+    return s
+
+
+@builder
+def specular(*, seed: int, camera: list[dict], fov: float = 50.0, spheres: int = 12, lights: int = 3,
+             light_power: float = 40.0, panel_emission: float = 12.0) -> Scene:
+    """Glossy spheres and a spinning chrome-like box under bright point lights, with emissive panels."""
+    rng = np.random.default_rng(seed)
+    s = Scene([], [], camera_path(camera, fov), texture_seed=seed, sun_color=(0.6, 0.6, 0.7),
+              ambient=(0.05, 0.05, 0.07))
+    environment(s, Material(color=(0.3, 0.3, 0.32), color2=(0.12, 0.12, 0.13), pattern="checker",
+                            pattern_scale=1.0, specular=0.5, shininess=60))
+    for k in range(lights):
+        a = 2 * np.pi * k / lights
+        color = np.array([1.0, 0.9, 0.8]) * light_power * rng.uniform(0.7, 1.3)
+        s.lights.append(PointLight((4 * np.cos(a), 3.5, 4 * np.sin(a)), tuple(color)))
+    for k in range(spheres):
+        gloss = Material(color=tuple(rng.uniform(0.05, 0.8, 3)), specular=float(rng.uniform(0.5, 2.0)),
+                         shininess=float(rng.choice([200, 800, 2000])))
+        radius = rng.uniform(0.3, 0.8)
+        position = (rng.uniform(-5, 5), radius, rng.uniform(-5, 5))
+        motion = RigidMotion(position=position, size=(2 * radius,) * 3)
+        if k % 3 == 0:  # some spheres orbit the centre: object motion with highlights sliding over them
+            motion = RigidMotion(position=(0, radius, 0), size=(2 * radius,) * 3,
+                                 orbit=(float(np.hypot(position[0], position[2])), rng.uniform(0.8, 2.0),
+                                        rng.uniform(0, 360)))
+        s.add(sphere(), gloss, motion)
+    metal = Material(color=(0.7, 0.7, 0.75), specular=3.0, shininess=3000)
+    s.add(box(), metal, RigidMotion(position=(0, 0.8, 0), size=(1.2, 1.2, 1.2), axis=(0.3, 1, 0.2), spin=1.5))
+    for k in range(4):
+        a = np.pi / 2 * k + np.pi / 4
+        panel = Material(color=tuple(rng.uniform(0.3, 1.0, 3)), emissive=panel_emission)
+        s.add(box(), panel, translate((7 * np.cos(a), 1.5, 7 * np.sin(a))) @ rotate((0, 1, 0), -np.degrees(a))
+              @ scale((0.08, 2.5, 0.6)))
+    return s
+
+
+@builder
+def crossing(*, seed: int, camera: list[dict], fov: float = 60.0, pillars: int = 10, movers: int = 6) -> Scene:
+    """Pillars in front of a text-covered wall while boxes and balls cross the view: disocclusions everywhere."""
+    rng = np.random.default_rng(seed)
+    s = Scene([], [], camera_path(camera, fov), texture_seed=seed)
+    environment(s, Material(color=(0.5, 0.45, 0.4), color2=(0.3, 0.27, 0.25), pattern="checker",
+                            pattern_scale=0.5))
+    wall = Material(color=(0.9, 0.88, 0.8), color2=(0.1, 0.1, 0.2), pattern="text", pattern_scale=1.0)
+    s.add(quad(60, 12, (30, 6)), wall, translate((0, 6, -12)))
+    stone = Material(color=(0.6, 0.6, 0.6), color2=(0.4, 0.4, 0.42), pattern="stripes", pattern_scale=4,
+                     specular=0.2, shininess=20)
+    for x in np.linspace(-15, 15, pillars):
+        s.add(box(), stone, translate((x + rng.uniform(-0.5, 0.5), 2.5, -3)) @ scale((0.5, 5, 0.5)))
+    for k in range(movers):
+        direction = 1 if k % 2 else -1
+        depth = rng.uniform(-10, 2)
+        size = rng.uniform(0.6, 1.6)
+        look = Material(color=tuple(rng.uniform(0.1, 0.9, 3)), color2=(0.05, 0.05, 0.05), pattern="checker",
+                        pattern_scale=float(rng.choice([2, 4, 8])), specular=0.5, shininess=100)
+        mesh = sphere() if k % 3 == 0 else box()
+        s.add(mesh, look, RigidMotion(position=(-direction * 16 + rng.uniform(-4, 4), size / 2, depth),
+                                      size=(size,) * 3, velocity=(direction * rng.uniform(0.08, 0.2), 0, 0),
+                                      spin=rng.uniform(-3, 3)))
+    return s

@@ -1,0 +1,284 @@
+"""The capture stage: render or capture every shot of a scene manifest into `<out>/<scene>/<shot>/` (qw-capture/1).
+
+``builtin`` scenes are drawn by `datagen.builtin.renderer`; ``ue4`` scenes are handed to
+`ue_capture.launcher.capture_scene`. Builtin shots are resumable: every finished frame is kept (its four EXRs are
+written atomically), an interrupted shot continues where it stopped, and the shot is complete only when
+``capture.json`` lands (written last by `capture_format.finish_capture`). With a Dask scheduler address each
+shot is one task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from datagen import capture_format as cf
+from datagen.errors import CaptureError, QwError
+from datagen.manifests import SceneManifest, Shot, find_scene
+
+log = logging.getLogger(__name__)
+
+BACKEND = "builtin"
+PROGRESS_FILE = ".qw-capture-settings.json"  # settings of an unfinished shot; resuming requires the same ones
+_GL_LOCK = threading.Lock()  # one GL context per process: threads of a Dask worker take turns
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def parse_frames(frames: str | tuple[int, int] | None, shot: Shot) -> tuple[int, int]:
+    """Stored-frame range [a, b) of `shot` from 'A:B' ('A:' = to the end), counted from the shot's first frame."""
+    if frames is None:
+        return 0, shot.frame_count
+    if isinstance(frames, str):
+        a, sep, b = frames.partition(":")
+        try:
+            a_i, b_i = int(a or 0), int(b) if b else shot.frame_count
+        except ValueError:
+            a_i, b_i, sep = 0, 0, ""
+        if not sep:
+            raise QwError(f"--frames {frames!r}: expected A:B (frames A..B-1 of each shot, counted from 0)")
+        frames = (a_i, b_i)
+    a, b = frames
+    if not 0 <= a < b <= shot.frame_count:
+        raise QwError(f"frames {a}:{b} outside shot {shot.name!r}, which has {shot.frame_count} frames (0:{shot.frame_count})")
+    return a, b
+
+
+def parse_resolution(resolution: str | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    if resolution is None:
+        return tuple(default)
+    if isinstance(resolution, str):
+        w, sep, h = resolution.lower().partition("x")
+        if not (sep and w.isdigit() and h.isdigit()):
+            raise QwError(f"--resolution {resolution!r}: expected WIDTHxHEIGHT, e.g. 1280x720")
+        resolution = int(w), int(h)
+    if min(resolution) < 1:
+        raise QwError(f"resolution {resolution} must be positive")
+    return tuple(resolution)
+
+
+def reference_grid(samples: int) -> int:
+    """Samples per axis of the N×N stratified reference; `samples` must be a square."""
+    n = math.isqrt(samples)
+    if samples < 1 or n * n != samples:
+        raise QwError(f"reference samples {samples}: the builtin renderer takes a square number (16, 64, 256 …)")
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ one shot
+
+
+@dataclass(frozen=True)
+class ShotJob:
+    """Everything one builtin shot needs; plain data so it can travel to a Dask worker."""
+
+    manifest: SceneManifest
+    shot: str
+    out: str
+    first: int  # stored-frame range [first, last) within the shot
+    last: int
+    width: int
+    height: int
+    reference_spp: int
+
+    @property
+    def path(self) -> Path:
+        return cf.shot_dir(self.out, self.manifest.name, self.shot)
+
+    @property
+    def source_frames(self) -> list[int]:
+        start = self.manifest.shot(self.shot).start
+        return list(range(start + self.first, start + self.last))
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that affects pixels (recorded in capture.json; a resumed shot must match it)."""
+        m, cap = self.manifest, self.manifest.capture
+        assert m.builtin is not None
+        n = reference_grid(self.reference_spp)
+        return {"builder": m.builtin.builder, "params": m.builtin.params, "seed": m.seed,
+                "resolution": [self.width, self.height], "source_frames": [self.source_frames[0],
+                                                                           self.source_frames[-1] + 1],
+                "jitter": cap.jitter, "jitter_cycle": cap.jitter_cycle, "mip_bias": cap.mip_bias,
+                "reference_grid": [n, n], "reference_mip_bias": cap.mip_bias - math.log2(n),
+                "motion_depth_sampling": "unjittered pixel centres", "targets": "RGBA32F/RG32F/R32F"}
+
+
+def _jitter(job: ShotJob, source_frame: int) -> tuple[float, float]:
+    from datagen.builtin.renderer import halton_jitter
+
+    cap = job.manifest.capture
+    if cap.jitter == "none":
+        return 0.0, 0.0
+    if cap.jitter != "halton23":
+        raise QwError(f"scene {job.manifest.name!r}: jitter {cap.jitter!r} is not available in the builtin renderer "
+                      "(use halton23 or none)")
+    return halton_jitter(source_frame, cap.jitter_cycle)
+
+
+def _stored_cuts(job: ShotJob, path_cuts: list[int]) -> list[int]:
+    """Stored indices of the shot's camera cuts; the manifest and the camera path must agree on them."""
+    shot = job.manifest.shot(job.shot)
+    in_shot = sorted(c for c in path_cuts if shot.start < c < shot.end)
+    listed = sorted(c for c in shot.camera_cuts if c != shot.start)
+    if in_shot != listed:
+        raise QwError(f"scene {job.manifest.name!r} shot {shot.name!r}: camera_cuts {listed} differ from the cuts "
+                      f"of the builder's camera path {in_shot}; list exactly the path's cut frames")
+    return [c - shot.start - job.first for c in in_shot if shot.start + job.first < c < shot.start + job.last]
+
+
+def _check_resumable(job: ShotJob) -> None:
+    """Refuse to mix frames rendered with other settings into this shot; record ours for the next resume."""
+    path, settings = job.path, job.settings()
+    marker = path / PROGRESS_FILE
+    has_frames = any((path / p).is_dir() and any((path / p).glob("*.exr")) for p in cf.PASSES)
+    if marker.is_file():
+        if json.loads(marker.read_text()) != json.loads(json.dumps(settings)):
+            raise CaptureError(f"{path}: holds unfinished frames rendered with other settings (see {PROGRESS_FILE}); "
+                               "delete the directory or capture into another --out")
+    elif has_frames:
+        raise CaptureError(f"{path}: holds frames but no {PROGRESS_FILE}; delete the directory or use another --out")
+    for stale in [*path.glob(".*.tmp"), *path.glob("*/.*.tmp")]:  # temp files of a killed writer (atomic_path cleans up only on exceptions)
+        stale.unlink()
+    with cf.atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _already_complete(job: ShotJob) -> bool:
+    if not cf.is_complete(job.path):
+        return False
+    meta = cf.load_meta(job.path)
+    if meta.backend.settings != json.loads(json.dumps(job.settings())):
+        raise CaptureError(f"{job.path}: already complete with other settings; delete it or use another --out")
+    return True
+
+
+def render_shot(job: ShotJob, progress: bool = True) -> Path:
+    """Render (or finish) one builtin shot; returns its directory. Safe to call again after an interruption."""
+    if _already_complete(job):
+        log.info("%s: already complete", job.path)
+        return job.path
+    from datagen.builtin.renderer import Renderer
+    from datagen.builtin.scenes import build_scene
+
+    m = job.manifest
+    assert m.builtin is not None
+    scene = build_scene(m.builtin.builder, m.builtin.params, m.seed, where=f"scene {m.name!r}")
+    cuts = _stored_cuts(job, scene.camera.cuts)
+    _check_resumable(job)
+    n = reference_grid(job.reference_spp)
+    with _GL_LOCK:
+        renderer = Renderer(scene, job.width, job.height, mip_bias=m.capture.mip_bias)
+        try:
+            cameras = _render_frames(job, renderer, set(scene.camera.cuts), n, progress)
+        finally:
+            renderer.release()
+    meta = cf.CaptureMeta(
+        scene=m.name, shot=job.shot,
+        backend=cf.BackendInfo(name=BACKEND, version=_backend_version(renderer), settings=job.settings()),
+        width=job.width, height=job.height, fps=m.capture.fps, frame_count=len(job.source_frames),
+        source_frames=job.source_frames,
+        jitter=cf.JitterInfo(sequence=m.capture.jitter, cycle=m.capture.jitter_cycle,
+                             offsets=[_jitter(job, f) for f in job.source_frames]),
+        reference=cf.ReferenceInfo(samples=n * n, filter=f"box ({n}x{n} stratified sub-pixel samples)"),
+        camera_cuts=cuts, cameras=cameras, seed=m.seed, extra={"split": m.shot(job.shot).split})
+    cf.finish_capture(job.path, meta)
+    (job.path / PROGRESS_FILE).unlink()
+    return job.path
+
+
+def _render_frames(job: ShotJob, renderer, path_cuts: set[int], n: int, progress: bool) -> list[cf.CameraFrame]:
+    """Render every missing frame of the shot; returns the camera of every stored frame."""
+    cameras = []
+    for i, frame in enumerate(tqdm(job.source_frames, desc=f"{job.manifest.name}/{job.shot}", unit="frame",
+                                   disable=not progress)):
+        view, proj = renderer.camera(frame)
+        cameras.append(cf.CameraFrame(view=view.tolist(), projection=proj.tolist()))
+        if cf.frame_exists(job.path, i):
+            continue
+        # at a camera cut the history is invalid: motion is taken against the frame itself (zero)
+        motion, depth = renderer.render_gbuffer(frame, frame if frame in path_cuts else frame - 1)
+        cf.write_frame(job.path, "color", i, renderer.render_color(frame, _jitter(job, frame)))
+        cf.write_frame(job.path, "motion", i, motion)
+        cf.write_frame(job.path, "depth", i, depth)
+        cf.write_frame(job.path, "reference", i, renderer.render_reference(frame, n))
+    return cameras
+
+
+def _backend_version(renderer) -> str:
+    from datagen import __version__
+
+    info = renderer.ctx.info
+    return f"qw {__version__}; {info['GL_RENDERER']}; OpenGL {info['GL_VERSION']}"
+
+
+# ------------------------------------------------------------------------------------------------ scene
+
+
+def _select_shots(manifest: SceneManifest, shots: list[str] | str | None) -> list[Shot]:
+    if isinstance(shots, str):
+        shots = [shots]
+    return [manifest.shot(name) for name in shots] if shots else list(manifest.shots)
+
+
+def _capture_unreal(manifest: SceneManifest, out: Path, shots, scheduler, progress, unsupported: dict,
+                    backend_options: dict) -> list[Path]:
+    given = [k for k, v in unsupported.items() if v is not None]
+    if given:
+        raise QwError(f"scene {manifest.name!r} is an Unreal scene: {', '.join(given)} apply only to builtin scenes "
+                      "(the manifest sets what Unreal renders)")
+    try:
+        from ue_capture.launcher import capture_scene as capture_unreal
+    except ImportError as exc:
+        raise QwError(f"scene {manifest.name!r} needs the Unreal backend (ue_capture.launcher): {exc}") from None
+    return capture_unreal(manifest, out, shots=[s.name for s in _select_shots(manifest, shots)],
+                          scheduler=scheduler, progress=progress, **backend_options)
+
+
+def _run_on_dask(jobs: list[ShotJob], address: str, progress: bool) -> list[Path]:
+    """One task per shot on the Dask cluster at `address`; tqdm is driven from as_completed."""
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
+                           disable=not progress):
+            future.result()  # re-raises a worker's error here
+    return [job.path for job in jobs]
+
+
+def capture_scene(scene: str | SceneManifest, out: str | Path, *, shots: list[str] | str | None = None,
+                  frames: str | tuple[int, int] | None = None, resolution: str | tuple[int, int] | None = None,
+                  reference_spp: int | None = None, scheduler: str | None = None, progress: bool = True,
+                  **backend_options: Any) -> list[Path]:
+    """Capture every (or the named) shot of `scene` into ``<out>/<scene>/<shot>/``; returns the shot directories.
+
+    `scene` is a manifest name (``builtin_fence``, ``kite`` …), a manifest path or a `SceneManifest`. `frames`
+    ('A:B') selects stored frames A..B-1 of every shot, `resolution` ('WxH') and `reference_spp` (a square)
+    override the manifest. `scheduler` is a Dask scheduler address: shots become tasks. `backend_options`
+    (dry_run, editor, project, timeout, retries) go to the Unreal backend.
+    """
+    manifest = scene if isinstance(scene, SceneManifest) else find_scene(scene)
+    out = Path(out)
+    if manifest.backend != BACKEND:
+        return _capture_unreal(manifest, out, shots, scheduler, progress,
+                               {"frames": frames, "resolution": resolution, "reference_spp": reference_spp},
+                               backend_options)
+    given = sorted(k for k, v in backend_options.items() if v not in (None, False))
+    if given:
+        raise QwError(f"scene {manifest.name!r} is a builtin scene: {', '.join(given)} apply only to Unreal scenes")
+    width, height = parse_resolution(resolution, manifest.capture.resolution)
+    spp = reference_spp or manifest.capture.reference_samples
+    reference_grid(spp)
+    jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
+            for s in _select_shots(manifest, shots)]
+    if scheduler:
+        return _run_on_dask(jobs, scheduler, progress)
+    return [render_shot(job, progress) for job in jobs]
