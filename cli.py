@@ -54,6 +54,37 @@ def datagen() -> None:
     """Make training data: capture shots, validate them, plan and build the block store."""
 
 
+@datagen.command("capture")
+@click.option("--scene", required=True, metavar="NAME|FILE",
+              help="Scene manifest name (builtin_fence, kite …; see `qw scenes`) or a path to one.")
+@click.option("--shot", "shots", multiple=True, metavar="NAME", help="Only this shot (repeatable) [default: all].")
+@click.option("--out", default="captures", show_default=True, type=click.Path(file_okay=False),
+              help="Captures root: shots land in OUT/<scene>/<shot>/.")
+@click.option("--frames", metavar="A:B", help="Builtin: only frames A..B-1 of each shot, counted from 0.")
+@click.option("--resolution", metavar="WxH", help="Builtin: override the manifest's resolution, e.g. 640x360.")
+@click.option("--reference-spp", type=click.IntRange(1), metavar="N",
+              help="Builtin: reference samples per pixel, a square (16, 64, 256) [default: the manifest's].")
+@click.option("--scheduler", metavar="ADDR", help="Render shots as tasks on this Dask cluster (tcp://host:8786).")
+@click.option("--dry-run", is_flag=True, help="Unreal: print each shot's editor command line and job, run nothing.")
+@click.option("--editor", type=click.Path(dir_okay=False), help="Unreal: editor executable [default: $QW_UE4_EDITOR].")
+@click.option("--project", type=click.Path(dir_okay=False), help="Unreal: .uproject [default: the manifest's].")
+def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, dry_run, editor,
+                    project) -> None:
+    """Render (builtin scenes) or capture with Unreal (ue4 scenes) every shot of a scene into EXR sequences.
+
+    Each shot becomes OUT/<scene>/<shot>/ with color/ (1 spp, jittered), reference/ (supersampled), motion/,
+    depth/ and capture.json (qw-capture/1). Resumable: rerun the same command after an interruption and finished
+    frames are kept; a shot is complete only when its capture.json exists.
+    """
+    from datagen.capture import capture_scene
+
+    unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
+    for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
+                              reference_spp=reference_spp, scheduler=scheduler,
+                              progress=not os.environ.get("TQDM_DISABLE"), **unreal):
+        click.echo(str(path))
+
+
 @main.command("scenes")
 @click.option("--dataset", metavar="NAME|FILE",
               help="Only the scenes of this dataset manifest (e.g. qwnet-paper), with their block budgets.")
