@@ -127,5 +127,176 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
         sys.exit(1)
 
 
+def _size_option(ctx, param, value):
+    if value is None:
+        return None
+    w, sep, h = value.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 1920x1080")
+    return int(w), int(h)
+
+
+def _scale_option(ctx, param, value):
+    try:
+        sx, sy = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not SX,SY, e.g. 1,-1") from None
+    return sx, sy
+
+
+@datagen.command("import")
+@click.argument("src", type=click.Path(path_type=str))
+@click.option("--layout", required=True, type=click.Choice(["intel-sample", "mrq"]),
+              help="intel-sample: noaa/ ssaa/ vel/ folders of the public QW-Net sample; mrq: Movie Render Queue "
+                   "output (SRC/aliased or SRC, and SRC/reference or --reference).")
+@click.option("--scene", required=True, help="Scene name for the capture (e.g. Infiltrator).")
+@click.option("--shot", required=True, help="Shot name for the capture.")
+@click.option("--out", default="captures", show_default=True, type=click.Path(file_okay=False),
+              help="Captures root: the shot lands in OUT/<scene>/<shot>/.")
+@click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Frame rate of the source sequence (recorded in capture.json).")
+@click.option("--reference", type=click.Path(file_okay=False), help="mrq: folder of the reference render.")
+@click.option("--full-resolution", callback=_size_option, metavar="WxH",
+              help="Size of the full frame the source was cut from (needed for stacked blocks; NDC velocity is "
+                   "relative to the full frame) [default: the files' size].")
+@click.option("--motion-encoding", type=click.Choice(["ndc", "unorm16", "unorm16-ue5", "sign-bits", "mrq-material"]),
+              help="How velocity is stored [default: sign-bits for intel-sample, mrq-material for mrq].")
+@click.option("--mrq-scale", default="1,-1", show_default=True, callback=_scale_option, metavar="SX,SY",
+              help="mrq-material calibration: pixels = (value - 0.5) * size * scale per axis (sources disagree; "
+                   "calibrate with a known camera pan).")
+@click.option("--reference-samples", type=click.IntRange(1), help="Samples per pixel of the reference, if known.")
+@click.option("--no-sample-offsets", is_flag=True,
+              help="intel-sample: do not read the per-frame sample offset from pixel (0,0) of noaa frames.")
+@click.option("--force", is_flag=True, help="Import again even if the target shot is complete.")
+def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolution, motion_encoding, mrq_scale,
+                   reference_samples, no_sample_offsets, force) -> None:
+    """Convert an existing Unreal dump (SRC) into one validated capture (qw-capture/1).
+
+    Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
+    metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
+    """
+    from ue_capture.importers import import_capture
+
+    path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
+                          full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
+                          reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
+                          progress=not os.environ.get("TQDM_DISABLE"))
+    click.echo(str(path))
+
+
+def _json_option(ctx, param, value):
+    import json
+
+    try:
+        return json.loads(value) if value else None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON ({exc})") from None
+
+
+_dataset_opt = click.option("--dataset", "dataset_file", required=True, type=click.Path(exists=True, dir_okay=False),
+                            help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
+_captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
+                             help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
+_seed_opt = click.option("--seed", type=int, default=None, help="Override the dataset manifest's seed.")
+_storage_opt = click.option("--storage-options", callback=_json_option, metavar="JSON",
+                            help='fsspec options for a remote store, e.g. \'{"endpoint_url": "http://host:9000"}\'.')
+
+
+@datagen.command("plan")
+@_dataset_opt
+@_captures_opt
+@_seed_opt
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the full plan (every block) as JSON.")
+def datagen_plan(dataset_file, captures, seed, out) -> None:
+    """Plan the block store: windows of T frames that never cross a camera cut, tile positions, budgets.
+
+    Reads only capture.json files (no pixels). The plan is a pure function of the dataset manifest, the capture
+    metadata and the seed; `qw datagen build` recomputes it and records its digest in the store.
+    """
+    from datagen.plan import print_plan
+
+    print_plan(dataset_file, captures, seed=seed, out=out, echo=click.echo)
+
+
+@datagen.command("build")
+@_dataset_opt
+@_captures_opt
+@click.option("--store", required=True, metavar="URL", help="Store path or fsspec URL (s3://bucket/blocks.zarr).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local Dask cluster [default: one per CPU core].")
+@click.option("--scheduler", metavar="ADDR", default=None,
+              help="Use an existing Dask cluster (tcp://host:8786) instead of a local one; workers must see the "
+                   "captures at the same path and reach the store.")
+@_storage_opt
+@_seed_opt
+@click.option("--overwrite", is_flag=True, help="Replace a qw store built from a different plan.")
+def datagen_build(dataset_file, captures, store, workers, scheduler, storage_options, seed, overwrite) -> None:
+    """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/1), with Dask.
+
+    One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
+    same command after an interruption and finished windows are skipped; the store is marked complete last and
+    is byte-identical to an uninterrupted build. For SLURM/PBS, start a dask-jobqueue cluster and pass its
+    scheduler address with --scheduler (see README, "Building the block store").
+    """
+    from datagen.tile import build_store
+
+    build_store(dataset_file, captures, store, workers=workers, scheduler=scheduler,
+                storage_options=storage_options, seed=seed, overwrite=overwrite,
+                progress=not os.environ.get("TQDM_DISABLE"))
+
+
+@datagen.command("inspect")
+@click.argument("store", metavar="STORE")
+@_storage_opt
+def datagen_inspect(store, storage_options) -> None:
+    """Show a block store: blocks per scene/shot/split, codec, sizes, completeness and provenance."""
+    from datagen.inspect_store import inspect_report
+
+    click.echo(inspect_report(store, storage_options))
+
+
+@datagen.command("preview")
+@click.argument("store", metavar="STORE")
+@click.option("--block", "index", type=int, required=True, help="Block index.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="FILE.png, FILE.gif or FILE.mp4.")
+@_storage_opt
+def datagen_preview(store, index, out, storage_options) -> None:
+    """Picture of one block: color | reference | motion (hue = direction) | depth, 8 frames, tone mapped."""
+    from datagen.inspect_store import write_preview
+
+    click.echo(write_preview(store, index, out, storage_options))
+
+
+@main.command("train")
+@click.option("--store", required=True, metavar="URL", help="Block store (qw-blocks/1): a path or fsspec URL (s3://...).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
+@click.option("--config", default=None, metavar="FILE|PRESET",
+              help="YAML config or preset name (paper [default], intel-sample); see training/configs/.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt exactly where it stopped.")
+@_storage_opt
+def train_cmd(store, out, config, resume, storage_options) -> None:
+    """Train QW-Net on a block store (one process; use torchrun for several GPUs or nodes).
+
+    \b
+    Writes OUT/last.pt (every ckpt_every steps and at the end), OUT/metrics.jsonl and TensorBoard scalars in OUT/tb.
+    Multi-GPU / multi-node:  torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    """
+    from training.train import train_command
+
+    train_command(store, out, config, resume, storage_options)
+
+
+@main.command("model-stats")
+@click.option("--config", default=None, metavar="FILE|PRESET", help="YAML config or preset name (default: paper).")
+@click.option("--resolution", default="1920x1080", show_default=True, metavar="WxH",
+              help="Frame size; sizes not divisible by 16 are counted padded, as inference pads them.")
+@click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
+def model_stats_cmd(config, resolution, summary) -> None:
+    """Parameters and MACs per layer, and the share of MACs per precision under the quantization plan."""
+    from training.stats import model_stats_report
+
+    click.echo(model_stats_report(config, resolution, per_layer=not summary))
+
+
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ decodes each source frame once. Windows
 Each block gets ``candidates`` tile positions (distinct where the frame allows). Without a content filter
 there is one; with one the executor keeps the candidate whose crop differs most from the reference (it needs
 pixels, so it runs there), and the plan stays a pure function of its inputs. Splits come from the scene
-manifests, per shot, so a shot never spans two splits.
+manifests, per shot, so a shot never spans two splits; only shots of the dataset's ``splits`` (default: train)
+contribute blocks.
 """
 
 from __future__ import annotations
@@ -137,12 +138,6 @@ def _incomplete_shots(root: Path) -> list[Path]:
                    if not (p.parent.parent / META_FILE).is_file()})
 
 
-def _check_frames(shot: Path, meta: CaptureMeta) -> None:
-    for rel in frame_files(shot, meta.frame_count):
-        if not (shot / rel).is_file():
-            raise CaptureError(f"{shot / rel}: missing frame ({META_FILE} lists {meta.frame_count} frames)")
-
-
 def shot_splits(scenes: set[str], manifests_root: Path | None = None) -> dict[tuple[str, str], str]:
     """(scene, shot) → split, from the scene manifests."""
     splits = {}
@@ -157,8 +152,8 @@ def shot_splits(scenes: set[str], manifests_root: Path | None = None) -> dict[tu
 
 def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
                   manifests_root: Path | None = None) -> list[CaptureInfo]:
-    """Read the capture.json of every shot under `captures_root` (of `scenes`, when given) and check that every
-    frame file exists. Incomplete shots are an error, not silently skipped."""
+    """Read the capture.json of every shot under `captures_root` (of `scenes`, when given); no pixels.
+    Incomplete shots are an error, not silently skipped."""
     root = Path(captures_root)
     if not root.is_dir():
         raise CaptureError(f"{root}: captures directory not found")
@@ -173,7 +168,6 @@ def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
     for shot, meta in metas:
         if (meta.scene, meta.shot) not in splits:
             raise QwError(f"{shot / META_FILE}: shot {meta.shot!r} is not in the manifest of scene {meta.scene!r}")
-        _check_frames(shot, meta)
         infos.append(CaptureInfo(shot.relative_to(root).as_posix() if shot != root else shot.name, meta,
                                  sha256_file(shot / META_FILE), splits[meta.scene, meta.shot]))
     return infos
@@ -184,7 +178,8 @@ def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
 
 def _check_scene_shots(scene: str, shots: list[CaptureInfo], tile: int) -> None:
     if not shots:
-        raise QwError(f"scene {scene!r}: the dataset gives it a budget but no capture of it was found")
+        raise QwError(f"scene {scene!r}: the dataset gives it a budget but no capture of a shot of it in the "
+                      f"dataset's splits was found")
     sizes = {(c.meta.width, c.meta.height): c.path for c in shots}
     if len(sizes) > 1:
         (a, pa), (b, pb) = list(sizes.items())[:2]
@@ -224,7 +219,8 @@ def _block_counts(budget: int, n_windows: int, rng: np.random.Generator) -> np.n
 def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int | None = None) -> Plan:
     """The blocks of a store. Pure: same manifest, capture metadata and seed ⇒ same plan (and digest)."""
     seed = dataset.seed if seed is None else seed
-    shots = sorted((c for c in captures if c.meta.scene in {s.scene for s in dataset.scenes}),
+    scene_names = {s.scene for s in dataset.scenes}
+    shots = sorted((c for c in captures if c.meta.scene in scene_names and c.split in dataset.splits),
                    key=lambda c: ([s.scene for s in dataset.scenes].index(c.meta.scene), c.meta.shot))
     dup = [k for k, n in Counter((c.meta.scene, c.meta.shot) for c in shots).items() if n > 1]
     if dup:
@@ -256,5 +252,27 @@ def plan_from_files(dataset: DatasetManifest, captures_root: str | Path, seed: i
     return make_plan(dataset, load_captures(captures_root, [s.scene for s in dataset.scenes], manifests_root), seed)
 
 
+def check_frames(plan: Plan, captures_root: str | Path) -> None:
+    """Every frame file of every planned shot exists (a missing one fails before any work starts)."""
+    for c in plan.shots:
+        shot = Path(captures_root) / c.path
+        for rel in frame_files(shot, c.meta.frame_count):
+            if not (shot / rel).is_file():
+                raise CaptureError(f"{shot / rel}: missing frame ({META_FILE} lists {c.meta.frame_count} frames)")
+
+
 def write_plan(plan: Plan, path: str | Path) -> None:
     Path(path).write_text(json.dumps({**plan.to_dict(), "digest": plan.digest()}, indent=1) + "\n")
+
+
+def print_plan(dataset_file: str | Path, captures_root: str | Path, *, seed: int | None = None,
+               out: str | Path | None = None, echo=print) -> Plan:
+    """`qw datagen plan`: plan from files, print the summary, optionally write the plan as JSON."""
+    from datagen.manifests import load_dataset_manifest
+
+    plan = plan_from_files(load_dataset_manifest(dataset_file), captures_root, seed)
+    echo(plan.summary())
+    if out:
+        write_plan(plan, out)
+        echo(f"plan written to {out}")
+    return plan

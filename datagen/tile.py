@@ -30,7 +30,7 @@ from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, create_store, 
 from datagen.capture_format import PASSES, CaptureMeta, frame_path, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest, load_dataset_manifest
-from datagen.plan import Plan, Task, plan_from_files
+from datagen.plan import Plan, check_frames, plan_from_files
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,14 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         with Client(scheduler) as client:
             yield client
         return
+    # Cluster start/stop chatter is not the user's business unless they asked for debug output (-vv).
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts).
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, scheduler_kwargs={"dashboard": False},
+                               silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:
         yield client
 
@@ -253,8 +257,9 @@ def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
     try:
         for future in as_completed(futures):
             progress.update(future.result())
-    finally:
+    except BaseException:
         client.cancel(futures)
+        raise
 
 
 def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path, store_url: str, *,
@@ -266,6 +271,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
         dataset = load_dataset_manifest(dataset)
     url = str(store_url)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
+    check_frames(plan, captures_root)
     store = prepare_store(plan, url, storage_options, overwrite)
     if store.complete:
         log.info("%s: already complete (%d blocks)", url, plan.num_blocks)

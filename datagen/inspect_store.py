@@ -1,0 +1,113 @@
+"""`qw datagen inspect` and `qw datagen preview`: what a block store holds, and a picture of one block."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import imageio.v3 as iio
+import numpy as np
+from matplotlib.colors import hsv_to_rgb
+
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, open_store
+from datagen.errors import QwError
+
+
+def _stored_bytes(url: str, storage_options: dict | None) -> int:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}) if "://" in url else {})
+    return int(fs.du(path))
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def _counts_table(title: str, counts: Counter) -> list[str]:
+    return [f"{title}:"] + [f"  {k:<32} {v:>7}" for k, v in sorted(counts.items())]
+
+
+def inspect_report(url: str, storage_options: dict | None = None) -> str:
+    """Blocks per scene/shot/split, codec, sizes, completeness and provenance of a store, as text."""
+    store = open_store(url, require_complete=False, storage_options=storage_options)
+    a, n = store.attrs, store.num_blocks
+    origins = store.origins() if store.complete else np.zeros((0, 5), np.int32)
+    scenes = [s["name"] for s in a["scenes"]]
+    shots = a["shots"]
+    stored = _stored_bytes(url, storage_options)
+    raw = sum(np.dtype(ARRAYS[name].dtype).itemsize * int(np.prod(store.array(name).shape)) for name in ARRAYS)
+    t, tile, _ = a["block_shape"]
+    lines = [
+        f"store:      {url}",
+        f"format:     {a['format']}   complete: {'yes' if store.complete else 'NO (build unfinished)'}",
+        f"blocks:     {n} of {t} frames × {tile}×{tile} px",
+        f"codec:      {a['codec']['name']} {a['codec']['configuration']}",
+        f"size:       {_size(stored)} stored, {_size(raw)} raw ({raw / max(stored, 1):.2f}×)",
+        f"dataset:    {a.get('dataset', {}).get('name', '?')}   seed {a.get('seed')}   "
+        f"content filter {a.get('content_filter')}",
+        f"plan:       {a.get('plan_digest')}",
+        f"qw version: {a['qw_version']}",
+    ]
+    if store.complete:
+        lines += _counts_table("blocks per scene", Counter(scenes[i] for i in origins[:, 0]))
+        lines += _counts_table("blocks per shot", Counter(f"{shots[i]['scene']}/{shots[i]['shot']} "
+                                                          f"({shots[i]['split']})" for i in origins[:, 1]))
+        lines += _counts_table("blocks per split", Counter(shots[i]["split"] for i in origins[:, 1]))
+    lines.append("sources (capture.json sha256):")
+    lines += [f"  {s['path']:<32} {s['capture_sha256'][:16]}…  {s['width']}×{s['height']}, "
+              f"{s['frame_count']} frames" for s in shots]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- preview
+
+
+def tone_map(hdr: np.ndarray) -> np.ndarray:
+    """Linear HDR (..., 3) → 8-bit sRGB-ish: Reinhard, then gamma 2.2."""
+    x = np.clip(hdr.astype(np.float32), 0, None)
+    return (255 * (x / (1 + x)) ** (1 / 2.2) + 0.5).astype(np.uint8)
+
+
+def motion_colors(motion: np.ndarray, scale: float) -> np.ndarray:
+    """(..., 2) pixels → 8-bit RGB: hue = direction, brightness = length relative to `scale`."""
+    m = motion.astype(np.float32)
+    hue = (np.arctan2(m[..., 1], m[..., 0]) / (2 * np.pi)) % 1.0
+    value = np.clip(np.hypot(m[..., 0], m[..., 1]) / max(scale, 1e-6), 0, 1)
+    return (255 * hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], axis=-1)) + 0.5).astype(np.uint8)
+
+
+def depth_gray(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Planar depth → 8-bit gray, log scale between `lo` and `hi`, near is bright."""
+    d = np.log(np.clip(depth.astype(np.float32), lo, hi))
+    g = 1 - (d - np.log(lo)) / max(np.log(hi) - np.log(lo), 1e-6)
+    return np.repeat((255 * g + 0.5).astype(np.uint8), 3, axis=-1)
+
+
+def block_frames(store: BlockStore, index: int) -> list[np.ndarray]:
+    """One RGB image per frame of block `index`: color | reference | motion | depth, side by side."""
+    if not 0 <= index < store.num_blocks:
+        raise QwError(f"{store.url}: block {index} out of range (store has {store.num_blocks} blocks)")
+    b = {k: v.transpose(0, 2, 3, 1) for k, v in store.read_block(index, IMAGE_ARRAYS).items()}  # (T, H, W, C)
+    speed = float(np.percentile(np.hypot(*b["motion"].astype(np.float32).transpose(3, 0, 1, 2)), 99))
+    positive = b["depth"][b["depth"] > 0].astype(np.float32)
+    lo, hi = (np.percentile(positive, [1, 99]) if positive.size else (1.0, 2.0))
+    return [np.concatenate([tone_map(b["color"][i]), tone_map(b["reference"][i]),
+                            motion_colors(b["motion"][i], speed), depth_gray(b["depth"][i], lo, max(hi, lo * 1.01))],
+                           axis=1) for i in range(len(b["color"]))]
+
+
+def write_preview(url: str, index: int, out: str | Path, storage_options: dict | None = None) -> Path:
+    """PNG: the frames stacked top to bottom; GIF/MP4: the frames as an animation at 4 fps."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".gif", ".mp4"):
+        raise QwError(f"{out}: preview must be .png, .gif or .mp4")
+    frames = block_frames(open_store(url, storage_options=storage_options), index)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        iio.imwrite(out, np.concatenate(frames, axis=0))
+    elif suffix == ".gif":
+        iio.imwrite(out, np.stack(frames), duration=250, loop=0)
+    else:
+        iio.imwrite(out, np.stack(frames), fps=4, codec="libx264", macro_block_size=16)
+    return out

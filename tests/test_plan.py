@@ -1,0 +1,128 @@
+"""Planner: budgets met exactly, windows inside cut-free segments, splits by shot, deterministic per seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from blocks_helpers import capture_meta, dataset
+from cli import main
+from datagen.capture_format import META_FILE
+from datagen.errors import CaptureError, QwError
+from datagen.manifests import MANIFEST_ROOT, load_dataset_manifest, load_scene_manifest
+from datagen.plan import CaptureInfo, make_plan
+
+PAPER = MANIFEST_ROOT / "datasets" / "qwnet-paper.yaml"
+
+
+def unreal_like_captures(root: Path) -> dict[tuple[str, str], dict]:
+    """capture.json (no pixels) for every shot of the four Unreal scene manifests, 1080p, some with cuts."""
+    shots = {}
+    for scene in load_dataset_manifest(PAPER).scenes:
+        manifest = load_scene_manifest(MANIFEST_ROOT / "scenes" / f"{scene.scene}.yaml")
+        w, h = manifest.capture.resolution
+        for k, shot in enumerate(manifest.shots):
+            cuts = [c - shot.start for c in shot.camera_cuts] or ([37, 90] if k % 2 == 0 else [])
+            meta = capture_meta(manifest.name, shot.name, shot.frame_count, w, h, cuts)
+            folder = root / manifest.name / shot.name
+            folder.mkdir(parents=True)
+            (folder / META_FILE).write_text(json.dumps(meta.model_dump(mode="json")))
+            shots[manifest.name, shot.name] = {"meta": meta, "split": shot.split}
+    return shots
+
+
+def run_plan(captures: Path, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(main, ["datagen", "plan", "--dataset", str(PAPER), "--captures", str(captures),
+                                       "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    assert "13712 blocks" in result.output
+    return json.loads(out.read_text())
+
+
+def test_paper_plan_on_unreal_shaped_metadata(tmp_path):
+    shots = unreal_like_captures(tmp_path / "captures")
+    plan = run_plan(tmp_path / "captures", tmp_path / "a.json")
+    manifest = load_dataset_manifest(PAPER)
+    t, tile = manifest.frames, manifest.tile
+
+    per_scene = {s.scene: 0 for s in manifest.scenes}
+    windows = set()
+    next_block = 0
+    for task in plan["tasks"]:
+        shot = plan["shots"][task["shot"]]
+        meta = shots[shot["scene"], shot["shot"]]["meta"]
+        assert shot["split"] == shots[shot["scene"], shot["shot"]]["split"] == "train"
+        start = task["start"]
+        assert 0 <= start and start + t <= meta.frame_count
+        assert not [c for c in meta.camera_cuts if start < c < start + t], "window crosses a camera cut"
+        for other in range(start - t + 1, start + t):  # windows of one shot never overlap
+            assert (task["shot"], other) not in windows
+        windows.add((task["shot"], start))
+        pos = np.array(task["positions"])
+        assert pos.shape[1:] == (manifest.content_filter.candidates, 2)
+        assert (pos >= 0).all() and (pos[..., 0] <= meta.height - tile).all() and (pos[..., 1] <= meta.width - tile).all()
+        assert len({tuple(p) for p in pos.reshape(-1, 2)}) == pos.shape[0] * pos.shape[1]  # distinct candidates
+        assert task["first_block"] == next_block
+        next_block += len(pos)
+        per_scene[shot["scene"]] += len(pos)
+    assert next_block == 13712
+    assert per_scene == {s.scene: s.budget for s in manifest.scenes}
+    # each scene's blocks are spread evenly over every window of its train shots
+    for scene in per_scene:
+        counts = [len(t["positions"]) for t in plan["tasks"] if plan["shots"][t["shot"]]["scene"] == scene]
+        assert max(counts) - min(counts) <= 1
+
+    again = run_plan(tmp_path / "captures", tmp_path / "b.json")
+    assert again == plan
+    other = run_plan(tmp_path / "captures", tmp_path / "c.json", "--seed", "7")
+    assert other["digest"] != plan["digest"]
+    assert [t["positions"] for t in other["tasks"]] != [t["positions"] for t in plan["tasks"]]
+
+
+def infos(specs: list[tuple[str, str, int, str, list[int]]], width: int = 300, height: int = 200) -> list[CaptureInfo]:
+    return [CaptureInfo(f"{scene}/{shot}", capture_meta(scene, shot, n, width, height, cuts), f"sha-{scene}-{shot}",
+                        split) for scene, shot, n, split, cuts in specs]
+
+
+@pytest.mark.parametrize("budget", [1, 5, 23, 400])
+def test_budget_met_exactly_for_few_and_many_blocks(budget):
+    caps = infos([("a", "s1", 40, "train", [13]), ("a", "s2", 25, "train", []), ("a", "v", 30, "val", [])])
+    plan = make_plan(dataset({"a": budget}), caps)
+    assert plan.num_blocks == budget
+    assert {plan.shots[t.shot].split for t in plan.tasks} == {"train"}  # default: train shots only
+    assert [t.first_block for t in plan.tasks] == list(np.cumsum([0] + [t.num_blocks for t in plan.tasks])[:-1])
+
+
+def test_dataset_splits_select_shots_and_are_recorded_per_shot():
+    caps = infos([("a", "s1", 40, "train", []), ("a", "v", 40, "val", []), ("a", "t", 40, "test", [])])
+    ds = dataset({"a": 50}).model_copy(update={"splits": ["train", "val"]})
+    plan = make_plan(ds, caps)
+    assert plan.blocks_by("split") == {"train": 25, "val": 25}
+    assert {(s["shot"], s["split"]) for s in plan.shot_table()} == {("s1", "train"), ("v", "val")}
+
+
+def test_seed_changes_plan_and_one_scene_budget_leaves_others_alone():
+    caps = infos([("a", "s1", 64, "train", []), ("b", "s1", 64, "train", [])])
+    p1 = make_plan(dataset({"a": 10, "b": 10}), caps)
+    assert p1.digest() == make_plan(dataset({"a": 10, "b": 10}), caps).digest()
+    assert p1.digest() != make_plan(dataset({"a": 10, "b": 10}), caps, seed=1).digest()
+    p2 = make_plan(dataset({"a": 10, "b": 11}), caps)
+    a1 = [t.positions.tolist() for t in p1.tasks if p1.shots[t.shot].meta.scene == "a"]
+    a2 = [t.positions.tolist() for t in p2.tasks if p2.shots[t.shot].meta.scene == "a"]
+    assert a1 == a2
+
+
+def test_plan_errors_name_the_problem():
+    with pytest.raises(QwError, match="scene 'b'.*no capture"):
+        make_plan(dataset({"a": 3, "b": 3}), infos([("a", "s1", 16, "train", [])]))
+    with pytest.raises(CaptureError, match="resolution mismatch.*a/s2"):
+        make_plan(dataset({"a": 3}), infos([("a", "s1", 16, "train", [])]) +
+                  infos([("a", "s2", 16, "train", [])], width=320))
+    with pytest.raises(QwError, match="no shot has 8 consecutive frames"):
+        make_plan(dataset({"a": 3}), infos([("a", "s1", 16, "train", [4, 10])]))
+    with pytest.raises(QwError, match="smaller than the 256-pixel tile"):
+        make_plan(dataset({"a": 3}, tile=256), infos([("a", "s1", 16, "train", [])]))
