@@ -108,27 +108,28 @@ def _matrices(cam: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(view, np.float64).reshape(4, 4), np.asarray(proj, np.float64).reshape(4, 4)
 
 
-def _camera_points(depth: np.ndarray, proj: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Camera-space points (H, W, 4) seen through each pixel centre at the given planar depth.
+def _pixel_ndc(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """NDC of the pixel centres as a (1, W) row of x and an (H, 1) column of y, for broadcasting."""
+    nx = 2.0 * (np.arange(width) + 0.5) / width - 1.0
+    ny = 1.0 - 2.0 * (np.arange(height) + 0.5) / height
+    return nx[None, :], ny[:, None]
 
-    For NDC ``n`` and camera ``z = −depth``, clip = P·(x, y, z, 1) gives two linear equations in x and y:
-    ``(P₀ − n_x P₃)·X = 0`` and ``(P₁ − n_y P₃)·X = 0``; solved per pixel by Cramer's rule, which holds for any
-    OpenGL-style perspective or orthographic projection, off-centre ones included.
+
+def _camera_xy(z: np.ndarray, proj: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-space x, y (H, W) of the points seen through each pixel centre at camera-space depth `z`.
+
+    For NDC ``n``, clip = P·(x, y, z, 1) gives two linear equations in x and y: ``(P₀ − n_x P₃)·X = 0`` and
+    ``(P₁ − n_y P₃)·X = 0``; solved per pixel by Cramer's rule, which holds for any OpenGL-style perspective or
+    orthographic projection, off-centre ones included. The z-free coefficients depend only on the row or column.
     """
-    px = (np.arange(width) + 0.5) / width
-    py = (np.arange(height) + 0.5) / height
-    nx, ny = np.meshgrid(2.0 * px - 1.0, 1.0 - 2.0 * py)
-    z = -depth.astype(np.float64)
-    rows = [proj[0] - nx[..., None] * proj[3], proj[1] - ny[..., None] * proj[3]]  # each (H, W, 4)
-    a, b = rows[0][..., 0], rows[0][..., 1]
-    c, d = rows[1][..., 0], rows[1][..., 1]
-    e = -(rows[0][..., 2] * z + rows[0][..., 3])
-    f = -(rows[1][..., 2] * z + rows[1][..., 3])
+    nx, ny = _pixel_ndc(width, height)
+    a, b = proj[0, 0] - nx * proj[3, 0], proj[0, 1] - nx * proj[3, 1]  # (1, W)
+    c, d = proj[1, 0] - ny * proj[3, 0], proj[1, 1] - ny * proj[3, 1]  # (H, 1)
+    e = -((proj[0, 2] - nx * proj[3, 2]) * z + (proj[0, 3] - nx * proj[3, 3]))
+    f = -((proj[1, 2] - ny * proj[3, 2]) * z + (proj[1, 3] - ny * proj[3, 3]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        det = a * d - b * c
-        x = (e * d - b * f) / det
-        y = (a * f - e * c) / det
-    return np.stack([x, y, z, np.ones_like(z)], axis=-1)
+        inv_det = 1.0 / (a * d - b * c)
+        return (e * d - b * f) * inv_det, (a * f - e * c) * inv_det
 
 
 def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: int, height: int) -> np.ndarray:
@@ -146,28 +147,29 @@ def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: in
         raise ValueError(f"depth has shape {depth.shape}, expected ({height}, {width})")
     view_prev, proj_prev = _matrices(cam_prev)
     view_cur, proj_cur = _matrices(cam_cur)
-    cam_to_prev_clip = proj_prev @ view_prev @ np.linalg.inv(view_cur)
-    clip = _camera_points(depth, proj_cur, width, height) @ cam_to_prev_clip.T
-    w = clip[..., 3]
-    usable = np.isfinite(depth) & (depth > 0) & (w > 1e-12)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prev_x = (clip[..., 0] / w + 1.0) * 0.5 * width
-        prev_y = (1.0 - clip[..., 1] / w) * 0.5 * height
-    cur_x, cur_y = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    motion = np.stack([cur_x - prev_x, cur_y - prev_y], axis=-1)
-    motion[~usable] = np.nan
+    m = proj_prev @ view_prev @ np.linalg.inv(view_cur)  # current camera space → previous clip space
+    z = -depth.astype(np.float64)
+    x, y = _camera_xy(z, proj_cur, width, height)
+    nx, ny = _pixel_ndc(width, height)
+    with np.errstate(divide="ignore", invalid="ignore"):  # invalid depths give inf/NaN here, masked below
+        clip_x, clip_y, w = (m[k, 0] * x + m[k, 1] * y + m[k, 2] * z + m[k, 3] for k in (0, 1, 3))
+        # p − p_prev in pixels = (n − n_prev) · (W/2, −H/2)
+        motion = np.stack([(nx - clip_x / w) * (0.5 * width), (clip_y / w - ny) * (0.5 * height)], axis=-1)
+    motion[~(np.isfinite(depth) & (depth > 0) & (w > 1e-12))] = np.nan
     return motion
 
 
 def reprojection_agreement(motion: np.ndarray, expected: np.ndarray,
                            tol: ReprojectionTolerance = ReprojectionTolerance()) -> tuple[float, float, int]:
-    """(fraction of pixels that agree, median error in px, pixels compared); NaN expectations are left out."""
-    valid = np.all(np.isfinite(expected), axis=-1) & np.all(np.isfinite(motion), axis=-1)
-    if not valid.any():
+    """(fraction of pixels that agree, median error in px, pixels compared); NaN pixels on either side are left out."""
+    err = np.hypot(motion[..., 0] - expected[..., 0], motion[..., 1] - expected[..., 1])
+    valid = np.isfinite(err)
+    pixels = int(valid.sum())
+    if not pixels:
         return float("nan"), float("nan"), 0
-    err = np.linalg.norm(motion[valid] - expected[valid], axis=-1)
-    limit = tol.abs_px + tol.rel * np.linalg.norm(expected[valid], axis=-1)
-    return float(np.mean(err <= limit)), float(np.median(err)), int(valid.sum())
+    with np.errstate(invalid="ignore"):
+        agree = err <= tol.abs_px + tol.rel * np.hypot(expected[..., 0], expected[..., 1])
+    return float(agree.sum() / pixels), float(np.median(err[valid])), pixels
 
 
 # ----------------------------------------------------------------------------------------------- per-frame checks
@@ -193,20 +195,21 @@ def _check_pixels(result: _FrameResult, path: Path, image: np.ndarray, meta: Cap
         result.add("resolution", f"{path}: resolution {image.shape[1]}x{image.shape[0]}, "
                                  f"capture.json says {meta.width}x{meta.height}")
         return False
-    usable = True
-    for bad, what in ((np.isnan(image), "NaN"), (np.isinf(image), "Inf")):
-        if bad.any():
-            pixels = np.any(bad, axis=-1)
-            result.add("finite", f"{path}: {int(pixels.sum())} pixel(s) with {what} values, {_first_pixel(pixels)}")
-            usable = False
-    if pass_name == "motion" and usable:
+    if not np.isfinite(image).all():
+        for bad, what in ((np.isnan(image), "NaN"), (np.isinf(image), "Inf")):
+            if bad.any():
+                pixels = np.any(bad, axis=-1)
+                result.add("finite", f"{path}: {int(pixels.sum())} pixel(s) with {what} values, "
+                                     f"{_first_pixel(pixels)}")
+        return False
+    if pass_name == "motion":
         limit = max(meta.width, meta.height)
-        magnitude = np.linalg.norm(image.astype(np.float64), axis=-1)
+        magnitude = np.hypot(image[..., 0], image[..., 1])
         if magnitude.max() >= limit:
             result.add("motion range", f"{path}: implausible motion of {magnitude.max():.1f} px "
                                        f"({_first_pixel(magnitude >= limit)}); limit is max(width, height) = {limit}")
-            usable = False
-    return usable
+            return False
+    return True
 
 
 def _check_frame(shot: Path, meta: CaptureMeta, index: int, present: set[str],
