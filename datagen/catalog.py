@@ -31,15 +31,13 @@ class SceneStatus:
 
 @functools.cache
 def opengl_blocker() -> str | None:
-    """Why the builtin renderer cannot get an OpenGL context here (None when it can): it renders through EGL."""
-    try:
-        import moderngl
+    """Why the builtin renderer cannot get its OpenGL context (EGL) here; None when it can."""
+    from datagen.builtin.renderer import gl_context
 
-        ctx = moderngl.create_standalone_context(backend="egl")
-        ctx.release()
-    except Exception as exc:  # missing libEGL, no Mesa driver, no GPU driver: all surface as different exceptions
-        return f"the builtin renderer needs an OpenGL 3.3+ context through EGL and moderngl could not create one " \
-               f"({type(exc).__name__}: {exc}); install libegl1 and libgl1-mesa-dri"
+    try:
+        gl_context()
+    except QwError as exc:
+        return str(exc)
     return None
 
 

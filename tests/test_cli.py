@@ -125,4 +125,4 @@ def test_egl_is_reported_missing_when_no_driver_loads():
     code = "from datagen.catalog import opengl_blocker; print(opengl_blocker())"
     env = {**os.environ, "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json", "LIBGL_DRIVERS_PATH": "/nonexistent"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stdout
-    assert "needs an OpenGL 3.3+ context through EGL" in out
+    assert "OpenGL" in out and "through EGL" in out, out
