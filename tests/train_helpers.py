@@ -13,7 +13,7 @@ def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarra
     """A smooth positive RGB texture as a sum of random sinusoids, defined at any real (x, y): (3, *x.shape)."""
     out = np.full((3,) + x.shape, 0.6)
     for _ in range(6):
-        fx, fy = rng.uniform(-0.25, 0.25, 2)
+        fx, fy = rng.uniform(-0.1, 0.1, 2)
         phase = rng.uniform(0, 2 * np.pi)
         amp = rng.uniform(0.05, 0.3, 3)[:, None, None]
         out = out + amp * np.sin(2 * np.pi * (fx * x + fy * y) + phase)

@@ -103,7 +103,10 @@ class BlockDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int | None]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        block = self.store.read_block(index, ARRAYS)
+        try:
+            block = self.store.read_block(index, ARRAYS)
+        except Exception as exc:  # zarr/codec/fsspec errors of a damaged or truncated chunk
+            raise QwError(f"{self.url}: block {index} cannot be read ({type(exc).__name__}: {exc})") from exc
         rng = np.random.default_rng(seed)
         tile = block["color"].shape[-1]
         size = self.crop or tile

@@ -103,18 +103,32 @@ def apply_kernel(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def filter_pyramid(weights: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+def normalize_weights(raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Softmax per kernel group, per scale: (input or down weights, up weights or None at the bottleneck).
+
+    Full resolution: the 18 input weights share one softmax; every 3×3 down kernel and every 10-weight up filter
+    has its own. Computed in float32 whatever the autocast dtype.
+    """
+    n = len(raw)
+    out = []
+    for s, w in enumerate(raw):
+        w = w.float()
+        first = torch.softmax(w[:, :INPUT_WEIGHTS if s == 0 else KERNEL], dim=1)
+        out.append((first, torch.softmax(w[:, -UP_WEIGHTS:], dim=1) if s < n - 1 else None))
+    return out
+
+
+def filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
     """U_f's filtering, given the raw (pre-softmax) predictor outputs per scale; acts on linear colour."""
-    n = len(weights)
-    full = torch.softmax(weights[0][:, :INPUT_WEIGHTS].float(), dim=1)
+    weights = normalize_weights(raw)
+    full = weights[0][0]
     x = apply_kernel(color, full[:, :KERNEL]) + apply_kernel(history, full[:, KERNEL:])
     skips = [x]
-    for s in range(1, n):
-        down = torch.softmax(weights[s][:, :KERNEL].float(), dim=1)
+    for down, _ in weights[1:]:
         x = apply_kernel(F.avg_pool2d(x, 2), down)
         skips.append(x)
-    for s in reversed(range(n - 1)):
-        up = torch.softmax(weights[s][:, -UP_WEIGHTS:].float(), dim=1)
+    for s in reversed(range(len(weights) - 1)):
+        up = weights[s][1]
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = apply_kernel(x, up[:, :KERNEL]) + up[:, KERNEL:] * skips[s]
     return x

@@ -1,0 +1,198 @@
+"""QW-Net model, warp, HDR transforms, augmentation and the model-stats counter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+from train_helpers import synthetic_block
+
+from cli import main
+from training.config import load_config
+from training.data import augment, flip, rotate90
+from training.hdr import TRANSFORMS, compress
+from training.model import ConvBNAct, QWNet, filter_pyramid, normalize_weights, predictor_outputs
+from training.stats import model_stats
+from training.warp import warp
+
+
+def _randomize_predictors(model: QWNet, scale: float = 3.0) -> None:
+    """Make the predicted kernels far from uniform, so normalization is tested on uneven weights."""
+    torch.manual_seed(1)
+    for conv in model.filter.predictors:
+        nn.init.normal_(conv.weight, std=scale)
+        nn.init.normal_(conv.bias, std=scale)
+
+
+@pytest.mark.parametrize("preset", ["paper", "intel-sample"])
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (64, 32)])
+def test_forward_shapes(preset: str, size: tuple[int, int]) -> None:
+    model = QWNet(load_config(preset).model).eval()
+    h, w = size
+    color, motion = torch.rand(2, 3, 3, h, w), torch.randn(2, 3, 2, h, w)
+    valid = torch.tensor([[False, True, True], [False, False, True]])
+    out = model(color, motion, valid)
+    assert out.shape == (2, 3, 3, h, w) and out.dtype == torch.float32
+    features = model.extractor(torch.rand(1, 10 if preset == "paper" else 6, h, w))
+    assert [f.shape[1:] for f in features] == [(c, h >> s, w >> s) for s, c in enumerate(model.cfg.widths)]
+
+
+def test_sizes_not_divisible_by_16_are_padded_by_forward_and_refused_by_step() -> None:
+    model = QWNet(load_config("intel-sample").model).eval()
+    out = model(torch.rand(1, 2, 3, 50, 37), torch.zeros(1, 2, 2, 50, 37), torch.tensor([[False, True]]))
+    assert out.shape == (1, 2, 3, 50, 37)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        model.step(torch.rand(1, 3, 50, 37), torch.rand(1, 3, 50, 37))
+
+
+def test_extractor_is_built_from_conv_bn_act_units_with_an_identifiable_first_conv() -> None:
+    for preset, bn, act in (("paper", nn.BatchNorm2d, nn.ELU), ("intel-sample", nn.Identity, nn.ReLU)):
+        model = QWNet(load_config(preset).model)
+        units = [m for m in model.extractor.modules() if isinstance(m, ConvBNAct)]
+        convs = [m for m in model.extractor.modules() if isinstance(m, nn.Conv2d)]
+        assert len(units) == len(convs) and all(isinstance(u.bn, bn) and isinstance(u.act, act) for u in units)
+        assert model.extractor.first is units[0] and model.extractor.first.conv.in_channels == (
+            10 if preset == "paper" else 6)
+        assert [p.out_channels for p in model.filter.predictors] == [28, 19, 19, 19, 9]
+
+
+def test_softmax_weights_are_normalized_per_kernel_group() -> None:
+    raw = [torch.randn(2, c, 8 >> s, 8 >> s) * 5 for s, c in enumerate(predictor_outputs(4))]
+    weights = normalize_weights(raw)
+    assert [w[0].shape[1] for w in weights] == [18, 9, 9, 9] and weights[-1][1] is None
+    for first, up in weights:
+        assert torch.allclose(first.sum(1), torch.ones(()), atol=1e-6) and first.min() >= 0
+        if up is not None:
+            assert up.shape[1] == 10 and torch.allclose(up.sum(1), torch.ones(()), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["paper", "intel-sample"])
+def test_constant_image_passes_through_the_filter_network_unchanged(preset: str) -> None:
+    model = QWNet(load_config(preset).model).eval()
+    _randomize_predictors(model)
+    constant = torch.tensor([0.3, 2.0, 75.0]).view(1, 3, 1, 1).expand(2, 3, 32, 48).contiguous()
+    out = model.step(constant, constant)
+    assert torch.allclose(out, constant, rtol=1e-5)
+    # ...while a non-constant image is really filtered (the test above cannot pass by an identity network).
+    noisy = constant * (1 + 0.5 * torch.rand_like(constant))
+    assert not torch.allclose(model.step(noisy, noisy), noisy, rtol=1e-3)
+
+
+def test_filter_output_is_a_convex_combination_of_input_and_history() -> None:
+    raw = [torch.randn(1, c, 32 >> s, 32 >> s) * 4 for s, c in enumerate(predictor_outputs(3))]
+    color, history = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32) + 1
+    out = filter_pyramid(raw, color, history)
+    assert out.min() >= color.min() - 1e-6 and out.max() <= history.max() + 1e-6
+
+
+def test_warp_with_zero_motion_is_identity() -> None:
+    image = torch.rand(2, 3, 17, 23)
+    assert torch.allclose(warp(image, torch.zeros(2, 2, 17, 23)), image, rtol=0, atol=1e-6)
+
+
+def test_warp_with_integer_motion_is_an_exact_shift_in_the_contract_direction() -> None:
+    image = torch.rand(1, 3, 20, 24)
+    motion = torch.zeros(1, 2, 20, 24)
+    motion[:, 0], motion[:, 1] = 2.0, -3.0  # moved 2 px right and 3 px up since the previous frame
+    out = warp(image, motion)
+    # current p = (x, y) samples previous at p − m = (x − 2, y + 3)
+    assert torch.allclose(out[..., :17, 2:], image[..., 3:, :-2], atol=1e-6)
+    assert not torch.allclose(out[..., :17, 2:], image[..., :17, 2:])
+
+
+def test_warp_with_half_pixel_motion_averages_neighbours() -> None:
+    image = torch.rand(1, 1, 8, 8)
+    motion = torch.zeros(1, 2, 8, 8)
+    motion[:, 0] = 0.5
+    out = warp(image, motion)
+    assert torch.allclose(out[..., 1:], 0.5 * (image[..., 1:] + image[..., :-1]), atol=1e-6)
+
+
+def _warp_error(block: dict[str, np.ndarray]) -> float:
+    ref = torch.from_numpy(block["reference"].astype(np.float32))
+    motion = torch.from_numpy(block["motion"].astype(np.float32))
+    predicted = warp(ref[:-1], motion[1:])
+    return float((predicted - ref[1:])[..., 4:-4, 4:-4].abs().mean())  # borders see outside the frame
+
+
+def test_augmentation_keeps_motion_consistent_with_the_images() -> None:
+    rng = np.random.default_rng(3)
+    block = synthetic_block(rng, t=3, tile=48)
+    base = _warp_error(block)
+    wrong_motion = {**block, "motion": -block["motion"]}
+    assert _warp_error(wrong_motion) > 10 * base  # the measure is sensitive to a wrong vector field
+    transforms = [lambda b: flip(b, -1), lambda b: flip(b, -2), rotate90, lambda b: rotate90(rotate90(rotate90(b)))]
+    for transform in transforms:
+        out = transform(block)
+        assert _warp_error(out) < 1.5 * base + 1e-3
+        assert _warp_error({**out, "motion": block["motion"]}) > 10 * base  # untransformed vectors would be wrong
+    for seed in range(6):
+        out = augment(block, np.random.default_rng(seed), (0.5, 2.0))
+        scale = float(out["reference"].mean() / block["reference"].mean())
+        assert 0.5 <= scale <= 2.0 and np.allclose(out["color"].mean() / block["color"].mean(), scale, rtol=1e-2)
+        assert _warp_error(out) < 2.5 * base * scale + 1e-3
+
+
+def test_hdr_transforms_are_monotone_and_bounded_where_expected() -> None:
+    x = torch.tensor([0.0, 0.01, 0.5, 1.0, 10.0, 1000.0])
+    for name in TRANSFORMS:
+        y = compress(x, name)
+        assert y[0] >= 0 and bool((y[1:] > y[:-1]).all()) and bool(torch.isfinite(y).all()), name
+    assert compress(x, "reinhard").max() < 1 and compress(x, "pq").max() <= 1
+    assert compress(torch.tensor([-1.0]), "log1p") == 0
+
+
+# ---------------------------------------------------------------------------------------------- model stats
+
+
+def test_model_stats_matches_a_hand_count_for_a_small_config() -> None:
+    cfg = load_config("intel-sample", {"model": {"widths": [4, 6, 8], "decoder_convs": [2, 1]}})
+    stats = model_stats(cfg, height=16, width=32)
+    full, half, quarter = 16 * 32, 8 * 16, 4 * 8
+    conv = lambda cin, cout, k: cin * cout * k * k  # noqa: E731
+    params = (
+        conv(6, 4, 3) + 4 + conv(4, 4, 3) + 4 + conv(4, 6, 3) + 6 + conv(6, 6, 3) + 6 + conv(6, 8, 3) + 8
+        + conv(8, 8, 3) + 8  # encoder
+        + conv(14, 6, 1) + 6 + conv(6, 6, 3) + 6 + conv(10, 4, 1) + 4 + 2 * (conv(4, 4, 3) + 4)  # decoder
+        + conv(4, 28, 1) + 28 + conv(6, 19, 1) + 19 + conv(8, 9, 1) + 9  # predictors
+    )
+    first = conv(6, 4, 3) * full
+    four_bit = ((conv(4, 4, 3) + conv(10, 4, 1) + 2 * conv(4, 4, 3)) * full
+                + (conv(4, 6, 3) + conv(6, 6, 3) + conv(14, 6, 1) + conv(6, 6, 3)) * half
+                + (conv(6, 8, 3) + conv(8, 8, 3)) * quarter)
+    predictors = conv(4, 28, 1) * full + conv(6, 19, 1) * half + conv(8, 9, 1) * quarter
+    kernels = 3 * (28 * full + 19 * half + 9 * quarter)
+    assert stats.params == params
+    assert stats.conv_macs == first + four_bit + predictors
+    assert stats.macs == first + four_bit + predictors + kernels
+    shares = stats.share_by_precision()
+    assert shares["4-bit"] == pytest.approx(four_bit / stats.macs)
+    assert shares["8-bit"] == pytest.approx((first + predictors) / stats.macs)
+    assert shares["float"] == pytest.approx(kernels / stats.macs)
+
+
+def test_model_stats_reproduces_the_public_sample_cost() -> None:
+    stats = model_stats(load_config("intel-sample"), 1080, 1920)
+    assert (stats.height, stats.width) == (1088, 1920)
+    assert stats.params == sum(p.numel() for p in QWNet(load_config("intel-sample").model).parameters())
+    assert abs(stats.params / 1.244e6 - 1) < 0.001
+    assert abs(stats.conv_macs / 173.6e9 - 1) < 0.01
+    assert stats.share_by_precision()["4-bit"] == pytest.approx(0.962, abs=0.001)
+    paper = model_stats(load_config("paper"), 1080, 1920)
+    assert paper.share_by_precision()["4-bit"] == pytest.approx(0.94, abs=0.005)
+
+
+def test_model_stats_bit_widths_come_from_the_config() -> None:
+    cfg = load_config("intel-sample", {"quant": {"extractor_weight_bits": 8, "extractor_act_bits": 8}})
+    assert model_stats(cfg, 64, 64).share_by_precision().get("4-bit", 0) == 0
+
+
+def test_model_stats_cli_prints_the_breakdown() -> None:
+    result = CliRunner().invoke(main, ["model-stats", "--config", "intel-sample", "--resolution", "1920x1080"])
+    assert result.exit_code == 0, result.output
+    assert "1,244,158" in result.output and "173.60 G in convolutions" in result.output
+    assert "extractor.encoder.0.0.conv" in result.output and "4-bit 96.2%" in result.output
+    bad = CliRunner().invoke(main, ["model-stats", "--config", "nonexistent.yaml"])
+    assert bad.exit_code == 2 and "nonexistent.yaml" in bad.output
