@@ -309,15 +309,22 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
 
 
 def find_shots(root: str | os.PathLike) -> list[Path]:
-    """Shot directories at or below `root`: those holding capture.json or a pass folder (complete or not)."""
+    """Shot directories at or below `root`: those holding capture.json or a pass folder (complete or not).
+
+    Hidden folders (e.g. the Unreal backend's ``.unreal/`` working area with raw engine output) are not searched.
+    """
     root = Path(root)
 
     def is_shot(d: Path) -> bool:
         return (d / META_FILE).is_file() or any((d / p).is_dir() for p in PASSES)
 
+    def hidden(d: Path) -> bool:
+        return any(part.startswith(".") for part in d.relative_to(root).parts)
+
     if is_shot(root):
         return [root]
-    return sorted(d for d in root.rglob("*") if d.is_dir() and d.name not in PASSES and is_shot(d))
+    return sorted(d for d in root.rglob("*")
+                  if d.is_dir() and d.name not in PASSES and not hidden(d) and is_shot(d))
 
 
 def _summary_line(report: ShotReport, width: int) -> str:

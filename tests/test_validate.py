@@ -228,6 +228,7 @@ def test_cli_validates_a_root_of_shots_and_fails_on_any_bad_one(tmp_path):
     make_capture(good, frames=2)
     make_capture(bad, frames=2)
     (bad / META_FILE).unlink()
+    write_frame(tmp_path / ".unreal" / "scene" / "a" / "raw", "color", 0, np.ones((2, 2, 3)))  # not searched
 
     result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(good)])
     assert result.exit_code == 0, result.output
