@@ -298,5 +298,121 @@ def model_stats_cmd(config, resolution, summary) -> None:
     click.echo(model_stats_report(config, resolution, per_layer=not summary))
 
 
+@main.command("quantize")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Full-precision checkpoint from `qw train` (runs/NAME/last.pt).")
+@click.option("--store", required=True, metavar="URL", help="Block store to fine-tune on (the training store).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME-q.")
+@click.option("--bits", default="w4a4", show_default=True, type=click.Choice(["w4a4", "w8a8", "fp16"]),
+              help="w4a4: the paper's plan (U_e 4-bit, first conv and kernel predictors 8-bit weights); "
+                   "w8a8: 8-bit everywhere; fp16: half-precision rounding.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Fine-tuning steps [default: 2000].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: 1e-4].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Blocks per micro-batch [default: the run's].")
+@click.option("--grad-accum", type=click.IntRange(1), default=None, help="Micro-batches per step [default: the run's].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Random square crop of each block [default: the run's].")
+@click.option("--calibration-blocks", type=click.IntRange(1), default=4, show_default=True,
+              help="Training blocks used to initialise the activation clips (MSE-optimal).")
+@click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
+def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
+                 resume) -> None:
+    """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
+
+    Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
+    clips: [0, clip] for the network input, [-1, clip] for ELU activations. Writes OUT/last.pt (a quantized
+    checkpoint that `qw eval`, `qw infer` and `qw export` accept) and OUT/quantize.json.
+    """
+    from training.quant import quantize_command
+
+    quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
+                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume)
+
+
+@main.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (qw quantize).")
+@click.option("--out", required=True, type=click.Path(dir_okay=True), help="Output file, e.g. model.qwq.")
+@click.option("--verify", "verify_shot", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A captured shot: run the integer reference and the fake-quantized model on its first frames "
+                   "and report the largest difference.")
+@click.option("--verify-frames", type=click.IntRange(1), default=4, show_default=True, help="Frames to verify on.")
+def export_cmd(checkpoint, out, verify_shot, verify_frames) -> None:
+    """Write integer weights (4-bit packed two per byte, 8-bit), scales, zero points and float parts (.qwq).
+
+    The file loads into the integer reference implementation (training/integer_ref.py: int32 accumulation of
+    integer activations x integer weights, then rescale), whose output equals the fake-quantized model's.
+    """
+    import json
+
+    from training.export import export_command
+
+    click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames), indent=1))
+
+
+@main.command("eval")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
+              help="A full-precision or quantized checkpoint (repeatable: e.g. the FP32 run and its W4A4 run).")
+@click.option("--qwq", "qwq_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also evaluate an exported .qwq with the integer reference implementation (repeatable; CPU).")
+@click.option("--captures", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Held-out shots, or folders above them (repeatable).")
+@click.option("--baseline", default="taa", show_default=True, type=click.Choice(["taa", "none"]),
+              help="Baseline run on the same jittered inputs.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--frames", type=click.IntRange(1), default=None, help="Only the first N frames of each shot.")
+@click.option("--flip-crop", type=click.IntRange(16), default=512, show_default=True,
+              help="HDR-FLIP on a centred crop of at most this many pixels square (FLIP costs ~5 s per 1080p frame).")
+@click.option("--crop-size", type=click.IntRange(16), default=128, show_default=True,
+              help="Side of the side-by-side crops in the report.")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop, crop_size, device) -> None:
+    """Compare QW-Net (FP32 and quantized) with TAA and the aliased input on held-out shots at full resolution.
+
+    PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
+    OUT/metrics.json, side-by-side PNG crops and per-frame metric plots.
+    """
+    from training.evaluate import evaluate_command, markdown_table
+
+    data = evaluate_command(list(checkpoints), list(captures), out, baseline=baseline, qwq_files=list(qwq_files),
+                            frames=frames, flip_crop=flip_crop, crop_size=crop_size, device=device)
+    click.echo(markdown_table(data["overall"]))
+    click.echo(data["report"])
+
+
+@main.command("infer")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Full-precision or quantized checkpoint.")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A captured shot (qw-capture/1); only color/ and motion/ are read.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "fmt", default="exr", show_default=True, type=click.Choice(["exr", "png", "mp4"]),
+              help="exr: linear HDR frames + tone-mapped preview.mp4; png: tone-mapped frames; mp4: tone-mapped video.")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First frame.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Number of frames [default: to the end].")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
+    """Reconstruct a whole captured sequence recurrently at its own resolution (any size; padded internally)."""
+    from training.infer import infer_command
+
+    summary = infer_command(checkpoint, input_dir, out, fmt, start, count, device)
+    click.echo(f"{summary['frames'][1] - summary['frames'][0]} frames -> {out}")
+
+
+@main.command("demo")
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for captures, store, runs and the report.")
+@click.option("--minutes", type=click.FloatRange(1), default=None,
+              help="Wall-clock budget for full-precision training [default: the demo's plan, ~6 minutes].")
+def demo_cmd(out, minutes) -> None:
+    """The whole pipeline on the builtin scenes, small: capture, build store, train, quantize, eval vs TAA.
+
+    Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
+    """
+    from training.demo import run_demo
+
+    report, table = run_demo(out, train_minutes=minutes)
+    click.echo(table)
+    click.echo(report)
+
+
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ def write_exr(path: Path, image: np.ndarray, channels=("R", "G", "B"), dtype=np.
     path.parent.mkdir(parents=True, exist_ok=True)
     planes = {(f"{layer}.{c}" if layer else c): np.ascontiguousarray(image[..., i], dtype=dtype)
               for i, c in enumerate(channels)}
-    OpenEXR.File(HEADER, planes).write(str(path))
+    OpenEXR.File(dict(HEADER), planes).write(str(path))  # File() adds the data window to the dict it gets
 
 
 def colour(width: int, height: int, frame: int, spp_noise: float = 0.0) -> np.ndarray:

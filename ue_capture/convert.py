@@ -61,7 +61,7 @@ def unpack_unorm16(encoded: np.ndarray, *, ue5_gamma: bool = False) -> tuple[np.
 def sign_bits_to_ndc(image: np.ndarray) -> np.ndarray:
     """(…, 3) |V.x|, |V.y|, sign code → signed (…, 2): code bit 1 negates x, bit 2 negates y."""
     image = np.asarray(image, np.float64)
-    code = np.rint(image[..., 2]).astype(np.int64)
+    code = np.rint(np.nan_to_num(image[..., 2])).astype(np.int64)
     sx = np.where(code & 1, -1.0, 1.0)
     sy = np.where(code & 2, -1.0, 1.0)
     return np.stack([image[..., 0] * sx, image[..., 1] * sy], axis=-1)

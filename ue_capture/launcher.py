@@ -29,6 +29,7 @@ from tqdm import tqdm
 from datagen.capture_format import atomic_path, is_complete, shot_dir
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import FILL_IN, SceneManifest, Shot
+from ue_capture.importers import normalize_unreal_shot, raw_problems
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def read_status(raw: Path) -> dict[str, Any] | None:
         return None
 
 
-def _attempt(run: ShotRun, attempt: int) -> str | None:
+def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     """One editor run; None when the raw output is complete, else why it is not."""
     if run.raw.exists():
         shutil.rmtree(run.raw)  # never mix files of a crashed attempt with a new one
@@ -235,13 +236,15 @@ def _attempt(run: ShotRun, attempt: int) -> str | None:
     if not status or not status.get("ok"):
         why = status.get("message") if status else f"no {STATUS_FILE} written"
         return f"editor finished but reported failure: {why} (log: {log_path})"
+    missing = raw_problems(spec, run.raw)
+    if missing:
+        (run.raw / STATUS_FILE).unlink()  # incomplete output must not count as done on resume
+        return f"editor reported success but its output is incomplete: {missing} (log: {log_path})"
     return None
 
 
 def capture_shot(run: ShotRun) -> Path:
     """Capture one shot (resumable): skip if complete, else run the editor with retries, then normalize."""
-    from ue_capture.importers import normalize_unreal_shot
-
     if is_complete(run.target):
         log.info("%s: complete, skipped", run.target)
         return run.target
@@ -253,7 +256,7 @@ def capture_shot(run: ShotRun) -> Path:
             tmp.write_text(json.dumps(spec, indent=1) + "\n")
         errors = []
         for attempt in range(run.retries + 1):
-            why = _attempt(run, attempt)
+            why = _attempt(run, spec, attempt)
             if why is None:
                 break
             errors.append(why)

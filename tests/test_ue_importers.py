@@ -1,0 +1,132 @@
+"""Importers of existing Unreal dumps: real EXR folders in, a validated capture (contract 1) out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from ue_formats import analytic_motion, colour, write_exr, write_intel_sample, write_mrq_frame
+
+from cli import main
+from datagen.capture_format import META_FILE, load_meta, read_frame
+from datagen.errors import CaptureError, QwError
+from datagen.validate import validate_capture
+from ue_capture.importers import import_capture, mrq_passes
+
+W, H = 40, 24
+
+
+def test_intel_sample_import_decodes_motion_and_offsets(tmp_path):
+    frames = [180, 181, 182, 184]  # a gap before 184: its history is not frame 182
+    offsets = {n: (0.25 * (-1) ** n, -0.125 + 0.01 * n) for n in frames}
+    truth = write_intel_sample(tmp_path / "src", W, H, frames, offsets=offsets)
+    shot = import_capture("intel-sample", tmp_path / "src", scene="Infiltrator", shot="s180", out=tmp_path / "cap",
+                          progress=False)
+    meta = load_meta(shot)
+    assert meta.source_frames == frames and meta.camera_cuts == [3]
+    assert (meta.width, meta.height) == (W, H) and meta.backend.name == "import:intel-sample"
+    assert meta.jitter.sequence == "engine"
+    np.testing.assert_allclose(meta.jitter_array(), [offsets[n] for n in frames], atol=1e-3)
+    for i, n in enumerate(frames):
+        np.testing.assert_allclose(read_frame(shot, "motion", i), truth[n], atol=1e-3)
+    assert validate_capture(shot).ok
+
+
+def test_intel_sample_stacked_blocks_need_full_size(tmp_path):
+    src = tmp_path / "src"
+    tile, t_frames, full = 16, 4, (64, 48)
+    truth = {}
+    for n in (3, 4):
+        d = np.concatenate([analytic_motion(tile, tile, phase=k, x0=8, y0=20) for k in range(t_frames)], axis=0)
+        truth[n] = d
+        v = np.stack([d[..., 0] * 2 / full[0], -d[..., 1] * 2 / full[1]], axis=-1)
+        name = f"GDC_Landscape_01_PreTonemapHDRColor_{n:04d}.exr"
+        stack = colour(tile, tile * t_frames, n)
+        write_exr(src / "noaa" / name, stack, dtype=np.float16)
+        write_exr(src / "ssaa" / name, stack, dtype=np.float16)
+        code = (v[..., 0] < 0) * 1.0 + (v[..., 1] < 0) * 2.0
+        write_exr(src / "velocity" / name, np.stack([np.abs(v[..., 0]), np.abs(v[..., 1]), code], -1))
+    with pytest.raises(QwError, match="stacked 4-frame block; pass the full frame size"):
+        import_capture("intel-sample", src, scene="Kite", shot="b", out=tmp_path / "cap", progress=False)
+    shot = import_capture("intel-sample", src, scene="Kite", shot="b", out=tmp_path / "cap", full_size=full,
+                          sample_offsets=False, progress=False)
+    meta = load_meta(shot)
+    assert meta.frame_count == 8 and meta.camera_cuts == [4] and meta.jitter.sequence == "none"
+    for i in range(8):
+        n, t = (3, 4)[i // 4], i % 4
+        np.testing.assert_allclose(read_frame(shot, "motion", i), truth[n][t * tile:(t + 1) * tile], atol=1e-3)
+
+
+def test_mrq_import_separate_files_and_reference(tmp_path):
+    src = tmp_path / "mrq"
+    depth = np.full((H, W), 1234.5)
+    truth = {}
+    for n in range(5, 9):
+        truth[n] = analytic_motion(W, H, phase=n)
+        write_mrq_frame(src / "aliased", "Seq", n, W, H, motion=truth[n], depth_cm=depth, jitter_ndc=(0.01, -0.02))
+        write_mrq_frame(src / "reference", "Seq", n, W, H, colour_only=True)
+    shot = import_capture("mrq", src, scene="Kite", shot="a", out=tmp_path / "cap", motion_encoding="ndc",
+                          progress=False)
+    meta = load_meta(shot)
+    assert meta.source_frames == [5, 6, 7, 8] and meta.depth_units == "m"
+    np.testing.assert_allclose(meta.jitter_array()[0], [0.01 * W / 2, 0.02 * H / 2], atol=1e-5)
+    np.testing.assert_allclose(read_frame(shot, "depth", 2)[..., 0], 12.345, rtol=1e-6)
+    np.testing.assert_allclose(read_frame(shot, "motion", 3), truth[8], atol=1e-3)
+    assert validate_capture(shot).ok
+
+
+def test_mrq_multilayer_stock_material(tmp_path):
+    """One EXR per frame with FinalImage unlayered and the stock MotionVectors/WorldDepth as layers."""
+    src = tmp_path / "dump"
+    for n in (0, 1, 2):
+        d = analytic_motion(W, H, phase=n)
+        path = src / f"Shot.{n:04d}.exr"
+        layers = {"": colour(W, H, n)[..., :3],
+                  "FinalImageMovieRenderQueue_MotionVectors": np.stack(
+                      [d[..., 0] / W + 0.5, -d[..., 1] / H + 0.5, np.zeros((H, W))], -1),
+                  "FinalImageMovieRenderQueue_WorldDepth": np.full((H, W, 3), 500.0)}
+        import OpenEXR
+        planes = {(f"{ly}.{c}" if ly else c): np.ascontiguousarray(img[..., i], np.float32)
+                  for ly, img in layers.items() for i, c in enumerate("RGB")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, planes).write(str(path))
+        write_mrq_frame(tmp_path / "ref", "Shot", n, W, H, colour_only=True)
+    kinds = mrq_passes(src)
+    assert set(kinds) == {"color", "motion", "depth"}
+    shot = import_capture("mrq", src, scene="S", shot="m", out=tmp_path / "cap", reference=tmp_path / "ref",
+                          progress=False)
+    np.testing.assert_allclose(read_frame(shot, "motion", 1), analytic_motion(W, H, phase=1), atol=1e-3)
+    np.testing.assert_allclose(read_frame(shot, "depth", 0), 5.0)
+    assert load_meta(shot).backend.settings["motion_encoding"] == "mrq-material"
+
+
+def test_missing_frames_and_invalid_result_are_clear_errors(tmp_path):
+    src = tmp_path / "src"
+    write_intel_sample(src, W, H, [1, 2, 3])
+    (src / "vel" / "VIS_ArtDemo_P_PreTonemapHDRColor_0002.exr").unlink()
+    with pytest.raises(CaptureError, match=r"vel: motion missing for frame\(s\) 2 \(1 of 3\)"):
+        import_capture("intel-sample", src, scene="I", shot="x", out=tmp_path / "cap", progress=False)
+    # NaN velocity: the import writes everything, then validation fails and the shot is left incomplete.
+    bad = tmp_path / "bad"
+    write_intel_sample(bad, W, H, [1, 2])
+    write_exr(bad / "vel" / "VIS_ArtDemo_P_PreTonemapHDRColor_0002.exr", np.full((H, W, 3), np.nan))
+    with pytest.raises(CaptureError, match="failed validation"):
+        import_capture("intel-sample", bad, scene="I", shot="y", out=tmp_path / "cap", progress=False)
+    assert not (tmp_path / "cap" / "I" / "y" / META_FILE).exists()
+
+
+def test_cli_import_then_validate(tmp_path):
+    write_intel_sample(tmp_path / "src", W, H, [10, 11, 12])
+    runner = CliRunner()
+    result = runner.invoke(main, ["-q", "datagen", "import", "--layout", "intel-sample", str(tmp_path / "src"),
+                                  "--scene", "Infiltrator", "--shot", "s10", "--out", str(tmp_path / "cap")])
+    assert result.exit_code == 0, result.output
+    shot = tmp_path / "cap" / "Infiltrator" / "s10"
+    assert json.loads((shot / META_FILE).read_text())["frame_count"] == 3
+    result = runner.invoke(main, ["-q", "datagen", "validate", str(shot)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["datagen", "import", "--layout", "intel-sample", str(tmp_path / "nope"),
+                                  "--scene", "I", "--shot", "s", "--out", str(tmp_path / "cap")])
+    assert result.exit_code == 2 and "source folder not found" in result.output
