@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from datagen.builtin.scene import PATTERNS, Scene, merge
+from datagen.builtin.scene import PATTERNS, Instance, Scene, merge
 from datagen.errors import QwError
 
 MAX_MATERIALS = 64
@@ -68,6 +68,7 @@ void main() {
 
 FRAGMENT_SHADER = """
 #version 330
+%(ALPHA_TEST)s
 in vec3 v_world;
 in vec3 v_normal;
 in vec2 v_uv;
@@ -103,24 +104,27 @@ void main() {
     vec4 C = u_mat_c[v_mat];
     int pattern = int(A.w + 0.5);
     vec2 uv = v_uv * B.w;
-    float text = texture(u_text, uv, u_mip_bias).r;  // sampled unconditionally: derivatives stay defined
     float t = 0.0;
     if (pattern == %(checker)d) {
         vec2 c = floor(uv);
         t = mod(c.x + c.y, 2.0);
     } else if (pattern == %(text)d) {
-        t = text;
-    } else if (pattern == %(blades)d) {
+        // v_mat is flat, so this branch is uniform over each primitive and the implicit derivatives are defined
+        t = texture(u_text, uv, u_mip_bias).r;
+    } else if (pattern == %(stripes)d) {
+        t = step(fract(uv.x), 0.12);
+    }
+#ifdef ALPHA_TEST
+    if (pattern == %(blades)d) {
         float halfwidth = 0.42 * (1.0 - v_uv.y);
         if (abs(fract(uv.x) - 0.5) > halfwidth) discard;
         t = v_uv.y;
-    } else if (pattern == %(stripes)d) {
-        t = step(fract(uv.x), 0.12);
     } else if (pattern == %(leaf)d) {
         vec2 c = (fract(uv) - 0.5) * vec2(1.0, 1.7);
         if (dot(c, c) > 0.2) discard;
         t = fract(uv.y);
     }
+#endif
     vec3 albedo = mix(A.rgb, B.rgb, t);
     vec3 color;
     if (pattern == %(sky)d) {
@@ -145,7 +149,14 @@ void main() {
     o_motion = (v_clip.xy / v_clip.w - v_prev_clip.xy / v_prev_clip.w) * u_half_size * vec2(1.0, -1.0);
     o_depth = v_depth;
 }
-""" % dict(MAXM=MAX_MATERIALS, MAXL=MAX_LIGHTS, **PATTERNS)
+"""
+
+
+def fragment_shader(alpha_test: bool) -> str:
+    """The fragment shader; only the alpha-tested variant can `discard`, so opaque draws keep early depth tests
+    (a large saving on llvmpipe, which otherwise shades every covered fragment)."""
+    return FRAGMENT_SHADER % dict(MAXM=MAX_MATERIALS, MAXL=MAX_LIGHTS, ALPHA_TEST="#define ALPHA_TEST" * alpha_test,
+                                  **PATTERNS)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -233,7 +244,8 @@ class Renderer:
             raise ValueError(f"at most {MAX_MATERIALS} materials and {MAX_LIGHTS} lights per scene")
         self.scene, self.width, self.height, self.mip_bias = scene, width, height, mip_bias
         ctx = self.ctx = gl_context()
-        self.prog = ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=FRAGMENT_SHADER)
+        self.programs = {alpha: ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=fragment_shader(alpha))
+                         for alpha in (False, True)}
         self.targets = [ctx.texture((width, height), c, dtype="f4") for c in (4, 2, 1)]
         self.depth_buffer = ctx.depth_renderbuffer((width, height))
         self.fbo = ctx.framebuffer(color_attachments=self.targets, depth_attachment=self.depth_buffer)
@@ -241,20 +253,43 @@ class Renderer:
         self.text.build_mipmaps()
         self.text.filter = (ctx.LINEAR_MIPMAP_LINEAR, ctx.LINEAR)
         self.buffers: list = []
-        self.static_draw = self._vertex_array(merge([i.mesh.transformed(i.model(0)) for i in scene.instances
-                                                     if i.static]))
-        self.dynamic = [(i, self._vertex_array(i.mesh.vertex_data())) for i in scene.instances if not i.static]
-        self._set_scene_uniforms()
+        self.draws = self._draw_list()
+        for prog in self.programs.values():
+            self._set_scene_uniforms(prog)
 
-    def _vertex_array(self, data: np.ndarray):
-        if not len(data):
-            return None
-        buf = self.ctx.buffer(np.ascontiguousarray(data, np.float32).tobytes())
-        self.buffers.append(buf)
-        return self.ctx.vertex_array(self.prog, [(buf, "3f 3f 2f 1f", "in_pos", "in_normal", "in_uv", "in_mat")])
+    def _draw_list(self) -> list[tuple[Any, Instance | None]]:
+        """(vertex array, dynamic instance or None) in drawing order: opaque, alpha-tested, sky last.
 
-    def _set_scene_uniforms(self) -> None:
-        s, prog = self.scene, self.prog
+        Static instances of one group share a vertex buffer (pre-transformed); drawing the opaque geometry
+        first and the sky last lets the depth test reject hidden fragments before they are shaded.
+        """
+        materials = self.scene.materials
+
+        def group(inst: Instance) -> int:
+            m = materials[inst.mesh.material]
+            return 2 if m.pattern == "sky" else int(m.alpha_tested)
+
+        draws = []
+        for g in range(3):
+            members = [i for i in self.scene.instances if group(i) == g]
+            static = merge([i.mesh.transformed(i.model(0)) for i in members if i.static])
+            if len(static):
+                draws.append((self._vertex_array(static, g == 1), None))
+            draws += [(self._vertex_array(i.mesh.vertex_data(), g == 1), i) for i in members if not i.static]
+        return draws
+
+    def _vertex_array(self, data: np.ndarray, alpha_test: bool):
+        """Indexed vertex array of a triangle list: shared corners are shaded once (vertex-bound on llvmpipe)."""
+        vertices, index = np.unique(np.asarray(data, np.float32), axis=0, return_inverse=True)
+        vbo = self.ctx.buffer(np.ascontiguousarray(vertices).tobytes())
+        ibo = self.ctx.buffer(index.astype(np.uint32).ravel().tobytes())
+        self.buffers += [vbo, ibo]
+        return self.ctx.vertex_array(self.programs[alpha_test],
+                                     [(vbo, "3f 3f 2f 1f", "in_pos", "in_normal", "in_uv", "in_mat")],
+                                     index_buffer=ibo, index_element_size=4)
+
+    def _set_scene_uniforms(self, prog) -> None:
+        s = self.scene
         table = np.zeros((3, MAX_MATERIALS, 4), np.float32)
         for k, m in enumerate(s.materials):
             table[0, k] = (*m.color, PATTERNS[m.pattern])
@@ -289,28 +324,24 @@ class Renderer:
     def _draw(self, frame: float, prev_frame: float, offset: Sequence[float], mip_bias: float) -> None:
         view, proj = self.camera(frame)
         prev_view = self.scene.camera.view(prev_frame)
-        prog = self.prog
-        prog["u_view"].write(gl_matrix(view))
-        prog["u_raster"].write(gl_matrix(jitter_matrix(offset, self.width, self.height) @ proj @ view))
-        prog["u_viewproj"].write(gl_matrix(proj @ view))
-        prog["u_prev_viewproj"].write(gl_matrix(proj @ prev_view))
-        prog["u_eye"].value = tuple(np.linalg.inv(view)[:3, 3])
-        prog["u_mip_bias"].value = mip_bias
+        frame_uniforms = {"u_view": view, "u_raster": jitter_matrix(offset, self.width, self.height) @ proj @ view,
+                          "u_viewproj": proj @ view, "u_prev_viewproj": proj @ prev_view}
+        for prog in self.programs.values():
+            for name, matrix in frame_uniforms.items():
+                prog[name].write(gl_matrix(matrix))
+            prog["u_eye"].value = tuple(np.linalg.inv(view)[:3, 3])
+            prog["u_mip_bias"].value = mip_bias
         self.fbo.use()
         self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         self.ctx.enable(self.ctx.DEPTH_TEST)
         self.ctx.disable(self.ctx.CULL_FACE)
         self.text.use(0)
-        if self.static_draw is not None:
-            self._draw_one(self.static_draw, np.eye(4), np.eye(4))
-        for inst, vao in self.dynamic:
-            self._draw_one(vao, inst.model(frame), inst.model(prev_frame))
-
-    def _draw_one(self, vao, model: np.ndarray, prev_model: np.ndarray) -> None:
-        self.prog["u_model"].write(gl_matrix(model))
-        self.prog["u_prev_model"].write(gl_matrix(prev_model))
-        self.prog["u_normal_matrix"].write(gl_matrix(np.linalg.inv(model[:3, :3]).T))
-        vao.render()
+        for vao, inst in self.draws:
+            model, prev_model = (np.eye(4), np.eye(4)) if inst is None else (inst.model(frame), inst.model(prev_frame))
+            vao.program["u_model"].write(gl_matrix(model))
+            vao.program["u_prev_model"].write(gl_matrix(prev_model))
+            vao.program["u_normal_matrix"].write(gl_matrix(np.linalg.inv(model[:3, :3]).T))
+            vao.render()
 
     def _read(self, target: int) -> np.ndarray:
         tex = self.targets[target]
@@ -343,8 +374,7 @@ class Renderer:
 
     def release(self) -> None:
         """Free this renderer's GL objects (the context itself is shared by the process)."""
-        for vao in [self.static_draw, *(v for _, v in self.dynamic)]:
-            if vao is not None:
-                vao.release()
-        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.text, self.prog):
+        for vao, _ in self.draws:
+            vao.release()
+        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.text, *self.programs.values()):
             obj.release()

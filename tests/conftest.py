@@ -1,0 +1,43 @@
+"""Shared pytest fixtures. Engineers append their own fixtures below; keep each one small and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+# A small real capture of two builtin scenes: 12 frames per shot at 320x256 with a 4x4 = 16 spp reference.
+# builtin_fence/low_cut has a camera cut at stored frame 6; rise (fence) and crane (specular) are 'val' shots.
+BUILTIN_CAPTURE = {
+    "builtin_fence": ["low_cut", "rise"],
+    "builtin_specular": ["orbit", "crane"],
+}
+BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "reference_spp": 16}
+
+
+@pytest.fixture(scope="session")
+def builtin_captures(tmp_path_factory) -> Path:
+    """Root of a captures tree (<root>/<scene>/<shot>/) rendered by the builtin renderer, see BUILTIN_CAPTURE."""
+    from datagen.capture import capture_scene
+
+    root = tmp_path_factory.mktemp("builtin_captures")
+    for scene, shots in BUILTIN_CAPTURE.items():
+        capture_scene(scene, root, shots=shots, progress=False, **BUILTIN_CAPTURE_OPTIONS)
+    return root
+
+
+def write_dataset_manifest(path: Path, budgets: dict[str, int], *, name: str = "test", seed: int = 0,
+                           frames: int = 8, tile: int = 256, splits: tuple[str, ...] = ("train",)) -> Path:
+    """Write a dataset manifest YAML (manifests/datasets schema) drawing `budgets[scene]` blocks per scene."""
+    data = {"name": name, "seed": seed, "frames": frames, "tile": tile, "total_blocks": sum(budgets.values()),
+            "splits": list(splits), "scenes": [{"scene": s, "budget": b} for s, b in budgets.items()]}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def builtin_dataset_manifest(tmp_path_factory, builtin_captures) -> Path:
+    """A dataset manifest over the scenes of `builtin_captures`: 2 train blocks per scene, T=8, 256² tiles."""
+    return write_dataset_manifest(tmp_path_factory.mktemp("datasets") / "builtin_small.yaml",
+                                  {scene: 2 for scene in BUILTIN_CAPTURE})
