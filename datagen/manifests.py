@@ -73,6 +73,8 @@ class UnrealSource(_Strict):
     cvars: dict[str, float | int | str] = Field(
         default_factory=dict, description="extra console variables for both passes (override qw's defaults)")
     warm_up_frames: int = Field(32, ge=0, description="frames rendered and discarded before each shot")
+    executor: Literal["pie", "new-process"] = Field(
+        "pie", description="Movie Render Queue executor: in the editor (PIE) or a separate render process")
 
     def unfilled(self) -> list[str]:
         """Fields the user still has to fill in (value is FILL_IN or an unset environment variable)."""

@@ -274,7 +274,7 @@ def install(flavour: str = "4.27") -> types.ModuleType:
         "SceneTextureId": _Enum("SceneTextureId", "PPI_VELOCITY"),
         "MaterialProperty": _Enum("MaterialProperty", "MP_EMISSIVE_COLOR"),
         "CustomMaterialOutputType": _Enum("CustomMaterialOutputType", "CMOT_FLOAT3"),
-        "AntiAliasingMethod": _Enum("AntiAliasingMethod", "AAM_NONE", "AAM_FXAA", "AAM_TEMPORAL_AA", "AAM_MSAA"),
+        "AntiAliasingMethod": _Enum("AntiAliasingMethod", "AAM_NONE"),
         "MoviePipelineMasterConfig": MoviePipelineMasterConfig,
         "MoviePipelineOutputSetting": MoviePipelineOutputSetting,
         "MoviePipelineAntiAliasingSetting": MoviePipelineAntiAliasingSetting,

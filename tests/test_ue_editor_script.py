@@ -117,7 +117,8 @@ def test_manifest_cvars_override_and_existing_material_is_reused(run_script):
 
 
 def test_render_failure_is_reported_and_editor_quits(run_script):
-    ue, spec = run_script(manifest(), "4.27")
+    ue, spec = run_script(manifest(executor="new-process"), "4.27")
+    assert ue.calls[-1] == ("execute", "MoviePipelineNewProcessExecutor", ["Kite_s1_aliased", "Kite_s1_reference"])
     ue.complete_render(False)
     st = status(spec)
     assert st["ok"] is False and "reported failure" in st["message"] and ue.state["quit"] == 1

@@ -206,7 +206,7 @@ def on_executor_finished(executor, success) -> None:
 
 def render_queue(queue, spec: dict) -> None:
     """Start the queue with the PIE (default) or new-process executor; completion arrives via the delegate."""
-    executor_class = (unreal.MoviePipelineNewProcessExecutor if spec.get("executor") == "new-process"
+    executor_class = (unreal.MoviePipelineNewProcessExecutor if spec["executor"] == "new-process"
                       else unreal.MoviePipelinePIEExecutor)
     executor = executor_class()
     executor.on_executor_finished_delegate.add_callable_unique(on_executor_finished)

@@ -113,6 +113,7 @@ def build_job_spec(manifest: SceneManifest, shot: Shot, raw_dir: Path) -> dict[s
         "height": height,
         "reference_samples": cap.reference_samples,
         "warm_up_frames": ue.warm_up_frames,
+        "executor": ue.executor,
         "cvars": pass_cvars(ue.engine_version, dict(ue.cvars), mode),
         "output_dir": str(raw_dir.resolve()),
         "status_file": str((raw_dir / STATUS_FILE).resolve()),
