@@ -19,7 +19,7 @@ and `open_store` refuses an incomplete store unless asked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
@@ -118,6 +118,7 @@ class BlockStore:
 
     url: str
     group: zarr.Group
+    _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)  # handles opened so far
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -132,9 +133,13 @@ class BlockStore:
         return bool(self.group.attrs.get("complete", False))
 
     def array(self, name: str) -> zarr.Array:
-        if name not in self.group:
-            raise QwError(f"{self.url}: block store has no array {name!r} (has {sorted(self.group.array_keys())})")
-        return self.group[name]
+        """The named array, opened once (each open reads its metadata: a round trip on object storage)."""
+        if name not in self._arrays:
+            if name not in self.group:
+                raise QwError(f"{self.url}: block store has no array {name!r} "
+                              f"(has {sorted(self.group.array_keys())})")
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def origins(self) -> np.ndarray:
         return self.array("origin")[:]

@@ -1,0 +1,276 @@
+"""Builder end to end on real EXR captures, a real Dask LocalCluster and a real Zarr store (local and S3)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
+from cli import main
+from datagen.block_store import IMAGE_ARRAYS, open_store
+from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
+from datagen.errors import CaptureError, QwError
+from datagen.manifests import DatasetManifest
+from datagen.plan import plan_from_files
+from datagen.tile import MARKERS, aliasing_score, build_store
+
+QW = str(Path(sys.executable).with_name("qw"))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Two scenes, four shots (one with a cut, one in 'val', one in 'test'), 32×32×8 blocks, 3 candidates."""
+    root = tmp_path_factory.mktemp("synthetic")
+    captures, manifests = root / "captures", root / "manifests"
+    metas = [capture_meta("alpha", "s1", 40, 160, 96, cuts=[17]), capture_meta("alpha", "s2", 24, 160, 96),
+             capture_meta("alpha", "t", 16, 160, 96), capture_meta("beta", "s1", 33, 128, 80)]
+    write_scene_manifest(manifests, "alpha", {"s1": (40, "train"), "s2": (24, "val"), "t": (16, "test")})
+    write_scene_manifest(manifests, "beta", {"s1": (33, "train")})
+    for meta in metas:
+        write_shot(captures, meta)
+    ds = dataset({"alpha": 60, "beta": 24}, candidates=3).model_copy(update={"splits": ["train", "val"]})
+    return {"captures": captures, "manifests": manifests, "dataset": ds,
+            "dataset_file": write_dataset(root / "dataset.yaml", ds), "metas": {(m.scene, m.shot): m for m in metas}}
+
+
+def check_store_matches_sources(url: str, synthetic: dict, storage_options: dict | None = None,
+                                ds: DatasetManifest | None = None) -> None:
+    """Every block equals the crop of its source frames (bit-exact float16), with the right jitter, history
+    flags and split; the content filter kept the most aliased candidate; no block lost or duplicated."""
+    ds = ds or synthetic["dataset"]
+    store = open_store(url, storage_options=storage_options)
+    plan = plan_from_files(ds, synthetic["captures"], manifests_root=synthetic["manifests"])
+    assert store.attrs["plan_digest"] == plan.digest()
+    assert store.num_blocks == plan.num_blocks == ds.total_blocks
+    origins = store.origins()
+    planned = {(t.shot, t.start, tuple(p)) for t in plan.tasks for block in t.positions for p in block}
+    assert len({tuple(o[1:]) for o in origins}) == len(origins), "duplicate block"
+    shots = store.attrs["shots"]
+    for i, (scene, shot, start, y, x) in enumerate(origins):
+        info = shots[shot]
+        assert store.attrs["scenes"][scene]["name"] == info["scene"]
+        assert (shot, start, (y, x)) in planned
+        meta: CaptureMeta = synthetic["metas"][info["scene"], info["shot"]]
+        folder = synthetic["captures"] / info["path"]
+        block = store.read_block(i, (*IMAGE_ARRAYS, "jitter", "history_valid"))
+        for name in IMAGE_ARRAYS:
+            expect = expected_crop(folder, name, start, 8, y, x, 32)
+            assert block[name].dtype == np.float16
+            np.testing.assert_array_equal(block[name].view(np.uint16), expect.view(np.uint16), err_msg=name)
+        np.testing.assert_array_equal(block["jitter"], meta.jitter_array()[start:start + 8])
+        assert block["history_valid"].tolist() == [False] + [True] * 7
+        assert not [c for c in meta.camera_cuts if start < c < start + 8]
+        # the kept candidate is the most aliased of its block's candidates
+        task = next(t for t in plan.tasks if i in t.block_indices)
+        candidates = task.positions[i - task.first_block]
+        scores = [aliasing_score(expected_crop(folder, "color", start, 8, cy, cx, 32),
+                                 expected_crop(folder, "reference", start, 8, cy, cx, 32)) for cy, cx in candidates]
+        assert (y, x) == tuple(candidates[int(np.argmax(scores))])
+    assert sorted(store.split_indices("val").tolist()) == [i for i, o in enumerate(origins)
+                                                          if shots[o[1]]["split"] == "val"]
+    assert {s["split"] for s in shots} <= set(ds.splits)  # the test shot is never drawn from
+
+
+def test_build_with_four_workers_every_block_exact(synthetic, tmp_path):
+    url = str(tmp_path / "blocks.zarr")
+    build_store(synthetic["dataset"], synthetic["captures"], url, workers=4, progress=False,
+                manifests_root=synthetic["manifests"])
+    check_store_matches_sources(url, synthetic)
+    assert (zarr.open_group(url)[MARKERS][:, 0] >= 0).all()
+    # a rerun of a complete store changes nothing
+    before = checksums(Path(url))
+    build_store(synthetic["dataset"], synthetic["captures"], url, workers=1, progress=False,
+                manifests_root=synthetic["manifests"])
+    assert checksums(Path(url)) == before
+
+    runner = CliRunner()
+    report = runner.invoke(main, ["datagen", "inspect", url])
+    assert report.exit_code == 0, report.output
+    assert "complete: yes" in report.output and "alpha/s2 (val)" in report.output and "blocks:     84" in report.output
+    for suffix, shape in ((".png", (8 * 32, 4 * 32, 3)), (".gif", (8, 32, 4 * 32, 3))):
+        out = tmp_path / f"b{suffix}"
+        result = runner.invoke(main, ["datagen", "preview", url, "--block", "5", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        import imageio.v3 as iio
+        image = iio.imread(out, index=None) if suffix == ".gif" else iio.imread(out)
+        assert image.shape == shape and image.std() > 0
+
+
+def checksums(store: Path) -> dict[str, str]:
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def run_build(synthetic: dict, store: Path, kill_when=None) -> subprocess.Popen:
+    """`qw datagen build` in its own process group; `kill_when(store)` → True triggers SIGKILL of the group."""
+    env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
+    proc = subprocess.Popen([QW, "-q", "datagen", "build", "--dataset", str(synthetic["dataset_file"]),
+                             "--captures", str(synthetic["captures"]), "--store", str(store), "--workers", "2"],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if kill_when is None:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out.decode()
+        return proc
+    while proc.poll() is None and not kill_when(store):
+        time.sleep(0.01)
+    with pytest.raises(ProcessLookupError) if proc.poll() is not None else _nothing():
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def markers_written(store: Path) -> int:
+    folder = store / MARKERS / "c"
+    return sum(1 for _ in folder.rglob("*")) if folder.is_dir() else 0
+
+
+def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_path):
+    clean = tmp_path / "clean.zarr"
+    t0 = time.monotonic()
+    run_build(synthetic, clean)
+    duration = time.monotonic() - t0
+    reference = checksums(clean)
+    rng = random.Random(5)
+    killers = [
+        lambda: (lambda s, t=time.monotonic() + rng.uniform(0.3, 1.0) * duration: time.monotonic() >= t),
+        lambda: (lambda s, k=rng.randint(1, 4): markers_written(s) >= k),  # mid-way through the tasks
+        lambda: (lambda s, k=rng.randint(6, 9): markers_written(s) >= k),  # near the end
+    ]
+    for trial, killer in enumerate(killers):
+        store = tmp_path / f"killed{trial}.zarr"
+        run_build(synthetic, store, kill_when=killer())
+        run_build(synthetic, store)
+        assert checksums(store) == reference, f"trial {trial}: store differs from the clean build"
+
+
+def test_s3_store_on_local_moto_server(synthetic):
+    from moto.server import ThreadedMotoServer
+    import s3fs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
+                   "client_kwargs": {"region_name": "eu-west-1"}}
+        s3fs.S3FileSystem(**options).mkdir("bucket")
+        url, ds = "s3://bucket/blocks.zarr", dataset({"beta": 10}, candidates=2)
+        build_store(ds, synthetic["captures"], url, workers=2, storage_options=options, progress=False,
+                    manifests_root=synthetic["manifests"])
+        check_store_matches_sources(url, synthetic, options, ds)
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture
+def one_shot(tmp_path):
+    """A fresh small capture (one scene, two train shots) that a test may break."""
+    captures, manifests = tmp_path / "captures", tmp_path / "manifests"
+    write_scene_manifest(manifests, "gamma", {"a": (16, "train"), "b": (16, "train")})
+    metas = [capture_meta("gamma", "a", 16, 64, 48), capture_meta("gamma", "b", 16, 64, 48)]
+    for meta in metas:
+        write_shot(captures, meta)
+    return {"captures": captures, "manifests": manifests, "dataset": dataset({"gamma": 6}),
+            "store": tmp_path / "blocks.zarr", "metas": metas}
+
+
+def build_fails(case: dict, error: type, match: str, store: Path | None = None) -> None:
+    store = store or case["store"]
+    with pytest.raises(error, match=match):
+        build_store(case["dataset"], case["captures"], str(store), workers=1, progress=False,
+                    manifests_root=case["manifests"])
+    if (store / "zarr.json").is_file() and "qw-blocks" in (store / "zarr.json").read_text():
+        assert not open_store(str(store), require_complete=False).complete
+
+
+def test_incomplete_capture(one_shot):
+    (one_shot["captures"] / "gamma" / "a" / META_FILE).unlink()
+    build_fails(one_shot, CaptureError, r"gamma/a/capture.json: missing.*incomplete")
+
+
+def test_missing_frame(one_shot):
+    frame_path(one_shot["captures"] / "gamma" / "b", "motion", 11).unlink()
+    build_fails(one_shot, CaptureError, r"gamma/b/motion/000011.exr: missing frame")
+
+
+def test_resolution_mismatch_between_shots(one_shot):
+    write_shot(one_shot["captures"], capture_meta("gamma", "b", 16, 72, 48))
+    build_fails(one_shot, CaptureError, r"resolution mismatch between shots of scene 'gamma'")
+
+
+def test_frame_of_another_size_than_capture_json(one_shot):
+    write_frame(one_shot["captures"] / "gamma" / "a", "depth", 9, np.ones((40, 64, 1)))
+    for shot in ("a", "b"):  # whichever window the plan picked, one frame of each shot is broken
+        write_frame(one_shot["captures"] / "gamma" / shot, "depth", 9, np.ones((40, 64, 1)))
+        write_frame(one_shot["captures"] / "gamma" / shot, "depth", 2, np.ones((40, 64, 1)))
+    build_fails(one_shot, CaptureError, r"depth/00000[29].exr: frame is 64×40, capture.json says 64×48")
+
+
+def test_nan_in_a_frame_fails_through_the_cli_in_one_line(one_shot, tmp_path):
+    for shot in ("a", "b"):
+        for i in range(16):
+            image = np.ones((48, 64, 3))
+            image[5, 7] = np.nan
+            write_frame(one_shot["captures"] / "gamma" / shot, "reference", i, image)
+    ds_file = write_dataset(tmp_path / "ds.yaml", one_shot["dataset"])
+    env = {**os.environ, "QW_MANIFESTS": str(one_shot["manifests"])}
+    result = subprocess.run([QW, "-q", "datagen", "build", "--dataset", str(ds_file), "--captures",
+                             str(one_shot["captures"]), "--store", str(one_shot["store"]), "--workers", "1"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "reference/0000" in result.stderr and "NaN/inf" in result.stderr
+    assert not open_store(str(one_shot["store"]), require_complete=False).complete
+
+
+def test_unwritable_store(one_shot, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    build_fails(one_shot, QwError, r"not-a-folder/blocks.zarr: cannot create the block store", blocker / "blocks.zarr")
+
+
+def test_store_of_another_format_is_left_alone(one_shot):
+    zarr.open_group(str(one_shot["store"]), mode="w", attributes={"format": "someone-else/3"})
+    build_fails(one_shot, QwError, r"not a qw block store \(format attribute is 'someone-else/3'\)")
+    assert zarr.open_group(str(one_shot["store"])).attrs["format"] == "someone-else/3"
+    plain = one_shot["store"].parent / "notes"
+    plain.mkdir()
+    (plain / "keep.txt").write_text("mine")
+    build_fails(one_shot, QwError, r"notes: not a qw block store", plain)
+    assert (plain / "keep.txt").read_text() == "mine"
+
+
+def test_store_of_another_plan_needs_overwrite(one_shot):
+    build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), workers=1, progress=False,
+                manifests_root=one_shot["manifests"])
+    with pytest.raises(QwError, match="built from another plan"):
+        build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), seed=9, workers=1,
+                    progress=False, manifests_root=one_shot["manifests"])
+    store = build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), seed=9, workers=1,
+                        progress=False, manifests_root=one_shot["manifests"], overwrite=True)
+    assert store.complete and store.attrs["seed"] == 9
