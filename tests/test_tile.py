@@ -156,11 +156,15 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_pa
         lambda: (lambda s, k=rng.randint(1, 4): markers_written(s) >= k),  # mid-way through the tasks
         lambda: (lambda s, k=rng.randint(6, 9): markers_written(s) >= k),  # near the end
     ]
+    n_tasks = zarr.open_group(str(clean))[MARKERS].shape[0]
+    left_partial = []
     for trial, killer in enumerate(killers):
         store = tmp_path / f"killed{trial}.zarr"
         run_build(synthetic, store, kill_when=killer())
+        left_partial.append(0 < markers_written(store) < n_tasks)
         run_build(synthetic, store)
         assert checksums(store) == reference, f"trial {trial}: store differs from the clean build"
+    assert any(left_partial), "no kill landed while tasks were running"
 
 
 def test_s3_store_on_local_moto_server(synthetic):

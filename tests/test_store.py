@@ -1,0 +1,73 @@
+"""The `qw-blocks/1` contract itself: creation, format checks, completeness, reader API, recorded codec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store
+from datagen.errors import QwError
+
+SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": "s2", "split": "val"}]
+ATTRS = {"scenes": [{"name": "a", "budget": 3}], "shots": SHOTS, "split": {"unit": "shot"}}
+
+
+def small_store(path, n=3, complete=True):
+    group = create_store(str(path), n, ATTRS, t=4, tile=16)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for name in IMAGE_ARRAYS:
+            group[name][i] = rng.normal(0, 100, group[name].shape[1:]).astype(np.float16)
+    group["origin"][:] = [[0, i % 2, 8 * i, 1, 2] for i in range(n)]
+    group.attrs["complete"] = complete
+    return group
+
+
+def test_arrays_shapes_chunks_and_recorded_codec(tmp_path):
+    group = small_store(tmp_path / "s.zarr")
+    assert group.attrs["format"] == FORMAT and group.attrs["block_shape"] == [4, 16, 16]
+    for name, spec in ARRAYS.items():
+        a = group[name]
+        assert a.dtype == np.dtype(spec.dtype)
+        assert a.shape == spec.shape(3, 4, 16)
+        if spec.channels:
+            assert a.chunks == (1, 4, spec.channels, 16, 16)  # one block per chunk
+    # the recorded codec is the configuration the float16 chunks are written with (typesize 2, not 1)
+    written = group["color"].metadata.codecs[-1].to_dict()
+    assert group.attrs["codec"] == written and written["configuration"]["typesize"] == 2
+
+
+def test_reader_returns_stored_float16_and_splits(tmp_path):
+    group = small_store(tmp_path / "s.zarr")
+    store = open_store(str(tmp_path / "s.zarr"))
+    block = store.read_block(1, ("color", "motion", "depth"))
+    assert block["color"].dtype == np.float16 and block["color"].shape == (4, 3, 16, 16)
+    np.testing.assert_array_equal(block["motion"].view(np.uint16), group["motion"][1].view(np.uint16))
+    assert store.split_indices("train").tolist() == [0, 2] and store.split_indices("val").tolist() == [1]
+    assert store.split_indices("test").tolist() == []
+    with pytest.raises(QwError, match="no array 'velocity'"):
+        store.array("velocity")
+
+
+def test_incomplete_store_refused_unless_asked(tmp_path):
+    small_store(tmp_path / "s.zarr", complete=False)
+    with pytest.raises(QwError, match="incomplete.*qw datagen build"):
+        open_store(str(tmp_path / "s.zarr"))
+    assert not open_store(str(tmp_path / "s.zarr"), require_complete=False).complete
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"format": "other/1"}, "not a qw block store"),
+    ({"format": "qw-blocks/9"}, "newer than this qw reads"),
+    ({"format": FORMAT}, "attributes missing"),
+])
+def test_foreign_or_newer_or_broken_stores(tmp_path, attrs, message):
+    zarr.open_group(str(tmp_path / "x.zarr"), mode="w", attributes=attrs)
+    with pytest.raises(QwError, match=message):
+        open_store(str(tmp_path / "x.zarr"))
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(QwError, match="not a qw block store"):
+        open_store(str(tmp_path / "nothing.zarr"))
