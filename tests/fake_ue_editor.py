@@ -79,6 +79,7 @@ def main() -> int:
         print("LogWindows: Error: === Critical error: === (fake)", flush=True)
         return 3
     if behaviour == "hang":
+        job_path.with_name("fake-hung.pid").write_text(str(os.getpid()))
         time.sleep(3600)
     marker = job_path.with_name("fake-crashed-once")
     if behaviour == "crash-once" and not marker.exists():

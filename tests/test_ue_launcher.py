@@ -5,12 +5,12 @@ do: non-zero exit, hang, partial output, a crash then success. Plus dry run, mis
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -101,6 +101,8 @@ def test_hung_editor_is_killed_at_the_timeout(tmp_path, scene, editor, monkeypat
     with pytest.raises(CaptureError, match="editor timed out after 2 s"):
         capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=2, progress=False)
     assert time.monotonic() - start < 20
+    pid = int((tmp_path / "c" / ".unreal" / "kite" / "a" / "fake-hung.pid").read_text())
+    assert not psutil.pid_exists(pid)  # killed (and reaped), not left rendering in the background
 
 
 def test_partial_output_is_not_accepted(tmp_path, scene, editor, monkeypatch):

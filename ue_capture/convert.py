@@ -74,6 +74,11 @@ def mrq_material_to_pixels(image: np.ndarray, width: int, height: int,
     return np.stack([c[..., 0] * (width * scale[0]), c[..., 1] * (height * scale[1])], axis=-1).astype(np.float32)
 
 
+def _packed_to_pixels(image: np.ndarray, width: int, height: int, *, ue5_gamma: bool):
+    v, written = unpack_unorm16(image, ue5_gamma=ue5_gamma)
+    return ndc_to_pixels(v, width, height), written
+
+
 def _all_written(shape: tuple[int, ...]) -> np.ndarray:
     return np.ones(shape[:-1], dtype=bool)
 
@@ -88,11 +93,6 @@ MOTION_DECODERS: dict[str, MotionDecoder] = {
     "mrq-material": lambda img, w, h, s: (mrq_material_to_pixels(img, w, h, s), _all_written(np.shape(img))),
 }
 MOTION_CHANNELS = {"ndc": 2, "unorm16": 2, "unorm16-ue5": 2, "sign-bits": 3, "mrq-material": 2}
-
-
-def _packed_to_pixels(image: np.ndarray, width: int, height: int, *, ue5_gamma: bool):
-    v, written = unpack_unorm16(image, ue5_gamma=ue5_gamma)
-    return ndc_to_pixels(v, width, height), written
 
 
 def decode_motion(image: np.ndarray, encoding: str, full_size: tuple[int, int],

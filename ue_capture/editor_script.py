@@ -264,6 +264,12 @@ def collect_bufvis_dumps(spec: dict, frame: int) -> bool:
     return True
 
 
+def stop_ticking() -> None:
+    handle = _STATE.pop("tick", None)
+    if handle is not None:
+        unreal.unregister_slate_post_tick_callback(handle)
+
+
 def bufvis_tick(delta_seconds) -> None:
     """One editor tick of the bufvis state machine: settle, screenshot, wait for its dumps, next frame."""
     spec, st = _STATE["job"], _STATE["bufvis"]
@@ -280,16 +286,16 @@ def bufvis_tick(delta_seconds) -> None:
         elif collect_bufvis_dumps(spec, st["frame"]):
             st.update(frame=st["frame"] + 1, waited=0, shot_path=None)
             if st["frame"] >= spec["end_frame"]:
-                unreal.unregister_slate_post_tick_callback(_STATE.pop("tick"))
+                stop_ticking()
                 render_queue(build_queue(spec, with_aliased=False), spec)
         else:
             st["waited"] += 1
             if st["waited"] > SCREENSHOT_WAIT_TICKS:
-                unreal.unregister_slate_post_tick_callback(_STATE.pop("tick"))
+                stop_ticking()
                 fail(f"frame {st['frame']}: screenshot or buffer dumps {BUFVIS_BUFFERS} did not appear at "
                      f"{st['shot_path']}")
     except Exception:  # a Python error inside a tick would otherwise repeat every frame
-        unreal.unregister_slate_post_tick_callback(_STATE.pop("tick"))
+        stop_ticking()
         fail(traceback.format_exc())
 
 

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,7 @@ def exr_layers(path: Path) -> dict[str, list[str]]:
     layers: dict[str, list[str]] = {}
     order = {c: i for i, c in enumerate("RGBAXYZ")}
     for name in names:
-        layer, _, component = name.rpartition(".")
-        layers.setdefault(layer, []).append(name)
+        layers.setdefault(name.rpartition(".")[0], []).append(name)
     for layer, chans in layers.items():
         chans.sort(key=lambda n: order.get(n.rpartition(".")[2], 99))
     return layers
@@ -385,7 +384,7 @@ def normalize_unreal_shot(spec: dict[str, Any], raw: Path, target: Path, manifes
                              filter="MRQ spatial samples: Gaussian, sigma 0.47·r.TemporalAAFilterSize px, "
                                     "window ±0.5 px (notes/unreal.md §1.4)")
     cut_sources = set(manifest.shot(spec["shot"]).camera_cuts)
-    frames = (DecodedFrame(**{**f.__dict__, "cut": f.cut or f.source_frame in cut_sources}) for f in frames)
+    frames = (replace(f, cut=f.cut or f.source_frame in cut_sources) for f in frames)
     return _store(target, frames, len(numbers), scene=spec["scene"], shot=spec["shot"], backend=backend,
                   fps=spec["fps"], reference=ref_info, depth_units="m",
                   extra={"mode": spec["mode"], "raw": str(raw.resolve())}, progress=False)

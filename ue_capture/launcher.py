@@ -197,17 +197,19 @@ class ShotRun:
 
 
 def run_editor(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> int:
-    """Run the editor, its stdout+stderr streaming into `log_path`; kill its whole process group on timeout."""
+    """Run the editor, its stdout+stderr streaming into `log_path`; kill its whole process group on timeout.
+
+    Raises subprocess.TimeoutExpired after killing it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         try:
             return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+        finally:  # timed out, or the launcher itself was interrupted: no editor is left running
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def read_status(raw: Path) -> dict[str, Any] | None:
