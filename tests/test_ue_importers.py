@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import OpenEXR
 import pytest
 from click.testing import CliRunner
 from ue_formats import analytic_motion, colour, write_exr, write_intel_sample, write_mrq_frame
@@ -87,7 +88,6 @@ def test_mrq_multilayer_stock_material(tmp_path):
                   "FinalImageMovieRenderQueue_MotionVectors": np.stack(
                       [d[..., 0] / W + 0.5, -d[..., 1] / H + 0.5, np.zeros((H, W))], -1),
                   "FinalImageMovieRenderQueue_WorldDepth": np.full((H, W, 3), 500.0)}
-        import OpenEXR
         planes = {(f"{ly}.{c}" if ly else c): np.ascontiguousarray(img[..., i], np.float32)
                   for ly, img in layers.items() for i, c in enumerate("RGB")}
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,8 @@ def test_dry_run_prints_argv_and_job_without_unreal(tmp_path, scene, capsys):
     assert argv[0] == f"${EDITOR_ENV}" and argv[1] == str(tmp_path / "proj" / "Kite.uproject")
     assert any(a.startswith("-ExecutePythonScript=") and a.endswith("editor_script.py") for a in argv)
     job = json.loads(text[text.index("job: ") + 5:])
-    assert job["shot"] == "b" and job["mode"] == "mrq" and job["cvars"]["reference"]["r.DefaultFeature.AntiAliasing"] == 0
+    assert job["shot"] == "b" and job["mode"] == "mrq"
+    assert job["cvars"]["reference"]["r.DefaultFeature.AntiAliasing"] == 0
     assert not (tmp_path / "c").exists()
 
 
@@ -171,7 +172,8 @@ def test_cli_capture_dry_run_and_missing_editor(tmp_path, scene):
     result = runner.invoke(main, ["datagen", "capture", "--scene", str(manifest), "--dry-run",
                                   "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    assert "-ExecutePythonScript=" in result.output and '"level_sequence": "/Game/Cine/KiteSeq.KiteSeq"' in result.output
+    assert "-ExecutePythonScript=" in result.output
+    assert '"level_sequence": "/Game/Cine/KiteSeq.KiteSeq"' in result.output
     result = runner.invoke(main, ["datagen", "capture", "--scene", str(manifest), "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and f"set {EDITOR_ENV}" in result.output
 

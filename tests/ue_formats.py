@@ -29,7 +29,7 @@ def pixels_to_ndc(d: np.ndarray, full_w: int, full_h: int) -> np.ndarray:
 
 
 def unorm16_counts(v: np.ndarray, ue5: bool = False) -> np.ndarray:
-    """UE velocity texture counts: round(65535·(V·0.499·0.5 + 32767/65535)); UE5 first maps V→sign·sqrt|V|·√2."""
+    """UE velocity texture counts round(65535·(V·0.2495 + 32767/65535)); UE5 first maps V → sign·sqrt|V|·√2."""
     if ue5:
         v = np.sign(v) * np.sqrt(np.abs(v)) * np.sqrt(2.0)
     return np.rint(65535.0 * (v * 0.2495 + 32767.0 / 65535.0)).astype(np.uint16)

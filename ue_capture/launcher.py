@@ -70,8 +70,8 @@ NO_AA_CVARS_UE5: dict[str, Any] = {"r.AntiAliasingMethod": 0}
 BUFVIS_CVARS_UE4: dict[str, Any] = {"r.DefaultFeature.AntiAliasing": 2, "r.TemporalAACurrentFrameWeight": 1,
                                     "r.TemporalAA.Upsampling": 0,
                                     "r.BufferVisualizationDumpFrames": 1, "r.BufferVisualizationDumpFramesAsHDR": 1}
-BUFVIS_CVARS_UE5: dict[str, Any] = {**{k: v for k, v in BUFVIS_CVARS_UE4.items() if k != "r.DefaultFeature.AntiAliasing"},
-                                    "r.AntiAliasingMethod": 2}
+BUFVIS_CVARS_UE5: dict[str, Any] = {**{k: v for k, v in BUFVIS_CVARS_UE4.items()
+                                       if k != "r.DefaultFeature.AntiAliasing"}, "r.AntiAliasingMethod": 2}
 
 
 def engine_major(engine_version: str) -> int:
