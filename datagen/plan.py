@@ -3,7 +3,8 @@
 A *task* is one window of T consecutive stored frames of one shot plus every block cut from it, so the executor
 decodes each source frame once. Windows
 
-* never contain a camera cut except at their first frame (whose history is invalid in every block anyway);
+* never contain a camera cut except at their first frame (whose history is invalid in every block anyway),
+  unless a shot has no cut-free stretch of T frames: then its windows cross cuts, with the history marked;
 * never overlap: each cut-free segment of a shot is divided into disjoint windows, behind a random phase;
 * share each scene's block budget evenly (counts differ by at most one; the extra blocks go to random windows).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from datagen.errors import CaptureError, QwError
 from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene
 
 PLAN_FORMAT = "qw-plan/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,10 @@ class Plan:
             n_shots = sum(c.meta.scene == s.scene for c in self.shots)
             lines.append(f"{s.scene:<20} {s.budget:>7} {by_scene[s.scene]:>7} {n_shots:>6} {windows[s.scene]:>8}")
         lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.blocks_by("split").items())))
+        crossing = sum(crosses_cut(self.shots[t.shot].meta, t.start, self.frames) for t in self.tasks)
+        if crossing:
+            lines.append(f"{crossing} window(s) cross a camera cut (shots too short between cuts); "
+                         f"their blocks mark the cut frame's history invalid")
         lines.append(f"digest: {self.digest()}")
         return "\n".join(lines)
 
@@ -190,16 +197,31 @@ def _check_scene_shots(scene: str, shots: list[CaptureInfo], tile: int) -> None:
         raise QwError(f"{path}: frames are {w}×{h}, smaller than the {tile}-pixel tile")
 
 
-def window_starts(meta: CaptureMeta, frames: int, rng: np.random.Generator) -> list[int]:
-    """Disjoint windows of `frames` frames inside each cut-free segment, behind a random phase per segment."""
-    bounds = sorted({0, *meta.camera_cuts}) + [meta.frame_count]
+def _disjoint_windows(bounds: list[int], frames: int, rng: np.random.Generator) -> list[int]:
     starts: list[int] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         n = (b - a) // frames
         if n:
             phase = int(rng.integers(0, b - a - n * frames + 1))
-            starts.extend(a + phase + frames * np.arange(n))
-    return [int(s) for s in starts]
+            starts.extend(int(s) for s in a + phase + frames * np.arange(n))
+    return starts
+
+
+def window_starts(meta: CaptureMeta, frames: int, rng: np.random.Generator) -> list[int]:
+    """Disjoint windows of `frames` frames inside each cut-free segment, behind a random phase per segment.
+
+    A shot whose cuts leave no segment that long still contributes: its windows then cross cuts, and the
+    blocks mark the history of each cut frame invalid (``history_valid``), as the contract allows.
+    """
+    starts = _disjoint_windows(sorted({0, *meta.camera_cuts}) + [meta.frame_count], frames, rng)
+    if not starts and meta.camera_cuts:
+        log.info("%s/%s: no %d frames without a camera cut; its windows cross cuts", meta.scene, meta.shot, frames)
+        starts = _disjoint_windows([0, meta.frame_count], frames, rng)
+    return starts
+
+
+def crosses_cut(meta: CaptureMeta, start: int, frames: int) -> bool:
+    return any(start < c < start + frames for c in meta.camera_cuts)
 
 
 def _positions(count: int, meta: CaptureMeta, tile: int, rng: np.random.Generator) -> np.ndarray:
@@ -236,8 +258,7 @@ def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int |
         rng = np.random.default_rng([seed, zlib.crc32(scene.scene.encode())])
         windows = [(i, s) for i in scene_shots for s in window_starts(shots[i].meta, dataset.frames, rng)]
         if not windows:
-            raise QwError(f"scene {scene.scene!r}: no shot has {dataset.frames} consecutive frames without a "
-                          f"camera cut")
+            raise QwError(f"scene {scene.scene!r}: no shot of the dataset's splits has {dataset.frames} frames")
         for (shot, start), count in zip(windows, _block_counts(scene.budget, len(windows), rng)):
             if count:
                 pos = _positions(int(count) * k, shots[shot].meta, dataset.tile, rng).reshape(int(count), k, 2)

@@ -14,7 +14,7 @@ from cli import main
 from datagen.capture_format import META_FILE
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import MANIFEST_ROOT, load_dataset_manifest, load_scene_manifest
-from datagen.plan import CaptureInfo, make_plan
+from datagen.plan import CaptureInfo, crosses_cut, make_plan
 
 PAPER = MANIFEST_ROOT / "datasets" / "qwnet-paper.yaml"
 
@@ -116,13 +116,21 @@ def test_seed_changes_plan_and_one_scene_budget_leaves_others_alone():
     assert a1 == a2
 
 
+def test_windows_cross_cuts_only_in_shots_without_a_cut_free_stretch():
+    caps = infos([("a", "short", 16, "train", [4, 10]), ("a", "long", 30, "train", [9])])
+    plan = make_plan(dataset({"a": 20}), caps)
+    crossing = {plan.shots[t.shot].meta.shot for t in plan.tasks if crosses_cut(plan.shots[t.shot].meta, t.start, 8)}
+    assert crossing == {"short"}
+    assert "cross a camera cut" in plan.summary()
+
+
 def test_plan_errors_name_the_problem():
     with pytest.raises(QwError, match="scene 'b'.*no capture"):
         make_plan(dataset({"a": 3, "b": 3}), infos([("a", "s1", 16, "train", [])]))
     with pytest.raises(CaptureError, match="resolution mismatch.*a/s2"):
         make_plan(dataset({"a": 3}), infos([("a", "s1", 16, "train", [])]) +
                   infos([("a", "s2", 16, "train", [])], width=320))
-    with pytest.raises(QwError, match="no shot has 8 consecutive frames"):
-        make_plan(dataset({"a": 3}), infos([("a", "s1", 16, "train", [4, 10])]))
+    with pytest.raises(QwError, match="no shot of the dataset's splits has 8 frames"):
+        make_plan(dataset({"a": 3}), infos([("a", "s1", 7, "train", [])]))
     with pytest.raises(QwError, match="smaller than the 256-pixel tile"):
         make_plan(dataset({"a": 3}, tile=256), infos([("a", "s1", 16, "train", [])]))
