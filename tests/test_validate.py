@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cli import main
 from datagen.capture_format import META_FILE, finish_capture, frame_path, load_meta, write_exr, write_frame
-from datagen.validate import reprojected_motion, validate_capture
+from datagen.validate import find_shots, reprojected_motion, validate_capture
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,12 @@ def test_cli_reports_a_directory_without_captures_as_a_usage_error(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == f"qw: error: {tmp_path}: no capture here (no capture.json or pass folders " \
                                     f"['color', 'reference', 'motion', 'depth'] at or below it)"
+
+
+def test_builtin_renderer_captures_pass_including_reprojection(builtin_captures):
+    """Real renders (moving objects, a camera cut) through the whole validator, reprojection check included."""
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(builtin_captures)])
+    assert result.exit_code == 0, result.output
+    for shot in find_shots(builtin_captures):
+        report = validate_capture(shot)
+        assert report.checks["reprojection"].status == "pass" and report.lowest_agreement > 0.5
