@@ -36,8 +36,11 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 def ndc_to_pixels(v: np.ndarray, width: int, height: int) -> np.ndarray:
     """(…, 2) NDC velocity (y up) → pixels (+y down), using the full frame's width and height."""
-    v = np.asarray(v, np.float64)
-    return np.stack([v[..., 0] * (width / 2.0), v[..., 1] * (-height / 2.0)], axis=-1).astype(np.float32)
+    v = np.asarray(v)
+    out = np.empty(v.shape[:-1] + (2,), np.float32)
+    np.multiply(v[..., 0], width / 2.0, out=out[..., 0], casting="unsafe")
+    np.multiply(v[..., 1], -height / 2.0, out=out[..., 1], casting="unsafe")
+    return out
 
 
 def _normalized(encoded: np.ndarray) -> np.ndarray:
@@ -59,12 +62,13 @@ def unpack_unorm16(encoded: np.ndarray, *, ue5_gamma: bool = False) -> tuple[np.
 
 
 def sign_bits_to_ndc(image: np.ndarray) -> np.ndarray:
-    """(…, 3) |V.x|, |V.y|, sign code → signed (…, 2): code bit 1 negates x, bit 2 negates y."""
-    image = np.asarray(image, np.float64)
-    code = np.rint(np.nan_to_num(image[..., 2])).astype(np.int64)
-    sx = np.where(code & 1, -1.0, 1.0)
-    sy = np.where(code & 2, -1.0, 1.0)
-    return np.stack([image[..., 0] * sx, image[..., 1] * sy], axis=-1)
+    """(…, 3) |V.x|, |V.y|, sign code → signed (…, 2) float32: code bit 1 negates x, bit 2 negates y."""
+    image = np.asarray(image)
+    code = np.rint(np.nan_to_num(image[..., 2])).astype(np.int32)
+    v = image[..., :2].astype(np.float32)  # a copy: the signs are applied in place
+    for axis, bit in ((0, 1), (1, 2)):
+        np.negative(v[..., axis], out=v[..., axis], where=(code & bit) != 0)
+    return v
 
 
 def mrq_material_to_pixels(image: np.ndarray, width: int, height: int,
@@ -108,7 +112,9 @@ def decode_motion(image: np.ndarray, encoding: str, full_size: tuple[int, int],
         raise QwError(f"motion encoding {encoding!r} needs {MOTION_CHANNELS[encoding]} channels, "
                       f"got {image.shape[-1]}")
     motion, written = MOTION_DECODERS[encoding](image, full_size[0], full_size[1], mrq_scale)
-    return np.where(written[..., None], motion, np.float32(0)).astype(np.float32), written
+    if not written.all():
+        motion[~written] = 0.0
+    return motion, written
 
 
 def jitter_ndc_to_pixels(jitter: tuple[float, float], width: int, height: int) -> tuple[float, float]:

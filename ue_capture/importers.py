@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ SAMPLE_FOLDERS = {"color": ("noaa",), "reference": ("ssaa",), "motion": ("vel", 
 PASS_KEYWORDS = (("jitter", ("jitter",)), ("motion", ("motionvectors", "velocity")),
                  ("depth", ("worlddepth", "scenedepth")), ("color", ("finalimage", "pretonemaphdrcolor")))
 RGB = ("R", "G", "B")
+IMPORT_WORKERS = min(4, os.cpu_count() or 1)  # source files converted at once (memory: ~5 full frames each)
 
 
 @dataclass
@@ -80,6 +83,9 @@ class DecodedFrame:
     jitter: tuple[float, float] | None
     unwritten_motion: int = 0
     cut: bool = False  # history invalid: first frame after a gap or of a stacked block
+
+
+Loader = Callable[[], list[DecodedFrame]]  # reads and decodes one source file (one frame, or a stacked block)
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -177,32 +183,46 @@ def _split_stack(image: np.ndarray) -> list[np.ndarray]:
     return [image]
 
 
+def exr_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an EXR from its header."""
+    try:
+        with OpenEXR.File(str(path), header_only=True) as exr:
+            (x0, y0), (x1, y1) = exr.header()["dataWindow"]
+    except Exception as exc:  # OpenEXR raises RuntimeError for truncated and non-EXR files
+        raise CaptureError(f"{path}: not a readable EXR file ({exc})") from None
+    return int(x1 - x0 + 1), int(y1 - y0 + 1)
+
+
 def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
-                         sample_offsets: bool) -> tuple[list[int], Iterator[DecodedFrame]]:
+                         sample_offsets: bool) -> tuple[list[Loader], int]:
+    """One loader per source file, each giving its frame (or the T frames of a stacked block)."""
     files = {kind: _single_sequence(_find_folder(src, names)) for kind, names in SAMPLE_FOLDERS.items()}
     numbers = sorted(files["color"])
     for kind in ("reference", "motion"):
         _require_frames(_find_folder(src, SAMPLE_FOLDERS[kind]), kind, files[kind], numbers)
     gap_cuts = _gap_cuts(numbers)
+    first = files["color"][numbers[0]]
+    w, h = exr_size(first)
+    per_file = h // w if h > w and h % w == 0 else 1
+    if per_file > 1 and full_size is None:
+        raise QwError(f"{first}: a stacked {per_file}-frame block; pass the full frame size it was cut from "
+                      "(--full-resolution WxH), since NDC velocity is relative to it")
 
-    def frames() -> Iterator[DecodedFrame]:
-        for k, number in enumerate(numbers):
-            color, ref, vel = (_read(files[kind][number], RGB, 3) for kind in ("color", "reference", "motion"))
-            if not color.shape == ref.shape == vel.shape:
-                raise CaptureError(f"{files['color'][number]}: noaa/ssaa/vel sizes differ "
-                                   f"({color.shape[:2]}, {ref.shape[:2]}, {vel.shape[:2]})")
-            tiles = list(zip(_split_stack(color), _split_stack(ref), _split_stack(vel)))
-            stacked = len(tiles) > 1
-            if stacked and full_size is None:
-                raise QwError(f"{files['color'][number]}: a stacked {len(tiles)}-frame block; pass the full frame "
-                              "size it was cut from (--full-resolution WxH), since NDC velocity is relative to it")
-            size = full_size or (color.shape[1], color.shape[0])
-            for t, (c, r, v) in enumerate(tiles):
-                motion, written = decode_motion(v, "sign-bits", size)
-                jitter = tuple(float(x) for x in sign_bits_to_ndc(c[0, 0])) if sample_offsets else None
-                yield DecodedFrame(number * len(tiles) + t, c, r, motion, None, jitter,
-                                   int((~written).sum()), cut=(t == 0 and (stacked or k in gap_cuts)))
-    return numbers, frames()
+    def load(k: int, number: int) -> list[DecodedFrame]:
+        color, ref, vel = (_read(files[kind][number], RGB, 3) for kind in ("color", "reference", "motion"))
+        if not color.shape == ref.shape == vel.shape:
+            raise CaptureError(f"{files['color'][number]}: noaa/ssaa/vel sizes differ "
+                               f"({color.shape[:2]}, {ref.shape[:2]}, {vel.shape[:2]})")
+        size = full_size or (color.shape[1], color.shape[0])
+        frames = []
+        for t, (c, r, v) in enumerate(zip(_split_stack(color), _split_stack(ref), _split_stack(vel))):
+            motion, written = decode_motion(v, "sign-bits", size)
+            jitter = tuple(float(x) for x in sign_bits_to_ndc(c[0, 0])) if sample_offsets else None
+            frames.append(DecodedFrame(number * per_file + t, c, r, motion, None, jitter, int((~written).sum()),
+                                       cut=(t == 0 and (per_file > 1 or k in gap_cuts))))
+        return frames
+
+    return [partial(load, k, n) for k, n in enumerate(numbers)], per_file
 
 
 # ----------------------------------------------------------------------------------------------- mrq
@@ -210,7 +230,8 @@ def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
 
 def _mrq_frames(aliased: Path, reference: Path, encoding: str, mrq_scale: tuple[float, float],
                 depth_units_per_scene_unit: float, full_size: tuple[int, int] | None
-                ) -> tuple[list[int], Iterator[DecodedFrame], bool]:
+                ) -> tuple[list[Loader], bool]:
+    """One loader per frame of an MRQ render (aliased passes + reference colour); and whether depth exists."""
     passes = mrq_passes(aliased)
     ref_color = mrq_passes(reference).get("color", {})
     for kind in ("color", "motion"):
@@ -220,56 +241,74 @@ def _mrq_frames(aliased: Path, reference: Path, encoding: str, mrq_scale: tuple[
     numbers = sorted(passes["color"])
     _require_frames(aliased, "motion", passes["motion"], numbers)
     _require_frames(reference, "reference colour", ref_color, numbers)
-    if "depth" in passes:
-        _require_frames(aliased, "depth", passes["depth"], numbers)
-    if "jitter" in passes:
-        _require_frames(aliased, "jitter", passes["jitter"], numbers)
+    for kind in ("depth", "jitter"):
+        if kind in passes:
+            _require_frames(aliased, kind, passes[kind], numbers)
     gap_cuts = _gap_cuts(numbers)
 
-    def frames() -> Iterator[DecodedFrame]:
-        for k, n in enumerate(numbers):
-            color = _read(*passes["color"][n], 3)
-            size = full_size or (color.shape[1], color.shape[0])
-            motion, written = decode_motion(_read(*passes["motion"][n], 3 if encoding == "sign-bits" else 2),
-                                            encoding, size, mrq_scale)
-            depth = (depth_to_scene_units(_read(*passes["depth"][n], 1)[..., 0], depth_units_per_scene_unit)
-                     if "depth" in passes else None)
-            jitter = (jitter_ndc_to_pixels(tuple(np.median(_read(*passes["jitter"][n], 2), axis=(0, 1))), *size)
-                      if "jitter" in passes else None)
-            yield DecodedFrame(n, color, _read(*ref_color[n], 3), motion, depth, jitter, int((~written).sum()),
-                               cut=k in gap_cuts)
-    return numbers, frames(), "depth" in passes
+    def load(k: int, n: int) -> list[DecodedFrame]:
+        color = _read(*passes["color"][n], 3)
+        size = full_size or (color.shape[1], color.shape[0])
+        motion, written = decode_motion(_read(*passes["motion"][n], 3 if encoding == "sign-bits" else 2),
+                                        encoding, size, mrq_scale)
+        depth = (depth_to_scene_units(_read(*passes["depth"][n], 1)[..., 0], depth_units_per_scene_unit)
+                 if "depth" in passes else None)
+        jitter = (jitter_ndc_to_pixels(tuple(np.median(_read(*passes["jitter"][n], 2), axis=(0, 1))), *size)
+                  if "jitter" in passes else None)
+        return [DecodedFrame(n, color, _read(*ref_color[n], 3), motion, depth, jitter, int((~written).sum()),
+                             cut=k in gap_cuts)]
+
+    return [partial(load, k, n) for k, n in enumerate(numbers)], "depth" in passes
 
 
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _write(target: Path, frames: Iterator[DecodedFrame], count: int, progress: bool) -> dict[str, Any]:
-    """Write every frame through the contract; returns what capture.json needs from the frames."""
-    jitters, sources, cuts, size = [], [], [], None
-    unwritten = clamped = 0
-    for i, f in enumerate(tqdm(frames, total=count, desc=f"import {target.name}", unit="frame",
-                               disable=not progress)):
-        shapes = {f.color.shape[:2], f.reference.shape[:2], f.motion.shape[:2]}
-        if len(shapes) != 1 or (size and shapes != {size}):
-            raise CaptureError(f"{target}: frame {f.source_frame}: pass sizes differ {sorted(shapes)}"
-                               + (f", earlier frames were {size}" if size else ""))
-        size = shapes.pop()
-        color, c1 = color_to_half_range(f.color)
-        reference, c2 = color_to_half_range(f.reference)
-        write_frame(target, "color", i, color)
-        write_frame(target, "reference", i, reference)
-        write_frame(target, "motion", i, f.motion)
-        write_frame(target, "depth", i, f.depth if f.depth is not None else np.zeros(size, np.float32))
-        jitters.append(f.jitter)
-        sources.append(f.source_frame)
-        if f.cut and i > 0:
-            cuts.append(i)
-        unwritten += f.unwritten_motion
-        clamped += c1 + c2
-    assert size is not None
-    return {"height": size[0], "width": size[1], "jitters": jitters, "sources": sources, "cuts": cuts,
-            "unwritten": unwritten, "clamped": clamped}
+@dataclass(frozen=True)
+class _Written:
+    """What capture.json needs from one written frame."""
+
+    source_frame: int
+    size: tuple[int, int]
+    jitter: tuple[float, float] | None
+    cut: bool
+    unwritten_motion: int
+    clamped: int
+
+
+def _write_frame(target: Path, index: int, f: DecodedFrame) -> _Written:
+    shapes = {f.color.shape[:2], f.reference.shape[:2], f.motion.shape[:2]}
+    if len(shapes) != 1:
+        raise CaptureError(f"{target}: frame {f.source_frame}: pass sizes differ {sorted(shapes)}")
+    size = shapes.pop()
+    color, c1 = color_to_half_range(f.color)
+    reference, c2 = color_to_half_range(f.reference)
+    write_frame(target, "color", index, color)
+    write_frame(target, "reference", index, reference)
+    write_frame(target, "motion", index, f.motion)
+    write_frame(target, "depth", index, f.depth if f.depth is not None else np.zeros(size, np.float32))
+    return _Written(f.source_frame, size, f.jitter, f.cut, f.unwritten_motion, c1 + c2)
+
+
+def _write(target: Path, loaders: list[Loader], per_loader: int, progress: bool,
+           mark_cuts: Collection[int] = ()) -> list[_Written]:
+    """Load, convert and write every frame through the contract, several source files at once (EXR coding
+    releases the GIL); returns the per-frame summaries in order. `mark_cuts`: more source frames that are cuts."""
+
+    def run(k: int) -> list[_Written]:
+        frames = loaders[k]()
+        if len(frames) != per_loader:
+            raise CaptureError(f"{target}: source file {k} holds {len(frames)} frames, the first held {per_loader}")
+        return [_write_frame(target, k * per_loader + t, f) for t, f in enumerate(frames)]
+
+    with ThreadPoolExecutor(IMPORT_WORKERS) as pool:
+        done = list(tqdm(pool.map(run, range(len(loaders))), total=len(loaders), desc=f"import {target.name}",
+                         unit="file", disable=not progress))
+    written = [w for group in done for w in group]
+    sizes = sorted({w.size for w in written})
+    if len(sizes) != 1:
+        raise CaptureError(f"{target}: frames have different sizes {sizes}")
+    return [replace(w, cut=w.cut or w.source_frame in mark_cuts) for w in written]
 
 
 def _jitter_info(jitters: list[tuple[float, float] | None]) -> JitterInfo:
@@ -292,15 +331,15 @@ def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
     return target
 
 
-def _store(target: Path, frames: Iterator[DecodedFrame], count: int, *, scene: str, shot: str, backend: BackendInfo,
-           fps: float, reference: ReferenceInfo, depth_units: str, extra: dict[str, Any], progress: bool) -> Path:
-    got = _write(target, frames, count, progress)
-    meta = CaptureMeta(scene=scene, shot=shot, backend=backend, width=got["width"], height=got["height"], fps=fps,
-                       frame_count=len(got["sources"]), source_frames=got["sources"],
-                       jitter=_jitter_info(got["jitters"]), reference=reference, camera_cuts=got["cuts"],
-                       depth_units=depth_units,
-                       extra={**extra, "motion_unwritten_pixels": got["unwritten"],
-                              "color_pixels_clamped_to_half": got["clamped"]})
+def _store(target: Path, written: list[_Written], *, scene: str, shot: str, backend: BackendInfo, fps: float,
+           reference: ReferenceInfo, depth_units: str, extra: dict[str, Any]) -> Path:
+    height, width = written[0].size
+    meta = CaptureMeta(scene=scene, shot=shot, backend=backend, width=width, height=height, fps=fps,
+                       frame_count=len(written), source_frames=[w.source_frame for w in written],
+                       jitter=_jitter_info([w.jitter for w in written]), reference=reference,
+                       camera_cuts=[i for i, w in enumerate(written) if w.cut and i > 0], depth_units=depth_units,
+                       extra={**extra, "motion_unwritten_pixels": sum(w.unwritten_motion for w in written),
+                              "color_pixels_clamped_to_half": sum(w.clamped for w in written)})
     return _finish_and_validate(target, meta)
 
 
@@ -328,29 +367,23 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
         return target
     ref_info = ReferenceInfo(samples=reference_samples or 1,
                              filter="as rendered by the source" if reference_samples else "unknown (not recorded)")
-    common = dict(scene=scene, shot=shot, fps=fps, reference=ref_info, progress=progress)
+    common = dict(scene=scene, shot=shot, fps=fps, reference=ref_info)
     if layout == "intel-sample":
-        numbers, frames = _intel_sample_frames(src, full_size, sample_offsets)
+        loaders, per_file = _intel_sample_frames(src, full_size, sample_offsets)
         backend = BackendInfo(name="import:intel-sample", settings={
             "motion_encoding": "sign-bits", "full_size": full_size, "sample_offsets_from_pixel_00": sample_offsets})
-        count = _count_frames(src, numbers)
-        return _store(target, frames, count, backend=backend, depth_units="none (the source has no depth; zeros)",
-                      extra={"source": str(src.resolve())}, **common)
+        return _store(target, _write(target, loaders, per_file, progress), backend=backend,
+                      depth_units="none (the source has no depth; zeros)", extra={"source": str(src.resolve())},
+                      **common)
     aliased = src / "aliased" if (src / "aliased").is_dir() else src
     ref_dir = Path(reference) if reference else src / "reference"
     encoding = motion_encoding or "mrq-material"
-    numbers, frames, has_depth = _mrq_frames(aliased, ref_dir, encoding, mrq_scale, UNREAL_UNITS_PER_METRE, full_size)
+    loaders, has_depth = _mrq_frames(aliased, ref_dir, encoding, mrq_scale, UNREAL_UNITS_PER_METRE, full_size)
     backend = BackendInfo(name="import:mrq", settings={"motion_encoding": encoding, "mrq_scale": list(mrq_scale),
                                                        "full_size": full_size})
-    return _store(target, frames, len(numbers), backend=backend,
+    return _store(target, _write(target, loaders, 1, progress), backend=backend,
                   depth_units="m" if has_depth else "none (the source has no depth; zeros)",
                   extra={"source": str(aliased.resolve()), "reference_source": str(ref_dir.resolve())}, **common)
-
-
-def _count_frames(src: Path, numbers: list[int]) -> int:
-    """Stored frames of an intel-sample import: the first file tells whether files are stacked T-frame blocks."""
-    first = _single_sequence(_find_folder(src, SAMPLE_FOLDERS["color"]))[numbers[0]]
-    return len(numbers) * len(_split_stack(_read(first, RGB, 3)))
 
 
 RAW_PASSES = {"mrq": ("color", "motion", "depth"), "bufvis": ("color", "motion", "depth", "jitter")}
@@ -375,16 +408,14 @@ def normalize_unreal_shot(spec: dict[str, Any], raw: Path, target: Path, manifes
     problem = raw_problems(spec, raw)
     if problem:
         raise CaptureError(f"{target}: raw Unreal output incomplete: {problem}")
-    numbers, frames, _ = _mrq_frames(raw / "aliased", raw / "reference", "ndc", MRQ_MATERIAL_SCALE,
-                                     UNREAL_UNITS_PER_METRE, None)
+    loaders, _ = _mrq_frames(raw / "aliased", raw / "reference", "ndc", MRQ_MATERIAL_SCALE, UNREAL_UNITS_PER_METRE,
+                             None)
     major = spec["engine_version"].split(".")[0]
     backend = BackendInfo(name=f"ue{major}", version=spec["engine_version"],
                           settings={k: v for k, v in spec.items() if k not in ("output_dir", "status_file")})
     ref_info = ReferenceInfo(samples=spec["reference_samples"],
                              filter="MRQ spatial samples: Gaussian, sigma 0.47·r.TemporalAAFilterSize px, "
                                     "window ±0.5 px (notes/unreal.md §1.4)")
-    cut_sources = set(manifest.shot(spec["shot"]).camera_cuts)
-    frames = (replace(f, cut=f.cut or f.source_frame in cut_sources) for f in frames)
-    return _store(target, frames, len(numbers), scene=spec["scene"], shot=spec["shot"], backend=backend,
-                  fps=spec["fps"], reference=ref_info, depth_units="m",
-                  extra={"mode": spec["mode"], "raw": str(raw.resolve())}, progress=False)
+    written = _write(target, loaders, 1, progress=False, mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
+    return _store(target, written, scene=spec["scene"], shot=spec["shot"], backend=backend, fps=spec["fps"],
+                  reference=ref_info, depth_units="m", extra={"mode": spec["mode"], "raw": str(raw.resolve())})
