@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-# A small real capture of two builtin scenes: 12 frames per shot at 320x256 with a 4x4 = 16 spp reference.
+# A small real capture of two builtin scenes: 12 frames per shot at 288x256 with a 4x4 = 16 spp reference.
 # builtin_fence/low_cut has a camera cut at stored frame 6; rise (fence) and crane (specular) are 'val' shots.
 BUILTIN_CAPTURE = {
     "builtin_fence": ["low_cut", "rise"],
     "builtin_specular": ["orbit", "crane"],
 }
-BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "reference_spp": 16}
+BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (288, 256), "reference_spp": 16}
 
 
 @pytest.fixture(scope="session")

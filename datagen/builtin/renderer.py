@@ -249,6 +249,8 @@ class Renderer:
         self.targets = [ctx.texture((width, height), c, dtype="f4") for c in (4, 2, 1)]
         self.depth_buffer = ctx.depth_renderbuffer((width, height))
         self.fbo = ctx.framebuffer(color_attachments=self.targets, depth_attachment=self.depth_buffer)
+        # colour-only target for the colour and reference passes: motion and depth writes are skipped there
+        self.fbo_color = ctx.framebuffer(color_attachments=self.targets[:1], depth_attachment=self.depth_buffer)
         self.text = ctx.texture((TEXT_TEXTURE_SIZE,) * 2, 1, text_texture(scene.texture_seed).tobytes())
         self.text.build_mipmaps()
         self.text.filter = (ctx.LINEAR_MIPMAP_LINEAR, ctx.LINEAR)
@@ -321,7 +323,7 @@ class Renderer:
 
     # -------------------------------------------------------------------------------------- drawing
 
-    def _draw(self, frame: float, prev_frame: float, offset: Sequence[float], mip_bias: float) -> None:
+    def _draw(self, frame: float, prev_frame: float, offset: Sequence[float], mip_bias: float, fbo) -> None:
         view, proj = self.camera(frame)
         prev_view = self.scene.camera.view(prev_frame)
         frame_uniforms = {"u_view": view, "u_raster": jitter_matrix(offset, self.width, self.height) @ proj @ view,
@@ -331,8 +333,8 @@ class Renderer:
                 prog[name].write(gl_matrix(matrix))
             prog["u_eye"].value = tuple(np.linalg.inv(view)[:3, 3])
             prog["u_mip_bias"].value = mip_bias
-        self.fbo.use()
-        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        fbo.use()
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         self.ctx.enable(self.ctx.DEPTH_TEST)
         self.ctx.disable(self.ctx.CULL_FACE)
         self.text.use(0)
@@ -350,12 +352,12 @@ class Renderer:
 
     def render_color(self, frame: float, jitter: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
         """H×W×3 linear HDR colour, one sample per pixel at pixel centre + `jitter` (pixels, +y down)."""
-        self._draw(frame, frame, jitter, self.mip_bias)
+        self._draw(frame, frame, jitter, self.mip_bias, self.fbo_color)
         return self._read(0)[..., :3]
 
     def render_gbuffer(self, frame: float, prev_frame: float) -> tuple[np.ndarray, np.ndarray]:
         """(H×W×2 motion in pixels from `prev_frame` to `frame`, H×W planar depth) at unjittered pixel centres."""
-        self._draw(frame, prev_frame, (0.0, 0.0), self.mip_bias)
+        self._draw(frame, prev_frame, (0.0, 0.0), self.mip_bias, self.fbo)
         return self._read(1), self._read(2)[..., 0]
 
     def render_reference(self, frame: float, samples_per_axis: int = 8,
@@ -368,7 +370,7 @@ class Renderer:
         total = np.zeros((self.height, self.width, 3), np.float64)
         offsets = stratified_offsets(samples_per_axis, rng)
         for offset in offsets:
-            self._draw(frame, frame, offset, bias)
+            self._draw(frame, frame, offset, bias, self.fbo_color)
             total += self._read(0)[..., :3]
         return (total / len(offsets)).astype(np.float32)
 
@@ -376,5 +378,5 @@ class Renderer:
         """Free this renderer's GL objects (the context itself is shared by the process)."""
         for vao, _ in self.draws:
             vao.release()
-        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.text, *self.programs.values()):
+        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.fbo_color, self.text, *self.programs.values()):
             obj.release()

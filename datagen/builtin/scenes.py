@@ -46,6 +46,26 @@ def environment(scene: Scene, ground: Material, ground_size: float = 200.0, uv_r
     scene.add(ground_quad, ground, rotate((1, 0, 0), -90))
 
 
+def camera_track(camera: CameraPath) -> np.ndarray:
+    """(F, 3) camera positions at every frame from the first to the last key."""
+    frames = np.arange(camera.keys[0].frame, camera.keys[-1].frame + 1)
+    return np.array([camera.eye_target(f)[0] for f in frames])
+
+
+def place(rng: np.random.Generator, low: tuple[float, float, float], high: tuple[float, float, float],
+          track: np.ndarray, clearance: float) -> np.ndarray:
+    """A uniform random point in the box [low, high] at least `clearance` away from every camera position.
+
+    Keeps the camera from flying through (or grazing) scattered objects, which would put geometry at the near
+    plane and give meaningless motion there.
+    """
+    for _ in range(1000):
+        point = rng.uniform(low, high)
+        if np.min(np.linalg.norm(track - point, axis=1)) >= clearance:
+            return point
+    raise ValueError(f"no room for an object in {low}..{high} at {clearance} from the camera path")
+
+
 def build_scene(builder_name: str, params: dict[str, Any], seed: int, where: str = "manifest") -> Scene:
     """Run builder `builder_name` with `params`; errors name `where` (the manifest) and the problem."""
     if builder_name not in BUILDERS:
@@ -80,13 +100,13 @@ def fence(*, seed: int, camera: list[dict], fov: float = 55.0, slats: int = 60, 
     for y in np.linspace(0.25, 1.05, wires):
         s.add(box(), wire, translate((0, y, 0.03)) @ scale((24, 0.012, 0.012)))
     grass = Material(color=(0.12, 0.35, 0.05), color2=(0.5, 0.75, 0.2), pattern="blades", pattern_scale=6)
+    track = camera_track(s.camera)
     for _ in range(grass_cards):
-        x, z = rng.uniform(-12, 12), rng.uniform(-6, 8)
-        card = quad(0.8, 0.5)
-        s.add(card, grass, translate((x, 0.25, z)) @ rotate((0, 1, 0), rng.uniform(0, 180)))
+        centre = place(rng, (-12, 0.25, -6), (12, 0.25, 8), track, clearance=0.8)
+        s.add(quad(0.8, 0.5), grass, translate(centre) @ rotate((0, 1, 0), rng.uniform(0, 180)))
     leaves = Material(color=(0.08, 0.3, 0.06), color2=(0.3, 0.55, 0.12), pattern="leaf", pattern_scale=5)
     for _ in range(bushes):
-        centre = np.array([rng.uniform(-10, 10), 0.9, rng.uniform(-5, -1)])
+        centre = place(rng, (-10, 0.9, -5), (10, 0.9, -1), track, clearance=1.5)
         for angle in (0, 60, 120):
             s.add(quad(1.6, 1.6), leaves, translate(centre) @ rotate((0, 1, 0), angle + rng.uniform(0, 30)))
     ball = Material(color=(0.8, 0.1, 0.1), specular=0.8, shininess=200)
@@ -137,6 +157,8 @@ def specular(*, seed: int, camera: list[dict], fov: float = 50.0, spheres: int =
               ambient=(0.05, 0.05, 0.07))
     environment(s, Material(color=(0.3, 0.3, 0.32), color2=(0.12, 0.12, 0.13), pattern="checker",
                             pattern_scale=1.0, specular=0.5, shininess=60))
+    track = camera_track(s.camera)
+    closest = float(np.hypot(track[:, 0], track[:, 2]).min())
     for k in range(lights):
         a = 2 * np.pi * k / lights
         color = np.array([1.0, 0.9, 0.8]) * light_power * rng.uniform(0.7, 1.3)
@@ -145,11 +167,13 @@ def specular(*, seed: int, camera: list[dict], fov: float = 50.0, spheres: int =
         gloss = Material(color=tuple(rng.uniform(0.05, 0.8, 3)), specular=float(rng.uniform(0.5, 2.0)),
                          shininess=float(rng.choice([200, 800, 2000])))
         radius = rng.uniform(0.3, 0.8)
-        position = (rng.uniform(-5, 5), radius, rng.uniform(-5, 5))
+        position = place(rng, (-5, radius, -5), (5, radius, 5), track, clearance=radius + 0.6)
         motion = RigidMotion(position=position, size=(2 * radius,) * 3)
         if k % 3 == 0:  # some spheres orbit the centre: object motion with highlights sliding over them
+            # between the metal box in the centre and the closest the camera comes to the centre
+            inner, outer = 1.2 + radius, closest - radius - 0.6
             motion = RigidMotion(position=(0, radius, 0), size=(2 * radius,) * 3,
-                                 orbit=(float(np.hypot(position[0], position[2])), rng.uniform(0.8, 2.0),
+                                 orbit=(rng.uniform(inner, max(inner, outer)), rng.uniform(0.8, 2.0),
                                         rng.uniform(0, 360)))
         s.add(sphere(), gloss, motion)
     metal = Material(color=(0.7, 0.7, 0.75), specular=3.0, shininess=3000)
