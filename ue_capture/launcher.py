@@ -203,13 +203,21 @@ def run_editor(argv: list[str], env: dict[str, str], log_path: Path, timeout: fl
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=os.name == "posix")
         try:
             return proc.wait(timeout=timeout)
         finally:  # timed out, or the launcher itself was interrupted: no editor is left running
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_process_tree(proc)
                 proc.wait()
+
+
+def kill_process_tree(proc: subprocess.Popen) -> None:
+    """Kill the editor and whatever it started (shader compilers, a new-process render)."""
+    if os.name == "posix":
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session, so its whole process group
+    else:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
 
 
 def read_status(raw: Path) -> dict[str, Any] | None:
