@@ -257,7 +257,7 @@ def _check_files(shot: Path, meta: CaptureMeta) -> tuple[list[str], set[str]]:
         if not folder.is_dir():
             problems.append(f"{folder}: missing pass folder")
             continue
-        names = {p.name for p in folder.iterdir()}
+        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}  # hidden: interrupted temp files
         present |= {f"{pass_name}/{n}" for n in names & expected}
         problems += [f"{folder / n}: missing frame" for n in sorted(expected - names)]
         problems += [f"{folder / n}: unexpected file (capture.json has frame_count {meta.frame_count})"
@@ -339,16 +339,19 @@ def _summary_line(report: ShotReport, width: int) -> str:
 def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionTolerance = ReprojectionTolerance(),
                    max_problems: int = 20, echo: Callable[[str], Any] = print) -> bool:
     """`qw datagen validate`: validate every shot under `paths`, print a summary table; True when all pass."""
-    shots = []
+    shots: dict[Path, Path] = {}  # resolved → as given: a shot named twice (itself, via its root) is checked once
     for path in paths:
         found = find_shots(path)
         if not found:
             raise QwError(f"{path}: no capture here (no {META_FILE} or pass folders {list(PASSES)} at or below it)")
-        shots += found
-    reports = [validate_capture(s, tol) for s in shots]
-    width = max(len(str(s)) for s in shots)
+        for shot in found:
+            shots.setdefault(shot.resolve(), shot)
+    width = max(len(str(s)) for s in shots.values())
     echo(f"{'shot':<{width}}  {'frames':>6}  {'size':>10}  {'reproj':>8}  result")
-    for report in reports:
+    reports = []
+    for shot in shots.values():  # one line as each shot finishes: long runs show results as they go
+        report = validate_capture(shot, tol)
+        reports.append(report)
         echo(_summary_line(report, width))
         problems = report.problems
         for problem in problems[:max_problems]:

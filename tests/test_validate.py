@@ -230,7 +230,8 @@ def test_cli_validates_a_root_of_shots_and_fails_on_any_bad_one(tmp_path):
     (bad / META_FILE).unlink()
     write_frame(tmp_path / ".unreal" / "scene" / "a" / "raw", "color", 0, np.ones((2, 2, 3)))  # not searched
 
-    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(good)])
+    (good / "color" / ".000001.exr.x1y2.tmp").write_bytes(b"left by an interrupted write")  # ignored
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(good), str(good.parent / ".." / "scene" / "a")])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "1 shot(s): 1 passed, 0 failed" in result.output
 
