@@ -237,7 +237,7 @@ def test_cli_validates_a_root_of_shots_and_fails_on_any_bad_one(tmp_path):
 
     result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(tmp_path)])
     assert result.exit_code == 1
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the table; progress bars go to stderr
     assert any(line.startswith(str(good)) and "PASS" in line for line in lines)
     assert any(line.startswith(str(bad)) and "FAIL: capture.json" in line for line in lines)
     assert f"{bad / META_FILE}: missing" in result.output
