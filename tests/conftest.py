@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 # A small real capture of two builtin scenes: 12 frames per shot at 288x256 with a 4x4 = 16 spp reference.
-# builtin_fence/low_cut has a camera cut at stored frame 6; rise (fence) and crane (specular) are 'val' shots.
+# builtin_fence/low_cut has a camera cut at stored frame 2 (8-frame windows fit after it); rise (fence) and glide
+# (street) are 'val' shots, low_cut and fly 'train' shots.
 BUILTIN_CAPTURE = {
     "builtin_fence": ["low_cut", "rise"],
-    "builtin_specular": ["orbit", "crane"],
+    "builtin_street": ["fly", "glide"],
 }
 BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (288, 256), "reference_spp": 16}
 
