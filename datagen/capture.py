@@ -99,16 +99,17 @@ class ShotJob:
         return list(range(start + self.first, start + self.last))
 
     def settings(self) -> dict[str, Any]:
-        """Every setting that affects pixels (recorded in capture.json; a resumed shot must match it)."""
+        """Every setting that affects pixels, as JSON values (recorded in capture.json; a resume must match it)."""
         m, cap = self.manifest, self.manifest.capture
         assert m.builtin is not None
         n = reference_grid(self.reference_spp)
-        return {"builder": m.builtin.builder, "params": m.builtin.params, "seed": m.seed,
-                "resolution": [self.width, self.height], "source_frames": [self.source_frames[0],
-                                                                           self.source_frames[-1] + 1],
-                "jitter": cap.jitter, "jitter_cycle": cap.jitter_cycle, "mip_bias": cap.mip_bias,
-                "reference_grid": [n, n], "reference_mip_bias": cap.mip_bias - math.log2(n),
-                "motion_depth_sampling": "unjittered pixel centres", "targets": "RGBA32F/RG32F/R32F"}
+        settings = {"builder": m.builtin.builder, "params": m.builtin.params, "seed": m.seed,
+                    "resolution": [self.width, self.height],
+                    "source_frames": [self.source_frames[0], self.source_frames[-1] + 1],
+                    "jitter": cap.jitter, "jitter_cycle": cap.jitter_cycle, "mip_bias": cap.mip_bias,
+                    "reference_grid": [n, n], "reference_mip_bias": cap.mip_bias - math.log2(n),
+                    "motion_depth_sampling": "unjittered pixel centres", "targets": "RGBA32F/RG32F/R32F"}
+        return json.loads(json.dumps(settings))  # tuples → lists: compares equal to what was read back
 
 
 def _jitter(job: ShotJob, source_frame: int) -> tuple[float, float]:
@@ -140,12 +141,12 @@ def _check_resumable(job: ShotJob) -> None:
     marker = path / PROGRESS_FILE
     has_frames = any((path / p).is_dir() and any((path / p).glob("*.exr")) for p in cf.PASSES)
     if marker.is_file():
-        if json.loads(marker.read_text()) != json.loads(json.dumps(settings)):
+        if json.loads(marker.read_text()) != settings:
             raise CaptureError(f"{path}: holds unfinished frames rendered with other settings (see {PROGRESS_FILE}); "
                                "delete the directory or capture into another --out")
     elif has_frames:
         raise CaptureError(f"{path}: holds frames but no {PROGRESS_FILE}; delete the directory or use another --out")
-    for stale in [*path.glob(".*.tmp"), *path.glob("*/.*.tmp")]:  # temp files of a killed writer (atomic_path cleans up only on exceptions)
+    for stale in [*path.glob(".*.tmp"), *path.glob("*/.*.tmp")]:  # a killed writer's temp files
         stale.unlink()
     with cf.atomic_path(marker) as tmp:
         tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
@@ -155,7 +156,7 @@ def _already_complete(job: ShotJob) -> bool:
     if not cf.is_complete(job.path):
         return False
     meta = cf.load_meta(job.path)
-    if meta.backend.settings != json.loads(json.dumps(job.settings())):
+    if meta.backend.settings != job.settings():
         raise CaptureError(f"{job.path}: already complete with other settings; delete it or use another --out")
     return True
 
@@ -172,12 +173,13 @@ def render_shot(job: ShotJob, progress: bool = True) -> Path:
     assert m.builtin is not None
     scene = build_scene(m.builtin.builder, m.builtin.params, m.seed, where=f"scene {m.name!r}")
     cuts = _stored_cuts(job, scene.camera.cuts)
+    offsets = [_jitter(job, f) for f in job.source_frames]
     _check_resumable(job)
     n = reference_grid(job.reference_spp)
     with _GL_LOCK:
         renderer = Renderer(scene, job.width, job.height, mip_bias=m.capture.mip_bias)
         try:
-            cameras = _render_frames(job, renderer, set(scene.camera.cuts), n, progress)
+            cameras = _render_frames(job, renderer, offsets, set(scene.camera.cuts), n, progress)
         finally:
             renderer.release()
     meta = cf.CaptureMeta(
@@ -186,7 +188,7 @@ def render_shot(job: ShotJob, progress: bool = True) -> Path:
         width=job.width, height=job.height, fps=m.capture.fps, frame_count=len(job.source_frames),
         source_frames=job.source_frames,
         jitter=cf.JitterInfo(sequence=m.capture.jitter, cycle=m.capture.jitter_cycle,
-                             offsets=[_jitter(job, f) for f in job.source_frames]),
+                             offsets=offsets),
         reference=cf.ReferenceInfo(samples=n * n, filter=f"box ({n}x{n} stratified sub-pixel samples)"),
         camera_cuts=cuts, cameras=cameras, seed=m.seed, extra={"split": m.shot(job.shot).split})
     cf.finish_capture(job.path, meta)
@@ -194,7 +196,8 @@ def render_shot(job: ShotJob, progress: bool = True) -> Path:
     return job.path
 
 
-def _render_frames(job: ShotJob, renderer, path_cuts: set[int], n: int, progress: bool) -> list[cf.CameraFrame]:
+def _render_frames(job: ShotJob, renderer, offsets: list[tuple[float, float]], path_cuts: set[int], n: int,
+                   progress: bool) -> list[cf.CameraFrame]:
     """Render every missing frame of the shot; returns the camera of every stored frame."""
     cameras = []
     for i, frame in enumerate(tqdm(job.source_frames, desc=f"{job.manifest.name}/{job.shot}", unit="frame",
@@ -205,7 +208,7 @@ def _render_frames(job: ShotJob, renderer, path_cuts: set[int], n: int, progress
             continue
         # at a camera cut the history is invalid: motion is taken against the frame itself (zero)
         motion, depth = renderer.render_gbuffer(frame, frame if frame in path_cuts else frame - 1)
-        cf.write_frame(job.path, "color", i, renderer.render_color(frame, _jitter(job, frame)))
+        cf.write_frame(job.path, "color", i, renderer.render_color(frame, offsets[i]))
         cf.write_frame(job.path, "motion", i, motion)
         cf.write_frame(job.path, "depth", i, depth)
         cf.write_frame(job.path, "reference", i, renderer.render_reference(frame, n))

@@ -102,7 +102,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_dask_cluster_renders_shots_as_tasks(tmp_path):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         paths = capture_scene("builtin_specular", tmp_path / "dask", shots=["orbit", "crane"], frames="0:3",
                               scheduler=cluster.scheduler_address, progress=False, **TINY)
     assert [p.name for p in paths] == ["orbit", "crane"] and all(cf.is_complete(p) for p in paths)

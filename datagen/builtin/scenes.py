@@ -127,7 +127,7 @@ def street(*, seed: int, camera: list[dict], fov: float = 60.0, length: float = 
         z = 0.0
         for _ in range(buildings):
             depth, height = rng.uniform(5, 10), rng.uniform(6, 18)
-            facade = Material(color=(0.95, 0.92, 0.85), color2=tuple(rng.uniform(0.02, 0.2, 3)), pattern="text",
+            facade = Material(color=(0.5, 0.47, 0.42), color2=tuple(rng.uniform(0.01, 0.08, 3)), pattern="text",
                               pattern_scale=float(rng.choice([0.5, 1.0, 2.0])), specular=0.1, shininess=32)
             centre = (side * 9.0, height / 2, -z - depth / 2)
             s.add(box(uv_scale=2.0), facade, translate(centre) @ scale((6, height, depth)))
@@ -193,8 +193,8 @@ def crossing(*, seed: int, camera: list[dict], fov: float = 60.0, pillars: int =
     s = Scene([], [], camera_path(camera, fov), texture_seed=seed)
     environment(s, Material(color=(0.5, 0.45, 0.4), color2=(0.3, 0.27, 0.25), pattern="checker",
                             pattern_scale=0.5))
-    wall = Material(color=(0.9, 0.88, 0.8), color2=(0.1, 0.1, 0.2), pattern="text", pattern_scale=1.0)
-    s.add(quad(60, 12, (30, 6)), wall, translate((0, 6, -12)))
+    wall = Material(color=(0.55, 0.52, 0.48), color2=(0.02, 0.02, 0.05), pattern="text", pattern_scale=1.0)
+    s.add(quad(60, 12, (8, 1.6)), wall, translate((0, 6, -12)))
     stone = Material(color=(0.6, 0.6, 0.6), color2=(0.4, 0.4, 0.42), pattern="stripes", pattern_scale=4,
                      specular=0.2, shininess=20)
     for x in np.linspace(-15, 15, pillars):
