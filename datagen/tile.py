@@ -69,6 +69,14 @@ def _open_arrays(url: str, options_json: str, plan_digest: str) -> dict[str, zar
     return {name: group[name] for name in (*IMAGE_ARRAYS, MARKERS)}
 
 
+def _nonfinite_count(image: np.ndarray, allow_inf: bool) -> int:
+    """NaN (and, unless allowed, ±inf) values in a frame. float16 fast path: a value is finite iff its exponent
+    bits are not all ones, one integer max instead of np.isfinite (8× cheaper, measured)."""
+    if image.dtype == np.float16 and (image.view(np.uint16) & 0x7FFF).max() < 0x7C00:
+        return 0
+    return int((np.isnan(image) if allow_inf else ~np.isfinite(image)).sum())
+
+
 def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
     """(T, H, W, C) frames of one pass, each checked for size and finite values."""
     frames = []
@@ -79,9 +87,9 @@ def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
             raise CaptureError(f"{path}: frame is {image.shape[1]}×{image.shape[0]}, capture.json says "
                                f"{spec.width}×{spec.height}")
         # Depth may be +inf (sky); anything else non-finite is a broken render.
-        bad = np.isnan(image) if pass_name == "depth" else ~np.isfinite(image)
-        if bad.any():
-            raise CaptureError(f"{path}: {int(bad.sum())} NaN/inf value(s) in the frame")
+        bad = _nonfinite_count(image, allow_inf=pass_name == "depth")
+        if bad:
+            raise CaptureError(f"{path}: {bad} NaN/inf value(s) in the frame")
         frames.append(image)
     return np.stack(frames)
 
@@ -94,19 +102,27 @@ def _crop(frames: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
     return np.ascontiguousarray(crop, dtype=np.float16)
 
 
-def aliasing_score(color: np.ndarray, reference: np.ndarray) -> float:
-    """Mean |color − reference| after Reinhard tone mapping, so edges count and HDR highlights do not dominate."""
-    c, r = color.astype(np.float32), reference.astype(np.float32)
-    return float(np.abs(c / (1 + np.abs(c)) - r / (1 + np.abs(r))).mean())
+def aliasing_map(color: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(H, W) sum over frames and channels of |color − reference| after Reinhard tone mapping, so edges count
+    and HDR highlights do not dominate. Built frame by frame to keep memory at one float32 frame."""
+    total = np.zeros(color.shape[1:3], np.float64)
+    for c, r in zip(color, reference):
+        c, r = c.astype(np.float32), r.astype(np.float32)
+        total += np.abs(c / (1 + np.abs(c)) - r / (1 + np.abs(r))).sum(axis=-1)
+    return total
 
 
 def choose_candidates(spec: TaskSpec, color: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Index of the kept candidate of every block: the most aliased one (the first when there is one)."""
+    """Index of the kept candidate of every block: the most aliased one (the first when there is one).
+
+    Tile sums come from an integral image of the aliasing map: O(1) per candidate after one pass over the window.
+    """
     if spec.positions.shape[1] == 1:
         return np.zeros(len(spec.positions), np.int16)
-    t = spec.tile
-    return np.array([np.argmax([aliasing_score(color[:, y:y + t, x:x + t], reference[:, y:y + t, x:x + t])
-                                for y, x in block]) for block in spec.positions], np.int16)
+    integral = np.pad(aliasing_map(color, reference).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    y, x, t = spec.positions[..., 0], spec.positions[..., 1], spec.tile
+    sums = integral[y + t, x + t] - integral[y, x + t] - integral[y + t, x] + integral[y, x]
+    return np.argmax(sums, axis=1).astype(np.int16)
 
 
 def run_task(spec: TaskSpec) -> int:

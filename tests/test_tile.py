@@ -24,7 +24,7 @@ from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_fra
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest
 from datagen.plan import plan_from_files
-from datagen.tile import MARKERS, aliasing_score, build_store
+from datagen.tile import MARKERS, build_store
 
 QW = str(Path(sys.executable).with_name("qw"))
 
@@ -75,12 +75,18 @@ def check_store_matches_sources(url: str, synthetic: dict, storage_options: dict
         # the kept candidate is the most aliased of its block's candidates
         task = next(t for t in plan.tasks if i in t.block_indices)
         candidates = task.positions[i - task.first_block]
-        scores = [aliasing_score(expected_crop(folder, "color", start, 8, cy, cx, 32),
-                                 expected_crop(folder, "reference", start, 8, cy, cx, 32)) for cy, cx in candidates]
+        scores = [aliasing(expected_crop(folder, "color", start, 8, cy, cx, 32),
+                           expected_crop(folder, "reference", start, 8, cy, cx, 32)) for cy, cx in candidates]
         assert (y, x) == tuple(candidates[int(np.argmax(scores))])
     assert sorted(store.split_indices("val").tolist()) == [i for i, o in enumerate(origins)
                                                           if shots[o[1]]["split"] == "val"]
     assert {s["split"] for s in shots} <= set(ds.splits)  # the test shot is never drawn from
+
+
+def aliasing(color: np.ndarray, reference: np.ndarray) -> float:
+    """How aliased a crop is: mean |color − reference| after Reinhard tone mapping (the content filter's rule)."""
+    c, r = color.astype(np.float64), reference.astype(np.float64)
+    return float(np.abs(c / (1 + np.abs(c)) - r / (1 + np.abs(r))).mean())
 
 
 def test_build_with_four_workers_every_block_exact(synthetic, tmp_path):
