@@ -87,18 +87,18 @@ def _gather(obj: Any, proc: Process) -> list[Any]:
     return out
 
 
-def assert_replicas_identical(model: nn.Module, proc: Process) -> None:
-    """Fail loudly if DDP replicas drifted apart (they must hold bit-identical parameters)."""
+def replica_difference(model: nn.Module, proc: Process) -> float:
+    """Largest parameter difference of any rank from rank 0; raises if DDP replicas drifted apart at all."""
     if proc.world_size == 1:
-        return
+        return 0.0
     flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    diff = float((flat - reference).abs().max())
-    worst = torch.tensor(diff, device=proc.device)
+    worst = (flat - reference).abs().max()
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     if float(worst) > 0:
         raise RuntimeError(f"DDP replicas differ from rank 0 by up to {float(worst):g}")
+    return float(worst)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -282,7 +282,6 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     if len(train_idx) == 0:
         raise QwError(f"{store_url}: no blocks in the 'train' split")
     provenance = data_provenance(store, len(train_idx), len(val_idx))
-    torch.manual_seed(cfg.train.seed)
     model = model.to(proc.device)
     if cfg.train.channels_last and proc.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -354,11 +353,11 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
             metrics = validate(core, val_loader, cfg, proc, amp)
             runlog.event("val", step, metrics, {f"val/{k}": v for k, v in metrics.items()})
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
-            assert_replicas_identical(raw_model, proc)
+            difference = replica_difference(raw_model, proc)
             if proc.main:
                 save_checkpoint(out / LAST, _checkpoint_state(raw_model, optimizer, scaler, cfg, step, provenance,
                                                               proc.world_size))
-            runlog.event("checkpoint", step, {"path": str(out / LAST)})
+            runlog.event("checkpoint", step, {"path": str(out / LAST), "replica_max_diff": difference})
     runlog.close()
     return last
 
@@ -375,4 +374,5 @@ def train_command(store: str, out: str, config: str | None = None, resume: bool 
         cfg = load_config(config)
     if not resume and (out_dir / LAST).exists():
         raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    torch.manual_seed(cfg.train.seed)  # the initial weights; nothing in the loop draws from torch's RNG after this
     return train(QWNet(cfg.model), cfg, store, out_dir, resume=resume, storage_options=storage_options)
