@@ -254,7 +254,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts).
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None, scheduler_kwargs={"dashboard": False},
+                               dashboard_address=":0",  # any free port: never clash with another cluster
                                silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
     with cluster, Client(cluster) as client:
         yield client
