@@ -61,8 +61,8 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):
 
 
 def test_resume_after_kill_keeps_frames_and_completes_identically(tmp_path):
-    args = ["datagen", "capture", "--scene", "builtin_fence", "--shot", "dolly", "--frames", "0:90",
-            "--resolution", "96x64", "--reference-spp", "4"]
+    args = ["datagen", "capture", "--scene", "builtin_fence", "--shot", "dolly", "--frames", "0:60",
+            "--resolution", "96x64", "--reference-spp", "1"]
     shot = tmp_path / "killed/builtin_fence/dolly"
     proc = subprocess.Popen([*QW, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
@@ -74,7 +74,7 @@ def test_resume_after_kill_keeps_frames_and_completes_identically(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     done = sorted(shot.glob("reference/*.exr"))
-    assert 6 <= len(done) < 90 and not cf.is_complete(shot) and (shot / PROGRESS_FILE).is_file()
+    assert 6 <= len(done) < 60 and not cf.is_complete(shot) and (shot / PROGRESS_FILE).is_file()
     kept = {p: p.stat().st_mtime_ns for p in done[:5]}
     (shot / "motion/000002.exr").unlink()  # a frame with a pass missing is rendered again
     (shot / "color/.000099.exr.abc.tmp").write_bytes(b"half-written")  # a killed writer's temp file
@@ -82,8 +82,8 @@ def test_resume_after_kill_keeps_frames_and_completes_identically(tmp_path):
     assert result.returncode == 0, result.stderr
     assert cf.is_complete(shot) and not (shot / PROGRESS_FILE).exists()
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if "000002" not in p.name)
-    capture_scene("builtin_fence", tmp_path / "whole", shots=["dolly"], frames="0:90", resolution="96x64",
-                  reference_spp=4, progress=False)
+    capture_scene("builtin_fence", tmp_path / "whole", shots=["dolly"], frames="0:60", resolution="96x64",
+                  reference_spp=1, progress=False)
     assert tree_bytes(tmp_path / "killed") == tree_bytes(tmp_path / "whole")
 
 
@@ -153,3 +153,9 @@ def test_camera_cuts_must_match_the_camera_path(tmp_path):
     with pytest.raises(QwError, match=r"camera_cuts \[\] differ from the cuts of the builder's camera path \[102\]"):
         capture_scene(scene.model_copy(update={"shots": shots}), tmp_path, shots=["low_cut"], frames="0:2",
                       progress=False, **TINY)
+
+
+def test_cli_passes_unreal_options_to_the_unreal_backend(tmp_path):
+    result = run_qw("datagen", "capture", "--scene", "kite", "--shot", "s1000", "--out", str(tmp_path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "s1000" in result.stdout and not list(tmp_path.rglob("*.exr"))
