@@ -14,19 +14,20 @@ from cli import main
 from datagen.capture_format import META_FILE
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import MANIFEST_ROOT, load_dataset_manifest, load_scene_manifest
-from datagen.plan import CaptureInfo, crosses_cut, make_plan
+from datagen.plan import CaptureInfo, crosses_cut, load_captures, make_plan
 
 PAPER = MANIFEST_ROOT / "datasets" / "qwnet-paper.yaml"
 
 
-def unreal_like_captures(root: Path) -> dict[tuple[str, str], dict]:
-    """capture.json (no pixels) for every shot of the four Unreal scene manifests, 1080p, some with cuts."""
+def manifest_shaped_captures(root: Path, dataset_path: Path = PAPER, extra_cuts: bool = True) -> dict:
+    """capture.json (no pixels) for every shot of the dataset's scene manifests, at their resolution, with their
+    cuts (plus two cuts in every other shot when `extra_cuts`)."""
     shots = {}
-    for scene in load_dataset_manifest(PAPER).scenes:
+    for scene in load_dataset_manifest(dataset_path).scenes:
         manifest = load_scene_manifest(MANIFEST_ROOT / "scenes" / f"{scene.scene}.yaml")
         w, h = manifest.capture.resolution
         for k, shot in enumerate(manifest.shots):
-            cuts = [c - shot.start for c in shot.camera_cuts] or ([37, 90] if k % 2 == 0 else [])
+            cuts = [c - shot.start for c in shot.camera_cuts] or ([37, 90] if extra_cuts and k % 2 == 0 else [])
             meta = capture_meta(manifest.name, shot.name, shot.frame_count, w, h, cuts)
             folder = root / manifest.name / shot.name
             folder.mkdir(parents=True)
@@ -44,7 +45,7 @@ def run_plan(captures: Path, out: Path, *extra: str) -> dict:
 
 
 def test_paper_plan_on_unreal_shaped_metadata(tmp_path):
-    shots = unreal_like_captures(tmp_path / "captures")
+    shots = manifest_shaped_captures(tmp_path / "captures")
     plan = run_plan(tmp_path / "captures", tmp_path / "a.json")
     manifest = load_dataset_manifest(PAPER)
     t, tile = manifest.frames, manifest.tile
@@ -81,6 +82,14 @@ def test_paper_plan_on_unreal_shaped_metadata(tmp_path):
     other = run_plan(tmp_path / "captures", tmp_path / "c.json", "--seed", "7")
     assert other["digest"] != plan["digest"]
     assert [t["positions"] for t in other["tasks"]] != [t["positions"] for t in plan["tasks"]]
+
+
+@pytest.mark.parametrize("name", ["builtin-all", "builtin-demo"])
+def test_builtin_dataset_manifests_plan_on_their_scenes(tmp_path, name):
+    path = MANIFEST_ROOT / "datasets" / f"{name}.yaml"
+    manifest_shaped_captures(tmp_path, path, extra_cuts=False)
+    plan = make_plan(load_dataset_manifest(path), load_captures(tmp_path))
+    assert dict(plan.blocks_by("scene")) == {s.scene: s.budget for s in load_dataset_manifest(path).scenes}
 
 
 def infos(specs: list[tuple[str, str, int, str, list[int]]], width: int = 300, height: int = 200) -> list[CaptureInfo]:
