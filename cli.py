@@ -400,16 +400,17 @@ def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
 @main.command("demo")
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for captures, store, runs and the report.")
-@click.option("--minutes", type=click.FloatRange(1), default=None,
-              help="Wall-clock budget for full-precision training [default: the demo's plan, ~6 minutes].")
-def demo_cmd(out, minutes) -> None:
+@click.option("--train-steps", type=click.IntRange(1), default=None,
+              help="Full-precision training steps [default: the demo plan's, sized for 2 CPU cores].")
+@click.option("--qat-steps", type=click.IntRange(1), default=None, help="Quantization-aware fine-tuning steps.")
+def demo_cmd(out, train_steps, qat_steps) -> None:
     """The whole pipeline on the builtin scenes, small: capture, build store, train, quantize, eval vs TAA.
 
     Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
     """
     from training.demo import run_demo
 
-    report, table = run_demo(out, train_minutes=minutes)
+    report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps)
     click.echo(table)
     click.echo(report)
 

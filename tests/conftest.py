@@ -42,3 +42,28 @@ def builtin_dataset_manifest(tmp_path_factory, builtin_captures) -> Path:
     """A dataset manifest over the scenes of `builtin_captures`: 2 train blocks per scene, T=8, 256² tiles."""
     return write_dataset_manifest(tmp_path_factory.mktemp("datasets") / "builtin_small.yaml",
                                   {scene: 2 for scene in BUILTIN_CAPTURE})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(full-precision, W4A4-quantized) checkpoints of a tiny paper-shaped QW-Net, made by `qw train` for 3 steps
+    and `qw quantize` for 2 steps on a synthetic store (quick: for eval/infer/export tests, not for quality)."""
+    from click.testing import CliRunner
+    from train_helpers import make_store
+
+    from cli import main
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    store = make_store(root / "blocks.zarr", n_train=4, n_val=1, t=4, tile=32)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "preset": "paper", "model": {"widths": [8, 12, 16, 20, 24]},
+        "train": {"steps": 3, "batch_size": 2, "grad_accum": 1, "num_workers": 0, "log_every": 1,
+                  "val_every": 1000, "val_blocks": 0, "ckpt_every": 1000}}))
+    runner = CliRunner()
+    for args in (["train", "--store", store, "--out", str(root / "fp"), "--config", str(config)],
+                 ["quantize", "--checkpoint", str(root / "fp" / "last.pt"), "--store", store, "--out",
+                  str(root / "q"), "--steps", "2", "--calibration-blocks", "2"]):
+        result = runner.invoke(main, ["-q", *args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return root / "fp" / "last.pt", root / "q" / "last.pt"

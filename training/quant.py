@@ -25,13 +25,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.config import QuantConfig
+from datagen.errors import QwError
+from training.config import Config, QuantConfig
 from training.model import ConvBNAct, QWNet
 
 FLOAT16_BITS = 16
@@ -267,9 +269,12 @@ def mse_optimal_clip(values: torch.Tensor, bits: int, lower: float, candidates: 
 
 
 @torch.no_grad()
-def calibrate_clips(model: QWNet, sites: list[QuantSite], frames: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[dict[str, torch.Tensor]],
                     sample_size: int = 200_000, seed: int = 0) -> dict[str, float]:
-    """Initial activation clips per site: run the float model on (color, history) frames and pick MSE-optimal clips."""
+    """Initial activation clips per site: run the float model over sequences and pick MSE-optimal clips.
+
+    Each sequence is a dict with batched ``color`` (B,T,3,H,W), ``motion`` (B,T,2,H,W), ``history_valid`` (B,T).
+    """
     generator = torch.Generator().manual_seed(seed)
     seen: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
 
@@ -284,8 +289,8 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], frames: Iterable[tuple
     was_training = model.training
     model.eval()
     try:
-        for color, history in frames:
-            model.step(color, history)
+        for seq in sequences:
+            model(seq["color"], seq["motion"], seq["history_valid"])
     finally:
         for h in handles:
             h.remove()
@@ -322,3 +327,75 @@ def quantized_convs(model: nn.Module) -> Iterator[tuple[str, QuantConv]]:
     for name, module in model.named_modules():
         if isinstance(module, QuantConv):
             yield name, module
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def is_quantized_state(state: dict[str, torch.Tensor]) -> bool:
+    """True for the state dict of a `quantize_model` result (it holds activation clips)."""
+    return any(key.endswith("input_quant.log_clip") for key in state)
+
+
+def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool]:
+    """(model, config, quantized) from a `qw train` or a `qw quantize` checkpoint, in eval mode on the CPU."""
+    from training.train import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = Config.model_validate(ckpt["config"])
+    model = QWNet(cfg.model)
+    quantized = is_quantized_state(ckpt["model"])
+    if quantized:
+        model = quantize_model(model, cfg.quant)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise QwError(f"{path}: weights do not fit the checkpoint's own config ({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg, quantized
+
+
+# ----------------------------------------------------------------------------------------------- `qw quantize`
+
+QAT_DEFAULT_STEPS = 2000
+QAT_DEFAULT_LR = 1e-4
+
+
+def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list[dict[str, torch.Tensor]]:
+    """The first `blocks` training blocks of a store (centre crops), one batch of one block each."""
+    from training.data import BlockDataset, open_training_store
+
+    indices = open_training_store(store_url).split_indices("train")[:blocks]
+    dataset = BlockDataset(store_url, crop)
+    return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
+
+
+def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
+                     lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
+                     crop: int | None = None, calibration_blocks: int = 4, resume: bool = False) -> dict[str, float]:
+    """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`."""
+    import json
+
+    from training.train import LAST, train
+
+    if bits not in QUANT_PRESETS:
+        raise QwError(f"--bits {bits!r}: choose one of {', '.join(QUANT_PRESETS)}")
+    out_dir = Path(out)
+    if not resume and (out_dir / LAST).exists():
+        raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    model, cfg, quantized = model_from_any_checkpoint(checkpoint)
+    if quantized:
+        raise QwError(f"{checkpoint}: already a quantized checkpoint; quantize the full-precision one")
+    overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
+                                   "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
+                 if v is not None}
+    cfg = cfg.model_copy(update={"quant": QUANT_PRESETS[bits], "train": cfg.train.model_copy(update=overrides)})
+    sites = quant_sites(model, cfg.quant)
+    clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
+                                                                                    calibration_blocks))
+    qmodel = quantize_model(model, cfg.quant, clips)
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "quantize.json").write_text(json.dumps(
+            {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
+             "initial_clips": clips, "train_overrides": overrides}, indent=1) + "\n")
+    return train(qmodel, cfg, store, out_dir, resume=resume)

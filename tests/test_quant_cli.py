@@ -1,0 +1,51 @@
+"""`qw quantize` and `qw export` end to end: real checkpoints, a real .qwq, the integer check on real frames."""
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from training import quant
+from training.train import load_checkpoint
+
+
+def test_quantize_writes_a_quantized_checkpoint_with_the_plan(tiny_checkpoints):
+    fp, q = tiny_checkpoints
+    ckpt = load_checkpoint(q)
+    assert ckpt["step"] == 2 and ckpt["config"]["quant"] == quant.QUANT_PRESETS["w4a4"].model_dump()
+    assert quant.is_quantized_state(ckpt["model"]) and not quant.is_quantized_state(load_checkpoint(fp)["model"])
+    assert not any("bn." in k for k in ckpt["model"])  # folded
+    record = json.loads((q.parent / "quantize.json").read_text())
+    assert record["source_checkpoint"] == str(fp) and len(record["initial_clips"]) == 18 + 5
+    model, _, quantized = quant.model_from_any_checkpoint(q)
+    assert quantized and isinstance(model.extractor.first.conv, quant.QuantConv)
+    # The clips moved away from their calibrated start (they are trained).
+    start = torch.tensor(list(record["initial_clips"].values())).log()
+    trained = torch.stack([m.input_quant.log_clip.detach() for _, m in quant.quantized_convs(model)])
+    assert not torch.allclose(start, trained)
+
+
+def test_quantize_refuses_a_quantized_checkpoint_and_an_existing_run(tiny_checkpoints, tmp_path):
+    fp, q = tiny_checkpoints
+    runner = CliRunner()
+    result = runner.invoke(main, ["quantize", "--checkpoint", str(q), "--store", "unused", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "already a quantized checkpoint" in result.output
+    result = runner.invoke(main, ["quantize", "--checkpoint", str(fp), "--store", "x", "--out", str(q.parent)])
+    assert result.exit_code == 2 and "already holds a run" in result.output
+
+
+def test_export_cli_verifies_the_integer_reference_on_a_capture(tiny_checkpoints, builtin_captures, tmp_path):
+    fp, q = tiny_checkpoints
+    out = tmp_path / "model.qwq"
+    shot = builtin_captures / "builtin_specular" / "crane"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(q), "--out", str(out), "--verify", str(shot),
+                                       "--verify-frames", "2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["verify"]["bit_identical"] and summary["verify"]["max_abs_diff"] == 0.0
+    assert summary["verify"]["frames"] == 2
+    assert summary["bit_widths"] == ["W4A4", "W8A4", "W8A8"]  # U_e, the kernel predictors, the first conv
+    assert summary["bytes"] == out.stat().st_size and out.read_bytes()[:4] == b"QWQ\0"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(fp), "--out", str(tmp_path / "fp.qwq")])
+    assert result.exit_code == 2 and "run `qw quantize` first" in result.output

@@ -1,0 +1,250 @@
+"""`qw eval`: QW-Net (full precision and quantized) against TAA and the aliased input, on held-out captured shots.
+
+Every method reconstructs each shot at full resolution from the same jittered frames and motion vectors; each
+output frame is scored against the supersampled reference with PSNR and SSIM (tone-mapped), HDR-FLIP (centred
+crop, see `training.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
+
+* ``report.md``: overall and per-shot tables, with links to the images below;
+* ``metrics.json``: every per-frame value, per-shot and overall means, and what was evaluated;
+* ``<scene>_<shot>_crops.png``: side-by-side crops of one frame (the region where the input aliases most);
+* ``<scene>_<shot>_metrics.png``: the four metrics per frame, one line per method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datagen import __version__
+from datagen.capture_format import find_captures, load_meta
+from datagen.errors import QwError
+from training import metrics
+from training.infer import frame_range, input_frames, read_reference, run_qwnet, to_image
+from training.taa import run_taa
+
+METRICS = ("psnr", "ssim", "flip", "tpsnr")
+METRIC_TITLES = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "flip": "FLIP ↓", "tpsnr": "tPSNR dB ↑"}
+INPUT_LABEL, TAA_LABEL = "aliased input", "TAA"
+
+Frames = Iterator[tuple[torch.Tensor, torch.Tensor, bool]]
+
+
+@dataclass
+class Method:
+    label: str
+    run: Callable[[Frames], Iterator[torch.Tensor]]
+    source: str = ""
+
+
+def _passthrough(frames: Frames) -> Iterator[torch.Tensor]:
+    for color, _, _ in frames:
+        yield color
+
+
+def checkpoint_label(cfg, quantized: bool) -> str:
+    if not quantized:
+        return "QW-Net FP32"
+    q = cfg.quant
+    if q.extractor_weight_bits >= 16:
+        return "QW-Net FP16"
+    return f"QW-Net W{q.extractor_weight_bits}A{q.extractor_act_bits}"
+
+
+def build_methods(checkpoints: list[str], qwq_files: list[str], baseline: str | None,
+                  device: torch.device) -> list[Method]:
+    """Aliased input, the baseline (TAA) and one method per checkpoint / exported integer model."""
+    from training.integer_ref import load_integer_model
+    from training.quant import model_from_any_checkpoint
+
+    methods = [Method(INPUT_LABEL, _passthrough)]
+    if baseline == "taa":
+        methods.append(Method(TAA_LABEL, run_taa))
+    elif baseline not in (None, "none"):
+        raise QwError(f"--baseline {baseline!r}: the only baseline is 'taa' (or 'none')")
+    for path in checkpoints:
+        model, cfg, quantized = model_from_any_checkpoint(path)
+        model = model.to(device)
+        methods.append(Method(checkpoint_label(cfg, quantized),
+                              lambda frames, m=model: run_qwnet(m, frames, device), str(path)))
+    for path in qwq_files:
+        model, _ = load_integer_model(path)  # integer matmuls run on the CPU
+        methods.append(Method("QW-Net integer (.qwq)", lambda frames, m=model: run_qwnet(m, frames, "cpu"), str(path)))
+    counts = Counter(m.label for m in methods)
+    for m in methods:  # two checkpoints of the same kind: tell them apart by their run directory
+        if counts[m.label] > 1:
+            m.label = f"{m.label} ({Path(m.source).parent.name or m.source})"
+    return methods
+
+
+@dataclass
+class ShotResult:
+    name: str
+    frames: list[int]
+    per_frame: dict[str, dict[str, list[float | None]]]
+    crops: dict[str, np.ndarray] = field(default_factory=dict)
+    crop_box: tuple[int, int, int] = (0, 0, 0)
+
+    def mean(self, method: str, metric: str) -> float | None:
+        values = [v for v in self.per_frame[method][metric] if v is not None]
+        return float(np.mean(values)) if values else None
+
+
+def most_aliased_window(color: np.ndarray, reference: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(y, x, size) of the size×size window where the input differs most from the reference (tone-mapped)."""
+    h, w = reference.shape[:2]
+    size = min(size, h, w)
+    err = torch.from_numpy(np.abs(metrics.tonemap(color) - metrics.tonemap(reference)).mean(-1))[None, None]
+    stride = max(1, size // 4)
+    pooled = torch.nn.functional.avg_pool2d(err, size, stride=stride)[0, 0]
+    iy, ix = divmod(int(pooled.argmax()), pooled.shape[1])
+    return iy * stride, ix * stride, size
+
+
+def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_crop: int | None,
+                  crop_size: int) -> ShotResult:
+    meta = load_meta(shot)
+    frames = frame_range(meta, 0, count)
+    feeds = itertools.tee(input_frames(shot, meta, frames), len(methods) + 1)
+    outputs = [m.run(feed) for m, feed in zip(methods, feeds)]
+    inputs = feeds[-1]
+    per_frame = {m.label: {k: [] for k in METRICS} for m in methods}
+    result = ShotResult(f"{meta.scene}/{meta.shot}", list(frames), per_frame)
+    previous: dict[str, np.ndarray] = {}
+    prev_ref = None
+    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False):
+        color, _, valid = next(inputs)
+        reference = read_reference(shot, index)
+        images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
+        for label, image in images.items():
+            scores = per_frame[label]
+            scores["psnr"].append(metrics.psnr(image, reference))
+            scores["ssim"].append(metrics.ssim(image, reference))
+            scores["flip"].append(metrics.flip(image, reference, flip_crop))
+            scores["tpsnr"].append(metrics.tpsnr(previous[label], image, prev_ref, reference) if valid else None)
+        if index == frames[-1]:
+            y, x, s = most_aliased_window(to_image(color), reference, crop_size)
+            result.crop_box = (y, x, s)
+            result.crops = {**{k: v[y:y + s, x:x + s] for k, v in images.items()},
+                            "reference": reference[y:y + s, x:x + s]}
+        previous, prev_ref = images, reference
+    return result
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if metric in ("ssim", "flip") else f"{value:.2f}"
+
+
+def overall_means(results: list[ShotResult], labels: list[str]) -> dict[str, dict[str, float | None]]:
+    """Frame-weighted means over all shots."""
+    out = {}
+    for label in labels:
+        out[label] = {}
+        for metric in METRICS:
+            values = [v for r in results for v in r.per_frame[label][metric] if v is not None]
+            out[label][metric] = float(np.mean(values)) if values else None
+    return out
+
+
+def markdown_table(means: dict[str, dict[str, float | None]]) -> str:
+    lines = ["| method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    for label, values in means.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(values[m], m) for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def save_crops(result: ShotResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result.crops)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9))
+    for ax, (label, crop) in zip(np.atleast_1d(axes), result.crops.items()):
+        ax.imshow(np.clip(metrics.tonemap(crop), 0, 1), interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    y, x, s = result.crop_box
+    fig.suptitle(f"{result.name} frame {result.frames[-1]}, crop {s}x{s} at x={x} y={y}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_metric_plot(result: ShotResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+    for ax, metric in zip(axes.ravel(), METRICS):
+        for label, scores in result.per_frame.items():
+            values = [np.nan if v is None else v for v in scores[metric]]
+            ax.plot(result.frames, values, label=label, marker=".", linewidth=1)
+        ax.set_title(METRIC_TITLES[metric], fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1, 0].set_xlabel("frame")
+    axes[1, 1].set_xlabel("frame")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(result.name, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: list[ShotResult], methods: list[Method], settings: dict) -> dict:
+    labels = [m.label for m in methods]
+    overall = overall_means(results, labels)
+    shots = {}
+    md = ["# qw eval report", "",
+          f"{len(results)} shot(s), {sum(len(r.frames) for r in results)} frames, full resolution. "
+          f"PSNR/SSIM/tPSNR on tone-mapped images (Reinhard + gamma 2.2); HDR-FLIP on a centred crop of at most "
+          f"{settings['flip_crop']} px; tPSNR skips frames without valid history.", "",
+          "## Overall (frame-weighted mean)", "", markdown_table(overall), "",
+          "Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
+    for r in results:
+        stem = r.name.replace("/", "_")
+        save_crops(r, out / f"{stem}_crops.png")
+        save_metric_plot(r, out / f"{stem}_metrics.png")
+        means = {label: {m: r.mean(label, m) for m in METRICS} for label in labels}
+        shots[r.name] = {"frames": r.frames, "mean": means, "per_frame": r.per_frame, "crop_box": list(r.crop_box)}
+        md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), "",
+               f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    data = {"qw_version": __version__, "settings": settings, "methods": {m.label: m.source for m in methods},
+            "overall": overall, "shots": shots}
+    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *, baseline: str | None = "taa",
+                     qwq_files: list[str] = (), frames: int | None = None, flip_crop: int | None = 512,
+                     crop_size: int = 128, device: str | None = None) -> dict:
+    """Evaluate on every complete shot under `captures`; returns metrics.json's content plus the report path."""
+    shots = [s for root in captures for s in find_captures(root)]
+    if not shots:
+        raise QwError(f"no complete captured shots (capture.json) under {', '.join(map(str, captures))}")
+    device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = build_methods(list(checkpoints), list(qwq_files), baseline, device_)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots")]
+    settings = {"captures": [str(s) for s in shots], "frames_per_shot": frames, "flip_crop": flip_crop,
+                "crop_size": crop_size, "device": str(device_), "seconds": round(time.perf_counter() - start, 1)}
+    data = write_report(out_dir, results, methods, settings)
+    data["report"] = str(out_dir / "report.md")
+    return data

@@ -1,0 +1,114 @@
+"""Integer reference implementation of a quantized QW-Net, loaded from a `.qwq` file.
+
+Every quantized conv runs as an integer kernel would: the input activation is turned into int32 codes
+(a_q − z), multiplied with the int32 weight codes and accumulated in int32 (im2col + integer matmul), and only
+then rescaled to float by s_a·s_w with the float bias added. Everything the quantization plan leaves in float
+(ELU, pooling, upsampling, concatenation, softmax, the kernel-prediction filters, the warp) is QW-Net's own code:
+the network is `training.model.QWNet` with its quantized convs swapped for `IntegerConv`.
+
+Its output equals the fake-quantized model's (`training.quant`) to float rounding — in practice bit for bit,
+because both round activations with the same function and both accumulate exactly — which is the proof that the
+simulated network can be run in integers. FP16-plan layers (no integers) run as float16-rounded float convs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datagen.errors import QwError
+from training.config import Config
+from training.export import ExportedLayer, read_qwq
+from training.model import QWNet
+from training.quant import activation_codes, batch_norm_of, replace_module, rescale, worst_case_accumulator
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def int_conv2d(codes: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Stride-1 conv of int32 activations (B,C,H,W) with int32 weights (O,C,k,k): int32 accumulation, (B,O,H,W)."""
+    if codes.dtype != torch.int32 or weight.dtype != torch.int32:
+        raise TypeError("int_conv2d takes int32 codes and weights")
+    b, c, h, w = codes.shape
+    o, _, kh, kw = weight.shape
+    padded = F.pad(codes, (padding,) * 4)  # zero code = zero activation: the float model's zero padding
+    oh, ow = padded.shape[-2] - kh + 1, padded.shape[-1] - kw + 1
+    # im2col in the weight's (C, kh, kw) order, then one integer matmul.
+    columns = torch.stack([padded[:, :, dy:dy + oh, dx:dx + ow] for dy in range(kh) for dx in range(kw)], dim=2)
+    acc = torch.matmul(weight.reshape(o, c * kh * kw), columns.reshape(b, c * kh * kw, oh * ow))
+    return acc.reshape(b, o, oh, ow)
+
+
+class IntegerConv(nn.Module):
+    """A quantized conv executed with integer arithmetic from exported codes and scales."""
+
+    def __init__(self, layer: ExportedLayer):
+        super().__init__()
+        fan_in = int(np.prod(layer.weight.shape[1:]))
+        if worst_case_accumulator(layer.act_bits, layer.weight_bits, fan_in) > INT32_MAX:
+            raise QwError(f"{layer.name}: W{layer.weight_bits}A{layer.act_bits} with fan-in {fan_in} can overflow int32")
+        self.name, self.padding, self.qmax = layer.name, layer.padding, 2 ** layer.act_bits - 1
+        self.register_buffer("weight", torch.from_numpy(layer.weight.astype(np.int32)))
+        self.register_buffer("weight_scale", torch.from_numpy(layer.weight_scale))
+        self.register_buffer("bias", torch.from_numpy(layer.bias))
+        self.register_buffer("act_scale", torch.from_numpy(np.asarray(layer.act_scale, np.float32)))
+        self.register_buffer("act_zero", torch.tensor(float(layer.act_zero_point)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = activation_codes(x.float(), self.act_scale, self.act_zero, self.qmax).to(torch.int32)
+        return rescale(int_conv2d(codes, self.weight, self.padding), self.act_scale, self.weight_scale, self.bias)
+
+
+class Float16Conv(nn.Module):
+    """An FP16-plan conv: float16-rounded input and weights, float32 arithmetic."""
+
+    def __init__(self, layer: ExportedLayer):
+        super().__init__()
+        self.padding = layer.padding
+        self.register_buffer("weight", torch.from_numpy(layer.weight.astype(np.float32)))
+        self.register_buffer("bias", torch.from_numpy(layer.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.half().float(), self.weight, self.bias, padding=self.padding)
+
+
+def load_integer_model(path: str | Path) -> tuple[QWNet, Config]:
+    """QWNet rebuilt from a `.qwq` file with every quantized conv an `IntegerConv` (or `Float16Conv`)."""
+    exported = read_qwq(path)
+    cfg = Config.model_validate(exported.config)
+    model = QWNet(cfg.model)
+    replaced = []
+    for layer in exported.layers:
+        bn = batch_norm_of(model, layer.name)
+        replace_module(model, layer.name, IntegerConv(layer) if layer.integer else Float16Conv(layer))
+        if bn:
+            replace_module(model, bn[0], nn.Identity())  # folded into the exported bias
+        replaced.append(f"{layer.name}.")
+    floats = {k: torch.from_numpy(v) for k, v in exported.float_tensors.items()}
+    missing, unexpected = model.load_state_dict(floats, strict=False)
+    missing = [k for k in missing if not k.startswith(tuple(replaced))]
+    if missing or unexpected:
+        raise QwError(f"{path}: float tensors do not match the network (missing {missing}, unexpected {unexpected})")
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def compare_on_shot(fake_quant: nn.Module, integer: nn.Module, shot: str | Path, frames: int = 4) -> dict:
+    """Run both models recurrently on a captured shot's first frames; the largest output difference."""
+    from datagen.capture_format import load_meta
+    from training.infer import frame_range, input_frames, run_qwnet
+
+    meta = load_meta(shot)
+    span = frame_range(meta, 0, frames)
+    worst, peak, identical = 0.0, 0.0, True
+    for a, b in zip(run_qwnet(fake_quant, input_frames(Path(shot), meta, span)),
+                    run_qwnet(integer, input_frames(Path(shot), meta, span))):
+        worst = max(worst, float((a - b).abs().max()))
+        peak = max(peak, float(a.abs().max()))
+        identical = identical and torch.equal(a, b)
+    return {"shot": str(shot), "frames": len(span), "max_abs_diff": worst, "max_output": peak,
+            "bit_identical": identical}
