@@ -79,8 +79,8 @@ def _nonfinite_count(image: np.ndarray, allow_inf: bool) -> int:
 
 def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
     """(T, H, W, C) frames of one pass, each checked for size and finite values."""
-    frames = []
-    for i in range(spec.start, spec.start + spec.frames):
+    frames = None
+    for k, i in enumerate(range(spec.start, spec.start + spec.frames)):
         image = read_frame(spec.shot_dir, pass_name, i)
         path = frame_path(spec.shot_dir, pass_name, i)
         if image.shape[:2] != (spec.height, spec.width):
@@ -90,8 +90,10 @@ def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
         bad = _nonfinite_count(image, allow_inf=pass_name == "depth")
         if bad:
             raise CaptureError(f"{path}: {bad} NaN/inf value(s) in the frame")
-        frames.append(image)
-    return np.stack(frames)
+        if frames is None:  # filled in place: np.stack of a list would hold the window twice
+            frames = np.empty((spec.frames, *image.shape), image.dtype)
+        frames[k] = image
+    return frames
 
 
 def _crop(frames: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
@@ -129,13 +131,11 @@ def run_task(spec: TaskSpec) -> int:
     """Write every block of one window, then its completion marker. Returns the number of blocks."""
     arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
                           spec.plan_digest)
-    color, reference = _decode_window(spec, "color"), _decode_window(spec, "reference")
-    chosen = choose_candidates(spec, color, reference)
+    decoded = {name: _decode_window(spec, name) for name in ("color", "reference")}
+    chosen = choose_candidates(spec, decoded["color"], decoded["reference"])
     origins = spec.positions[np.arange(len(chosen)), chosen]
-    decoded = {"color": color, "reference": reference}
-    for name in IMAGE_ARRAYS:  # one pass in memory at a time (plus colour and reference)
-        frames = decoded.pop(name, None)
-        frames = _decode_window(spec, name) if frames is None else frames
+    for name in IMAGE_ARRAYS:  # at most two passes of the window in memory (colour and reference first)
+        frames = decoded.pop(name) if name in decoded else _decode_window(spec, name)
         for block, (y, x) in enumerate(origins):
             arrays[name][spec.first_block + block] = _crop(frames, int(y), int(x), spec.tile)
         del frames
