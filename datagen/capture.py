@@ -48,7 +48,8 @@ def parse_frames(frames: str | tuple[int, int] | None, shot: Shot) -> tuple[int,
         frames = (a_i, b_i)
     a, b = frames
     if not 0 <= a < b <= shot.frame_count:
-        raise QwError(f"frames {a}:{b} outside shot {shot.name!r}, which has {shot.frame_count} frames (0:{shot.frame_count})")
+        raise QwError(f"frames {a}:{b} outside shot {shot.name!r}, which has {shot.frame_count} frames "
+                      f"(0:{shot.frame_count})")
     return a, b
 
 

@@ -34,16 +34,16 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def test_fixture_capture_follows_the_contract_and_passes_validate(builtin_captures):
     shots = cf.find_captures(builtin_captures)
     assert [s.relative_to(builtin_captures).as_posix() for s in shots] == [
-        "builtin_fence/low_cut", "builtin_fence/rise", "builtin_street/fly", "builtin_street/glide"]
+        "builtin_fence/low_cut", "builtin_fence/rise", "builtin_specular/crane", "builtin_specular/orbit"]
     cut = cf.load_meta(builtin_captures / "builtin_fence/low_cut")
-    assert cut.camera_cuts == [2] and cut.frame_count == 12 and (cut.width, cut.height) == (288, 256)
-    assert cut.source_frames == list(range(100, 112)) and cut.reference.samples == 16
+    assert cut.camera_cuts == [6] and cut.frame_count == 12 and (cut.width, cut.height) == (320, 256)
+    assert cut.source_frames == list(range(96, 108)) and cut.reference.samples == 16
     np.testing.assert_allclose(cut.jitter_array(), [halton_jitter(f, 8) for f in cut.source_frames], atol=1e-7)
     assert len(cut.cameras) == 12 and cut.extra["split"] == "train"
     assert cf.load_meta(builtin_captures / "builtin_fence/rise").extra["split"] == "val"
     # zero motion at the cut (no valid history), real motion elsewhere
-    assert not cf.read_frame(cut_dir := builtin_captures / "builtin_fence/low_cut", "motion", 2).any()
-    assert np.abs(cf.read_frame(cut_dir, "motion", 1)).mean() > 0.5
+    assert not cf.read_frame(cut_dir := builtin_captures / "builtin_fence/low_cut", "motion", 6).any()
+    assert np.abs(cf.read_frame(cut_dir, "motion", 5)).mean() > 0.5
     result = run_qw("datagen", "validate", str(builtin_captures))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout

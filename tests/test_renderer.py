@@ -136,8 +136,9 @@ def test_motion_and_depth_match_ray_casting_oracle(case):
 
 def test_motion_signs_follow_the_contract():
     """Camera moving right ⇒ static content moves left (−x); object rising ⇒ it moves up the image (−y)."""
-    for kwargs, axis, sign, who in ((dict(camera_step=(0.12, 0, 0)), 0, -1, 0), (dict(camera_step=(-0.12, 0, 0)), 0, 1, 0),
-                                    (dict(object_step=(0, 0.12, 0)), 1, -1, 2), (dict(object_step=(0, -0.12, 0)), 1, 1, 2)):
+    expectations = [(dict(camera_step=(0.12, 0, 0)), 0, -1, 0), (dict(camera_step=(-0.12, 0, 0)), 0, 1, 0),
+                    (dict(object_step=(0, 0.12, 0)), 1, -1, 2), (dict(object_step=(0, -0.12, 0)), 1, 1, 2)]
+    for kwargs, axis, sign, who in expectations:  # `who`: the box whose pixels are checked (0 floor, 2 moving box)
         scene = box_scene(**kwargs)
         renderer = Renderer(scene, W, H)
         motion, _ = renderer.render_gbuffer(4, 3)

@@ -378,5 +378,6 @@ class Renderer:
         """Free this renderer's GL objects (the context itself is shared by the process)."""
         for vao, _ in self.draws:
             vao.release()
-        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.fbo_color, self.text, *self.programs.values()):
+        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.fbo_color, self.text,
+                    *self.programs.values()):
             obj.release()
