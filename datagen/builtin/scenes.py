@@ -7,8 +7,10 @@ Each builder provokes one kind of aliasing that QW-Net must learn to remove:
 * ``specular``  sharp HDR highlights (≫ 1) on glossy spheres under bright lights, emissive panels;
 * ``crossing``  disocclusions: pillars and objects crossing the view at different depths.
 
-Every builder takes the camera keys from its params (``camera: [{frame, eye, target, cut?}, ...]``) and places
-random detail with ``numpy.random.default_rng(seed)``, so a manifest fully determines the pixels.
+Every builder takes the camera keys from its params (``camera: [{frame, eye, target, cut?}, ...]``; the camera
+moves linearly between keys and jumps at a key with ``cut: true``, which the shot must list in ``camera_cuts``)
+and places random detail with ``numpy.random.default_rng(seed)``, so a manifest fully determines the pixels.
+A new builder is a keyword-only function decorated with ``@builder``; its parameters are the manifest's params.
 """
 
 from __future__ import annotations
