@@ -1,0 +1,318 @@
+"""Fast execution paths for QW-Net that compute what `training.model` computes (to float rounding).
+
+What is here, and why it is faster on a GPU (measured by ``benchmarks/gpu.py``):
+
+* `fused_filter_pyramid` / `fuse_filter`: U_f's softmax and 3×3 kernel application written as one expression per
+  kernel group (exponentials, weighted sum of the nine shifted taps, one division at the end). Eagerly it is the
+  same work as `training.model.filter_pyramid`; under `torch.compile` each group becomes one generated kernel
+  (Triton on GPU, C++ on CPU) instead of ~20 launches with full-resolution intermediates.
+* `channels_last_frames`: (B,T,C,H,W) inputs whose every frame slice is channels_last, so a channels_last model
+  never converts layouts inside the recurrence.
+* `fold_batch_norms`: inference copy with batch norm folded into the convs (`training.quant.fold_batch_norm`).
+* `compile_step`: `torch.compile` of `QWNet.step` (one frame), reused by all T steps of the recurrence: a small
+  graph that compiles once, forward and backward.
+* `frame_step` + `CudaGraphFrame`: one recurrent inference frame (warp + step) replayed from a captured CUDA graph,
+  which removes the per-kernel launch cost that dominates a 1080p frame. `training.warp.warp` and
+  `training.model.input_features` each copy a small constant from host memory per call, which a graph cannot
+  capture; `graph_safe_warp` / `graph_safe_features` compute the same without it (the fix belongs in those modules).
+* `train_step` and `DevicePrefetcher`: a training step with no host synchronization (the loss stays on the
+  device) and batches copied from pinned memory on a side stream, one batch ahead.
+* `Int8Conv` / `int8_model`: U_e's and U_f's quantized convs as int8 GEMMs (`torch._int_mm`, int32 accumulation)
+  on the exported integer network of `training.integer_ref`; exact, so it equals that reference bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.integer_ref import IntegerConv
+from training.losses import qwnet_loss
+from training.hdr import compress
+from training.model import INPUT_WEIGHTS, KERNEL, LUMA, UP_WEIGHTS, ConvBNAct, QWNet, gradient_magnitude
+from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
+from training.warp import _pixel_grid
+
+# ------------------------------------------------------------------------------------------------ filter network
+
+
+def kernel_taps(image: torch.Tensor) -> list[torch.Tensor]:
+    """The nine replicate-padded neighbours of every pixel, row-major kernel order (`model.apply_kernel`'s)."""
+    h, w = image.shape[-2:]
+    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+
+
+def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_k softmax(logits)_k · taps[k] over the channel dim of `logits` (B,K,H,W), in float32.
+
+    Normalizes once after the weighted sum instead of dividing every weight: one pass for a fused kernel.
+    """
+    logits = logits.float()
+    e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    total = e[:, :1] * taps[0]
+    for k in range(1, len(taps)):
+        total = total + e[:, k:k + 1] * taps[k]
+    return total / e.sum(dim=1, keepdim=True)
+
+
+def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """`training.model.filter_pyramid` with each softmax fused into its kernel application."""
+    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color) + kernel_taps(history))
+    skips = [x]
+    for s in range(1, len(raw)):
+        x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2)))
+        skips.append(x)
+    for s in reversed(range(len(raw) - 1)):
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = softmax_filter(raw[s][:, -UP_WEIGHTS:], kernel_taps(up) + [skips[s]])
+    return x
+
+
+class FusedKernelFilter(nn.Module):
+    """U_f with the fused pyramid; holds the original ``predictors`` (same parameters, same state-dict keys)."""
+
+    def __init__(self, predictors: nn.ModuleList):
+        super().__init__()
+        self.predictors = predictors
+
+    def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history)
+
+
+def fuse_filter(model: QWNet) -> QWNet:
+    """Swap the model's U_f for the fused one, in place (parameters shared); returns the model."""
+    model.filter = FusedKernelFilter(model.filter.predictors)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ layout, folding
+
+
+def channels_last_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B,T,C,H,W) with the same values, laid out so that every frame x[:, t] is channels_last."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every ConvBNAct's batch norm folded into its conv (inference only)."""
+    folded = copy.deepcopy(model).eval()
+    for name, unit in list(folded.named_modules()):
+        if isinstance(unit, ConvBNAct) and not isinstance(unit.bn, nn.Identity):
+            replace_module(folded, f"{name}.conv", fold_batch_norm(unit.conv, unit.bn))
+            replace_module(folded, f"{name}.bn", nn.Identity())
+    return folded
+
+
+def compile_step(model: QWNet, mode: str | None = None) -> QWNet:
+    """Compile the one-frame `model.step` in place (static shapes); `forward`'s recurrence calls the compiled one."""
+    model.step = torch.compile(model.step, mode=mode, dynamic=False)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def graph_safe_warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """`training.warp.warp` (same numbers) without its host-to-device copy of the grid scale.
+
+    A CUDA graph cannot capture a copy from pageable host memory; the scale here is two Python scalars.
+    """
+    h, w = image.shape[-2:]
+    source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
+    grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
+    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(image.dtype)
+
+
+def graph_safe_features(color: torch.Tensor, history: torch.Tensor, processing: bool) -> torch.Tensor:
+    """`training.model.input_features` with the luma weights as Python scalars (no host-to-device copy)."""
+    if not processing:
+        return torch.cat([color, history], dim=1)
+    gray_c, gray_h = (sum(x[:, i:i + 1] * LUMA[i] for i in range(3)) for x in (color, history))
+    return torch.cat([color, history, gray_c, gray_h, gradient_magnitude(gray_c), gradient_magnitude(gray_h)], 1)
+
+
+def graph_safe_step(model: QWNet, color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """`QWNet.step` (any QWNet, quantized or integer ones too) that a CUDA graph can capture."""
+    transform = model.cfg.hdr
+    features = model.extractor(graph_safe_features(compress(color, transform), compress(history, transform),
+                                                   model.cfg.input_processing))
+    return model.filter(features, color, history)
+
+
+def frame_step(model: QWNet, color: torch.Tensor, motion: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """One recurrent inference frame with a valid history: warp the previous output, then run the network."""
+    return graph_safe_step(model, color, graph_safe_warp(previous, motion))
+
+
+class CudaGraphFrame:
+    """A function of fixed-shape CUDA tensors, captured once as a CUDA graph and replayed per call.
+
+    Inputs are copied into the graph's static buffers; the returned tensor is the graph's static output, which the
+    next call overwrites (clone it to keep it). The function must not synchronize with the host.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *example: torch.Tensor, warmup: int = 3):
+        self.inputs = [x.clone() for x in example]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires (cuDNN/cuBLAS handles, caches)
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for static, x in zip(self.inputs, inputs):
+            if static.data_ptr() != x.data_ptr():
+                static.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.output
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
+               transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
+               temporal_weight: float = 0.7) -> torch.Tensor:
+    """One optimizer step over the given micro-batches (gradient accumulation); returns the mean loss, on device.
+
+    Nothing here waits for the device: reading the returned loss (e.g. ``float(loss)``) is the caller's one sync.
+    """
+    batches = list(batches)
+    optimizer.zero_grad(set_to_none=True)
+    total = None
+    for batch in batches:
+        with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
+            output = model(batch["color"], batch["motion"], batch["history_valid"])
+        loss = qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
+                          spatial_weight, temporal_weight)["loss"] / len(batches)
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    optimizer.step()
+    return total
+
+
+class DevicePrefetcher:
+    """Batches from a (pin_memory) DataLoader, moved to the device one batch ahead on a side CUDA stream.
+
+    On CPU it only passes batches through. With `channels_last`, image arrays get channels_last frames.
+    """
+
+    IMAGES = ("color", "reference", "motion")
+
+    def __init__(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, channels_last: bool = False):
+        self.batches, self.device, self.channels_last = iter(batches), torch.device(device), channels_last
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.ahead = self._load()
+
+    def _move(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in batch.items():
+            if not isinstance(v, torch.Tensor):
+                out[k] = v
+                continue
+            v = v.to(self.device, non_blocking=True)
+            out[k] = channels_last_frames(v) if self.channels_last and k in self.IMAGES else v
+        return out
+
+    def _load(self) -> dict[str, torch.Tensor] | None:
+        batch = next(self.batches, None)
+        if batch is None or self.stream is None:
+            return None if batch is None else self._move(batch)
+        with torch.cuda.stream(self.stream):
+            return self._move(batch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self.ahead
+        if batch is None:
+            raise StopIteration
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            for v in batch.values():
+                if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                    v.record_stream(current)  # the allocator must not reuse it while the compute stream reads it
+        self.ahead = self._load()
+        return batch
+
+
+# ------------------------------------------------------------------------------------------------ INT8
+
+
+INT8_MIN, INT8_MAX = -128, 127
+INT_MM_ALIGN = 8      # torch._int_mm needs K and N multiples of 8 ...
+INT_MM_MIN_ROWS = 17  # ... and more than 16 rows
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class Int8Conv(nn.Module):
+    """An `IntegerConv` run as one int8 × int8 → int32 GEMM (`torch._int_mm`) over channels_last im2col columns.
+
+    Activation codes c = q − z are shifted by a per-layer constant o into int8 where their range needs it (8-bit
+    unsigned input: [0, 255] − 128); Σ w·c = Σ w·(c − o) + o·Σ w holds for every pixel, zero-padded borders
+    included, because padding is applied to c (code 0 = activation 0) before the shift. Exact, like the reference.
+    """
+
+    def __init__(self, conv: IntegerConv):
+        super().__init__()
+        out_ch, in_ch, kh, kw = conv.weight.shape
+        zero = int(conv.act_zero)
+        low, high = -zero, conv.qmax - zero
+        self.offset = 0 if INT8_MIN <= low and high <= INT8_MAX else low - INT8_MIN
+        self.padding, self.kernel, self.out_channels, self.qmax = conv.padding, (kh, kw), out_ch, conv.qmax
+        k = in_ch * kh * kw
+        self.k_pad = _round_up(k, INT_MM_ALIGN) - k
+        # (N, K) in the columns' (dy, dx, c) order, zero rows/columns up to multiples of 8: zero weights add nothing.
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(out_ch, k)
+        weight = F.pad(weight, (0, self.k_pad, 0, _round_up(out_ch, INT_MM_ALIGN) - out_ch))
+        self.register_buffer("weight", weight.to(torch.int8))
+        self.register_buffer("correction", self.offset * conv.weight.sum(dim=(1, 2, 3)).to(torch.int32))
+        for name in ("weight_scale", "bias", "act_scale", "act_zero"):
+            self.register_buffer(name, getattr(conv, name).clone())
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """(B·H·W, K) int8 im2col of the shifted codes of x (B,C,H,W)."""
+        codes = activation_codes(x.float(), self.act_scale, self.act_zero, self.qmax)
+        codes = F.pad(codes, (self.padding,) * 4).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+        b, hp, wp, c = codes.shape
+        kh, kw = self.kernel
+        h, w = hp - kh + 1, wp - kw + 1
+        taps = [codes[:, dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)]
+        if self.k_pad:
+            taps.append(codes.new_full((b, h, w, self.k_pad), float(self.offset)))  # shifts to 0: no contribution
+        cols = torch.cat(taps, dim=-1).reshape(b * h * w, -1) - self.offset
+        return cols.to(torch.int8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        cols = self.columns(x)
+        rows = cols.shape[0]
+        if rows < INT_MM_MIN_ROWS:
+            cols = F.pad(cols, (0, 0, 0, INT_MM_MIN_ROWS - rows))
+        acc = torch._int_mm(cols, self.weight.t())[:rows, :self.out_channels] + self.correction
+        acc = acc.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)  # channels_last (B,N,H,W)
+        return rescale(acc, self.act_scale, self.weight_scale, self.bias)
+
+
+def int8_model(integer_model: nn.Module) -> nn.Module:
+    """A copy of a `training.integer_ref.load_integer_model` network with every `IntegerConv` an `Int8Conv`."""
+    model = copy.deepcopy(integer_model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, IntegerConv):
+            replace_module(model, name, Int8Conv(module))
+    return model
