@@ -47,7 +47,7 @@ def builtin_dataset_manifest(tmp_path_factory, builtin_captures) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """(full-precision, W4A4-quantized) checkpoints of a tiny paper-shaped QW-Net, made by `qw train` for 3 steps
-    and `qw quantize` for 2 steps on a synthetic store (quick: for eval/infer/export tests, not for quality)."""
+    and `qw quantize` for 8 steps (Ranger starts updating after ~5) on a synthetic store (quick: for eval/infer/export tests, not for quality)."""
     from click.testing import CliRunner
     from train_helpers import make_store
 
@@ -63,7 +63,7 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     runner = CliRunner()
     for args in (["train", "--store", store, "--out", str(root / "fp"), "--config", str(config)],
                  ["quantize", "--checkpoint", str(root / "fp" / "last.pt"), "--store", store, "--out",
-                  str(root / "q"), "--steps", "2", "--calibration-blocks", "2"]):
+                  str(root / "q"), "--steps", "8", "--calibration-blocks", "2"]):
         result = runner.invoke(main, ["-q", *args])
         assert result.exit_code == 0, result.output + repr(result.exception)
     return root / "fp" / "last.pt", root / "q" / "last.pt"

@@ -32,12 +32,15 @@ def test_psnr_matches_hand_computed_value():
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
-    # Constant images have zero variance, so SSIM = (2ab + C1) / (a² + b² + C1) with C1 = (0.01·1)².
-    a, b = 0.4, 0.7
+    # Constant images have zero variance, so SSIM = (2ab + C1) / (a² + b² + C1) with C1 = (0.01·1)² = 0.7 here.
+    # Dark values make C1 matter (C1 = 0.03² would give 0.763). SSIM runs in float32 (15× faster than float64 on
+    # CPU); its variance E[x²] − E[x]² then carries ~1e-7 of cancellation, which shows up as ~1e-4 against C2.
+    a, b = 0.02, 0.05
     c1 = 0.01 ** 2
     expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert expected == pytest.approx(0.7)
     got = metrics.ssim(constant(linear_for_display(a)), constant(linear_for_display(b)))
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-3)
 
 
 def test_ssim_drops_for_noise_and_is_one_for_identity():

@@ -13,7 +13,7 @@ from training.train import load_checkpoint
 def test_quantize_writes_a_quantized_checkpoint_with_the_plan(tiny_checkpoints):
     fp, q = tiny_checkpoints
     ckpt = load_checkpoint(q)
-    assert ckpt["step"] == 2 and ckpt["config"]["quant"] == quant.QUANT_PRESETS["w4a4"].model_dump()
+    assert ckpt["step"] == 8 and ckpt["config"]["quant"] == quant.QUANT_PRESETS["w4a4"].model_dump()
     assert quant.is_quantized_state(ckpt["model"]) and not quant.is_quantized_state(load_checkpoint(fp)["model"])
     assert not any("bn." in k for k in ckpt["model"])  # folded
     record = json.loads((q.parent / "quantize.json").read_text())

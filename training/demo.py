@@ -20,9 +20,9 @@ from datagen.errors import QwError
 
 log = logging.getLogger("qw.demo")
 
-# Training shots per scene (their 'train' split) and the held-out shots evaluated at the end ('val'/'test').
-TRAIN_SHOTS = {"builtin_fence": ["dolly"], "builtin_specular": ["orbit"], "builtin_street": ["fly"],
-               "builtin_crossing": ["pan"]}
+# The demo store (4 scenes × 48 blocks of 8×64×64 from each scene's first 'train' shot), and the held-out shots
+# evaluated at the end: never in the store ('test' and 'val' splits of their scenes).
+DATASET = "builtin-demo"
 HELD_OUT_SHOTS = {"builtin_crossing": ["dolly"], "builtin_fence": ["rise"]}
 
 
@@ -32,8 +32,6 @@ class DemoPlan:
     reference_spp: int = 16
     train_frames: int = 48                     # stored frames per training shot
     eval_frames: int = 24                      # stored frames per held-out shot
-    tile: int = 64
-    blocks_per_scene: int = 48
     widths: tuple[int, ...] = (16, 32, 48, 64, 80)
     train_steps: int = 400
     train_lr: float = 2e-3
@@ -49,12 +47,20 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
+def training_shots() -> dict[str, list[str]]:
+    """The first 'train' shot of every scene of the demo dataset."""
+    from datagen.manifests import find_dataset, find_scene
+
+    return {s.scene: [next(shot.name for shot in find_scene(s.scene).shots if shot.split == "train")]
+            for s in find_dataset(DATASET).scenes}
+
+
 def capture_all(plan: DemoPlan, root: Path) -> list[Path]:
-    """Capture the training and held-out shots (resumable: complete shots are kept)."""
+    """Capture the training and held-out shots (resumable: complete shots are kept); returns the held-out ones."""
     from datagen.capture import capture_scene
 
     held_out = []
-    for shots, frames in ((TRAIN_SHOTS, plan.train_frames), (HELD_OUT_SHOTS, plan.eval_frames)):
+    for shots, frames in ((training_shots(), plan.train_frames), (HELD_OUT_SHOTS, plan.eval_frames)):
         for scene, names in shots.items():
             paths = capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
                                   reference_spp=plan.reference_spp, progress=False)
@@ -63,14 +69,11 @@ def capture_all(plan: DemoPlan, root: Path) -> list[Path]:
     return held_out
 
 
-def build_demo_store(plan: DemoPlan, captures: Path, store: Path) -> str:
-    from datagen.manifests import DatasetManifest
+def build_demo_store(captures: Path, store: Path) -> str:
+    from datagen.manifests import find_dataset
     from datagen.tile import build_store
 
-    manifest = DatasetManifest(name="demo", seed=plan.seed, frames=8, tile=plan.tile,
-                               total_blocks=plan.blocks_per_scene * len(TRAIN_SHOTS),
-                               scenes=[{"scene": s, "budget": plan.blocks_per_scene} for s in TRAIN_SHOTS])
-    build_store(manifest, captures, str(store), workers=2, progress=False)
+    build_store(find_dataset(DATASET), captures, str(store), workers=2, progress=False)
     return str(store)
 
 
@@ -123,7 +126,7 @@ def run_demo(out: str | Path, train_steps: int | None = None, qat_steps: int | N
     t = _stage("1/6 capture builtin scenes")
     held_out = capture_all(plan, out / "captures")
     t = _stage(f"2/6 build block store ({time.perf_counter() - t:.0f}s for capture)")
-    store = build_demo_store(plan, out / "captures", out / "blocks.zarr")
+    store = build_demo_store(out / "captures", out / "blocks.zarr")
     t = _stage(f"3/6 train QW-Net, {plan.train_steps} steps ({time.perf_counter() - t:.0f}s for the store)")
     fp = train_demo(plan, store, out / "runs" / "fp32", plan.train_steps)
     t = _stage(f"4/6 quantize W4A4, {plan.qat_steps} QAT steps ({time.perf_counter() - t:.0f}s for training)")

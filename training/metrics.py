@@ -37,7 +37,7 @@ def psnr(test: np.ndarray, reference: np.ndarray) -> float:
 def ssim(test: np.ndarray, reference: np.ndarray) -> float:
     """SSIM of two tone-mapped images (Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, averaged over channels)."""
     def as_batch(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(tonemap(x)).permute(2, 0, 1).unsqueeze(0).double()
+        return torch.from_numpy(tonemap(x)).permute(2, 0, 1).unsqueeze(0).float()
 
     return float(structural_similarity_index_measure(as_batch(test), as_batch(reference), data_range=1.0))
 
