@@ -148,13 +148,11 @@ def run_task(spec: TaskSpec) -> int:
 # ----------------------------------------------------------------------------------------------- the store
 
 
-def _fs_listing(url: str, storage_options: dict | None) -> list[str] | None:
-    """What is at `url` now: None when nothing is there, else the entries of the folder (or the file)."""
+def _location_in_use(url: str, storage_options: dict | None) -> bool:
+    """True when something is at `url`: a file, or a folder with entries."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}) if "://" in url else {})
     try:
-        if not fs.exists(path):
-            return None
-        return fs.ls(path, detail=False) if fs.isdir(path) else [path]
+        return fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path, detail=False)))
     except PermissionError as exc:
         raise QwError(f"{url}: cannot read the store location ({exc})") from None
 
@@ -194,7 +192,7 @@ def _resumable(store: BlockStore, plan: Plan, overwrite: bool) -> bool:
 
 def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, overwrite: bool = False) -> BlockStore:
     """Open this plan's store to resume it, or create it. Never overwrites anything that is not a qw store."""
-    if _fs_listing(url, storage_options):
+    if _location_in_use(url, storage_options):
         store = open_store(url, mode="r+", require_complete=False, storage_options=storage_options)
         if _resumable(store, plan, overwrite):
             return store
@@ -220,7 +218,8 @@ def finalize(store: BlockStore, plan: Plan) -> None:
     jitter = np.zeros((plan.num_blocks, plan.frames, 2), np.float32)
     history = np.zeros((plan.num_blocks, plan.frames), bool)
     for task in plan.tasks:
-        meta, blocks, window = plan.shots[task.shot].meta, task.block_indices, slice(task.start, task.start + plan.frames)
+        meta, blocks = plan.shots[task.shot].meta, task.block_indices
+        window = slice(task.start, task.start + plan.frames)
         yx = task.positions[np.arange(task.num_blocks), chosen[task.index, :task.num_blocks]]
         scene = [s.scene for s in plan.dataset.scenes].index(meta.scene)
         origin[blocks] = np.column_stack([np.full((task.num_blocks, 3), (scene, task.shot, task.start)), yx])
@@ -249,22 +248,29 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     # Cluster chatter is not the user's business unless they asked for debug output (-vv); task errors reach the
     # client as exceptions and are reported there, once.
     quiet = not log.isEnabledFor(logging.DEBUG)
+    dask_log, level = logging.getLogger("distributed"), logging.getLogger("distributed").level
     if quiet:
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
-    # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts).
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=":0",  # any free port: never clash with another cluster
-                               silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
-    with cluster, Client(cluster) as client:
-        yield client
+        dask_log.setLevel(logging.CRITICAL)
+    try:
+        # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0",  # any free port: never clash with another cluster
+                                   silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
+        with cluster, Client(cluster) as client:
+            yield client
+    finally:
+        dask_log.setLevel(level)
 
 
 def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None) -> list[TaskSpec]:
-    root, digest = Path(captures_root).resolve(), plan.digest()
-    return [TaskSpec(url, storage_options, digest, t.index, str(root / plan.shots[t.shot].path), plan.shots[t.shot].meta.width,
-                     plan.shots[t.shot].meta.height, t.start, plan.frames, plan.tile, t.first_block, t.positions,
-                     _marker_width(plan)) for t in plan.tasks]
+    root, digest, width = Path(captures_root).resolve(), plan.digest(), _marker_width(plan)
+    specs = []
+    for t in plan.tasks:
+        shot = plan.shots[t.shot]
+        specs.append(TaskSpec(url, storage_options, digest, t.index, str(root / shot.path), shot.meta.width,
+                              shot.meta.height, t.start, plan.frames, plan.tile, t.first_block, t.positions, width))
+    return specs
 
 
 def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:

@@ -65,7 +65,8 @@ def test_paper_plan_on_unreal_shaped_metadata(tmp_path):
         windows.add((task["shot"], start))
         pos = np.array(task["positions"])
         assert pos.shape[1:] == (manifest.content_filter.candidates, 2)
-        assert (pos >= 0).all() and (pos[..., 0] <= meta.height - tile).all() and (pos[..., 1] <= meta.width - tile).all()
+        assert (pos >= 0).all()
+        assert (pos[..., 0] <= meta.height - tile).all() and (pos[..., 1] <= meta.width - tile).all()
         assert len({tuple(p) for p in pos.reshape(-1, 2)}) == pos.shape[0] * pos.shape[1]  # distinct candidates
         assert task["first_block"] == next_block
         next_block += len(pos)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from click.testing import CliRunner
 
@@ -190,6 +191,14 @@ def test_s3_store_on_local_moto_server(synthetic):
         build_store(ds, synthetic["captures"], url, workers=2, storage_options=options, progress=False,
                     manifests_root=synthetic["manifests"])
         check_store_matches_sources(url, synthetic, options, ds)
+        # the trainer's dataset reads the same blocks over HTTP
+        from training.data import BlockDataset
+
+        loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=options), batch_size=4)
+        batch = next(iter(loader))
+        store = open_store(url, storage_options=options)
+        for i in range(4):
+            np.testing.assert_array_equal(batch["color"][i].numpy(), store.read_block(i, ("color",))["color"])
     finally:
         server.stop()
 
