@@ -151,8 +151,9 @@ def box(material: int = 0, uv_scale: float = 1.0) -> Mesh:
                 np.concatenate([f.uvs for f in faces]), material)
 
 
-def sphere(material: int = 0, segments: int = 48, rings: int = 24) -> Mesh:
-    """A UV sphere of radius 0.5 centred on the origin."""
+def sphere(material: int = 0, segments: int = 32, rings: int = 16) -> Mesh:
+    """A UV sphere of radius 0.5 centred on the origin (32×16 quads: silhouettes within ~0.5% of the radius;
+    llvmpipe's cost grows with the triangle count)."""
     th = np.linspace(0, math.pi, rings + 1)
     ph = np.linspace(0, 2 * math.pi, segments + 1)
     t, p = np.meshgrid(th, ph, indexing="ij")
