@@ -108,10 +108,31 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return folded
 
 
-def compile_step(model: QWNet, mode: str | None = None) -> QWNet:
-    """Compile the one-frame `model.step` in place (static shapes); `forward`'s recurrence calls the compiled one."""
-    model.step = torch.compile(model.step, mode=mode, dynamic=False)
+def compile_step(model: QWNet, mode: str | None = None, backend: str | Callable = "inductor") -> QWNet:
+    """Compile the one-frame `model.step` in place (static shapes); `forward`'s recurrence calls the compiled one.
+
+    `QWNet.forward` passes the colour itself as history on a block's first frame, and a warped image (whose
+    layout follows `grid_sample` and which requires grad in training) later: an aliased pair, other strides or
+    another requires_grad would each compile another graph. The history is therefore handed over as its own
+    tensor in the colour's layout, requiring grad whenever grad mode is on, so all T steps share one graph (the
+    price: a gradient for the first frame's input history that nobody reads).
+    """
+    compiled = torch.compile(model.step, mode=mode, dynamic=False, backend=backend)
+
+    def step(color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if _is_channels_last(color) else torch.contiguous_format
+        history = history.clone(memory_format=layout) if history is color else history.contiguous(memory_format=layout)
+        if torch.is_grad_enabled() and not history.requires_grad:
+            history = history.detach().requires_grad_()
+        return compiled(color, history)
+
+    model.step = step
     return model
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Channels innermost (also for a frame sliced out of `channels_last_frames`, which is not contiguous)."""
+    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1
 
 
 # ------------------------------------------------------------------------------------------------ inference
