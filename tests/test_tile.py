@@ -106,12 +106,12 @@ def test_build_with_four_workers_every_block_exact(synthetic, tmp_path):
     report = runner.invoke(main, ["datagen", "inspect", url])
     assert report.exit_code == 0, report.output
     assert "complete: yes" in report.output and "alpha/s2 (val)" in report.output and "blocks:     84" in report.output
-    for suffix, shape in ((".png", (8 * 32, 4 * 32, 3)), (".gif", (8, 32, 4 * 32, 3))):
+    for suffix, shape in ((".png", (8 * 32, 4 * 32, 3)), (".gif", (8, 32, 4 * 32, 3)), (".mp4", (8, 32, 4 * 32, 3))):
         out = tmp_path / f"b{suffix}"
         result = runner.invoke(main, ["datagen", "preview", url, "--block", "5", "--out", str(out)])
         assert result.exit_code == 0, result.output
         import imageio.v3 as iio
-        image = iio.imread(out, index=None) if suffix == ".gif" else iio.imread(out)
+        image = iio.imread(out) if suffix == ".png" else iio.imread(out, index=None)
         assert image.shape == shape and image.std() > 0
 
 
@@ -284,15 +284,26 @@ def test_store_of_another_format_is_left_alone(one_shot):
     assert (plain / "keep.txt").read_text() == "mine"
 
 
-def test_store_of_another_plan_needs_overwrite(one_shot):
-    build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), workers=1, progress=False,
-                manifests_root=one_shot["manifests"])
-    with pytest.raises(QwError, match="built from another plan"):
-        build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), seed=9, workers=1,
-                    progress=False, manifests_root=one_shot["manifests"])
-    store = build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), seed=9, workers=1,
-                        progress=False, manifests_root=one_shot["manifests"], overwrite=True)
-    assert store.complete and store.attrs["seed"] == 9
+def test_store_of_another_plan_needs_overwrite_on_an_existing_cluster(one_shot):
+    """--scheduler: builds run on a cluster that outlives them; the worker that wrote the old store (32-pixel
+    tiles) must not write the new one at the same URL (16-pixel tiles) through stale array handles."""
+    from distributed import LocalCluster
+
+    def build(ds, **kw):
+        return build_store(ds, one_shot["captures"], str(one_shot["store"]), progress=False,
+                           scheduler=cluster.scheduler_address, manifests_root=one_shot["manifests"], **kw)
+
+    small_tiles = dataset({"gamma": 6}, tile=16)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        assert build(one_shot["dataset"]).attrs["block_shape"] == [8, 32, 32]
+        with pytest.raises(QwError, match="built from another plan"):
+            build(small_tiles)
+        store = build(small_tiles, overwrite=True)
+    assert store.complete and store.attrs["block_shape"] == [8, 16, 16]
+    for i, (_, shot, start, y, x) in enumerate(store.origins()):
+        folder = one_shot["captures"] / store.attrs["shots"][shot]["path"]
+        np.testing.assert_array_equal(store.read_block(i, ("depth",))["depth"],
+                                      expected_crop(folder, "depth", start, 8, y, x, 16))
 
 
 def test_builtin_renderer_captures_end_to_end(builtin_captures, tmp_path):
