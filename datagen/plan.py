@@ -36,6 +36,11 @@ PLAN_FORMAT = "qw-plan/1"
 log = logging.getLogger(__name__)
 
 
+def candidates(dataset: DatasetManifest) -> int:
+    """Tile positions tried per block: the content filter's count, 1 without a filter."""
+    return dataset.content_filter.candidates if dataset.content_filter else 1
+
+
 @dataclass(frozen=True)
 class CaptureInfo:
     """One complete shot as the planner sees it: metadata only, no pixels."""
@@ -82,7 +87,7 @@ class Plan:
 
     @property
     def candidates(self) -> int:
-        return self.dataset.content_filter.candidates if self.dataset.content_filter else 1
+        return candidates(self.dataset)
 
     @property
     def num_blocks(self) -> int:
@@ -248,12 +253,12 @@ def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int |
     if dup:
         raise QwError(f"shot {dup[0][1]!r} of scene {dup[0][0]!r} was captured more than once under the captures "
                       f"root: {[c.path for c in shots if (c.meta.scene, c.meta.shot) == dup[0]]}")
-    k, tasks, next_block = (dataset.content_filter.candidates if dataset.content_filter else 1), [], 0
+    k, tasks, next_block = candidates(dataset), [], 0
     for scene in dataset.scenes:
-        scene_shots = [i for i, c in enumerate(shots) if c.meta.scene == scene.scene]
-        _check_scene_shots(scene.scene, [shots[i] for i in scene_shots], dataset.tile)
         if not scene.budget:
             continue
+        scene_shots = [i for i, c in enumerate(shots) if c.meta.scene == scene.scene]
+        _check_scene_shots(scene.scene, [shots[i] for i in scene_shots], dataset.tile)
         # One generator per scene (seeded by its name) so editing one scene's budget leaves the others alone.
         rng = np.random.default_rng([seed, zlib.crc32(scene.scene.encode())])
         windows = [(i, s) for i in scene_shots for s in window_starts(shots[i].meta, dataset.frames, rng)]
