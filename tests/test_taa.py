@@ -3,16 +3,8 @@
 import numpy as np
 import torch
 
+from datagen.builtin.renderer import halton_jitter, stratified_offsets
 from training import taa
-
-
-def halton(index: int, base: int) -> float:
-    f, r = 1.0, 0.0
-    while index > 0:
-        f /= base
-        r += f * (index % base)
-        index //= base
-    return r
 
 
 def analytic_scene(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -30,8 +22,7 @@ def render(h: int, w: int, offset: tuple[float, float]) -> torch.Tensor:
 
 
 def box_reference(h: int, w: int, n: int = 16) -> torch.Tensor:
-    offsets = [((i + 0.5) / n - 0.5, (j + 0.5) / n - 0.5) for i in range(n) for j in range(n)]
-    return torch.stack([render(h, w, o) for o in offsets]).mean(0)
+    return torch.stack([render(h, w, tuple(o)) for o in stratified_offsets(n)]).mean(0)
 
 
 def tonemapped_mse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,7 +66,7 @@ def test_neighbourhood_clamp_keeps_history_inside_the_current_box():
 def test_static_scene_converges_to_the_supersampled_reference():
     h, w = 40, 48
     reference = box_reference(h, w)
-    jitter = [(halton(i + 1, 2) - 0.5, halton(i + 1, 3) - 0.5) for i in range(48)]
+    jitter = [halton_jitter(i, cycle=16) for i in range(48)]
     still = torch.zeros(1, 2, h, w)
     frames = [(render(h, w, j), still, i > 0) for i, j in enumerate(jitter)]
     outputs = list(taa.run_taa(frames))
