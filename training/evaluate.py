@@ -209,10 +209,12 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
     labels = [m.label for m in methods]
     overall = overall_means(results, labels)
     shots = {}
+    crop = settings["flip_crop"]
+    flip_area = f"a centred crop of at most {crop}x{crop} px" if crop else "the full frame"
     md = ["# qw eval report", "",
           f"{len(results)} shot(s), {sum(len(r.frames) for r in results)} frames, full resolution. "
-          f"PSNR/SSIM/tPSNR on tone-mapped images (Reinhard + gamma 2.2); HDR-FLIP on a centred crop of at most "
-          f"{settings['flip_crop']} px; tPSNR skips frames without valid history.", "",
+          f"PSNR/SSIM/tPSNR on tone-mapped images (Reinhard + gamma 2.2); HDR-FLIP on {flip_area}; "
+          "tPSNR skips frames without valid history.", "",
           "## Overall (frame-weighted mean)", "", markdown_table(overall), "",
           "Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
     for r in results:

@@ -208,7 +208,6 @@ class QuantSite:
     """One conv of the plan: where it sits in the model and how it is quantized."""
 
     name: str          # module name of the conv in the model, e.g. "extractor.encoder.0.0.conv"
-    role: str          # "first", "extractor" or "predictor"
     weight_bits: int
     input_bits: int
     input_lower: float  # 0 (unsigned input) or −1 (ELU)
@@ -222,12 +221,12 @@ def quant_sites(model: QWNet, quant: QuantConfig) -> list[QuantSite]:
         if isinstance(module, ConvBNAct):
             first = module is model.extractor.first
             sites.append(QuantSite(
-                f"extractor.{name}.conv", "first" if first else "extractor",
+                f"extractor.{name}.conv",
                 quant.first_weight_bits if first else quant.extractor_weight_bits,
                 quant.first_input_bits if first else quant.extractor_act_bits,
                 0.0 if first else act_lower))  # the input features are >= 0 (compressed colour, gray, gradients)
     for i in range(len(model.filter.predictors)):
-        sites.append(QuantSite(f"filter.predictors.{i}", "predictor", quant.predictor_weight_bits,
+        sites.append(QuantSite(f"filter.predictors.{i}", quant.predictor_weight_bits,
                                quant.extractor_act_bits, act_lower))
     return sites
 
