@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.integer_ref import IntegerConv
 from training.losses import qwnet_loss
 from training.hdr import compress
 from training.model import INPUT_WEIGHTS, KERNEL, LUMA, UP_WEIGHTS, ConvBNAct, QWNet, gradient_magnitude
@@ -289,7 +288,7 @@ class Int8Conv(nn.Module):
     included, because padding is applied to c (code 0 = activation 0) before the shift. Exact, like the reference.
     """
 
-    def __init__(self, conv: IntegerConv):
+    def __init__(self, conv: nn.Module):  # a training.integer_ref.IntegerConv
         super().__init__()
         out_ch, in_ch, kh, kw = conv.weight.shape
         zero = int(conv.act_zero)
@@ -307,17 +306,17 @@ class Int8Conv(nn.Module):
             self.register_buffer(name, getattr(conv, name).clone())
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
-        """(B·H·W, K) int8 im2col of the shifted codes of x (B,C,H,W)."""
+        """(B·H·W, K) int8 im2col of the shifted codes of x (B,C,H,W); built in int8 (a quarter of float's bytes)."""
         codes = activation_codes(x.float(), self.act_scale, self.act_zero, self.qmax)
-        codes = F.pad(codes, (self.padding,) * 4).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-        b, hp, wp, c = codes.shape
+        codes = F.pad(codes, (self.padding,) * 4)  # code 0 = activation 0: the float conv's zero padding
+        codes = (codes - self.offset).to(torch.int8).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+        b, hp, wp, _ = codes.shape
         kh, kw = self.kernel
         h, w = hp - kh + 1, wp - kw + 1
         taps = [codes[:, dy:dy + h, dx:dx + w] for dy in range(kh) for dx in range(kw)]
         if self.k_pad:
-            taps.append(codes.new_full((b, h, w, self.k_pad), float(self.offset)))  # shifts to 0: no contribution
-        cols = torch.cat(taps, dim=-1).reshape(b * h * w, -1) - self.offset
-        return cols.to(torch.int8)
+            taps.append(codes.new_zeros((b, h, w, self.k_pad)))  # meets zero weight rows
+        return torch.cat(taps, dim=-1).reshape(b * h * w, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -332,6 +331,8 @@ class Int8Conv(nn.Module):
 
 def int8_model(integer_model: nn.Module) -> nn.Module:
     """A copy of a `training.integer_ref.load_integer_model` network with every `IntegerConv` an `Int8Conv`."""
+    from training.integer_ref import IntegerConv  # imported here: it pulls in the export format (and OpenEXR)
+
     model = copy.deepcopy(integer_model)
     for name, module in list(model.named_modules()):
         if isinstance(module, IntegerConv):
