@@ -132,3 +132,17 @@ def test_integer_reference_equals_fake_quant_on_a_builtin_capture(tmp_path, buil
     assert torch.equal(real, fake)
     # ...and quantization changed something: the check is not comparing a model with itself.
     assert (fake - full).abs().max() > 1e-4
+
+
+def test_fp16_plan_exports_float16_weights_and_reloads_exactly(tmp_path):
+    model = perturbed_model(SMALL)
+    qmodel = quant.quantize_model(model, quant.QUANT_PRESETS["fp16"])
+    path = tmp_path / "fp16.qwq"
+    header = export.write_qwq(path, export.exported_model(qmodel, Config(model=SMALL, quant=quant.QUANT_PRESETS["fp16"])))
+    assert {layer["weight"]["dtype"] for layer in header["layers"]} == {"float16"}
+    reloaded, _ = integer_ref.load_integer_model(path)
+    assert any(isinstance(m, integer_ref.Float16Conv) for m in reloaded.modules())
+    color = torch.rand(1, 2, 3, 32, 48) * 4
+    motion, valid = torch.zeros(1, 2, 2, 32, 48), torch.tensor([[False, True]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(color, motion, valid), qmodel(color, motion, valid))
