@@ -12,11 +12,19 @@ from matplotlib.colors import hsv_to_rgb
 
 from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, open_store
 from datagen.errors import QwError
+from datagen.tile import MARKERS, done_tasks
 
 
 def _stored_bytes(url: str, storage_options: dict | None) -> int:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}) if "://" in url else {})
     return int(fs.du(path))
+
+
+def _progress(store: BlockStore) -> str:
+    if MARKERS not in store.group:
+        return "no build progress recorded"
+    done = done_tasks(store)
+    return f"build unfinished: {int(done.sum())} of {len(done)} windows written; rerun qw datagen build"
 
 
 def _size(n: float) -> str:
@@ -39,7 +47,7 @@ def inspect_report(url: str, storage_options: dict | None = None) -> str:
     t, tile, _ = a["block_shape"]
     lines = [
         f"store:      {url}",
-        f"format:     {a['format']}   complete: {'yes' if store.complete else 'NO (build unfinished)'}",
+        f"format:     {a['format']}   complete: {'yes' if store.complete else f'NO ({_progress(store)})'}",
         f"blocks:     {n} of {t} frames × {tile}×{tile} px",
         f"codec:      {a['codec']['name']} {a['codec']['configuration']}",
         f"size:       {_size(stored)} stored, {_size(raw)} raw ({raw / max(stored, 1):.2f}×)",

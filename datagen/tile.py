@@ -252,8 +252,10 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     if quiet:
         dask_log.setLevel(logging.CRITICAL)
     try:
-        # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts).
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts);
+        # the workers' statistical profiler (a stack sample every 10 ms) cost ~5% of the CPU (bench_datagen.py).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                    dashboard_address=":0",  # any free port: never clash with another cluster
                                    silence_logs=logging.CRITICAL if quiet else logging.DEBUG)

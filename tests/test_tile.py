@@ -23,6 +23,7 @@ from cli import main
 from datagen.block_store import IMAGE_ARRAYS, open_store
 from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
 from datagen.errors import CaptureError, QwError
+from datagen.inspect_store import inspect_report
 from datagen.manifests import DatasetManifest
 from datagen.plan import plan_from_files
 from datagen.tile import MARKERS, build_store
@@ -169,6 +170,9 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_pa
         store = tmp_path / f"killed{trial}.zarr"
         run_build(synthetic, store, kill_when=killer())
         left_partial.append(0 < markers_written(store) < n_tasks)
+        if left_partial[-1]:
+            assert f"complete: NO (build unfinished: {markers_written(store)} of {n_tasks} windows" in \
+                inspect_report(str(store))
         run_build(synthetic, store)
         assert checksums(store) == reference, f"trial {trial}: store differs from the clean build"
     assert any(left_partial), "no kill landed while tasks were running"
