@@ -240,9 +240,10 @@ def datagen_build(dataset_file, captures, store, workers, scheduler, storage_opt
     """
     from datagen.tile import build_store
 
-    build_store(dataset_file, captures, store, workers=workers, scheduler=scheduler,
-                storage_options=storage_options, seed=seed, overwrite=overwrite,
-                progress=not os.environ.get("TQDM_DISABLE"))
+    built = build_store(dataset_file, captures, store, workers=workers, scheduler=scheduler,
+                        storage_options=storage_options, seed=seed, overwrite=overwrite,
+                        progress=not os.environ.get("TQDM_DISABLE"))
+    click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")
 
 
 @datagen.command("inspect")
