@@ -190,11 +190,21 @@ def _resumable(store: BlockStore, plan: Plan, overwrite: bool) -> bool:
     return shapes == _expected_shapes(plan)
 
 
+def _remove_partial_writes(url: str) -> None:
+    """zarr's local store writes each file as ``<name>.<uuid>.partial`` and renames it; a build killed mid-write
+    leaves that temporary file behind. Remove them so a resumed store holds exactly the files of a clean one.
+    (Object stores write whole objects: nothing to clean.)"""
+    if "://" not in url:
+        for leftover in Path(url).rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
+
+
 def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, overwrite: bool = False) -> BlockStore:
     """Open this plan's store to resume it, or create it. Never overwrites anything that is not a qw store."""
     if _location_in_use(url, storage_options):
         store = open_store(url, mode="r+", require_complete=False, storage_options=storage_options)
         if _resumable(store, plan, overwrite):
+            _remove_partial_writes(url)
             return store
     try:
         group = create_store(url, plan.num_blocks, store_attrs(plan), t=plan.frames, tile=plan.tile,
