@@ -30,7 +30,7 @@ import numpy as np
 from datagen.capture_format import META_FILE, PASSES, CaptureMeta, find_captures, frame_files, load_meta, \
     sha256_file
 from datagen.errors import CaptureError, QwError
-from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene
+from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
 
 PLAN_FORMAT = "qw-plan/1"
 log = logging.getLogger(__name__)
@@ -294,8 +294,6 @@ def write_plan(plan: Plan, path: str | Path) -> None:
 def print_plan(dataset_file: str | Path, captures_root: str | Path, *, seed: int | None = None,
                out: str | Path | None = None, echo=print) -> Plan:
     """`qw datagen plan`: plan from files, print the summary, optionally write the plan as JSON."""
-    from datagen.manifests import load_dataset_manifest
-
     plan = plan_from_files(load_dataset_manifest(dataset_file), captures_root, seed)
     echo(plan.summary())
     if out:

@@ -27,7 +27,7 @@ import zarr
 from tqdm import tqdm
 
 from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, create_store, open_store
-from datagen.capture_format import PASSES, CaptureMeta, frame_path, read_frame
+from datagen.capture_format import frame_path, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest, load_dataset_manifest
 from datagen.plan import Plan, check_frames, plan_from_files
