@@ -88,8 +88,8 @@ def check_store_matches_sources(url: str, synthetic: dict, storage_options: dict
 
 def aliasing(color: np.ndarray, reference: np.ndarray) -> float:
     """How aliased a crop is: mean |color − reference| after Reinhard tone mapping (the content filter's rule)."""
-    c, r = color.astype(np.float64), reference.astype(np.float64)
-    return float(np.abs(c / (1 + np.abs(c)) - r / (1 + np.abs(r))).mean())
+    c, r = np.maximum(color.astype(np.float64), 0), np.maximum(reference.astype(np.float64), 0)
+    return float(np.abs(c / (1 + c) - r / (1 + r)).mean())
 
 
 def test_build_with_four_workers_every_block_exact(synthetic, tmp_path):
