@@ -121,13 +121,29 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def pipeline(ds: DatasetManifest, root: Path, url: str, workers: int) -> tuple[float, float, int]:
-    """build_store end to end: (wall s, CPU s of this process and its workers, peak worker RSS bytes)."""
+def busy_fraction(stream: list[dict]) -> float:
+    """Share of the task phase (first task start to last task end) the workers spent computing, averaged over
+    workers: near 100% means the pipeline never starves a worker; a shared machine then limits the speed-up."""
+    computes = [(t["worker"], s["start"], s["stop"]) for t in stream for s in t["startstops"]
+                if s["action"] == "compute"]
+    span = max(c[2] for c in computes) - min(c[1] for c in computes)
+    workers = {c[0] for c in computes}
+    return sum(c[2] - c[1] for c in computes) / (span * len(workers))
+
+
+def pipeline(ds: DatasetManifest, root: Path, url: str, workers: int) -> tuple[float, float, int, float]:
+    """build_store end to end on a LocalCluster made as the builder makes it: (wall s, CPU s of this process and its
+    workers, peak worker RSS bytes, worker busy fraction)."""
+    from distributed import get_task_stream
+
+    from datagen.tile import dask_client
+
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
-    with PeakWorkerRSS() as rss:
-        build_store(ds, root / "captures", url, workers=workers, progress=False, manifests_root=root / "manifests")
+    with PeakWorkerRSS() as rss, dask_client(workers) as client, get_task_stream(client) as stream:
+        build_store(ds, root / "captures", url, scheduler=client.scheduler.address, progress=False,
+                    manifests_root=root / "manifests")
     wall = time.perf_counter() - wall
-    return wall, (time.process_time() - cpu0) + (children_cpu() - kids0), rss.peak
+    return wall, (time.process_time() - cpu0) + (children_cpu() - kids0), rss.peak, busy_fraction(stream.data)
 
 
 def cluster_fixed_cost(workers: int) -> tuple[float, float]:
@@ -167,7 +183,7 @@ def main() -> None:
     stores = root / "stores"
     shutil.rmtree(stores, ignore_errors=True)
     wall, cpu = floor(ds, root, str(stores / "floor.zarr"))
-    rows.append(("floor (plain loop, 1 core)", 1, wall, cpu, 0))
+    rows.append(("floor (plain loop, 1 core)", 1, wall, cpu, 0, 1.0))
     for workers in (1, 2):
         rows.append((f"pipeline, {workers} worker(s)", workers, *pipeline(ds, root, str(stores / f"w{workers}.zarr"),
                                                                           workers)))
@@ -176,11 +192,12 @@ def main() -> None:
     floor_bps = n / rows[0][2]
     print(f"\n{n} blocks of 8×256×256, {args.blocks_per_window} per window, {args.candidates} candidate(s); "
           f"{os.cpu_count()} CPU cores, SHARED machine: wall times are noisy, CPU s/block less so")
-    print(f"{'':<28} {'wall s':>7} {'blocks/s':>9} {'CPU s/blk':>10} {'vs floor/core':>14} {'peak worker RSS':>16}")
-    for name, workers, wall, cpu, rss in rows:
+    print(f"{'':<28} {'wall s':>7} {'blocks/s':>9} {'CPU s/blk':>10} {'vs floor/core':>14} {'peak worker RSS':>16} "
+          f"{'workers busy':>13}")
+    for name, workers, wall, cpu, rss, busy in rows:
         bps = n / wall
         print(f"{name:<28} {wall:>7.1f} {bps:>9.2f} {cpu / n:>10.3f} {bps / workers / floor_bps:>13.0%} "
-              f"{(f'{rss / 2**20:.0f} MiB' if rss else '-'):>16}")
+              f"{(f'{rss / 2**20:.0f} MiB' if rss else '-'):>16} {busy:>12.0%}")
     speedup = rows[1][2] / rows[2][2]
     print(f"1 → 2 workers speed-up: {speedup:.2f}×")
     print(f"peak worker RSS: {rows[1][4] / 2**20:.0f} MiB for {n} blocks, {half_rss / 2**20:.0f} MiB for "
