@@ -90,13 +90,20 @@ def predictor_outputs(num_scales: int) -> list[int]:
     return [INPUT_WEIGHTS + UP_WEIGHTS] + [KERNEL + UP_WEIGHTS] * (num_scales - 2) + [KERNEL]
 
 
+def replicate_pad(x: torch.Tensor) -> torch.Tensor:
+    """Pad H and W by one replicated pixel. Built from slices and concatenation, not F.pad(mode="replicate"),
+    whose backward failed under torch.compile (inductor stride assertion in replication_pad2d_backward, torch 2.13)."""
+    x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+    return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
+
+
 def apply_kernel(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-pixel 3×3 filter: image (B,C,H,W), weights (B,9,H,W) in row-major kernel order, the same for every C.
 
     Borders replicate, so normalized weights keep a constant image constant.
     """
     h, w = image.shape[-2:]
-    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    padded = replicate_pad(image)
     out = image.new_zeros(())
     for k in range(KERNEL):
         dy, dx = divmod(k, 3)
@@ -166,7 +173,7 @@ class KernelFilter(nn.Module):
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """Central-difference gradient magnitude with replicated borders (eps keeps sqrt differentiable at 0)."""
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    p = replicate_pad(x)
     dx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) * 0.5
     dy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) * 0.5
     return torch.sqrt(dx * dx + dy * dy + 1e-12)
