@@ -152,6 +152,18 @@ def test_train_cli_reports_a_bad_store_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "nope.zarr" in result.output and "Traceback" not in result.output
 
 
+def test_unreadable_block_in_a_loader_worker_is_one_clear_line(store: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(store, bad)
+    for chunk in (bad / "color" / "c").iterdir():  # every block's colour chunk
+        (chunk / "0" / "0" / "0" / "0").write_bytes(b"garbage")
+    config = write_config(tmp_path / "c.yaml", {"train": {"num_workers": 1}})
+    result = CliRunner().invoke(main, ["-q", "train", "--store", str(bad), "--out", str(tmp_path / "r"),
+                                       "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "cannot be read" in result.output and str(bad) in result.output
+
+
 def test_train_accepts_any_model_with_the_qwnet_interface(store: str, tmp_path: Path) -> None:
     """QAT reuses the loop with a wrapped model: anything with QWNet's forward trains and checkpoints."""
     cfg = load_config(str(write_config(tmp_path / "c.yaml", {"train": {"steps": 2}})))

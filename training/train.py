@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -258,6 +258,17 @@ def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler
             "qw_version": __version__}
 
 
+def _next_batch(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The next batch; a QwError from a DataLoader worker comes back as one line, without the worker traceback."""
+    try:
+        return next(batches)
+    except QwError as exc:
+        lines = str(exc).strip().splitlines()
+        if len(lines) == 1:
+            raise
+        raise QwError(lines[-1].split(": ", 1)[-1]) from None
+
+
 def _validation_loader(url: str, val_idx: np.ndarray, cfg: Config, proc: Process,
                        storage_options: dict | None) -> DataLoader | None:
     """Centre crops of this rank's share of the validation blocks (None when the store has no validation split)."""
@@ -326,7 +337,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         sums = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0}
         seen: list[int] = []
         for micro in range(cfg.train.grad_accum):
-            batch = next(batches)
+            batch = _next_batch(batches)
             seen += batch.pop("index").tolist()
             batch = _to_device(batch, proc.device)
             sync = micro == cfg.train.grad_accum - 1 or proc.world_size == 1
