@@ -59,15 +59,24 @@ def test_fused_filter_pyramid_matches_the_model_in_value_and_gradient() -> None:
     assert all(_rel(a, b) < 1e-4 for a, b in zip(grads_fused, grads_plain))  # float32 rounding, summed per scale
 
 
-def test_softmax_filter_compiles_to_one_cpu_kernel_with_the_same_numbers() -> None:
+def test_fused_kernel_filter_compiles_forward_and_backward_for_channels_last_images() -> None:
+    """Inductor generates the fused kernels (C++ here, Triton on GPU); the backward once tripped on replicate pad."""
     g = torch.Generator().manual_seed(0)
-    logits, image = torch.randn(2, 9, 24, 40, generator=g) * 3, torch.rand(2, 3, 24, 40, generator=g)
-    taps = fast.kernel_taps(image)
-    compiled = torch.compile(fast.softmax_filter, dynamic=False)  # inductor: generated C++ here, Triton on GPU
-    eager = fast.softmax_filter(logits, taps)
-    assert _rel(compiled(logits, taps), eager) < 1e-6
-    # The fused form is the model's normalize-then-apply kernel filter.
+    logits = (torch.randn(2, 9, 16, 24, generator=g) * 3).to(memory_format=torch.channels_last).requires_grad_()
+    image = torch.rand(2, 3, 16, 24, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+
+    def filtered(lg: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+        return fast.softmax_filter(lg, fast.kernel_taps(im))
+
+    eager = filtered(logits, image)
+    compiled = torch.compile(filtered, dynamic=False)(logits, image)
+    assert _rel(compiled, eager) < 1e-6
+    grads = [torch.autograd.grad(out.square().sum(), (logits, image)) for out in (eager, compiled)]
+    assert all(_rel(c, e) < 1e-5 for e, c in zip(*grads))
+    # The fused form is the model's normalize-then-apply kernel filter, replicate borders included.
     weights = torch.softmax(logits, dim=1)
+    padded = torch.nn.functional.pad(image, (1, 1, 1, 1), mode="replicate")
+    taps = [padded[..., dy:dy + 16, dx:dx + 24] for dy in range(3) for dx in range(3)]
     assert _rel(eager, sum(weights[:, k:k + 1] * t for k, t in enumerate(taps))) < 1e-6
 
 

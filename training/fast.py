@@ -39,10 +39,20 @@ from training.warp import _pixel_grid
 # ------------------------------------------------------------------------------------------------ filter network
 
 
+def replicate_pad(image: torch.Tensor) -> torch.Tensor:
+    """One pixel of replicated border on each side, from slices and concatenation.
+
+    Same values as ``F.pad(mode="replicate")``, whose backward under `torch.compile` returns another layout than
+    its shape function promises for channels_last images (an AssertionError in the compiled backward).
+    """
+    image = torch.cat([image[..., :1, :], image, image[..., -1:, :]], dim=-2)
+    return torch.cat([image[..., :1], image, image[..., -1:]], dim=-1)
+
+
 def kernel_taps(image: torch.Tensor) -> list[torch.Tensor]:
     """The nine replicate-padded neighbours of every pixel, row-major kernel order (`model.apply_kernel`'s)."""
     h, w = image.shape[-2:]
-    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    padded = replicate_pad(image)
     return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
 
 
