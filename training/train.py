@@ -279,6 +279,45 @@ def _validation_loader(url: str, val_idx: np.ndarray, cfg: Config, proc: Process
     return DataLoader(share, batch_size=cfg.train.batch_size)
 
 
+def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, proc: Process) -> int:
+    """Load model, optimizer, scaler and RNG state from a checkpoint of the same config; returns its step."""
+    ckpt = load_checkpoint(path, expected=cfg)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    if ckpt["world_size"] != proc.world_size:
+        log.warning("resuming a %d-process run on %d processes: the data order changes",
+                    ckpt["world_size"], proc.world_size)
+    return int(ckpt["step"])
+
+
+def _optimizer_step(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, cfg: Config, proc: Process,
+                    amp: torch.dtype | None) -> tuple[dict[str, float], list[int]]:
+    """One optimizer step over `grad_accum` micro-batches (DDP syncs gradients on the last one only).
+
+    Returns this rank's loss terms averaged over the micro-batches and the block indices it used.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    sums = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0}
+    seen: list[int] = []
+    for micro in range(cfg.train.grad_accum):
+        batch = _next_batch(batches)
+        seen += batch.pop("index").tolist()
+        batch = _to_device(batch, proc.device)
+        sync = micro == cfg.train.grad_accum - 1 or proc.world_size == 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            _, terms = _run_batch(model, batch, cfg, amp)
+            scaler.scale(terms["loss"] / cfg.train.grad_accum).backward()
+        for k in sums:
+            sums[k] += float(terms[k].detach()) / cfg.train.grad_accum
+    scaler.step(optimizer)
+    scaler.update()
+    return sums, seen
+
+
 def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, resume: bool = False,
           storage_options: dict | None = None) -> dict[str, float]:
     """Train `model` (a QWNet, or a model with its interface, e.g. quantization-wrapped) on a block store.
@@ -299,18 +338,8 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
     amp = autocast_dtype(cfg, proc.device)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=amp == torch.float16)
-    step = 0
-    if resume:
-        ckpt = load_checkpoint(out / LAST, expected=cfg)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        if ckpt["world_size"] != proc.world_size:
-            log.warning("resuming a %d-process run on %d processes: the data order changes",
-                        ckpt["world_size"], proc.world_size)
-    elif proc.main:
+    step = _restore(out / LAST, cfg, model, optimizer, scaler, proc) if resume else 0
+    if not resume and proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
@@ -331,35 +360,22 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
                                  "effective_batch": per_step * proc.world_size})
     model.train()
     last: dict[str, float] = {}
-    tick, blocks_since = time.perf_counter(), 0
+    busy, blocks_since = 0.0, 0  # time in training steps only (not validation or checkpoints), for blocks/s
     while step < cfg.train.steps:
-        optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0}
-        seen: list[int] = []
-        for micro in range(cfg.train.grad_accum):
-            batch = _next_batch(batches)
-            seen += batch.pop("index").tolist()
-            batch = _to_device(batch, proc.device)
-            sync = micro == cfg.train.grad_accum - 1 or proc.world_size == 1
-            with contextlib.nullcontext() if sync else model.no_sync():
-                _, terms = _run_batch(model, batch, cfg, amp)
-                scaler.scale(terms["loss"] / cfg.train.grad_accum).backward()
-            for k in sums:
-                sums[k] += float(terms[k].detach()) / cfg.train.grad_accum
-        scaler.step(optimizer)
-        scaler.update()
+        tick = time.perf_counter()
+        sums, seen = _optimizer_step(model, batches, optimizer, scaler, cfg, proc, amp)
         step += 1
+        busy += time.perf_counter() - tick
         blocks_since += per_step * proc.world_size
         runlog.advance(sums)
 
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             last = _mean_over_ranks(sums, proc)
-            elapsed = time.perf_counter() - tick
-            rate = blocks_since / elapsed
+            rate = blocks_since / busy
             lr = optimizer.param_groups[0]["lr"]
             runlog.event("train", step, {**last, "lr": lr, "blocks_per_s": rate, "blocks": _gather(seen, proc)},
                          {**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr, "train/blocks_per_s": rate})
-            tick, blocks_since = time.perf_counter(), 0
+            busy, blocks_since = 0.0, 0
         if val_loader is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
             metrics = validate(core, val_loader, cfg, proc, amp)
             runlog.event("val", step, metrics, {f"val/{k}": v for k, v in metrics.items()})
