@@ -99,7 +99,10 @@ def main() -> None:
     parser.add_argument("--store", help="block store to read (default: a synthetic one in a temp dir)")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--loader-batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU; default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     rows = []
