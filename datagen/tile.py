@@ -104,12 +104,16 @@ def _crop(frames: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
     return np.ascontiguousarray(crop, dtype=np.float16)
 
 
+ALIASING_STRIDE = 2  # the content filter scores every 2nd pixel of every 2nd row: 4× less work, unbiased
+
+
 def aliasing_map(color: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(H, W) sum over frames and channels of |tm(color) − tm(reference)|, tm(x) = x / (1 + x) (Reinhard, on values
-    clipped at 0), so edges count and HDR highlights do not dominate. Computed frame by frame as
-    |c − r| / ((1 + c)(1 + r)), the same value with fewer passes over the pixels (2.3× faster at 1080p)."""
-    total = np.zeros(color.shape[1:3], np.float32)
-    for c, r in zip(color, reference):
+    """Sum over frames and channels of |tm(color) − tm(reference)|, tm(x) = x / (1 + x) (Reinhard, on values
+    clipped at 0), so edges count and HDR highlights do not dominate; at the pixels (y, x) with y and x multiples
+    of ALIASING_STRIDE. Computed frame by frame as |c − r| / ((1 + c)(1 + r)), the same value in fewer passes."""
+    s = ALIASING_STRIDE
+    total = np.zeros(color[0, ::s, ::s, 0].shape, np.float32)
+    for c, r in zip(color[:, ::s, ::s], reference[:, ::s, ::s]):
         c, r = np.maximum(c, 0, dtype=np.float32), np.maximum(r, 0, dtype=np.float32)
         diff = np.abs(c - r)
         c += 1
@@ -129,8 +133,11 @@ def choose_candidates(spec: TaskSpec, color: np.ndarray, reference: np.ndarray) 
     if spec.positions.shape[1] == 1:
         return np.zeros(len(spec.positions), np.int16)
     integral = np.pad(aliasing_map(color, reference).cumsum(0, dtype=np.float64).cumsum(1), ((1, 0), (1, 0)))
-    y, x, t = spec.positions[..., 0], spec.positions[..., 1], spec.tile
-    sums = integral[y + t, x + t] - integral[y, x + t] - integral[y + t, x] + integral[y, x]
+    # map rows/columns k cover pixels k·stride; those inside [p, p + tile) are k in [ceil(p/s), ceil((p+tile)/s))
+    s = ALIASING_STRIDE
+    y0, x0 = -(-spec.positions[..., 0] // s), -(-spec.positions[..., 1] // s)
+    y1, x1 = -(-(spec.positions[..., 0] + spec.tile) // s), -(-(spec.positions[..., 1] + spec.tile) // s)
+    sums = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     return np.argmax(sums, axis=1).astype(np.int16)
 
 

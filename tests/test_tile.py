@@ -79,16 +79,17 @@ def check_store_matches_sources(url: str, synthetic: dict, storage_options: dict
         task = next(t for t in plan.tasks if i in t.block_indices)
         candidates = task.positions[i - task.first_block]
         scores = [aliasing(expected_crop(folder, "color", start, 8, cy, cx, 32),
-                           expected_crop(folder, "reference", start, 8, cy, cx, 32)) for cy, cx in candidates]
+                           expected_crop(folder, "reference", start, 8, cy, cx, 32), cy, cx) for cy, cx in candidates]
         assert (y, x) == tuple(candidates[int(np.argmax(scores))])
     assert sorted(store.split_indices("val").tolist()) == [i for i, o in enumerate(origins)
                                                           if shots[o[1]]["split"] == "val"]
     assert {s["split"] for s in shots} <= set(ds.splits)  # the test shot is never drawn from
 
 
-def aliasing(color: np.ndarray, reference: np.ndarray) -> float:
-    """How aliased a crop is: mean |color − reference| after Reinhard tone mapping (the content filter's rule)."""
-    c, r = np.maximum(color.astype(np.float64), 0), np.maximum(reference.astype(np.float64), 0)
+def aliasing(color: np.ndarray, reference: np.ndarray, y: int, x: int) -> float:
+    """How aliased a (T, C, h, w) crop at (y, x) is, by the content filter's rule: mean |color − reference| after
+    Reinhard tone mapping, over the pixels at even frame coordinates."""
+    c, r = (np.maximum(a[..., y % 2::2, x % 2::2].astype(np.float64), 0) for a in (color, reference))
     return float(np.abs(c / (1 + c) - r / (1 + r)).mean())
 
 
