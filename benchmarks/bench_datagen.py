@@ -32,7 +32,7 @@ from datagen.capture_format import BackendInfo, CaptureMeta, JitterInfo, Referen
     write_frame
 from datagen.manifests import DatasetManifest
 from datagen.plan import plan_from_files
-from datagen.tile import build_store
+from datagen.tile import build_store, prepare_store, run_task, task_specs
 
 PAPER_BLOCKS = 13712
 
@@ -90,6 +90,18 @@ def floor(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
             for b, (y, x) in enumerate(task.positions[:, 0]):
                 arrays[name][task.first_block + b] = np.ascontiguousarray(
                     frames[:, y:y + t, x:x + t].transpose(0, 3, 1, 2), dtype=np.float16)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def tasks_in_process(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
+    """The builder's tasks run one after the other in this process, without Dask: (wall s, CPU s). The gap to
+    the floor is the builder's own overhead (checks, content filter); the gap to the pipeline is Dask's."""
+    plan = plan_from_files(ds, root / "captures", manifests_root=root / "manifests")
+    prepare_store(plan, url)
+    specs = task_specs(plan, root / "captures", url, None)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for spec in specs:
+        run_task(spec)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -184,6 +196,7 @@ def main() -> None:
     shutil.rmtree(stores, ignore_errors=True)
     wall, cpu = floor(ds, root, str(stores / "floor.zarr"))
     rows.append(("floor (plain loop, 1 core)", 1, wall, cpu, 0, 1.0))
+    in_process = tasks_in_process(ds, root, str(stores / "in-process.zarr"))
     for workers in (1, 2):
         rows.append((f"pipeline, {workers} worker(s)", workers, *pipeline(ds, root, str(stores / f"w{workers}.zarr"),
                                                                           workers)))
@@ -198,6 +211,8 @@ def main() -> None:
         bps = n / wall
         print(f"{name:<28} {wall:>7.1f} {bps:>9.2f} {cpu / n:>10.3f} {bps / workers / floor_bps:>13.0%} "
               f"{(f'{rss / 2**20:.0f} MiB' if rss else '-'):>16} {busy:>12.0%}")
+    print(f"{'builder tasks, no Dask':<28} {in_process[0]:>7.1f} {n / in_process[0]:>9.2f} {in_process[1] / n:>10.3f} "
+          f"{n / in_process[0] / floor_bps:>13.0%}")
     speedup = rows[1][2] / rows[2][2]
     print(f"1 → 2 workers speed-up: {speedup:.2f}×")
     print(f"peak worker RSS: {rows[1][4] / 2**20:.0f} MiB for {n} blocks, {half_rss / 2**20:.0f} MiB for "
