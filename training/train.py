@@ -343,11 +343,12 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
+    # Validation runs raw_model: no DDP collectives, and no recompilation for eval mode and odd batch sizes.
     raw_model = model
-    core = torch.compile(model) if cfg.train.compile else model  # what validation runs (no DDP collectives)
-    model = core
+    if cfg.train.compile:
+        model = torch.compile(model)
     if proc.world_size > 1:
-        model = DistributedDataParallel(core, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
 
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     dataset = BlockDataset(store_url, cfg.train.crop, cfg.train.augment, cfg.train.exposure_range, storage_options)
@@ -377,7 +378,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
                          {**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr, "train/blocks_per_s": rate})
             busy, blocks_since = 0.0, 0
         if val_loader is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-            metrics = validate(core, val_loader, cfg, proc, amp)
+            metrics = validate(raw_model, val_loader, cfg, proc, amp)
             runlog.event("val", step, metrics, {f"val/{k}": v for k, v in metrics.items()})
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
             difference = replica_difference(raw_model, proc)
