@@ -109,8 +109,10 @@ def test_quantize_model_follows_the_plan():
 def test_eight_bit_model_tracks_float_model_and_fp16_is_closer():
     torch.manual_seed(4)
     model = QWNet(SMALL).eval()
-    color, history = torch.rand(1, 3, 32, 32) * 3, torch.rand(1, 3, 32, 32) * 3
-    calib = [(color, history)]
+    color = torch.rand(1, 3, 32, 32) * 3
+    history = color
+    calib = [{"color": color[:, None], "motion": torch.zeros(1, 1, 2, 32, 32),
+              "history_valid": torch.zeros(1, 1, dtype=torch.bool)}]
     sites = quant.quant_sites(model, QuantConfig())
     clips = quant.calibrate_clips(model, sites, calib)
     assert all(math.isfinite(c) and c > 0 for c in clips.values())
