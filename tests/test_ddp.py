@@ -16,7 +16,7 @@ from training.model import QWNet
 from training.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 8  # Ranger (RAdam) makes no update before step 6: train past that
+STEPS = 8  # past Ranger's first 5 steps (RAdam takes plain momentum steps until its variance estimate is usable)
 
 
 def _run(args: list[str]) -> None:
