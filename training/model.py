@@ -155,8 +155,9 @@ class KernelFilter(nn.Module):
     @torch.no_grad()
     def _start_as_pass_through(self, logit: float = PASS_THROUGH_LOGIT) -> None:
         """Bias the centre tap of the current frame's and the down kernels, and every skip weight, so that the
-        untrained filter is close to passing the current frame through. With default (uniform) weights the
-        start is a heavy blur and training sat on a plateau for ~200 steps before it learned to sharpen."""
+        untrained filter is close to passing the current frame through. From default (uniform) weights, a heavy
+        blur, a 300-step overfit run sat on a plateau for ~230 steps and ended below the aliased input's PSNR
+        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See README "Training"."""
         for s, conv in enumerate(self.predictors):
             conv.bias[KERNEL // 2] += logit
             if s < len(self.predictors) - 1:
