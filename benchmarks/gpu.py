@@ -426,7 +426,7 @@ class Bench:
         section = "qat" if qat else "train"
         batch = self.block_batch(self.sizes.batch)
         batch_cl = {k: fast.channels_last_frames(v) if v.dim() == 5 else v for k, v in batch.items()}
-        reference: dict[str, float] = {}
+        reference: dict[str, Any] = {}  # the plain row's first loss; micro-batch sizes that fitted
 
         def build(amp: torch.dtype | None, optimized: bool, compiled: bool) -> Callable[[], Case]:
             def make() -> Case:
@@ -440,7 +440,13 @@ class Bench:
                     fast.fuse_filter(model).to(memory_format=torch.channels_last)
                 if compiled:
                     fast.compile_step(model)
-                return self._train_case(model, batch_cl if optimized else batch, amp, reference)
+                # A compiled row starts at the micro-batch the eager row of its configuration found to fit: an
+                # out-of-memory retry would compile the graph again for the new shape.
+                key = f"micro {amp} {optimized}"
+                case, micro = self._train_case(model, batch_cl if optimized else batch, amp, reference,
+                                               reference.get(key) if compiled else None)
+                reference.setdefault(key, micro)
+                return case
             return make
 
         bf16 = torch.bfloat16
@@ -456,13 +462,13 @@ class Bench:
                  skip=self.compile_skip())
 
     def _train_case(self, model: QWNet, batch: dict[str, torch.Tensor], amp: torch.dtype | None,
-                    reference: dict[str, float]) -> Case:
-        """The optimizer step of `batch`; micro-batches halve until one fits (gradient accumulation)."""
+                    reference: dict[str, float], micro: int | None = None) -> tuple[Case, int]:
+        """The optimizer step of `batch` and its micro-batch: halved until one fits (gradient accumulation)."""
         from pytorch_optimizer import Ranger
 
         optimizer = Ranger(model.parameters(), lr=self.cfg.train.lr)
         n = len(batch["color"])
-        micro = n
+        micro = micro or n
         while True:
             parts = [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, n, micro)]
             try:
@@ -477,7 +483,7 @@ class Bench:
         first = reference.setdefault("loss", loss)
         note = f"micro-batch {micro} x {len(parts)} accumulated" if len(parts) > 1 else f"batch {n}"
         return Case(lambda: fast.train_step(model, optimizer, parts, self.cfg.model.hdr, amp),
-                    abs(loss - first) / abs(first), note + f"; first loss {loss:.5g}", blocks=n)
+                    abs(loss - first) / abs(first), note + f"; first loss {loss:.5g}", blocks=n), micro
 
     def loader(self) -> None:
         workers = _cores()

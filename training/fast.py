@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.losses import qwnet_loss
 from training.hdr import compress
+from training.losses import qwnet_loss
 from training.model import INPUT_WEIGHTS, KERNEL, LUMA, UP_WEIGHTS, ConvBNAct, QWNet, gradient_magnitude
 from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
 from training.warp import _pixel_grid
