@@ -12,9 +12,8 @@ What is here, and why it is faster on a GPU (measured by ``benchmarks/gpu.py``):
 * `compile_step`: `torch.compile` of `QWNet.step` (one frame), reused by all T steps of the recurrence: a small
   graph that compiles once, forward and backward.
 * `frame_step` + `CudaGraphFrame`: one recurrent inference frame (warp + step) replayed from a captured CUDA graph,
-  which removes the per-kernel launch cost that dominates a 1080p frame. `training.warp.warp` and
-  `training.model.input_features` each copy a small constant from host memory per call, which a graph cannot
-  capture; `graph_safe_warp` / `graph_safe_features` compute the same without it (the fix belongs in those modules).
+  which removes the per-kernel launch cost that dominates a 1080p frame (`training.warp.warp` and `QWNet.step`
+  copy nothing from host memory, which a graph could not capture).
 * `train_step` and `DevicePrefetcher`: a training step with no host synchronization (the loss stays on the
   device) and batches copied from pinned memory on a side stream, one batch ahead.
 * `Int8Conv` / `int8_model`: U_e's and U_f's quantized convs as int8 GEMMs (`torch._int_mm`, int32 accumulation)
@@ -30,11 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.hdr import compress
 from training.losses import qwnet_loss
-from training.model import INPUT_WEIGHTS, KERNEL, LUMA, UP_WEIGHTS, ConvBNAct, QWNet, gradient_magnitude
+from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet
 from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
-from training.warp import _pixel_grid
+from training.warp import warp
 
 # ------------------------------------------------------------------------------------------------ filter network
 
@@ -147,37 +145,13 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 # ------------------------------------------------------------------------------------------------ inference
 
 
-def graph_safe_warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """`training.warp.warp` (same numbers) without its host-to-device copy of the grid scale.
-
-    A CUDA graph cannot capture a copy from pageable host memory; the scale here is two Python scalars.
-    """
-    h, w = image.shape[-2:]
-    source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
-    grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
-    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.to(image.dtype)
-
-
-def graph_safe_features(color: torch.Tensor, history: torch.Tensor, processing: bool) -> torch.Tensor:
-    """`training.model.input_features` with the luma weights as Python scalars (no host-to-device copy)."""
-    if not processing:
-        return torch.cat([color, history], dim=1)
-    gray_c, gray_h = (sum(x[:, i:i + 1] * LUMA[i] for i in range(3)) for x in (color, history))
-    return torch.cat([color, history, gray_c, gray_h, gradient_magnitude(gray_c), gradient_magnitude(gray_h)], 1)
-
-
-def graph_safe_step(model: QWNet, color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """`QWNet.step` (any QWNet, quantized or integer ones too) that a CUDA graph can capture."""
-    transform = model.cfg.hdr
-    features = model.extractor(graph_safe_features(compress(color, transform), compress(history, transform),
-                                                   model.cfg.input_processing))
-    return model.filter(features, color, history)
-
-
 def frame_step(model: QWNet, color: torch.Tensor, motion: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """One recurrent inference frame with a valid history: warp the previous output, then run the network."""
-    return graph_safe_step(model, color, graph_safe_warp(previous, motion))
+    """One recurrent inference frame with a valid history: warp the previous output, then run the network.
+
+    Any QWNet (float, fused, folded, quantized or integer); it copies nothing from the host, so a CUDA graph can
+    capture it (`CudaGraphFrame`).
+    """
+    return model.step(color, warp(previous, motion))
 
 
 class CudaGraphFrame:

@@ -180,12 +180,16 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(dx * dx + dy * dy + 1e-12)
 
 
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) Rec. 709 luma of (B,3,H,W); weights as Python scalars, so no host-to-device copy (CUDA-graph safe)."""
+    return rgb[:, 0:1] * LUMA[0] + rgb[:, 1:2] * LUMA[1] + rgb[:, 2:3] * LUMA[2]
+
+
 def input_features(color: torch.Tensor, history: torch.Tensor, processing: bool) -> torch.Tensor:
     """U_e's input from range-compressed colour and history: 6 channels, or 10 with grayscale and gradients."""
     if not processing:
         return torch.cat([color, history], dim=1)
-    luma = color.new_tensor(LUMA).view(1, 3, 1, 1)
-    gray_c, gray_h = (color * luma).sum(1, keepdim=True), (history * luma).sum(1, keepdim=True)
+    gray_c, gray_h = luma(color), luma(history)
     return torch.cat([color, history, gray_c, gray_h, gradient_magnitude(gray_c), gradient_magnitude(gray_h)], 1)
 
 

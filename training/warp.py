@@ -20,12 +20,12 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tor
 
 def warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels. Integer motion is an exact shift."""
-    b, _, h, w = image.shape
+    h, w = image.shape[-2:]
     # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
-    motion = motion.to(torch.float32)
-    source = _pixel_grid(h, w, image.device, torch.float32) - motion.permute(0, 2, 3, 1)
+    source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
     # align_corners=False: normalized −1 and 1 are the outer pixel edges, so x_n = 2·x/W − 1 for a position x.
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=image.device)
-    grid = source * scale - 1.0
+    # The scales are Python scalars: a tensor built from host values would be a host-to-device copy per call,
+    # which a CUDA graph cannot capture.
+    grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
     out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(image.dtype)
