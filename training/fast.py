@@ -14,20 +14,23 @@ What is here, and why it is faster on a GPU (measured by ``benchmarks/gpu.py``):
 * `frame_step` + `CudaGraphFrame`: one recurrent inference frame (warp + step) replayed from a captured CUDA graph,
   which removes the per-kernel launch cost that dominates a 1080p frame (`training.warp.warp` and `QWNet.step`
   copy nothing from host memory, which a graph could not capture).
-* `train_step` and `DevicePrefetcher`: a training step with no host synchronization (the loss stays on the
-  device) and batches copied from pinned memory on a side stream, one batch ahead.
+* `train_step` / `train_step_terms` and `DevicePrefetcher`: a training step with no host synchronization (the
+  loss stays on the device) and batches copied from pinned memory on a side stream, one batch ahead; the loop of
+  `training.train` runs on them.
 * `Int8Conv` / `int8_model`: U_e's and U_f's quantized convs as int8 GEMMs (`torch._int_mm`, int32 accumulation)
   on the exported integer network of `training.integer_ref`; exact, so it equals that reference bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from training.losses import qwnet_loss
 from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet
@@ -184,34 +187,56 @@ class CudaGraphFrame:
 # ------------------------------------------------------------------------------------------------ training
 
 
+def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: str, amp: torch.dtype | None,
+                 spatial_weight: float = 0.3, temporal_weight: float = 0.7) -> tuple[torch.Tensor,
+                                                                                   dict[str, torch.Tensor]]:
+    """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
+    with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
+        output = model(batch["color"], batch["motion"], batch["history_valid"])
+    return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
+                              spatial_weight, temporal_weight)
+
+
+def train_step_terms(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
+                     transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
+                     temporal_weight: float = 0.7, scaler: torch.amp.GradScaler | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """One optimizer step over the given micro-batches (gradient accumulation); the mean loss terms, on device.
+
+    Nothing here waits for the device: reading the terms is the caller's one sync. A DDP model all-reduces its
+    gradients on the last micro-batch only; `scaler` (float16 autocast) scales the loss and unscales the step.
+    """
+    batches = list(batches)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)  # disabled: a pass-through
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
+            _, terms = forward_loss(model, batch, transform, amp, spatial_weight, temporal_weight)
+            scaler.scale(terms["loss"] / len(batches)).backward()
+        totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in terms.items()}
+    scaler.step(optimizer)
+    scaler.update()
+    return totals
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
                transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
                temporal_weight: float = 0.7) -> torch.Tensor:
-    """One optimizer step over the given micro-batches (gradient accumulation); returns the mean loss, on device.
-
-    Nothing here waits for the device: reading the returned loss (e.g. ``float(loss)``) is the caller's one sync.
-    """
-    batches = list(batches)
-    optimizer.zero_grad(set_to_none=True)
-    total = None
-    for batch in batches:
-        with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
-            output = model(batch["color"], batch["motion"], batch["history_valid"])
-        loss = qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
-                          spatial_weight, temporal_weight)["loss"] / len(batches)
-        loss.backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    optimizer.step()
-    return total
+    """`train_step_terms`' mean loss alone, on device (``float(loss)`` is the caller's one sync)."""
+    return train_step_terms(model, optimizer, batches, transform, amp, spatial_weight, temporal_weight)["loss"]
 
 
 class DevicePrefetcher:
     """Batches from a (pin_memory) DataLoader, moved to the device one batch ahead on a side CUDA stream.
 
-    On CPU it only passes batches through. With `channels_last`, image arrays get channels_last frames.
+    On CPU it only passes batches through. With `channels_last`, image arrays get channels_last frames. The
+    block indices stay on the host: bookkeeping that reads them must not wait for the device.
     """
 
     IMAGES = ("color", "reference", "motion")
+    HOST = ("index",)
 
     def __init__(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, channels_last: bool = False):
         self.batches, self.device, self.channels_last = iter(batches), torch.device(device), channels_last
@@ -221,7 +246,7 @@ class DevicePrefetcher:
     def _move(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for k, v in batch.items():
-            if not isinstance(v, torch.Tensor):
+            if not isinstance(v, torch.Tensor) or k in self.HOST:
                 out[k] = v
                 continue
             v = v.to(self.device, non_blocking=True)

@@ -11,14 +11,13 @@ per log/validation/checkpoint event) and TensorBoard scalars in ``tb/``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -33,10 +32,9 @@ from tqdm import tqdm
 from datagen import __version__
 from datagen.block_store import BlockStore
 from datagen.errors import QwError
-from training import hdr
+from training import fast, hdr
 from training.config import Config, load_config
 from training.data import BlockDataset, BlockSampler, open_training_store
-from training.losses import qwnet_loss
 from training.model import QWNet
 
 log = logging.getLogger("qw.train")
@@ -71,12 +69,13 @@ def setup_process() -> Process:
     return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
-def _mean_over_ranks(values: dict[str, float], proc: Process) -> dict[str, float]:
-    if proc.world_size == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=proc.device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / proc.world_size).tolist()))
+def _mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> dict[str, float]:
+    """Each value's mean over the ranks, read to the host in one transfer (the loop's one sync per logged step)."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=proc.device) for v in values.values()])
+    if proc.world_size > 1:
+        dist.all_reduce(t)
+        t /= proc.world_size
+    return dict(zip(values, t.tolist()))
 
 
 def _gather(obj: Any, proc: Process) -> list[Any]:
@@ -182,15 +181,6 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _run_batch(model: nn.Module, batch: dict[str, torch.Tensor], cfg: Config,
-               amp: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
-        output = model(batch["color"], batch["motion"], batch["history_valid"])
-    terms = qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], cfg.model.hdr,
-                       cfg.train.spatial_weight, cfg.train.temporal_weight)
-    return output, terms
-
-
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
              amp: torch.dtype | None) -> dict[str, float]:
@@ -202,7 +192,8 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
     totals = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0, "psnr": 0.0, "psnr_input": 0.0, "blocks": 0.0}
     for batch in loader:
         batch = _to_device(batch, proc.device)
-        output, terms = _run_batch(model, batch, cfg, amp)
+        output, terms = fast.forward_loss(model, batch, cfg.model.hdr, amp, cfg.train.spatial_weight,
+                                          cfg.train.temporal_weight)
         n = len(batch["color"])
         for k in ("loss", "spatial", "temporal"):
             totals[k] += float(terms[k]) * n
@@ -212,7 +203,7 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
             totals["psnr_input"] += psnr(batch["color"][i].float().cpu().numpy(), reference[i])
         totals["blocks"] += n
     model.train(was_training)
-    totals = _mean_over_ranks(totals, proc) if proc.world_size > 1 else totals
+    totals = _mean_over_ranks(totals, proc)
     blocks = max(totals.pop("blocks"), 1.0)
     return {k: v / blocks for k, v in totals.items()}
 
@@ -238,10 +229,11 @@ class RunLog:
         for name, value in (scalars or {}).items():
             self.tb.add_scalar(name, value, step)
 
-    def advance(self, postfix: dict[str, float]) -> None:
+    def advance(self, postfix: dict[str, float] | None = None) -> None:
         if self.enabled:
             self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
         if self.enabled:
@@ -258,10 +250,10 @@ def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler
             "qw_version": __version__}
 
 
-def _next_batch(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The next batch; a QwError from a DataLoader worker comes back as one line, without the worker traceback."""
+def _one_line_errors(batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches; a QwError from a DataLoader worker comes back as one line, without the worker traceback."""
     try:
-        return next(batches)
+        yield from batches
     except QwError as exc:
         lines = str(exc).strip().splitlines()
         if len(lines) == 1:
@@ -294,28 +286,17 @@ def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.O
 
 
 def _optimizer_step(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, cfg: Config, proc: Process,
-                    amp: torch.dtype | None) -> tuple[dict[str, float], list[int]]:
+                    scaler: torch.amp.GradScaler, cfg: Config,
+                    amp: torch.dtype | None) -> tuple[dict[str, torch.Tensor], list[int]]:
     """One optimizer step over `grad_accum` micro-batches (DDP syncs gradients on the last one only).
 
-    Returns this rank's loss terms averaged over the micro-batches and the block indices it used.
+    Returns this rank's loss terms averaged over the micro-batches, still on the device, and the block indices.
     """
-    optimizer.zero_grad(set_to_none=True)
-    sums = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0}
-    seen: list[int] = []
-    for micro in range(cfg.train.grad_accum):
-        batch = _next_batch(batches)
-        seen += batch.pop("index").tolist()
-        batch = _to_device(batch, proc.device)
-        sync = micro == cfg.train.grad_accum - 1 or proc.world_size == 1
-        with contextlib.nullcontext() if sync else model.no_sync():
-            _, terms = _run_batch(model, batch, cfg, amp)
-            scaler.scale(terms["loss"] / cfg.train.grad_accum).backward()
-        for k in sums:
-            sums[k] += float(terms[k].detach()) / cfg.train.grad_accum
-    scaler.step(optimizer)
-    scaler.update()
-    return sums, seen
+    micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+    seen = [i for batch in micro for i in batch.pop("index").tolist()]
+    terms = fast.train_step_terms(model, optimizer, micro, cfg.model.hdr, amp, cfg.train.spatial_weight,
+                                  cfg.train.temporal_weight, scaler)
+    return terms, seen
 
 
 def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, resume: bool = False,
@@ -333,7 +314,10 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         raise QwError(f"{store_url}: no blocks in the 'train' split")
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     model = model.to(proc.device)
-    if cfg.train.channels_last and proc.device.type == "cuda":
+    if proc.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: autotuned conv algorithms are reused every step
+    channels_last = cfg.train.channels_last and proc.device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
     amp = autocast_dtype(cfg, proc.device)
@@ -353,7 +337,9 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     dataset = BlockDataset(store_url, cfg.train.crop, cfg.train.augment, cfg.train.exposure_range, storage_options)
     sampler = BlockSampler(train_idx, proc.rank, proc.world_size, cfg.train.seed, start=step * per_step)
-    batches = iter(make_loader(dataset, sampler, cfg, proc.device))  # endless: BlockSampler never stops
+    # Endless (BlockSampler never stops); pinned batches are copied to the device one ahead, in the model's layout.
+    batches = fast.DevicePrefetcher(_one_line_errors(make_loader(dataset, sampler, cfg, proc.device)), proc.device,
+                                    channels_last)
     val_loader = _validation_loader(store_url, val_idx[: cfg.train.val_blocks], cfg, proc, storage_options)
 
     runlog = RunLog(out, proc, step, cfg.train.steps)
@@ -364,14 +350,16 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     busy, blocks_since = 0.0, 0  # time in training steps only (not validation or checkpoints), for blocks/s
     while step < cfg.train.steps:
         tick = time.perf_counter()
-        sums, seen = _optimizer_step(model, batches, optimizer, scaler, cfg, proc, amp)
+        terms, seen = _optimizer_step(model, batches, optimizer, scaler, cfg, amp)
         step += 1
+        logged = step % cfg.train.log_every == 0 or step == cfg.train.steps
+        if logged:
+            last = _mean_over_ranks(terms, proc)  # waits for the queued steps: inside the timed span
         busy += time.perf_counter() - tick
         blocks_since += per_step * proc.world_size
-        runlog.advance(sums)
+        runlog.advance(last if logged else None)
 
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            last = _mean_over_ranks(sums, proc)
+        if logged:
             rate = blocks_since / busy
             lr = optimizer.param_groups[0]["lr"]
             runlog.event("train", step, {**last, "lr": lr, "blocks_per_s": rate, "blocks": _gather(seen, proc)},
