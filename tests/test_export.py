@@ -138,7 +138,8 @@ def test_fp16_plan_exports_float16_weights_and_reloads_exactly(tmp_path):
     model = perturbed_model(SMALL)
     qmodel = quant.quantize_model(model, quant.QUANT_PRESETS["fp16"])
     path = tmp_path / "fp16.qwq"
-    header = export.write_qwq(path, export.exported_model(qmodel, Config(model=SMALL, quant=quant.QUANT_PRESETS["fp16"])))
+    cfg = Config(model=SMALL, quant=quant.QUANT_PRESETS["fp16"])
+    header = export.write_qwq(path, export.exported_model(qmodel, cfg))
     assert {layer["weight"]["dtype"] for layer in header["layers"]} == {"float16"}
     reloaded, _ = integer_ref.load_integer_model(path)
     assert any(isinstance(m, integer_ref.Float16Conv) for m in reloaded.modules())

@@ -48,7 +48,8 @@ def test_elu_activation_range_is_asymmetric_with_exact_zero():
     assert scale.item() == pytest.approx(3.0 / 15) and zero.item() == 5  # round(1 / 0.2)
     y = q(torch.linspace(-3, 5, 8001))
     levels = torch.unique(y)
-    assert len(levels) == 16 and levels.min().item() == pytest.approx(-1.0) and levels.max().item() == pytest.approx(2.0)
+    assert len(levels) == 16
+    assert levels.min().item() == pytest.approx(-1.0) and levels.max().item() == pytest.approx(2.0)
     assert q(torch.zeros(3)).eq(0).all()
     # An unsigned quantizer would have thrown away everything ELU puts below zero.
     assert quant.ActQuant(4, lower=0.0, clip=2.0)(torch.tensor([-0.8])).item() == 0.0

@@ -50,7 +50,8 @@ class IntegerConv(nn.Module):
         super().__init__()
         fan_in = int(np.prod(layer.weight.shape[1:]))
         if worst_case_accumulator(layer.act_bits, layer.weight_bits, fan_in) > INT32_MAX:
-            raise QwError(f"{layer.name}: W{layer.weight_bits}A{layer.act_bits} with fan-in {fan_in} can overflow int32")
+            raise QwError(f"{layer.name}: W{layer.weight_bits}A{layer.act_bits} with fan-in {fan_in} "
+                          "can overflow int32")
         self.name, self.padding, self.qmax = layer.name, layer.padding, 2 ** layer.act_bits - 1
         self.register_buffer("weight", torch.from_numpy(layer.weight.astype(np.int32)))
         self.register_buffer("weight_scale", torch.from_numpy(layer.weight_scale))
