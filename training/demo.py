@@ -11,14 +11,11 @@ at a quarter of its widths, so that 1000 CPU steps are enough to beat TAA; `qw t
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datagen.errors import QwError
-
-log = logging.getLogger("qw.demo")
 
 # The demo store (4 scenes × 48 blocks of 8×64×64 from each scene's first 'train' shot), and the held-out shots
 # evaluated at the end: never in the store ('test' and 'val' splits of their scenes).
@@ -42,7 +39,6 @@ class DemoPlan:
 
 
 def _stage(name: str) -> float:
-    log.warning("demo: %s", name)
     print(f"[demo] {name}", flush=True)
     return time.perf_counter()
 
