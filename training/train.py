@@ -11,6 +11,7 @@ per log/validation/checkpoint event) and TensorBoard scalars in ``tb/``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -330,7 +331,9 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     # Validation runs raw_model: no DDP collectives, and no recompilation for eval mode and odd batch sizes.
     raw_model = model
     if cfg.train.compile:
-        model = torch.compile(model)
+        # The one-frame step, one graph for all T steps (compiling forward would unroll the recurrence T times);
+        # on a shallow copy, which shares the modules, so that raw_model keeps its eager step.
+        model = fast.compile_step(copy.copy(model))
     if proc.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
 
