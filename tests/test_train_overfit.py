@@ -19,7 +19,7 @@ from training.metrics import psnr
 from training.model import QWNet
 from training.train import train
 
-STEPS = 200
+STEPS = 600
 CROP = 32  # the centre 32x32 of every 64x64 block (no augmentation: the same pixels every step)
 
 
@@ -70,6 +70,7 @@ def test_overfits_a_handful_of_builtin_blocks(builtin_captures: Path, tmp_path: 
           f"(train log {losses[0]:.5f} -> {losses[-1]:.5f}); PSNR input {after['psnr_input']:.2f} dB, "
           f"output {before['psnr']:.2f} -> {after['psnr']:.2f} dB")
     assert np.isfinite(losses).all()
-    # Measured (loaded 2-core VM): 8 blocks, loss 0.0109 -> 0.0050, PSNR input 41.7 dB, output 42.3 -> 47.2 dB.
-    assert after["loss"] < 0.6 * before["loss"]
-    assert after["psnr"] > after["psnr_input"] + 2.0  # better than the aliased input, not only than the start
+    # Measured (idle 2-core VM): 8 blocks, loss 0.0109 -> 0.0028 (train log 0.0113 -> 0.0018),
+    # PSNR input 41.7 dB, output 42.3 -> 51.5 dB.
+    assert after["loss"] < 0.4 * before["loss"]
+    assert after["psnr"] > after["psnr_input"] + 5.0  # far better than the aliased input, not only than the start
