@@ -11,6 +11,7 @@ from datagen.builtin.scene import CameraKey, CameraPath, Material, RigidMotion, 
 from datagen.builtin.scenes import build_scene
 from datagen.manifests import find_scene
 from datagen.validate import reprojected_motion
+from training.warp import warp as training_warp
 
 W, H = 128, 96
 WHITE = Material(color=(1.0, 1.0, 1.0), emissive=1.0)
@@ -200,13 +201,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def warp(image: np.ndarray, motion: np.ndarray) -> np.ndarray:
-    """Bilinear backward warp: out(p) = image(p − m(p)), pixel centres at +0.5 (torch grid_sample)."""
-    h, w = image.shape[:2]
-    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-    grid = np.stack([2 * (xs - motion[..., 0]) / w - 1, 2 * (ys - motion[..., 1]) / h - 1], -1)
-    out = torch.nn.functional.grid_sample(torch.from_numpy(image).permute(2, 0, 1)[None].double(),
-                                          torch.from_numpy(grid)[None], mode="bilinear", align_corners=False)
-    return out[0].permute(1, 2, 0).numpy()
+    """`training.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
+    chw = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
+    return training_warp(chw(image), chw(motion))[0].permute(1, 2, 0).numpy()
 
 
 def test_warping_the_previous_reference_by_motion_gives_the_current_reference():
