@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 FORMAT = f"qw-qwq/{FORMAT_VERSION}"
 ALIGN = 16
 _PREFIX = struct.Struct("<4sIQ")
+_NUMPY_DTYPES = {"int8": "<i1", "float32": "<f4", "float16": "<f2"}  # byte-aligned dtypes; int4 is packed
 
 
 # ----------------------------------------------------------------------------------------------- packing
@@ -72,15 +73,14 @@ def unpack_int4(data: bytes, count: int) -> np.ndarray:
 def _encode(array: np.ndarray, dtype: str) -> bytes:
     if dtype == "int4":
         return pack_int4(array)
-    return np.ascontiguousarray(array, dtype={"int8": "<i1", "float32": "<f4", "float16": "<f2"}[dtype]).tobytes()
+    return np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[dtype]).tobytes()
 
 
 def _decode(data: bytes, dtype: str, shape: list[int]) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     if dtype == "int4":
         return unpack_int4(data, count).reshape(shape)
-    np_dtype = {"int8": "<i1", "float32": "<f4", "float16": "<f2"}[dtype]
-    return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape).copy()
+    return np.frombuffer(data, dtype=_NUMPY_DTYPES[dtype], count=count).reshape(shape).copy()
 
 
 # ----------------------------------------------------------------------------------------------- the model
