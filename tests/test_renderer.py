@@ -11,6 +11,7 @@ from datagen.builtin.scene import CameraKey, CameraPath, Material, RigidMotion, 
 from datagen.builtin.scenes import build_scene
 from datagen.manifests import find_scene
 from datagen.validate import reprojected_motion
+from training.metrics import psnr, tonemap
 from training.warp import warp as training_warp
 
 W, H = 128, 96
@@ -192,14 +193,6 @@ def scene_renderer(name: str) -> Renderer:
     return Renderer(build_scene(m.builtin.builder, m.builtin.params, m.seed), *SMALL)
 
 
-def tone(x: np.ndarray) -> np.ndarray:
-    return x / (1 + x)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1 / np.mean((tone(a) - tone(b)) ** 2)))
-
-
 def warp(image: np.ndarray, motion: np.ndarray) -> np.ndarray:
     """`training.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
     chw = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
@@ -271,7 +264,7 @@ def test_negative_mip_bias_keeps_more_texture_detail():
 
     def detail(bias: float) -> float:
         renderer = Renderer(scene, *SMALL, mip_bias=bias)
-        image = tone(renderer.render_color(30))
+        image = tonemap(renderer.render_color(30))
         renderer.release()
         return float(np.abs(np.diff(image, axis=1)).mean())
 
