@@ -124,13 +124,18 @@ def _classify(text: str) -> str | None:
     return None
 
 
-def exr_layers(path: Path) -> dict[str, list[str]]:
-    """Channel names of an EXR grouped by layer ('' for unlayered R,G,B,A), in R,G,B,A order."""
+def _exr_header(path: Path) -> dict[str, Any]:
+    """An EXR's header without its pixels; an unreadable file is a CaptureError naming it."""
     try:
         with OpenEXR.File(str(path), header_only=True) as exr:
-            names = [c.name for c in exr.header()["channels"]]
+            return dict(exr.header())  # a copy: closing the file empties its header
     except Exception as exc:  # OpenEXR raises RuntimeError for truncated and non-EXR files
         raise CaptureError(f"{path}: not a readable EXR file ({exc})") from None
+
+
+def exr_layers(path: Path) -> dict[str, list[str]]:
+    """Channel names of an EXR grouped by layer ('' for unlayered R,G,B,A), in R,G,B,A order."""
+    names = [c.name for c in _exr_header(path)["channels"]]
     layers: dict[str, list[str]] = {}
     order = {c: i for i, c in enumerate("RGBAXYZ")}
     for name in names:
@@ -185,11 +190,7 @@ def _split_stack(image: np.ndarray) -> list[np.ndarray]:
 
 def exr_size(path: Path) -> tuple[int, int]:
     """(width, height) of an EXR from its header."""
-    try:
-        with OpenEXR.File(str(path), header_only=True) as exr:
-            (x0, y0), (x1, y1) = exr.header()["dataWindow"]
-    except Exception as exc:  # OpenEXR raises RuntimeError for truncated and non-EXR files
-        raise CaptureError(f"{path}: not a readable EXR file ({exc})") from None
+    (x0, y0), (x1, y1) = _exr_header(path)["dataWindow"]
     return int(x1 - x0 + 1), int(y1 - y0 + 1)
 
 
