@@ -33,28 +33,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from training.losses import qwnet_loss
-from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet
+from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps
 from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
 from training.warp import warp
 
 # ------------------------------------------------------------------------------------------------ filter network
-
-
-def replicate_pad(image: torch.Tensor) -> torch.Tensor:
-    """One pixel of replicated border on each side, from slices and concatenation.
-
-    Same values as ``F.pad(mode="replicate")``, whose backward under `torch.compile` returns another layout than
-    its shape function promises for channels_last images (an AssertionError in the compiled backward).
-    """
-    image = torch.cat([image[..., :1, :], image, image[..., -1:, :]], dim=-2)
-    return torch.cat([image[..., :1], image, image[..., -1:]], dim=-1)
-
-
-def kernel_taps(image: torch.Tensor) -> list[torch.Tensor]:
-    """The nine replicate-padded neighbours of every pixel, row-major kernel order (`model.apply_kernel`'s)."""
-    h, w = image.shape[-2:]
-    padded = replicate_pad(image)
-    return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
 
 
 def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:

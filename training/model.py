@@ -97,17 +97,21 @@ def replicate_pad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
 
 
+def kernel_taps(image: torch.Tensor) -> list[torch.Tensor]:
+    """The nine replicate-padded neighbours of every pixel, in row-major kernel order."""
+    h, w = image.shape[-2:]
+    padded = replicate_pad(image)
+    return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+
+
 def apply_kernel(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-pixel 3×3 filter: image (B,C,H,W), weights (B,9,H,W) in row-major kernel order, the same for every C.
 
     Borders replicate, so normalized weights keep a constant image constant.
     """
-    h, w = image.shape[-2:]
-    padded = replicate_pad(image)
     out = image.new_zeros(())
-    for k in range(KERNEL):
-        dy, dx = divmod(k, 3)
-        out = out + weights[:, k:k + 1] * padded[..., dy:dy + h, dx:dx + w]
+    for k, tap in enumerate(kernel_taps(image)):
+        out = out + weights[:, k:k + 1] * tap
     return out
 
 
