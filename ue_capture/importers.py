@@ -180,12 +180,15 @@ def _gap_cuts(frames: list[int]) -> set[int]:
 # ----------------------------------------------------------------------------------------------- intel-sample
 
 
+def _frames_per_stack(width: int, height: int) -> int:
+    """T for a vertically stacked block (height = T·width, T > 1), else 1."""
+    return height // width if height > width and height % width == 0 else 1
+
+
 def _split_stack(image: np.ndarray) -> list[np.ndarray]:
-    """A vertically stacked block (height = T·width, T > 1) → its T frames; any other image → [image]."""
-    h, w = image.shape[:2]
-    if h > w and h % w == 0:
-        return [image[t * w:(t + 1) * w] for t in range(h // w)]
-    return [image]
+    """A vertically stacked block → its T frames; any other image → [image]."""
+    w = image.shape[1]
+    return [image[t * w:(t + 1) * w] for t in range(_frames_per_stack(w, image.shape[0]))]
 
 
 def exr_size(path: Path) -> tuple[int, int]:
@@ -203,8 +206,7 @@ def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
         _require_frames(_find_folder(src, SAMPLE_FOLDERS[kind]), kind, files[kind], numbers)
     gap_cuts = _gap_cuts(numbers)
     first = files["color"][numbers[0]]
-    w, h = exr_size(first)
-    per_file = h // w if h > w and h % w == 0 else 1
+    per_file = _frames_per_stack(*exr_size(first))
     if per_file > 1 and full_size is None:
         raise QwError(f"{first}: a stacked {per_file}-frame block; pass the full frame size it was cut from "
                       "(--full-resolution WxH), since NDC velocity is relative to it")
