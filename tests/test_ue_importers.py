@@ -8,7 +8,16 @@ import numpy as np
 import OpenEXR
 import pytest
 from click.testing import CliRunner
-from ue_formats import analytic_motion, colour, write_exr, write_intel_sample, write_mrq_frame
+from ue_formats import (
+    analytic_motion,
+    colour,
+    mrq_material,
+    pixels_to_ndc,
+    sign_bits,
+    write_exr,
+    write_intel_sample,
+    write_mrq_frame,
+)
 
 from cli import main
 from datagen.capture_format import META_FILE, load_meta, read_frame
@@ -42,13 +51,11 @@ def test_intel_sample_stacked_blocks_need_full_size(tmp_path):
     for n in (3, 4):
         d = np.concatenate([analytic_motion(tile, tile, phase=k, x0=8, y0=20) for k in range(t_frames)], axis=0)
         truth[n] = d
-        v = np.stack([d[..., 0] * 2 / full[0], -d[..., 1] * 2 / full[1]], axis=-1)
         name = f"GDC_Landscape_01_PreTonemapHDRColor_{n:04d}.exr"
         stack = colour(tile, tile * t_frames, n)
         write_exr(src / "noaa" / name, stack, dtype=np.float16)
         write_exr(src / "ssaa" / name, stack, dtype=np.float16)
-        code = (v[..., 0] < 0) * 1.0 + (v[..., 1] < 0) * 2.0
-        write_exr(src / "velocity" / name, np.stack([np.abs(v[..., 0]), np.abs(v[..., 1]), code], -1))
+        write_exr(src / "velocity" / name, sign_bits(pixels_to_ndc(d, *full)))  # NDC of the full frame
     with pytest.raises(QwError, match="stacked 4-frame block; pass the full frame size"):
         import_capture("intel-sample", src, scene="Kite", shot="b", out=tmp_path / "cap", progress=False)
     shot = import_capture("intel-sample", src, scene="Kite", shot="b", out=tmp_path / "cap", full_size=full,
@@ -85,8 +92,7 @@ def test_mrq_multilayer_stock_material(tmp_path):
         d = analytic_motion(W, H, phase=n)
         path = src / f"Shot.{n:04d}.exr"
         layers = {"": colour(W, H, n)[..., :3],
-                  "FinalImageMovieRenderQueue_MotionVectors": np.stack(
-                      [d[..., 0] / W + 0.5, -d[..., 1] / H + 0.5, np.zeros((H, W))], -1),
+                  "FinalImageMovieRenderQueue_MotionVectors": mrq_material(d, W, H),
                   "FinalImageMovieRenderQueue_WorldDepth": np.full((H, W, 3), 500.0)}
         planes = {(f"{ly}.{c}" if ly else c): np.ascontiguousarray(img[..., i], np.float32)
                   for ly, img in layers.items() for i, c in enumerate("RGB")}
