@@ -200,10 +200,11 @@ def exr_size(path: Path) -> tuple[int, int]:
 def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
                          sample_offsets: bool) -> tuple[list[Loader], int]:
     """One loader per source file, each giving its frame (or the T frames of a stacked block)."""
-    files = {kind: _single_sequence(_find_folder(src, names)) for kind, names in SAMPLE_FOLDERS.items()}
+    folders = {kind: _find_folder(src, names) for kind, names in SAMPLE_FOLDERS.items()}
+    files = {kind: _single_sequence(folder) for kind, folder in folders.items()}
     numbers = sorted(files["color"])
     for kind in ("reference", "motion"):
-        _require_frames(_find_folder(src, SAMPLE_FOLDERS[kind]), kind, files[kind], numbers)
+        _require_frames(folders[kind], kind, files[kind], numbers)
     gap_cuts = _gap_cuts(numbers)
     first = files["color"][numbers[0]]
     per_file = _frames_per_stack(*exr_size(first))
