@@ -6,11 +6,11 @@ The motion here is computed from the pinhole geometry directly (no matrix invers
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
+from datagen.builtin.scene import perspective as builtin_perspective
 from datagen.capture_format import (
     BackendInfo,
     CameraFrame,
@@ -26,10 +26,8 @@ PLANE_DISTANCE = 10.0  # depth of the plane from the first camera
 STEP = np.array([0.3, -0.2, -0.5])  # camera move per frame: right, down, forward (towards the plane, −Z)
 
 
-def perspective(fovy_deg: float = 60.0, aspect: float = WIDTH / HEIGHT, near: float = 0.1, far: float = 100.0):
-    f = 1.0 / math.tan(math.radians(fovy_deg) / 2)
-    return np.array([[f / aspect, 0, 0, 0], [0, f, 0, 0],
-                     [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)], [0, 0, -1, 0]])
+def perspective(aspect: float = WIDTH / HEIGHT) -> np.ndarray:
+    return builtin_perspective(60.0, aspect, 0.1, 100.0)
 
 
 def translation_view(position: np.ndarray) -> np.ndarray:
