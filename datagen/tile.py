@@ -64,9 +64,8 @@ class TaskSpec:
 @functools.lru_cache(maxsize=4)
 def _open_arrays(url: str, options_json: str, plan_digest: str) -> dict[str, zarr.Array]:
     """The store's arrays, opened once per worker process."""
-    options = json.loads(options_json)
-    group = zarr.open_group(url, mode="r+", storage_options=options if "://" in url else None)
-    return {name: group[name] for name in (*IMAGE_ARRAYS, MARKERS)}
+    store = open_store(url, mode="r+", require_complete=False, storage_options=json.loads(options_json))
+    return {name: store.array(name) for name in (*IMAGE_ARRAYS, MARKERS)}
 
 
 def _nonfinite_count(image: np.ndarray, allow_inf: bool) -> int:
