@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fake_unreal
 import numpy as np
-from ue_formats import analytic_motion, colour, pixels_to_ndc, write_exr, write_mrq_frame
+from ue_formats import analytic_motion, colour, jitter_image, velocity_image, write_exr, write_mrq_frame
 
 DEPTH_CM = 750.0
 JITTER_NDC = (0.004, -0.006)
@@ -64,10 +64,10 @@ def answer_screenshot(width: int, height: int, filename: str) -> None:
     """What HighResShot with buffer visualization dumps would leave beside `filename` (names as assumed [U])."""
     frame = int(Path(filename).stem.rsplit("_", 1)[1])
     base = filename[:-len(".exr")]
-    write_exr(Path(filename), np.broadcast_to(np.array([*JITTER_NDC, 0.0]), (height, width, 3)))
+    write_exr(Path(filename), jitter_image(JITTER_NDC, width, height))
     write_exr(Path(f"{base}_PreTonemapHDRColor.exr"), colour(width, height, frame, 0.1), dtype=np.float16)
-    v = pixels_to_ndc(analytic_motion(width, height, phase=0.1 * frame), width, height)
-    write_exr(Path(f"{base}_Velocity.exr"), np.concatenate([v, 0 * v[..., :1]], -1))
+    write_exr(Path(f"{base}_Velocity.exr"), velocity_image(analytic_motion(width, height, phase=0.1 * frame),
+                                                          width, height))
     write_exr(Path(f"{base}_SceneDepth.exr"), np.full((height, width, 1), DEPTH_CM), channels=("R",))
 
 

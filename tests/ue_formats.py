@@ -53,6 +53,17 @@ def mrq_material(d: np.ndarray, width: int, height: int, scale=(1.0, -1.0)) -> n
                      np.zeros(d.shape[:2])], axis=-1)
 
 
+def velocity_image(d: np.ndarray, width: int, height: int) -> np.ndarray:
+    """qw's velocity material output for pixel motion `d`: NDC V.x, V.y in R,G and 0 in B."""
+    v = pixels_to_ndc(d, width, height)
+    return np.concatenate([v, 0 * v[..., :1]], -1)
+
+
+def jitter_image(jitter_ndc: tuple[float, float], width: int, height: int) -> np.ndarray:
+    """qw's jitter material output: View.TemporalAAJitter.xy in R,G of every pixel, 0 in B."""
+    return np.broadcast_to(np.array([*jitter_ndc, 0.0]), (height, width, 3))
+
+
 def write_exr(path: Path, image: np.ndarray, channels=("R", "G", "B"), dtype=np.float32, layer: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     planes = {(f"{layer}.{c}" if layer else c): np.ascontiguousarray(image[..., i], dtype=dtype)
@@ -91,11 +102,9 @@ def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int,
     if colour_only:
         return
     if motion is not None:
-        v = pixels_to_ndc(motion, width, height)
-        write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", np.concatenate([v, 0 * v[..., :1]], -1))
+        write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", velocity_image(motion, width, height))
     if depth_cm is not None:
         write_exr(folder / f"{seq}.FinalImageMovieRenderQueue_WorldDepth.{frame:04d}.exr", depth_cm[..., None],
                   channels=("R",))
     if jitter_ndc is not None:
-        write_exr(folder / f"{seq}.FinalImageM_QW_Jitter.{frame:04d}.exr",
-                  np.broadcast_to(np.array([*jitter_ndc, 0.0]), (height, width, 3)))
+        write_exr(folder / f"{seq}.FinalImageM_QW_Jitter.{frame:04d}.exr", jitter_image(jitter_ndc, width, height))
