@@ -104,17 +104,14 @@ def decode_motion(image: np.ndarray, encoding: str, full_size: tuple[int, int],
     """Any supported Unreal encoding (H, W, C) → (motion in pixels (H, W, 2) float32, written mask (H, W)).
 
     `full_size` is the full frame's (width, height), which NDC is relative to, also when `image` is a tile.
-    Unwritten pixels (packed value 0) get zero motion; the caller records how many there were.
+    Unwritten pixels (packed value 0) get zero motion (`unpack_unorm16`); the caller records how many.
     """
     if encoding not in MOTION_DECODERS:
         raise QwError(f"unknown motion encoding {encoding!r}; known: {', '.join(MOTION_DECODERS)}")
     if image.shape[-1] < MOTION_CHANNELS[encoding]:
         raise QwError(f"motion encoding {encoding!r} needs {MOTION_CHANNELS[encoding]} channels, "
                       f"got {image.shape[-1]}")
-    motion, written = MOTION_DECODERS[encoding](image, full_size[0], full_size[1], mrq_scale)
-    if not written.all():
-        motion[~written] = 0.0
-    return motion, written
+    return MOTION_DECODERS[encoding](image, full_size[0], full_size[1], mrq_scale)
 
 
 def jitter_ndc_to_pixels(jitter: tuple[float, float], width: int, height: int) -> tuple[float, float]:
