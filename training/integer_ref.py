@@ -13,6 +13,7 @@ simulated network can be run in integers. FP16-plan layers (no integers) run as 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,9 @@ def compare_on_shot(fake_quant: nn.Module, integer: nn.Module, shot: str | Path,
 
     meta = load_meta(shot)
     span = frame_range(meta, 0, frames)
+    feed_a, feed_b = itertools.tee(input_frames(Path(shot), meta, span))  # each frame is read from disk once
     worst, peak, identical = 0.0, 0.0, True
-    for a, b in zip(run_qwnet(fake_quant, input_frames(Path(shot), meta, span)),
-                    run_qwnet(integer, input_frames(Path(shot), meta, span))):
+    for a, b in zip(run_qwnet(fake_quant, feed_a), run_qwnet(integer, feed_b)):
         worst = max(worst, float((a - b).abs().max()))
         peak = max(peak, float(a.abs().max()))
         identical = identical and torch.equal(a, b)
