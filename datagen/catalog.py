@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from datagen.errors import QwError
-from datagen.manifests import MANIFEST_ROOT, ManifestError, SceneManifest, find_dataset, load_scene_manifest, scene_paths
+from datagen.manifests import MANIFEST_ROOT, ManifestError, SceneManifest, find_dataset, load_scene_manifest, \
+    scene_manifest_path, scene_paths
 
 
 @dataclass
@@ -71,11 +72,15 @@ def scene_statuses(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None 
     budgets: dict[str, int] = {}
     if dataset is not None:
         spec = find_dataset(dataset, root)
-        budgets = {s.scene.lower(): s.budget for s in spec.scenes}
-        unknown = [name for name in budgets if name not in paths]
+        paths, unknown = {}, []
+        for s in spec.scenes:  # the same name lookup as `qw datagen build`, so both accept the same manifests
+            try:
+                paths[s.scene] = scene_manifest_path(s.scene, root)
+            except ManifestError:
+                unknown.append(s.scene)
         if unknown:
             raise ManifestError(f"dataset {spec.name!r}: no scene manifest for {unknown} in {root / 'scenes'}")
-        paths = {name: paths[name] for name in budgets}
+        budgets = {s.scene: s.budget for s in spec.scenes}
     statuses = []
     for name, path in paths.items():
         manifest = load_scene_manifest(path)

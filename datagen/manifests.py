@@ -193,9 +193,14 @@ def _find(kind: str, name_or_path: str, known: dict[str, Path]) -> Path:
     return by_key[normal(name_or_path)]
 
 
+def scene_manifest_path(name_or_path: str, root: Path = MANIFEST_ROOT) -> Path:
+    """The manifest path of a scene named as users and dataset manifests name it ('Kite', 'zen_garden', a path)."""
+    return _find("scene", name_or_path, scene_paths(root))
+
+
 def find_scene(name_or_path: str, root: Path = MANIFEST_ROOT) -> SceneManifest:
     """A scene by name (case-insensitive, e.g. 'Kite') or by manifest path."""
-    return load_scene_manifest(_find("scene", name_or_path, scene_paths(root)))
+    return load_scene_manifest(scene_manifest_path(name_or_path, root))
 
 
 def find_dataset(name_or_path: str, root: Path = MANIFEST_ROOT) -> DatasetManifest:

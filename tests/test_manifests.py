@@ -153,6 +153,15 @@ def test_dataset_scene_without_manifest(tmp_path):
                            "dataset 'd': no scene manifest for ['atlantis']")
 
 
+def test_dataset_names_scenes_as_the_builder_does(tmp_path):
+    """'Zen Garden' in a dataset finds zen_garden.yaml in `qw scenes --dataset` as it does in find_scene."""
+    root = _tree(tmp_path, dataset=_dataset(total_blocks=7, scenes=[{"scene": "Zen Garden", "budget": 7}]))
+    (root / "scenes" / "kite.yaml").rename(root / "scenes" / "zen_garden.yaml")
+    result = _run("--manifests", str(root), "--dataset", "d")
+    assert result.exit_code == 0, result.output
+    assert "kite" in result.output and " 7 " in result.output
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     _assert_one_line_error(_run("--dataset", str(missing)), f"{missing}: manifest file not found")
