@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
@@ -91,6 +92,11 @@ def default_codec(typesize: int = 2) -> BloscCodec:
 
 def _storage_options(url: str, storage_options: dict | None) -> dict | None:
     return storage_options if "://" in url else None
+
+
+def store_filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and path of a store URL (storage options apply to remote URLs only)."""
+    return fsspec.core.url_to_fs(url, **(_storage_options(url, storage_options) or {}))
 
 
 def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, tile: int = TILE,

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import fsspec
 import imageio.v3 as iio
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, open_store
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, open_store, store_filesystem
 from datagen.errors import QwError
 from datagen.tile import MARKERS, done_tasks
 
 
 def _stored_bytes(url: str, storage_options: dict | None) -> int:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}) if "://" in url else {})
+    fs, path = store_filesystem(url, storage_options)
     return int(fs.du(path))
 
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import fsspec
 import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, create_store, open_store
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, create_store, open_store, store_filesystem
 from datagen.capture_format import frame_path, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest, load_dataset_manifest
@@ -163,7 +162,7 @@ def run_task(spec: TaskSpec) -> int:
 
 def _location_in_use(url: str, storage_options: dict | None) -> bool:
     """True when something is at `url`: a file, or a folder with entries."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}) if "://" in url else {})
+    fs, path = store_filesystem(url, storage_options)
     try:
         return fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path, detail=False)))
     except PermissionError as exc:
