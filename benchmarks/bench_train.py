@@ -21,9 +21,9 @@ from pytorch_optimizer import Ranger
 from torch.utils.data import DataLoader
 
 from datagen.block_store import TILE, T, create_store
+from training import fast
 from training.config import load_config
 from training.data import BlockDataset, BlockSampler, open_training_store
-from training.losses import qwnet_loss
 from training.model import QWNet
 
 
@@ -49,19 +49,17 @@ def bench_model(preset: str, batch: int, steps: int, device: torch.device, amp: 
     model = QWNet(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run = torch.compile(model) if compile_model else model
+    if compile_model:
+        model = fast.compile_step(model)  # what `train.compile: true` compiles
     optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
     color = torch.rand(batch, T, 3, TILE, TILE, device=device).half()
-    motion = torch.randn(batch, T, 2, TILE, TILE, device=device).half()
-    valid = (torch.arange(T, device=device) > 0).expand(batch, T)
+    batch_data = {"color": color, "reference": color,
+                  "motion": torch.randn(batch, T, 2, TILE, TILE, device=device).half(),
+                  "history_valid": (torch.arange(T, device=device) > 0).expand(batch, T)}
 
     def one_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = run(color, motion, valid)
-        qwnet_loss(out, color, motion, valid, cfg.model.hdr)["loss"].backward()
-        optimizer.step()
+        fast.train_step(model, optimizer, [batch_data], cfg.model.hdr, dtype)
 
     for _ in range(2):  # warm-up (and compilation)
         one_step()
