@@ -70,9 +70,10 @@ def inspect_report(url: str, storage_options: dict | None = None) -> str:
 
 
 def tone_map(hdr: np.ndarray) -> np.ndarray:
-    """Linear HDR (..., 3) → 8-bit sRGB-ish: Reinhard, then gamma 2.2."""
-    x = np.clip(hdr.astype(np.float32), 0, None)
-    return (255 * (x / (1 + x)) ** (1 / 2.2) + 0.5).astype(np.uint8)
+    """Linear HDR (..., 3) → 8-bit: the display tone mapping of the metrics (Reinhard, then gamma 2.2)."""
+    from training.metrics import tonemap  # here, not at the top: `qw datagen inspect` need not load torch
+
+    return (255 * tonemap(hdr) + 0.5).astype(np.uint8)
 
 
 def motion_colors(motion: np.ndarray, scale: float) -> np.ndarray:
