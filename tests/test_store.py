@@ -27,10 +27,14 @@ def small_store(path, n=3, complete=True):
 def test_arrays_shapes_chunks_and_recorded_codec(tmp_path):
     group = small_store(tmp_path / "s.zarr")
     assert group.attrs["format"] == FORMAT and group.attrs["block_shape"] == [4, 16, 16]
+    # the contract's table (block_store docstring) for 3 blocks of 4 frames × 16×16
+    contract = {"color": (3, 4, 3, 16, 16), "reference": (3, 4, 3, 16, 16), "motion": (3, 4, 2, 16, 16),
+                "depth": (3, 4, 1, 16, 16), "jitter": (3, 4, 2), "origin": (3, 5), "history_valid": (3, 4)}
+    assert sorted(ARRAYS) == sorted(contract)
     for name, spec in ARRAYS.items():
         a = group[name]
         assert a.dtype == np.dtype(spec.dtype)
-        assert a.shape == spec.shape(3, 4, 16)
+        assert a.shape == spec.shape(3, 4, 16) == contract[name]
         if spec.channels:
             assert a.chunks == (1, 4, spec.channels, 16, 16)  # one block per chunk
     # the recorded codec is the configuration the float16 chunks are written with (typesize 2, not 1)
