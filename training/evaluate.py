@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -94,8 +94,13 @@ class ShotResult:
     crop_box: tuple[int, int, int] = (0, 0, 0)
 
     def mean(self, method: str, metric: str) -> float | None:
-        values = [v for v in self.per_frame[method][metric] if v is not None]
-        return float(np.mean(values)) if values else None
+        return mean_of_scored(self.per_frame[method][metric])
+
+
+def mean_of_scored(values: Iterable[float | None]) -> float | None:
+    """Mean over the frames that have a value (tPSNR has none without history); None if no frame has one."""
+    scored = [v for v in values if v is not None]
+    return float(np.mean(scored)) if scored else None
 
 
 def most_aliased_window(color: np.ndarray, reference: np.ndarray, size: int) -> tuple[int, int, int]:
@@ -151,8 +156,7 @@ def overall_means(results: list[ShotResult], labels: list[str]) -> dict[str, dic
     for label in labels:
         out[label] = {}
         for metric in METRICS:
-            values = [v for r in results for v in r.per_frame[label][metric] if v is not None]
-            out[label][metric] = float(np.mean(values)) if values else None
+            out[label][metric] = mean_of_scored(v for r in results for v in r.per_frame[label][metric])
     return out
 
 
