@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
+from training.warp import _pixel_grid
+
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_ALPHA = 0.1
 
@@ -47,10 +49,8 @@ def sample_catmull_rom(image: torch.Tensor, positions: torch.Tensor) -> torch.Te
 
 def reproject(previous: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """The previous frame seen from the current one: sampled at p − m(p) with Catmull-Rom."""
-    _, _, h, w = previous.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=previous.dtype) + 0.5,
-                            torch.arange(w, dtype=previous.dtype) + 0.5, indexing="ij")
-    centres = torch.stack((xs, ys)).unsqueeze(0).to(previous.device)
+    h, w = previous.shape[-2:]
+    centres = _pixel_grid(h, w, previous.device, previous.dtype).permute(0, 3, 1, 2)  # (1,2,H,W): x, y
     return sample_catmull_rom(previous, centres - motion.to(previous.dtype))
 
 
