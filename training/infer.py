@@ -27,18 +27,16 @@ FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0
 
 
-def read_input_frame(shot: Path, index: int, meta: CaptureMeta) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(color (1,3,H,W) float32, motion (1,2,H,W) float32, history valid) of one stored frame."""
-    color = torch.from_numpy(read_frame(shot, "color", index).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
-    motion = torch.from_numpy(read_frame(shot, "motion", index).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
-    return color, motion, bool(meta.history_valid()[index])
+def read_pass(shot: Path, name: str, index: int) -> torch.Tensor:
+    """One stored pass of one frame as a (1,C,H,W) float32 tensor."""
+    return torch.from_numpy(read_frame(shot, name, index).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
 
 
 def input_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
-    """The shot's frames in order; the first one requested never has a valid history."""
+    """(color (1,3,H,W), motion (1,2,H,W), history valid) in order; the first frame requested has no valid history."""
+    valid = meta.history_valid()
     for k, index in enumerate(frames):
-        color, motion, valid = read_input_frame(shot, index, meta)
-        yield color, motion, valid and k > 0
+        yield read_pass(shot, "color", index), read_pass(shot, "motion", index), bool(valid[index]) and k > 0
 
 
 def read_reference(shot: Path, index: int) -> np.ndarray:
