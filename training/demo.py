@@ -90,12 +90,11 @@ def _finished(run: Path, steps: int) -> bool:
 
 
 def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
-    from training.model import QWNet
-    from training.train import LAST, train
+    from training.train import LAST, initial_model, train
 
     if not _finished(run, steps):
         cfg = demo_config(plan, steps)
-        train(QWNet(cfg.model), cfg, store, run, resume=(run / LAST).is_file())
+        train(initial_model(cfg), cfg, store, run, resume=(run / LAST).is_file())
     return run / LAST
 
 

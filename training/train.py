@@ -393,5 +393,11 @@ def train_command(store: str, out: str, config: str | None = None, resume: bool 
         cfg = load_config(config)
     if not resume and (out_dir / LAST).exists():
         raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    torch.manual_seed(cfg.train.seed)  # the initial weights; nothing in the loop draws from torch's RNG after this
-    return train(QWNet(cfg.model), cfg, store, out_dir, resume=resume, storage_options=storage_options)
+    return train(initial_model(cfg), cfg, store, out_dir, resume=resume, storage_options=storage_options)
+
+
+def initial_model(cfg: Config) -> QWNet:
+    """A freshly initialised QWNet whose weights depend only on `cfg.train.seed` (nothing in the loop draws from
+    torch's RNG afterwards, so a run is reproducible from its config)."""
+    torch.manual_seed(cfg.train.seed)
+    return QWNet(cfg.model)
