@@ -36,8 +36,12 @@ def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_check
     summary = export(q, tmp_path / "q.onnx", builtin_captures / "builtin_specular" / "crane")
     verify = summary["verify"]
     assert verify["against"] == "integer reference" and verify["max_output"] > 0
-    # Both dequantize the same codes; only the float summation order of the convs differs.
-    assert verify["max_abs_diff"] <= 1e-4 * verify["max_output"]
+    # Same codes, same rounding; ONNX Runtime sums the dequantized conv products in float where the reference sums
+    # integers exactly, so an activation within float rounding of a rounding boundary can land on the other code
+    # (measured on builtin shots: most frames agree to 6e-7, a frame with such a flip differs by up to ~6 % of the
+    # output range at a few pixels).
+    assert verify["mean_abs_diff"] <= 1e-3 * verify["max_output"]
+    assert verify["max_abs_diff"] <= 0.25 * verify["max_output"]
 
     graph = onnx.load(tmp_path / "q.onnx").graph
     inits = {i.name: i for i in graph.initializer}
@@ -59,3 +63,28 @@ def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_check
         codes, scale = inits[node.input[0]], inits[node.input[1]]
         assert node.attribute[0].name == "axis" and node.attribute[0].i == 0 and list(scale.dims) == [codes.dims[0]]
     assert not any(name.endswith(".conv.weight") for name in inits)  # no float copy of a quantized weight
+
+
+def test_onnx_quantize_linear_rounds_like_the_fake_quantizer():
+    """ONNX Runtime's QuantizeLinear/DequantizeLinear (UINT4, UINT8 with a zero point) give exactly the values of
+    qw's activation quantizer, ties included: the graph and the integer reference start from the same codes."""
+    import onnxruntime as ort
+    import torch
+    from onnx import helper
+
+    from training.quant import activation_codes
+
+    scale, zero = np.float32(0.1234567), 3
+    x = np.random.default_rng(0).uniform(-0.5, 2.2, 200_000).astype(np.float32)
+    x = np.concatenate([x, ((np.arange(-5, 260) + 0.5) * scale).astype(np.float32)])  # exact halves: ties to even
+    for bits, code_type in ((4, TensorProto.UINT4), (8, TensorProto.UINT8)):
+        graph = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [float(scale)]), helper.make_tensor("z", code_type, [], [zero])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        codes = activation_codes(torch.from_numpy(x), torch.tensor(scale), torch.tensor(float(zero)), 2 ** bits - 1)
+        np.testing.assert_array_equal(y, (codes * torch.tensor(scale)).numpy())

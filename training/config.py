@@ -62,7 +62,7 @@ class ModelConfig(_Strict):
 
 
 class QuantConfig(_Strict):
-    """Bit widths of the quantization plan (DESIGN.md): U_e 4/4, first conv 8-bit in/weights, predictors 8-bit."""
+    """Bit widths of the quantization plan (the paper's): U_e 4/4, first conv 8-bit in/weights, predictors 8-bit."""
 
     extractor_weight_bits: int = 4
     extractor_act_bits: int = 4

@@ -29,13 +29,14 @@ def compare_on_shot(run_a: Runner, run_b: Runner, shot: str | Path, frames: int 
     meta = load_meta(shot)
     span = frame_range(meta, 0, frames)
     feed_a, feed_b = itertools.tee(input_frames(Path(shot), meta, span))  # each frame is read from disk once
-    worst, peak, identical = 0.0, 0.0, True
+    worst, total, peak, identical = 0.0, 0.0, 0.0, True
     for a, b in zip(run_a(feed_a), run_b(feed_b)):
         worst = max(worst, float((a - b).abs().max()))
+        total += float((a - b).abs().mean())
         peak = max(peak, float(a.abs().max()))
         identical = identical and torch.equal(a, b)
-    return {"shot": str(shot), "frames": len(span), "max_abs_diff": worst, "max_output": peak,
-            "bit_identical": identical}
+    return {"shot": str(shot), "frames": len(span), "max_abs_diff": worst, "mean_abs_diff": total / len(span),
+            "max_output": peak, "bit_identical": identical}
 
 
 def _runner(model: torch.nn.Module) -> Runner:

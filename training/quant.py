@@ -1,6 +1,6 @@
 """Quantization-aware QW-Net: fake quantizers with straight-through gradients, BN folding, and the QAT model.
 
-The plan (DESIGN.md "QW-Net", bit widths from `training.config.QuantConfig`):
+The plan (the paper's; bit widths from `training.config.QuantConfig`):
 
 * every U_e conv: weights `extractor_weight_bits` (4), input activations `extractor_act_bits` (4);
 * U_e's first conv: weights `first_weight_bits` (8), input `first_input_bits` (8);
@@ -8,11 +8,11 @@ The plan (DESIGN.md "QW-Net", bit widths from `training.config.QuantConfig`):
   quantized like one (`extractor_act_bits`), so they too are one integer GEMM; softmax and filtering stay float.
 
 Weights are symmetric per output channel with range max|w| (levels −(2^(b−1)−1) … 2^(b−1)−1). Activations are
-quantized per tensor where a conv reads them (the tensor the integer kernel would load), with a learned,
-log-parameterized upper clip: unsigned [0, clip] for the network input and ReLU activations, and for ELU
+quantized per tensor, with one quantizer per tensor shared by every conv that reads it (`quant_sites` names the
+tensors; the two halves of a decoder concatenation share one, so the concatenation has one scale too), and a
+learned, log-parameterized upper clip: unsigned [0, clip] for the network input and ReLU activations, and for ELU
 activations, which reach −1, asymmetric [−1, clip] with an integer zero point (so 0 — the conv's zero padding — is
-exactly representable). A concatenated decoder input is one tensor with one scale. Bits 16 mean "round to
-float16" (the FP16 variant); bits ≥ 32 mean no quantization.
+exactly representable). Bits 16 mean "round to float16" (the FP16 variant); bits ≥ 32 mean no quantization.
 
 Batch norm is folded into the conv (running statistics, frozen) before weights are quantized, so what is simulated
 is what an integer kernel runs. A quantized conv computes conv(integer codes, integer weights) — exact in float32
