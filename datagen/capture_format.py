@@ -94,6 +94,16 @@ class JitterInfo(_Strict):
 class ReferenceInfo(_Strict):
     samples: int = Field(ge=1)
     filter: str = Field(description="e.g. 'box' or 'gaussian(sigma=0.47px)'")
+    offsets: list[tuple[float, float]] = Field(
+        default_factory=list, description="sub-pixel offsets of the averaged samples, when known (as jitter offsets)")
+
+
+class EngineInfo(_Strict):
+    """The engine that rendered a capture and the settings of it that change pixels (optional; Unreal captures)."""
+
+    version: str = Field(description="as the engine reports it, e.g. '4.27.2-18319896+++UE4+Release-4.27'")
+    cvars: dict[str, Any] = Field(
+        default_factory=dict, description="console variables that change pixels: as read from the engine or as set")
 
 
 class CameraFrame(_Strict):
@@ -117,6 +127,7 @@ class CaptureMeta(_Strict):
     reference: ReferenceInfo
     camera_cuts: list[int] = Field(default_factory=list, description="stored frames whose history is invalid")
     cameras: list[CameraFrame] | None = None
+    engine: EngineInfo | None = None
     depth_units: str = "scene units"
     seed: int | None = None
     qw_version: str = __version__
