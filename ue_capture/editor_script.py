@@ -45,6 +45,8 @@ MOVED = {
                  ("MoviePipelineConsoleVariableSetting", "console_variables")),
     "high_precision": (("MoviePipelinePostProcessPass", "high_precision_output"),
                        ("MoviePipelineDeferredPassBase", "use32_bit_post_process_materials")),
+    "after_tonemapping": (("BlendableLocation", "BL_SCENE_COLOR_AFTER_TONEMAPPING"),
+                          ("BlendableLocation", "BL_AFTER_TONEMAPPING")),
 }
 
 
@@ -111,7 +113,8 @@ def ensure_post_process_material(name: str, scene_texture) -> str:
         tools = unreal.AssetToolsHelpers.get_asset_tools()
         material = tools.create_asset(name, QW_PACKAGE, unreal.Material, unreal.MaterialFactoryNew())
         material.set_editor_property("material_domain", unreal.MaterialDomain.MD_POST_PROCESS)
-        material.set_editor_property("blendable_location", unreal.BlendableLocation.BL_AFTER_TONEMAPPING)
+        material.set_editor_property("blendable_location", getattr(
+            unreal.BlendableLocation, moved_name(unreal.BlendableLocation, "after_tonemapping")))
         node = unreal.MaterialEditingLibrary.create_material_expression(
             material, unreal.MaterialExpressionSceneTexture, -400, 0)
         node.set_editor_property("scene_texture_id", scene_texture)
@@ -147,15 +150,19 @@ def key_pose(key: dict, origin: tuple[float, float, float, float]) -> tuple[floa
 
 
 def path_origin(job: dict) -> tuple[float, float, float, float]:
-    """(x, y, z, yaw) of the map's first PlayerStart by name, or the world origin."""
+    """(x, y, z, yaw) of the map's PlayerStart (the first by position if there are several), or the origin."""
     if job["camera"]["origin"] == "world":
         return 0.0, 0.0, 0.0, 0.0
     unreal.EditorLevelLibrary.load_level(job["map"].split(".")[0])
-    starts = sorted((a for a in unreal.EditorLevelLibrary.get_all_level_actors() if isinstance(a, unreal.PlayerStart)),
-                    key=lambda a: a.get_name())
-    if not starts:
+    poses = sorted(pose(a) for a in unreal.EditorLevelLibrary.get_all_level_actors()
+                   if isinstance(a, unreal.PlayerStart))
+    if not poses:
         raise PrepareError(f"map {job['map']} has no PlayerStart; set unreal.camera.origin: world")
-    location, rotation = starts[0].get_actor_location(), starts[0].get_actor_rotation()
+    return poses[0]
+
+
+def pose(actor) -> tuple[float, float, float, float]:
+    location, rotation = actor.get_actor_location(), actor.get_actor_rotation()
     return location.x, location.y, location.z, rotation.yaw
 
 
@@ -189,8 +196,8 @@ def author_sequence(job: dict) -> str:
     for key in camera["keys"]:
         # Transform channels: location x, y, z, rotation roll (x), pitch (y), yaw (z), then scale and weight.
         for channel, value in zip(channels[:6], key_pose(key, origin)):
-            channel.add_key(unreal.FrameNumber(key["frame"]), value, 0.0, unreal.SequenceTimeUnit.DISPLAY_RATE,
-                            unreal.MovieSceneKeyInterpolation.AUTO)
+            channel.add_key(unreal.FrameNumber(key["frame"]), value,  # at the display rate, the default
+                            interpolation=unreal.MovieSceneKeyInterpolation.AUTO)
     unreal.EditorAssetLibrary.save_loaded_asset(seq)
     return path
 
@@ -325,7 +332,7 @@ def main() -> None:
     try:
         report = prepare(job)
     except PrepareError as exc:
-        report = {"ok": False, "message": str(exc)}
+        report = {"ok": False, "message": str(exc), "user_error": True}
     except Exception:
         report = {"ok": False, "message": traceback.format_exc()}
     (unreal.log if report["ok"] else unreal.log_error)(f"qw: {job['scene']}/{job['shot']}: {report['message']}")

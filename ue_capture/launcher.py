@@ -298,6 +298,10 @@ def _stage_failure(stage: str, code: int | None, log_path: Path, timeout: float)
     return None
 
 
+class PrepareRefused(QwError):
+    """The editor script found a problem the user has to fix (retrying cannot help)."""
+
+
 def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     """Prepare, then render; None when the raw output is complete, else why it is not."""
     editor = run.editor or resolve_editor(None)  # on a farm worker: its own $QW_UE4_EDITOR
@@ -306,6 +310,8 @@ def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
     status = read_json(run.work / PREPARE_STATUS)
     if status and not status.get("ok"):  # the script's own diagnosis is the most useful message
+        if status.get("user_error"):
+            raise PrepareRefused(f"{run.target}: Unreal prepare refused: {status['message']} (log: {log_path})")
         return f"prepare: {status.get('message')} (log: {log_path})"
     failure = _stage_failure("prepare", code, log_path, run.timeout)
     if failure:
