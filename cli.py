@@ -160,7 +160,7 @@ def _scale_option(ctx, param, value):
               help="Size of the full frame the source was cut from (needed for stacked blocks; NDC velocity is "
                    "relative to the full frame) [default: the files' size].")
 @click.option("--motion-encoding", type=click.Choice(["ndc", "unorm16", "unorm16-ue5", "sign-bits", "mrq-material"]),
-              help="How velocity is stored [default: sign-bits for intel-sample, mrq-material for mrq].")
+              help="How velocity is stored [default: sign-bits for intel-sample; for mrq the motion pass's own].")
 @click.option("--mrq-scale", default="1,-1", show_default=True, callback=_scale_option, metavar="SX,SY",
               help="mrq-material calibration: pixels = (value - 0.5) * size * scale per axis (sources disagree; "
                    "calibrate with a known camera pan).")

@@ -60,11 +60,6 @@ def velocity_image(d: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.concatenate([v, 0 * v[..., :1]], -1)
 
 
-def jitter_image(jitter_ndc: tuple[float, float], width: int, height: int) -> np.ndarray:
-    """qw's jitter material output: View.TemporalAAJitter.xy in R,G of every pixel, 0 in B."""
-    return np.broadcast_to(np.array([*jitter_ndc, 0.0]), (height, width, 3))
-
-
 def mrq_spatial_shift(k: int, samples: int, gaussian: bool, filter_size: float = 1.0) -> tuple[float, float]:
     """MRQ's SpatialShiftX/Y in pixels for spatial sample k of `samples` (one temporal sample), as the engine
     computes it: Halton(k+1) in bases 2 and 3; up to 5.3 through a windowed Box-Muller (sigma 0.47·filter size),
@@ -124,7 +119,7 @@ def write_intel_sample(root: Path, width: int, height: int, frames: list[int], s
 
 def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int, *, motion: np.ndarray | None = None,
                     motion_pass: str = "FinalImageM_QW_Velocity", depth_cm: np.ndarray | None = None,
-                    jitter_ndc: tuple[float, float] | None = None, colour_only: bool = False) -> None:
+                    depth_pass: str = "FinalImageM_QW_Depth", colour_only: bool = False) -> None:
     """One frame of MRQ output with separate files per pass, named {seq}.{pass}.{frame:04d}.exr."""
     write_exr(folder / f"{seq}.FinalImage.{frame:04d}.exr", colour(width, height, frame), dtype=np.float16)
     if colour_only:
@@ -132,7 +127,4 @@ def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int,
     if motion is not None:
         write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", velocity_image(motion, width, height))
     if depth_cm is not None:
-        write_exr(folder / f"{seq}.FinalImageMovieRenderQueue_WorldDepth.{frame:04d}.exr", depth_cm[..., None],
-                  channels=("R",))
-    if jitter_ndc is not None:
-        write_exr(folder / f"{seq}.FinalImageM_QW_Jitter.{frame:04d}.exr", jitter_image(jitter_ndc, width, height))
+        write_exr(folder / f"{seq}.{depth_pass}.{frame:04d}.exr", depth_cm[..., None], channels=("R",))

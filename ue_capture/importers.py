@@ -291,8 +291,9 @@ def _decode_mrq(number: int, color: Entry, motion: Entry, depth: Entry | None, r
 
 
 def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale: tuple[float, float],
-                full_size: tuple[int, int] | None) -> tuple[list[Loader], bool]:
-    """One loader per frame of an MRQ render (aliased passes + reference colour); and whether depth exists."""
+                full_size: tuple[int, int] | None) -> tuple[list[Loader], bool, str]:
+    """One loader per frame of an MRQ render (aliased passes + reference colour), whether depth exists, and the
+    motion encoding used."""
     passes = mrq_passes(aliased)
     ref_color = mrq_passes(reference).get("color", {})
     for kind in ("color", "motion"):
@@ -311,7 +312,8 @@ def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale:
         return [_decode_mrq(n, passes["color"][n], passes["motion"][n], depth[n] if depth else None, ref_color[n],
                             encoding, mrq_scale, full_size, cut=k in gap_cuts)]
 
-    return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None
+    used = encoding or ",".join(sorted({str(PASS_NAMES[entry[2]][1]) for entry in passes["motion"].values()}))
+    return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None, used
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -408,8 +410,8 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
                    sample_offsets: bool = True, force: bool = False, progress: bool = True) -> Path:
     """Convert an existing Unreal dump at `src` into ``out/<scene>/<shot>/``; returns the shot directory.
 
-    A complete target is left alone unless `force`. `motion_encoding` defaults to the layout's own
-    (``sign-bits`` for intel-sample, ``mrq-material`` for mrq).
+    A complete target is left alone unless `force`. `motion_encoding` defaults to the layout's own: ``sign-bits``
+    for intel-sample; for mrq the motion pass's (``ndc`` for qw's velocity material, ``mrq-material`` for MRQ's).
     """
     if layout not in LAYOUTS:
         raise QwError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -432,9 +434,9 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
                       **common)
     aliased = src / "aliased" if (src / "aliased").is_dir() else src
     ref_dir = Path(reference) if reference else src / "reference"
-    loaders, has_depth = _mrq_frames(aliased, ref_dir, motion_encoding, mrq_scale, full_size)
-    backend = BackendInfo(name="import:mrq", settings={"motion_encoding": motion_encoding or "by pass name",
-                                                       "mrq_scale": list(mrq_scale), "full_size": full_size})
+    loaders, has_depth, encoding = _mrq_frames(aliased, ref_dir, motion_encoding, mrq_scale, full_size)
+    backend = BackendInfo(name="import:mrq", settings={"motion_encoding": encoding, "mrq_scale": list(mrq_scale),
+                                                       "full_size": full_size})
     return _store(target, _write(target, loaders, 1, progress), backend=backend,
                   depth_units="m" if has_depth else "none (the source has no depth; zeros)",
                   extra={"source": str(aliased.resolve()), "reference_source": str(ref_dir.resolve())}, **common)
