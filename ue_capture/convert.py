@@ -4,8 +4,8 @@ Contract units (datagen/capture_format.py): motion in pixels, +x right, +y down,
 pixels from the pixel centre; depth planar, in scene units.
 
 Unreal's velocity ``V`` is ``ScreenPos − PrevScreenPos`` in NDC (y up), TAA jitter removed, so
-``dx = V.x·W/2`` and ``dy = −V.y·H/2`` with the FULL frame's W,H, also for crops and tiles
-(notes/unreal.md §2.1-2.2, [C] engine VelocityCommon.ush and the Intel sample's decode_vel). The encodings:
+``dx = V.x·W/2`` and ``dy = −V.y·H/2`` with the FULL frame's W,H, also for crops and tiles (the engine's
+VelocityCommon.ush and the Intel sample's ``decode_vel``; docs/unreal.md). The encodings:
 
 =================  ===========================================================================================
 ``ndc``            float V.x, V.y in R,G (a post-process material writing SceneTexture:Velocity at 32 bit)
