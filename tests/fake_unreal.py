@@ -101,6 +101,11 @@ class _Library:
         return self._functions[name]
 
 
+def ue_class(name: str, base: type = _Obj) -> type:
+    """A stand-in class whose members are those the list gives Unreal's class `name`."""
+    return type(name, (base,), {"_ue": name})
+
+
 def to_json(value: Any) -> Any:
     """Saved form of a property value: structs and assets become plain data."""
     if isinstance(value, _Asset):
@@ -149,14 +154,8 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
         def _data(self) -> dict:
             return {**super()._data(), "expressions": [to_json(e) for e in self._expressions]}
 
-    class MaterialExpressionSceneTexture(_Obj):
-        _ue = "MaterialExpressionSceneTexture"
-
-    class CameraComponent(_Obj):
-        _ue = "CameraComponent"
-
-    class CameraActor(_Obj):
-        _ue = "CameraActor"
+    MaterialExpressionSceneTexture = ue_class("MaterialExpressionSceneTexture")
+    CameraComponent, CameraActor = ue_class("CameraComponent"), ue_class("CameraActor")
 
     class FrameRate(_Obj):
         _ue = "FrameRate"
@@ -194,11 +193,8 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
         def set_camera_binding_id(self, binding_id) -> None:
             object.__setattr__(self, "_camera", binding_id)
 
-    class CameraCutSection(Section):
-        _ue = "MovieSceneCameraCutSection"
-
-    class TransformSection(Section):
-        _ue = "MovieScene3DTransformSection"
+    CameraCutSection = ue_class("MovieSceneCameraCutSection", Section)
+    TransformSection = ue_class("MovieScene3DTransformSection", Section)
 
     class Track(_Obj):
         _ue = "MovieSceneTrack"
@@ -290,11 +286,10 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
     class Setting(_Obj):
         pass
 
-    settings = {}
-    for name in ("MoviePipelineOutputSetting", "MoviePipelineAntiAliasingSetting", "MoviePipelineColorSetting",
-                 "MoviePipelineGameOverrideSetting", "MoviePipelineDebugSettings", "MoviePipelineDeferredPassBase",
-                 "MoviePipelineImageSequenceOutput_EXR"):
-        settings[name] = type(name, (Setting,), {"_ue": name})
+    settings = {name: ue_class(name, Setting) for name in (
+        "MoviePipelineOutputSetting", "MoviePipelineAntiAliasingSetting", "MoviePipelineColorSetting",
+        "MoviePipelineGameOverrideSetting", "MoviePipelineDebugSettings", "MoviePipelineDeferredPassBase",
+        "MoviePipelineImageSequenceOutput_EXR")}
 
     class MoviePipelineConsoleVariableSetting(Setting):
         _ue = "MoviePipelineConsoleVariableSetting"
@@ -413,7 +408,7 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
 
     def struct(ue_name: str, *fields: str):
         def make(*args):
-            obj = type(ue_name, (_Obj,), {"_ue": ue_name})()
+            obj = ue_class(ue_name)()
             obj._props.update(zip(fields, args))
             return obj
         return make
