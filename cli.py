@@ -65,7 +65,8 @@ def datagen() -> None:
 @click.option("--reference-spp", type=click.IntRange(1), metavar="N",
               help="Builtin: reference samples per pixel, a square (16, 64, 256) [default: the manifest's].")
 @click.option("--scheduler", metavar="ADDR", help="Render shots as tasks on this Dask cluster (tcp://host:8786).")
-@click.option("--dry-run", is_flag=True, help="Unreal: print each shot's editor command line and job, run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Unreal: print each shot's editor command lines (prepare, render) and job, run nothing.")
 @click.option("--editor", type=click.Path(dir_okay=False), help="Unreal: editor executable [default: $QW_UE4_EDITOR].")
 @click.option("--project", type=click.Path(dir_okay=False), help="Unreal: .uproject [default: the manifest's].")
 def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, dry_run, editor,
@@ -94,7 +95,7 @@ def scenes(dataset, manifests_dir) -> None:
     """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
 
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
-    file and a filled-in level sequence. Every manifest is validated on the way: a broken one is an error.
+    file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
     from datagen.catalog import print_scenes
     from datagen.manifests import MANIFEST_ROOT

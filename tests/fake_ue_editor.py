@@ -31,6 +31,7 @@ import os
 import runpy
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import fake_unreal
@@ -52,7 +53,10 @@ def run_script(project: Path, script: str) -> int:
     ue._state["cvars"] = json.loads(os.environ.get("FAKE_UE_CVARS", json.dumps(DEFAULT_CVARS)))
     ue._add_player_start(*json.loads(os.environ.get("FAKE_UE_PLAYER_START", json.dumps(DEFAULT_PLAYER_START))))
     print(f"LogInit: fake editor {fake_unreal.VERSIONS[flavour]}", flush=True)
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except Exception:  # the editor logs a script's error and carries on to the quit
+        print("LogPython: Error: " + traceback.format_exc(), flush=True)
     if ue._state["keep_alive"]:  # UE5 only: nothing quits the editor any more
         print("LogEditorPythonExecuter: script asked to be kept alive", flush=True)
         time.sleep(3600)

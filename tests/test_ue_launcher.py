@@ -7,7 +7,9 @@ run, missing editor, resume, Dask."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -261,3 +263,23 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
                               timeout=60, progress=False)
     assert [p.name for p in paths] == ["a", "b"] and all(validate_capture(p).ok for p in paths)
     assert plugin.seen == {"ue-capture-kite-a": {"ue": 1}, "ue-capture-kite-b": {"ue": 1}}
+
+
+@pytest.mark.parametrize("version, quits", [("4.27", True), ("5.3", False)])
+def test_fake_editor_models_the_auto_quit(tmp_path, editor, version, quits):
+    """After -ExecutePythonScript the editor quits on the next tick; UE5 scripts can ask to stay alive, which
+    4.27 has no function for (the script fails and the editor quits anyway)."""
+    script = tmp_path / "stay.py"
+    script.write_text("import unreal\nunreal.EditorPythonScripting.set_keep_python_script_alive(True)\n")
+    (tmp_path / "proj" / "Content").mkdir(parents=True)
+    proc = subprocess.Popen([str(editor), str(tmp_path / "proj" / "Kite.uproject"), f"-ExecutePythonScript={script}"],
+                            env={**os.environ, "FAKE_UE_VERSION": version}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=6)
+        assert quits and "EditorPythonScripting does not exist" in output
+    except subprocess.TimeoutExpired:
+        assert not quits  # still running: kept alive
+    finally:
+        proc.kill()
+        proc.wait()

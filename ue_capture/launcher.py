@@ -96,7 +96,9 @@ def pass_cvars(engine_version: str, user_cvars: dict[str, Any]) -> dict[str, Any
 
 def object_path(path: str) -> str:
     """'/Game/Maps/X' → '/Game/Maps/X.X' (asset paths as Movie Render Queue's soft references want them)."""
-    return path if "." in path.rsplit("/", 1)[-1] else f"{path}.{path.rsplit('/', 1)[-1]}"
+    if not path.startswith("/") or "." in path.rsplit("/", 1)[-1]:
+        return path  # already an object path, or 'project-default' shown unresolved by --dry-run
+    return f"{path}.{path.rsplit('/', 1)[-1]}"
 
 
 def authored_sequence_path(manifest: SceneManifest) -> str:
