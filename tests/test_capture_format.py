@@ -124,6 +124,19 @@ def test_meta_derived_arrays():
     assert not CaptureMeta.model_validate(_meta_dict()).jitter_array().any()
 
 
+def test_engine_fields_are_optional_and_round_trip(tmp_path):
+    """capture.json files written before the engine fields existed still load; new ones keep what they record."""
+    old = _meta_dict()
+    assert "engine" not in old and "offsets" not in old["reference"]
+    (tmp_path / META_FILE).write_text(json.dumps(old))
+    assert load_meta(tmp_path).engine is None and load_meta(tmp_path).reference.offsets == []
+    new = _meta_dict(engine={"version": "4.27.2", "cvars": {"r.TemporalAAFilterSize": 1.0}},
+                     reference={**old["reference"], "offsets": [[0.1, -0.2], [0.3, 0.4]]})
+    (tmp_path / META_FILE).write_text(json.dumps(new))
+    meta = load_meta(tmp_path)
+    assert meta.engine.cvars == {"r.TemporalAAFilterSize": 1.0} and meta.reference.offsets[1] == (0.3, 0.4)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"source_frames": [1, 2]}, "source_frames has 2 entries, frame_count is 3"),
     ({"camera_cuts": [5]}, "camera_cuts [5] outside 0..2"),
