@@ -256,6 +256,21 @@ def datagen_inspect(store, storage_options) -> None:
     click.echo(inspect_report(store, storage_options))
 
 
+@datagen.command("verify")
+@click.argument("store", metavar="STORE")
+@_storage_opt
+def datagen_verify(store, storage_options) -> None:
+    """Check every block of a store against the checksums recorded when it was written.
+
+    Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
+    only when the store is complete and intact.
+    """
+    from datagen.inspect_store import verify_store
+
+    if not verify_store(store, storage_options, echo=click.echo):
+        sys.exit(1)
+
+
 @datagen.command("preview")
 @click.argument("store", metavar="STORE")
 @click.option("--block", "index", type=int, required=True, help="Block index.")
