@@ -208,7 +208,13 @@ class BlockStore:
         """A whole per-block array (origin, jitter, history_valid, checksum), read once and checked against the
         digest `seal` recorded: a missing or altered chunk of it is an error, not zeros."""
         if name not in self._small:
-            values = self.array(name)[:]
+            try:
+                values = self.array(name)[:]
+            except QwError:
+                raise
+            except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk
+                raise QwError(f"{self.url}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+                              f"run `qw datagen verify {self.url}`") from None
             recorded = self.group.attrs.get("integrity", {}).get("arrays", {}).get(name)
             if self.verified and self.complete and recorded != checksum(values):
                 raise QwError(f"{self.url}: array {name!r} does not match its recorded checksum (a chunk is missing "

@@ -2,7 +2,7 @@
 
 * The store is opened lazily in each DataLoader worker (a zarr handle is not shared across processes) and only
   the arrays QW-Net needs are read; images stay float16 until the device. Every block read is checked against
-  the checksums the builder recorded (crc32c, ~2 % of a block's read time: benchmarks/bench_verify.py), so a
+  the checksums the builder recorded (one crc32c pass over the decoded block: benchmarks/bench_verify.py), so a
   missing or damaged chunk stops training with an error naming the block instead of feeding it fill values.
 * `BlockSampler` yields ``(block index, augmentation seed)`` pairs forever: a `DistributedSampler` permutation
   per epoch (so ranks see disjoint blocks and the union of the ranks' k-th batches is the single-process k-th
