@@ -175,8 +175,11 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
+    from datagen.capture_format import check_path_component
     from ue_capture.importers import import_capture
 
+    check_path_component(scene, "--scene")
+    check_path_component(shot, "--shot")
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
@@ -197,7 +200,7 @@ _dataset_opt = click.option("--dataset", "dataset_file", required=True, type=cli
                             help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
-_seed_opt = click.option("--seed", type=int, default=None, help="Override the dataset manifest's seed.")
+_seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
 _storage_opt = click.option("--storage-options", callback=_json_option, metavar="JSON",
                             help='fsspec options for a remote store, e.g. \'{"endpoint_url": "http://host:9000"}\'.')
 

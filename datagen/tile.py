@@ -147,6 +147,14 @@ def run_task(spec: TaskSpec) -> int:
     of blocks."""
     arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
                           spec.plan_digest)
+    try:
+        return _write_task(spec, arrays)
+    except OSError as exc:  # disk full, quota, lost mount: one line; the task stays unmarked and a rerun redoes it
+        raise QwError(f"{spec.store_url}: cannot write the blocks of window {spec.index} "
+                      f"({exc.strerror or exc})") from None
+
+
+def _write_task(spec: TaskSpec, arrays: dict[str, zarr.Array]) -> int:
     decoded = {name: _decode_window(spec, name) for name in ("color", "reference")}
     chosen = choose_candidates(spec, decoded["color"], decoded["reference"])
     origins = spec.positions[np.arange(len(chosen)), chosen]
@@ -200,7 +208,7 @@ def _resumable(store: BlockStore, plan: Plan, overwrite: bool) -> bool:
     """True when `store` is this plan's store with every array in place (an interrupted or finished build)."""
     digest = store.attrs.get("plan_digest")
     if digest != plan.digest():
-        if not overwrite:
+        if not overwrite and store.complete:  # an unfinished build of another plan is not kept: a retry may differ
             raise QwError(f"{store.url}: block store was built from another plan (digest {str(digest)[:12]}…, this "
                           f"plan {plan.digest()[:12]}…); use a new --store or pass --overwrite")
         return False
