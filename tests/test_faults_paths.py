@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
+from capture_helpers import make_capture
 
 from datagen import capture_format as cf
 from datagen.capture import PROGRESS_FILE, capture_scene
@@ -95,14 +96,14 @@ def test_capture_files_respect_the_umask(tmp_path, umask, mode):
 
 @pytest.fixture
 def linked_captures(tmp_path) -> dict:
-    """captures/gamma/a is a folder, captures/gamma/b a symlink to a shot on 'another disk', and
-    captures/gamma/loop a symlink back to captures/ (a loop)."""
+    """captures/synthetic/a is a folder, captures/synthetic/b a symlink to a shot on 'another disk', and
+    captures/synthetic/loop a symlink back to captures/ (a loop). Both shots pass `validate`."""
     captures, manifests, elsewhere = tmp_path / "captures", tmp_path / "manifests", tmp_path / "other_disk"
-    write_scene_manifest(manifests, "gamma", {"a": (16, "train"), "b": (16, "train")}, (64, 48))
-    write_shot(captures, capture_meta("gamma", "a", 16, 64, 48))
-    write_shot(elsewhere, capture_meta("gamma", "b", 16, 64, 48))
-    (captures / "gamma" / "b").symlink_to(elsewhere / "gamma" / "b", target_is_directory=True)
-    (captures / "gamma" / "loop").symlink_to(captures, target_is_directory=True)
+    write_scene_manifest(manifests, "synthetic", {"a": (16, "train"), "b": (16, "train")}, (64, 48))
+    make_capture(captures / "synthetic" / "a", frames=16, width=64, height=48)
+    make_capture(elsewhere / "b", frames=16, width=64, height=48)
+    (captures / "synthetic" / "b").symlink_to(elsewhere / "b", target_is_directory=True)
+    (captures / "synthetic" / "loop").symlink_to(captures, target_is_directory=True)
     return {"captures": captures, "manifests": manifests, "root": tmp_path}
 
 
@@ -111,18 +112,19 @@ def test_one_symlink_rule_for_validate_plan_and_build(linked_captures):
     lines: list[str] = []
     assert validate_paths([captures], echo=lines.append)
     assert lines[-1] == "2 shot(s): 2 passed, 0 failed"
-    assert sorted(c.path for c in load_captures(captures, manifests_root=manifests)) == ["gamma/a", "gamma/b"]
-    ds = write_dataset(linked_captures["root"] / "ds.yaml", dataset({"gamma": 8}))
+    assert sorted(c.path for c in load_captures(captures, manifests_root=manifests)) == ["synthetic/a",
+                                                                                         "synthetic/b"]
+    ds = write_dataset(linked_captures["root"] / "ds.yaml", dataset({"synthetic": 8}))
     result = qw("-q", "datagen", "build", "--dataset", str(ds), "--captures", str(captures),
                 "--store", str(linked_captures["root"] / "s.zarr"), "--workers", "1",
                 env={"QW_MANIFESTS": str(manifests)})
     assert result.returncode == 0, result.stderr
     inspect = qw("datagen", "inspect", str(linked_captures["root"] / "s.zarr")).stdout
-    assert "gamma/a (train)" in inspect and "gamma/b (train)" in inspect
+    assert "synthetic/a (train)" in inspect and "synthetic/b (train)" in inspect
 
 
 def test_validate_reports_unreadable_files_and_loops_and_checks_the_other_shots(linked_captures):
-    shot_a = linked_captures["captures"] / "gamma" / "a"
+    shot_a = linked_captures["captures"] / "synthetic" / "a"
     (shot_a / "color" / "000003.exr").unlink()
     (shot_a / "color" / "000003.exr").symlink_to("000003.exr")  # a link to itself: ELOOP on open
     (shot_a / "motion" / "000005.exr").unlink()
@@ -191,6 +193,23 @@ def test_resume_renders_a_truncated_frame_again(tmp_path):
            {p.relative_to(whole): p.read_bytes() for p in files(whole)}
 
 
+def test_unfinished_frames_of_other_settings_are_rendered_again(tmp_path):
+    """Same size, other reference samples: a resume must not keep the old run's frames (they decode fine)."""
+    def capture(out: Path, spp: int) -> None:
+        capture_scene("builtin_street", out, shots=["fly"], frames="0:2", resolution="48x32", reference_spp=spp,
+                      progress=False)
+
+    capture(tmp_path / "old", 1)
+    capture(tmp_path / "new", 4)
+    shot = tmp_path / "old" / "builtin_street" / "fly"
+    settings = cf.load_meta(shot).backend.settings
+    (shot / cf.META_FILE).unlink()  # the 1-sample run, unfinished
+    (shot / PROGRESS_FILE).write_text(json.dumps(settings))
+    capture(tmp_path / "old", 4)
+    assert {p.relative_to(tmp_path / "old"): p.read_bytes() for p in files(tmp_path / "old")} == \
+           {p.relative_to(tmp_path / "new"): p.read_bytes() for p in files(tmp_path / "new")}
+
+
 # ----------------------------------------------------------------------------------------------- full disk
 
 
@@ -200,7 +219,7 @@ def file_size_limit(limit: int):
 
 
 def test_a_full_disk_during_capture_is_one_line_and_a_retry_with_other_settings_works(tmp_path):
-    args = ["datagen", "capture", "--scene", "builtin_street", "--shot", "fly", "--out", str(tmp_path)]
+    args = ["-q", "datagen", "capture", "--scene", "builtin_street", "--shot", "fly", "--out", str(tmp_path)]
     result = subprocess.run([QW, *args, "--frames", "0:2", "--resolution", "160x120", "--reference-spp", "1"],
                             capture_output=True, text=True, timeout=180, preexec_fn=file_size_limit(20_000))
     error = one_line_error(result)
