@@ -232,7 +232,7 @@ def test_a_full_disk_during_capture_is_one_line_and_a_retry_with_other_settings_
     assert cf.load_meta(shot).width == 48
 
 
-def test_a_full_disk_during_build_is_one_line_and_the_store_resumes(tmp_path):
+def test_a_full_disk_during_build_is_one_line_and_a_retry_with_other_settings_works(tmp_path):
     captures, manifests = tmp_path / "captures", tmp_path / "manifests"
     write_scene_manifest(manifests, "gamma", {"a": (16, "train")}, (64, 48))
     write_shot(captures, capture_meta("gamma", "a", 16, 64, 48))
@@ -244,7 +244,8 @@ def test_a_full_disk_during_build_is_one_line_and_the_store_resumes(tmp_path):
                             preexec_fn=file_size_limit(8_000))
     assert "cannot write the blocks of window" in one_line_error(result) and "File too large" in result.stderr
     assert "complete: NO" in qw("datagen", "inspect", str(tmp_path / "s.zarr")).stdout
-    assert subprocess.run([QW, *args], env=env, capture_output=True, timeout=180).returncode == 0
+    # a retry with other settings (another seed: another plan) is not blocked by the failed run's store
+    assert subprocess.run([QW, *args, "--seed", "5"], env=env, capture_output=True, timeout=180).returncode == 0
     assert qw("datagen", "verify", str(tmp_path / "s.zarr")).returncode == 0
 
 

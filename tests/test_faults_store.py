@@ -104,7 +104,11 @@ def test_an_all_zero_block_without_a_chunk_is_not_missing(tmp_path):
     assert not any((tmp_path / "s.zarr" / "depth").rglob("c/*/0/0/0/0"))
     result = qw("datagen", "verify", url)
     assert result.returncode == 0, result.stdout
-    assert open_store(url).read_block(0, ("depth",))["depth"].max() == 0
+    store = open_store(url)
+    assert store.read_block(0, ("depth",))["depth"].max() == 0
+    assert store.missing_blocks() == {}  # what inspect reports: nothing missing
+    shutil.rmtree(tmp_path / "s.zarr" / "color" / "c" / "1")
+    assert open_store(url).missing_blocks() == {"color": [1]}
 
 
 @pytest.mark.parametrize("damage, message", [
