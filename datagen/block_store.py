@@ -284,9 +284,24 @@ class BlockStore:
                 for name in arrays}
 
 
+def _check_reachable(url: str, storage_options: dict | None) -> None:
+    """One clear line when a remote store cannot be reached (endpoint down, stalled past the timeouts of its
+    storage options, credentials missing or refused) rather than a 'not a store' guess or a traceback."""
+    if "://" not in url or url.startswith("file://"):
+        return
+    try:
+        fs, path = store_filesystem(url, storage_options)
+        fs.exists(f"{path.rstrip('/')}/zarr.json")
+    except Exception as exc:  # botocore/aiohttp/gcsfs errors: no common base class
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise QwError(f"{url}: cannot reach the store ({reason}); check the endpoint, credentials and timeouts "
+                      f"in --storage-options") from None
+
+
 def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
                storage_options: dict | None = None) -> BlockStore:
     """Open a store and check its format; by default refuse one that is not marked complete."""
+    _check_reachable(url, storage_options)
     try:
         group = zarr.open_group(url, mode=mode, storage_options=_storage_options(url, storage_options))
     except Exception as exc:  # zarr raises several types for a missing or foreign path

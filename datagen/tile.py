@@ -288,7 +288,12 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
+            raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); the store is kept and the same "
+                          "command resumes it") from None
+        with client:
             yield client
         return
     # Cluster chatter is not the user's business unless they asked for debug output (-vv); task errors reach the
@@ -325,13 +330,26 @@ def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
     """Submit the tasks and advance the progress bar by blocks as they finish; the first error cancels the rest."""
     from distributed import as_completed
 
+    from distributed import KilledWorker
+
     futures = [client.submit(run_task, s, key=f"qw-block-task-{s.index}", pure=False) for s in specs]
     try:
         for future in as_completed(futures):
             progress.update(future.result())
+    except (KilledWorker, OSError) as exc:  # lost workers or scheduler (CommClosedError is an OSError)
+        _cancel_quietly(client, futures)
+        raise QwError(f"the Dask cluster failed ({type(exc).__name__}: {exc}); finished windows are kept and the "
+                      "same command resumes the build") from None
     except BaseException:
-        client.cancel(futures)
+        _cancel_quietly(client, futures)
         raise
+
+
+def _cancel_quietly(client, futures) -> None:
+    try:
+        client.cancel(futures)
+    except OSError:  # the scheduler is gone: nothing left to cancel
+        pass
 
 
 def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path, store_url: str, *,
