@@ -287,22 +287,24 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     import dask
     from distributed import Client, LocalCluster
 
-    if scheduler:
-        try:
-            client = Client(scheduler)
-        except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
-            raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); the store is kept and the same "
-                          "command resumes it") from None
-        with client:
-            yield client
-        return
-    # Cluster chatter is not the user's business unless they asked for debug output (-vv); task errors reach the
-    # client as exceptions and are reported there, once.
+    # Cluster chatter (reconnect attempts, worker logs) is not the user's business unless they asked for debug
+    # output (-vv); task and connection errors reach the client as exceptions and are reported there, once.
     quiet = not log.isEnabledFor(logging.DEBUG)
-    dask_log, level = logging.getLogger("distributed"), logging.getLogger("distributed").level
+    dask_logs = [logging.getLogger(name) for name in ("distributed", "distributed.client")]  # the client's level is
+    levels = [d.level for d in dask_logs]  # set on its own by distributed's configuration
     if quiet:
-        dask_log.setLevel(logging.CRITICAL)
+        for dask_log in dask_logs:
+            dask_log.setLevel(logging.CRITICAL)
     try:
+        if scheduler:
+            try:
+                client = Client(scheduler)
+            except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
+                raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); the store is kept and the "
+                              "same command resumes it") from None
+            with client:
+                yield client
+            return
         # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts);
         # the workers' statistical profiler (a stack sample every 10 ms) cost ~5% of the CPU (bench_datagen.py).
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
@@ -313,7 +315,8 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         with cluster, Client(cluster) as client:
             yield client
     finally:
-        dask_log.setLevel(level)
+        for dask_log, level in zip(dask_logs, levels):
+            dask_log.setLevel(level)
 
 
 def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None) -> list[TaskSpec]:
@@ -331,15 +334,18 @@ def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
     from distributed import as_completed
 
     from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
 
     futures = [client.submit(run_task, s, key=f"qw-block-task-{s.index}", pure=False) for s in specs]
     try:
         for future in as_completed(futures):
             progress.update(future.result())
-    except (KilledWorker, OSError) as exc:  # lost workers or scheduler (CommClosedError is an OSError)
+    except (KilledWorker, FutureCancelledError, OSError) as exc:  # lost workers or scheduler (CommClosedError is
+        # an OSError; a lost scheduler cancels the futures)
         _cancel_quietly(client, futures)
-        raise QwError(f"the Dask cluster failed ({type(exc).__name__}: {exc}); finished windows are kept and the "
-                      "same command resumes the build") from None
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise QwError(f"the Dask cluster failed ({reason}); finished windows are kept and the same command resumes "
+                      "the build") from None
     except BaseException:
         _cancel_quietly(client, futures)
         raise

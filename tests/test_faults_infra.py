@@ -139,3 +139,44 @@ def test_method_labels_never_collide():
     two_runs = [Method("QW-Net W4A4", None, f"runs/{run}/last.pt") for run in ("x", "y")]
     distinguish_labels(two_runs)
     assert [m.label for m in two_runs] == ["QW-Net W4A4 (x)", "QW-Net W4A4 (y)"]
+
+
+def test_a_lost_scheduler_is_one_line_and_the_build_resumes(tmp_path):
+    """`qw datagen build --scheduler` on a real scheduler and worker; the scheduler is killed once the first window
+    is written. The build stops with one line; the same command on a new cluster finishes the store."""
+    captures, manifests = tmp_path / "captures", tmp_path / "manifests"
+    write_scene_manifest(manifests, "gamma", {s: (48, "train") for s in ("a", "b", "c")}, (96, 64))
+    for s in ("a", "b", "c"):
+        write_shot(captures, capture_meta("gamma", s, 48, 96, 64))
+    ds = write_dataset(tmp_path / "ds.yaml", dataset({"gamma": 54}))
+    store = tmp_path / "s.zarr"
+    args = ["-q", "datagen", "build", "--dataset", str(ds), "--captures", str(captures), "--store", str(store)]
+    env = {**NO_AWS, "QW_MANIFESTS": str(manifests), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}
+    dask = str(Path(sys.executable).with_name("dask"))
+    port = free_port()
+    scheduler = subprocess.Popen([dask, "scheduler", "--port", str(port), "--no-dashboard"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        build = subprocess.Popen([QW, *args, "--scheduler", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 120
+        markers = store / "_tasks" / "c"
+        while not (markers.is_dir() and any(markers.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        scheduler.kill()
+        killed = time.monotonic()
+        _, stderr = build.communicate(timeout=120)
+        print(f"build stopped {time.monotonic() - killed:.1f} s after the scheduler was killed")
+    finally:
+        for proc in (scheduler, worker):
+            proc.kill()
+            proc.wait()
+    assert build.returncode == 2 and stderr.startswith("qw: error: ") and stderr.count("\n") == 1, stderr
+    assert "finished windows are kept" in stderr or "cannot reach the Dask scheduler" in stderr, stderr
+    assert "complete: NO" in qw("datagen", "inspect", str(store)).stdout
+    start = time.monotonic()
+    assert qw(*args, "--workers", "1", env=env).returncode == 0
+    print(f"resumed build: {time.monotonic() - start:.1f} s")
+    assert qw("datagen", "verify", str(store)).returncode == 0
