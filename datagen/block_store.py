@@ -26,6 +26,7 @@ fill values), a truncated chunk or an altered byte is an error naming the block,
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -148,11 +149,25 @@ def block_checksums(group: zarr.Group) -> np.ndarray:
     return np.array([[checksum(group[name][i]) for name in IMAGE_ARRAYS] for i in range(n)], np.uint32)
 
 
+def description_checksum(group: zarr.Group) -> int:
+    """crc32c of what gives the stored bytes their meaning besides the bytes themselves: every array's shape,
+    dtype, chunks and fill value, and the group attributes (but ``integrity`` and ``complete``), as canonical JSON.
+    A changed dtype in an array's zarr.json would otherwise reinterpret intact chunks without any checksum failing."""
+    arrays = {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
+                     "fill_value": np.asarray(a.fill_value).item()}
+              for name, a in ((n, group[n]) for n in ARRAYS if n in group)}
+    attrs = {k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")}
+    text = json.dumps({"arrays": arrays, "attributes": attrs}, sort_keys=True, separators=(",", ":"))
+    return checksum(np.frombuffer(text.encode(), np.uint8))
+
+
 def seal(group: zarr.Group, checksums: np.ndarray) -> None:
-    """Record the block checksums and the small arrays' digests, then mark the store complete (last)."""
+    """Record the block checksums, the small arrays' digests and the description's, then mark the store complete
+    (last)."""
     group[CHECKSUMS][:] = checksums
     group.attrs["integrity"] = {"algorithm": "crc32c", "blocks": CONVENTIONS[CHECKSUMS],
-                                "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS}}
+                                "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS},
+                                "description": description_checksum(group)}
     group.attrs["complete"] = True
 
 
@@ -318,9 +333,13 @@ def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
     store = BlockStore(url, group, storage_options)
     if require_complete and not store.complete:
         raise QwError(f"{url}: block store is incomplete (the build did not finish); rerun `qw datagen build`")
-    if store.complete and store.verified and "integrity" not in group.attrs:
-        raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
-                      f"missing); rebuild it with `qw datagen build`")
+    if store.complete and store.verified:
+        if "integrity" not in group.attrs:
+            raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
+                          f"missing); rebuild it with `qw datagen build`")
+        if group.attrs["integrity"].get("description") != description_checksum(group):
+            raise QwError(f"{url}: the store's attributes or array metadata (zarr.json) changed after it was "
+                          f"written (checksum mismatch); rebuild it with `qw datagen build`")
     if not store.verified:
         log.warning("%s: a %s store records no checksums: blocks are read unverified", url, fmt)
     return store

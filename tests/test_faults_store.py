@@ -181,3 +181,20 @@ def test_a_complete_version_2_store_without_checksums_is_refused(store):
     del group.attrs["integrity"]
     with pytest.raises(QwError, match="records no checksums"):
         open_store(str(store))
+
+
+@pytest.mark.parametrize("edit", ["dtype", "attribute"])
+def test_changed_metadata_is_refused(store, edit):
+    """A dtype changed in an array's zarr.json reads intact chunks as other numbers; an edited attribute changes
+    what blocks mean. Both are covered by the description checksum recorded when the store was sealed."""
+    import json
+
+    path = store / ("color/zarr.json" if edit == "dtype" else "zarr.json")
+    meta = json.loads(path.read_text())
+    if edit == "dtype":
+        meta["data_type"] = "int16"
+    else:
+        meta["attributes"]["block_shape"] = [8, 16, 64]
+    path.write_text(json.dumps(meta))
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 2 and "changed after it was written" in result.stderr, result.stderr
