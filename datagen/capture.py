@@ -266,10 +266,14 @@ def _capture_unreal(manifest: SceneManifest, out: Path, shots, scheduler, progre
 
 
 def _run_on_dask(jobs: list[ShotJob], address: str, progress: bool) -> list[Path]:
-    """One task per shot on the Dask cluster at `address`; tqdm is driven from as_completed."""
-    from distributed import Client, as_completed
+    """One task per shot on the Dask cluster at `address`; tqdm is driven from as_completed. An unreachable or
+    lost cluster is one line; finished frames are kept and the same command resumes."""
+    from distributed import as_completed
 
-    with Client(address) as client:
+    from datagen.tile import cluster_failures, dask_client
+
+    with dask_client(scheduler=address) as client, \
+            cluster_failures("finished frames are kept and the same command resumes the capture"):
         futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
         for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
                            disable=not progress):

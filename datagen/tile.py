@@ -300,8 +300,8 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             try:
                 client = Client(scheduler)
             except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
-                raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); the store is kept and the "
-                              "same command resumes it") from None
+                raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); what is written is kept "
+                              "and the same command resumes") from None
             with client:
                 yield client
             return
@@ -329,33 +329,36 @@ def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options:
     return specs
 
 
+@contextlib.contextmanager
+def cluster_failures(resume: str) -> Iterator[None]:
+    """Turn a lost Dask scheduler or worker into one line that says how to resume (`resume`). A lost scheduler
+    cancels the futures or closes the comms (CommClosedError is an OSError); a worker that keeps dying is a
+    KilledWorker. Task errors (QwError and the like) pass unchanged."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    try:
+        yield
+    except (KilledWorker, FutureCancelledError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise QwError(f"the Dask cluster failed ({reason}); {resume}") from None
+
+
 def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
     """Submit the tasks and advance the progress bar by blocks as they finish; the first error cancels the rest."""
     from distributed import as_completed
 
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
-
     futures = [client.submit(run_task, s, key=f"qw-block-task-{s.index}", pure=False) for s in specs]
     try:
-        for future in as_completed(futures):
-            progress.update(future.result())
-    except (KilledWorker, FutureCancelledError, OSError) as exc:  # lost workers or scheduler (CommClosedError is
-        # an OSError; a lost scheduler cancels the futures)
-        _cancel_quietly(client, futures)
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise QwError(f"the Dask cluster failed ({reason}); finished windows are kept and the same command resumes "
-                      "the build") from None
+        with cluster_failures("finished windows are kept and the same command resumes the build"):
+            for future in as_completed(futures):
+                progress.update(future.result())
     except BaseException:
-        _cancel_quietly(client, futures)
+        try:
+            client.cancel(futures)
+        except OSError:  # the scheduler is gone: nothing left to cancel
+            pass
         raise
-
-
-def _cancel_quietly(client, futures) -> None:
-    try:
-        client.cancel(futures)
-    except OSError:  # the scheduler is gone: nothing left to cancel
-        pass
 
 
 def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path, store_url: str, *,

@@ -180,3 +180,11 @@ def test_a_lost_scheduler_is_one_line_and_the_build_resumes(tmp_path):
     assert qw(*args, "--workers", "1", env=env).returncode == 0
     print(f"resumed build: {time.monotonic() - start:.1f} s")
     assert qw("datagen", "verify", str(store)).returncode == 0
+
+
+def test_capture_on_an_unreachable_scheduler_is_one_line(tmp_path):
+    error = one_line_error(qw("datagen", "capture", "--scene", "builtin_street", "--shot", "fly", "--out",
+                              str(tmp_path), "--frames", "0:2", "--resolution", "48x32", "--reference-spp", "1",
+                              "--scheduler", f"tcp://127.0.0.1:{free_port()}",
+                              env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}))
+    assert "cannot reach the Dask scheduler" in error
