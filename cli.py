@@ -176,8 +176,11 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
+    from datagen.capture_format import check_path_component
     from ue_capture.importers import import_capture
 
+    check_path_component(scene, "--scene")
+    check_path_component(shot, "--shot")
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
@@ -198,7 +201,7 @@ _dataset_opt = click.option("--dataset", "dataset_file", required=True, type=cli
                             help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
-_seed_opt = click.option("--seed", type=int, default=None, help="Override the dataset manifest's seed.")
+_seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
 _storage_opt = click.option("--storage-options", callback=_json_option, metavar="JSON",
                             help='fsspec options for a remote store, e.g. \'{"endpoint_url": "http://host:9000"}\'.')
 
@@ -255,6 +258,21 @@ def datagen_inspect(store, storage_options) -> None:
     from datagen.inspect_store import inspect_report
 
     click.echo(inspect_report(store, storage_options))
+
+
+@datagen.command("verify")
+@click.argument("store", metavar="STORE")
+@_storage_opt
+def datagen_verify(store, storage_options) -> None:
+    """Check every block of a store against the checksums recorded when it was written.
+
+    Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
+    only when the store is complete and intact.
+    """
+    from datagen.inspect_store import verify_store
+
+    if not verify_store(store, storage_options, echo=click.echo):
+        sys.exit(1)
 
 
 @datagen.command("preview")

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from datagen.capture_format import path_component_problem
 from datagen.errors import QwError
 
 MANIFEST_ROOT = Path(os.environ.get("QW_MANIFESTS", Path(__file__).resolve().parent.parent / "manifests"))
@@ -28,8 +29,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _folder_name(name: str) -> str:
+    """Scene and shot names become folders of the captures tree: single folder names, never paths."""
+    problem = path_component_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} {problem}: names must be single folder names")
+    return name
+
+
+SEED = Field(0, ge=0, description="non-negative integer (numpy seeds cannot be negative)")
+
+
 class CaptureSettings(_Strict):
-    resolution: tuple[int, int] = Field(description="width, height in pixels")
+    resolution: tuple[PositiveInt, PositiveInt] = Field(description="width, height in pixels")
     fps: float = Field(gt=0)
     reference_samples: int = Field(64, ge=1, description="supersampling samples per pixel of the reference")
     jitter: Literal["halton23", "none", "engine"] = "halton23"
@@ -52,6 +64,8 @@ class Shot(_Strict):
     end: int = Field(description="one past the last source frame")
     split: Literal["train", "val", "test"] = "train"
     camera_cuts: list[int] = Field(default_factory=list, description="source frames that start a new camera cut")
+
+    _name = field_validator("name")(_folder_name)
 
     @model_validator(mode="after")
     def _range(self) -> "Shot":
@@ -128,11 +142,13 @@ class SceneManifest(_Strict):
     name: str
     description: str = ""
     backend: Literal["builtin", "ue4"]
-    seed: int = 0
+    seed: int = SEED
     capture: CaptureSettings
     builtin: BuiltinSource | None = None
     unreal: UnrealSource | None = None
     shots: list[Shot] = Field(min_length=1)
+
+    _name = field_validator("name")(_folder_name)
 
     @model_validator(mode="after")
     def _backend_section(self) -> "SceneManifest":
@@ -176,7 +192,7 @@ class ContentFilter(_Strict):
 class DatasetManifest(_Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = SEED
     frames: int = Field(8, ge=2, description="frames per block (T)")
     tile: int = Field(256, ge=16, description="block height and width in pixels")
     total_blocks: int = Field(ge=1)
@@ -198,9 +214,15 @@ def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a text file (not UTF-8); a manifest is YAML text") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -15,7 +15,7 @@ from datagen.capture_format import (
     CaptureMeta,
     find_captures,
     finish_capture,
-    frame_exists,
+    frame_intact,
     frame_files,
     frame_path,
     is_complete,
@@ -87,7 +87,8 @@ def test_finish_capture_checksums_every_file_and_writes_meta_last(tmp_path):
     assert all(meta.checksums[rel] == sha256_file(shot / rel) for rel in meta.checksums)
     assert load_meta(shot) == meta
     assert json.loads((shot / META_FILE).read_text())["format"] == "qw-capture/1"
-    assert frame_exists(shot, FRAMES - 1) and not frame_exists(shot, FRAMES)
+    assert frame_intact(shot, FRAMES - 1, WIDTH, HEIGHT) and not frame_intact(shot, FRAMES, WIDTH, HEIGHT)
+    assert not frame_intact(shot, 0, WIDTH + 1, HEIGHT)  # present but not this shot's size
 
 
 def test_finish_capture_refuses_a_missing_frame_and_leaves_the_shot_incomplete(tmp_path):

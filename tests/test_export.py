@@ -86,7 +86,8 @@ def test_qwq_errors_name_the_file(tmp_path):
     for data, message in ((b"PK\x03\x04" + raw[4:], "bad magic"),
                           (raw[:4] + struct.pack("<I", 99) + raw[8:], "newer"),
                           (raw[:-10], "truncated or corrupt"),
-                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt")):
+                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt"),
+                          (raw.replace(b'"act_zero_point": 0', b'"act_zero_point": 1', 1), "truncated or corrupt")):
         bad.write_bytes(data)
         with pytest.raises(QwError, match=message) as err:
             export.read_qwq(bad)

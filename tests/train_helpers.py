@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import create_store
+from datagen.block_store import block_checksums, create_store, seal
 
 
 def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -55,5 +55,6 @@ def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: i
             group[name][i] = block[name].astype(np.float16)
         group["history_valid"][i] = block["history_valid"]
         group["origin"][i] = [0, int(i >= n_train), 0, 0, 0]
-    group.attrs["complete"] = complete
+    if complete:
+        seal(group, block_checksums(group))
     return str(path)

@@ -78,11 +78,27 @@ def build_methods(checkpoints: list[str], qwq_files: list[str], baseline: str | 
     for path in qwq_files:
         model, _ = load_integer_model(path)  # integer matmuls run on the CPU
         methods.append(Method("QW-Net integer (.qwq)", lambda frames, m=model: run_qwnet(m, frames, "cpu"), str(path)))
-    counts = Counter(m.label for m in methods)
-    for m in methods:  # two checkpoints of the same kind: tell them apart by their run directory
-        if counts[m.label] > 1:
-            m.label = f"{m.label} ({Path(m.source).parent.name or m.source})"
+    distinguish_labels(methods)
     return methods
+
+
+def distinguish_labels(methods: list[Method]) -> None:
+    """Give methods of the same label (two checkpoints of one kind) distinct labels: the label plus the shortest tail
+    of the source's folders that tells them apart (the run directory, usually), else of its path; the same file
+    given twice is numbered. Labels key the metrics, the report and the plots, so two methods never share one."""
+    counts = Counter(m.label for m in methods)
+    for label in [k for k, n in counts.items() if n > 1]:
+        group = [m for m in methods if m.label == label]
+        parts = [Path(m.source).resolve().parts for m in group]
+        distinct = len(set(parts))
+        longest = max(len(p) for p in parts)
+        candidates = ([["/".join(p[:-1][-d:]) for p in parts] for d in range(1, longest)]
+                      + [["/".join(p[-d:]) for p in parts] for d in range(1, longest + 1)])
+        tails = next(c for c in candidates if len(set(c)) == distinct)
+        seen: Counter = Counter()
+        for m, tail in zip(group, tails):
+            seen[tail] += 1
+            m.label = f"{label} ({tail})" + (f" #{seen[tail]}" if tails.count(tail) > 1 else "")
 
 
 @dataclass

@@ -1,12 +1,14 @@
-"""Integer export of a quantized QW-Net: the `.qwq` file (format `qw-qwq/1`).
+"""Integer export of a quantized QW-Net: the `.qwq` file (format `qw-qwq/2`).
 
 Layout (little endian)::
 
     bytes 0-3    magic b"QWQ\\0"
-    bytes 4-7    uint32 format version (1)
+    bytes 4-7    uint32 format version (2)
     bytes 8-15   uint64 header length N
     16 … 16+N    header: UTF-8 JSON (see below)
     then         zero padding to a multiple of 16, then the data section (every tensor 16-byte aligned)
+    last 32      SHA-256 of every byte before it (version 2): the header's numbers are covered too, not only the
+                 data section (version 1 files, without it, are still read)
 
 The header holds the format, qw's version, the model and quantization config (enough to rebuild the network),
 the HDR transform, one entry per quantized conv (`layers`: its module name, role, bit widths, activation range,
@@ -40,8 +42,9 @@ from training.config import Config
 from training.quant import FLOAT16_BITS, QuantConv, quantized_convs
 
 MAGIC = b"QWQ\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the whole-file SHA-256 trailer
 FORMAT = f"qw-qwq/{FORMAT_VERSION}"
+_TRAILER = 32  # bytes of the SHA-256 that ends a version 2 file
 ALIGN = 16
 _PREFIX = struct.Struct("<4sIQ")
 _NUMPY_DTYPES = {"int8": "<i1", "float32": "<f4", "float16": "<f2"}  # byte-aligned dtypes; int4 is packed
@@ -172,8 +175,9 @@ def write_qwq(path: str | Path, model: ExportedModel) -> dict[str, Any]:
               "float_tensors": floats, "data_bytes": len(blob), "data_sha256": hashlib.sha256(blob).hexdigest()}
     text = json.dumps(header, indent=1).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text))
+    body = prefix + text + b"\0" * (-(len(prefix) + len(text)) % ALIGN) + blob
     with atomic_path(path) as tmp:
-        tmp.write_bytes(prefix + text + b"\0" * (-(len(prefix) + len(text)) % ALIGN) + blob)
+        tmp.write_bytes(body + hashlib.sha256(body).digest())
     return header
 
 
@@ -188,6 +192,10 @@ def read_qwq(path: str | Path) -> ExportedModel:
     _, version, n = _PREFIX.unpack_from(raw)
     if version > FORMAT_VERSION:
         raise QwError(f"{path}: .qwq format version {version} is newer than this qw reads ({FORMAT_VERSION})")
+    if version >= 2:
+        raw, trailer = raw[:-_TRAILER], raw[-_TRAILER:]
+        if hashlib.sha256(raw).digest() != trailer:
+            raise QwError(f"{path}: truncated or corrupt (the SHA-256 of the file does not match its trailer)")
     try:
         header = json.loads(raw[_PREFIX.size:_PREFIX.size + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
