@@ -118,7 +118,7 @@ def test_bad_stores_give_clear_errors(store: str, tmp_path: Path, damage: str) -
 def test_training_writes_logs_and_a_checkpoint_that_loads_back(store: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = train_command(store, str(run), str(write_config(tmp_path / "c.yaml", {"train": {"val_every": 2}})))
-    assert set(metrics) == {"loss", "spatial", "temporal"} and np.isfinite(metrics["loss"])
+    assert set(metrics) == {"loss", "spatial", "temporal", "grad_norm"} and np.isfinite(metrics["loss"])
     events = read_log(run)
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
     val = [e for e in events if e["event"] == "val"]
