@@ -4,6 +4,7 @@ and --resume that refuses what it cannot continue exactly."""
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,34 @@ def test_batch_norm_becomes_sync_batch_norm_under_ddp_on_gpus_only() -> None:
     assert list(converted.state_dict()) == keys  # checkpoints still load into a plain QWNet
     for proc in (Process(0, 1, torch.device("cuda", 0)), Process(0, 2, torch.device("cpu"))):
         assert count(sync_batch_norm(model(), proc), torch.nn.SyncBatchNorm) == 0
+
+
+def test_quantize_takes_validated_train_overrides_and_records_them(store: str, finished_run: Path,
+                                                                   tmp_path: Path) -> None:
+    base = ("quantize", "--checkpoint", str(finished_run / LAST), "--store", store, "--calibration-blocks", "1",
+            "--steps", "1")
+    refused = qw(*base, "--out", str(tmp_path / "m"), "--set", "model.widths=[8, 8, 16]")
+    assert refused.exit_code == 2 and "takes train.* overrides only" in refused.output
+    assert qw(*base, "--out", str(tmp_path / "nan"), "--set", "train.lr=.nan").exit_code == 2
+    assert not (tmp_path / "m").exists() and not (tmp_path / "nan").exists()
+    result = qw(*base, "--out", str(tmp_path / "q"), "--set", "train.lr=3e-4", "--set", "train.warmup_steps=0")
+    assert result.exit_code == 0, result.output
+    train_cfg = load_checkpoint(tmp_path / "q" / LAST)["config"]["train"]
+    assert train_cfg["lr"] == 3e-4 and train_cfg["steps"] == 1 and train_cfg["schedule"] == "constant"
+    assert yaml.safe_load((tmp_path / "q" / "quantize.json").read_text())["set"] == ["train.lr=3e-4",
+                                                                                     "train.warmup_steps=0"]
+
+
+def test_resume_never_replaces_a_best_checkpoint_newer_than_last(store: str, finished_run: Path,
+                                                                 tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    # As if the killed run had validated once more after its last checkpoint and found its best model there.
+    newer = {**load_checkpoint(run / LAST), "step": 3, "best": {"step": 3, "loss": 1e-9}}
+    save_checkpoint(run / BEST, newer)
+    result = qw("train", "--store", store, "--out", str(run), "--resume", "--set", "train.steps=4",
+                "--set", "train.val_every=1")
+    assert result.exit_code == 0, result.output
+    val = [e for e in read_log(run) if e["event"] == "val" and e["step"] > 2]
+    assert [e["step"] for e in val] == [3, 4] and not any(e["best"] for e in val)
+    assert load_checkpoint(run / BEST)["best"] == {"step": 3, "loss": 1e-9}

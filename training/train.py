@@ -514,7 +514,10 @@ def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     _set_rng_state(ckpt["rng"])
-    run.best = ckpt["best"]
+    # best.pt may be newer than last.pt (a validation after the last checkpoint): compare against what it holds,
+    # so that a resumed run never replaces it with a worse model.
+    best = path.parent / BEST
+    run.best = load_checkpoint(best)["best"] if best.is_file() else ckpt["best"]
     return int(ckpt["step"])
 
 
