@@ -292,18 +292,23 @@ def datagen_preview(store, index, out, storage_options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
 @click.option("--config", default=None, metavar="FILE|PRESET",
               help="YAML config or preset name (paper [default], intel-sample); see training/configs/.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value, read as YAML (repeatable): --set train.lr=1e-4 --set model.widths=[16,32].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt exactly where it stopped.")
 @_storage_opt
-def train_cmd(store, out, config, resume, storage_options) -> None:
+def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     """Train QW-Net on a block store (one process; use torchrun for several GPUs or nodes).
 
     \b
-    Writes OUT/last.pt (every ckpt_every steps and at the end), OUT/metrics.jsonl and TensorBoard scalars in OUT/tb.
-    Multi-GPU / multi-node:  torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Writes OUT/step-N.pt every ckpt_every steps (the newest keep_last kept), OUT/last.pt (the newest), OUT/best.pt
+    (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
+    Multi-GPU:   torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
+                 -m cli train ...   (the same command on every node; see README "Training")
     """
     from training.train import train_command
 
-    train_command(store, out, config, resume, storage_options)
+    train_command(store, out, config, resume, storage_options, overrides)
 
 
 @main.command("model-stats")
@@ -333,9 +338,11 @@ def model_stats_cmd(config, resolution, summary) -> None:
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random square crop of each block [default: the run's].")
 @click.option("--calibration-blocks", type=click.IntRange(1), default=4, show_default=True,
               help="Training blocks used to initialise the activation clips (MSE-optimal).")
+@click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
+              help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
-                 resume) -> None:
+                 overrides, resume) -> None:
     """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
 
     Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
@@ -345,7 +352,8 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
     from training.quant import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
-                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume)
+                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
+                     settings=overrides)
 
 
 @main.command("export")
