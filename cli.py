@@ -349,7 +349,7 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
     clips: [0, clip] for the network input, [-1, clip] for ELU activations. Writes OUT/last.pt (a quantized
     checkpoint that `qw eval`, `qw infer` and `qw export` accept) and OUT/quantize.json.
     """
-    from training.quant import quantize_command
+    from training.quantize import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
@@ -357,23 +357,30 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
 
 
 @main.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (qw quantize).")
-@click.option("--out", required=True, type=click.Path(dir_okay=True), help="Output file, e.g. model.qwq.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Quantized checkpoint (qw quantize); for --format onnx also a float one (qw train).")
+@click.option("--out", required=True, type=click.Path(dir_okay=True), help="Output file, e.g. model.qwq or model.onnx.")
+@click.option("--format", "fmt", default="qwq", show_default=True, type=click.Choice(["qwq", "onnx"]),
+              help="qwq: qw's integer file (quantized checkpoints); onnx: one recurrent step (color, motion, "
+                   "previous output) -> output, float or QDQ with 4/8-bit types (opset 21).")
 @click.option("--verify", "verify_shot", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A captured shot: run the integer reference and the fake-quantized model on its first frames "
-                   "and report the largest difference.")
+              help="A captured shot: run the written model on its first frames and report the largest difference "
+                   "to the implementation it must match (see below).")
 @click.option("--verify-frames", type=click.IntRange(1), default=4, show_default=True, help="Frames to verify on.")
-def export_cmd(checkpoint, out, verify_shot, verify_frames) -> None:
-    """Write integer weights (4-bit packed two per byte, 8-bit), scales, zero points and float parts (.qwq).
+def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
+    """Export a checkpoint for use outside qw.
 
-    The file loads into the integer reference implementation (training/integer_ref.py: int32 accumulation of
-    integer activations x integer weights, then rescale), whose output equals the fake-quantized model's.
+    \b
+    qwq:  integer weights (4-bit packed two per byte, 8-bit), one scale and zero point per activation tensor and
+          the float parts; --verify runs the integer reference (int32 accumulation) against the fake-quantized model.
+    onnx: a float checkpoint gives a float graph (--verify: ONNX Runtime against PyTorch); a quantized one a QDQ
+          graph (--verify: ONNX Runtime against the integer reference). See docs/onnx.md to run it.
     """
     import json
 
     from training.export import export_command
 
-    click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames), indent=1))
+    click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames, fmt), indent=1))
 
 
 @main.command("eval")

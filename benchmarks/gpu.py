@@ -528,7 +528,7 @@ class Bench:
 
         def models() -> dict[str, Any]:
             if not built:
-                from training.export import exported_model, write_qwq
+                from training.qwq import exported_model, write_qwq
                 from training.integer_ref import load_integer_model
                 from training.quant import quantize_model
 

@@ -34,7 +34,11 @@ class ModelConfig(_Strict):
                               description="U_e channel widths, full resolution first; the last is the bottleneck")
     decoder_convs: list[int] = Field(default_factory=lambda: [1, 1, 1, 1],
                                      description="3x3 convs after each decoder 1x1 projection, full resolution first")
-    hdr: Literal["log1p", "reinhard", "pq"] = Field("log1p", description="range compression for U_e and the loss")
+    hdr: Literal["log1p", "reinhard", "pq", "none"] = Field("log1p",
+                                                            description="range compression for U_e and the loss")
+    kernel_padding: Literal["replicate", "zeros"] = Field("replicate", description="U_f's 3x3 kernels at the border")
+    warp_padding: Literal["border", "zeros"] = Field("border", description="history samples outside the frame")
+    temporal_reset_term: bool = Field(False, description="temporal loss |out - in| on steps without history")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":

@@ -99,7 +99,7 @@ def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
 
 
 def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path) -> Path:
-    from training.quant import quantize_command
+    from training.quantize import quantize_command
     from training.train import LAST
 
     if not _finished(run, plan.qat_steps):

@@ -63,7 +63,7 @@ def build_methods(checkpoints: list[str], qwq_files: list[str], baseline: str | 
                   device: torch.device) -> list[Method]:
     """Aliased input, the baseline (TAA) and one method per checkpoint / exported integer model."""
     from training.integer_ref import load_integer_model
-    from training.quant import model_from_any_checkpoint
+    from training.quantize import model_from_any_checkpoint
 
     methods = [Method(INPUT_LABEL, _passthrough)]
     if baseline == "taa":

@@ -53,33 +53,35 @@ def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tens
     return total / e.sum(dim=1, keepdim=True)
 
 
-def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
+                         padding: str = "replicate") -> torch.Tensor:
     """`training.model.filter_pyramid` with each softmax fused into its kernel application."""
-    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color) + kernel_taps(history))
+    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color, padding) + kernel_taps(history, padding))
     skips = [x]
     for s in range(1, len(raw)):
-        x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2)))
+        x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2), padding))
         skips.append(x)
     for s in reversed(range(len(raw) - 1)):
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = softmax_filter(raw[s][:, -UP_WEIGHTS:], kernel_taps(up) + [skips[s]])
+        x = softmax_filter(raw[s][:, -UP_WEIGHTS:], kernel_taps(up, padding) + [skips[s]])
     return x
 
 
 class FusedKernelFilter(nn.Module):
     """U_f with the fused pyramid; holds the original ``predictors`` (same parameters, same state-dict keys)."""
 
-    def __init__(self, predictors: nn.ModuleList):
+    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate"):
         super().__init__()
         self.predictors = predictors
+        self.padding = padding
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history)
+        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding)
 
 
 def fuse_filter(model: QWNet) -> QWNet:
     """Swap the model's U_f for the fused one, in place (parameters shared); returns the model."""
-    model.filter = FusedKernelFilter(model.filter.predictors)
+    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding)
     return model
 
 
@@ -137,7 +139,7 @@ def frame_step(model: QWNet, color: torch.Tensor, motion: torch.Tensor, previous
     Any QWNet (float, fused, folded, quantized or integer); it copies nothing from the host, so a CUDA graph can
     capture it (`CudaGraphFrame`).
     """
-    return model.step(color, warp(previous, motion))
+    return model.step(color, warp(previous, motion, model.cfg.warp_padding))
 
 
 class CudaGraphFrame:
@@ -176,8 +178,10 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: st
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
         output = model(batch["color"], batch["motion"], batch["history_valid"])
+    cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
-                              spatial_weight, temporal_weight)
+                              spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,
+                              color=batch["color"] if cfg.temporal_reset_term else None)
 
 
 def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], transform: str,
