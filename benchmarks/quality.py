@@ -42,13 +42,13 @@ METRIC_KEYS = ("psnr", "ssim", "flip", "tpsnr")
 
 @dataclass(frozen=True)
 class QualityPlan(DemoPlan):
-    train_frames: int = 48                       # stored frames per training shot
-    eval_frames: int = 24                        # stored frames per held-out shot
-    widths: tuple[int, ...] = (24, 48, 72, 96, 120)   # 1.5× the demo's widths (the paper's: 32…160 after the input)
-    train_steps: int = 1600                      # the longest FP32 run; checkpoints at select_steps are kept
-    select_steps: tuple[int, ...] = (800, 1200, 1600)
-    qat_select_steps: tuple[int, ...] = (150, 300)
-    qat_steps: int = 300
+    train_frames: int = 24                       # stored frames per training shot (3 windows of 8)
+    eval_frames: int = 16                        # stored frames per held-out shot
+    widths: tuple[int, ...] = (20, 40, 60, 80, 100)   # 1.25× the demo's widths (the paper's: 32…160)
+    train_steps: int = 600                       # the longest FP32 run; checkpoints at select_steps are kept
+    select_steps: tuple[int, ...] = (300, 600)
+    qat_select_steps: tuple[int, ...] = (100, 200)
+    qat_steps: int = 200
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
@@ -235,6 +235,7 @@ def tune_taa(plan: QualityPlan, out: Path) -> str:
         meta = load_meta(shot)
         frames = frame_range(meta, 0, plan.eval_frames)
         references = [read_reference(shot, i) for i in frames]
+        print(f"[tune-taa] {shot}", flush=True)
         for name, run in methods.items():
             outputs = [to_image(o) for o in run(shot_frames(shot, meta, frames))]
             scores[name]["psnr"] += [metrics.psnr(o, r) for o, r in zip(outputs, references)]
@@ -261,9 +262,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     captures = args.out / "captures"
-    capture(plan, captures, training_shots(), plan.train_frames)
     val = capture(plan, captures, held_out_shots("val"), plan.eval_frames)
     test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
+    capture(plan, captures, training_shots(), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
     store = build_quality_store(captures, args.out / "blocks.zarr")
     rows = []
