@@ -1,6 +1,7 @@
 """The quality run: QW-Net against the engine-style TAA on held-out builtin scene instances, over several seeds.
 
-    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality > results/quality.log 2>&1 &
+    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 1 \
+        > results/quality.log 2>&1 &
 
 Protocol (every stage resumes: rerun the same command after an interruption and finished work is kept):
 
@@ -9,8 +10,9 @@ Protocol (every stage resumes: rerun the same command after an interruption and 
    instances (other seeds of the same generators: other layout, geometry, materials and textures);
 2. build the `builtin-quality` block store (training instances only);
 3. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
-   one with the best PSNR on the *val* instances; fine-tune it W4A4 for each length of `qat_select_steps` and pick
-   again on val; then score the two picks, the aliased input and both TAAs on the *test* instances, once;
+   one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
+   `qat_select_steps`, and pick again on val; then score the two picks (and, once, the aliased input and both
+   TAAs, which do not depend on the seed) on the *test* instances, once;
 4. `summary.md` / `summary.json`: each method's mean ± sample standard deviation (and min..max) over the seeds on
    test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed).
 
@@ -107,14 +109,38 @@ def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames:
     return json.loads((out / "metrics.json").read_text())
 
 
-def model_psnr(data: dict) -> float:
-    """The val PSNR of the one QW-Net method in an evaluation."""
-    (label,) = [k for k in data["overall"] if k.startswith("QW-Net")]
-    return data["overall"][label]["psnr"]
+def mean_psnr(run, shots: list[Path], frames: int) -> float:
+    """PSNR of `run` (input frames → outputs) over the first `frames` frames of every shot (frame-weighted)."""
+    from datagen.capture_format import load_meta
+    from training import metrics
+    from training.evaluate import shot_frames
+    from training.infer import frame_range, read_reference, to_image
+
+    scores = []
+    for shot in shots:
+        meta = load_meta(shot)
+        indices = frame_range(meta, 0, frames)
+        scores += [metrics.psnr(to_image(o), read_reference(shot, i))
+                   for i, o in zip(indices, run(shot_frames(shot, meta, indices)))]
+    return float(np.mean(scores))
+
+
+def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
+    """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
+    from training.evaluate import _qwnet
+    from training.quant import model_from_any_checkpoint
+
+    if not cache.is_file():
+        model, _, _ = model_from_any_checkpoint(str(checkpoint))
+        cache.write_text(json.dumps({"checkpoint": str(checkpoint),
+                                     "psnr": mean_psnr(_qwnet(model, "cpu"), val, frames)}) + "\n")
+    return json.loads(cache.read_text())["psnr"]
 
 
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
-    """Train, select on val, quantize, select on val, score on test: one seed's row of the table."""
+    """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
+
+    The aliased input and the TAAs do not depend on the seed: they are scored with the first seed only."""
     plan = replace(plan, seed=seed)
     runs = out / f"seed{seed}"
     selection = {"fp32": {}, "w4a4": {}}
@@ -122,16 +148,18 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"fp32_step{steps}.pt"
         if not kept.is_file():
             shutil.copyfile(train_demo(plan, store, runs / "fp32", steps), kept)
-        selection["fp32"][steps] = model_psnr(evaluate_once(runs / f"val_fp32_step{steps}", [kept], val,
-                                                            plan.eval_frames))
+        selection["fp32"][steps] = val_psnr(kept, val, plan.eval_frames, runs / f"val_fp32_step{steps}.json")
     best_steps = max(selection["fp32"], key=selection["fp32"].get)
     best_fp = runs / f"fp32_step{best_steps}.pt"
     for qat in plan.qat_select_steps:
-        q = quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / f"w4a4_{best_steps}_qat{qat}")
-        selection["w4a4"][qat] = model_psnr(evaluate_once(runs / f"val_w4a4_qat{qat}", [q], val, plan.eval_frames))
+        kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
+        if not kept.is_file():
+            shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json")
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
-    best_q = runs / f"w4a4_{best_steps}_qat{best_qat}" / "last.pt"
-    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames, ("taa", "taa-clamp"))
+    best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
+    baselines = ("taa", "taa-clamp") if seed == plan.seeds[0] else ()
+    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames, baselines)
     return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection,
             "test": scored["overall"]}
 
@@ -139,13 +167,14 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
 def spread(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max())}
+            "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per method and metric: mean, sample std, min and max over the seeds' test scores."""
+    """Per method and metric: mean, sample std, min and max over the seeds' test scores (the baselines, scored
+    once, have no spread)."""
     methods = rows[0]["test"].keys()
-    return {m: {k: spread([r["test"][m][k] for r in rows]) for k in METRIC_KEYS} for m in methods}
+    return {m: {k: spread([r["test"][m][k] for r in rows if m in r["test"]]) for k in METRIC_KEYS} for m in methods}
 
 
 def summary_table(summary: dict) -> str:
@@ -154,7 +183,8 @@ def summary_table(summary: dict) -> str:
         cells = []
         for k in METRIC_KEYS:
             v, digits = values[k], (4 if k in ("ssim", "flip") else 2)
-            cells.append(f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}")
+            spread_ = f" ± {v['std']:.{digits}f}" if v["runs"] > 1 else ""  # a baseline: one deterministic run
+            cells.append(f"{v['mean']:.{digits}f}{spread_}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -254,7 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", default="full", choices=sorted(PLANS))
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's training seeds")
     parser.add_argument("--tune-taa", action="store_true", help="only score TAA variants on the val instances")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     plan = PLANS[args.plan] if args.seeds is None else replace(PLANS[args.plan], seeds=tuple(args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune_taa:
