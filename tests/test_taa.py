@@ -164,7 +164,7 @@ def test_unjittering_refilters_the_sample_at_the_pixel_centre():
 
 # ------------------------------------------------------------------------------ moving builtin val/test shots
 
-MOVING = {"frames": (0, 16), "resolution": (128, 80), "reference_spp": 16}
+MOVING = {"frames": (0, 12), "resolution": (96, 64), "reference_spp": 16}
 
 
 def held_out_builtin_shots() -> list[tuple[str, str]]:
@@ -196,17 +196,19 @@ def moving_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
         row = {name: float(np.mean([metrics.psnr(to_image(o), r) for o, r in
                                     zip(run(shot_frames(path, meta, frames)), references)]))
                for name, run in methods.items()}
-        row["motion"] = float(np.mean([f.motion.abs().mean() for f in shot_frames(path, meta, frames)]))
+        motion = torch.cat([f.motion.norm(dim=1) for f in shot_frames(path, meta, frames) if f.history_valid])
+        row["motion"], row["moving"] = float(motion.mean()), float((motion > 0.01).float().mean())
         scores[f"{scene}/{shot}"] = row
     for name, row in scores.items():
-        print(f"{name}: motion {row['motion']:.2f} px/frame, PSNR input {row['input']:.2f}, TAA {row['taa']:.2f}, "
-              f"taa-clamp {row['taa-clamp']:.2f}")
+        print(f"{name}: motion {row['motion']:.2f} px/frame on average, {row['moving']:.0%} of pixels moving, "
+              f"PSNR input {row['input']:.2f}, TAA {row['taa']:.2f}, taa-clamp {row['taa-clamp']:.2f}")
     return scores
 
 
 def test_every_held_out_builtin_shot_moves(moving_scores):
     assert len(moving_scores) >= 16  # the held-out instances' shots, and the training scenes' own val/test shots
-    assert all(row["motion"] > 0.3 for row in moving_scores.values()), moving_scores
+    for name, row in moving_scores.items():  # the camera moves: nearly every pixel moves in every frame
+        assert row["motion"] > 0.05 and row["moving"] > 0.9, (name, row)
 
 
 def test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot(moving_scores):
