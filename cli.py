@@ -390,8 +390,10 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
               help="Also evaluate an exported .qwq with the integer reference implementation (repeatable; CPU).")
 @click.option("--captures", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
               help="Held-out shots, or folders above them (repeatable).")
-@click.option("--baseline", default="taa", show_default=True, type=click.Choice(["taa", "none"]),
-              help="Baseline run on the same jittered inputs.")
+@click.option("--baseline", "baselines", multiple=True, default=["taa"], show_default=True,
+              type=click.Choice(["taa", "taa-clamp", "none"]),
+              help="Baseline run on the same jittered inputs (repeatable): 'taa' is TAA as engines ship it "
+                   "(variance clipping, motion dilation, 1/n start-up), 'taa-clamp' the simpler min/max-clamp TAA.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--frames", type=click.IntRange(1), default=None, help="Only the first N frames of each shot.")
 @click.option("--flip-crop", type=click.IntRange(16), default=512, show_default=True,
@@ -399,7 +401,7 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
 @click.option("--crop-size", type=click.IntRange(16), default=128, show_default=True,
               help="Side of the side-by-side crops in the report.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
-def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop, crop_size, device) -> None:
+def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop, crop_size, device) -> None:
     """Compare QW-Net (FP32 and quantized) with TAA and the aliased input on held-out shots at full resolution.
 
     PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
@@ -407,8 +409,9 @@ def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop,
     """
     from training.evaluate import evaluate_command, markdown_table
 
-    data = evaluate_command(list(checkpoints), list(captures), out, baseline=baseline, qwq_files=list(qwq_files),
-                            frames=frames, flip_crop=flip_crop, crop_size=crop_size, device=device)
+    data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
+                            qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
+                            device=device)
     click.echo(markdown_table(data["overall"]))
     click.echo(data["report"])
 
