@@ -148,10 +148,10 @@ def pipeline(ds: DatasetManifest, root: Path, url: str, workers: int) -> tuple[f
     workers, peak worker RSS bytes, worker busy fraction)."""
     from distributed import get_task_stream
 
-    from datagen.tile import dask_client
+    from datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
-    with PeakWorkerRSS() as rss, dask_client(workers) as client, get_task_stream(client) as stream:
+    with PeakWorkerRSS() as rss, dask_client(workers=workers) as client, get_task_stream(client) as stream:
         build_store(ds, root / "captures", url, scheduler=client.scheduler.address, progress=False,
                     manifests_root=root / "manifests")
     wall = time.perf_counter() - wall
@@ -162,10 +162,10 @@ def cluster_fixed_cost(workers: int) -> tuple[float, float]:
     """Start a LocalCluster as the builder does, import the builder in every worker, stop it: (wall s, CPU s)."""
     import importlib
 
-    from datagen.tile import dask_client
+    from datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
-    with dask_client(workers) as client:
+    with dask_client(workers=workers) as client:
         client.run(importlib.import_module, "datagen.tile")
     return time.perf_counter() - wall, (time.process_time() - cpu0) + (children_cpu() - kids0)
 
