@@ -31,7 +31,7 @@ from datagen.block_store import IMAGE_ARRAYS, create_store
 from datagen.capture_format import BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture, read_frame, \
     write_frame
 from datagen.manifests import DatasetManifest
-from datagen.plan import plan_from_files
+from datagen.plan import Plan, plan_from_files
 from datagen.tile import build_store, prepare_store, run_task, task_specs
 
 PAPER_BLOCKS = 13712
@@ -76,21 +76,22 @@ def dataset_for(shots: int, windows_per_shot: int, blocks_per_window: int, candi
                            content_filter={"candidates": candidates} if candidates > 1 else None)
 
 
-def floor(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
-    """Decode each planned frame once, compress + write each block once, in a plain loop: (wall s, CPU s)."""
-    plan = plan_from_files(ds, root / "captures", manifests_root=root / "manifests")
+def floor(plan: Plan, captures: Path, url: str, tasks: int | None = None) -> tuple[float, float, int]:
+    """Decode each planned frame once, compress + write each block once, in a plain loop, for the first `tasks`
+    windows of the plan (all by default): (wall s, CPU s, blocks)."""
     group = create_store(url, plan.num_blocks, {}, t=plan.frames, tile=plan.tile)
     arrays = {name: group[name] for name in IMAGE_ARRAYS}
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, blocks = time.perf_counter(), time.process_time(), 0
     t = plan.tile
-    for task in plan.tasks:
-        shot = root / "captures" / plan.shots[task.shot].path
+    for task in plan.tasks[:tasks]:
+        shot = captures / plan.shots[task.shot].path
         for name in IMAGE_ARRAYS:
             frames = np.stack([read_frame(shot, name, i) for i in range(task.start, task.start + plan.frames)])
             for b, (y, x) in enumerate(task.positions[:, 0]):
                 arrays[name][task.first_block + b] = np.ascontiguousarray(
                     frames[:, y:y + t, x:x + t].transpose(0, 3, 1, 2), dtype=np.float16)
-    return time.perf_counter() - wall, time.process_time() - cpu
+        blocks += task.num_blocks
+    return time.perf_counter() - wall, time.process_time() - cpu, blocks
 
 
 def tasks_in_process(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
@@ -194,7 +195,8 @@ def main() -> None:
     rows = []
     stores = root / "stores"
     shutil.rmtree(stores, ignore_errors=True)
-    wall, cpu = floor(ds, root, str(stores / "floor.zarr"))
+    plan = plan_from_files(ds, root / "captures", manifests_root=root / "manifests")
+    wall, cpu, _ = floor(plan, root / "captures", str(stores / "floor.zarr"))
     rows.append(("floor (plain loop, 1 core)", 1, wall, cpu, 0, 1.0))
     in_process = tasks_in_process(ds, root, str(stores / "in-process.zarr"))
     for workers in (1, 2):

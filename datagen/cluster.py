@@ -70,7 +70,8 @@ def _slurm_config() -> dict[str, Any]:
     if config.get("cores") is None or config.get("memory") is None:
         raise QwError("--cluster slurm: set the cores and memory of one SLURM job in the Dask configuration, e.g. "
                       "jobqueue: {slurm: {cores: 16, memory: 64GB, queue: cpu, walltime: '04:00:00'}} in "
-                      "~/.config/dask/jobqueue.yaml, or DASK_JOBQUEUE__SLURM__CORES=16 DASK_JOBQUEUE__SLURM__MEMORY=64GB")
+                      "~/.config/dask/jobqueue.yaml, or DASK_JOBQUEUE__SLURM__CORES=16 "
+                      "DASK_JOBQUEUE__SLURM__MEMORY=64GB")
     return config
 
 
@@ -110,7 +111,8 @@ def _scale_slurm(cluster: Any, workers: int | None) -> None:
         cluster.scale(n=workers)  # dask-jobqueue rounds up to whole jobs
     else:
         cluster.scale(jobs=1)
-    log.info("SLURM: %s submitted; `squeue --me` lists the jobs", f"{workers} worker processes" if workers else "one job")
+    log.info("SLURM: jobs for %s submitted; `squeue --me` lists them",
+             f"{workers} worker processes" if workers else "one job's worker processes")
 
 
 @contextlib.contextmanager

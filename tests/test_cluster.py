@@ -171,7 +171,8 @@ def test_builtin_capture_with_cluster_slurm(tmp_path, fake_slurm, caplog):
     assert result.exit_code == 0, result.output
     assert any(r.getMessage().startswith("Dask dashboard: http://") for r in caplog.records)
     assert_jobs_ran_and_ended(fake_slurm, 2)
-    assert CliRunner().invoke(main, ["-q", "datagen", "capture", *options, "--out", str(tmp_path / "here")]).exit_code == 0
+    here = CliRunner().invoke(main, ["-q", "datagen", "capture", *options, "--out", str(tmp_path / "here")])
+    assert here.exit_code == 0, here.output
     shots = find_captures(tmp_path / "slurm")
     assert [s.relative_to(tmp_path / "slurm") for s in shots] == [
         s.relative_to(tmp_path / "here") for s in find_captures(tmp_path / "here")] and len(shots) == 2

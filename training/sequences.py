@@ -68,7 +68,8 @@ class CapturedSequences(Dataset):
         meta = self.metas[window.shot]
         frames = range(window.start, window.start + window.length)
         item: dict[str, torch.Tensor | str | int] = {
-            name: torch.from_numpy(np.stack([self._image(window.shot, name, i) for i in frames])) for name in self.passes}
+            name: torch.from_numpy(np.stack([self._image(window.shot, name, i) for i in frames]))
+            for name in self.passes}
         valid = meta.history_valid()[window.start:window.start + window.length].copy()
         valid[0] = False  # the window's first frame has no history inside the window
         item["history_valid"] = torch.from_numpy(valid)
