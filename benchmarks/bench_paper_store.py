@@ -139,7 +139,8 @@ def main() -> None:
     rows.append(("qw datagen inspect", f"{time.perf_counter() - start:.2f} s", ""))
     if not args.skip_full_read:
         read_s = full_read(str(args.store))
-        rows.append(("full read (every chunk decompressed)", f"{read_s:.0f} s", f"{n / read_s:.1f} blocks/s, 1 process"))
+        rows.append(("full read (every chunk decompressed)", f"{read_s:.0f} s",
+                     f"{n / read_s:.1f} blocks/s, 1 process"))
     rows.append(("random read_block, 1 process", f"{random_reads(str(args.store), args.random_blocks):.1f} blocks/s",
                  "color, reference, motion, jitter, history_valid"))
     loader = loader_reads(str(args.store), args.loader_batches, 4, args.loader_workers)
