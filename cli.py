@@ -9,6 +9,7 @@ import sys
 import click
 
 from datagen import __version__
+from datagen.cluster import CLUSTER_KINDS
 from datagen.errors import QwError
 
 log = logging.getLogger("qw")
@@ -65,7 +66,7 @@ def datagen() -> None:
 @click.option("--reference-spp", type=click.IntRange(1), metavar="N",
               help="Builtin: reference samples per pixel, a square (16, 64, 256) [default: the manifest's].")
 @click.option("--scheduler", metavar="ADDR", help="Render shots as tasks on this Dask cluster (tcp://host:8786).")
-@click.option("--cluster", type=click.Choice(["local", "slurm"]), default=None,
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default=None,
               help="Builtin: render shots as tasks on a new Dask cluster: local processes, or SLURM jobs configured "
                    "by dask-jobqueue (jobqueue.slurm in the Dask config) [default: one process, no Dask].")
 @click.option("--workers", type=click.IntRange(1), default=None,
@@ -227,7 +228,7 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
 @_dataset_opt
 @_captures_opt
 @click.option("--store", required=True, metavar="URL", help="Store path or fsspec URL (s3://bucket/blocks.zarr).")
-@click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default="local", show_default=True,
               help="New Dask cluster: local processes, or SLURM jobs configured by dask-jobqueue (queue, cores, "
                    "memory, walltime from jobqueue.slurm in ~/.config/dask/jobqueue.yaml or DASK_JOBQUEUE__SLURM__*).")
 @click.option("--workers", type=click.IntRange(1), default=None,
