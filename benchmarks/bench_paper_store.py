@@ -8,7 +8,8 @@ Measures, on captures that already exist (e.g. the builtin scenes rendered at 19
   one core) on the first `--floor-tasks` windows, and the build's CPU per block as a multiple of it;
 * the store: bytes, file count, `qw datagen inspect` time, a full read of every chunk of every image array
   (decompressed, as a verification pass would) and random-read speed, one process and through the training
-  DataLoader (`BlockDataset` + `BlockSampler`, `--loader-workers` workers, whole blocks);
+  DataLoader (`benchmarks/bench_train.py`'s: `BlockDataset` with augmentation + `BlockSampler`, `--loader-workers`
+  workers, whole blocks);
 * for a store smaller than `--extrapolate-to` blocks, the build numbers scaled per block to that size.
 
 The store is deleted at the end unless --keep.
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_datagen import PeakWorkerRSS, children_cpu, floor
+from bench_train import bench_loader
 from datagen.block_store import IMAGE_ARRAYS, open_store
 from datagen.inspect_store import inspect_report
 from datagen.manifests import load_dataset_manifest
@@ -71,23 +73,6 @@ def random_reads(url: str, blocks: int, seed: int = 0) -> float:
     for i in order:
         store.read_block(int(i))
     return blocks / (time.perf_counter() - start)
-
-
-def loader_reads(url: str, batches: int, batch_size: int, workers: int) -> float:
-    """Blocks/s through the training DataLoader (random blocks of the train split, whole 256² blocks)."""
-    from torch.utils.data import DataLoader
-
-    from training.data import BlockDataset, BlockSampler
-
-    train = open_store(url).split_indices("train")
-    loader = DataLoader(BlockDataset(url), batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                        sampler=BlockSampler(train, seed=0), prefetch_factor=2 if workers else None)
-    it = iter(loader)
-    next(it)  # worker start-up is not reading
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -144,9 +129,9 @@ def main() -> None:
                      f"{n / read_s:.1f} blocks/s, 1 process"))
     rows.append(("random read_block, 1 process", f"{random_reads(str(args.store), args.random_blocks):.1f} blocks/s",
                  "color, reference, motion, jitter, history_valid"))
-    loader = loader_reads(str(args.store), args.loader_batches, 4, args.loader_workers)
+    loader = bench_loader(str(args.store), args.loader_workers, 4, args.loader_batches)
     rows.append(("training DataLoader, random blocks", f"{loader:.1f} blocks/s",
-                 f"{args.loader_workers} workers, batch 4, whole blocks"))
+                 f"{args.loader_workers} workers, batch 4, whole blocks, augmented"))
     if n < args.extrapolate_to:
         scale = args.extrapolate_to / n
         rows.append((f"extrapolated to {args.extrapolate_to} blocks", f"{wall * scale / 60:.0f} min wall",
