@@ -75,34 +75,20 @@ def random_reads(url: str, blocks: int, seed: int = 0) -> float:
     return blocks / (time.perf_counter() - start)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, type=Path)
-    ap.add_argument("--captures", required=True, type=Path)
-    ap.add_argument("--store", required=True, type=Path, help="local path; must not exist")
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--floor-tasks", type=int, default=1, help="windows the floor is measured on")
-    ap.add_argument("--floor-blocks", type=int, default=50, help="blocks compressed per floor window")
-    ap.add_argument("--random-blocks", type=int, default=200)
-    ap.add_argument("--loader-batches", type=int, default=50)
-    ap.add_argument("--loader-workers", type=int, default=2)
-    ap.add_argument("--extrapolate-to", type=int, default=PAPER_BLOCKS)
-    ap.add_argument("--skip-full-read", action="store_true", help="skip reading every chunk back")
-    ap.add_argument("--keep", action="store_true", help="keep the store")
-    args = ap.parse_args()
-    if args.store.exists():
-        raise SystemExit(f"{args.store} exists; give a new path")
-    ds = load_dataset_manifest(args.dataset)
-    rows: list[tuple[str, str, str]] = []
+Row = tuple[str, str, str]
 
+
+def build_rows(args: argparse.Namespace) -> tuple[list[Row], int, float, float]:
+    """Plan, build and the floor: (rows, blocks, build wall s, build CPU s)."""
+    ds = load_dataset_manifest(args.dataset)
     start = time.perf_counter()
     plan = plan_from_files(ds, args.captures)
     plan_s = time.perf_counter() - start
     n = plan.num_blocks
     frames = sum(c.meta.frame_count for c in plan.shots)
-    rows.append(("plan", f"{plan_s:.2f} s", f"{n} blocks, {len(plan.tasks)} windows ({n / len(plan.tasks):.0f} "
-                                            f"blocks each), {len(plan.shots)} shots, {frames} frames"))
-
+    rows = [("plan", f"{plan_s:.2f} s", f"{n} blocks of {plan.frames}×{plan.tile}², {len(plan.tasks)} windows "
+                                        f"({n / len(plan.tasks):.0f} blocks each), {len(plan.shots)} shots, "
+                                        f"{frames} frames")]
     cpu, start = cpu_now(), time.perf_counter()
     with PeakWorkerRSS() as rss:
         build_store(ds, args.captures, str(args.store), workers=args.workers, progress=False)
@@ -117,35 +103,68 @@ def main() -> None:
     rows.append(("floor (plain loop, 1 core)", f"{floor_cpu * 1e3:.0f} ms/block",
                  f"{floor_decode * 1e3:.0f} ms of it decoding; {args.floor_blocks} blocks of {args.floor_tasks} "
                  f"window(s) compressed; build CPU = {cpu / n / floor_cpu:.2f}× the floor"))
+    return rows, n, wall, cpu
 
+
+def read_rows(args: argparse.Namespace) -> tuple[list[Row], int, int]:
+    """The store on disk and reading it: (rows, files, bytes)."""
+    url = str(args.store)
+    n = open_store(url).num_blocks
     files, size = store_files(args.store)
-    rows.append(("store", f"{size / 1e9:.2f} GB", f"{files} files, {size / n / 1e6:.2f} MB per block"))
+    rows = [("store", f"{size / 1e9:.2f} GB", f"{n} blocks, {files} files, {size / n / 1e6:.2f} MB per block")]
     start = time.perf_counter()
-    inspect_report(str(args.store))
+    inspect_report(url)
     rows.append(("qw datagen inspect", f"{time.perf_counter() - start:.2f} s", ""))
     if not args.skip_full_read:
-        read_s = full_read(str(args.store))
+        read_s = full_read(url)
         rows.append(("full read (every chunk decompressed)", f"{read_s:.0f} s",
                      f"{n / read_s:.1f} blocks/s, 1 process"))
-    rows.append(("random read_block, 1 process", f"{random_reads(str(args.store), args.random_blocks):.1f} blocks/s",
+    rows.append(("random read_block, 1 process", f"{random_reads(url, args.random_blocks):.1f} blocks/s",
                  "color, reference, motion, jitter, history_valid"))
-    loader = bench_loader(str(args.store), args.loader_workers, 4, args.loader_batches)
+    loader = bench_loader(url, args.loader_workers, 4, args.loader_batches)
     rows.append(("training DataLoader, random blocks", f"{loader:.1f} blocks/s",
                  f"{args.loader_workers} workers, batch 4, whole blocks, augmented"))
-    if n < args.extrapolate_to:
-        scale = args.extrapolate_to / n
-        rows.append((f"extrapolated to {args.extrapolate_to} blocks", f"{wall * scale / 60:.0f} min wall",
-                     f"{cpu * scale / 60:.0f} CPU min, {size * scale / 1e9:.1f} GB, {files * scale:.0f} files"))
+    return rows, files, size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path)
+    ap.add_argument("--captures", type=Path)
+    ap.add_argument("--store", required=True, type=Path, help="local path; must not exist unless --read-only")
+    ap.add_argument("--read-only", action="store_true", help="measure an existing store's read side only")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--floor-tasks", type=int, default=1, help="windows the floor is measured on")
+    ap.add_argument("--floor-blocks", type=int, default=50, help="blocks compressed per floor window")
+    ap.add_argument("--random-blocks", type=int, default=200)
+    ap.add_argument("--loader-batches", type=int, default=50)
+    ap.add_argument("--loader-workers", type=int, default=2)
+    ap.add_argument("--extrapolate-to", type=int, default=PAPER_BLOCKS)
+    ap.add_argument("--skip-full-read", action="store_true", help="skip reading every chunk back")
+    ap.add_argument("--keep", action="store_true", help="keep the store")
+    args = ap.parse_args()
+    if args.read_only:
+        rows, _, _ = read_rows(args)
+    else:
+        if args.store.exists() or not (args.dataset and args.captures):
+            raise SystemExit("give --dataset, --captures and a new --store (or --read-only)")
+        rows, n, wall, cpu = build_rows(args)
+        more, files, size = read_rows(args)
+        rows += more
+        if n < args.extrapolate_to:
+            scale = args.extrapolate_to / n
+            rows.append((f"extrapolated to {args.extrapolate_to} blocks", f"{wall * scale / 60:.0f} min wall",
+                         f"{cpu * scale / 60:.0f} CPU min, {size * scale / 1e9:.1f} GB, {files * scale:.0f} files"))
+        if not args.keep:
+            shutil.rmtree(args.store)
 
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{n} blocks of {plan.frames}×{plan.tile}×{plan.tile} from {args.captures}; {os.cpu_count()} CPU cores, "
-          f"shared machine (wall times are noisy, CPU times less so); this process peaked at {peak_self:.0f} MiB\n")
+    print(f"\n{args.store}; {os.cpu_count()} CPU cores, shared machine (wall times are noisy, CPU times less so); "
+          f"this process peaked at {peak_self:.0f} MiB\n")
     width = max(len(r[0]) for r in rows)
     print(f"| {'':<{width}} | {'value':>16} | notes |\n|{'-' * (width + 2)}|{'-' * 17}:|---|")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>16} | {note} |")
-    if not args.keep:
-        shutil.rmtree(args.store)
 
 
 if __name__ == "__main__":
