@@ -9,6 +9,7 @@ import sys
 import click
 
 from datagen import __version__
+from datagen.cluster import CLUSTER_KINDS
 from datagen.errors import QwError
 
 log = logging.getLogger("qw")
@@ -65,12 +66,17 @@ def datagen() -> None:
 @click.option("--reference-spp", type=click.IntRange(1), metavar="N",
               help="Builtin: reference samples per pixel, a square (16, 64, 256) [default: the manifest's].")
 @click.option("--scheduler", metavar="ADDR", help="Render shots as tasks on this Dask cluster (tcp://host:8786).")
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default=None,
+              help="Builtin: render shots as tasks on a new Dask cluster: local processes, or SLURM jobs configured "
+                   "by dask-jobqueue (jobqueue.slurm in the Dask config) [default: one process, no Dask].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Builtin, with --cluster: worker processes [default: local one per core, slurm one job's].")
 @click.option("--dry-run", is_flag=True,
               help="Unreal: print each shot's editor command lines (prepare, render) and job, run nothing.")
 @click.option("--editor", type=click.Path(dir_okay=False), help="Unreal: editor executable [default: $QW_UE4_EDITOR].")
 @click.option("--project", type=click.Path(dir_okay=False), help="Unreal: .uproject [default: the manifest's].")
-def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, dry_run, editor,
-                    project) -> None:
+def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, cluster, workers, dry_run,
+                    editor, project) -> None:
     """Render (builtin scenes) or capture with Unreal (ue4 scenes) every shot of a scene into EXR sequences.
 
     Each shot becomes OUT/<scene>/<shot>/ with color/ (1 spp, jittered), reference/ (supersampled), motion/,
@@ -81,7 +87,7 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
 
     unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
     for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
-                              reference_spp=reference_spp, scheduler=scheduler,
+                              reference_spp=reference_spp, scheduler=scheduler, cluster=cluster, workers=workers,
                               progress=not os.environ.get("TQDM_DISABLE"), **unreal):
         click.echo(str(path))
 
@@ -226,25 +232,28 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
 @_dataset_opt
 @_captures_opt
 @click.option("--store", required=True, metavar="URL", help="Store path or fsspec URL (s3://bucket/blocks.zarr).")
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default="local", show_default=True,
+              help="New Dask cluster: local processes, or SLURM jobs configured by dask-jobqueue (queue, cores, "
+                   "memory, walltime from jobqueue.slurm in ~/.config/dask/jobqueue.yaml or DASK_JOBQUEUE__SLURM__*).")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local Dask cluster [default: one per CPU core].")
+              help="Worker processes of the new cluster [default: local one per CPU core, slurm one job's].")
 @click.option("--scheduler", metavar="ADDR", default=None,
               help="Use an existing Dask cluster (tcp://host:8786) instead of a local one; workers must see the "
                    "captures at the same path and reach the store.")
 @_storage_opt
 @_seed_opt
 @click.option("--overwrite", is_flag=True, help="Replace a qw store built from a different plan.")
-def datagen_build(dataset_file, captures, store, workers, scheduler, storage_options, seed, overwrite) -> None:
+def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, storage_options, seed, overwrite) -> None:
     """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/1), with Dask.
 
     One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
     same command after an interruption and finished windows are skipped; the store is marked complete last and
-    is byte-identical to an uninterrupted build. For SLURM/PBS, start a dask-jobqueue cluster and pass its
-    scheduler address with --scheduler (see README, "Building the block store").
+    is byte-identical to an uninterrupted build. The Dask dashboard link is logged when the cluster is up
+    (see README, "Building the block store", for SLURM).
     """
     from datagen.tile import build_store
 
-    built = build_store(dataset_file, captures, store, workers=workers, scheduler=scheduler,
+    built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
                         storage_options=storage_options, seed=seed, overwrite=overwrite,
                         progress=not os.environ.get("TQDM_DISABLE"))
     click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")

@@ -265,16 +265,15 @@ def _capture_unreal(manifest: SceneManifest, out: Path, shots, scheduler, progre
                           scheduler=scheduler, progress=progress, **backend_options)
 
 
-def _run_on_dask(jobs: list[ShotJob], address: str, progress: bool) -> list[Path]:
-    """One task per shot on the Dask cluster at `address`; tqdm is driven from as_completed. An unreachable or
-    lost cluster is one line; finished frames are kept and the same command resumes."""
+def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
+    """One task per shot on the client's cluster; tqdm is driven from as_completed. A lost cluster is one line;
+    finished frames are kept and the same command resumes."""
     from distributed import as_completed
 
-    from datagen.tile import cluster_failures, dask_client
+    from datagen.cluster import cluster_failures
 
-    with dask_client(scheduler=address) as client, \
-            cluster_failures("finished frames are kept and the same command resumes the capture"):
-        futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
+    futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
+    with cluster_failures("finished frames are kept and the same command resumes the capture"):
         for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
                            disable=not progress):
             future.result()  # re-raises a worker's error here
@@ -283,18 +282,22 @@ def _run_on_dask(jobs: list[ShotJob], address: str, progress: bool) -> list[Path
 
 def capture_scene(scene: str | SceneManifest, out: str | Path, *, shots: list[str] | str | None = None,
                   frames: str | tuple[int, int] | None = None, resolution: str | tuple[int, int] | None = None,
-                  reference_spp: int | None = None, scheduler: str | None = None, progress: bool = True,
-                  **backend_options: Any) -> list[Path]:
+                  reference_spp: int | None = None, scheduler: str | None = None, cluster: str | None = None,
+                  workers: int | None = None, progress: bool = True, **backend_options: Any) -> list[Path]:
     """Capture every (or the named) shot of `scene` into ``<out>/<scene>/<shot>/``; returns the shot directories.
 
     `scene` is a manifest name (``builtin_fence``, ``kite`` …), a manifest path or a `SceneManifest`. `frames`
     ('A:B') selects stored frames A..B-1 of every shot, `resolution` ('WxH') and `reference_spp` (a square)
-    override the manifest. `scheduler` is a Dask scheduler address: shots become tasks. `backend_options`
+    override the manifest. With `scheduler` (a Dask scheduler address) or `cluster` (builtin scenes: a new 'local'
+    or 'slurm' cluster of `workers` worker processes, see `datagen.cluster`) shots become tasks. `backend_options`
     (dry_run, editor, project, timeout, retries) go to the Unreal backend.
     """
     manifest = scene if isinstance(scene, SceneManifest) else find_scene(scene)
     out = Path(out)
     if manifest.backend != BACKEND:
+        if cluster:
+            raise QwError(f"scene {manifest.name!r} is an Unreal scene: --cluster applies to builtin scenes; run "
+                          "Unreal shots on an existing Dask cluster with --scheduler")
         return _capture_unreal(manifest, out, shots, scheduler, progress,
                                {"frames": frames, "resolution": resolution, "reference_spp": reference_spp},
                                backend_options)
@@ -306,6 +309,9 @@ def capture_scene(scene: str | SceneManifest, out: str | Path, *, shots: list[st
     reference_grid(spp)
     jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
             for s in _select_shots(manifest, shots)]
-    if scheduler:
-        return _run_on_dask(jobs, scheduler, progress)
+    if scheduler or cluster:
+        from datagen.cluster import dask_client
+
+        with dask_client(cluster or "local", workers, scheduler) as client:
+            return _run_on_dask(jobs, client, progress)
     return [render_shot(job, progress) for job in jobs]

@@ -13,14 +13,11 @@ the plan and the pixels, so a build killed at any moment and rerun gives the sam
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import zarr
@@ -29,6 +26,7 @@ from tqdm import tqdm
 from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_store, open_store, seal, \
     store_filesystem
 from datagen.capture_format import frame_path, read_frame
+from datagen.cluster import check_cluster, cluster_failures, dask_client
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest, load_dataset_manifest
 from datagen.plan import Plan, check_frames, plan_from_files
@@ -281,44 +279,6 @@ def finalize(store: BlockStore, plan: Plan) -> None:
 # ----------------------------------------------------------------------------------------------- Dask
 
 
-@contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator:
-    """A distributed Client: on `scheduler` (an existing cluster) or on a LocalCluster of `workers` processes."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    # Cluster chatter (reconnect attempts, worker logs) is not the user's business unless they asked for debug
-    # output (-vv); task and connection errors reach the client as exceptions and are reported there, once.
-    quiet = not log.isEnabledFor(logging.DEBUG)
-    dask_logs = [logging.getLogger(name) for name in ("distributed", "distributed.client")]  # the client's level is
-    levels = [d.level for d in dask_logs]  # set on its own by distributed's configuration
-    if quiet:
-        for dask_log in dask_logs:
-            dask_log.setLevel(logging.CRITICAL)
-    try:
-        if scheduler:
-            try:
-                client = Client(scheduler)
-            except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
-                raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); what is written is kept "
-                              "and the same command resumes") from None
-            with client:
-                yield client
-            return
-        # The nanny's MALLOC_TRIM_THRESHOLD_=65536 made this workload ~40% slower (DESIGN.md, measured facts);
-        # the workers' statistical profiler (a stack sample every 10 ms) cost ~5% of the CPU (bench_datagen.py).
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.worker.profile.enabled": False}):
-            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0",  # any free port: never clash with another cluster
-                                   silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
-        with cluster, Client(cluster) as client:
-            yield client
-    finally:
-        for dask_log, level in zip(dask_logs, levels):
-            dask_log.setLevel(level)
-
-
 def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None) -> list[TaskSpec]:
     root, digest, width = Path(captures_root).resolve(), plan.digest(), _marker_width(plan)
     specs = []
@@ -327,21 +287,6 @@ def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options:
         specs.append(TaskSpec(url, storage_options, digest, t.index, str(root / shot.path), shot.meta.width,
                               shot.meta.height, t.start, plan.frames, plan.tile, t.first_block, t.positions, width))
     return specs
-
-
-@contextlib.contextmanager
-def cluster_failures(resume: str) -> Iterator[None]:
-    """Turn a lost Dask scheduler or worker into one line that says how to resume (`resume`). A lost scheduler
-    cancels the futures or closes the comms (CommClosedError is an OSError); a worker that keeps dying is a
-    KilledWorker. Task errors (QwError and the like) pass unchanged."""
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
-
-    try:
-        yield
-    except (KilledWorker, FutureCancelledError, OSError) as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise QwError(f"the Dask cluster failed ({reason}); {resume}") from None
 
 
 def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
@@ -362,13 +307,16 @@ def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
 
 
 def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path, store_url: str, *,
-                workers: int | None = None, scheduler: str | None = None, storage_options: dict | None = None,
+                cluster: str = "local", workers: int | None = None, scheduler: str | None = None,
+                storage_options: dict | None = None,
                 progress: bool = True, seed: int | None = None, overwrite: bool = False,
                 manifests_root: Path | None = None) -> BlockStore:
-    """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`."""
+    """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`, on a new
+    Dask cluster of kind `cluster` ('local', 'slurm'; see `datagen.cluster`) or the one at `scheduler`."""
     if not isinstance(dataset, DatasetManifest):
         dataset = load_dataset_manifest(dataset)
     url = str(store_url)
+    check_cluster(cluster, scheduler)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
     check_frames(plan, captures_root)
     store = prepare_store(plan, url, storage_options, overwrite)
@@ -380,7 +328,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     initial = sum(t.num_blocks for t, d in zip(plan.tasks, done) if d)
     with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=not progress) as bar:
         if todo:
-            with dask_client(workers, scheduler) as client:
+            with dask_client(cluster, workers, scheduler) as client:
                 run_tasks(client, todo, bar)
     finalize(store, plan)
     return store
