@@ -128,7 +128,7 @@ def mean_psnr(run, shots: list[Path], frames: int) -> float:
 def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
     """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
     from training.evaluate import _qwnet
-    from training.quant import model_from_any_checkpoint
+    from training.quantize import model_from_any_checkpoint
 
     if not cache.is_file():
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
