@@ -9,6 +9,7 @@ import sys
 import click
 
 from datagen import __version__
+from datagen.cluster import CLUSTER_KINDS
 from datagen.errors import QwError
 
 log = logging.getLogger("qw")
@@ -65,11 +66,17 @@ def datagen() -> None:
 @click.option("--reference-spp", type=click.IntRange(1), metavar="N",
               help="Builtin: reference samples per pixel, a square (16, 64, 256) [default: the manifest's].")
 @click.option("--scheduler", metavar="ADDR", help="Render shots as tasks on this Dask cluster (tcp://host:8786).")
-@click.option("--dry-run", is_flag=True, help="Unreal: print each shot's editor command line and job, run nothing.")
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default=None,
+              help="Builtin: render shots as tasks on a new Dask cluster: local processes, or SLURM jobs configured "
+                   "by dask-jobqueue (jobqueue.slurm in the Dask config) [default: one process, no Dask].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Builtin, with --cluster: worker processes [default: local one per core, slurm one job's].")
+@click.option("--dry-run", is_flag=True,
+              help="Unreal: print each shot's editor command lines (prepare, render) and job, run nothing.")
 @click.option("--editor", type=click.Path(dir_okay=False), help="Unreal: editor executable [default: $QW_UE4_EDITOR].")
 @click.option("--project", type=click.Path(dir_okay=False), help="Unreal: .uproject [default: the manifest's].")
-def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, dry_run, editor,
-                    project) -> None:
+def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, cluster, workers, dry_run,
+                    editor, project) -> None:
     """Render (builtin scenes) or capture with Unreal (ue4 scenes) every shot of a scene into EXR sequences.
 
     Each shot becomes OUT/<scene>/<shot>/ with color/ (1 spp, jittered), reference/ (supersampled), motion/,
@@ -80,7 +87,7 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
 
     unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
     for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
-                              reference_spp=reference_spp, scheduler=scheduler,
+                              reference_spp=reference_spp, scheduler=scheduler, cluster=cluster, workers=workers,
                               progress=not os.environ.get("TQDM_DISABLE"), **unreal):
         click.echo(str(path))
 
@@ -94,7 +101,7 @@ def scenes(dataset, manifests_dir) -> None:
     """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
 
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
-    file and a filled-in level sequence. Every manifest is validated on the way: a broken one is an error.
+    file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
     from datagen.catalog import print_scenes
     from datagen.manifests import MANIFEST_ROOT
@@ -160,7 +167,7 @@ def _scale_option(ctx, param, value):
               help="Size of the full frame the source was cut from (needed for stacked blocks; NDC velocity is "
                    "relative to the full frame) [default: the files' size].")
 @click.option("--motion-encoding", type=click.Choice(["ndc", "unorm16", "unorm16-ue5", "sign-bits", "mrq-material"]),
-              help="How velocity is stored [default: sign-bits for intel-sample, mrq-material for mrq].")
+              help="How velocity is stored [default: sign-bits for intel-sample; for mrq the motion pass's own].")
 @click.option("--mrq-scale", default="1,-1", show_default=True, callback=_scale_option, metavar="SX,SY",
               help="mrq-material calibration: pixels = (value - 0.5) * size * scale per axis (sources disagree; "
                    "calibrate with a known camera pan).")
@@ -175,8 +182,11 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
+    from datagen.capture_format import check_path_component
     from ue_capture.importers import import_capture
 
+    check_path_component(scene, "--scene")
+    check_path_component(shot, "--shot")
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
@@ -197,7 +207,7 @@ _dataset_opt = click.option("--dataset", "dataset_file", required=True, type=cli
                             help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
-_seed_opt = click.option("--seed", type=int, default=None, help="Override the dataset manifest's seed.")
+_seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
 _storage_opt = click.option("--storage-options", callback=_json_option, metavar="JSON",
                             help='fsspec options for a remote store, e.g. \'{"endpoint_url": "http://host:9000"}\'.')
 
@@ -222,25 +232,28 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
 @_dataset_opt
 @_captures_opt
 @click.option("--store", required=True, metavar="URL", help="Store path or fsspec URL (s3://bucket/blocks.zarr).")
+@click.option("--cluster", type=click.Choice(CLUSTER_KINDS), default="local", show_default=True,
+              help="New Dask cluster: local processes, or SLURM jobs configured by dask-jobqueue (queue, cores, "
+                   "memory, walltime from jobqueue.slurm in ~/.config/dask/jobqueue.yaml or DASK_JOBQUEUE__SLURM__*).")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local Dask cluster [default: one per CPU core].")
+              help="Worker processes of the new cluster [default: local one per CPU core, slurm one job's].")
 @click.option("--scheduler", metavar="ADDR", default=None,
               help="Use an existing Dask cluster (tcp://host:8786) instead of a local one; workers must see the "
                    "captures at the same path and reach the store.")
 @_storage_opt
 @_seed_opt
 @click.option("--overwrite", is_flag=True, help="Replace a qw store built from a different plan.")
-def datagen_build(dataset_file, captures, store, workers, scheduler, storage_options, seed, overwrite) -> None:
+def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, storage_options, seed, overwrite) -> None:
     """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/1), with Dask.
 
     One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
     same command after an interruption and finished windows are skipped; the store is marked complete last and
-    is byte-identical to an uninterrupted build. For SLURM/PBS, start a dask-jobqueue cluster and pass its
-    scheduler address with --scheduler (see README, "Building the block store").
+    is byte-identical to an uninterrupted build. The Dask dashboard link is logged when the cluster is up
+    (see README, "Building the block store", for SLURM).
     """
     from datagen.tile import build_store
 
-    built = build_store(dataset_file, captures, store, workers=workers, scheduler=scheduler,
+    built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
                         storage_options=storage_options, seed=seed, overwrite=overwrite,
                         progress=not os.environ.get("TQDM_DISABLE"))
     click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")
@@ -254,6 +267,21 @@ def datagen_inspect(store, storage_options) -> None:
     from datagen.inspect_store import inspect_report
 
     click.echo(inspect_report(store, storage_options))
+
+
+@datagen.command("verify")
+@click.argument("store", metavar="STORE")
+@_storage_opt
+def datagen_verify(store, storage_options) -> None:
+    """Check every block of a store against the checksums recorded when it was written.
+
+    Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
+    only when the store is complete and intact.
+    """
+    from datagen.inspect_store import verify_store
+
+    if not verify_store(store, storage_options, echo=click.echo):
+        sys.exit(1)
 
 
 @datagen.command("preview")
@@ -273,18 +301,23 @@ def datagen_preview(store, index, out, storage_options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
 @click.option("--config", default=None, metavar="FILE|PRESET",
               help="YAML config or preset name (paper [default], intel-sample); see training/configs/.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value, read as YAML (repeatable): --set train.lr=1e-4 --set model.widths=[16,32].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt exactly where it stopped.")
 @_storage_opt
-def train_cmd(store, out, config, resume, storage_options) -> None:
+def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     """Train QW-Net on a block store (one process; use torchrun for several GPUs or nodes).
 
     \b
-    Writes OUT/last.pt (every ckpt_every steps and at the end), OUT/metrics.jsonl and TensorBoard scalars in OUT/tb.
-    Multi-GPU / multi-node:  torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Writes OUT/step-N.pt every ckpt_every steps (the newest keep_last kept), OUT/last.pt (the newest), OUT/best.pt
+    (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
+    Multi-GPU:   torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
+                 -m cli train ...   (the same command on every node; see README "Training")
     """
     from training.train import train_command
 
-    train_command(store, out, config, resume, storage_options)
+    train_command(store, out, config, resume, storage_options, overrides)
 
 
 @main.command("model-stats")
@@ -314,9 +347,11 @@ def model_stats_cmd(config, resolution, summary) -> None:
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random square crop of each block [default: the run's].")
 @click.option("--calibration-blocks", type=click.IntRange(1), default=4, show_default=True,
               help="Training blocks used to initialise the activation clips (MSE-optimal).")
+@click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
+              help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
-                 resume) -> None:
+                 overrides, resume) -> None:
     """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
 
     Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
@@ -326,7 +361,8 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
     from training.quantize import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
-                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume)
+                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
+                     settings=overrides)
 
 
 @main.command("export")
@@ -363,8 +399,10 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
               help="Also evaluate an exported .qwq with the integer reference implementation (repeatable; CPU).")
 @click.option("--captures", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
               help="Held-out shots, or folders above them (repeatable).")
-@click.option("--baseline", default="taa", show_default=True, type=click.Choice(["taa", "none"]),
-              help="Baseline run on the same jittered inputs.")
+@click.option("--baseline", "baselines", multiple=True, default=["taa"], show_default=True,
+              type=click.Choice(["taa", "taa-clamp", "none"]),
+              help="Baseline run on the same jittered inputs (repeatable): 'taa' is TAA as engines ship it "
+                   "(variance clipping, motion dilation, 1/n start-up), 'taa-clamp' the simpler min/max-clamp TAA.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--frames", type=click.IntRange(1), default=None, help="Only the first N frames of each shot.")
 @click.option("--flip-crop", type=click.IntRange(16), default=512, show_default=True,
@@ -372,7 +410,7 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
 @click.option("--crop-size", type=click.IntRange(16), default=128, show_default=True,
               help="Side of the side-by-side crops in the report.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
-def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop, crop_size, device) -> None:
+def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop, crop_size, device) -> None:
     """Compare QW-Net (FP32 and quantized) with TAA and the aliased input on held-out shots at full resolution.
 
     PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
@@ -380,8 +418,9 @@ def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop,
     """
     from training.evaluate import evaluate_command, markdown_table
 
-    data = evaluate_command(list(checkpoints), list(captures), out, baseline=baseline, qwq_files=list(qwq_files),
-                            frames=frames, flip_crop=flip_crop, crop_size=crop_size, device=device)
+    data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
+                            qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
+                            device=device)
     click.echo(markdown_table(data["overall"]))
     click.echo(data["report"])
 

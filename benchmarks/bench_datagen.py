@@ -31,7 +31,7 @@ from datagen.block_store import IMAGE_ARRAYS, create_store
 from datagen.capture_format import BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture, read_frame, \
     write_frame
 from datagen.manifests import DatasetManifest
-from datagen.plan import plan_from_files
+from datagen.plan import Plan, plan_from_files
 from datagen.tile import build_store, prepare_store, run_task, task_specs
 
 PAPER_BLOCKS = 13712
@@ -76,21 +76,30 @@ def dataset_for(shots: int, windows_per_shot: int, blocks_per_window: int, candi
                            content_filter={"candidates": candidates} if candidates > 1 else None)
 
 
-def floor(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
-    """Decode each planned frame once, compress + write each block once, in a plain loop: (wall s, CPU s)."""
-    plan = plan_from_files(ds, root / "captures", manifests_root=root / "manifests")
+def floor(plan: Plan, captures: Path, url: str, tasks: int | None = None,
+          blocks_per_task: int | None = None) -> tuple[float, float, float]:
+    """The work no builder can skip, in a plain loop on one core, for the first `tasks` windows of the plan (all by
+    default): decode each planned frame once, compress + write each block once (only the first `blocks_per_task`
+    of each window, to sample a dense plan quickly). Returns (wall s, CPU s per block, of which decoding) where a
+    window's decoding is shared by all its planned blocks."""
     group = create_store(url, plan.num_blocks, {}, t=plan.frames, tile=plan.tile)
     arrays = {name: group[name] for name in IMAGE_ARRAYS}
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, decode_cpu, encode_cpu, planned, written = time.perf_counter(), 0.0, 0.0, 0, 0
     t = plan.tile
-    for task in plan.tasks:
-        shot = root / "captures" / plan.shots[task.shot].path
+    for task in plan.tasks[:tasks]:
+        shot = captures / plan.shots[task.shot].path
+        positions = task.positions[:blocks_per_task, 0]
         for name in IMAGE_ARRAYS:
+            cpu = time.process_time()
             frames = np.stack([read_frame(shot, name, i) for i in range(task.start, task.start + plan.frames)])
-            for b, (y, x) in enumerate(task.positions[:, 0]):
+            decode_cpu += time.process_time() - cpu
+            cpu = time.process_time()
+            for b, (y, x) in enumerate(positions):
                 arrays[name][task.first_block + b] = np.ascontiguousarray(
                     frames[:, y:y + t, x:x + t].transpose(0, 3, 1, 2), dtype=np.float16)
-    return time.perf_counter() - wall, time.process_time() - cpu
+            encode_cpu += time.process_time() - cpu
+        planned, written = planned + task.num_blocks, written + len(positions)
+    return time.perf_counter() - wall, decode_cpu / planned + encode_cpu / written, decode_cpu / planned
 
 
 def tasks_in_process(ds: DatasetManifest, root: Path, url: str) -> tuple[float, float]:
@@ -148,10 +157,10 @@ def pipeline(ds: DatasetManifest, root: Path, url: str, workers: int) -> tuple[f
     workers, peak worker RSS bytes, worker busy fraction)."""
     from distributed import get_task_stream
 
-    from datagen.tile import dask_client
+    from datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
-    with PeakWorkerRSS() as rss, dask_client(workers) as client, get_task_stream(client) as stream:
+    with PeakWorkerRSS() as rss, dask_client(workers=workers) as client, get_task_stream(client) as stream:
         build_store(ds, root / "captures", url, scheduler=client.scheduler.address, progress=False,
                     manifests_root=root / "manifests")
     wall = time.perf_counter() - wall
@@ -162,10 +171,10 @@ def cluster_fixed_cost(workers: int) -> tuple[float, float]:
     """Start a LocalCluster as the builder does, import the builder in every worker, stop it: (wall s, CPU s)."""
     import importlib
 
-    from datagen.tile import dask_client
+    from datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
-    with dask_client(workers) as client:
+    with dask_client(workers=workers) as client:
         client.run(importlib.import_module, "datagen.tile")
     return time.perf_counter() - wall, (time.process_time() - cpu0) + (children_cpu() - kids0)
 
@@ -194,7 +203,9 @@ def main() -> None:
     rows = []
     stores = root / "stores"
     shutil.rmtree(stores, ignore_errors=True)
-    wall, cpu = floor(ds, root, str(stores / "floor.zarr"))
+    plan = plan_from_files(ds, root / "captures", manifests_root=root / "manifests")
+    wall, cpu_per_block, _ = floor(plan, root / "captures", str(stores / "floor.zarr"))
+    cpu = cpu_per_block * n
     rows.append(("floor (plain loop, 1 core)", 1, wall, cpu, 0, 1.0))
     in_process = tasks_in_process(ds, root, str(stores / "in-process.zarr"))
     for workers in (1, 2):

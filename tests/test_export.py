@@ -91,7 +91,8 @@ def test_qwq_errors_name_the_file(tmp_path):
                           (raw[:4] + struct.pack("<I", 99) + raw[8:], "version 99"),
                           (raw[:4] + struct.pack("<I", 1) + raw[8:], "version 1; this qw reads version 2"),
                           (raw[:-10], "truncated or corrupt"),
-                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt")):
+                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt"),
+                          (raw.replace(b'"zero_point": 0', b'"zero_point": 1', 1), "truncated or corrupt")):
         bad.write_bytes(data)
         with pytest.raises(QwError, match=message) as err:
             qwq.read_qwq(bad)

@@ -5,14 +5,14 @@ import graphlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "datagen", "training", "ue_capture")
+PACKAGES = ("cli", "datagen", "training", "ue_capture", "qw")
 
 # What a user runs (a `qw` command's body) versus what those workflows are built from.
 WORKFLOWS = {"training.train", "training.quantize", "training.export", "training.evaluate", "training.infer",
-             "training.demo", "cli"}
+             "training.demo", "cli", "qw"}
 LIBRARIES = {"training.config", "training.hdr", "training.warp", "training.model", "training.losses",
              "training.quant", "training.qwq", "training.integer_ref", "training.onnx_graph", "training.fast",
-             "training.stats", "training.data", "training.metrics", "training.taa"}
+             "training.stats", "training.data", "training.sequences", "training.metrics", "training.taa"}
 
 
 def own_modules() -> dict[str, Path]:

@@ -73,6 +73,24 @@ def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> 
     return range(start, meta.frame_count if count is None else min(meta.frame_count, start + count))
 
 
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, count: int | None = None,
+                     device: str | torch.device | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Run QW-Net recurrently over frames start..start+count-1 of a captured shot at its own resolution, streaming:
+    yields (frame index, H×W×3 float32 linear HDR output) one frame at a time. The model is moved to `device`."""
+    shot = Path(shot)
+    meta = load_meta(shot)
+    device = default_device(device)
+    frames = frame_range(meta, start, count)
+    outputs = run_qwnet(model.to(device), input_frames(shot, meta, frames), device)
+    for index, frame in zip(frames, outputs):
+        yield index, to_image(frame)
+
+
 def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", start: int = 0,
                   count: int | None = None, device: str | None = None) -> dict:
     """Reconstruct a captured shot with a (full-precision or quantized) checkpoint; returns a summary."""
@@ -85,18 +103,16 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     shot, out_dir = Path(input_dir), Path(out)
     meta = load_meta(shot)
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device)
+    device = default_device(device)
     frames = frame_range(meta, start, count)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = None
     if fmt in ("exr", "mp4"):
         video = imageio.get_writer(out_dir / ("preview.mp4" if fmt == "exr" else "output.mp4"),
                                    fps=meta.fps or PREVIEW_FPS_DEFAULT, macro_block_size=1)
-    outputs = run_qwnet(model, input_frames(shot, meta, frames), device)
     try:
-        for index, frame in tqdm(zip(frames, outputs), total=len(frames), desc="infer", unit="frame"):
-            image = to_image(frame)
+        for index, image in tqdm(reconstruct_shot(model, shot, start, count, device), total=len(frames),
+                                 desc="infer", unit="frame"):
             if fmt == "exr":
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch.nn as nn
 
 from datagen.errors import QwError
-from training.config import Config
+from training.config import Config, TrainConfig, apply_overrides, parse_overrides
 from training.data import BlockDataset, open_training_store
 from training.model import QWNet
 from training.quant import QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites, quantize_model
@@ -20,6 +21,7 @@ from training.train import LAST, load_checkpoint, train
 
 QAT_DEFAULT_STEPS = 2000
 QAT_DEFAULT_LR = 1e-4
+QAT_RESET = ("schedule", "warmup_steps", "final_lr_ratio", "milestones", "gamma", "ema_decay")  # to their defaults
 
 
 def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool]:
@@ -46,8 +48,12 @@ def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list
 
 def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
-                     crop: int | None = None, calibration_blocks: int = 4, resume: bool = False) -> dict[str, float]:
-    """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`."""
+                     crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
+                     settings: Sequence[str] = ()) -> dict[str, float]:
+    """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`.
+
+    The fine-tuning starts from the run's train settings with its own steps and lr, a constant schedule and no EMA
+    (the pre-training schedule does not fit a short fine-tuning); `settings` (``train.KEY=VALUE``) change them."""
     if bits not in QUANT_PRESETS:
         raise QwError(f"--bits {bits!r}: choose one of {', '.join(QUANT_PRESETS)}")
     out_dir = Path(out)
@@ -59,7 +65,13 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
                                    "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
                  if v is not None}
-    cfg = cfg.model_copy(update={"quant": QUANT_PRESETS[bits], "train": cfg.train.model_copy(update=overrides)})
+    changes = parse_overrides(settings)
+    if set(changes) - {"train"}:
+        raise QwError(f"--set {', '.join(sorted(set(changes) - {'train'}))}.*: qw quantize takes train.* overrides only "
+                      f"(the model comes from {checkpoint}, the bit widths from --bits)")
+    fresh = {k: TrainConfig.model_fields[k].get_default(call_default_factory=True) for k in QAT_RESET}
+    cfg = apply_overrides(cfg.model_copy(update={"quant": QUANT_PRESETS[bits]}),
+                          {"train": {**fresh, **overrides, **changes.get("train", {})}}, str(checkpoint))
     sites = quant_sites(model, cfg.quant)
     clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
                                                                                     calibration_blocks))
@@ -68,5 +80,5 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "quantize.json").write_text(json.dumps(
             {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
-             "initial_clips": clips, "train_overrides": overrides}, indent=1) + "\n")
+             "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
     return train(qmodel, cfg, store, out_dir, resume=resume)

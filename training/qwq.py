@@ -7,6 +7,7 @@ Layout (little endian)::
     bytes 8-15   uint64 header length N
     16 … 16+N    header: UTF-8 JSON (see below)
     then         zero padding to a multiple of 16, then the data section (every tensor 16-byte aligned)
+    last 32      SHA-256 of every byte before it: the header's numbers are covered too, not only the data section
 
 The header holds the format, qw's version, the model and quantization config (enough to rebuild the network),
 one entry per quantized activation tensor (`activations`: name, bits, range, scale, zero point: one scale per
@@ -47,6 +48,7 @@ FORMAT_VERSION = 2
 FORMAT = f"qw-qwq/{FORMAT_VERSION}"
 ALIGN = 16
 _PREFIX = struct.Struct("<4sIQ")
+_TRAILER = 32  # bytes of the SHA-256 that ends the file
 _NUMPY_DTYPES = {"int8": "<i1", "float32": "<f4", "float16": "<f2"}  # byte-aligned dtypes; int4 is packed
 
 
@@ -201,8 +203,9 @@ def write_qwq(path: str | Path, model: ExportedModel) -> dict[str, Any]:
               "float_tensors": floats, "data_bytes": len(blob), "data_sha256": hashlib.sha256(blob).hexdigest()}
     text = json.dumps(header, indent=1).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text))
+    body = prefix + text + b"\0" * (-(len(prefix) + len(text)) % ALIGN) + blob
     with atomic_path(path) as tmp:
-        tmp.write_bytes(prefix + text + b"\0" * (-(len(prefix) + len(text)) % ALIGN) + blob)
+        tmp.write_bytes(body + hashlib.sha256(body).digest())
     return header
 
 
@@ -218,6 +221,9 @@ def read_qwq(path: str | Path) -> ExportedModel:
     if version != FORMAT_VERSION:
         raise QwError(f"{path}: .qwq format version {version}; this qw reads version {FORMAT_VERSION} "
                       "(export the checkpoint again)")
+    raw, trailer = raw[:-_TRAILER], raw[-_TRAILER:]
+    if hashlib.sha256(raw).digest() != trailer:
+        raise QwError(f"{path}: truncated or corrupt (the SHA-256 of the file does not match its trailer)")
     try:
         header = json.loads(raw[_PREFIX.size:_PREFIX.size + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
