@@ -71,7 +71,8 @@ def datagen() -> None:
                    "by dask-jobqueue (jobqueue.slurm in the Dask config) [default: one process, no Dask].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Builtin, with --cluster: worker processes [default: local one per core, slurm one job's].")
-@click.option("--dry-run", is_flag=True, help="Unreal: print each shot's editor command line and job, run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Unreal: print each shot's editor command lines (prepare, render) and job, run nothing.")
 @click.option("--editor", type=click.Path(dir_okay=False), help="Unreal: editor executable [default: $QW_UE4_EDITOR].")
 @click.option("--project", type=click.Path(dir_okay=False), help="Unreal: .uproject [default: the manifest's].")
 def datagen_capture(scene, shots, out, frames, resolution, reference_spp, scheduler, cluster, workers, dry_run,
@@ -100,7 +101,7 @@ def scenes(dataset, manifests_dir) -> None:
     """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
 
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
-    file and a filled-in level sequence. Every manifest is validated on the way: a broken one is an error.
+    file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
     from datagen.catalog import print_scenes
     from datagen.manifests import MANIFEST_ROOT
@@ -166,7 +167,7 @@ def _scale_option(ctx, param, value):
               help="Size of the full frame the source was cut from (needed for stacked blocks; NDC velocity is "
                    "relative to the full frame) [default: the files' size].")
 @click.option("--motion-encoding", type=click.Choice(["ndc", "unorm16", "unorm16-ue5", "sign-bits", "mrq-material"]),
-              help="How velocity is stored [default: sign-bits for intel-sample, mrq-material for mrq].")
+              help="How velocity is stored [default: sign-bits for intel-sample; for mrq the motion pass's own].")
 @click.option("--mrq-scale", default="1,-1", show_default=True, callback=_scale_option, metavar="SX,SY",
               help="mrq-material calibration: pixels = (value - 0.5) * size * scale per axis (sources disagree; "
                    "calibrate with a known camera pan).")
@@ -181,8 +182,11 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
+    from datagen.capture_format import check_path_component
     from ue_capture.importers import import_capture
 
+    check_path_component(scene, "--scene")
+    check_path_component(shot, "--shot")
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
@@ -203,7 +207,7 @@ _dataset_opt = click.option("--dataset", "dataset_file", required=True, type=cli
                             help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
-_seed_opt = click.option("--seed", type=int, default=None, help="Override the dataset manifest's seed.")
+_seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
 _storage_opt = click.option("--storage-options", callback=_json_option, metavar="JSON",
                             help='fsspec options for a remote store, e.g. \'{"endpoint_url": "http://host:9000"}\'.')
 
@@ -265,6 +269,21 @@ def datagen_inspect(store, storage_options) -> None:
     click.echo(inspect_report(store, storage_options))
 
 
+@datagen.command("verify")
+@click.argument("store", metavar="STORE")
+@_storage_opt
+def datagen_verify(store, storage_options) -> None:
+    """Check every block of a store against the checksums recorded when it was written.
+
+    Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
+    only when the store is complete and intact.
+    """
+    from datagen.inspect_store import verify_store
+
+    if not verify_store(store, storage_options, echo=click.echo):
+        sys.exit(1)
+
+
 @datagen.command("preview")
 @click.argument("store", metavar="STORE")
 @click.option("--block", "index", type=int, required=True, help="Block index.")
@@ -282,18 +301,23 @@ def datagen_preview(store, index, out, storage_options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
 @click.option("--config", default=None, metavar="FILE|PRESET",
               help="YAML config or preset name (paper [default], intel-sample); see training/configs/.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value, read as YAML (repeatable): --set train.lr=1e-4 --set model.widths=[16,32].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt exactly where it stopped.")
 @_storage_opt
-def train_cmd(store, out, config, resume, storage_options) -> None:
+def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     """Train QW-Net on a block store (one process; use torchrun for several GPUs or nodes).
 
     \b
-    Writes OUT/last.pt (every ckpt_every steps and at the end), OUT/metrics.jsonl and TensorBoard scalars in OUT/tb.
-    Multi-GPU / multi-node:  torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Writes OUT/step-N.pt every ckpt_every steps (the newest keep_last kept), OUT/last.pt (the newest), OUT/best.pt
+    (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
+    Multi-GPU:   torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
+                 -m cli train ...   (the same command on every node; see README "Training")
     """
     from training.train import train_command
 
-    train_command(store, out, config, resume, storage_options)
+    train_command(store, out, config, resume, storage_options, overrides)
 
 
 @main.command("model-stats")
@@ -323,39 +347,49 @@ def model_stats_cmd(config, resolution, summary) -> None:
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random square crop of each block [default: the run's].")
 @click.option("--calibration-blocks", type=click.IntRange(1), default=4, show_default=True,
               help="Training blocks used to initialise the activation clips (MSE-optimal).")
+@click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
+              help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
-                 resume) -> None:
+                 overrides, resume) -> None:
     """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
 
     Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
     clips: [0, clip] for the network input, [-1, clip] for ELU activations. Writes OUT/last.pt (a quantized
     checkpoint that `qw eval`, `qw infer` and `qw export` accept) and OUT/quantize.json.
     """
-    from training.quant import quantize_command
+    from training.quantize import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
-                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume)
+                     grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
+                     settings=overrides)
 
 
 @main.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (qw quantize).")
-@click.option("--out", required=True, type=click.Path(dir_okay=True), help="Output file, e.g. model.qwq.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Quantized checkpoint (qw quantize); for --format onnx also a float one (qw train).")
+@click.option("--out", required=True, type=click.Path(dir_okay=True), help="Output file, e.g. model.qwq or model.onnx.")
+@click.option("--format", "fmt", default="qwq", show_default=True, type=click.Choice(["qwq", "onnx"]),
+              help="qwq: qw's integer file (quantized checkpoints); onnx: one recurrent step (color, motion, "
+                   "previous output) -> output, float or QDQ with 4/8-bit types (opset 21).")
 @click.option("--verify", "verify_shot", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A captured shot: run the integer reference and the fake-quantized model on its first frames "
-                   "and report the largest difference.")
+              help="A captured shot: run the written model on its first frames and report the largest difference "
+                   "to the implementation it must match (see below).")
 @click.option("--verify-frames", type=click.IntRange(1), default=4, show_default=True, help="Frames to verify on.")
-def export_cmd(checkpoint, out, verify_shot, verify_frames) -> None:
-    """Write integer weights (4-bit packed two per byte, 8-bit), scales, zero points and float parts (.qwq).
+def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
+    """Export a checkpoint for use outside qw.
 
-    The file loads into the integer reference implementation (training/integer_ref.py: int32 accumulation of
-    integer activations x integer weights, then rescale), whose output equals the fake-quantized model's.
+    \b
+    qwq:  integer weights (4-bit packed two per byte, 8-bit), one scale and zero point per activation tensor and
+          the float parts; --verify runs the integer reference (int32 accumulation) against the fake-quantized model.
+    onnx: a float checkpoint gives a float graph (--verify: ONNX Runtime against PyTorch); a quantized one a QDQ
+          graph (--verify: ONNX Runtime against the integer reference). See docs/onnx.md to run it.
     """
     import json
 
     from training.export import export_command
 
-    click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames), indent=1))
+    click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames, fmt), indent=1))
 
 
 @main.command("eval")
@@ -365,8 +399,10 @@ def export_cmd(checkpoint, out, verify_shot, verify_frames) -> None:
               help="Also evaluate an exported .qwq with the integer reference implementation (repeatable; CPU).")
 @click.option("--captures", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
               help="Held-out shots, or folders above them (repeatable).")
-@click.option("--baseline", default="taa", show_default=True, type=click.Choice(["taa", "none"]),
-              help="Baseline run on the same jittered inputs.")
+@click.option("--baseline", "baselines", multiple=True, default=["taa"], show_default=True,
+              type=click.Choice(["taa", "taa-clamp", "none"]),
+              help="Baseline run on the same jittered inputs (repeatable): 'taa' is TAA as engines ship it "
+                   "(variance clipping, motion dilation, 1/n start-up), 'taa-clamp' the simpler min/max-clamp TAA.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--frames", type=click.IntRange(1), default=None, help="Only the first N frames of each shot.")
 @click.option("--flip-crop", type=click.IntRange(16), default=512, show_default=True,
@@ -374,7 +410,7 @@ def export_cmd(checkpoint, out, verify_shot, verify_frames) -> None:
 @click.option("--crop-size", type=click.IntRange(16), default=128, show_default=True,
               help="Side of the side-by-side crops in the report.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
-def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop, crop_size, device) -> None:
+def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop, crop_size, device) -> None:
     """Compare QW-Net (FP32 and quantized) with TAA and the aliased input on held-out shots at full resolution.
 
     PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
@@ -382,8 +418,9 @@ def eval_cmd(checkpoints, qwq_files, captures, baseline, out, frames, flip_crop,
     """
     from training.evaluate import evaluate_command, markdown_table
 
-    data = evaluate_command(list(checkpoints), list(captures), out, baseline=baseline, qwq_files=list(qwq_files),
-                            frames=frames, flip_crop=flip_crop, crop_size=crop_size, device=device)
+    data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
+                            qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
+                            device=device)
     click.echo(markdown_table(data["overall"]))
     click.echo(data["report"])
 

@@ -528,7 +528,7 @@ class Bench:
 
         def models() -> dict[str, Any]:
             if not built:
-                from training.export import exported_model, write_qwq
+                from training.qwq import exported_model, write_qwq
                 from training.integer_ref import load_integer_model
                 from training.quant import quantize_model
 
@@ -644,7 +644,7 @@ def _cores() -> int:
 
 def _random_store(url: str, sizes: Sizes, threads: int) -> None:
     """A complete `qw-blocks/1` store of random blocks (all one 'train' shot), written by several threads."""
-    from datagen.block_store import create_store
+    from datagen.block_store import block_checksums, create_store, seal
 
     n, t, tile = sizes.loader_blocks, sizes.frames, sizes.tile
     shots = [{"scene": "random", "shot": "s0", "split": "train"}]
@@ -662,7 +662,7 @@ def _random_store(url: str, sizes: Sizes, threads: int) -> None:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(write, range(n)))
-    group.attrs["complete"] = True
+    seal(group, block_checksums(group))
 
 
 KERNEL_CLASSES = (  # first match wins: Inductor/Triton, cuDNN/cuBLAS/CUTLASS, copies, ATen's eager kernels

@@ -1,4 +1,4 @@
-"""Contract 2, `qw-blocks/1`: the training block store (a Zarr v3 group, local path or any fsspec URL).
+"""Contract 2, `qw-blocks/2`: the training block store (a Zarr v3 group, local path or any fsspec URL).
 
 =================  =====================  =========  ==========================================
 array              shape                  dtype      meaning
@@ -10,19 +10,29 @@ array              shape                  dtype      meaning
 ``jitter``         (N, T, 2)              float32    sample offset from the pixel centre, pixels
 ``origin``         (N, 5)                 int32      scene, shot, first frame, y, x
 ``history_valid``  (N, T)                 bool       False on a block's first frame and after cuts
+``checksum``       (N, 4)                 uint32     crc32c of each image array's block (columns: IMAGE_ARRAYS)
 =================  =====================  =========  ==========================================
 
 Image arrays are chunked one block per chunk, so a writer owns whole chunks and a reader fetches one chunk per
-block. The group attributes hold the provenance (see `REQUIRED_ATTRS`); ``complete`` is set last, by the builder,
+block. The group attributes hold the provenance (see `REQUIRED_ATTRS`); ``complete`` is set last, by `seal`,
 and `open_store` refuses an incomplete store unless asked.
+
+Integrity (version 2): the writer records the crc32c of every block it writes, computed from the block it has in
+hand (no extra pass), in ``checksum``; `seal` adds the crc32c of each small array to the ``integrity`` attribute.
+`BlockStore.read_block` checks every block it returns against them, so a missing chunk (which zarr would read as
+fill values), a truncated chunk or an altered byte is an error naming the block, never numbers. Version 1 stores
+(no checksums) are still read, unverified, with a warning.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import fsspec
+import google_crc32c  # a dependency of zarr (its crc32c codec); hardware crc32c, ~5 GB/s
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
@@ -31,9 +41,11 @@ from datagen import __version__
 from datagen.errors import QwError
 
 FORMAT_NAME = "qw-blocks"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 T, TILE = 8, 256
+CHECKSUMS = "checksum"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class ArraySpec:
 
 
 def _small_shape(name: str, n: int, t: int) -> tuple[int, ...]:
-    return {"jitter": (n, t, 2), "origin": (n, 5), "history_valid": (n, t)}[name]
+    return {"jitter": (n, t, 2), "origin": (n, 5), "history_valid": (n, t), CHECKSUMS: (n, len(IMAGE_ARRAYS))}[name]
 
 
 ARRAYS: dict[str, ArraySpec] = {
@@ -64,9 +76,11 @@ ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("jitter", None, "float32"),
         ArraySpec("origin", None, "int32"),
         ArraySpec("history_valid", None, "bool"),
+        ArraySpec(CHECKSUMS, None, "uint32"),
     )
 }
 IMAGE_ARRAYS = tuple(n for n, a in ARRAYS.items() if a.channels)
+SMALL_ARRAYS = tuple(n for n, a in ARRAYS.items() if not a.channels)
 ORIGIN_FIELDS = ("scene", "shot", "first_frame", "y", "x")
 REQUIRED_ATTRS = ("format", "block_shape", "conventions", "scenes", "shots", "split", "qw_version", "codec")
 
@@ -78,6 +92,7 @@ CONVENTIONS = {
     "jitter": "sample offset from the pixel centre in pixels, +x right, +y down",
     "origin": "scene index, shot index, first source frame (stored-frame index), tile y, tile x",
     "history_valid": "False where the previous frame is not this frame's history (block start, camera cut)",
+    CHECKSUMS: "crc32c of the raw C-order bytes of each block of color, reference, motion, depth (in that order)",
 }
 
 
@@ -118,17 +133,74 @@ def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, 
     return group
 
 
+# ----------------------------------------------------------------------------------------------- integrity
+
+
+def checksum(values: np.ndarray) -> int:
+    """crc32c of an array's raw bytes in C order (the stored dtype, little-endian as zarr stores it)."""
+    data = np.ascontiguousarray(values)
+    return int(google_crc32c.value(data.reshape(-1).view(np.uint8)))
+
+
+def block_checksums(group: zarr.Group) -> np.ndarray:
+    """(N, 4) checksums of every stored block, read back: for writers that did not record them as they wrote
+    (synthetic and benchmark stores). The builder records them while writing and never calls this."""
+    n = group["origin"].shape[0]
+    return np.array([[checksum(group[name][i]) for name in IMAGE_ARRAYS] for i in range(n)], np.uint32)
+
+
+def description_checksum(group: zarr.Group) -> int:
+    """crc32c of what gives the stored bytes their meaning besides the bytes themselves: every array's shape,
+    dtype, chunks and fill value, and the group attributes (but ``integrity`` and ``complete``), as canonical JSON.
+    A changed dtype in an array's zarr.json would otherwise reinterpret intact chunks without any checksum failing."""
+    arrays = {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
+                     "fill_value": np.asarray(a.fill_value).item()}
+              for name, a in ((n, group[n]) for n in ARRAYS if n in group)}
+    attrs = {k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")}
+    text = json.dumps({"arrays": arrays, "attributes": attrs}, sort_keys=True, separators=(",", ":"))
+    return checksum(np.frombuffer(text.encode(), np.uint8))
+
+
+def seal(group: zarr.Group, checksums: np.ndarray) -> None:
+    """Record the block checksums, the small arrays' digests and the description's, then mark the store complete
+    (last)."""
+    group[CHECKSUMS][:] = checksums
+    group.attrs["integrity"] = {"algorithm": "crc32c", "blocks": CONVENTIONS[CHECKSUMS],
+                                "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS},
+                                "description": description_checksum(group)}
+    group.attrs["complete"] = True
+
+
+def chunk_key(name: str, index: int) -> str:
+    """Store key of the chunk holding block `index` of image array `name` (zarr v3 default key encoding)."""
+    return f"{name}/c/{index}/0/0/0/0"
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
 @dataclass
 class BlockStore:
-    """Read access to a `qw-blocks/1` store. Arrays are opened lazily, one handle per process."""
+    """Read access to a `qw-blocks` store. Arrays are opened lazily, one handle per process."""
 
     url: str
     group: zarr.Group
+    storage_options: dict | None = None
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)  # handles opened so far
+    _small: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # small arrays read (and checked)
 
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
+
+    @property
+    def version(self) -> int:
+        return int(str(self.group.attrs["format"]).partition("/")[2])
+
+    @property
+    def verified(self) -> bool:
+        """True when the store records checksums (version 2 and later): reads are checked against them."""
+        return self.version >= 2
 
     @property
     def num_blocks(self) -> int:
@@ -147,8 +219,26 @@ class BlockStore:
             self._arrays[name] = self.group[name]
         return self._arrays[name]
 
+    def small_array(self, name: str) -> np.ndarray:
+        """A whole per-block array (origin, jitter, history_valid, checksum), read once and checked against the
+        digest `seal` recorded: a missing or altered chunk of it is an error, not zeros."""
+        if name not in self._small:
+            try:
+                values = self.array(name)[:]
+            except QwError:
+                raise
+            except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk
+                raise QwError(f"{self.url}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+                              f"run `qw datagen verify {self.url}`") from None
+            recorded = self.group.attrs.get("integrity", {}).get("arrays", {}).get(name)
+            if self.verified and self.complete and recorded != checksum(values):
+                raise QwError(f"{self.url}: array {name!r} does not match its recorded checksum (a chunk is missing "
+                              f"or altered); run `qw datagen verify {self.url}`")
+            self._small[name] = values
+        return self._small[name]
+
     def origins(self) -> np.ndarray:
-        return self.array("origin")[:]
+        return self.small_array("origin")
 
     def split_indices(self, split: str) -> np.ndarray:
         """Indices of the blocks whose shot belongs to `split` ('train', 'val', 'test')."""
@@ -156,15 +246,77 @@ class BlockStore:
         origins = self.origins()
         return np.flatnonzero(shot_split[origins[:, 1]] == split) if len(origins) else np.zeros(0, np.int64)
 
+    def chunk_exists(self, name: str, index: int) -> bool:
+        fs, root = store_filesystem(self.url, self.storage_options)
+        return fs.exists(f"{root.rstrip('/')}/{chunk_key(name, index)}")
+
+    def stored_blocks(self, name: str) -> set[int]:
+        """Blocks of image array `name` that have a chunk in the store (one listing, no reads)."""
+        fs, root = store_filesystem(self.url, self.storage_options)
+        prefix = f"{root.rstrip('/')}/{name}/c/"
+        keys = fs.find(prefix) if fs.exists(prefix) else []
+        return {int(k[len(prefix):].split("/")[0]) for k in keys if k.startswith(prefix)}
+
+    def missing_blocks(self) -> dict[str, list[int]]:
+        """Per image array, the blocks whose chunk is absent though the block is not all zeros (zarr does not
+        store a chunk equal to the fill value, so an all-zero block legitimately has none). Without recorded
+        checksums (version 1) every absent chunk counts."""
+        missing = {}
+        for k, name in enumerate(IMAGE_ARRAYS):
+            absent = sorted(set(range(self.num_blocks)) - self.stored_blocks(name))
+            if absent and self.verified and self.complete:
+                a = self.array(name)
+                empty = checksum(np.zeros(a.shape[1:], a.dtype))
+                absent = [i for i in absent if int(self.small_array(CHECKSUMS)[i, k]) != empty]
+            if absent:
+                missing[name] = absent
+        return missing
+
+    def image_block(self, name: str, index: int, verify: bool = True) -> np.ndarray:
+        """Block `index` of image array `name`; with `verify` (and a store that records checksums) it must match
+        its checksum. Errors name the block and the chunk."""
+        where = f"{self.url}: block {index}: {name} chunk {chunk_key(name, index)}"
+        try:
+            values = self.array(name)[index]
+        except QwError:
+            raise
+        except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk
+            raise QwError(f"{where} cannot be read ({type(exc).__name__}: {exc}); "
+                          f"run `qw datagen verify {self.url}`") from None
+        if verify and self.verified:
+            recorded = int(self.small_array(CHECKSUMS)[index, IMAGE_ARRAYS.index(name)])
+            if checksum(values) != recorded:
+                what = "is altered (checksum mismatch)" if self.chunk_exists(name, index) else "is missing"
+                raise QwError(f"{where} {what}; run `qw datagen verify {self.url}`")
+        return values
+
     def read_block(self, index: int, arrays: Iterable[str] = ("color", "reference", "motion", "jitter",
-                                                               "history_valid")) -> dict[str, np.ndarray]:
-        """One block as numpy arrays in their stored dtypes (float16 images stay float16)."""
-        return {name: self.array(name)[index] for name in arrays}
+                                                               "history_valid"),
+                   verify: bool = True) -> dict[str, np.ndarray]:
+        """One block as numpy arrays in their stored dtypes (float16 images stay float16), each image checked
+        against its recorded checksum unless `verify` is False."""
+        return {name: self.image_block(name, index, verify) if name in IMAGE_ARRAYS else self.small_array(name)[index]
+                for name in arrays}
+
+
+def _check_reachable(url: str, storage_options: dict | None) -> None:
+    """One clear line when a remote store cannot be reached (endpoint down, stalled past the timeouts of its
+    storage options, credentials missing or refused) rather than a 'not a store' guess or a traceback."""
+    if "://" not in url or url.startswith("file://"):
+        return
+    try:
+        fs, path = store_filesystem(url, storage_options)
+        fs.exists(f"{path.rstrip('/')}/zarr.json")
+    except Exception as exc:  # botocore/aiohttp/gcsfs errors: no common base class
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise QwError(f"{url}: cannot reach the store ({reason}); check the endpoint, credentials and timeouts "
+                      f"in --storage-options") from None
 
 
 def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
                storage_options: dict | None = None) -> BlockStore:
     """Open a store and check its format; by default refuse one that is not marked complete."""
+    _check_reachable(url, storage_options)
     try:
         group = zarr.open_group(url, mode=mode, storage_options=_storage_options(url, storage_options))
     except Exception as exc:  # zarr raises several types for a missing or foreign path
@@ -178,7 +330,16 @@ def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
     missing = [a for a in REQUIRED_ATTRS if a not in group.attrs]
     if missing:
         raise QwError(f"{url}: block store attributes missing: {missing}")
-    store = BlockStore(url, group)
+    store = BlockStore(url, group, storage_options)
     if require_complete and not store.complete:
         raise QwError(f"{url}: block store is incomplete (the build did not finish); rerun `qw datagen build`")
+    if store.complete and store.verified:
+        if "integrity" not in group.attrs:
+            raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
+                          f"missing); rebuild it with `qw datagen build`")
+        if group.attrs["integrity"].get("description") != description_checksum(group):
+            raise QwError(f"{url}: the store's attributes or array metadata (zarr.json) changed after it was "
+                          f"written (checksum mismatch); rebuild it with `qw datagen build`")
+    if not store.verified:
+        log.warning("%s: a %s store records no checksums: blocks are read unverified", url, fmt)
     return store

@@ -136,16 +136,29 @@ def _stored_cuts(job: ShotJob, path_cuts: list[int]) -> list[int]:
     return [c - shot.start - job.first for c in in_shot if shot.start + job.first < c < shot.start + job.last]
 
 
+def _recorded_settings(marker: Path) -> Any:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable or damaged: not our settings
+
+
 def _check_resumable(job: ShotJob) -> None:
-    """Refuse to mix frames rendered with other settings into this shot; record ours for the next resume."""
+    """Never mix frames rendered with other settings into this shot; record ours for the next resume.
+
+    The unfinished frames of an earlier run with other settings (it recorded them in PROGRESS_FILE) are removed:
+    the shot was never complete, so nothing finished is lost, and a failed run does not block a retry with other
+    settings. Frames without that record are not ours to delete: refused.
+    """
     path, settings = job.path, job.settings()
     marker = path / PROGRESS_FILE
-    has_frames = any((path / p).is_dir() and any((path / p).glob("*.exr")) for p in cf.PASSES)
+    frames = [f for p in cf.PASSES if (path / p).is_dir() for f in (path / p).glob("*.exr")]
     if marker.is_file():
-        if json.loads(marker.read_text()) != settings:
-            raise CaptureError(f"{path}: holds unfinished frames rendered with other settings (see {PROGRESS_FILE}); "
-                               "delete the directory or capture into another --out")
-    elif has_frames:
+        if _recorded_settings(marker) != settings:
+            log.warning("%s: discarding %d unfinished frame file(s) rendered with other settings", path, len(frames))
+            for frame in frames:
+                frame.unlink()
+    elif frames:
         raise CaptureError(f"{path}: holds frames but no {PROGRESS_FILE}; delete the directory or use another --out")
     for stale in [*path.glob(".*.tmp"), *path.glob("*/.*.tmp")]:  # a killed writer's temp files
         stale.unlink()
@@ -163,7 +176,13 @@ def _already_complete(job: ShotJob) -> bool:
 
 
 def render_shot(job: ShotJob, progress: bool = True) -> Path:
-    """Render (or finish) one builtin shot; returns its directory. Safe to call again after an interruption."""
+    """Render (or finish) one builtin shot; returns its directory. Safe to call again after an interruption; a
+    second writer of the same shot at the same time is refused (`capture_format.shot_lock`)."""
+    with cf.shot_lock(job.path):
+        return _render_shot(job, progress)
+
+
+def _render_shot(job: ShotJob, progress: bool) -> Path:
     if _already_complete(job):
         log.info("%s: already complete", job.path)
         return job.path
@@ -205,7 +224,7 @@ def _render_frames(job: ShotJob, renderer, offsets: list[tuple[float, float]], p
                                    disable=not progress)):
         view, proj = renderer.camera(frame)
         cameras.append(cf.CameraFrame(view=view.tolist(), projection=proj.tolist()))
-        if cf.frame_exists(job.path, i):
+        if cf.frame_intact(job.path, i, job.width, job.height):  # decoded, not only present: truncation is caught
             continue
         # at a camera cut the history is invalid: motion is taken against the frame itself (zero)
         motion, depth = renderer.render_gbuffer(frame, frame if frame in path_cuts else frame - 1)
@@ -247,12 +266,17 @@ def _capture_unreal(manifest: SceneManifest, out: Path, shots, scheduler, progre
 
 
 def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
-    """One task per shot on the client's cluster; tqdm is driven from as_completed."""
+    """One task per shot on the client's cluster; tqdm is driven from as_completed. A lost cluster is one line;
+    finished frames are kept and the same command resumes."""
     from distributed import as_completed
 
+    from datagen.cluster import cluster_failures
+
     futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
-    for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot", disable=not progress):
-        future.result()  # re-raises a worker's error here
+    with cluster_failures("finished frames are kept and the same command resumes the capture"):
+        for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
+                           disable=not progress):
+            future.result()  # re-raises a worker's error here
     return [job.path for job in jobs]
 
 

@@ -21,10 +21,12 @@ Conventions shared with the validator and the tiler:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ import OpenEXR
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datagen import __version__
-from datagen.errors import CaptureError
+from datagen.errors import CaptureError, QwError
 
 FORMAT_NAME = "qw-capture"
 FORMAT_VERSION = 1
@@ -94,6 +96,16 @@ class JitterInfo(_Strict):
 class ReferenceInfo(_Strict):
     samples: int = Field(ge=1)
     filter: str = Field(description="e.g. 'box' or 'gaussian(sigma=0.47px)'")
+    offsets: list[tuple[float, float]] = Field(
+        default_factory=list, description="sub-pixel offsets of the averaged samples, when known (as jitter offsets)")
+
+
+class EngineInfo(_Strict):
+    """The engine that rendered a capture and the settings of it that change pixels (optional; Unreal captures)."""
+
+    version: str = Field(description="as the engine reports it, e.g. '4.27.2-18319896+++UE4+Release-4.27'")
+    cvars: dict[str, Any] = Field(
+        default_factory=dict, description="console variables that change pixels: as read from the engine or as set")
 
 
 class CameraFrame(_Strict):
@@ -117,6 +129,7 @@ class CaptureMeta(_Strict):
     reference: ReferenceInfo
     camera_cuts: list[int] = Field(default_factory=list, description="stored frames whose history is invalid")
     cameras: list[CameraFrame] | None = None
+    engine: EngineInfo | None = None
     depth_units: str = "scene units"
     seed: int | None = None
     qw_version: str = __version__
@@ -161,20 +174,112 @@ def frame_path(shot_dir: str | os.PathLike, pass_name: str, index: int) -> Path:
     return Path(shot_dir) / f"{pass_name}/{index:06d}.exr"
 
 
+def path_component_problem(name: str) -> str | None:
+    """Why `name` (a scene or shot name) cannot be one folder name inside the captures root; None when it can.
+
+    Names become folders: they must not climb out (``..``), be absolute, hold a separator, or be hidden (hidden
+    folders are working areas that the validator and the planner do not look into).
+    """
+    if not name or name.strip() != name:
+        return "is empty or starts/ends with white space"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "contains a path separator or NUL"
+    if name.startswith("."):
+        return "starts with '.' ('.', '..' and hidden folders are not allowed)"
+    if len(name.encode()) > 255:
+        return "is longer than 255 bytes"
+    return None
+
+
+def check_path_component(name: str, what: str) -> str:
+    """`name` unchanged when it is a valid folder name, else a QwError naming it."""
+    problem = path_component_problem(name)
+    if problem:
+        raise QwError(f"{what} {name!r} {problem}: names must be single folder names")
+    return name
+
+
 def shot_dir(captures_root: str | os.PathLike, scene: str, shot: str) -> Path:
-    return Path(captures_root) / scene / shot
+    """``<captures_root>/<scene>/<shot>``; the names must be single folder names (never paths)."""
+    return Path(captures_root) / check_path_component(scene, "scene") / check_path_component(shot, "shot")
 
 
 def is_complete(shot: str | os.PathLike) -> bool:
     return (Path(shot) / META_FILE).is_file()
 
 
-def find_captures(root: str | os.PathLike) -> list[Path]:
-    """Every complete shot directory at or below `root`, sorted."""
+def shot_folders(root: str | os.PathLike, on_error=None) -> list[Path]:
+    """Every shot folder at or below `root` (one holding capture.json or a pass folder, finished or not), sorted.
+
+    The one rule for symlinks, shared by validate, plan and build: symbolic links to folders are followed (a
+    captures tree may be assembled from several disks); each real folder counts once, so a link loop ends the walk
+    there; hidden folders and the pass folders themselves are not searched. Unreadable folders are passed to
+    `on_error(OSError)` (default: ignored) and skipped.
+    """
     root = Path(root)
-    if is_complete(root):
+
+    def is_shot(d: Path) -> bool:
+        return is_complete(d) or any((d / p).is_dir() for p in PASSES)
+
+    if is_shot(root):
         return [root]
-    return sorted(p.parent for p in root.rglob(META_FILE))
+    found, seen = [], set()
+    for folder, subfolders, _ in os.walk(root, followlinks=True, onerror=on_error):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back to a folder already walked (a loop, or the same shot twice)
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in PASSES)
+        if folder != str(root) and is_shot(Path(folder)):
+            found.append(Path(folder))
+    return sorted(found)
+
+
+def find_captures(root: str | os.PathLike) -> list[Path]:
+    """Every complete shot directory at or below `root`, sorted (symlinks as `shot_folders` follows them)."""
+    return [d for d in shot_folders(root) if is_complete(d)]
+
+
+@contextmanager
+def shot_lock(shot: str | os.PathLike) -> Iterator[None]:
+    """Hold the writer lock of a shot (an flock on ``<scene>/.<shot>.qw-lock``, beside the shot folder so the
+    folder holds only the contract's files): a second writer of the same shot is refused at once instead of racing
+    the first. The kernel drops the lock when its process dies, so a killed capture never blocks its resume."""
+    shot = Path(shot)
+    lock = shot.parent / f".{shot.name}.qw-lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CaptureError(f"{shot}: another process is writing this shot; wait for it to finish") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break  # the file we locked is still the lock file (not one its last holder just removed)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: a waiting opener then sees a stale inode and retries
+        os.close(fd)
+
+
+def frame_intact(shot: str | os.PathLike, index: int, width: int, height: int) -> bool:
+    """True when every pass of frame `index` is on disk, decodes with the contract's channels and dtype, and is
+    `width` × `height`: what a resumed capture may keep (a truncated or foreign file is rendered again)."""
+    for pass_name in PASSES:
+        try:
+            image = read_frame(shot, pass_name, index)
+        except (CaptureError, OSError):
+            return False
+        if image.shape[:2] != (height, width):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- EXR I/O
@@ -185,17 +290,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block exits cleanly it is renamed over `path`.
 
     Readers therefore see either the old file or the complete new one, never a half-written file.
+    The temporary file is created with mode 0666 minus the umask, as a plain open() would, so the renamed file
+    has the permissions the user's umask asks for (a mkstemp file would be 0600 whatever the umask). A full disk
+    or any other OSError becomes a one-line error naming the file, and no partial file is left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
+            raise QwError(f"{path}: cannot write ({exc.strerror})") from None
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def write_exr(path: str | os.PathLike, image: np.ndarray, channels: tuple[str, ...], dtype: type,
@@ -210,7 +321,11 @@ def write_exr(path: str | os.PathLike, image: np.ndarray, channels: tuple[str, .
     header = {"compression": EXR_COMPRESSION, "type": OpenEXR.scanlineimage, **(attributes or {})}
     planes = {c: np.ascontiguousarray(image[..., i], dtype=dtype) for i, c in enumerate(channels)}
     with atomic_path(path) as tmp:
-        OpenEXR.File(header, planes).write(str(tmp))
+        try:
+            OpenEXR.File(header, planes).write(str(tmp))
+        except RuntimeError as exc:  # OpenEXR reports I/O failures (disk full, size limit) as RuntimeError
+            reason = str(exc).rstrip(".").rpartition(". ")[2] or str(exc)
+            raise QwError(f"{path}: cannot write the EXR ({reason})") from None
 
 
 def read_exr(path: str | os.PathLike, channels: tuple[str, ...], dtype: type | None = None) -> np.ndarray:
@@ -240,8 +355,11 @@ EXR_MAGIC = b"\x76\x2f\x31\x01"
 
 def _unreadable_reason(path: Path) -> str:
     """Tell a file that is not an EXR at all from an EXR that is truncated or corrupt (by its magic number)."""
-    with open(path, "rb") as f:
-        head = f.read(len(EXR_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(EXR_MAGIC))
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
     return "truncated or corrupt EXR file" if head == EXR_MAGIC else "not an EXR file (no OpenEXR magic number)"
 
 
@@ -257,11 +375,6 @@ def read_frame(shot: str | os.PathLike, pass_name: str, index: int) -> np.ndarra
     """Read frame `index` of a pass as H×W×C in the contract's dtype."""
     spec = PASSES[pass_name]
     return read_exr(frame_path(shot, pass_name, index), spec.channels, spec.dtype)
-
-
-def frame_exists(shot: str | os.PathLike, index: int, passes: tuple[str, ...] = tuple(PASSES)) -> bool:
-    """True when every pass of frame `index` is on disk (used to resume interrupted captures)."""
-    return all(frame_path(shot, p, index).is_file() for p in passes)
 
 
 # ----------------------------------------------------------------------------------------------- metadata I/O
@@ -303,7 +416,9 @@ def load_meta(shot: str | os.PathLike) -> CaptureMeta:
         raise CaptureError(f"{path}: missing (the capture is incomplete or was interrupted)")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptureError(f"{path}: not valid JSON ({exc})") from None
     fmt = str(raw.get("format", "")) if isinstance(raw, dict) else ""
     name, _, ver = fmt.partition("/")

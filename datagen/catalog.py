@@ -43,12 +43,15 @@ def opengl_blocker() -> str | None:
 
 
 def unreal_blockers(manifest: SceneManifest) -> list[str]:
-    """What is missing to capture an Unreal scene: the editor ($QW_UE4_EDITOR), the project file, the sequence."""
-    from ue_capture.launcher import check_sequence_filled, resolve_editor, resolve_project
+    """What is missing to capture an Unreal scene: the editor ($QW_UE4_EDITOR), the project file, its map (given or
+    the project's default), the camera (authored keys or an existing sequence), a supported engine version."""
+    from ue_capture.launcher import check_sequence_filled, engine_major, resolve_editor, resolve_map, resolve_project
 
+    assert manifest.unreal is not None
     checks: list[Callable[[], Any]] = [lambda: resolve_editor(None),
-                                       lambda: resolve_project(manifest, None, must_exist=True),
-                                       lambda: check_sequence_filled(manifest)]
+                                       lambda: resolve_map(manifest, resolve_project(manifest, None, must_exist=True)),
+                                       lambda: check_sequence_filled(manifest),
+                                       lambda: engine_major(manifest.unreal.engine_version)]
     blockers = []
     for check in checks:
         try:

@@ -125,14 +125,19 @@ def dask_client(cluster: str = "local", workers: int | None = None, scheduler: s
     # Cluster chatter is not the user's business unless they asked for debug output (-vv); task errors reach the
     # client as exceptions and are reported there, once.
     quiet = not log.isEnabledFor(logging.DEBUG)
-    dask_log = logging.getLogger("distributed")
-    level = dask_log.level
+    dask_logs = [logging.getLogger(name) for name in ("distributed", "distributed.client")]  # the client's level
+    levels = [d.level for d in dask_logs]  # is set on its own by distributed's configuration
     if quiet:
-        dask_log.setLevel(logging.CRITICAL)
+        for dask_log in dask_logs:
+            dask_log.setLevel(logging.CRITICAL)
     try:
         with contextlib.ExitStack() as stack:
             if scheduler:
-                client = stack.enter_context(Client(scheduler))
+                try:
+                    client = stack.enter_context(Client(scheduler))
+                except OSError as exc:  # connection refused or timed out (distributed.comm.timeouts.connect)
+                    raise QwError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); what is written is kept "
+                                  "and the same command resumes") from None
             else:
                 started = stack.enter_context(_local_cluster(workers, quiet) if cluster == "local" else slurm_cluster())
                 if cluster == "slurm":
@@ -141,4 +146,20 @@ def dask_client(cluster: str = "local", workers: int | None = None, scheduler: s
             log.info("Dask dashboard: %s", client.dashboard_link)
             yield client
     finally:
-        dask_log.setLevel(level)
+        for dask_log, level in zip(dask_logs, levels):
+            dask_log.setLevel(level)
+
+
+@contextlib.contextmanager
+def cluster_failures(resume: str) -> Iterator[None]:
+    """Turn a lost Dask scheduler or worker into one line that says how to resume (`resume`). A lost scheduler
+    cancels the futures or closes the comms (CommClosedError is an OSError); a worker that keeps dying is a
+    KilledWorker. Task errors (QwError and the like) pass unchanged."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    try:
+        yield
+    except (KilledWorker, FutureCancelledError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise QwError(f"the Dask cluster failed ({reason}); {resume}") from None

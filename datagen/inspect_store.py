@@ -1,16 +1,21 @@
-"""`qw datagen inspect` and `qw datagen preview`: what a block store holds, and a picture of one block."""
+"""`qw datagen inspect`, `verify` and `preview`: what a block store holds, whether every block is intact, and a
+picture of one block."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, open_store, store_filesystem
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, chunk_key, open_store, \
+    store_filesystem
 from datagen.errors import QwError
 from datagen.tile import MARKERS, done_tasks
 
@@ -22,6 +27,19 @@ def _stored_bytes(url: str, storage_options: dict | None) -> int:
         fs, path = store_filesystem(url, storage_options)
         return int(fs.du(path))
     return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(url) for name in names)
+
+
+def _missing_summary(store: BlockStore) -> str:
+    """Why a store marked complete is not: its absent chunks or a damaged checksum table ('' when neither)."""
+    try:
+        missing = store.missing_blocks()
+    except QwError as exc:
+        return str(exc)
+    if not missing:
+        return ""
+    count = sum(len(v) for v in missing.values())
+    first = ", ".join(f"{name} block {blocks[0]}" for name, blocks in missing.items())
+    return f"{count} chunk(s) missing, first: {first}; run qw datagen verify {store.url}"
 
 
 def _progress(store: BlockStore) -> str:
@@ -43,15 +61,18 @@ def inspect_report(url: str, storage_options: dict | None = None) -> str:
     """Blocks per scene/shot/split, codec, sizes, completeness and provenance of a store, as text."""
     store = open_store(url, require_complete=False, storage_options=storage_options)
     a, n = store.attrs, store.num_blocks
-    origins = store.origins() if store.complete else np.zeros((0, 5), np.int32)
+    damage = _missing_summary(store) if store.complete else ""
+    origins = store.origins() if store.complete and not damage else np.zeros((0, 5), np.int32)
     scenes = [s["name"] for s in a["scenes"]]
     shots = a["shots"]
     stored = _stored_bytes(url, storage_options)
-    raw = sum(np.dtype(ARRAYS[name].dtype).itemsize * int(np.prod(store.array(name).shape)) for name in ARRAYS)
+    raw = sum(np.dtype(ARRAYS[name].dtype).itemsize * int(np.prod(store.array(name).shape)) for name in ARRAYS
+              if name in store.group)
+    complete = "yes" if store.complete and not damage else f"NO ({damage or _progress(store)})"
     t, tile, _ = a["block_shape"]
     lines = [
         f"store:      {url}",
-        f"format:     {a['format']}   complete: {'yes' if store.complete else f'NO ({_progress(store)})'}",
+        f"format:     {a['format']}   complete: {complete}",
         f"blocks:     {n} of {t} frames × {tile}×{tile} px",
         f"codec:      {a['codec']['name']} {a['codec']['configuration']}",
         f"size:       {_size(stored)} stored, {_size(raw)} raw ({raw / max(stored, 1):.2f}×)",
@@ -60,7 +81,7 @@ def inspect_report(url: str, storage_options: dict | None = None) -> str:
         f"plan:       {a.get('plan_digest')}",
         f"qw version: {a['qw_version']}",
     ]
-    if store.complete:
+    if len(origins):
         lines += _counts_table("blocks per scene", Counter(scenes[i] for i in origins[:, 0]))
         lines += _counts_table("blocks per shot", Counter(f"{shots[i]['scene']}/{shots[i]['shot']} "
                                                           f"({shots[i]['split']})" for i in origins[:, 1]))
@@ -69,6 +90,52 @@ def inspect_report(url: str, storage_options: dict | None = None) -> str:
     lines += [f"  {s['path']:<32} {s['capture_sha256'][:16]}…  {s['width']}×{s['height']}, "
               f"{s['frame_count']} frames" for s in shots]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+def _block_problems(store: BlockStore, index: int, stored: dict[str, set[int]]) -> list[str]:
+    """What is wrong with block `index`: each image array's chunk must decode and match its checksum. `stored`
+    (chunks present, for stores without checksums only) tells a missing chunk from an all-zero one there."""
+    problems = []
+    for name in IMAGE_ARRAYS:
+        if name in stored and index not in stored[name]:
+            problems.append(f"{store.url}: block {index}: {name} chunk {chunk_key(name, index)} is missing")
+            continue
+        try:
+            store.image_block(name, index)
+        except QwError as exc:
+            problems.append(str(exc).partition("; run")[0])
+    return problems
+
+
+def verify_store(url: str, storage_options: dict | None = None, workers: int = 4,
+                 echo: Callable[[str], Any] = print) -> bool:
+    """`qw datagen verify`: read every block and small array of a store and check each against its recorded
+    checksum; print every missing, unreadable (truncated) or altered piece by name. True when all is intact."""
+    from tqdm import tqdm
+
+    store = open_store(url, require_complete=False, storage_options=storage_options)
+    problems = [] if store.complete else [f"{url}: store is incomplete ({_progress(store)})"]
+    if not store.verified:
+        echo(f"{url}: {store.attrs['format']} records no checksums: only chunk presence and decoding are checked")
+    for name in SMALL_ARRAYS if store.verified and store.complete else ():
+        try:
+            store.small_array(name)
+        except QwError as exc:
+            problems.append(str(exc).partition("; run")[0])
+    if store.complete and not problems:  # with the checksum table itself damaged, blocks cannot be judged
+        stored = {} if store.verified else {name: store.stored_blocks(name) for name in IMAGE_ARRAYS}
+        with ThreadPoolExecutor(workers) as pool:  # blosc and crc32c release the GIL
+            for found in tqdm(pool.map(lambda i: _block_problems(store, i, stored), range(store.num_blocks)),
+                              total=store.num_blocks, unit="block", desc="verify", leave=False):
+                problems += found
+    for problem in problems:
+        echo(problem)
+    echo(f"{url}: {store.num_blocks} blocks × {len(IMAGE_ARRAYS)} arrays: "
+         + (f"{len(problems)} problem(s)" if problems else "intact"))
+    return not problems
 
 
 # ----------------------------------------------------------------------------------------------- preview

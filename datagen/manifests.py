@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from datagen.capture_format import path_component_problem
 from datagen.errors import QwError
 
 MANIFEST_ROOT = Path(os.environ.get("QW_MANIFESTS", Path(__file__).resolve().parent.parent / "manifests"))
@@ -28,14 +29,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _folder_name(name: str) -> str:
+    """Scene and shot names become folders of the captures tree: single folder names, never paths."""
+    problem = path_component_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} {problem}: names must be single folder names")
+    return name
+
+
+SEED = Field(0, ge=0, description="non-negative integer (numpy seeds cannot be negative)")
+
+
 class CaptureSettings(_Strict):
-    resolution: tuple[int, int] = Field(description="width, height in pixels")
+    resolution: tuple[PositiveInt, PositiveInt] = Field(description="width, height in pixels")
     fps: float = Field(gt=0)
     reference_samples: int = Field(64, ge=1, description="supersampling samples per pixel of the reference")
     jitter: Literal["halton23", "none", "engine"] = "halton23"
     jitter_cycle: int = Field(8, ge=1)
     mip_bias: float = 0.0
-    mode: Literal["render", "mrq", "bufvis"] = Field("render", description="render: builtin; mrq/bufvis: Unreal")
+    mode: Literal["render", "mrq", "bufvis"] = Field("render", description="render: builtin; mrq: Unreal")
+
+    @model_validator(mode="after")
+    def _no_bufvis(self) -> "CaptureSettings":
+        if self.mode == "bufvis":  # kept in the schema only to explain why it is refused
+            raise ValueError("capture mode 'bufvis' is not supported: buffer visualization takes PreTonemapHDRColor "
+                             "after TAA, so its frames are not 1-spp samples; use mode 'mrq', whose jittered input "
+                             "comes from Movie Render Queue's own samples")
+        return self
 
 
 class Shot(_Strict):
@@ -44,6 +64,8 @@ class Shot(_Strict):
     end: int = Field(description="one past the last source frame")
     split: Literal["train", "val", "test"] = "train"
     camera_cuts: list[int] = Field(default_factory=list, description="source frames that start a new camera cut")
+
+    _name = field_validator("name")(_folder_name)
 
     @model_validator(mode="after")
     def _range(self) -> "Shot":
@@ -64,17 +86,51 @@ class BuiltinSource(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class CameraKey(_Strict):
+    """One key of an authored camera path, in Unreal's units and axes (cm; x forward, y right, z up; degrees)."""
+
+    frame: int = Field(ge=0, description="frame at the camera path's fps")
+    position: tuple[float, float, float] = Field(description="x, y, z in cm, relative to the path's origin")
+    rotation: tuple[float, float, float] = Field(description="pitch, yaw, roll in degrees (yaw relative to origin)")
+
+
+class CameraPath(_Strict):
+    """A camera path qw authors as a Level Sequence (one camera, one cut, keys interpolated smoothly)."""
+
+    fps: float = Field(gt=0, description="the sequence's display rate; must equal capture.fps")
+    fov: float = Field(gt=0, lt=180, description="horizontal field of view in degrees")
+    origin: Literal["player-start", "world"] = Field(
+        "player-start", description="keys are relative to the map's first PlayerStart (position and yaw), or world")
+    keys: list[CameraKey] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "CameraPath":
+        frames = [k.frame for k in self.keys]
+        if any(b <= a for a, b in zip(frames, frames[1:])):
+            raise ValueError(f"camera key frames must increase strictly, got {frames}")
+        return self
+
+
+PROJECT_DEFAULT_MAP = "project-default"  # the map named by GameDefaultMap in the project's Config/DefaultEngine.ini
+
+
 class UnrealSource(_Strict):
-    engine_version: str = Field(description="e.g. '4.27' or '5.3'")
+    engine_version: str = Field(description="e.g. '4.27', '5.3' or '5.5'")
     project: str = Field(description=f"path to the .uproject; may use $ENV vars; '{FILL_IN}' until set")
-    map: str = Field(description="/Game/... map asset path")
-    level_sequence: str = Field(description=f"/Game/... Level Sequence asset; '{FILL_IN}' until set")
+    map: str = Field(description=f"/Game/... map asset path, or '{PROJECT_DEFAULT_MAP}'")
+    level_sequence: str = Field("", description="an existing /Game/... Level Sequence; empty when 'camera' is given")
+    camera: CameraPath | None = Field(None, description="camera keys qw authors a Level Sequence from")
     notes: str = ""
     cvars: dict[str, float | int | str] = Field(
         default_factory=dict, description="extra console variables for both passes (override qw's defaults)")
     warm_up_frames: int = Field(32, ge=0, description="frames rendered and discarded before each shot")
-    executor: Literal["pie", "new-process"] = Field(
-        "pie", description="Movie Render Queue executor: in the editor (PIE) or a separate render process")
+
+    @model_validator(mode="after")
+    def _one_camera_source(self) -> "UnrealSource":
+        if bool(self.level_sequence) == (self.camera is not None):
+            raise ValueError("give exactly one of unreal.level_sequence (an existing sequence) and unreal.camera "
+                             "(keys qw authors a sequence from)")
+        return self
 
     def unfilled(self) -> list[str]:
         """Fields the user still has to fill in (value is FILL_IN or an unset environment variable)."""
@@ -86,22 +142,36 @@ class SceneManifest(_Strict):
     name: str
     description: str = ""
     backend: Literal["builtin", "ue4"]
-    seed: int = 0
+    seed: int = SEED
     capture: CaptureSettings
     builtin: BuiltinSource | None = None
     unreal: UnrealSource | None = None
     shots: list[Shot] = Field(min_length=1)
+
+    _name = field_validator("name")(_folder_name)
 
     @model_validator(mode="after")
     def _backend_section(self) -> "SceneManifest":
         if self.backend == "builtin" and self.builtin is None:
             raise ValueError("backend 'builtin' needs a 'builtin' section (builder, params)")
         if self.backend == "ue4" and self.unreal is None:
-            raise ValueError("backend 'ue4' needs an 'unreal' section (engine_version, project, map, level_sequence)")
+            raise ValueError("backend 'ue4' needs an 'unreal' section (engine_version, project, map, and "
+                             "level_sequence or camera)")
+        if self.unreal is not None and self.unreal.camera is not None:
+            self._shots_inside_camera_path(self.unreal.camera)
         names = [s.name for s in self.shots]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate shot names in {names}")
         return self
+
+    def _shots_inside_camera_path(self, camera: CameraPath) -> None:
+        if camera.fps != self.capture.fps:
+            raise ValueError(f"unreal.camera.fps ({camera.fps:g}) must equal capture.fps ({self.capture.fps:g}): "
+                             "Movie Render Queue reads shot frames at the sequence's display rate")
+        first, last = camera.keys[0].frame, camera.keys[-1].frame
+        outside = [s.name for s in self.shots if s.start < first or s.end > last + 1]
+        if outside:
+            raise ValueError(f"shots {outside} reach outside the camera keys' frames [{first}, {last}]")
 
     def shot(self, name: str) -> Shot:
         for s in self.shots:
@@ -122,7 +192,7 @@ class ContentFilter(_Strict):
 class DatasetManifest(_Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = SEED
     frames: int = Field(8, ge=2, description="frames per block (T)")
     tile: int = Field(256, ge=16, description="block height and width in pixels")
     total_blocks: int = Field(ge=1)
@@ -144,9 +214,15 @@ def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a text file (not UTF-8); a manifest is YAML text") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

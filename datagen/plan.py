@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.capture_format import META_FILE, PASSES, CaptureMeta, find_captures, frame_files, load_meta, \
-    sha256_file
+from datagen.capture_format import META_FILE, PASSES, CaptureMeta, find_captures, frame_files, is_complete, \
+    load_meta, sha256_file, shot_folders
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
 
@@ -146,8 +146,7 @@ class Plan:
 
 def _incomplete_shots(root: Path) -> list[Path]:
     """Shot folders with frames but no capture.json: interrupted or still-running captures."""
-    return sorted({p.parent.parent for p in root.rglob(f"{next(iter(PASSES))}/*.exr")
-                   if not (p.parent.parent / META_FILE).is_file()})
+    return [d for d in shot_folders(root) if not is_complete(d) and any((d / next(iter(PASSES))).glob("*.exr"))]
 
 
 def shot_splits(scenes: set[str], manifests_root: Path | None = None) -> dict[tuple[str, str], str]:

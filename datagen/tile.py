@@ -4,8 +4,9 @@ One Dask task per window (see `datagen.plan`): it decodes each of the window's s
 crops every block of the window and writes whole chunks (one block per chunk, so no two tasks share a chunk; the
 store is not sharded). Only file names and tile positions travel through the scheduler, never pixels.
 
-Resumable: a task writes its completion marker (one row of the ``_tasks`` array, which also records the content
-filter's choices) after its blocks; a rerun skips marked tasks. The small per-block arrays are written from the
+Resumable: a task writes the checksums of its blocks (one row of ``_task_checksums``, computed from the crops it
+writes) and then its completion marker (one row of the ``_tasks`` array, which also records the content filter's
+choices) after its blocks; a rerun skips marked tasks. The small per-block arrays are written from the
 plan and the markers when every task is done, and ``complete`` is set last. Everything written is a function of
 the plan and the pixels, so a build killed at any moment and rerun gives the same bytes as an uninterrupted one.
 """
@@ -22,9 +23,10 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, create_store, open_store, store_filesystem
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_store, open_store, seal, \
+    store_filesystem
 from datagen.capture_format import frame_path, read_frame
-from datagen.cluster import check_cluster, dask_client
+from datagen.cluster import check_cluster, cluster_failures, dask_client
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import DatasetManifest, load_dataset_manifest
 from datagen.plan import Plan, check_frames, plan_from_files
@@ -32,6 +34,7 @@ from datagen.plan import Plan, check_frames, plan_from_files
 log = logging.getLogger(__name__)
 
 MARKERS = "_tasks"  # (tasks, max blocks per task) int16: chosen candidate per block, -1 padding; unwritten = todo
+TASK_CHECKSUMS = "_task_checksums"  # (tasks, max blocks per task, image arrays) uint32: checksums of written blocks
 NOT_DONE = -2
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -62,7 +65,7 @@ class TaskSpec:
 def _open_arrays(url: str, options_json: str, plan_digest: str) -> dict[str, zarr.Array]:
     """The store's arrays, opened once per worker process."""
     store = open_store(url, mode="r+", require_complete=False, storage_options=json.loads(options_json))
-    return {name: store.array(name) for name in (*IMAGE_ARRAYS, MARKERS)}
+    return {name: store.array(name) for name in (*IMAGE_ARRAYS, MARKERS, TASK_CHECKSUMS)}
 
 
 def _nonfinite_count(image: np.ndarray, allow_inf: bool) -> int:
@@ -138,17 +141,30 @@ def choose_candidates(spec: TaskSpec, color: np.ndarray, reference: np.ndarray) 
 
 
 def run_task(spec: TaskSpec) -> int:
-    """Write every block of one window, then its completion marker. Returns the number of blocks."""
+    """Write every block of one window, then its blocks' checksums, then its completion marker. Returns the number
+    of blocks."""
     arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
                           spec.plan_digest)
+    try:
+        return _write_task(spec, arrays)
+    except OSError as exc:  # disk full, quota, lost mount: one line; the task stays unmarked and a rerun redoes it
+        raise QwError(f"{spec.store_url}: cannot write the blocks of window {spec.index} "
+                      f"({exc.strerror or exc})") from None
+
+
+def _write_task(spec: TaskSpec, arrays: dict[str, zarr.Array]) -> int:
     decoded = {name: _decode_window(spec, name) for name in ("color", "reference")}
     chosen = choose_candidates(spec, decoded["color"], decoded["reference"])
     origins = spec.positions[np.arange(len(chosen)), chosen]
-    for name in IMAGE_ARRAYS:  # at most two passes of the window in memory (colour and reference first)
+    sums = np.zeros((1, spec.marker_width, len(IMAGE_ARRAYS)), np.uint32)
+    for k, name in enumerate(IMAGE_ARRAYS):  # at most two passes of the window in memory (colour and reference first)
         frames = decoded.pop(name) if name in decoded else _decode_window(spec, name)
         for block, (y, x) in enumerate(origins):
-            arrays[name][spec.first_block + block] = _crop(frames, int(y), int(x), spec.tile)
+            crop = _crop(frames, int(y), int(x), spec.tile)
+            sums[0, block, k] = checksum(crop)
+            arrays[name][spec.first_block + block] = crop
         del frames
+    arrays[TASK_CHECKSUMS][spec.index:spec.index + 1] = sums
     marker = np.full((1, spec.marker_width), -1, np.int16)
     marker[0, :len(chosen)] = chosen
     arrays[MARKERS][spec.index:spec.index + 1] = marker
@@ -178,7 +194,8 @@ def store_attrs(plan: Plan) -> dict:
 
 def _expected_shapes(plan: Plan) -> dict[str, tuple[int, ...]]:
     shapes = {name: spec.shape(plan.num_blocks, plan.frames, plan.tile) for name, spec in ARRAYS.items()}
-    return {**shapes, MARKERS: (len(plan.tasks), _marker_width(plan))}
+    return {**shapes, MARKERS: (len(plan.tasks), _marker_width(plan)),
+            TASK_CHECKSUMS: (len(plan.tasks), _marker_width(plan), len(IMAGE_ARRAYS))}
 
 
 def _marker_width(plan: Plan) -> int:
@@ -189,7 +206,7 @@ def _resumable(store: BlockStore, plan: Plan, overwrite: bool) -> bool:
     """True when `store` is this plan's store with every array in place (an interrupted or finished build)."""
     digest = store.attrs.get("plan_digest")
     if digest != plan.digest():
-        if not overwrite:
+        if not overwrite and store.complete:  # an unfinished build of another plan is not kept: a retry may differ
             raise QwError(f"{store.url}: block store was built from another plan (digest {str(digest)[:12]}…, this "
                           f"plan {plan.digest()[:12]}…); use a new --store or pass --overwrite")
         return False
@@ -219,11 +236,14 @@ def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, ove
     try:
         group = create_store(url, plan.num_blocks, store_attrs(plan), t=plan.frames, tile=plan.tile,
                              storage_options=storage_options)
-        group.create_array(MARKERS, shape=_expected_shapes(plan)[MARKERS], chunks=(1, _marker_width(plan)),
-                           dtype="int16", fill_value=NOT_DONE)
+        shapes = _expected_shapes(plan)
+        group.create_array(TASK_CHECKSUMS, shape=shapes[TASK_CHECKSUMS], chunks=(1, *shapes[TASK_CHECKSUMS][1:]),
+                           dtype="uint32", fill_value=0)
+        group.create_array(MARKERS, shape=shapes[MARKERS], chunks=(1, _marker_width(plan)), dtype="int16",
+                           fill_value=NOT_DONE)
     except OSError as exc:
         raise QwError(f"{url}: cannot create the block store ({exc.strerror or exc})") from None
-    return BlockStore(url, group)
+    return BlockStore(url, group, storage_options)
 
 
 def done_tasks(store: BlockStore) -> np.ndarray:
@@ -232,8 +252,11 @@ def done_tasks(store: BlockStore) -> np.ndarray:
 
 
 def finalize(store: BlockStore, plan: Plan) -> None:
-    """Write the per-block arrays from the plan and the markers, then mark the store complete (last)."""
+    """Write the per-block arrays from the plan and the markers, then seal the store with the checksums the tasks
+    recorded (marking it complete, last)."""
     chosen = store.group[MARKERS][:]
+    task_sums = store.group[TASK_CHECKSUMS][:]
+    sums = np.zeros((plan.num_blocks, len(IMAGE_ARRAYS)), np.uint32)
     origin = np.zeros((plan.num_blocks, 5), np.int32)
     jitter = np.zeros((plan.num_blocks, plan.frames, 2), np.float32)
     history = np.zeros((plan.num_blocks, plan.frames), bool)
@@ -247,9 +270,10 @@ def finalize(store: BlockStore, plan: Plan) -> None:
         valid = meta.history_valid()[window]
         valid[0] = False  # a block's first frame has no history inside the block
         history[blocks] = valid
+        sums[blocks] = task_sums[task.index, :task.num_blocks]
     for name, values in (("origin", origin), ("jitter", jitter), ("history_valid", history)):
         store.group[name][:] = values
-    store.group.attrs["complete"] = True
+    seal(store.group, sums)
 
 
 # ----------------------------------------------------------------------------------------------- Dask
@@ -271,10 +295,14 @@ def run_tasks(client, specs: list[TaskSpec], progress: tqdm) -> None:
 
     futures = [client.submit(run_task, s, key=f"qw-block-task-{s.index}", pure=False) for s in specs]
     try:
-        for future in as_completed(futures):
-            progress.update(future.result())
+        with cluster_failures("finished windows are kept and the same command resumes the build"):
+            for future in as_completed(futures):
+                progress.update(future.result())
     except BaseException:
-        client.cancel(futures)
+        try:
+            client.cancel(futures)
+        except OSError:  # the scheduler is gone: nothing left to cancel
+            pass
         raise
 
 

@@ -45,6 +45,7 @@ from datagen.capture_format import (
     load_meta,
     read_frame,
     sha256_file,
+    shot_folders,
 )
 from datagen.errors import CaptureError, QwError
 
@@ -222,12 +223,15 @@ def _check_frame(shot: Path, meta: CaptureMeta, index: int, present: set[str],
         if rel not in present:
             continue  # reported by the files check
         expected_sum = meta.checksums.get(rel)
-        if expected_sum is None:
-            result.add("checksums", f"{path}: no checksum recorded in {META_FILE}")
-        elif sha256_file(path) != expected_sum:
-            result.add("checksums", f"{path}: sha256 does not match {META_FILE} (file changed after capture)")
         try:
+            if expected_sum is None:
+                result.add("checksums", f"{path}: no checksum recorded in {META_FILE}")
+            elif sha256_file(path) != expected_sum:
+                result.add("checksums", f"{path}: sha256 does not match {META_FILE} (file changed after capture)")
             image = read_frame(shot, pass_name, index)
+        except OSError as exc:  # unreadable, a link loop: reported, and the other frames and shots still checked
+            result.add("readable", f"{path}: cannot read ({exc.strerror or exc})")
+            continue
         except CaptureError as exc:
             result.add("readable", str(exc))
             continue
@@ -257,7 +261,11 @@ def _check_files(shot: Path, meta: CaptureMeta) -> tuple[list[str], set[str]]:
         if not folder.is_dir():
             problems.append(f"{folder}: missing pass folder")
             continue
-        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}  # hidden: interrupted temp files
+        try:
+            names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}  # hidden: temp files, locks
+        except OSError as exc:
+            problems.append(f"{folder}: cannot list ({exc.strerror or exc})")
+            continue
         present |= {f"{pass_name}/{n}" for n in names & expected}
         problems += [f"{folder / n}: missing frame" for n in sorted(expected - names)]
         problems += [f"{folder / n}: unexpected file (capture.json has frame_count {meta.frame_count})"
@@ -308,23 +316,11 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
 # ----------------------------------------------------------------------------------------------- CLI entry
 
 
-def find_shots(root: str | os.PathLike) -> list[Path]:
-    """Shot directories at or below `root`: those holding capture.json or a pass folder (complete or not).
-
-    Hidden folders (e.g. the Unreal backend's ``.unreal/`` working area with raw engine output) are not searched.
-    """
-    root = Path(root)
-
-    def is_shot(d: Path) -> bool:
-        return (d / META_FILE).is_file() or any((d / p).is_dir() for p in PASSES)
-
-    def hidden(d: Path) -> bool:
-        return any(part.startswith(".") for part in d.relative_to(root).parts)
-
-    if is_shot(root):
-        return [root]
-    return sorted(d for d in root.rglob("*")
-                  if d.is_dir() and d.name not in PASSES and not hidden(d) and is_shot(d))
+def find_shots(root: str | os.PathLike, on_error: Callable[[OSError], Any] | None = None) -> list[Path]:
+    """Shot directories at or below `root`: those holding capture.json or a pass folder (complete or not), by
+    the rule the planner and the builder use (`capture_format.shot_folders`: links followed, loops cut, hidden
+    folders such as the Unreal backend's ``.unreal/`` working area not searched)."""
+    return shot_folders(root, on_error)
 
 
 def _summary_line(report: ShotReport, width: int) -> str:
@@ -340,8 +336,9 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
                    max_problems: int = 20, echo: Callable[[str], Any] = print) -> bool:
     """`qw datagen validate`: validate every shot under `paths`, print a summary table; True when all pass."""
     shots: dict[Path, Path] = {}  # resolved → as given: a shot named twice (itself, via its root) is checked once
+    unreadable: list[str] = []
     for path in paths:
-        found = find_shots(path)
+        found = find_shots(path, lambda exc: unreadable.append(f"{exc.filename}: cannot read ({exc.strerror})"))
         if not found:
             raise QwError(f"{path}: no capture here (no {META_FILE} or pass folders {list(PASSES)} at or below it)")
         for shot in found:
@@ -361,6 +358,9 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
         for check in report.checks.values():
             if check.note or check.skipped:
                 log.info("%s: %s: %s", report.shot_dir, check.name, check.note or f"skipped ({check.skipped})")
+    for problem in unreadable:
+        echo(f"FAIL: {problem}; shots below it were not checked")
     failed = sum(not r.ok for r in reports)
-    echo(f"{len(reports)} shot(s): {len(reports) - failed} passed, {failed} failed")
-    return failed == 0
+    echo(f"{len(reports)} shot(s): {len(reports) - failed} passed, {failed} failed"
+         + (f"; {len(unreadable)} folder(s) unreadable" if unreadable else ""))
+    return failed == 0 and not unreadable

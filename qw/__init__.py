@@ -25,7 +25,7 @@ from datagen.errors import QwError
 from datagen.tile import build_store
 from training.data import BlockDataset, BlockSampler
 from training.infer import reconstruct_shot
-from training.quant import model_from_any_checkpoint as load_checkpoint
+from training.quantize import model_from_any_checkpoint as load_checkpoint
 from training.sequences import CapturedSequences
 
 __all__ = ["BlockDataset", "BlockSampler", "BlockStore", "CapturedSequences", "QwError", "__version__",

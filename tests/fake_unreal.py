@@ -1,332 +1,483 @@
 """A STAND-IN for Unreal's ``unreal`` Python module, for tests only. It is not Unreal and renders nothing.
 
-It implements exactly the API surface that ue_capture/editor_script.py uses (names from notes/unreal.md), records
-every call and property write, and raises AttributeError on any other attribute, so the editor script cannot
-silently start depending on API this stand-in does not model. Two flavours mirror the version differences qw
-handles: ``"4.27"`` (MoviePipelineMasterConfig, the ``console_variables`` map) and ``"5.3"``
-(MoviePipelinePrimaryConfig, ``add_or_update_console_variable``).
+Three flavours, "4.27", "5.3" and "5.5", each limited to the names of its committed API list (tests/ue_api/ue-<v>.txt,
+derived from the engine's generated Python API and headers): reading, writing or calling any class, member or enum
+value the list lacks raises AttributeError, as the real module does. Only the behaviour qw's editor script relies on
+is implemented; a listed member the stand-in does not model raises NotImplementedError when called.
 
-Install with `install(flavour)`; it puts the module in ``sys.modules["unreal"]`` and returns it. Completion is
-driven by the test: `complete_render(success)` fires the executor's finish delegates, `tick(n)` runs slate ticks.
+Assets persist as JSON under ``<project>/Content`` so that a later process (the fake ``-game`` render in
+fake_ue_editor.py) sees what the editor saved, and ``MoviePipelineEditorLibrary.save_queue_to_manifest_file``
+writes the queue as JSON to ``<project>/Saved/MovieRenderPipeline/QueueManifest.utxt``, where the engine writes it.
+
+Install with `install(flavour, project_dir)`; it registers the module as ``sys.modules["unreal"]``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
+API_DIR = Path(__file__).resolve().parent / "ue_api"
+VERSIONS = {"4.27": "4.27.2-18319896+++UE4+Release-4.27", "5.3": "5.3.2-29314046+++UE5+Release-5.3",
+            "5.5": "5.5.4-40574608+++UE5+Release-5.5"}
+MODULE = "unreal"
+_API: dict[str, set[str]] = {}  # the installed flavour's names: class → members ("unreal" → module functions)
 
-class _Strict:
-    """An object that only accepts the properties listed in ``_props`` (unset ones read as None)."""
 
-    _props: frozenset[str] = frozenset()
+def load_api(flavour: str) -> dict[str, set[str]]:
+    """A committed name list: class → set of members."""
+    api = {}
+    for line in (API_DIR / f"ue-{flavour}.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            cls, _, members = line.partition(": ")
+            api[cls] = set(members.split())
+    return api
 
-    def __init__(self, **values: Any) -> None:
-        object.__setattr__(self, "_values", {})
-        for k, v in values.items():
-            setattr(self, k, v)
+
+def _check(ue_class: str, name: str) -> None:
+    if name not in _API.get(ue_class, ()):
+        raise AttributeError(f"fake unreal: {ue_class}.{name} does not exist in this engine version")
+
+
+class _Obj:
+    """An Unreal object or struct: members gated by the version's list; properties kept in ``_props``."""
+
+    _ue = "Object"
+
+    def __init__(self, **props: Any) -> None:
+        object.__setattr__(self, "_props", {})
+        for name, value in props.items():  # constructor keywords: the properties themselves must exist
+            _check(type(self)._ue, name)
+            self._props[name] = value
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return object.__getattribute__(self, name)
+        _check(type(self)._ue, name)
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError:
+            return self._props.get(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self._props:
-            raise AttributeError(f"fake unreal: {type(self).__name__}.{name} is not modelled (not used by qw)")
-        self._values[name] = value
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name not in type(self)._props:
-            raise AttributeError(f"fake unreal: {type(self).__name__}.{name} is not modelled (not used by qw)")
-        return self._values.get(name)
+        _check(type(self)._ue, name)
+        self._props[name] = value
 
     def set_editor_property(self, name: str, value: Any) -> None:
-        setattr(self, name, value)
+        _check(type(self)._ue, name)
+        self._props[name] = value
 
-
-def _props(*names: str) -> frozenset[str]:
-    return frozenset(names)
+    def get_editor_property(self, name: str) -> Any:
+        _check(type(self)._ue, name)
+        return self._props.get(name)
 
 
 class _Enum:
-    def __init__(self, name: str, *members: str) -> None:
+    def __init__(self, name: str) -> None:
         self._name = name
-        self._members = set(members)
 
     def __getattr__(self, member: str) -> str:
-        if member.startswith("_") or member not in self._members:
-            raise AttributeError(f"fake unreal: {self._name}.{member} is not modelled")
+        if member.startswith("_"):
+            raise AttributeError(member)
+        _check(self._name, member)
         return f"{self._name}.{member}"
 
 
-class _Delegate:
-    def __init__(self) -> None:
-        self.callables: list = []
+class _Library:
+    """A static function library: only the listed functions exist; modelled ones are given as callables."""
 
-    def add_callable_unique(self, fn) -> None:
-        if fn not in self.callables:
-            self.callables.append(fn)
+    def __init__(self, name: str, **functions) -> None:
+        self._name, self._functions = name, functions
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        _check(self._name, name)
+        if name not in self._functions:
+            raise NotImplementedError(f"fake unreal: {self._name}.{name} is not modelled")
+        return self._functions[name]
 
 
-def install(flavour: str = "4.27") -> types.ModuleType:
-    """Build a fresh stand-in module of the given flavour and register it as ``unreal``."""
-    if flavour not in ("4.27", "5.3"):
-        raise ValueError(flavour)
-    ue5 = flavour == "5.3"
-    calls: list[tuple] = []
-    state: dict[str, Any] = {"assets": {}, "executors": [], "ticks": {}, "quit": 0, "screenshots": []}
+def ue_class(name: str, base: type = _Obj) -> type:
+    """A stand-in class whose members are those the list gives Unreal's class `name`."""
+    return type(name, (base,), {"_ue": name})
 
-    def record(*entry):
-        calls.append(entry)
 
-    # ---- settings and structs
-    class MoviePipelineOutputSetting(_Strict):
-        _props = _props("output_directory", "file_name_format", "output_resolution", "use_custom_frame_rate",
-                        "output_frame_rate", "use_custom_playback_range", "custom_start_frame", "custom_end_frame",
-                        "zero_pad_frame_numbers", "override_existing_output", "flush_disk_writes_per_shot")
+def to_json(value: Any) -> Any:
+    """Saved form of a property value: structs and assets become plain data."""
+    if isinstance(value, _Asset):
+        return value._path
+    if isinstance(value, _Obj):
+        return {k: to_json(v) for k, v in value._props.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
 
-    class MoviePipelineAntiAliasingSetting(_Strict):
-        _props = _props("spatial_sample_count", "temporal_sample_count", "override_anti_aliasing",
-                        "anti_aliasing_method", "render_warm_up_count", "use_camera_cut_for_warm_up")
 
-    class MoviePipelineColorSetting(_Strict):
-        _props = _props("disable_tone_curve")
+class _Asset(_Obj):
+    """An asset at a /Game/ path; `_save` writes its JSON where the fake render can find it."""
 
-    class MoviePipelineGameOverrideSetting(_Strict):
-        _props = _props("cinematic_quality_settings")
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "_path", path)
 
-    class MoviePipelineDeferredPassBase(_Strict):
-        _props = _props("additional_post_process_materials", "disable_multisample_effects",
-                        "use32_bit_post_process_materials")
+    def _data(self) -> dict:
+        return {"class": self._ue, **to_json(self._props)}
 
-    class MoviePipelineImageSequenceOutput_EXR(_Strict):
-        _props = _props("multilayer")
 
-    if ue5:
-        class MoviePipelineConsoleVariableSetting(_Strict):
-            def add_or_update_console_variable(self, name: str, value: float) -> None:
-                self._values.setdefault("cvars", {})[name] = value
-    else:
-        class MoviePipelineConsoleVariableSetting(_Strict):
-            _props = _props("console_variables")
+def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
+    """Build a fresh stand-in of `flavour` ('4.27', '5.3', '5.5') for the project at `project_dir`."""
+    global _API
+    _API = load_api(flavour)
+    ue5 = flavour != "4.27"
+    project = Path(project_dir)
+    content = project / "Content"
+    state: dict[str, Any] = {"assets": {}, "keep_alive": False, "cvars": {}, "actors": [], "loaded_level": None,
+                             "calls": []}
 
-    class MoviePipelinePostProcessPass(_Strict):
-        _props = _props("enabled", "material")
+    def asset_file(path: str) -> Path:
+        return content / (path.split(".")[0].removeprefix("/Game/") + ".uasset.json")
 
-    class _Config(_Strict):
+    # ---- assets
+    class Material(_Asset):
+        _ue = "Material"
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            object.__setattr__(self, "_expressions", [])
+
+        def _data(self) -> dict:
+            return {**super()._data(), "expressions": [to_json(e) for e in self._expressions]}
+
+    MaterialExpressionSceneTexture = ue_class("MaterialExpressionSceneTexture")
+    CameraComponent, CameraActor = ue_class("CameraComponent"), ue_class("CameraActor")
+
+    class FrameRate(_Obj):
+        _ue = "FrameRate"
+
+        def __init__(self, numerator: int = 30, denominator: int = 1) -> None:
+            super().__init__(numerator=numerator, denominator=denominator)
+
+    class Channel(_Obj):
+        _ue = "MovieSceneScriptingDoubleChannel" if ue5 else "MovieSceneScriptingFloatChannel"
+
         def __init__(self) -> None:
             super().__init__()
-            object.__setattr__(self, "settings", {})
-            object.__setattr__(self, "initialized", False)
+            object.__setattr__(self, "_keys", [])
 
-        def find_or_add_setting_by_class(self, cls, include_disabled_settings: bool = False):
-            if cls not in self.settings:
-                self.settings[cls] = cls()
-            return self.settings[cls]
+        def add_key(self, time, new_value, sub_frame=0.0, time_unit=None, interpolation=None):
+            self._keys.append((time._props["value"], float(new_value), interpolation))
 
-        def initialize_transient_settings(self) -> None:
-            object.__setattr__(self, "initialized", True)
+    class Section(_Obj):
+        _ue = "MovieSceneSection"
 
-        def setting(self, cls):  # test helper
-            return self.settings[cls]
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            object.__setattr__(self, "_kind", kind)
+            object.__setattr__(self, "_range", None)
+            object.__setattr__(self, "_channels", [Channel() for _ in range(10)] if kind == "transform" else [])
 
-    class MoviePipelineMasterConfig(_Config):
+        def set_range(self, start, end) -> None:
+            object.__setattr__(self, "_range", (start, end))
+
+        def get_channels(self):
+            return list(self._channels)
+
+        get_all_channels = get_channels
+
+        def set_camera_binding_id(self, binding_id) -> None:
+            object.__setattr__(self, "_camera", binding_id)
+
+    CameraCutSection = ue_class("MovieSceneCameraCutSection", Section)
+    TransformSection = ue_class("MovieScene3DTransformSection", Section)
+
+    class Track(_Obj):
+        _ue = "MovieSceneTrack"
+
+        def __init__(self, track_class) -> None:
+            super().__init__()
+            object.__setattr__(self, "_class", track_class)
+            object.__setattr__(self, "_sections", [])
+
+        def add_section(self):
+            cut = self._class is MovieSceneCameraCutTrack
+            section = CameraCutSection("cut") if cut else TransformSection("transform")
+            self._sections.append(section)
+            return section
+
+    class MovieSceneCameraCutTrack(Track):
+        _ue = "MovieSceneCameraCutTrack"
+
+    class MovieScene3DTransformTrack(Track):
+        _ue = "MovieScene3DTransformTrack"
+
+    class Binding(_Obj):
+        _ue = "MovieSceneBindingProxy" if ue5 else "SequencerBindingProxy"
+
+        def __init__(self, spawned_class) -> None:
+            super().__init__()
+            object.__setattr__(self, "_template", spawned_class(camera_component=CameraComponent()))
+            object.__setattr__(self, "_tracks", [])
+
+        def get_object_template(self):
+            return self._template
+
+        def add_track(self, track_class):
+            track = track_class(track_class)
+            self._tracks.append(track)
+            return track
+
+        def get_binding_id(self):
+            return f"binding:{id(self)}"
+
+    class LevelSequence(_Asset):
+        _ue = "LevelSequence"
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            object.__setattr__(self, "_bindings", [])
+            object.__setattr__(self, "_tracks", [])
+            object.__setattr__(self, "_rate", FrameRate(30, 1))
+            object.__setattr__(self, "_playback", [0, 0])
+
+        def set_display_rate(self, rate) -> None:
+            object.__setattr__(self, "_rate", rate)
+
+        def get_display_rate(self):
+            return self._rate
+
+        def set_playback_start(self, frame: int) -> None:
+            self._playback[0] = frame
+
+        def set_playback_end(self, frame: int) -> None:
+            self._playback[1] = frame
+
+        def add_spawnable_from_class(self, cls):
+            binding = Binding(cls)
+            self._bindings.append(binding)
+            return binding
+
+        def add_track(self, track_class):
+            track = track_class(track_class)
+            self._tracks.append(track)
+            return track
+
+        add_master_track = add_track
+
+        def get_binding_id(self, binding):
+            return f"binding:{id(binding)}"
+
+        def _data(self) -> dict:
+            rate = self._rate._props
+            camera = self._bindings[0] if self._bindings else None
+            transform = next((s for t in (camera._tracks if camera else []) for s in t._sections), None)
+            return {**super()._data(), "display_rate": [rate["numerator"], rate["denominator"]],
+                    "playback": list(self._playback),
+                    "camera": to_json(camera._template._props["camera_component"]) if camera else None,
+                    "cuts": [list(s._range) for t in self._tracks for s in t._sections],
+                    "keys": [c._keys for c in transform._channels] if transform else []}
+
+    # ---- Movie Render Queue
+    class Setting(_Obj):
         pass
 
-    class MoviePipelineExecutorJob(_Strict):
-        _props = _props("job_name", "map", "sequence")
+    settings = {name: ue_class(name, Setting) for name in (
+        "MoviePipelineOutputSetting", "MoviePipelineAntiAliasingSetting", "MoviePipelineColorSetting",
+        "MoviePipelineGameOverrideSetting", "MoviePipelineDebugSettings", "MoviePipelineDeferredPassBase",
+        "MoviePipelineImageSequenceOutput_EXR")}
+
+    class MoviePipelineConsoleVariableSetting(Setting):
+        _ue = "MoviePipelineConsoleVariableSetting"
+
+        def add_or_update_console_variable(self, name: str, value: float) -> bool:
+            self._props.setdefault("console_variables", {})[name] = value
+            return True
+
+    class MoviePipelinePostProcessPass(_Obj):
+        _ue = "MoviePipelinePostProcessPass"
+
+    class Config(_Obj):
+        _ue = "MoviePipelinePrimaryConfig" if ue5 else "MoviePipelineMasterConfig"
 
         def __init__(self) -> None:
             super().__init__()
-            object.__setattr__(self, "configuration", None)
+            object.__setattr__(self, "_settings", {})
 
-        def set_configuration(self, config) -> None:
-            object.__setattr__(self, "configuration", config)
+        def find_or_add_setting_by_class(self, cls, include_disabled_settings=False):
+            return self._settings.setdefault(cls._ue, cls())
 
-    class MoviePipelineQueue(_Strict):
+    class MoviePipelineExecutorJob(_Obj):
+        _ue = "MoviePipelineExecutorJob"
+
         def __init__(self) -> None:
             super().__init__()
-            object.__setattr__(self, "jobs", [])
+            object.__setattr__(self, "_config", Config())
+
+        def get_configuration(self):
+            return self._config
+
+    class MoviePipelineQueue(_Obj):
+        _ue = "MoviePipelineQueue"
+
+        def __init__(self) -> None:
+            super().__init__()
+            object.__setattr__(self, "_jobs", [])
 
         def allocate_new_job(self, cls):
             job = cls()
-            self.jobs.append(job)
+            self._jobs.append(job)
             return job
 
-        def delete_all_jobs(self) -> None:
-            self.jobs.clear()
+    def queue_json(queue) -> dict:
+        return {"jobs": [{**to_json(job._props), "settings": {name: to_json(s._props)
+                                                              for name, s in job._config._settings.items()}}
+                         for job in queue._jobs]}
 
-    class MoviePipelineQueueSubsystem(_Strict):
-        def __init__(self) -> None:
-            super().__init__()
-            object.__setattr__(self, "queue", MoviePipelineQueue())
+    def save_queue_to_manifest_file(queue):
+        path = project / "Saved" / "MovieRenderPipeline" / "QueueManifest.utxt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(queue_json(queue), indent=1))
+        return queue, str(path)
 
-        def get_queue(self):
-            return self.queue
-
-    class _Executor(_Strict):
-        def __init__(self) -> None:
-            super().__init__()
-            object.__setattr__(self, "on_executor_finished_delegate", _Delegate())
-            state["executors"].append(self)
-
-        def execute(self, queue) -> None:
-            record("execute", type(self).__name__, [j.job_name for j in queue.jobs])
-
-    class MoviePipelinePIEExecutor(_Executor):
-        pass
-
-    class MoviePipelineNewProcessExecutor(_Executor):
-        pass
-
-    class _Material(_Strict):
-        _props = _props("material_domain", "blendable_location")
-
-        def __init__(self, path: str) -> None:
-            super().__init__()
-            object.__setattr__(self, "path", path)
-            object.__setattr__(self, "expressions", [])
-
-    class MaterialExpressionSceneTexture(_Strict):
-        _props = _props("scene_texture_id")
-
-    class MaterialExpressionCustom(_Strict):
-        _props = _props("code", "output_type")
-
-    class PostProcessSettings(_Strict):
-        _props = _props("weighted_blendables")
-
-    class PostProcessVolume(_Strict):
-        _props = _props("unbound", "settings")
-
-    # ---- libraries (static-method namespaces)
-    def _namespace(name: str, **functions) -> type:
-        return type(name, (), {k: staticmethod(v) for k, v in functions.items()})
+    # ---- asset functions
+    def load_asset(path: str):
+        if path in state["assets"]:
+            return state["assets"][path]
+        file = asset_file(path)
+        if not file.is_file():
+            return None
+        data = json.loads(file.read_text())
+        cls = {"Material": Material, "LevelSequence": LevelSequence}[data["class"]]
+        asset = cls(path)
+        if cls is LevelSequence:
+            asset.set_display_rate(FrameRate(*data["display_rate"]))
+        state["assets"][path] = asset
+        return asset
 
     def create_asset(name, package_path, asset_class, factory):
-        material = _Material(f"{package_path}/{name}")
-        state["assets"][material.path] = material
-        record("create_asset", material.path)
-        return material
+        asset = asset_class(f"{package_path}/{name}")
+        state["assets"][asset._path] = asset
+        state["calls"].append(("create_asset", asset._path))
+        return asset
 
-    def create_material_expression(material, cls, x, y):
+    def delete_asset(path: str) -> bool:
+        state["assets"].pop(path, None)
+        asset_file(path).unlink(missing_ok=True)
+        return True
+
+    def save_loaded_asset(asset, only_if_is_dirty=True) -> bool:
+        file = asset_file(asset._path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(asset._data(), indent=1))
+        return True
+
+    def create_material_expression(material, cls, x=0, y=0):
         node = cls()
-        material.expressions.append(node)
+        material._expressions.append(node)
         return node
 
-    def connect_material_property(node, output_name, prop):
-        record("connect", type(node).__name__, output_name, prop)
+    def connect_material_property(node, output_name, prop) -> bool:
+        node._props["_connected"] = [output_name, prop]  # recorded for the saved material, not an API name
+        return True
 
-    def spawn_actor_from_class(cls, location):
-        actor = cls(settings=PostProcessSettings())
-        record("spawn", cls.__name__)
-        return actor
+    class PlayerStart(_Obj):
+        _ue = "PlayerStart"
 
-    def take_high_res_screenshot(res_x, res_y, filename, capture_hdr=False):
-        state["screenshots"].append((res_x, res_y, filename, capture_hdr))
-        record("screenshot", filename, capture_hdr)
-        hook = state.get("on_screenshot")
-        if hook:
-            hook(res_x, res_y, filename)
+        def get_actor_location(self):
+            return self._location
 
-    def register_slate_post_tick_callback(fn):
-        handle = f"tick{len(state['ticks'])}"
-        state["ticks"][handle] = fn
-        return handle
+        def get_actor_rotation(self):
+            return self._rotation
 
-    def unregister_slate_post_tick_callback(handle):
-        del state["ticks"][handle]
+    class Vector(_Obj):
+        _ue = "Vector"
 
-    def load_asset(path):
-        if path not in state["assets"]:
-            state["assets"][path] = _Material(path)
-        return state["assets"][path]
+        def __init__(self, x: float = 0.0, y: float = 0.0, z: float = 0.0) -> None:
+            super().__init__(x=x, y=y, z=z)
 
-    subsystem = MoviePipelineQueueSubsystem()
+    class Rotator(_Obj):
+        _ue = "Rotator"
+
+        def __init__(self, roll: float = 0.0, pitch: float = 0.0, yaw: float = 0.0) -> None:
+            super().__init__(roll=roll, pitch=pitch, yaw=yaw)
+
+    def struct(ue_name: str, *fields: str):
+        def make(*args):
+            obj = ue_class(ue_name)()
+            obj._props.update(zip(fields, args))
+            return obj
+        return make
+
+    def set_keep_alive(keep: bool) -> None:
+        state["keep_alive"] = bool(keep)
+
     members: dict[str, Any] = {
-        "log": lambda msg: record("log", msg),
-        "log_error": lambda msg: record("log_error", msg),
-        "load_asset": load_asset,
-        "get_editor_subsystem": lambda cls: subsystem,
-        "register_slate_post_tick_callback": register_slate_post_tick_callback,
-        "unregister_slate_post_tick_callback": unregister_slate_post_tick_callback,
-        "SystemLibrary": _namespace(
-            "SystemLibrary", quit_editor=lambda: state.__setitem__("quit", state["quit"] + 1),
-            execute_console_command=lambda world, command: record("console", command)),
-        "EditorAssetLibrary": _namespace(
-            "EditorAssetLibrary", does_asset_exist=lambda path: path in state["assets"],
-            save_loaded_asset=lambda asset: record("save", asset.path)),
-        "AssetToolsHelpers": _namespace(
-            "AssetToolsHelpers", get_asset_tools=lambda: _namespace("AssetTools", create_asset=create_asset)),
-        "MaterialEditingLibrary": _namespace(
+        "log": lambda message: print(f"LogPython: {message}", flush=True),
+        "log_warning": lambda message: print(f"LogPython: Warning: {message}", flush=True),
+        "log_error": lambda message: print(f"LogPython: Error: {message}", flush=True),
+        "SystemLibrary": _Library("SystemLibrary", get_engine_version=lambda: VERSIONS[flavour],
+                                  get_console_variable_int_value=lambda name: int(state["cvars"].get(name, 0))),
+        "EditorAssetLibrary": _Library(
+            "EditorAssetLibrary", does_asset_exist=lambda path: path in state["assets"] or asset_file(path).is_file(),
+            load_asset=load_asset, delete_asset=delete_asset, save_loaded_asset=save_loaded_asset),
+        "AssetToolsHelpers": _Library("AssetToolsHelpers", get_asset_tools=lambda: _Library(
+            "AssetTools", create_asset=create_asset)),
+        "MaterialEditingLibrary": _Library(
             "MaterialEditingLibrary", create_material_expression=create_material_expression,
-            connect_material_property=connect_material_property,
-            recompile_material=lambda m: record("recompile", m.path)),
-        "EditorLevelLibrary": _namespace(
-            "EditorLevelLibrary", load_level=lambda path: record("load_level", path),
-            spawn_actor_from_class=spawn_actor_from_class),
-        "LevelSequenceEditorBlueprintLibrary": _namespace(
-            "LevelSequenceEditorBlueprintLibrary", open_level_sequence=lambda seq: record("open_sequence", seq.path),
-            set_current_time=lambda frame: record("set_time", frame)),
-        "AutomationLibrary": _namespace("AutomationLibrary", take_high_res_screenshot=take_high_res_screenshot),
-        "Material": _Material, "MaterialFactoryNew": lambda: "MaterialFactoryNew",
+            connect_material_property=connect_material_property, recompile_material=lambda material: None),
+        "EditorLevelLibrary": _Library(
+            "EditorLevelLibrary", load_level=lambda path: state.__setitem__("loaded_level", path) or True,
+            get_all_level_actors=lambda: list(state["actors"])),
+        "MoviePipelineEditorLibrary": _Library("MoviePipelineEditorLibrary",
+                                               save_queue_to_manifest_file=save_queue_to_manifest_file),
+        "EditorPythonScripting": _Library("EditorPythonScripting", set_keep_python_script_alive=set_keep_alive),
+        "Material": Material, "MaterialFactoryNew": struct("MaterialFactoryNew"),
         "MaterialExpressionSceneTexture": MaterialExpressionSceneTexture,
-        "MaterialExpressionCustom": MaterialExpressionCustom,
-        "MaterialDomain": _Enum("MaterialDomain", "MD_POST_PROCESS"),
-        "BlendableLocation": _Enum("BlendableLocation", "BL_AFTER_TONEMAPPING"),
-        "SceneTextureId": _Enum("SceneTextureId", "PPI_VELOCITY"),
-        "MaterialProperty": _Enum("MaterialProperty", "MP_EMISSIVE_COLOR"),
-        "CustomMaterialOutputType": _Enum("CustomMaterialOutputType", "CMOT_FLOAT3"),
-        "AntiAliasingMethod": _Enum("AntiAliasingMethod", "AAM_NONE"),
-        "MoviePipelineMasterConfig": MoviePipelineMasterConfig,
-        "MoviePipelineOutputSetting": MoviePipelineOutputSetting,
-        "MoviePipelineAntiAliasingSetting": MoviePipelineAntiAliasingSetting,
-        "MoviePipelineColorSetting": MoviePipelineColorSetting,
-        "MoviePipelineGameOverrideSetting": MoviePipelineGameOverrideSetting,
-        "MoviePipelineDeferredPassBase": MoviePipelineDeferredPassBase,
-        "MoviePipelineImageSequenceOutput_EXR": MoviePipelineImageSequenceOutput_EXR,
+        "LevelSequence": LevelSequence, "LevelSequenceFactoryNew": struct("LevelSequenceFactoryNew"),
+        "CameraActor": CameraActor, "PlayerStart": PlayerStart,
+        "MovieSceneCameraCutTrack": MovieSceneCameraCutTrack, "MovieScene3DTransformTrack": MovieScene3DTransformTrack,
+        "FrameRate": FrameRate, "FrameNumber": struct("FrameNumber", "value"),
+        "SoftObjectPath": struct("SoftObjectPath", "path"), "DirectoryPath": struct("DirectoryPath", "path"),
+        "IntPoint": struct("IntPoint", "x", "y"), "Vector": Vector, "Rotator": Rotator,
+        "MoviePipelineQueue": MoviePipelineQueue, "MoviePipelineExecutorJob": MoviePipelineExecutorJob,
         "MoviePipelineConsoleVariableSetting": MoviePipelineConsoleVariableSetting,
-        "MoviePipelinePostProcessPass": MoviePipelinePostProcessPass,
-        "MoviePipelineExecutorJob": MoviePipelineExecutorJob,
-        "MoviePipelineQueueSubsystem": MoviePipelineQueueSubsystem,
-        "MoviePipelinePIEExecutor": MoviePipelinePIEExecutor,
-        "MoviePipelineNewProcessExecutor": MoviePipelineNewProcessExecutor,
-        "PostProcessVolume": PostProcessVolume,
-        "DirectoryPath": lambda path: ("DirectoryPath", path),
-        "IntPoint": lambda x, y: ("IntPoint", x, y),
-        "FrameRate": lambda numerator, denominator: ("FrameRate", numerator, denominator),
-        "SoftObjectPath": lambda path: ("SoftObjectPath", path),
-        "Vector": lambda x, y, z: ("Vector", x, y, z),
-        "WeightedBlendable": lambda weight, obj: ("WeightedBlendable", weight, obj),
-        "WeightedBlendables": lambda array: ("WeightedBlendables", tuple(array)),
+        "MoviePipelinePostProcessPass": MoviePipelinePostProcessPass, **settings,
     }
-    if ue5:  # 5.2+: the Master config was renamed; the old name stays as a deprecated alias
-        members["MoviePipelinePrimaryConfig"] = type("MoviePipelinePrimaryConfig", (_Config,), {})
-
-    module = _FakeUnrealModule("unreal", members, calls, state, subsystem)
+    for enum in ("MaterialDomain", "BlendableLocation", "SceneTextureId", "MaterialProperty", "AntiAliasingMethod",
+                 "EXRCompressionFormat", "MovieSceneKeyInterpolation"):
+        members[enum] = _Enum(enum)
+    module = _FakeUnrealModule(members, state, project)
     sys.modules["unreal"] = module
     return module
 
 
 class _FakeUnrealModule(types.ModuleType):
-    """The stand-in module: the modelled members, plus test-side helpers; any other attribute raises."""
+    """The stand-in module: listed, modelled members; anything else raises AttributeError."""
 
-    def __init__(self, name, members, calls, state, subsystem) -> None:
-        super().__init__(name, "STAND-IN for Unreal's `unreal` module (tests only)")
-        self.__dict__.update(members)
-        self.calls, self.state, self.subsystem = calls, state, subsystem
+    def __init__(self, members: dict[str, Any], state: dict[str, Any], project: Path) -> None:
+        super().__init__("unreal", "STAND-IN for Unreal's `unreal` module (tests only)")
+        object.__setattr__(self, "_members", members)
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "_project", project)
 
-    def __getattr__(self, name: str):
-        raise AttributeError(f"fake unreal: unreal.{name} is not modelled (not used by qw)")
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return object.__getattribute__(self, name)
+        if name not in _API and name not in _API.get(MODULE, ()):
+            raise AttributeError(f"fake unreal: unreal.{name} does not exist in this engine version")
+        members = object.__getattribute__(self, "_members")
+        if name not in members:
+            raise NotImplementedError(f"fake unreal: unreal.{name} is not modelled")
+        return members[name]
 
-    # ---- test-side helpers (not part of Unreal's API)
-    def complete_render(self, success: bool) -> None:
-        """What MRQ does when the queue finishes: fire every executor's finish delegates."""
-        for executor in self.state["executors"]:
-            for fn in list(executor.on_executor_finished_delegate.callables):
-                fn(executor, success)
-
-    def tick(self, times: int = 1) -> None:
-        for _ in range(times):
-            for fn in list(self.state["ticks"].values()):
-                fn(1 / 30)
-
-    def console_commands(self) -> list[str]:
-        return [c[1] for c in self.calls if c[0] == "console"]
+    # ---- test-side helpers (underscored: not part of Unreal's API)
+    def _add_player_start(self, location: tuple[float, float, float], yaw: float) -> None:
+        start = self._members["PlayerStart"]()
+        object.__setattr__(start, "_location", self._members["Vector"](*location))
+        object.__setattr__(start, "_rotation", self._members["Rotator"](0.0, 0.0, yaw))
+        self._state["actors"].append(start)

@@ -87,16 +87,18 @@ def test_resume_after_kill_keeps_frames_and_completes_identically(tmp_path):
     assert tree_bytes(tmp_path / "killed") == tree_bytes(tmp_path / "whole")
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_complete_shot_with_other_settings_is_refused_unfinished_one_restarts(tmp_path):
     capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", progress=False, **TINY)
     shot = tmp_path / "builtin_street/fly"
+    complete = tree_bytes(tmp_path)
     with pytest.raises(CaptureError, match="already complete with other settings"):
         capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", resolution=(80, 48),
                       reference_spp=4, progress=False)
-    (shot / cf.META_FILE).unlink()  # now an unfinished shot
+    assert tree_bytes(tmp_path) == complete  # nothing finished is touched
+    (shot / cf.META_FILE).unlink()  # now an unfinished shot of another run's settings: a retry is not blocked
     (shot / PROGRESS_FILE).write_text('{"resolution": [1, 1]}')
-    with pytest.raises(CaptureError, match="unfinished frames rendered with other settings"):
-        capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", progress=False, **TINY)
+    capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", progress=False, **TINY)
+    assert tree_bytes(tmp_path) == complete
 
 
 def test_dask_cluster_renders_shots_as_tasks(tmp_path):

@@ -15,7 +15,7 @@ from datagen.capture_format import (
     CaptureMeta,
     find_captures,
     finish_capture,
-    frame_exists,
+    frame_intact,
     frame_files,
     frame_path,
     is_complete,
@@ -87,7 +87,8 @@ def test_finish_capture_checksums_every_file_and_writes_meta_last(tmp_path):
     assert all(meta.checksums[rel] == sha256_file(shot / rel) for rel in meta.checksums)
     assert load_meta(shot) == meta
     assert json.loads((shot / META_FILE).read_text())["format"] == "qw-capture/1"
-    assert frame_exists(shot, FRAMES - 1) and not frame_exists(shot, FRAMES)
+    assert frame_intact(shot, FRAMES - 1, WIDTH, HEIGHT) and not frame_intact(shot, FRAMES, WIDTH, HEIGHT)
+    assert not frame_intact(shot, 0, WIDTH + 1, HEIGHT)  # present but not this shot's size
 
 
 def test_finish_capture_refuses_a_missing_frame_and_leaves_the_shot_incomplete(tmp_path):
@@ -122,6 +123,19 @@ def test_meta_derived_arrays():
     assert meta.history_valid().tolist() == [False, True, False]
     assert meta.jitter_array().shape == (3, 2) and meta.jitter_array()[1].tolist() == pytest.approx([0.1, -0.2])
     assert not CaptureMeta.model_validate(_meta_dict()).jitter_array().any()
+
+
+def test_engine_fields_are_optional_and_round_trip(tmp_path):
+    """capture.json files written before the engine fields existed still load; new ones keep what they record."""
+    old = _meta_dict()
+    assert "engine" not in old and "offsets" not in old["reference"]
+    (tmp_path / META_FILE).write_text(json.dumps(old))
+    assert load_meta(tmp_path).engine is None and load_meta(tmp_path).reference.offsets == []
+    new = _meta_dict(engine={"version": "4.27.2", "cvars": {"r.TemporalAAFilterSize": 1.0}},
+                     reference={**old["reference"], "offsets": [[0.1, -0.2], [0.3, 0.4]]})
+    (tmp_path / META_FILE).write_text(json.dumps(new))
+    meta = load_meta(tmp_path)
+    assert meta.engine.cvars == {"r.TemporalAAFilterSize": 1.0} and meta.reference.offsets[1] == (0.3, 0.4)
 
 
 @pytest.mark.parametrize("changes, message", [

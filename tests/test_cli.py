@@ -85,27 +85,28 @@ def test_scenes_lists_every_manifest(monkeypatch):
     assert "QW_UE4_EDITOR" in result.output
 
 
-def test_unreal_scene_runs_once_editor_project_and_sequence_are_set(tmp_path, monkeypatch):
+def test_stock_unreal_scenes_run_once_editor_and_projects_are_set(tmp_path, monkeypatch):
+    """The four demo manifests need only the editor and the projects folder: qw authors their camera paths."""
     editor = tmp_path / "UE4Editor-Cmd"
     editor.write_text("#!/bin/sh\n")
     editor.chmod(0o755)
-    (tmp_path / "projects" / "KiteDemo").mkdir(parents=True)
-    (tmp_path / "projects" / "KiteDemo" / "KiteDemo.uproject").write_text("{}")
-    scene = yaml.safe_load((MANIFEST_ROOT / "scenes" / "kite.yaml").read_text())
-    (tmp_path / "m" / "scenes").mkdir(parents=True)
-    manifest = tmp_path / "m" / "scenes" / "kite.yaml"
     monkeypatch.setenv("QW_UE4_EDITOR", str(editor))
     monkeypatch.setenv("QW_UE4_PROJECTS", str(tmp_path / "projects"))
-
-    manifest.write_text(yaml.safe_dump(scene))
-    result = CliRunner().invoke(main, ["scenes", "--manifests", str(tmp_path / "m")])
-    assert _scene_rows(result.output)["kite"][-1] == "no"
-    assert result.output.count("    - ") == 1 and "unreal.level_sequence still FILL_IN" in result.output
-
-    scene["unreal"]["level_sequence"] = "/Game/Cinematics/Kite.Kite"
-    manifest.write_text(yaml.safe_dump(scene))
-    result = CliRunner().invoke(main, ["scenes", "--manifests", str(tmp_path / "m")])
-    assert result.exit_code == 0 and _scene_rows(result.output)["kite"][-1] == "yes", result.output
+    for folder in ("KiteDemo", "Infiltrator", "ShowdownDemo", "EpicZenGarden"):
+        (tmp_path / "projects" / folder).mkdir(parents=True)
+        (tmp_path / "projects" / folder / f"{folder}.uproject").write_text("{}")
+    result = CliRunner().invoke(main, ["scenes"])
+    rows = _scene_rows(result.output)
+    assert [rows[name][-1] for name in ("kite", "infiltrator")] == ["yes", "yes"], result.output
+    assert rows["showdown"][-1] == "no" and "ShowdownDemo/Config/DefaultEngine.ini" in result.output
+    for folder in ("ShowdownDemo", "EpicZenGarden"):  # these two name their map in the project's ini
+        (tmp_path / "projects" / folder / "Config").mkdir()
+        (tmp_path / "projects" / folder / "Config" / "DefaultEngine.ini").write_text(
+            "[/Script/EngineSettings.GameMapsSettings]\nGameDefaultMap=/Game/Maps/Demo.Demo\n")
+    result = CliRunner().invoke(main, ["scenes"])
+    rows = _scene_rows(result.output)
+    assert result.exit_code == 0 and all(rows[name][-1] == "yes" for name in
+                                         ("kite", "infiltrator", "showdown", "zengarden")), result.output
 
 
 def test_builtin_scene_availability_follows_egl(tmp_path):

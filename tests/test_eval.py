@@ -4,6 +4,7 @@ import json
 
 import imageio.v2 as imageio
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -53,3 +54,22 @@ def test_eval_report_on_builtin_shots(tiny_checkpoints, builtin_captures, tmp_pa
 def test_eval_needs_captured_shots(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--captures", str(tmp_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no complete captured shots" in result.output
+
+
+def test_eval_lists_the_chosen_baselines_side_by_side(builtin_captures, tmp_path):
+    shot = builtin_captures / "builtin_fence" / "rise"
+    out = tmp_path / "report"
+    args = ["-q", "eval", "--captures", str(shot), "--out", str(out), "--frames", "3", "--flip-crop", "32",
+            "--crop-size", "32"]
+    result = CliRunner().invoke(main, [*args, "--baseline", "taa", "--baseline", "taa-clamp"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert list(data["methods"]) == ["aliased input", "TAA", "TAA min/max clamp"]
+    per_frame = data["shots"]["builtin_fence/rise"]["per_frame"]
+    assert per_frame["TAA"]["psnr"][0] == pytest.approx(per_frame["aliased input"]["psnr"][0], abs=1e-4)  # no history
+    assert per_frame["TAA"]["psnr"][2] != per_frame["TAA min/max clamp"]["psnr"][2]
+    # one crop per method and the reference, side by side: the figure is much wider than tall
+    crops = imageio.imread(out / "builtin_fence_rise_crops.png")
+    assert crops.shape[1] > 3 * crops.shape[0]
+    none = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "none"), "--baseline", "none"])
+    assert none.exit_code == 0 and "| TAA |" not in none.output and "| aliased input |" in none.output

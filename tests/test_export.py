@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from datagen.errors import QwError
-from training import export, integer_ref, quant
+from training import integer_ref, quant, qwq
 from training.config import Config, ModelConfig
 from training.infer import frame_range, input_frames
 from datagen.capture_format import load_meta
@@ -20,13 +20,13 @@ SMALL = ModelConfig(widths=[8, 12, 16, 20, 24], decoder_convs=[1, 1, 1, 1])
 
 def test_int4_packing_round_trip_and_nibble_order():
     values = np.array([1, -1, 7, -8, 0, 5, -3], np.int8)  # odd count: the last byte is half padding
-    packed = export.pack_int4(values)
+    packed = qwq.pack_int4(values)
     assert packed == bytes([0xF1, 0x87, 0x50, 0x0D])  # element 2i in the low nibble; -1 = 0xF, -8 = 0x8
-    np.testing.assert_array_equal(export.unpack_int4(packed, len(values)), values)
+    np.testing.assert_array_equal(qwq.unpack_int4(packed, len(values)), values)
     every = np.arange(-8, 8, dtype=np.int8).repeat(3)
-    np.testing.assert_array_equal(export.unpack_int4(export.pack_int4(every), every.size), every)
+    np.testing.assert_array_equal(qwq.unpack_int4(qwq.pack_int4(every), every.size), every)
     with pytest.raises(ValueError):
-        export.pack_int4(np.array([8]))
+        qwq.pack_int4(np.array([8]))
 
 
 def perturbed_model(cfg: ModelConfig, seed: int = 0) -> QWNet:
@@ -55,20 +55,24 @@ def test_qwq_round_trip_preserves_codes_scales_and_bits(tmp_path):
     for bits in ("w4a4", "w8a8"):
         qmodel = qat_model(model, bits, torch.rand(1, 1, 3, 32, 32) * 4)
         cfg = Config(model=SMALL, quant=quant.QUANT_PRESETS[bits])
-        written = export.exported_model(qmodel, cfg)
+        written = qwq.exported_model(qmodel, cfg)
         path = tmp_path / f"{bits}.qwq"
-        export.write_qwq(path, written)
+        qwq.write_qwq(path, written)
         sizes[bits] = path.stat().st_size
-        read = export.read_qwq(path)
+        read = qwq.read_qwq(path)
         assert Config.model_validate(read.config) == cfg
         assert [layer.name for layer in read.layers] == [name for name, _ in quant.quantized_convs(qmodel)]
         for a, b in zip(written.layers, read.layers):
             np.testing.assert_array_equal(a.weight, b.weight)
-            for field in ("weight_scale", "bias", "act_scale"):
+            for field in ("weight_scale", "bias"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-            assert (a.weight_bits, a.act_bits, a.act_zero_point) == (b.weight_bits, b.act_bits, b.act_zero_point)
+            assert (a.weight_bits, a.input) == (b.weight_bits, b.input)
+        assert list(read.activations) == list(qmodel.act_quant) == list(written.activations)
+        for a, b in zip(written.activations.values(), read.activations.values()):
+            assert (a.bits, a.lower, a.zero_point, a.scale) == (b.bits, b.lower, b.zero_point, b.scale)
         first = read.layers[0]
-        assert first.weight_bits == 8 and first.act_bits == 8 and first.act_zero_point == 0
+        assert first.weight_bits == 8 and read.activations[first.input].bits == 8
+        assert read.activations[first.input].zero_point == 0
         assert np.abs(read.layers[1].weight).max() <= (7 if bits == "w4a4" else 127)
         refs = {h["name"]: h["weight"]["dtype"] for h in read.header["layers"]}
         assert refs["extractor.encoder.1.0.conv"] == ("int4" if bits == "w4a4" else "int8")
@@ -79,17 +83,19 @@ def test_qwq_round_trip_preserves_codes_scales_and_bits(tmp_path):
 def test_qwq_errors_name_the_file(tmp_path):
     model = perturbed_model(SMALL)
     path = tmp_path / "m.qwq"
-    export.write_qwq(path, export.exported_model(quant.quantize_model(model, quant.QUANT_PRESETS["w4a4"]),
+    qwq.write_qwq(path, qwq.exported_model(quant.quantize_model(model, quant.QUANT_PRESETS["w4a4"]),
                                                  Config(model=SMALL)))
     raw = path.read_bytes()
     bad = tmp_path / "bad.qwq"
     for data, message in ((b"PK\x03\x04" + raw[4:], "bad magic"),
-                          (raw[:4] + struct.pack("<I", 99) + raw[8:], "newer"),
+                          (raw[:4] + struct.pack("<I", 99) + raw[8:], "version 99"),
+                          (raw[:4] + struct.pack("<I", 1) + raw[8:], "version 1; this qw reads version 2"),
                           (raw[:-10], "truncated or corrupt"),
-                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt")):
+                          (raw[:-1] + bytes([raw[-1] ^ 1]), "truncated or corrupt"),
+                          (raw.replace(b'"zero_point": 0', b'"zero_point": 1', 1), "truncated or corrupt")):
         bad.write_bytes(data)
         with pytest.raises(QwError, match=message) as err:
-            export.read_qwq(bad)
+            qwq.read_qwq(bad)
         assert str(bad) in str(err.value)
 
 
@@ -118,7 +124,7 @@ def test_integer_reference_equals_fake_quant_on_a_builtin_capture(tmp_path, buil
     model = perturbed_model(preset_model)
     qmodel = qat_model(model, "w4a4", colors[:, :2])
     path = tmp_path / "m.qwq"
-    export.write_qwq(path, export.exported_model(qmodel, Config(model=preset_model)))
+    qwq.write_qwq(path, qwq.exported_model(qmodel, Config(model=preset_model)))
     integer_model, _ = integer_ref.load_integer_model(path)
     kinds = {type(m).__name__ for m in integer_model.modules()}
     assert "IntegerConv" in kinds and "Conv2d" not in kinds and "QuantConv" not in kinds
@@ -139,7 +145,7 @@ def test_fp16_plan_exports_float16_weights_and_reloads_exactly(tmp_path):
     qmodel = quant.quantize_model(model, quant.QUANT_PRESETS["fp16"])
     path = tmp_path / "fp16.qwq"
     cfg = Config(model=SMALL, quant=quant.QUANT_PRESETS["fp16"])
-    header = export.write_qwq(path, export.exported_model(qmodel, cfg))
+    header = qwq.write_qwq(path, qwq.exported_model(qmodel, cfg))
     assert {layer["weight"]["dtype"] for layer in header["layers"]} == {"float16"}
     reloaded, _ = integer_ref.load_integer_model(path)
     assert any(isinstance(m, integer_ref.Float16Conv) for m in reloaded.modules())

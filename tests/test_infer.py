@@ -12,7 +12,7 @@ from datagen.capture_format import PASSES, load_meta, read_exr
 from training.config import ModelConfig
 from training.infer import frame_range, input_frames, run_qwnet, to_image
 from training.model import QWNet
-from training.quant import model_from_any_checkpoint
+from training.quantize import model_from_any_checkpoint
 
 
 def test_streaming_recurrence_equals_forward_at_an_odd_resolution():

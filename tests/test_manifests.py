@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from cli import main
 from datagen.manifests import (
-    FILL_IN,
     MANIFEST_ROOT,
     ManifestError,
     dataset_paths,
@@ -41,16 +40,37 @@ def test_qwnet_paper_dataset_is_the_papers_size():
 
 
 @pytest.mark.parametrize("name", UNREAL_SCENES)
-def test_unreal_scenes_are_1080p_with_user_fields_marked(name, monkeypatch):
+def test_unreal_scenes_are_1080p_with_authored_camera_paths(name, monkeypatch):
     scene = find_scene(name.upper())  # names are case-insensitive
     assert scene.backend == "ue4" and scene.capture.resolution == (1920, 1080)
-    assert scene.capture.reference_samples == 64 and scene.capture.mode in ("mrq", "bufvis")
-    assert scene.unreal.level_sequence == FILL_IN
+    assert scene.capture.reference_samples == 64 and scene.capture.mode == "mrq"
+    assert scene.unreal.level_sequence == "" and scene.unreal.camera.fps == scene.capture.fps
     assert {s.split for s in scene.shots} == {"train", "val", "test"}
     monkeypatch.delenv("QW_UE4_PROJECTS", raising=False)
-    assert {"project", "level_sequence"} <= set(scene.unreal.unfilled())
+    assert scene.unreal.unfilled() == ["project"]  # only the projects folder is the user's to give
     monkeypatch.setenv("QW_UE4_PROJECTS", "/projects")
-    assert "project" not in scene.unreal.unfilled()
+    assert scene.unreal.unfilled() == []
+
+
+def test_camera_path_and_mode_errors_are_clear(tmp_path):
+    scene = yaml.safe_load((MANIFEST_ROOT / "scenes" / "kite.yaml").read_text())
+    cases = [(("capture", "mode"), "bufvis", "'bufvis' is not supported: buffer visualization takes"),
+             (("unreal", "level_sequence"), "/Game/S.S", "exactly one of unreal.level_sequence"),
+             (("unreal", "camera", "fps"), 24, r"camera.fps \(24\) must equal capture.fps \(30\)")]
+    for (section, *keys), value, message in cases:
+        broken = yaml.safe_load(yaml.safe_dump(scene))
+        target = broken[section]
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        path = tmp_path / "kite.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ManifestError, match=message):
+            load_scene_manifest(path)
+    scene["shots"][0]["start"] = 100  # before the first key (frame 250)
+    path.write_text(yaml.safe_dump(scene))
+    with pytest.raises(ManifestError, match=r"shots \['s0300'\] reach outside the camera keys' frames \[250, 3960\]"):
+        load_scene_manifest(path)
 
 
 def test_known_maps():

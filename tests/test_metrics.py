@@ -43,6 +43,33 @@ def test_ssim_of_constant_images_is_the_luminance_term():
     assert got == pytest.approx(expected, abs=1e-3)
 
 
+def wang_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM from its definition (Wang et al. 2004) on display values: Gaussian 11×11 window (σ 1.5), only windows
+    entirely inside the image, averaged over positions and channels."""
+    r = np.arange(11) - 5
+    g = np.exp(-(r[:, None] ** 2 + r[None] ** 2) / (2 * 1.5 ** 2))
+    g /= g.sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    values = []
+    for y in range(5, a.shape[0] - 5):
+        for x in range(5, a.shape[1] - 5):
+            for c in range(3):
+                u, v = a[y - 5:y + 6, x - 5:x + 6, c], b[y - 5:y + 6, x - 5:x + 6, c]
+                mu, mv = (g * u).sum(), (g * v).sum()
+                su, sv, cov = (g * u * u).sum() - mu ** 2, (g * v * v).sum() - mv ** 2, (g * u * v).sum() - mu * mv
+                values.append((2 * mu * mv + c1) * (2 * cov + c2) / ((mu ** 2 + mv ** 2 + c1) * (su + sv + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_is_wangs_mean_over_windows_inside_the_image():
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0, 3, (18, 22, 3)).astype(np.float32)
+    test = ref * rng.uniform(0.6, 1.4, ref.shape).astype(np.float32)
+    test[:3] = 0.0  # a damaged border: padded windows would weigh it more than Wang's valid windows do
+    expected = wang_ssim(metrics.tonemap(test).astype(np.float64), metrics.tonemap(ref).astype(np.float64))
+    assert metrics.ssim(test, ref) == pytest.approx(expected, abs=2e-4)
+
+
 def test_ssim_drops_for_noise_and_is_one_for_identity():
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 4, (48, 48, 3)).astype(np.float32)

@@ -1,5 +1,6 @@
 """Fake quantizers (levels, clipping, straight-through gradients), BN folding, and the QAT conversion of QW-Net."""
 
+import copy
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from training import quant
-from training.config import ModelConfig, QuantConfig
+from training.config import ModelConfig, QuantConfig, load_config
 from training.model import ConvBNAct, QWNet
 
 SMALL = ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1])
@@ -105,6 +106,25 @@ def test_quantize_model_follows_the_plan():
     pred = convs["filter.predictors.1"]
     assert (pred.weight_bits, pred.input_quant.bits) == (8, 4)
     assert isinstance(model.extractor.first.bn, nn.BatchNorm2d)  # the float model is untouched
+
+
+def test_one_quantizer_per_tensor_shared_by_every_conv_that_reads_it():
+    model = QWNet(load_config("intel-sample").model)
+    qmodel = quant.quantize_model(model, QuantConfig())
+    convs = dict(quant.quantized_convs(qmodel))
+    assert len(convs) == 24 and len(qmodel.act_quant) == 16  # the public sample's 16 quantizers for its 24 convs
+    # Encoder 1 reads encoder 0's output pooled, decoder 0 reads it concatenated with encoder 1's features, and
+    # predictor 1 reads those features: one tensor pair, one scale.
+    shared = qmodel.act_quant["concat0"]
+    for name in ("extractor.encoder.1.0.conv", "extractor.decoder.0.0.conv", "filter.predictors.1"):
+        assert convs[name].input_quant is shared
+    assert convs["extractor.decoder.1.1.conv"].input_quant is qmodel.act_quant["decoder1_0"]
+    owners = {id(q) for q in qmodel.act_quant.values()}
+    assert {id(c.input_quant) for c in convs.values()} == owners  # every tensor read, none twice-scaled
+    clips = [k for k in qmodel.state_dict() if k.endswith("log_clip")]
+    assert clips == [f"act_quant.{t}.log_clip" for t in qmodel.act_quant]  # one parameter per scale, one name
+    moved = copy.deepcopy(qmodel)
+    assert moved.extractor.encoder[1][0].conv.input_quant is moved.act_quant["concat0"]  # sharing survives copies
 
 
 def test_eight_bit_model_tracks_float_model_and_fp16_is_closer():

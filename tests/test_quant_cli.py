@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from cli import main
 from training import quant
+from training.quantize import model_from_any_checkpoint
 from training.train import load_checkpoint
 
 
@@ -17,12 +18,13 @@ def test_quantize_writes_a_quantized_checkpoint_with_the_plan(tiny_checkpoints):
     assert quant.is_quantized_state(ckpt["model"]) and not quant.is_quantized_state(load_checkpoint(fp)["model"])
     assert not any("bn." in k for k in ckpt["model"])  # folded
     record = json.loads((q.parent / "quantize.json").read_text())
-    assert record["source_checkpoint"] == str(fp) and len(record["initial_clips"]) == 18 + 5
-    model, _, quantized = quant.model_from_any_checkpoint(q)
+    # one clip per activation tensor: the 23 convs (18 in U_e, 5 predictors) read 15 tensors
+    assert record["source_checkpoint"] == str(fp) and len(record["initial_clips"]) == 15
+    model, _, quantized = model_from_any_checkpoint(q)
     assert quantized and isinstance(model.extractor.first.conv, quant.QuantConv)
     # The clips moved away from their calibrated start (they are trained).
     start = torch.tensor(list(record["initial_clips"].values())).log()
-    trained = torch.stack([m.input_quant.log_clip.detach() for _, m in quant.quantized_convs(model)])
+    trained = torch.stack([q.log_clip.detach() for q in model.act_quant.values()])
     assert not torch.allclose(start, trained)
 
 

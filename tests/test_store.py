@@ -1,4 +1,4 @@
-"""The `qw-blocks/1` contract itself: creation, format checks, completeness, reader API, recorded codec."""
+"""The `qw-blocks` contract itself: creation, format checks, completeness, reader API, recorded codec."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store
+from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, block_checksums, create_store, open_store, seal
 from datagen.errors import QwError
 
 SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": "s2", "split": "val"}]
@@ -20,7 +20,8 @@ def small_store(path, n=3, complete=True):
         for name in IMAGE_ARRAYS:
             group[name][i] = rng.normal(0, 100, group[name].shape[1:]).astype(np.float16)
     group["origin"][:] = [[0, i % 2, 8 * i, 1, 2] for i in range(n)]
-    group.attrs["complete"] = complete
+    if complete:
+        seal(group, block_checksums(group))
     return group
 
 
@@ -29,7 +30,8 @@ def test_arrays_shapes_chunks_and_recorded_codec(tmp_path):
     assert group.attrs["format"] == FORMAT and group.attrs["block_shape"] == [4, 16, 16]
     # the contract's table (block_store docstring) for 3 blocks of 4 frames × 16×16
     contract = {"color": (3, 4, 3, 16, 16), "reference": (3, 4, 3, 16, 16), "motion": (3, 4, 2, 16, 16),
-                "depth": (3, 4, 1, 16, 16), "jitter": (3, 4, 2), "origin": (3, 5), "history_valid": (3, 4)}
+                "depth": (3, 4, 1, 16, 16), "jitter": (3, 4, 2), "origin": (3, 5), "history_valid": (3, 4),
+                "checksum": (3, 4)}
     assert sorted(ARRAYS) == sorted(contract)
     for name, spec in ARRAYS.items():
         a = group[name]

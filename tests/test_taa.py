@@ -1,6 +1,9 @@
-"""TAA baseline: Catmull-Rom sampling, reprojection direction, colour spaces, convergence on a static scene."""
+"""TAA baselines: Catmull-Rom sampling, reprojection direction, colour spaces, variance clipping, motion dilation,
+1/n start-up and history resets, convergence on a static scene, and the scores on every moving builtin val/test shot.
+"""
 
 import numpy as np
+import pytest
 import torch
 
 from datagen.builtin.renderer import halton_jitter, stratified_offsets
@@ -76,3 +79,139 @@ def test_static_scene_converges_to_the_supersampled_reference():
     assert errors[0] == tonemapped_mse(frames[0][0], reference)
     assert errors[-1] < 0.3 * aliased
     assert np.mean(errors[-8:]) < np.mean(errors[8:16])
+
+
+def test_variance_clip_moves_history_toward_the_mean_onto_the_box():
+    current = torch.rand(1, 3, 6, 6)
+    near = taa._neighbours(current)
+    mean, sigma = near.mean(2), near.std(2, unbiased=False)
+    inside = mean + 0.5 * sigma * torch.tensor([1.0, -1.0, 0.5]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(taa.variance_clip(inside, current, 1.0), inside)
+    direction = torch.tensor([3.0, -1.0, 2.0]).reshape(1, 3, 1, 1)
+    outside = mean + direction  # far outside the box (σ < 1)
+    clipped = taa.variance_clip(outside, current, 1.0)
+    offset = clipped - mean
+    # on the line from the mean to the history (same direction, shorter), and on the box surface
+    torch.testing.assert_close(offset / offset[:, :1], (direction / direction[:, :1]).expand_as(offset))
+    torch.testing.assert_close((offset.abs() / sigma).amax(1), torch.ones(1, 6, 6))
+    assert (taa.variance_clip(outside, current, 2.0) - mean).abs().amax() > offset.abs().amax()
+
+
+def test_motion_dilation_takes_the_nearest_surfaces_motion():
+    depth = torch.full((1, 1, 7, 7), 10.0)
+    depth[..., 3, 3] = 1.0  # a near object one pixel wide
+    motion = torch.zeros(1, 2, 7, 7)
+    motion[:, :, 3, 3] = torch.tensor([4.0, -2.0])
+    dilated = taa.dilate_motion(motion, depth)
+    assert dilated[0, :, 2:5, 2:5].permute(1, 2, 0).eq(torch.tensor([4.0, -2.0])).all()
+    assert dilated[0, :, 0, 0].eq(0).all() and dilated[0, :, 5:, :].eq(0).all()
+
+
+def still_frames(values: list[float], h: int = 6, w: int = 8, **extra) -> list[taa.TaaFrame]:
+    """Frame i is values[i] times a fixed textured image (a textured neighbourhood has σ > 0), without motion."""
+    texture = 0.5 + torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    still = torch.zeros(1, 2, h, w)
+    return [taa.TaaFrame(v * texture, still, i > 0, **extra) for i, v in enumerate(values)]
+
+
+def test_start_up_is_a_running_mean_of_the_first_frames():
+    values = [0.2, 1.5, 0.7, 3.0, 0.1]
+    frames = still_frames(values)
+    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100)  # no clipping, no floor on the weight
+    outputs = list(taa.run_taa(frames, params))
+    for n, out in enumerate(outputs, 1):  # the blend is a mean in the luminance-compressed space
+        mean = torch.stack([taa.compress_luma(f.color) for f in frames[:n]]).mean(0)
+        torch.testing.assert_close(out, taa.expand_luma(mean))
+    # saturated history: the new frame's weight never falls below alpha
+    floor = list(taa.run_taa(frames, taa.TaaParams(gamma=1e6, alpha=0.5)))
+    expected = taa.expand_luma(torch.lerp(taa.compress_luma(floor[-2]), taa.compress_luma(frames[-1].color), 0.5))
+    torch.testing.assert_close(floor[-1], expected)
+
+
+def test_history_resets_on_cuts_disocclusions_and_off_screen_sources():
+    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100)
+    depth = torch.full((1, 1, 6, 8), 5.0)
+    frames = still_frames([1.0, 2.0], depth=depth)
+    current = frames[1].color
+
+    def last(sequence):
+        return list(taa.run_taa(sequence, params))[-1]
+
+    torch.testing.assert_close(last(frames[:1] + [frames[1]._replace(history_valid=False)]), current)  # cut
+    nearer_before = [frames[0]._replace(depth=torch.full_like(depth, 2.0)), frames[1]]
+    torch.testing.assert_close(last(nearer_before), current)  # the history held an occluder: reset
+    farther_before = [frames[0]._replace(depth=torch.full_like(depth, 9.0)), frames[1]]
+    assert last(farther_before).lt(current).all()  # nothing was in front: the history is kept
+    moving = torch.zeros(1, 2, 6, 8)
+    moving[:, 0] = 3.0  # content moved 3 px right: the three left columns were off screen
+    out = last([frames[0], frames[1]._replace(motion=moving)])
+    torch.testing.assert_close(out[..., :3], current[..., :3])
+    assert (out[..., 4:] - current[..., 4:]).abs().amin() > 1e-3  # the rest blends the (shifted) history
+
+
+def test_unjittering_refilters_the_sample_at_the_pixel_centre():
+    h, w = 10, 12
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    jitter = (0.4, -0.3)
+    sampled = (0.3 * (xs + jitter[0]) + 0.1 * (ys + jitter[1])).expand(1, 3, h, w)  # a ramp sampled off-centre
+    centred = (0.3 * xs + 0.1 * ys).expand(1, 3, h, w)
+    inner = (..., slice(1, -1), slice(1, -1))
+    before = (sampled - centred)[inner].abs().mean()
+    after = (taa.unjitter(sampled, jitter) - centred)[inner].abs().mean()
+    assert after < 0.5 * before
+    torch.testing.assert_close(taa.unjitter(torch.ones(1, 3, 4, 4), jitter), torch.ones(1, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------------ moving builtin val/test shots
+
+MOVING = {"frames": (0, 12), "resolution": (96, 64), "reference_spp": 16}
+
+
+def held_out_builtin_shots() -> list[tuple[str, str]]:
+    """(scene, shot) of every 'val' or 'test' shot of every builtin scene manifest."""
+    from datagen.manifests import load_scene_manifest, scene_paths
+
+    manifests = [load_scene_manifest(p) for p in scene_paths().values()]
+    return sorted((m.name, s.name) for m in manifests if m.backend == "builtin" for s in m.shots
+                  if s.split in ("val", "test"))
+
+
+@pytest.fixture(scope="module")
+def moving_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
+    """Mean PSNR (and mean motion) per held-out builtin shot for the input, TAA and taa-clamp."""
+    from datagen.capture import capture_scene
+    from datagen.capture_format import load_meta
+    from training import metrics
+    from training.evaluate import shot_frames
+    from training.infer import frame_range, read_reference, to_image
+
+    root = tmp_path_factory.mktemp("moving")
+    scores = {}
+    for scene, shot in held_out_builtin_shots():
+        (path,) = capture_scene(scene, root, shots=[shot], progress=False, **MOVING)
+        meta = load_meta(path)
+        frames = frame_range(meta)
+        references = [read_reference(path, i) for i in frames]
+        methods = {"input": lambda f: (x.color for x in f), "taa": taa.run_taa, "taa-clamp": taa.run_taa_clamp}
+        row = {name: float(np.mean([metrics.psnr(to_image(o), r) for o, r in
+                                    zip(run(shot_frames(path, meta, frames)), references)]))
+               for name, run in methods.items()}
+        motion = torch.cat([f.motion.norm(dim=1) for f in shot_frames(path, meta, frames) if f.history_valid])
+        row["motion"], row["moving"] = float(motion.mean()), float((motion > 0.01).float().mean())
+        scores[f"{scene}/{shot}"] = row
+    for name, row in scores.items():
+        print(f"{name}: motion {row['motion']:.2f} px/frame on average, {row['moving']:.0%} of pixels moving, "
+              f"PSNR input {row['input']:.2f}, TAA {row['taa']:.2f}, taa-clamp {row['taa-clamp']:.2f}")
+    return scores
+
+
+def test_every_held_out_builtin_shot_moves(moving_scores):
+    assert len(moving_scores) >= 16  # the held-out instances' shots, and the training scenes' own val/test shots
+    for name, row in moving_scores.items():  # the camera moves: nearly every pixel moves in every frame
+        assert row["motion"] > 0.05 and row["moving"] > 0.9, (name, row)
+
+
+def test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot(moving_scores):
+    for name, row in moving_scores.items():
+        assert row["taa"] > row["input"] + 0.5, (name, row)
+        assert row["taa"] > row["taa-clamp"], (name, row)

@@ -17,7 +17,8 @@ from datagen.errors import QwError
 from ue_capture.convert import (
     decode_motion,
     depth_to_scene_units,
-    jitter_ndc_to_pixels,
+    mrq_reference_filter,
+    mrq_sample_offsets,
     ndc_to_pixels,
     unpack_unorm16,
 )
@@ -104,9 +105,30 @@ def test_mrq_material_default_agrees_with_ndc_over_two(truth):
     np.testing.assert_allclose(motion, truth, atol=TOL)
 
 
-def test_jitter_and_depth_units():
-    assert jitter_ndc_to_pixels((2 * 0.25 / W, -2 * 0.125 / H), W, H) == pytest.approx((0.25, 0.125))
+def test_depth_units():
     assert depth_to_scene_units(np.array([150.0, 2500.0])).tolist() == pytest.approx([1.5, 25.0])
+
+
+def test_mrq_gaussian_sample_offsets_on_known_values():
+    """UE 4.27/5.3 (MoviePipelineRendering.cpp): Halton(k+1; 2, 3) through a Box-Muller windowed to 0.5 px with
+    sigma 0.47·r.TemporalAAFilterSize. k=0: u=1/2, v=1/3, window e^(-0.5·(0.5/0.47)²)=0.56788, r=0.32791 at
+    120°, so MRQ shifts the image by (-0.16396, 0.28398) px and each pixel samples the scene at centre − shift."""
+    offsets = mrq_sample_offsets(4, "4.27.2-18319896+++UE4+Release-4.27")
+    expected_shifts = [(-0.16397, 0.28401), (-0.20800, -0.36027), (0.17216, 0.14446), (-0.43047, 0.15668)]
+    assert offsets == [pytest.approx((-x, -y), abs=1e-4) for x, y in expected_shifts]
+    assert mrq_sample_offsets(4, "5.3") == offsets
+    wide = mrq_sample_offsets(64, "4.27", filter_size=2.0)
+    assert max(np.hypot(*o) for o in wide) <= 0.5 + 1e-9  # the window keeps every sample inside ±0.5 px
+    assert max(np.hypot(*o) for o in wide) > max(np.hypot(*o) for o in mrq_sample_offsets(64, "4.27"))
+
+
+def test_mrq_uniform_sample_offsets_from_5_5_and_none_at_one_sample():
+    """UE 5.5 (MoviePipelineUtils.cpp GetSubPixelJitter): Halton − 0.5, no Gaussian."""
+    assert mrq_sample_offsets(2, "5.5.4-40574608+++UE5+Release-5.5") == [
+        pytest.approx((0.0, 1 / 6)), pytest.approx((0.25, -1 / 6))]
+    assert mrq_sample_offsets(1, "4.27") == [(0.0, 0.0)]  # bAllowSpatialJitter is false at 1×1 samples
+    assert mrq_reference_filter(64, "4.27").startswith("gaussian(sigma=0.47px")
+    assert mrq_reference_filter(64, "5.5").startswith("box(1px)")
 
 
 def test_bad_encoding_and_channel_count_are_user_errors():

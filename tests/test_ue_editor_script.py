@@ -1,5 +1,6 @@
-"""The in-editor script against the `fake_unreal` stand-in: the MRQ job settings of both passes, both engine
-flavours, the bufvis frame stepping, completion through the finish delegate, and failures reported in status."""
+"""The in-editor prepare script against the `fake_unreal` stand-in of UE 4.27, 5.3 and 5.5: the queue it saves
+(both jobs' settings, 32-bit passes the way each version spells them), the Level Sequence it authors from camera
+keys, its materials, and the problems it reports instead of preparing."""
 
 from __future__ import annotations
 
@@ -9,168 +10,159 @@ import sys
 from pathlib import Path
 
 import fake_unreal
-import numpy as np
 import pytest
-from ue_formats import write_exr
 
 from datagen.manifests import SceneManifest
 from ue_capture.launcher import build_job_spec
 
 W, H = 40, 24
+START = ((1000.0, -500.0, 200.0), 90.0)  # the map's PlayerStart: location (cm), yaw (degrees)
 
 
-def manifest(mode: str = "mrq", engine: str = "4.27", **unreal) -> SceneManifest:
+def manifest(engine: str = "4.27", **unreal) -> SceneManifest:
+    source = dict(engine_version=engine, project="/p/Kite.uproject", map="/Game/Maps/GDC_Landscape_01",
+                  warm_up_frames=3)
+    source.update(unreal or {"camera": dict(fps=30, fov=60, keys=[
+        dict(frame=90, position=(0, 0, 150), rotation=(0, 0, 0)),
+        dict(frame=120, position=(400, 100, 250), rotation=(-10, 45, 2))])})
     return SceneManifest.model_validate(dict(
-        name="Kite", backend="ue4", capture=dict(resolution=(W, H), fps=30, mode=mode, reference_samples=64),
-        unreal=dict(engine_version=engine, project="/p/Kite.uproject", map="/Game/Maps/GDC_Landscape_01",
-                    level_sequence="/Game/Cine/KiteSeq.KiteSeq", warm_up_frames=3, **unreal),
-        shots=[dict(name="s1", start=100, end=104)]))
+        name="kite", backend="ue4", capture=dict(resolution=(W, H), fps=30, mode="mrq", reference_samples=64,
+                                                 jitter_cycle=8),
+        unreal=source, shots=[dict(name="s1", start=100, end=104)]))
 
 
 @pytest.fixture
 def run_script(tmp_path, monkeypatch):
-    """Install a fresh stand-in of the flavour, write the job, run the editor script's main()."""
+    """Install a fresh stand-in of the flavour, write the job, run the script's main(); returns (ue, status)."""
 
-    def run(m: SceneManifest, flavour: str, prepare=None):
-        ue = fake_unreal.install(flavour)
-        if prepare:
-            prepare(ue)
-        spec = build_job_spec(m, m.shots[0], tmp_path / "raw")
-        (tmp_path / "raw").mkdir(exist_ok=True)
-        job = tmp_path / "job.json"
-        job.write_text(json.dumps(spec))
-        monkeypatch.setenv("QW_UE_JOB", str(job))
+    def run(m: SceneManifest, flavour: str, cvars=None, player_start=START):
+        ue = fake_unreal.install(flavour, tmp_path)
+        ue._state["cvars"] = {"r.BasePassOutputsVelocity": 1} if cvars is None else cvars
+        if player_start:
+            ue._add_player_start(*player_start)
+        spec = build_job_spec(m, m.shots[0], tmp_path / "work", m.unreal.map)
+        (tmp_path / "work").mkdir(exist_ok=True)
+        (tmp_path / "work" / "job.json").write_text(json.dumps(spec))
+        monkeypatch.setenv("QW_UE_JOB", str(tmp_path / "work" / "job.json"))
         sys.modules.pop("ue_capture.editor_script", None)
-        script = importlib.import_module("ue_capture.editor_script")
-        script.main()
-        return ue, spec
+        importlib.import_module("ue_capture.editor_script").main()
+        return ue, json.loads((tmp_path / "work" / "prepare.json").read_text())
 
     yield run
     sys.modules.pop("unreal", None)
     sys.modules.pop("ue_capture.editor_script", None)
 
 
-def settings(ue, job):
-    config = job.configuration
-    return {name: config.setting(getattr(ue, name)) for name in (
-        "MoviePipelineOutputSetting", "MoviePipelineAntiAliasingSetting", "MoviePipelineColorSetting",
-        "MoviePipelineDeferredPassBase", "MoviePipelineConsoleVariableSetting", "MoviePipelineImageSequenceOutput_EXR")}
+def saved(tmp_path: Path, asset: str) -> dict:
+    return json.loads((tmp_path / "Content" / f"{asset}.uasset.json").read_text())
 
 
-def status(spec) -> dict:
-    with open(spec["status_file"]) as f:
-        return json.load(f)
+@pytest.mark.parametrize("flavour", ["4.27", "5.3", "5.5"])
+def test_prepare_saves_a_queue_of_both_jobs(tmp_path, run_script, flavour):
+    ue, status = run_script(manifest(flavour), flavour)
+    assert status["ok"], status["message"]
+    assert status["engine_version"] == fake_unreal.VERSIONS[flavour]
+    queue = json.loads(Path(status["queue_manifest"]).read_text())
+    aliased, reference = queue["jobs"]
+    assert (aliased["job_name"], reference["job_name"]) == ("kite_s1_aliased", "kite_s1_reference")
+    assert aliased["sequence"]["path"] == "/Game/QW/Sequences/QW_kite.QW_kite"
+    assert aliased["map"]["path"] == "/Game/Maps/GDC_Landscape_01.GDC_Landscape_01"
+    for job, samples in ((aliased, 8), (reference, 64)):
+        s = job["settings"]
+        aa, out = s["MoviePipelineAntiAliasingSetting"], s["MoviePipelineOutputSetting"]
+        assert (aa["anti_aliasing_method"], aa["spatial_sample_count"], aa["temporal_sample_count"]) == (
+            "AntiAliasingMethod.AAM_NONE", samples, 1)
+        assert (out["custom_start_frame"], out["custom_end_frame"]) == (100, 104)  # end exclusive, as MRQ reads it
+        assert out["output_resolution"] == {"x": W, "y": H}
+        assert s["MoviePipelineColorSetting"]["disable_tone_curve"] is True
+        assert s["MoviePipelineImageSequenceOutput_EXR"]["compression"] == "EXRCompressionFormat.ZIP"
+        cvars = s["MoviePipelineConsoleVariableSetting"]["console_variables"]
+        assert cvars["r.TemporalAAFilterSize"] == 1.0 and cvars["r.MotionBlurQuality"] == 0.0
+    assert aliased["settings"]["MoviePipelineDebugSettings"]["write_all_samples"] is True
+    assert reference["settings"]["MoviePipelineDebugSettings"]["write_all_samples"] is False
+    deferred = aliased["settings"]["MoviePipelineDeferredPassBase"]
+    passes = deferred["additional_post_process_materials"]
+    assert [p["material"] for p in passes] == ["/Game/QW/M_QW_Velocity", "/Game/QW/M_QW_Depth"]
+    if flavour == "5.5":  # the deferred pass's 32-bit switch is gone: per pass instead
+        assert "use32_bit_post_process_materials" not in deferred
+        assert all(p["enabled"] and p["high_precision_output"] for p in passes)
+    else:
+        assert deferred["use32_bit_post_process_materials"] is True
+        assert all(p["enabled"] and "high_precision_output" not in p for p in passes)
+    assert reference["settings"]["MoviePipelineDeferredPassBase"]["additional_post_process_materials"] == []
+    velocity, depth = saved(tmp_path, "QW/M_QW_Velocity"), saved(tmp_path, "QW/M_QW_Depth")
+    assert velocity["expressions"][0]["scene_texture_id"] == "SceneTextureId.PPI_VELOCITY"
+    assert depth["expressions"][0]["scene_texture_id"] == "SceneTextureId.PPI_SCENE_DEPTH"
+    after = "BL_SCENE_COLOR_AFTER_TONEMAPPING" if flavour == "5.5" else "BL_AFTER_TONEMAPPING"
+    assert velocity["blendable_location"] == f"BlendableLocation.{after}"
+    assert velocity["material_domain"] == "MaterialDomain.MD_POST_PROCESS"
 
 
-@pytest.mark.parametrize("flavour", ["4.27", "5.3"])
-def test_mrq_jobs_for_aliased_and_reference_passes(run_script, flavour):
-    ue, spec = run_script(manifest(engine=flavour), flavour)
-    aliased_job, reference_job = ue.subsystem.queue.jobs
-    assert aliased_job.job_name == "Kite_s1_aliased" and reference_job.job_name == "Kite_s1_reference"
-    assert aliased_job.sequence == ("SoftObjectPath", "/Game/Cine/KiteSeq.KiteSeq")
-    assert aliased_job.map == ("SoftObjectPath", "/Game/Maps/GDC_Landscape_01")
-    expected_config = "MoviePipelinePrimaryConfig" if flavour == "5.3" else "MoviePipelineMasterConfig"
-    for job, samples in ((aliased_job, 1), (reference_job, 64)):
-        assert type(job.configuration).__name__ == expected_config and job.configuration.initialized
-        s = settings(ue, job)
-        aa = s["MoviePipelineAntiAliasingSetting"]
-        assert (aa.override_anti_aliasing, aa.anti_aliasing_method) == (True, "AntiAliasingMethod.AAM_NONE")
-        assert (aa.spatial_sample_count, aa.temporal_sample_count, aa.render_warm_up_count) == (samples, 1, 3)
-        assert s["MoviePipelineColorSetting"].disable_tone_curve is True
-        assert s["MoviePipelineDeferredPassBase"].disable_multisample_effects is True
-        assert s["MoviePipelineImageSequenceOutput_EXR"].multilayer is False
-        out = s["MoviePipelineOutputSetting"]
-        assert out.output_resolution == ("IntPoint", W, H)
-        assert (out.custom_start_frame, out.custom_end_frame, out.use_custom_playback_range) == (100, 104, True)
-        assert out.output_frame_rate == ("FrameRate", 30000, 1000) and out.flush_disk_writes_per_shot
-        cvar_setting = s["MoviePipelineConsoleVariableSetting"]
-        cvars = cvar_setting._values["cvars" if flavour == "5.3" else "console_variables"]
-        assert cvars["r.MotionBlurQuality"] == 0.0 and cvars["r.DefaultFeature.AutoExposure"] == 0.0
-        force = "r.Velocity.ForceOutput" if flavour == "5.3" else "r.BasePassForceOutputsVelocity"
-        assert cvars[force] == 1.0
-        assert cvars["r.AntiAliasingMethod" if flavour == "5.3" else "r.DefaultFeature.AntiAliasing"] == 0.0
-    deferred = settings(ue, aliased_job)["MoviePipelineDeferredPassBase"]
-    assert deferred.use32_bit_post_process_materials is True
-    materials = [(p.enabled, p.material.path) for p in deferred.additional_post_process_materials]
-    assert materials == [(True, "/Game/QW/M_QW_Velocity"), (True, ue_world_depth())]
-    velocity = ue.state["assets"]["/Game/QW/M_QW_Velocity"]
-    assert velocity.material_domain == "MaterialDomain.MD_POST_PROCESS"
-    assert velocity.expressions[0].scene_texture_id == "SceneTextureId.PPI_VELOCITY"
-    assert settings(ue, reference_job)["MoviePipelineDeferredPassBase"].additional_post_process_materials is None
-    assert ("execute", "MoviePipelinePIEExecutor", ["Kite_s1_aliased", "Kite_s1_reference"]) in ue.calls
-    assert ue.state["quit"] == 0  # still rendering: nothing reported yet
-    ue.complete_render(True)
-    assert status(spec)["ok"] is True and ue.state["quit"] == 1
+def test_authored_sequence_keys_are_relative_to_the_player_start(tmp_path, run_script):
+    _, status = run_script(manifest(), "4.27")
+    seq = saved(tmp_path, "QW/Sequences/QW_kite")
+    assert status["level_sequence"] == "/Game/QW/Sequences/QW_kite.QW_kite"
+    assert seq["display_rate"] == [30, 1] and seq["playback"] == [90, 121] and seq["cuts"] == [[90, 121]]
+    assert seq["camera"] == {"field_of_view": 60.0, "constrain_aspect_ratio": False}
+    # Channels: location x, y, z, roll, pitch, yaw. The start is at (1000, -500, 200), yaw 90: the key
+    # (400, 100, 250) forward/right turns into (-100, 400) in world x, y, and yaws add.
+    values = [[v for _, v, _ in channel] for channel in seq["keys"][:6]]
+    assert values == [pytest.approx(v) for v in (
+        [1000, 900], [-500, -100], [350, 450], [0, 2], [0, -10], [90, 135])]
+    assert {interp for channel in seq["keys"][:6] for _, _, interp in channel} == {"MovieSceneKeyInterpolation.AUTO"}
 
 
-def ue_world_depth() -> str:
-    return "/MovieRenderPipeline/Materials/MovieRenderQueue_WorldDepth.MovieRenderQueue_WorldDepth"
+def test_world_origin_needs_no_player_start(tmp_path, run_script):
+    m = manifest("5.3")
+    m.unreal.camera.origin = "world"
+    _, status = run_script(m, "5.3", player_start=None)
+    assert status["ok"]
+    assert [v for _, v, _ in saved(tmp_path, "QW/Sequences/QW_kite")["keys"][0]] == [0, 400]
+    m.unreal.camera.origin = "player-start"
+    _, status = run_script(m, "5.3", player_start=None)
+    assert not status["ok"] and status["user_error"] and "has no PlayerStart" in status["message"]
 
 
-def test_manifest_cvars_override_and_existing_material_is_reused(run_script):
-    m = manifest(cvars={"r.DefaultFeature.AutoExposure": 1})
-    ue, _ = run_script(m, "4.27", prepare=lambda ue: ue.state["assets"].setdefault(
-        "/Game/QW/M_QW_Velocity", ue.load_asset("/Game/QW/M_QW_Velocity")))
-    cvars = settings(ue, ue.subsystem.queue.jobs[0])["MoviePipelineConsoleVariableSetting"].console_variables
-    assert cvars["r.DefaultFeature.AutoExposure"] == 1.0 and cvars["r.MotionBlurQuality"] == 0.0
-    assert not [c for c in ue.calls if c[0] == "create_asset"]  # the project's material is used as is
+def test_engine_problems_are_reported_not_prepared(tmp_path, run_script):
+    _, status = run_script(manifest("4.27"), "5.5")
+    assert not status["ok"] and "the editor is Unreal 5.5.4" in status["message"]
+    _, status = run_script(manifest("4.27"), "4.27", cvars={"r.BasePassOutputsVelocity": 0})
+    assert "r.BasePassOutputsVelocity=1 under [/Script/Engine.RendererSettings]" in status["message"]
+    assert not (tmp_path / "work" / "queue.utxt").exists()
+    _, status = run_script(manifest("5.5"), "5.5", cvars={})  # UE5 needs no project setting
+    assert status["ok"]
 
 
-def test_render_failure_is_reported_and_editor_quits(run_script):
-    ue, spec = run_script(manifest(executor="new-process"), "4.27")
-    assert ue.calls[-1] == ("execute", "MoviePipelineNewProcessExecutor", ["Kite_s1_aliased", "Kite_s1_reference"])
-    ue.complete_render(False)
-    st = status(spec)
-    assert st["ok"] is False and "reported failure" in st["message"] and ue.state["quit"] == 1
+def test_existing_sequence_must_play_at_the_manifest_rate(tmp_path, run_script):
+    m = manifest(level_sequence="/Game/Cine/KiteSeq")
+    asset = tmp_path / "Content" / "Cine" / "KiteSeq.uasset.json"
+    asset.parent.mkdir(parents=True)
+    asset.write_text(json.dumps({"class": "LevelSequence", "display_rate": [25, 1]}))
+    _, status = run_script(m, "4.27")
+    assert not status["ok"] and "plays at 25/1 fps, the manifest at 30" in status["message"]
+    _, status = run_script(manifest(level_sequence="/Game/Cine/Missing"), "4.27")
+    assert "Level Sequence /Game/Cine/Missing.Missing not found" in status["message"]
 
 
-def test_script_error_is_reported_in_status(run_script):
-    """An API the engine lacks fails the job loudly: status ok=false with the traceback, and the editor quits."""
-    ue, spec = run_script(manifest(), "4.27", prepare=lambda ue: ue.__dict__.pop("MoviePipelineColorSetting"))
-    st = status(spec)
-    assert st["ok"] is False and "MoviePipelineColorSetting is not modelled" in st["message"]
-    assert ue.state["quit"] == 1 and not ue.state["executors"]
+def test_unexpected_errors_carry_the_traceback(tmp_path, run_script, monkeypatch):
+    monkeypatch.setattr(fake_unreal, "VERSIONS", {**fake_unreal.VERSIONS, "4.27": "not a version"})
+    _, status = run_script(manifest(), "4.27")
+    assert not status["ok"] and "Traceback" in status["message"] and "user_error" not in status
 
 
-def test_stand_in_rejects_unmodelled_api():
-    ue = fake_unreal.install("4.27")
+def test_stand_in_refuses_names_its_version_lacks(tmp_path):
+    ue = fake_unreal.install("4.27", tmp_path)
     with pytest.raises(AttributeError):
-        ue.MoviePipelinePrimaryConfig  # UE4 has only the Master config
+        ue.MoviePipelineQueue().delete_all_jobs  # added after 4.27
     with pytest.raises(AttributeError):
-        ue.MoviePipelineOutputSetting().output_dir = "/tmp"  # a misspelt property
+        ue.EditorPythonScripting  # no keep-alive switch in 4.27: the editor always quits after the script
     with pytest.raises(AttributeError):
-        ue.MoviePipelineConsoleVariableSetting().add_or_update_console_variable("r.X", 1)  # UE5-only method
-
-
-def test_bufvis_steps_frames_with_taa_and_collects_dumps(run_script):
-    def engine_writes_dumps(w, h, filename):
-        base = filename[:-4]
-        write_exr(Path(filename), np.zeros((h, w, 3)))
-        for buffer in ("PreTonemapHDRColor", "Velocity", "SceneDepth"):
-            write_exr(Path(f"{base}_{buffer}.exr"), np.zeros((h, w, 3)))
-
-    ue, spec = run_script(manifest(mode="bufvis"), "4.27",
-                          prepare=lambda ue: ue.state.__setitem__("on_screenshot", engine_writes_dumps))
-    commands = ue.console_commands()
-    assert "r.DefaultFeature.AntiAliasing 2" in commands and "r.BufferVisualizationDumpFrames 1" in commands
-    assert "r.BufferVisualizationDumpFramesAsHDR 1" in commands and "r.TemporalAACurrentFrameWeight 1" in commands
-    assert ("spawn", "PostProcessVolume") in ue.calls and "/Game/QW/M_QW_Jitter" in ue.state["assets"]
-    ue.tick(3 + 2 * 4 + 1)
-    times = [c[1] for c in ue.calls if c[0] == "set_time"]
-    assert times[:3] == [100, 100, 100] and sorted(set(times)) == [100, 101, 102, 103]
-    assert [s[3] for s in ue.state["screenshots"]] == [True] * 4  # HDR screenshots
-    aliased = sorted(p.name for p in (Path(spec["output_dir"]) / "aliased").iterdir())
-    assert aliased[:2] == ["KiteSeq.M_QW_Jitter.0100.exr", "KiteSeq.M_QW_Jitter.0101.exr"]
-    assert "KiteSeq.Velocity.0103.exr" in aliased and len(aliased) == 16
-    assert [j.job_name for j in ue.subsystem.queue.jobs] == ["Kite_s1_reference"]  # reference via MRQ afterwards
-    ue.complete_render(True)
-    assert status(spec)["ok"] is True
-
-
-def test_bufvis_missing_dumps_time_out_with_a_message(run_script, monkeypatch):
-    ue, spec = run_script(manifest(mode="bufvis"), "4.27")
-    monkeypatch.setattr(sys.modules["ue_capture.editor_script"], "SCREENSHOT_WAIT_TICKS", 5)
-    ue.tick(3 + 1 + 7)
-    st = status(spec)
-    assert st["ok"] is False and "did not appear" in st["message"] and not ue.state["ticks"]
-
+        ue.MoviePipelinePostProcessPass().high_precision_output = True
+    ue5 = fake_unreal.install("5.5", tmp_path)
+    ue5.EditorPythonScripting.set_keep_python_script_alive(True)
+    with pytest.raises(AttributeError):
+        ue5.MoviePipelineDeferredPassBase().use32_bit_post_process_materials = True  # gone in 5.5
+    with pytest.raises(AttributeError):
+        ue5.BlendableLocation.BL_AFTER_TONEMAPPING
+    with pytest.raises(AttributeError):
+        ue5.MoviePipelineOutputSetting().output_dir = "/tmp"  # a misspelt property

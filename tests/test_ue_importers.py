@@ -73,13 +73,12 @@ def test_mrq_import_separate_files_and_reference(tmp_path):
     truth = {}
     for n in range(5, 9):
         truth[n] = analytic_motion(W, H, phase=n)
-        write_mrq_frame(src / "aliased", "Seq", n, W, H, motion=truth[n], depth_cm=depth, jitter_ndc=(0.01, -0.02))
+        write_mrq_frame(src / "aliased", "Seq", n, W, H, motion=truth[n], depth_cm=depth)
         write_mrq_frame(src / "reference", "Seq", n, W, H, colour_only=True)
-    shot = import_capture("mrq", src, scene="Kite", shot="a", out=tmp_path / "cap", motion_encoding="ndc",
-                          progress=False)
+    # The motion encoding follows the pass: qw's velocity material holds NDC.
+    shot = import_capture("mrq", src, scene="Kite", shot="a", out=tmp_path / "cap", progress=False)
     meta = load_meta(shot)
-    assert meta.source_frames == [5, 6, 7, 8] and meta.depth_units == "m"
-    np.testing.assert_allclose(meta.jitter_array()[0], [0.01 * W / 2, 0.02 * H / 2], atol=1e-5)
+    assert meta.source_frames == [5, 6, 7, 8] and meta.depth_units == "m" and meta.jitter.sequence == "none"
     np.testing.assert_allclose(read_frame(shot, "depth", 2)[..., 0], 12.345, rtol=1e-6)
     np.testing.assert_allclose(read_frame(shot, "motion", 3), truth[8], atol=1e-3)
     assert validate_capture(shot).ok
@@ -99,13 +98,34 @@ def test_mrq_multilayer_stock_material(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, planes).write(str(path))
         write_mrq_frame(tmp_path / "ref", "Shot", n, W, H, colour_only=True)
+    with OpenEXR.File(str(src / "Shot.0001.exr"), header_only=True) as exr:  # channel names as stored
+        assert {c.name for c in exr.header()["channels"]} >= {"R", "FinalImageMovieRenderQueue_MotionVectors.G"}
     kinds = mrq_passes(src)
-    assert set(kinds) == {"color", "motion", "depth"}
+    assert {kind: entry[2] for kind, entry in ((k, v[1]) for k, v in kinds.items())} == {
+        "color": "FinalImage", "motion": "FinalImageMovieRenderQueue_MotionVectors",
+        "depth": "FinalImageMovieRenderQueue_WorldDepth"}
     shot = import_capture("mrq", src, scene="S", shot="m", out=tmp_path / "cap", reference=tmp_path / "ref",
                           progress=False)
     np.testing.assert_allclose(read_frame(shot, "motion", 1), analytic_motion(W, H, phase=1), atol=1e-3)
     np.testing.assert_allclose(read_frame(shot, "depth", 0), 5.0)
     assert load_meta(shot).backend.settings["motion_encoding"] == "mrq-material"
+
+
+def test_pass_names_match_exactly_and_unknown_files_are_refused(tmp_path):
+    """'SceneDepthWorldUnits' is not depth and a file with no known pass is refused, naming it, not guessed."""
+    src = tmp_path / "mrq"
+    for n in (1, 2):
+        write_mrq_frame(src, "Seq", n, W, H, motion=analytic_motion(W, H), depth_cm=np.full((H, W), 100.0))
+    assert set(mrq_passes(src)) == {"color", "motion", "depth"}
+    odd = src / "Seq.SceneDepthWorldUnits.0001.exr"
+    write_exr(odd, np.full((H, W, 3), 100.0))
+    with pytest.raises(CaptureError, match=r"Seq\.SceneDepthWorldUnits\.0001\.exr: cannot tell which pass .*"
+                                           r"'SceneDepthWorldUnits' is none of FinalImage"):
+        mrq_passes(src)
+    odd.unlink()
+    write_exr(src / "beauty_0001.exr", np.zeros((H, W, 3)))
+    with pytest.raises(CaptureError, match=r"beauty_0001\.exr: not a per-frame Movie Render Queue file"):
+        mrq_passes(src)
 
 
 def test_missing_frames_and_invalid_result_are_clear_errors(tmp_path):

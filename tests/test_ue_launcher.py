@@ -1,27 +1,34 @@
 """The Unreal launcher on real processes: a fake editor executable (tests/fake_ue_editor.py) that runs the real
-in-editor script against the `fake_unreal` stand-in and writes Unreal-format files, or fails in the ways editors
-do: non-zero exit, hang, partial output, a crash then success. Plus dry run, missing editor, resume, Dask."""
+in-editor script against the `fake_unreal` stand-in of a chosen engine version, quits as soon as the script
+returns (as UE 4.27's -ExecutePythonScript does), then renders the saved queue like Movie Render Queue's -game
+command line, or fails in the ways editors do: non-zero exit, hang, partial output, a crash then success. Plus dry
+run, missing editor, resume, Dask."""
 
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
+from ue_formats import mrq_spatial_shift, scene_colour
 
 from cli import main
-from datagen.capture_format import META_FILE, load_meta
+from datagen.capture_format import META_FILE, load_meta, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import SceneManifest
 from datagen.validate import validate_capture
 from ue_capture.launcher import EDITOR_ENV, capture_scene
 
 TESTS = Path(__file__).resolve().parent
+W, H, N = 32, 20, 4
 
 
 @pytest.fixture
@@ -34,16 +41,22 @@ def editor(tmp_path) -> Path:
     return path
 
 
+def camera(fps: float = 30) -> dict:
+    return dict(fps=fps, fov=75, keys=[dict(frame=0, position=(0, 0, 150), rotation=(0, 0, 0)),
+                                       dict(frame=60, position=(800, 100, 180), rotation=(-4, 25, 0))])
+
+
 @pytest.fixture
 def scene(tmp_path) -> SceneManifest:
     project = tmp_path / "proj" / "Kite.uproject"
     project.parent.mkdir()
     project.write_text("{}")
     return SceneManifest.model_validate(dict(
-        name="kite", backend="ue4", capture=dict(resolution=(32, 20), fps=30, mode="mrq", reference_samples=16),
+        name="kite", backend="ue4",
+        capture=dict(resolution=(W, H), fps=30, mode="mrq", reference_samples=4, jitter_cycle=N),
         unreal=dict(engine_version="4.27", project="${QW_TEST_PROJECTS}/Kite.uproject",
-                    map="/Game/Maps/GDC_Landscape_01", level_sequence="/Game/Cine/KiteSeq.KiteSeq", warm_up_frames=1),
-        shots=[dict(name="a", start=10, end=14), dict(name="b", start=50, end=53, camera_cuts=[52])]))
+                    map="/Game/Maps/GoldenPath/GDC_Landscape_01", camera=camera(), warm_up_frames=1),
+        shots=[dict(name="a", start=10, end=15), dict(name="b", start=50, end=53, camera_cuts=[52])]))
 
 
 @pytest.fixture(autouse=True)
@@ -51,56 +64,88 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("QW_TEST_PROJECTS", str(tmp_path / "proj"))
     monkeypatch.delenv(EDITOR_ENV, raising=False)
     monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "ok")
+    monkeypatch.setenv("FAKE_UE_VERSION", "4.27")
 
 
-def logs(out: Path, shot: str) -> list[str]:
-    return sorted(p.name for p in (out / ".unreal" / "kite" / shot).glob("editor-*.log"))
+def logs(out: Path, shot: str, stage: str = "render") -> list[str]:
+    return sorted(p.name for p in (out / ".unreal" / "kite" / shot).glob(f"editor-{stage}-*.log"))
 
 
-def test_capture_runs_editor_and_normalizes_validated_shots(tmp_path, scene, editor):
+@pytest.mark.parametrize("version", ["4.27", "5.3", "5.5"])
+def test_capture_completes_although_the_editor_quits_when_the_script_returns(tmp_path, scene, editor, monkeypatch,
+                                                                             version):
+    """The fake editor quits as soon as the prepare script returns; the render is a second, -game process."""
+    monkeypatch.setenv("FAKE_UE_VERSION", version)
+    scene.unreal.engine_version = version
     out = tmp_path / "captures"
     paths = capture_scene(scene, out, editor=editor, progress=False, timeout=60)
     assert paths == [out / "kite" / "a", out / "kite" / "b"]
-    for p in paths:
-        assert validate_capture(p).ok
-    meta = load_meta(out / "kite" / "b")
-    assert meta.source_frames == [50, 51, 52] and meta.camera_cuts == [2]
-    assert meta.backend.name == "ue4" and meta.backend.settings["mode"] == "mrq"
-    assert meta.backend.settings["cvars"]["aliased"]["r.BasePassForceOutputsVelocity"] == 1
-    assert meta.jitter.sequence == "none" and meta.reference.samples == 16 and meta.depth_units == "m"
-    log = (out / ".unreal" / "kite" / "a" / "editor-0.log").read_text()
-    assert str(tmp_path / "proj" / "Kite.uproject") in log  # ${QW_TEST_PROJECTS} expanded in the argv
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(out / "kite")])
+    assert result.exit_code == 0 and "2 shot(s): 2 passed, 0 failed" in result.output, result.output
+    prepare_log = (out / ".unreal" / "kite" / "a" / "editor-prepare-0.log").read_text()
+    assert "QUIT_EDITOR (the script returned)" in prepare_log
+    meta = load_meta(out / "kite" / "a")
+    assert meta.source_frames == [10, 11, 12, 13, 14] and load_meta(out / "kite" / "b").camera_cuts == [2]
+    assert meta.engine.version.startswith(version) and meta.engine.cvars["r.TemporalAAFilterSize"] == 1.0
+    gaussian = version != "5.5"
+    assert meta.reference.filter.startswith("gaussian" if gaussian else "box")
+    # Frame i is MRQ's spatial sample i mod N; its pixels saw the scene at centre + the recorded offset.
+    assert meta.jitter.sequence == "engine" and meta.jitter.cycle == N
+    for i in range(meta.frame_count):
+        shift = mrq_spatial_shift(i % N, N, gaussian)
+        assert meta.jitter.offsets[i] == pytest.approx((-shift[0], -shift[1]), abs=1e-9)
+        y, x = np.mgrid[0:H, 0:W] + 0.5
+        expected = scene_colour(x + meta.jitter.offsets[i][0], y + meta.jitter.offsets[i][1], 10 + i)
+        np.testing.assert_allclose(read_frame(out / "kite" / "a", "color", i), expected, rtol=2e-3)
+    np.testing.assert_allclose(read_frame(out / "kite" / "a", "depth", 0), 700.0)  # 70000 cm kept in float
     job = json.loads((out / ".unreal" / "kite" / "a" / "job.json").read_text())
-    assert (job["start_frame"], job["end_frame"], job["reference_samples"]) == (10, 14, 16)
+    assert job["passes"]["aliased"]["spatial_samples"] == N and job["passes"]["reference"]["spatial_samples"] == 4
 
 
-def test_bufvis_mode_records_engine_jitter(tmp_path, scene, editor):
-    scene.capture.mode = "bufvis"
-    out = tmp_path / "captures"
-    [path] = capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
+def test_existing_sequence_and_unjittered_input(tmp_path, scene, editor):
+    """A project's own Level Sequence instead of authored keys; jitter 'none' renders 1 sample, unjittered."""
+    scene.unreal.camera, scene.unreal.level_sequence = None, "/Game/Cine/KiteSeq"
+    scene.capture.jitter = "none"
+    asset = tmp_path / "proj" / "Content" / "Cine" / "KiteSeq.uasset.json"
+    asset.parent.mkdir(parents=True)
+    asset.write_text(json.dumps({"class": "LevelSequence", "display_rate": [30, 1]}))
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60)
     meta = load_meta(path)
-    assert meta.jitter.sequence == "engine" and meta.extra["mode"] == "bufvis"
-    # The fake engine's TemporalAAJitter is (0.004, -0.006) NDC: +0.064 px right, +0.06 px down at 32×20.
-    assert meta.jitter.offsets[0] == pytest.approx((0.064, 0.06), abs=1e-6)
-    assert validate_capture(path).ok
+    assert meta.jitter.sequence == "none" and validate_capture(path).ok
+    assert meta.extra["level_sequence"] == "/Game/Cine/KiteSeq.KiteSeq"
+    asset.write_text(json.dumps({"class": "LevelSequence", "display_rate": [24, 1]}))
+    with pytest.raises(QwError, match=r"prepare refused: .*plays at 24/1 fps, the manifest at 30"):
+        capture_scene(scene, tmp_path / "d", shots=["a"], editor=editor, retries=0, progress=False, timeout=60)
+
+
+def test_prepare_failure_is_reported_with_the_scripts_reason(tmp_path, scene, editor, monkeypatch):
+    monkeypatch.setenv("FAKE_UE_CVARS", json.dumps({"r.BasePassOutputsVelocity": 0}))
+    out = tmp_path / "c"
+    with pytest.raises(QwError, match=r"prepare refused: project setting missing.*r\.BasePassOutputsVelocity=1.*"
+                                      r"DefaultEngine\.ini"):
+        capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
+    assert logs(out, "a") == [] and logs(out, "a", "prepare") == ["editor-prepare-0.log"]  # not retried
+    monkeypatch.setenv("FAKE_UE_VERSION", "5.5")
+    with pytest.raises(QwError, match=r"the editor is Unreal 5\.5\.4.*engine_version '4\.27'"):
+        capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
 
 
 def test_nonzero_exit_is_retried_then_a_clear_error(tmp_path, scene, editor, monkeypatch):
     monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "exit-nonzero")
     out = tmp_path / "captures"
-    with pytest.raises(CaptureError, match=r"failed after 2 attempt\(s\); last: editor exited with status 3"):
+    with pytest.raises(CaptureError, match=r"failed after 2 attempt\(s\); last: render: editor exited with status 3"):
         capture_scene(scene, out, shots=["a"], editor=editor, retries=1, progress=False, timeout=60)
-    assert logs(out, "a") == ["editor-0.log", "editor-1.log"]
-    assert "Critical error" in (out / ".unreal" / "kite" / "a" / "editor-1.log").read_text()
+    assert logs(out, "a") == ["editor-render-0.log", "editor-render-1.log"]
+    assert "Critical error" in (out / ".unreal" / "kite" / "a" / "editor-render-1.log").read_text()
     assert not (out / "kite" / "a" / META_FILE).exists()
 
 
 def test_hung_editor_is_killed_at_the_timeout(tmp_path, scene, editor, monkeypatch):
     monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "hang")
     start = time.monotonic()
-    with pytest.raises(CaptureError, match="editor timed out after 2 s"):
-        capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=2, progress=False)
-    assert time.monotonic() - start < 20
+    with pytest.raises(CaptureError, match="render: editor timed out after 4 s"):
+        capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=4, progress=False)
+    assert time.monotonic() - start < 30
     pid = int((tmp_path / "c" / ".unreal" / "kite" / "a" / "fake-hung.pid").read_text())
     assert not psutil.pid_exists(pid)  # killed (and reaped), not left rendering in the background
 
@@ -108,10 +153,11 @@ def test_hung_editor_is_killed_at_the_timeout(tmp_path, scene, editor, monkeypat
 def test_partial_output_is_not_accepted(tmp_path, scene, editor, monkeypatch):
     monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "partial")
     out = tmp_path / "c"
-    with pytest.raises(CaptureError, match=r"output is incomplete: .*missing for frame\(s\) 12, 13 \(2 of 4\)"):
+    with pytest.raises(CaptureError, match=r"output is incomplete: .*color missing for sample .*\(2, 2\), \(3, 3\), "
+                                           r"\(4, 0\) \(3 of 5\)"):
         capture_scene(scene, out, shots=["a"], editor=editor, retries=0, timeout=60, progress=False)
     assert not (out / "kite" / "a" / META_FILE).exists()
-    assert not (out / ".unreal" / "kite" / "a" / "raw" / "status.json").exists()  # not mistaken for done later
+    assert not (out / ".unreal" / "kite" / "a" / "raw" / "render-done.json").exists()  # not mistaken for done
 
 
 def test_crash_then_success_on_retry(tmp_path, scene, editor, monkeypatch):
@@ -119,8 +165,8 @@ def test_crash_then_success_on_retry(tmp_path, scene, editor, monkeypatch):
     out = tmp_path / "c"
     [path] = capture_scene(scene, out, shots=["a"], editor=editor, retries=1, timeout=60, progress=False)
     assert validate_capture(path).ok
-    assert "Segmentation fault" in (out / ".unreal" / "kite" / "a" / "editor-0.log").read_text()
-    assert logs(out, "a") == ["editor-0.log", "editor-1.log"]
+    assert "Segmentation fault" in (out / ".unreal" / "kite" / "a" / "editor-render-0.log").read_text()
+    assert logs(out, "a") == ["editor-render-0.log", "editor-render-1.log"]
 
 
 def test_resume_skips_complete_shots_and_renormalizes_raw_output(tmp_path, scene, editor, monkeypatch):
@@ -133,7 +179,7 @@ def test_resume_skips_complete_shots_and_renormalizes_raw_output(tmp_path, scene
     assert paths == [out / "kite" / "a", out / "kite" / "b"]
     assert (out / "kite" / "a" / META_FILE).read_text() == first
     assert validate_capture(out / "kite" / "b").ok
-    assert logs(out, "a") == logs(out, "b") == ["editor-0.log"]  # the editor did not run again
+    assert logs(out, "a") == logs(out, "b") == ["editor-render-0.log"]  # the editor did not run again
 
 
 def test_missing_editor_is_one_clear_error(tmp_path, scene):
@@ -144,7 +190,7 @@ def test_missing_editor_is_one_clear_error(tmp_path, scene):
 
 
 def test_unfilled_manifest_fields_name_what_to_set(tmp_path, scene, editor, monkeypatch):
-    scene.unreal.level_sequence = "FILL_IN"
+    scene.unreal.camera, scene.unreal.level_sequence = None, "FILL_IN"
     with pytest.raises(QwError, match="unreal.level_sequence still FILL_IN"):
         capture_scene(scene, tmp_path / "c", editor=editor, progress=False)
     scene.unreal.level_sequence = "/Game/S.S"
@@ -153,16 +199,35 @@ def test_unfilled_manifest_fields_name_what_to_set(tmp_path, scene, editor, monk
         capture_scene(scene, tmp_path / "c", editor=editor, progress=False)
 
 
-def test_dry_run_prints_argv_and_job_without_unreal(tmp_path, scene, capsys):
+def test_dry_run_prints_every_stage_without_unreal(tmp_path, scene, capsys):
     assert capture_scene(scene, tmp_path / "c", shots=["b"], dry_run=True) == []
     text = capsys.readouterr().out
-    argv = json.loads(next(line for line in text.splitlines() if line.startswith("argv: "))[6:])
-    assert argv[0] == f"${EDITOR_ENV}" and argv[1] == str(tmp_path / "proj" / "Kite.uproject")
-    assert any(a.startswith("-ExecutePythonScript=") and a.endswith("editor_script.py") for a in argv)
+    prepare = json.loads(next(line for line in text.splitlines() if line.startswith("prepare: "))[9:])
+    render = json.loads(next(line for line in text.splitlines() if line.startswith("render: "))[8:])
+    project = str(tmp_path / "proj" / "Kite.uproject")
+    assert prepare[:2] == [f"${EDITOR_ENV}", project] and prepare[2].endswith("editor_script.py")
+    assert prepare[2].startswith("-ExecutePythonScript=")
+    queue = str(tmp_path / "c" / ".unreal" / "kite" / "b" / "queue.utxt")
+    assert render[:5] == [f"${EDITOR_ENV}", project, "/Game/Maps/GoldenPath/GDC_Landscape_01", "-game",
+                          f"-MoviePipelineConfig={queue}"]
+    assert "-RenderOffScreen" in render and "-unattended" in render
     job = json.loads(text[text.index("job: ") + 5:])
-    assert job["shot"] == "b" and job["mode"] == "mrq"
-    assert job["cvars"]["reference"]["r.DefaultFeature.AntiAliasing"] == 0
+    assert job["shot"] == "b" and job["level_sequence"] == "/Game/QW/Sequences/QW_kite.QW_kite"
+    assert job["passes"]["reference"]["cvars"]["r.DefaultFeature.AntiAliasing"] == 0
     assert not (tmp_path / "c").exists()
+
+
+def test_project_default_map_is_read_from_the_project_ini(tmp_path, scene, capsys):
+    scene.unreal.map = "project-default"
+    ini = tmp_path / "proj" / "Config" / "DefaultEngine.ini"
+    ini.parent.mkdir()
+    ini.write_text("[/Script/EngineSettings.GameMapsSettings]\nEditorStartupMap=/Game/Maps/Menu\n"
+                   "GameDefaultMap=/Game/Maps/Garden.Garden\n")
+    capture_scene(scene, tmp_path / "c", shots=["b"], dry_run=True)
+    assert '"map": "/Game/Maps/Garden.Garden"' in capsys.readouterr().out
+    ini.write_text("[/Script/Engine.RendererSettings]\nr.BasePassOutputsVelocity=1\n")
+    with pytest.raises(QwError, match=r"DefaultEngine.ini: no GameDefaultMap=/Game/\.\.\. under"):
+        capture_scene(scene, tmp_path / "c", shots=["b"], dry_run=True)
 
 
 def test_cli_capture_dry_run_and_missing_editor(tmp_path, scene):
@@ -172,8 +237,7 @@ def test_cli_capture_dry_run_and_missing_editor(tmp_path, scene):
     result = runner.invoke(main, ["datagen", "capture", "--scene", str(manifest), "--dry-run",
                                   "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    assert "-ExecutePythonScript=" in result.output
-    assert '"level_sequence": "/Game/Cine/KiteSeq.KiteSeq"' in result.output
+    assert "-ExecutePythonScript=" in result.output and "-MoviePipelineConfig=" in result.output
     result = runner.invoke(main, ["datagen", "capture", "--scene", str(manifest), "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and f"set {EDITOR_ENV}" in result.output
 
@@ -200,3 +264,23 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
                               timeout=60, progress=False)
     assert [p.name for p in paths] == ["a", "b"] and all(validate_capture(p).ok for p in paths)
     assert plugin.seen == {"ue-capture-kite-a": {"ue": 1}, "ue-capture-kite-b": {"ue": 1}}
+
+
+@pytest.mark.parametrize("version, quits", [("4.27", True), ("5.3", False)])
+def test_fake_editor_models_the_auto_quit(tmp_path, editor, version, quits):
+    """After -ExecutePythonScript the editor quits on the next tick; UE5 scripts can ask to stay alive, which
+    4.27 has no function for (the script fails and the editor quits anyway)."""
+    script = tmp_path / "stay.py"
+    script.write_text("import unreal\nunreal.EditorPythonScripting.set_keep_python_script_alive(True)\n")
+    (tmp_path / "proj" / "Content").mkdir(parents=True)
+    proc = subprocess.Popen([str(editor), str(tmp_path / "proj" / "Kite.uproject"), f"-ExecutePythonScript={script}"],
+                            env={**os.environ, "FAKE_UE_VERSION": version}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=6)
+        assert quits and "EditorPythonScripting does not exist" in output
+    except subprocess.TimeoutExpired:
+        assert not quits  # still running: kept alive
+    finally:
+        proc.kill()
+        proc.wait()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import create_store
+from datagen.block_store import block_checksums, create_store, seal
 
 
 def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -40,8 +40,10 @@ def synthetic_block(rng: np.random.Generator, t: int, tile: int, cut: int | None
 
 
 def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: int = 32, seed: int = 0,
-               complete: bool = True, cut_every: int = 0) -> str:
-    """A complete store with shot 0 in 'train' and shot 1 in 'val'; every `cut_every`-th block has a camera cut."""
+               complete: bool = True, cut_every: int = 0, nan_block: int | None = None) -> str:
+    """A complete store with shot 0 in 'train' and shot 1 in 'val'; every `cut_every`-th block has a camera cut.
+
+    `nan_block`: the red channel of that block's last reference frame is NaN (poisoned data that reads fine)."""
     rng = np.random.default_rng(seed)
     n = n_train + n_val
     shots = [{"scene": "synthetic", "shot": "train", "split": "train"},
@@ -51,9 +53,12 @@ def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: i
                          t=t, tile=tile)
     for i in range(n):
         block = synthetic_block(rng, t, tile, cut=t // 2 if cut_every and i % cut_every == 0 else None)
+        if i == nan_block:
+            block["reference"][-1, 0] = np.nan
         for name in ("color", "reference", "motion"):
             group[name][i] = block[name].astype(np.float16)
         group["history_valid"][i] = block["history_valid"]
         group["origin"][i] = [0, int(i >= n_train), 0, 0, 0]
-    group.attrs["complete"] = complete
+    if complete:
+        seal(group, block_checksums(group))
     return str(path)

@@ -1,8 +1,9 @@
 """Unreal-format test inputs built from known ground truth: encoders written from the published formulas.
 
-These are the inverse of ue_capture.convert, written independently from the formulas in notes/unreal.md (engine
-Common.ush packing, the Intel sample's sign bits, MRQ's 0.5-centred material), so a wrong sign, scale, bias or
-W/H swap in the decoders shows up as a mismatch. Used by the conversion/importer tests and by the fake editor.
+These are the inverse of ue_capture.convert, written independently from the engine's and the sample's own code
+(Common.ush velocity packing, the Intel sample's sign bits, MRQ's 0.5-centred material, MRQ's sample jitter in
+MoviePipelineRendering.cpp / MoviePipelineUtils.cpp), so a wrong sign, scale, bias or W/H swap in the decoders
+shows up as a mismatch. Used by the conversion/importer tests and by the fake editor.
 """
 
 from __future__ import annotations
@@ -59,9 +60,31 @@ def velocity_image(d: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.concatenate([v, 0 * v[..., :1]], -1)
 
 
-def jitter_image(jitter_ndc: tuple[float, float], width: int, height: int) -> np.ndarray:
-    """qw's jitter material output: View.TemporalAAJitter.xy in R,G of every pixel, 0 in B."""
-    return np.broadcast_to(np.array([*jitter_ndc, 0.0]), (height, width, 3))
+def mrq_spatial_shift(k: int, samples: int, gaussian: bool, filter_size: float = 1.0) -> tuple[float, float]:
+    """MRQ's SpatialShiftX/Y in pixels for spatial sample k of `samples` (one temporal sample), as the engine
+    computes it: Halton(k+1) in bases 2 and 3; up to 5.3 through a windowed Box-Muller (sigma 0.47·filter size),
+    from 5.5 as Halton − 0.5. The projection moves by (2·sx/W, −2·sy/H), so the image content moves by +s."""
+    def radical_inverse(i: int, base: int) -> float:
+        result, fraction = 0.0, 1.0 / base
+        while i:
+            result += (i % base) * fraction
+            i //= base
+            fraction /= base
+        return result
+
+    u, v = radical_inverse(k % samples + 1, 2), radical_inverse(k % samples + 1, 3)
+    if not gaussian:
+        return u - 0.5, v - 0.5
+    sigma = 0.47 * filter_size
+    in_window = np.exp(-0.5 * (0.5 / sigma) ** 2)
+    r = sigma * np.sqrt(-2.0 * np.log((1.0 - u) * in_window + u))
+    return float(r * np.cos(2 * np.pi * v)), float(r * np.sin(2 * np.pi * v))
+
+
+def scene_colour(px: np.ndarray, py: np.ndarray, frame: int) -> np.ndarray:
+    """A smooth analytic HDR image at continuous pixel positions (x right, y down): what a jittered sample sees."""
+    return np.stack([0.6 + 0.4 * np.sin(px / 2.3 + 0.2 * frame), 0.5 + 0.3 * np.cos(py / 1.7),
+                     1.0 + 0.5 * np.sin((px + py) / 3.1)], axis=-1)
 
 
 def write_exr(path: Path, image: np.ndarray, channels=("R", "G", "B"), dtype=np.float32, layer: str = "") -> None:
@@ -96,7 +119,7 @@ def write_intel_sample(root: Path, width: int, height: int, frames: list[int], s
 
 def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int, *, motion: np.ndarray | None = None,
                     motion_pass: str = "FinalImageM_QW_Velocity", depth_cm: np.ndarray | None = None,
-                    jitter_ndc: tuple[float, float] | None = None, colour_only: bool = False) -> None:
+                    depth_pass: str = "FinalImageM_QW_Depth", colour_only: bool = False) -> None:
     """One frame of MRQ output with separate files per pass, named {seq}.{pass}.{frame:04d}.exr."""
     write_exr(folder / f"{seq}.FinalImage.{frame:04d}.exr", colour(width, height, frame), dtype=np.float16)
     if colour_only:
@@ -104,7 +127,4 @@ def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int,
     if motion is not None:
         write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", velocity_image(motion, width, height))
     if depth_cm is not None:
-        write_exr(folder / f"{seq}.FinalImageMovieRenderQueue_WorldDepth.{frame:04d}.exr", depth_cm[..., None],
-                  channels=("R",))
-    if jitter_ndc is not None:
-        write_exr(folder / f"{seq}.FinalImageM_QW_Jitter.{frame:04d}.exr", jitter_image(jitter_ndc, width, height))
+        write_exr(folder / f"{seq}.{depth_pass}.{frame:04d}.exr", depth_cm[..., None], channels=("R",))

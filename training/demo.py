@@ -18,9 +18,10 @@ from pathlib import Path
 from datagen.errors import QwError
 
 # The demo store (4 scenes × 48 blocks of 8×64×64 from each scene's first 'train' shot), and the held-out shots
-# evaluated at the end: never in the store ('test' and 'val' splits of their scenes).
+# evaluated at the end: shots of held-out scene instances (other seeds of the generators: other layout, geometry,
+# materials and textures), which no store draws from.
 DATASET = "builtin-demo"
-HELD_OUT_SHOTS = {"builtin_crossing": ["dolly"], "builtin_fence": ["rise"]}
+HELD_OUT_SHOTS = {"builtin_crossing_test": ["dolly"], "builtin_fence_test": ["rise"]}
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
 
 
 def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path) -> Path:
-    from training.quant import quantize_command
+    from training.quantize import quantize_command
     from training.train import LAST
 
     if not _finished(run, plan.qat_steps):

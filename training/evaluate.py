@@ -1,5 +1,8 @@
 """`qw eval`: QW-Net (full precision and quantized) against TAA and the aliased input, on held-out captured shots.
 
+The baselines are the engine-style TAA (`taa`, the default) and the simpler min/max-clamp TAA (`taa-clamp`);
+TAA also reads each frame's depth and jitter, as an engine would.
+
 Every method reconstructs each shot at full resolution from the same jittered frames and motion vectors; each
 output frame is scored against the supersampled reference with PSNR and SSIM (tone-mapped), HDR-FLIP (centred
 crop, see `training.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
@@ -28,14 +31,16 @@ from datagen import __version__
 from datagen.capture_format import find_captures, load_meta
 from datagen.errors import QwError
 from training import metrics
-from training.infer import frame_range, input_frames, read_reference, run_qwnet, to_image
-from training.taa import run_taa
+from training.infer import frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
+from training.taa import TaaFrame, run_taa, run_taa_clamp
 
 METRICS = ("psnr", "ssim", "flip", "tpsnr")
 METRIC_TITLES = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "flip": "FLIP ↓", "tpsnr": "tPSNR dB ↑"}
-INPUT_LABEL, TAA_LABEL = "aliased input", "TAA"
+INPUT_LABEL = "aliased input"
+BASELINES = {"taa": ("TAA", run_taa), "taa-clamp": ("TAA min/max clamp", run_taa_clamp)}
+DEFAULT_BASELINES = ("taa",)
 
-Frames = Iterator[tuple[torch.Tensor, torch.Tensor, bool]]
+Frames = Iterator[TaaFrame]
 
 
 @dataclass
@@ -46,8 +51,19 @@ class Method:
 
 
 def _passthrough(frames: Frames) -> Iterator[torch.Tensor]:
-    for color, _, _ in frames:
-        yield color
+    for frame in frames:
+        yield frame.color
+
+
+def _qwnet(model: torch.nn.Module, device: torch.device | str) -> Callable[[Frames], Iterator[torch.Tensor]]:
+    return lambda frames: run_qwnet(model, ((f.color, f.motion, f.history_valid) for f in frames), device)
+
+
+def shot_frames(shot: Path, meta, frames: range) -> Frames:
+    """Every method's input: colour, motion and history validity as QW-Net reads them, plus depth and jitter."""
+    jitter = meta.jitter_array()
+    for index, (color, motion, valid) in zip(frames, input_frames(shot, meta, frames)):
+        yield TaaFrame(color, motion, valid, read_pass(shot, "depth", index), tuple(map(float, jitter[index])))
 
 
 def checkpoint_label(cfg, quantized: bool) -> str:
@@ -59,30 +75,44 @@ def checkpoint_label(cfg, quantized: bool) -> str:
     return f"QW-Net W{q.extractor_weight_bits}A{q.extractor_act_bits}"
 
 
-def build_methods(checkpoints: list[str], qwq_files: list[str], baseline: str | None,
+def build_methods(checkpoints: list[str], qwq_files: list[str], baselines: Iterable[str],
                   device: torch.device) -> list[Method]:
-    """Aliased input, the baseline (TAA) and one method per checkpoint / exported integer model."""
+    """Aliased input, the baselines (TAA variants) and one method per checkpoint / exported integer model."""
     from training.integer_ref import load_integer_model
-    from training.quant import model_from_any_checkpoint
+    from training.quantize import model_from_any_checkpoint
 
     methods = [Method(INPUT_LABEL, _passthrough)]
-    if baseline == "taa":
-        methods.append(Method(TAA_LABEL, run_taa))
-    elif baseline not in (None, "none"):
-        raise QwError(f"--baseline {baseline!r}: the only baseline is 'taa' (or 'none')")
+    for name in baselines:
+        if name not in BASELINES:
+            raise QwError(f"--baseline {name!r}: baselines are {', '.join(BASELINES)} (or none)")
+        methods.append(Method(*BASELINES[name]))
     for path in checkpoints:
         model, cfg, quantized = model_from_any_checkpoint(path)
-        model = model.to(device)
-        methods.append(Method(checkpoint_label(cfg, quantized),
-                              lambda frames, m=model: run_qwnet(m, frames, device), str(path)))
+        methods.append(Method(checkpoint_label(cfg, quantized), _qwnet(model.to(device), device), str(path)))
     for path in qwq_files:
         model, _ = load_integer_model(path)  # integer matmuls run on the CPU
-        methods.append(Method("QW-Net integer (.qwq)", lambda frames, m=model: run_qwnet(m, frames, "cpu"), str(path)))
-    counts = Counter(m.label for m in methods)
-    for m in methods:  # two checkpoints of the same kind: tell them apart by their run directory
-        if counts[m.label] > 1:
-            m.label = f"{m.label} ({Path(m.source).parent.name or m.source})"
+        methods.append(Method("QW-Net integer (.qwq)", _qwnet(model, "cpu"), str(path)))
+    distinguish_labels(methods)
     return methods
+
+
+def distinguish_labels(methods: list[Method]) -> None:
+    """Give methods of the same label (two checkpoints of one kind) distinct labels: the label plus the shortest tail
+    of the source's folders that tells them apart (the run directory, usually), else of its path; the same file
+    given twice is numbered. Labels key the metrics, the report and the plots, so two methods never share one."""
+    counts = Counter(m.label for m in methods)
+    for label in [k for k, n in counts.items() if n > 1]:
+        group = [m for m in methods if m.label == label]
+        parts = [Path(m.source).resolve().parts for m in group]
+        distinct = len(set(parts))
+        longest = max(len(p) for p in parts)
+        candidates = ([["/".join(p[:-1][-d:]) for p in parts] for d in range(1, longest)]
+                      + [["/".join(p[-d:]) for p in parts] for d in range(1, longest + 1)])
+        tails = next(c for c in candidates if len(set(c)) == distinct)
+        seen: Counter = Counter()
+        for m, tail in zip(group, tails):
+            seen[tail] += 1
+            m.label = f"{label} ({tail})" + (f" #{seen[tail]}" if tails.count(tail) > 1 else "")
 
 
 @dataclass
@@ -118,7 +148,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
                   crop_size: int) -> ShotResult:
     meta = load_meta(shot)
     frames = frame_range(meta, 0, count)
-    feeds = itertools.tee(input_frames(shot, meta, frames), len(methods) + 1)
+    feeds = itertools.tee(shot_frames(shot, meta, frames), len(methods) + 1)
     outputs = [m.run(feed) for m, feed in zip(methods, feeds)]
     inputs = feeds[-1]
     per_frame = {m.label: {k: [] for k in METRICS} for m in methods}
@@ -126,7 +156,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     previous: dict[str, np.ndarray] = {}
     prev_ref = None
     for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False):
-        color, _, valid = next(inputs)
+        color, _, valid, *_ = next(inputs)
         reference = read_reference(shot, index)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
         for label, image in images.items():
@@ -236,7 +266,8 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
     return data
 
 
-def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *, baseline: str | None = "taa",
+def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
+                     baselines: Iterable[str] = DEFAULT_BASELINES,
                      qwq_files: list[str] = (), frames: int | None = None, flip_crop: int | None = 512,
                      crop_size: int = 128, device: str | None = None) -> dict:
     """Evaluate on every complete shot under `captures`; returns metrics.json's content plus the report path."""
@@ -244,7 +275,7 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *, b
     if not shots:
         raise QwError(f"no complete captured shots (capture.json) under {', '.join(map(str, captures))}")
     device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    methods = build_methods(list(checkpoints), list(qwq_files), baseline, device_)
+    methods = build_methods(list(checkpoints), list(qwq_files), baselines, device_)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -14,8 +14,8 @@ What is here, and why it is faster on a GPU (measured by ``benchmarks/gpu.py``):
 * `frame_step` + `CudaGraphFrame`: one recurrent inference frame (warp + step) replayed from a captured CUDA graph,
   which removes the per-kernel launch cost that dominates a 1080p frame (`training.warp.warp` and `QWNet.step`
   copy nothing from host memory, which a graph could not capture).
-* `train_step` / `train_step_terms` and `DevicePrefetcher`: a training step with no host synchronization (the
-  loss stays on the device) and batches copied from pinned memory on a side stream, one batch ahead; the loop of
+* `accumulate_gradients`, `train_step` / `train_step_terms` and `DevicePrefetcher`: a training step with no host
+  synchronization (the loss stays on the device) and batches copied from pinned memory on a side stream, one batch ahead; the loop of
   `training.train` runs on them.
 * `Int8Conv` / `int8_model`: U_e's and U_f's quantized convs as int8 GEMMs (`torch._int_mm`, int32 accumulation)
   on the exported integer network of `training.integer_ref`; exact, so it equals that reference bit for bit.
@@ -53,33 +53,35 @@ def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tens
     return total / e.sum(dim=1, keepdim=True)
 
 
-def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
+                         padding: str = "replicate") -> torch.Tensor:
     """`training.model.filter_pyramid` with each softmax fused into its kernel application."""
-    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color) + kernel_taps(history))
+    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color, padding) + kernel_taps(history, padding))
     skips = [x]
     for s in range(1, len(raw)):
-        x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2)))
+        x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2), padding))
         skips.append(x)
     for s in reversed(range(len(raw) - 1)):
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = softmax_filter(raw[s][:, -UP_WEIGHTS:], kernel_taps(up) + [skips[s]])
+        x = softmax_filter(raw[s][:, -UP_WEIGHTS:], kernel_taps(up, padding) + [skips[s]])
     return x
 
 
 class FusedKernelFilter(nn.Module):
     """U_f with the fused pyramid; holds the original ``predictors`` (same parameters, same state-dict keys)."""
 
-    def __init__(self, predictors: nn.ModuleList):
+    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate"):
         super().__init__()
         self.predictors = predictors
+        self.padding = padding
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history)
+        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding)
 
 
 def fuse_filter(model: QWNet) -> QWNet:
     """Swap the model's U_f for the fused one, in place (parameters shared); returns the model."""
-    model.filter = FusedKernelFilter(model.filter.predictors)
+    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding)
     return model
 
 
@@ -137,7 +139,7 @@ def frame_step(model: QWNet, color: torch.Tensor, motion: torch.Tensor, previous
     Any QWNet (float, fused, folded, quantized or integer); it copies nothing from the host, so a CUDA graph can
     capture it (`CudaGraphFrame`).
     """
-    return model.step(color, warp(previous, motion))
+    return model.step(color, warp(previous, motion, model.cfg.warp_padding))
 
 
 class CudaGraphFrame:
@@ -176,29 +178,43 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: st
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
         output = model(batch["color"], batch["motion"], batch["history_valid"])
+    cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
-                              spatial_weight, temporal_weight)
+                              spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,
+                              color=batch["color"] if cfg.temporal_reset_term else None)
 
 
-def train_step_terms(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
-                     transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
-                     temporal_weight: float = 0.7, scaler: torch.amp.GradScaler | None = None
-                     ) -> dict[str, torch.Tensor]:
-    """One optimizer step over the given micro-batches (gradient accumulation); the mean loss terms, on device.
+def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], transform: str,
+                         amp: torch.dtype | None, spatial_weight: float = 0.3, temporal_weight: float = 0.7,
+                         scaler: torch.amp.GradScaler | None = None
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Backward over the given micro-batches (gradient accumulation) into the parameters' ``.grad``.
 
-    Nothing here waits for the device: reading the terms is the caller's one sync. A DDP model all-reduces its
-    gradients on the last micro-batch only; `scaler` (float16 autocast) scales the loss and unscales the step.
+    Returns the mean loss terms and each micro-batch's loss (K,), on device: nothing here waits for the device. A
+    DDP model all-reduces its gradients on the last micro-batch only; `scaler` (float16 autocast) scales the loss.
     """
     batches = list(batches)
     scaler = scaler or torch.amp.GradScaler(enabled=False)  # disabled: a pass-through
-    optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
+    losses = []
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
             _, terms = forward_loss(model, batch, transform, amp, spatial_weight, temporal_weight)
             scaler.scale(terms["loss"] / len(batches)).backward()
         totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in terms.items()}
+        losses.append(terms["loss"].detach())
+    return totals, torch.stack(losses)
+
+
+def train_step_terms(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
+                     transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
+                     temporal_weight: float = 0.7, scaler: torch.amp.GradScaler | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """One optimizer step over the given micro-batches (`accumulate_gradients`); the mean loss terms, on device."""
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    optimizer.zero_grad(set_to_none=True)
+    totals, _ = accumulate_gradients(model, batches, transform, amp, spatial_weight, temporal_weight, scaler)
     scaler.step(optimizer)
     scaler.update()
     return totals

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-TRANSFORMS = ("log1p", "reinhard", "pq")
+TRANSFORMS = ("log1p", "reinhard", "pq", "none")
 
 # PQ (SMPTE ST 2084) maps absolute luminance 0..10000 cd/m²; linear 1.0 is taken as 100 cd/m² (SDR white).
 PQ_NITS_PER_UNIT = 100.0
@@ -31,7 +31,12 @@ _PQ_C1, _PQ_C2, _PQ_C3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
 
 
 def compress(x: torch.Tensor, transform: str) -> torch.Tensor:
-    """Map linear HDR (>= 0; negatives are clamped) into a compressed range. Differentiable."""
+    """Map linear HDR (>= 0; negatives are clamped) into a compressed range. Differentiable.
+
+    "none" returns x itself (no clamp either): the public sample feeds linear colour to U_e and its loss.
+    """
+    if transform == "none":
+        return x
     x = x.clamp_min(0)
     if transform == "log1p":
         return torch.log1p(x)

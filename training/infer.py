@@ -53,7 +53,7 @@ def run_qwnet(model: torch.nn.Module, frames: Iterator[tuple[torch.Tensor, torch
         h, w = color.shape[-2:]
         color = pad_to_multiple(color, multiple).to(device)
         motion = pad_to_multiple(motion, multiple).to(device)
-        history = warp(previous, motion) if valid and previous is not None else color
+        history = warp(previous, motion, model.cfg.warp_padding) if valid and previous is not None else color
         previous = model.step(color, history)
         yield previous[..., :h, :w].float().cpu()
 
@@ -96,7 +96,7 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     """Reconstruct a captured shot with a (full-precision or quantized) checkpoint; returns a summary."""
     import imageio.v2 as imageio
 
-    from training.quant import model_from_any_checkpoint
+    from training.quantize import model_from_any_checkpoint
 
     if fmt not in FORMATS:
         raise QwError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")

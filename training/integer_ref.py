@@ -9,12 +9,14 @@ the network is `training.model.QWNet` with its quantized convs swapped for `Inte
 Its output equals the fake-quantized model's (`training.quant`) to float rounding — in practice bit for bit,
 because both round activations with the same function and both accumulate exactly — which is the proof that the
 simulated network can be run in integers. FP16-plan layers (no integers) run as float16-rounded float convs.
+Every conv that reads a tensor quantizes it with that tensor's one scale and zero point (the `.qwq` activation
+table), so the codes are the same whichever conv computes them: an integer pipeline writes each tensor once.
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from datagen.errors import QwError
 from training.config import Config
-from training.export import ExportedLayer, read_qwq
+from training.qwq import ExportedActivation, ExportedLayer, ExportedModel, read_qwq
 from training.model import QWNet
 from training.quant import activation_codes, batch_norm_of, replace_module, rescale, worst_case_accumulator
 
@@ -47,18 +49,18 @@ def int_conv2d(codes: torch.Tensor, weight: torch.Tensor, padding: int) -> torch
 class IntegerConv(nn.Module):
     """A quantized conv executed with integer arithmetic from exported codes and scales."""
 
-    def __init__(self, layer: ExportedLayer):
+    def __init__(self, layer: ExportedLayer, activation: ExportedActivation):
         super().__init__()
         fan_in = int(np.prod(layer.weight.shape[1:]))
-        if worst_case_accumulator(layer.act_bits, layer.weight_bits, fan_in) > INT32_MAX:
-            raise QwError(f"{layer.name}: W{layer.weight_bits}A{layer.act_bits} with fan-in {fan_in} "
+        if worst_case_accumulator(activation.bits, layer.weight_bits, fan_in) > INT32_MAX:
+            raise QwError(f"{layer.name}: W{layer.weight_bits}A{activation.bits} with fan-in {fan_in} "
                           "can overflow int32")
-        self.name, self.padding, self.qmax = layer.name, layer.padding, 2 ** layer.act_bits - 1
+        self.name, self.padding, self.qmax = layer.name, layer.padding, 2 ** activation.bits - 1
         self.register_buffer("weight", torch.from_numpy(layer.weight.astype(np.int32)))
         self.register_buffer("weight_scale", torch.from_numpy(layer.weight_scale))
         self.register_buffer("bias", torch.from_numpy(layer.bias))
-        self.register_buffer("act_scale", torch.from_numpy(np.asarray(layer.act_scale, np.float32)))
-        self.register_buffer("act_zero", torch.tensor(float(layer.act_zero_point)))
+        self.register_buffer("act_scale", torch.from_numpy(np.asarray(activation.scale, np.float32)))
+        self.register_buffer("act_zero", torch.tensor(float(activation.zero_point)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = activation_codes(x.float(), self.act_scale, self.act_zero, self.qmax).to(torch.int32)
@@ -78,39 +80,31 @@ class Float16Conv(nn.Module):
         return F.conv2d(x.half().float(), self.weight, self.bias, padding=self.padding)
 
 
-def load_integer_model(path: str | Path) -> tuple[QWNet, Config]:
-    """QWNet rebuilt from a `.qwq` file with every quantized conv an `IntegerConv` (or `Float16Conv`)."""
-    exported = read_qwq(path)
-    cfg = Config.model_validate(exported.config)
-    model = QWNet(cfg.model)
+def rebuild_network(exported: ExportedModel, conv_for: Callable[[ExportedLayer, ExportedActivation], nn.Module],
+                    source: str | Path) -> QWNet:
+    """QWNet with every exported conv replaced by ``conv_for(layer, its input activation)``, BN removed (folded
+    into the exported bias) and the float tensors loaded; `source` names the file in errors."""
+    model = QWNet(Config.model_validate(exported.config).model)
     replaced = []
     for layer in exported.layers:
         bn = batch_norm_of(model, layer.name)
-        replace_module(model, layer.name, IntegerConv(layer) if layer.integer else Float16Conv(layer))
+        replace_module(model, layer.name, conv_for(layer, exported.activations[layer.input]))
         if bn:
-            replace_module(model, bn[0], nn.Identity())  # folded into the exported bias
+            replace_module(model, bn[0], nn.Identity())
         replaced.append(f"{layer.name}.")
     floats = {k: torch.from_numpy(v) for k, v in exported.float_tensors.items()}
     missing, unexpected = model.load_state_dict(floats, strict=False)
     missing = [k for k in missing if not k.startswith(tuple(replaced))]
     if missing or unexpected:
-        raise QwError(f"{path}: float tensors do not match the network (missing {missing}, unexpected {unexpected})")
-    return model.eval(), cfg
+        raise QwError(f"{source}: float tensors do not match the network (missing {missing}, unexpected {unexpected})")
+    return model.eval()
 
 
-@torch.no_grad()
-def compare_on_shot(fake_quant: nn.Module, integer: nn.Module, shot: str | Path, frames: int = 4) -> dict:
-    """Run both models recurrently on a captured shot's first frames; the largest output difference."""
-    from datagen.capture_format import load_meta
-    from training.infer import frame_range, input_frames, run_qwnet
+def integer_conv(layer: ExportedLayer, activation: ExportedActivation) -> nn.Module:
+    return IntegerConv(layer, activation) if layer.integer else Float16Conv(layer)
 
-    meta = load_meta(shot)
-    span = frame_range(meta, 0, frames)
-    feed_a, feed_b = itertools.tee(input_frames(Path(shot), meta, span))  # each frame is read from disk once
-    worst, peak, identical = 0.0, 0.0, True
-    for a, b in zip(run_qwnet(fake_quant, feed_a), run_qwnet(integer, feed_b)):
-        worst = max(worst, float((a - b).abs().max()))
-        peak = max(peak, float(a.abs().max()))
-        identical = identical and torch.equal(a, b)
-    return {"shot": str(shot), "frames": len(span), "max_abs_diff": worst, "max_output": peak,
-            "bit_identical": identical}
+
+def load_integer_model(path: str | Path) -> tuple[QWNet, Config]:
+    """QWNet rebuilt from a `.qwq` file with every quantized conv an `IntegerConv` (or `Float16Conv`)."""
+    exported = read_qwq(path)
+    return rebuild_network(exported, integer_conv, path), Config.model_validate(exported.config)

@@ -5,6 +5,10 @@ steps whose history is valid (an invalid step contributes zero). Both are means 
 batch is the mean of per-block losses: what DDP's gradient averaging assumes.
 Warping happens on the compressed images (the difference to warping linear colour and then compressing is
 second order, and it saves two transforms per step).
+
+With ``temporal_reset_term`` (the public sample's convention) a step without history — a block's first step, a
+step after a cut — is not skipped: the network saw its own input as history there, so its temporal term is
+L1(out_t − in_t, ref_t − ref_t) = |out_t − in_t|, and L_t is the mean over all T steps.
 """
 
 from __future__ import annotations
@@ -20,20 +24,41 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[2:])
 
 
-def temporal_l1(out: torch.Tensor, ref: torch.Tensor, motion: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
-    """Mean over (block, step ≥ 1) of the L1 between output and reference temporal differences; invalid steps 0."""
+def _per_frame_l1(x: torch.Tensor) -> torch.Tensor:
+    """(B,T,C,H,W) -> (B,T) mean absolute value per frame."""
+    return x.abs().mean(dim=(2, 3, 4))
+
+
+def temporal_l1(out: torch.Tensor, ref: torch.Tensor, motion: torch.Tensor, history_valid: torch.Tensor,
+                inputs: torch.Tensor | None = None, warp_padding: str = "border") -> torch.Tensor:
+    """Mean over blocks and steps of the L1 between output and reference temporal differences.
+
+    Without `inputs`: the mean over steps ≥ 1, invalid steps 0. With `inputs` (the compressed input colour), steps
+    without history contribute |out_t − in_t| and the mean runs over all T steps.
+    """
     b, t = out.shape[:2]
-    warped_out = warp(_frames(out[:, :-1]), _frames(motion[:, 1:])).view(b, t - 1, *out.shape[2:])
-    warped_ref = warp(_frames(ref[:, :-1]), _frames(motion[:, 1:])).view(b, t - 1, *ref.shape[2:])
-    per_step = ((out[:, 1:] - warped_out) - (ref[:, 1:] - warped_ref)).abs().mean(dim=(2, 3, 4))
-    return (per_step * history_valid[:, 1:].to(per_step.dtype)).mean()
+    valid = history_valid.to(device=out.device, dtype=out.dtype).clone()
+    valid[:, 0] = 0  # a block's first step never has a history
+    moving = out.new_zeros(b, 1)
+    if t > 1:
+        warped_out = warp(_frames(out[:, :-1]), _frames(motion[:, 1:]), warp_padding).view(b, t - 1, *out.shape[2:])
+        warped_ref = warp(_frames(ref[:, :-1]), _frames(motion[:, 1:]), warp_padding).view(b, t - 1, *ref.shape[2:])
+        moving = torch.cat([moving, _per_frame_l1((out[:, 1:] - warped_out) - (ref[:, 1:] - warped_ref))], dim=1)
+    if inputs is None:
+        return (moving[:, 1:] * valid[:, 1:]).mean() if t > 1 else out.new_zeros(())
+    return (moving * valid + _per_frame_l1(out - inputs) * (1 - valid)).mean()
 
 
 def qwnet_loss(output: torch.Tensor, reference: torch.Tensor, motion: torch.Tensor, history_valid: torch.Tensor,
-               transform: str, spatial_weight: float = 0.3, temporal_weight: float = 0.7) -> dict[str, torch.Tensor]:
-    """Loss terms for (B,T,3,H,W) linear output and reference: {'spatial', 'temporal', 'loss'}."""
+               transform: str, spatial_weight: float = 0.3, temporal_weight: float = 0.7, *,
+               color: torch.Tensor | None = None, warp_padding: str = "border") -> dict[str, torch.Tensor]:
+    """Loss terms for (B,T,3,H,W) linear output and reference: {'spatial', 'temporal', 'loss'}.
+
+    `color` (the linear input) switches on the temporal term of steps without history (see the module doc).
+    """
     out_c = compress(output.float(), transform)
     ref_c = compress(reference.float(), transform)
+    inputs = None if color is None else compress(color.float(), transform)
     spatial = (out_c - ref_c).abs().mean()
-    temporal = temporal_l1(out_c, ref_c, motion, history_valid) if output.shape[1] > 1 else spatial.new_zeros(())
+    temporal = temporal_l1(out_c, ref_c, motion, history_valid, inputs, warp_padding)
     return {"spatial": spatial, "temporal": temporal, "loss": spatial_weight * spatial + temporal_weight * temporal}

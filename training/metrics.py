@@ -15,6 +15,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from training.hdr import compress
 
 DISPLAY_GAMMA = 2.2
+SSIM_BORDER = 5  # half the 11-pixel window: the map positions whose window reaches past the image edge
 PSNR_CAP_DB = 100.0  # identical images: report a finite ceiling instead of inf so JSON and averages stay valid
 
 
@@ -35,11 +36,16 @@ def psnr(test: np.ndarray, reference: np.ndarray) -> float:
 
 
 def ssim(test: np.ndarray, reference: np.ndarray) -> float:
-    """SSIM of two tone-mapped images (Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, averaged over channels)."""
+    """SSIM of two tone-mapped images (Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, averaged over channels), over
+    the valid region as Wang et al. define it: only windows that lie inside the image (torchmetrics pads the image
+    by reflection and averages the whole map; its outer SSIM_BORDER pixels are cropped here)."""
     def as_batch(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(tonemap(x)).permute(2, 0, 1).unsqueeze(0).float()
 
-    return float(structural_similarity_index_measure(as_batch(test), as_batch(reference), data_range=1.0))
+    _, similarity = structural_similarity_index_measure(as_batch(test), as_batch(reference), data_range=1.0,
+                                                        return_full_image=True)
+    b = SSIM_BORDER
+    return float(similarity[..., b:-b, b:-b].mean())
 
 
 def center_crop(image: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -97,20 +97,20 @@ def replicate_pad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
 
 
-def kernel_taps(image: torch.Tensor) -> list[torch.Tensor]:
-    """The nine replicate-padded neighbours of every pixel, in row-major kernel order."""
+def kernel_taps(image: torch.Tensor, padding: str = "replicate") -> list[torch.Tensor]:
+    """The nine neighbours of every pixel, in row-major kernel order; borders replicate or read zeros."""
     h, w = image.shape[-2:]
-    padded = replicate_pad(image)
+    padded = replicate_pad(image) if padding == "replicate" else F.pad(image, (1, 1, 1, 1))
     return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
 
 
-def apply_kernel(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def apply_kernel(image: torch.Tensor, weights: torch.Tensor, padding: str = "replicate") -> torch.Tensor:
     """Per-pixel 3×3 filter: image (B,C,H,W), weights (B,9,H,W) in row-major kernel order, the same for every C.
 
-    Borders replicate, so normalized weights keep a constant image constant.
+    With replicated borders normalized weights keep a constant image constant; "zeros" is the public sample's way.
     """
     out = image.new_zeros(())
-    for k, tap in enumerate(kernel_taps(image)):
+    for k, tap in enumerate(kernel_taps(image, padding)):
         out = out + weights[:, k:k + 1] * tap
     return out
 
@@ -130,19 +130,20 @@ def normalize_weights(raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch
     return out
 
 
-def filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+def filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
+                   padding: str = "replicate") -> torch.Tensor:
     """U_f's filtering, given the raw (pre-softmax) predictor outputs per scale; acts on linear colour."""
     weights = normalize_weights(raw)
     full = weights[0][0]
-    x = apply_kernel(color, full[:, :KERNEL]) + apply_kernel(history, full[:, KERNEL:])
+    x = apply_kernel(color, full[:, :KERNEL], padding) + apply_kernel(history, full[:, KERNEL:], padding)
     skips = [x]
     for down, _ in weights[1:]:
-        x = apply_kernel(F.avg_pool2d(x, 2), down)
+        x = apply_kernel(F.avg_pool2d(x, 2), down, padding)
         skips.append(x)
     for s in reversed(range(len(weights) - 1)):
         up = weights[s][1]
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = apply_kernel(x, up[:, :KERNEL]) + up[:, KERNEL:] * skips[s]
+        x = apply_kernel(x, up[:, :KERNEL], padding) + up[:, KERNEL:] * skips[s]
     return x
 
 
@@ -154,6 +155,7 @@ class KernelFilter(nn.Module):
         self.predictors = nn.ModuleList(
             nn.Conv2d(width, count, 1) for width, count in zip(cfg.widths, predictor_outputs(cfg.num_scales))
         )
+        self.padding = cfg.kernel_padding
         self._start_as_pass_through()
 
     @torch.no_grad()
@@ -168,7 +170,7 @@ class KernelFilter(nn.Module):
                 conv.bias[-1] += logit
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history)
+        return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding)
 
     def kernel_macs(self, height: int, width: int, channels: int = 3) -> list[int]:
         """Multiply-adds of kernel application per scale: every predicted weight multiplies one value per channel."""
@@ -232,7 +234,7 @@ class QWNet(nn.Module):
             history = color
             if previous is not None:
                 valid = history_valid[:, t].to(color.device).view(-1, 1, 1, 1)
-                history = torch.where(valid, warp(previous, motion_seq[:, t]), color)
+                history = torch.where(valid, warp(previous, motion_seq[:, t], self.cfg.warp_padding), color)
             previous = self.step(color, history)
             outputs.append(previous)
         return torch.stack(outputs, dim=1)[..., :h, :w]

@@ -25,15 +25,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datagen.errors import QwError
-from training.config import Config, QuantConfig
+from training.config import QuantConfig
 from training.model import ConvBNAct, QWNet
 
 FLOAT16_BITS = 16
@@ -86,9 +84,10 @@ def weight_codes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.T
 def activation_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
     """Integer-valued codes q − z of x, q = clamp(round(x/s) + z, 0, qmax); STE inside the range, 0 outside.
 
-    The fake-quant model and the integer reference both call this, so they round identically.
+    The fake-quant model and the integer reference both call this, so they round identically; rounding x/s before
+    adding z (ties to even) is ONNX QuantizeLinear's order, so an exported QDQ graph rounds the same way too.
     """
-    return torch.clamp(round_ste(x / scale + zero_point), 0, qmax) - zero_point
+    return torch.clamp(round_ste(x / scale) + zero_point, 0, qmax) - zero_point
 
 
 def rescale(acc: torch.Tensor, act_scale: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -138,10 +137,16 @@ def worst_case_accumulator(act_bits: int, weight_bits: int, fan_in: int) -> int:
 
 
 class QuantConv(nn.Module):
-    """A conv (bias included, BN already folded) with quantized weights and a quantizer on its input."""
+    """A conv (bias included, BN already folded) with quantized weights and a quantizer on its input.
+
+    The input quantizer belongs to the tensor, not to the conv: `quantize_model` keeps one per tensor in the model's
+    ``act_quant`` table and every conv that reads the tensor refers to it (it is not a submodule here, so its clip
+    is one parameter under one name).
+    """
 
     def __init__(self, conv: nn.Conv2d, weight_bits: int, input_quant: ActQuant):
         super().__init__()
+        object.__setattr__(self, "input_quant", input_quant)  # a reference, not a registered submodule
         if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
             raise ValueError("QuantConv supports plain zero-padded convs only")
         self.weight = nn.Parameter(conv.weight.detach().clone())
@@ -149,7 +154,6 @@ class QuantConv(nn.Module):
         self.bias = nn.Parameter(bias)
         self.stride, self.padding = conv.stride, conv.padding
         self.weight_bits = weight_bits
-        self.input_quant = input_quant
 
     @property
     def integer(self) -> bool:
@@ -205,30 +209,53 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
 
 @dataclass(frozen=True)
 class QuantSite:
-    """One conv of the plan: where it sits in the model and how it is quantized."""
+    """One conv of the plan: where it sits in the model, how it is quantized and which tensor it reads."""
 
     name: str          # module name of the conv in the model, e.g. "extractor.encoder.0.0.conv"
     weight_bits: int
     input_bits: int
     input_lower: float  # 0 (unsigned input) or −1 (ELU)
+    tensor: str         # the activation tensor it reads: one quantizer (one scale) per tensor, see `quant_sites`
 
 
 def quant_sites(model: QWNet, quant: QuantConfig) -> list[QuantSite]:
-    """Every conv the plan quantizes, in module order (U_e units, then U_f's predictors)."""
+    """Every conv the plan quantizes, in module order (U_e's encoder, its decoder, then U_f's predictors).
+
+    The tensors they read, each with one quantizer:
+
+    * ``input``: U_e's input features (read by the first conv);
+    * ``encoder{s}_0``, ``decoder{s}_{k}``: a unit's output read by the next conv of its block;
+    * ``concat{s}``: the two tensors decoder s concatenates, encoder s's output (its skip, also read pooled by
+      encoder s+1) and the features one scale down (decoder s+1's output or the bottleneck, also read by
+      predictor s+1). They share a quantizer, so the concatenation is one tensor with one scale;
+    * ``features0``: decoder 0's output (read by predictor 0).
+
+    Max pooling and nearest upsampling commute with a monotone quantizer, so a conv that reads a pooled or upsampled
+    tensor sees the same codes as one that reads the tensor itself.
+    """
     act_lower = ELU_MINIMUM if model.cfg.activation == "elu" else 0.0
+    extractor, n = model.extractor, len(model.extractor.encoder)
+
+    def unit(name: str, tensor: str) -> QuantSite:
+        if tensor == "input":  # 8-bit, unsigned: the input features are >= 0 (compressed colour, gray, gradients)
+            return QuantSite(f"extractor.{name}.conv", quant.first_weight_bits, quant.first_input_bits, 0.0, tensor)
+        return QuantSite(f"extractor.{name}.conv", quant.extractor_weight_bits, quant.extractor_act_bits, act_lower,
+                         tensor)
+
     sites = []
-    for name, module in model.extractor.named_modules():
-        if isinstance(module, ConvBNAct):
-            first = module is model.extractor.first
-            sites.append(QuantSite(
-                f"extractor.{name}.conv",
-                quant.first_weight_bits if first else quant.extractor_weight_bits,
-                quant.first_input_bits if first else quant.extractor_act_bits,
-                0.0 if first else act_lower))  # the input features are >= 0 (compressed colour, gray, gradients)
-    for i in range(len(model.filter.predictors)):
-        sites.append(QuantSite(f"filter.predictors.{i}", quant.predictor_weight_bits,
-                               quant.extractor_act_bits, act_lower))
+    for s in range(n):
+        sites += [unit(f"encoder.{s}.0", f"concat{s - 1}" if s else "input"), unit(f"encoder.{s}.1", f"encoder{s}_0")]
+    for s in range(n - 1):
+        sites += [unit(f"decoder.{s}.{k}", f"decoder{s}_{k - 1}" if k else f"concat{s}")
+                  for k in range(len(extractor.decoder[s]))]
+    sites += [QuantSite(f"filter.predictors.{s}", quant.predictor_weight_bits, quant.extractor_act_bits, act_lower,
+                        f"concat{s - 1}" if s else "features0") for s in range(len(model.filter.predictors))]
     return sites
+
+
+def quant_tensors(sites: list[QuantSite]) -> dict[str, tuple[int, float]]:
+    """Bits and lower range end of every tensor the sites read, in first-use order."""
+    return {s.tensor: (s.input_bits, s.input_lower) for s in sites}
 
 
 def _parent_and_key(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -270,12 +297,13 @@ def mse_optimal_clip(values: torch.Tensor, bits: int, lower: float, candidates: 
 @torch.no_grad()
 def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[dict[str, torch.Tensor]],
                     sample_size: int = 200_000, seed: int = 0) -> dict[str, float]:
-    """Initial activation clips per site: run the float model over sequences and pick MSE-optimal clips.
+    """Initial activation clips per tensor: run the float model over sequences and pick MSE-optimal clips.
 
-    Each sequence is a dict with batched ``color`` (B,T,3,H,W), ``motion`` (B,T,2,H,W), ``history_valid`` (B,T).
+    A tensor's sample pools what every conv reading it sees. Each sequence is a dict with batched ``color``
+    (B,T,3,H,W), ``motion`` (B,T,2,H,W), ``history_valid`` (B,T).
     """
     generator = torch.Generator().manual_seed(seed)
-    seen: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
+    seen: dict[str, list[torch.Tensor]] = {tensor: [] for tensor in quant_tensors(sites)}
 
     def hook(name: str):
         def record(_module, inputs):
@@ -284,7 +312,7 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
             seen[name].append(flat[keep])
         return record
 
-    handles = [model.get_submodule(s.name).register_forward_pre_hook(hook(s.name)) for s in sites]
+    handles = [model.get_submodule(s.name).register_forward_pre_hook(hook(s.tensor)) for s in sites]
     was_training = model.training
     model.eval()
     try:
@@ -295,28 +323,30 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
             h.remove()
         model.train(was_training)
     clips = {}
-    for s in sites:
-        if not seen[s.name]:
+    for tensor, (bits, lower) in quant_tensors(sites).items():
+        if not seen[tensor]:
             raise ValueError("calibration saw no frames")
-        values = torch.cat(seen[s.name])
+        values = torch.cat(seen[tensor])
         values = values[torch.randperm(values.numel(), generator=generator)[:sample_size]]
-        clips[s.name] = mse_optimal_clip(values, s.input_bits, s.input_lower) if is_integer(s.input_bits) else 1.0
+        clips[tensor] = mse_optimal_clip(values, bits, lower) if is_integer(bits) else 1.0
     return clips
 
 
 def quantize_model(model: QWNet, quant: QuantConfig, clips: dict[str, float] | None = None) -> QWNet:
-    """A QAT copy of a full-precision QWNet: BN folded, every site of the plan a `QuantConv`.
+    """A QAT copy of a full-precision QWNet: BN folded, every site of the plan a `QuantConv`, and one activation
+    quantizer per tensor in ``qmodel.act_quant`` (tensor name → `ActQuant`), shared by the convs that read it.
 
-    `clips` (site name → initial activation clip, see `calibrate_clips`) default to 1.0 in the compressed domain.
+    `clips` (tensor name → initial activation clip, see `calibrate_clips`) default to 1.0.
     """
     qmodel = copy.deepcopy(model).eval()
-    for site in quant_sites(qmodel, quant):
+    sites = quant_sites(qmodel, quant)
+    qmodel.act_quant = nn.ModuleDict({tensor: ActQuant(bits, lower, (clips or {}).get(tensor, 1.0))
+                                      for tensor, (bits, lower) in quant_tensors(sites).items()})
+    for site in sites:
         conv = qmodel.get_submodule(site.name)
         bn = batch_norm_of(qmodel, site.name)
         folded = fold_batch_norm(conv, bn[1] if bn else nn.Identity())
-        clip = (clips or {}).get(site.name, 1.0)
-        replace_module(qmodel, site.name, QuantConv(folded, site.weight_bits,
-                                                    ActQuant(site.input_bits, site.input_lower, clip)))
+        replace_module(qmodel, site.name, QuantConv(folded, site.weight_bits, qmodel.act_quant[site.tensor]))
         if bn:
             replace_module(qmodel, bn[0], nn.Identity())
     return qmodel
@@ -333,68 +363,4 @@ def quantized_convs(model: nn.Module) -> Iterator[tuple[str, QuantConv]]:
 
 def is_quantized_state(state: dict[str, torch.Tensor]) -> bool:
     """True for the state dict of a `quantize_model` result (it holds activation clips)."""
-    return any(key.endswith("input_quant.log_clip") for key in state)
-
-
-def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool]:
-    """(model, config, quantized) from a `qw train` or a `qw quantize` checkpoint, in eval mode on the CPU."""
-    from training.train import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    cfg = Config.model_validate(ckpt["config"])
-    model = QWNet(cfg.model)
-    quantized = is_quantized_state(ckpt["model"])
-    if quantized:
-        model = quantize_model(model, cfg.quant)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise QwError(f"{path}: weights do not fit the checkpoint's own config ({str(exc).splitlines()[0]})") from None
-    return model.eval(), cfg, quantized
-
-
-# ----------------------------------------------------------------------------------------------- `qw quantize`
-
-QAT_DEFAULT_STEPS = 2000
-QAT_DEFAULT_LR = 1e-4
-
-
-def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list[dict[str, torch.Tensor]]:
-    """The first `blocks` training blocks of a store (centre crops), one batch of one block each."""
-    from training.data import BlockDataset, open_training_store
-
-    indices = open_training_store(store_url).split_indices("train")[:blocks]
-    dataset = BlockDataset(store_url, crop)
-    return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
-
-
-def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
-                     lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
-                     crop: int | None = None, calibration_blocks: int = 4, resume: bool = False) -> dict[str, float]:
-    """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`."""
-    import json
-
-    from training.train import LAST, train
-
-    if bits not in QUANT_PRESETS:
-        raise QwError(f"--bits {bits!r}: choose one of {', '.join(QUANT_PRESETS)}")
-    out_dir = Path(out)
-    if not resume and (out_dir / LAST).exists():
-        raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    model, cfg, quantized = model_from_any_checkpoint(checkpoint)
-    if quantized:
-        raise QwError(f"{checkpoint}: already a quantized checkpoint; quantize the full-precision one")
-    overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
-                                   "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
-                 if v is not None}
-    cfg = cfg.model_copy(update={"quant": QUANT_PRESETS[bits], "train": cfg.train.model_copy(update=overrides)})
-    sites = quant_sites(model, cfg.quant)
-    clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
-                                                                                    calibration_blocks))
-    qmodel = quantize_model(model, cfg.quant, clips)
-    if not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "quantize.json").write_text(json.dumps(
-            {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
-             "initial_clips": clips, "train_overrides": overrides}, indent=1) + "\n")
-    return train(qmodel, cfg, store, out_dir, resume=resume)
+    return any(key.startswith("act_quant.") for key in state)

@@ -106,7 +106,7 @@ def _conv_macs(model: nn.Module, height: int, width: int) -> dict[str, tuple[int
 
 def model_stats(cfg: Config, height: int = 1080, width: int = 1920) -> ModelStats:
     """Statistics for one frame; sizes that are not multiples of 16 are counted padded, as inference pads them."""
-    model = QWNet(cfg.model)
+    model = QWNet(cfg.model).eval()  # counting only; in training mode BatchNorm refuses a 1×1 bottleneck (a 1x1 frame)
     m = cfg.model.size_multiple
     height, width = height + (-height % m), width + (-width % m)
     conv_params = {n: sum(p.numel() for p in mod.parameters()) for n, mod in model.named_modules()

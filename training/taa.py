@@ -1,23 +1,62 @@
-"""The TAA baseline: what a game engine does with the same jittered frames and motion vectors.
+"""The TAA baselines: what a game engine does with the same jittered frames, motion vectors and depth.
 
-Per frame: reproject the previous output with the motion vectors (contract: pixel p was at p − m(p)) using a
-Catmull-Rom bicubic filter, clamp the reprojected history to the min/max box of the current frame's 3×3
-neighbourhood in YCoCg, and blend exponentially (weight `alpha` on the new frame). Colour is blended in a
-luminance-compressed space (c / (1 + luma(c)), Karis 2014) so single bright samples do not dominate, then expanded
-back to linear HDR. Where the history is invalid (first frame, camera cut) the output is the current frame.
+`run_taa` is TAA as shipping engines do it (Karis 2014, UE4; Salvi 2016; Pedersen 2016, INSIDE). Per frame:
+
+* **motion dilation**: each pixel reprojects with the motion of the closest surface (smallest depth) in its 3×3
+  neighbourhood, so the edges of foreground objects carry their history with them;
+* **reprojection** of the previous output at p − m(p) (contract: pixel p was there) with a Catmull-Rom filter;
+* **history length** n per pixel, reprojected with the history: the blend weight of the new frame is
+  max(1/n, `alpha`), so a fresh history converges as a running mean (1/n start-up) instead of an exponential
+  that keeps the first aliased frame for long. n resets to 1 on a cut, where the reprojection leaves the screen
+  and where the depth test finds a disocclusion (the previous frame saw something nearer there);
+* **variance clipping**: the history is clipped toward the mean μ of the current 3×3 neighbourhood, inside the box
+  μ ± `gamma`·σ in YCoCg (Salvi), along the line from μ to the history (Karis), so it keeps its hue;
+* **luminance weighting**: colours are blended as c / (1 + luma(c)), so a single bright sample does not dominate
+  (Karis), and where the clipped history and the current sample disagree in luminance the new frame gets more
+  weight (`flicker_weight`, after Lottes and Pedersen): a large difference is new content, a small one noise;
+* **unjittering** (optional, `unjitter`): the current sample is re-filtered at the pixel centre from its 3×3
+  neighbours, weighted by a Gaussian of their distance (UE4's Blackman-Harris fit); the jitter offsets come with
+  the frames.
+
+`run_taa_clamp` is the simpler TAA qw shipped first (kept as `taa-clamp` for comparison): 3×3 min/max clamp in
+YCoCg and a fixed exponential blend, no start-up, dilation or depth test. The default parameters of `TaaParams`
+were chosen on the builtin *val* scene instances only (`benchmarks/quality.py --tune-taa`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from training.warp import _pixel_grid
+from training.warp import _pixel_grid, warp
 
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_ALPHA = 0.1
+
+
+class TaaFrame(NamedTuple):
+    """One input frame: colour (B,3,H,W), motion (B,2,H,W), whether the history is valid, and optionally the
+    planar depth (B,1,H,W) and the jitter offset (x, y) in pixels of this frame's samples."""
+
+    color: torch.Tensor
+    motion: torch.Tensor
+    history_valid: bool
+    depth: torch.Tensor | None = None
+    jitter: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TaaParams:
+    gamma: float = 1.0            # variance box half-width in standard deviations
+    alpha: float = 0.1            # the smallest weight of the new frame (the 1/n start-up ends there)
+    max_history: float = 16.0     # n saturates here
+    flicker_weight: float = 0.0   # extra new-frame weight where clipped history and sample differ in luminance
+    dilate: bool = True           # closest-depth motion dilation
+    depth_tolerance: float = 0.05  # relative depth difference that counts as a disocclusion (0 = no depth test)
+    unjitter: bool = False        # re-filter the current sample at the pixel centre
 
 
 def catmull_rom_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -47,11 +86,16 @@ def sample_catmull_rom(image: torch.Tensor, positions: torch.Tensor) -> torch.Te
     return out
 
 
+def source_positions(motion: torch.Tensor) -> torch.Tensor:
+    """(B,2,H,W) positions p − m(p) in the previous frame (x, y; pixel centres at +0.5)."""
+    h, w = motion.shape[-2:]
+    centres = _pixel_grid(h, w, motion.device, torch.float32).permute(0, 3, 1, 2)  # (1,2,H,W): x, y
+    return centres - motion.float()
+
+
 def reproject(previous: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """The previous frame seen from the current one: sampled at p − m(p) with Catmull-Rom."""
-    h, w = previous.shape[-2:]
-    centres = _pixel_grid(h, w, previous.device, previous.dtype).permute(0, 3, 1, 2)  # (1,2,H,W): x, y
-    return sample_catmull_rom(previous, centres - motion.to(previous.dtype))
+    return sample_catmull_rom(previous, source_positions(motion).to(previous.dtype))
 
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -78,16 +122,125 @@ def ycocg_to_rgb(ycocg: torch.Tensor) -> torch.Tensor:
     return torch.stack((y + co - cg, y + cg, y - co - cg), 1)
 
 
+def _neighbours(x: torch.Tensor) -> torch.Tensor:
+    """(B,C,9,H,W): the 3×3 neighbourhood of every pixel (replicated at the border), row by row."""
+    b, c, h, w = x.shape
+    return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).reshape(b, c, 9, h, w)
+
+
 def neighbourhood_clamp(history: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """Clamp `history` to the per-channel min/max of `current`'s 3×3 neighbourhood (both in the same space)."""
-    hi = F.max_pool2d(F.pad(current, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    lo = -F.max_pool2d(F.pad(-current, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return torch.maximum(torch.minimum(history, hi), lo)
+    near = _neighbours(current)
+    return torch.maximum(torch.minimum(history, near.amax(2)), near.amin(2))
 
 
-def taa_step(color: torch.Tensor, previous_output: torch.Tensor | None, motion: torch.Tensor,
-             alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
-    """One TAA frame on linear HDR (B,3,H,W); `previous_output` None means the history is invalid."""
+def variance_clip(history: torch.Tensor, current: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Clip `history` toward the mean μ of `current`'s 3×3 neighbourhood into the box μ ± γσ (per channel).
+
+    The clip moves the history along the line to μ until it enters the box (Karis's clip toward the box centre),
+    instead of clamping each channel on its own, which would shift the hue.
+    """
+    near = _neighbours(current)
+    mean = near.mean(2)
+    sigma = (near.square().mean(2) - mean.square()).clamp_min(0).sqrt()
+    extent = (gamma * sigma).clamp_min(1e-6)
+    offset = history - mean
+    excess = (offset.abs() / extent).amax(1, keepdim=True)  # > 1: outside the box, along the worst channel
+    return mean + offset / excess.clamp_min(1.0)
+
+
+def dilate_motion(motion: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """The motion of the nearest surface (smallest depth) in each pixel's 3×3 neighbourhood."""
+    closest = _neighbours(depth).argmin(2, keepdim=True)  # (B,1,1,H,W)
+    near = _neighbours(motion)  # (B,2,9,H,W)
+    return torch.gather(near, 2, closest.expand(-1, 2, -1, -1, -1)).squeeze(2)
+
+
+def unjitter(color: torch.Tensor, jitter: tuple[float, float]) -> torch.Tensor:
+    """`color` re-filtered at pixel centres: its samples sit at centre + jitter; Gaussian weights exp(−2.29 d²)."""
+    weights = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            d2 = (dx + jitter[0]) ** 2 + (dy + jitter[1]) ** 2
+            weights.append(torch.exp(torch.tensor(-2.29 * d2)))
+    weights = torch.stack(weights)
+    weights = (weights / weights.sum()).to(color.dtype).reshape(1, 1, 9, 1, 1)
+    return (_neighbours(color) * weights).sum(2)
+
+
+def off_screen(positions: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) True where the source position p − m(p) lies outside the previous frame."""
+    h, w = positions.shape[-2:]
+    x, y = positions[:, :1], positions[:, 1:]
+    return (x < 0) | (x > w) | (y < 0) | (y > h)
+
+
+def depth_disocclusion(motion: torch.Tensor, depth: torch.Tensor, previous_depth: torch.Tensor,
+                       tolerance: float) -> torch.Tensor:
+    """(B,1,H,W) True where the previous frame saw something nearer (by more than `tolerance` relative depth)
+    where this surface was: it was hidden, and the history there belongs to the occluder."""
+    # the farthest previous depth around the source: a surface that any nearby tap saw is not disoccluded
+    farthest = F.max_pool2d(F.pad(previous_depth, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return warp(farthest, motion) < depth * (1.0 - tolerance)
+
+
+class TemporalAA:
+    """The state of `run_taa` between frames: the previous output, its history length and depth."""
+
+    def __init__(self, params: TaaParams = TaaParams()):
+        self.params = params
+        self.output: torch.Tensor | None = None
+        self.length: torch.Tensor | None = None
+        self.depth: torch.Tensor | None = None
+
+    def history_reset(self, motion: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+        reset = off_screen(source_positions(motion))
+        if depth is not None and self.depth is not None and self.params.depth_tolerance > 0:
+            reset |= depth_disocclusion(motion, depth, self.depth, self.params.depth_tolerance)
+        return reset
+
+    def blend_weight(self, length: torch.Tensor, sample: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The new frame's weight: 1/n during start-up, at least `alpha`, more where luminances disagree."""
+        p = self.params
+        weight = (1.0 / length).clamp_min(p.alpha)
+        if p.flicker_weight > 0:
+            lc, lh = sample[:, :1], history[:, :1]
+            disagreement = (lc - lh).abs() / torch.maximum(torch.maximum(lc, lh), torch.full_like(lc, 0.2))
+            weight = torch.maximum(weight, (p.flicker_weight * disagreement).clamp(max=1.0))
+        return weight
+
+    def step(self, frame: TaaFrame) -> torch.Tensor:
+        p = self.params
+        color = frame.color.float().clamp_min(0)
+        depth = None if frame.depth is None else frame.depth.float()
+        current = rgb_to_ycocg(compress_luma(color))
+        sample = unjitter(current, frame.jitter) if p.unjitter and frame.jitter is not None else current
+        if not frame.history_valid or self.output is None:
+            length, blended = torch.ones_like(color[:, :1]), sample
+        else:
+            motion = frame.motion.float()
+            if p.dilate and depth is not None:
+                motion = dilate_motion(motion, depth)
+            reset = self.history_reset(motion, depth)
+            length = torch.where(reset, 1.0, (warp(self.length, motion) + 1.0).clamp(max=p.max_history))
+            history = rgb_to_ycocg(compress_luma(reproject(self.output, motion).clamp_min(0)))
+            history = variance_clip(history, current, p.gamma)
+            blended = torch.lerp(history, sample, self.blend_weight(length, sample, history))
+        self.output = expand_luma(ycocg_to_rgb(blended)).clamp_min(0)
+        self.length, self.depth = length, depth
+        return self.output
+
+
+def run_taa(frames: Iterable[TaaFrame], params: TaaParams = TaaParams()) -> Iterator[torch.Tensor]:
+    """The engine-style TAA over a sequence of frames, yielding each output (B,3,H,W)."""
+    taa = TemporalAA(params)
+    for frame in frames:
+        yield taa.step(TaaFrame(*frame))
+
+
+def taa_clamp_step(color: torch.Tensor, previous_output: torch.Tensor | None, motion: torch.Tensor,
+                   alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """One frame of the min/max-clamp TAA on linear HDR (B,3,H,W); `previous_output` None: no valid history."""
     color = color.float().clamp_min(0)
     if previous_output is None:
         return color
@@ -97,10 +250,9 @@ def taa_step(color: torch.Tensor, previous_output: torch.Tensor | None, motion: 
     return expand_luma(ycocg_to_rgb(blended)).clamp_min(0)
 
 
-def run_taa(frames: Iterable[tuple[torch.Tensor, torch.Tensor, bool]],
-            alpha: float = DEFAULT_ALPHA) -> Iterator[torch.Tensor]:
-    """TAA over a sequence of (color, motion, history_valid) frames, yielding each output (B,3,H,W)."""
+def run_taa_clamp(frames: Iterable[TaaFrame], alpha: float = DEFAULT_ALPHA) -> Iterator[torch.Tensor]:
+    """The min/max-clamp TAA (`taa-clamp`) over a sequence of frames, yielding each output (B,3,H,W)."""
     previous = None
-    for color, motion, history_valid in frames:
-        previous = taa_step(color, previous if history_valid else None, motion, alpha)
+    for color, motion, history_valid, *_ in frames:
+        previous = taa_clamp_step(color, previous if history_valid else None, motion, alpha)
         yield previous

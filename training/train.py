@@ -3,22 +3,32 @@
     qw train --store blocks.zarr --out runs/NAME [--config FILE] [--resume]
     torchrun --nproc_per_node 8 -m cli train --store ... --out ...        (DDP: NCCL on GPU, gloo on CPU)
 
-Per optimizer step every process runs `grad_accum` micro-batches of `batch_size` blocks through the 8-step
-recurrence; DDP averages gradients, so the effective batch is batch_size × grad_accum × world size (64 by default).
-Outputs in `out/`: ``last.pt`` (atomic, every ckpt_every steps and at the end), ``metrics.jsonl`` (one JSON object
-per log/validation/checkpoint event) and TensorBoard scalars in ``tb/``.
+The global batch is batch_size × grad_accum blocks (64 by default) at any world size: each of W processes runs
+grad_accum / W micro-batches of `batch_size` blocks through the 8-step recurrence and DDP averages the gradients.
+Outputs in `out/`: ``step-NNNNNNNN.pt`` every ckpt_every steps and at the end (the newest `keep_last` kept),
+``last.pt`` (the newest), ``best.pt`` (lowest validation loss), ``config.yaml``, ``metrics.jsonl`` (one JSON object
+per log/validation/checkpoint event) and TensorBoard scalars, validation crops and FLIP in ``tb/``.
+
+A non-finite loss or gradient stops the run before anything is written. The check costs no extra device sync:
+every step leaves a finiteness flag on the device, read in the same transfer as the logged losses (every log_every
+steps) and before every validation and checkpoint; the error names the first bad step and its blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import math
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +37,8 @@ import torch.nn as nn
 import yaml
 from pytorch_optimizer import Ranger
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -34,13 +46,19 @@ from datagen import __version__
 from datagen.block_store import BlockStore
 from datagen.errors import QwError
 from training import fast, hdr
-from training.config import Config, load_config
+from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
 from training.data import BlockDataset, BlockSampler, open_training_store
 from training.model import QWNet
 
 log = logging.getLogger("qw.train")
 CHECKPOINT_FORMAT = "qw-checkpoint/1"
 LAST = "last.pt"
+BEST = "best.pt"
+STEP_PREFIX = "step-"
+# Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
+# schedules that do not depend on it).
+RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
+                     "num_workers", "compile", "channels_last", "ddp_timeout_s"}
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -57,8 +75,11 @@ class Process:
         return self.rank == 0
 
 
-def setup_process() -> Process:
-    """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else run alone."""
+def setup_process(timeout_s: float | None = None) -> Process:
+    """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else run alone.
+
+    `timeout_s` bounds every collective: a stalled peer fails the run instead of hanging it.
+    """
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return Process(0, 1, torch.device("cuda" if cuda else "cpu"))
@@ -66,7 +87,8 @@ def setup_process() -> Process:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        timeout = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group("nccl" if cuda else "gloo", **timeout)
     return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
@@ -101,6 +123,39 @@ def replica_difference(model: nn.Module, proc: Process) -> float:
     return float(worst)
 
 
+def _is_peer_failure(exc: RuntimeError) -> bool:
+    """A collective that timed out or lost its peer (gloo raises plain RuntimeErrors; NCCL DistErrors)."""
+    return isinstance(exc, dist.DistError) or any(
+        text in str(exc) for text in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
+
+
+@contextlib.contextmanager
+def peer_failures(proc: Process, timeout_s: float) -> Iterator[None]:
+    """A DDP collective that fails because a peer stalled or died, as one line instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if proc.world_size == 1 or not _is_peer_failure(exc):
+            raise
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])  # drop gloo's source location
+        raise QwError(f"rank {proc.rank}: a DDP peer stalled or failed (train.ddp_timeout_s = {timeout_s:g}): "
+                      f"{detail}") from None
+
+
+def sync_batch_norm(model: nn.Module, proc: Process) -> nn.Module:
+    """Under DDP, batch norm statistics over all ranks' micro-batches together (SyncBatchNorm).
+
+    torch implements SyncBatchNorm for GPUs only: CPU (gloo) ranks keep per-rank statistics, with a warning.
+    The state-dict keys do not change, so checkpoints load into a plain QWNet.
+    """
+    if proc.world_size == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if proc.device.type != "cuda":
+        log.warning("batch norm statistics stay per rank: torch's SyncBatchNorm needs GPUs")
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -115,6 +170,47 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def step_checkpoints(out: Path) -> list[Path]:
+    """The run's step checkpoints, oldest first."""
+    return sorted(out.glob(f"{STEP_PREFIX}*.pt"))
+
+
+def publish(source: Path, name: Path) -> None:
+    """Make `name` the same checkpoint as `source`, atomically: a hard link (no second copy of the bytes), or a
+    copy where the filesystem has no links."""
+    tmp = name.with_name(name.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, name)
+
+
+def prune_checkpoints(out: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints. last.pt and best.pt are names of their own (hard links),
+    so pruning never removes the newest or the best model."""
+    old = step_checkpoints(out)[:-keep]
+    for path in old:
+        path.unlink()
+    return old
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the events after `step` (logged before a crash, past the checkpoint being resumed), so that after
+    --resume every step appears once. Lines torn by the crash are dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        with contextlib.suppress(ValueError):
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
     os.replace(tmp, path)
 
 
@@ -230,6 +326,12 @@ class RunLog:
         for name, value in (scalars or {}).items():
             self.tb.add_scalar(name, value, step)
 
+    def images(self, step: int, rows: list[np.ndarray]) -> None:
+        """Validation crops, one image per block: input | TAA | output | reference (tone-mapped HxWx3)."""
+        if self.enabled:
+            for i, row in enumerate(rows):
+                self.tb.add_image(f"val/crops/{i}", np.clip(row, 0, 1), step, dataformats="HWC")
+
     def advance(self, postfix: dict[str, float] | None = None) -> None:
         if self.enabled:
             self.bar.update(1)
@@ -243,12 +345,123 @@ class RunLog:
             self.jsonl.close()
 
 
-def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: Config,
-                      step: int, provenance: dict[str, Any], world_size: int) -> dict[str, Any]:
-    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
-            "hdr": hdr.describe(cfg.model.hdr), "data": provenance, "world_size": world_size,
-            "qw_version": __version__}
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> lr_scheduler.LRScheduler:
+    """The learning rate per optimizer step: linear warm-up (step k <= W uses lr·k/W), then constant, cosine decay
+    to final_lr_ratio·lr at the last step, or ×gamma after each milestone. Stepped once per optimizer step."""
+    warmup = train.warmup_steps if train.warmup_steps > 1 else 0  # a 1-step warm-up is lr·1/1: none
+    if train.schedule == "cosine":
+        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(train.steps - warmup - 1, 1), eta_min=train.lr * train.final_lr_ratio)
+    elif train.schedule == "step":
+        main = lr_scheduler.MultiStepLR(optimizer, [m - warmup for m in train.milestones], gamma=train.gamma)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warmup:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+@dataclass
+class Run:
+    """What one training process holds: the model (DDP-wrapped or compiled for the step), its plain module, and the
+    optimizer state; `ema` averages the plain module's weights when enabled."""
+
+    proc: Process
+    cfg: Config
+    raw_model: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
+    amp: torch.dtype | None
+    accum: int
+    best: dict[str, float] | None = None  # {"step", "loss"} of best.pt
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and shipped: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.raw_model
+
+    def checkpoint_state(self, step: int, provenance: dict[str, Any]) -> dict[str, Any]:
+        state = {"format": CHECKPOINT_FORMAT, "model": self.eval_model.state_dict(),
+                 "config": self.cfg.model_dump(mode="json"), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+                 "step": step, "best": self.best, "hdr": hdr.describe(self.cfg.model.hdr), "data": provenance,
+                 "world_size": self.proc.world_size, "qw_version": __version__}
+        if self.ema is not None:  # `model` holds the EMA (what eval, infer and quantize load); resume needs both
+            state["train_model"] = self.raw_model.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
+
+
+class FiniteGuard:
+    """Finiteness of every step's micro-batch losses and gradient norm, kept on the device and read in batches.
+
+    `bad_steps` joins the loop's one logging transfer; only when it is non-zero does `raise_first` look closer.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, torch.Tensor, list[list[int]]]] = []
+
+    def record(self, step: int, micro_losses: torch.Tensor, grad_norm: torch.Tensor | None,
+               blocks: list[list[int]]) -> None:
+        flags = [torch.isfinite(micro_losses)]
+        if grad_norm is not None:  # None under float16 loss scaling, which skips overflowing steps itself
+            flags.append(torch.isfinite(grad_norm).reshape(1))
+        self.pending.append((step, torch.cat(flags), blocks))
+
+    def bad_steps(self) -> torch.Tensor:
+        return torch.stack([~ok.all() for _, ok, _ in self.pending]).sum() if self.pending else torch.zeros(())
+
+    def raise_first(self, proc: Process) -> None:
+        """Raise for the earliest non-finite step over all ranks, naming the blocks whose loss was non-finite."""
+        local = None
+        for step, ok, blocks in self.pending:
+            ok = ok.tolist()
+            if not all(ok):
+                local = (step, sorted(b for micro, fine in zip(blocks, ok) if not fine for b in micro),
+                         sorted(b for micro in blocks for b in micro))
+                break
+        reports = [r for r in _gather(local, proc) if r is not None]
+        step = min(r[0] for r in reports)
+        loss_blocks = sorted({b for r in reports if r[0] == step for b in r[1]})
+        stop = "stopped before writing a checkpoint"
+        if loss_blocks:
+            raise QwError(f"non-finite loss at step {step} in block(s) {', '.join(map(str, loss_blocks))}; {stop}")
+        every = sorted({b for r in reports if r[0] == step for b in r[2]})
+        raise QwError(f"non-finite gradient at step {step} (the loss was finite; the step's blocks: "
+                      f"{', '.join(map(str, every))}); {stop}")
+
+    def clear(self) -> None:
+        self.pending.clear()
+
+
+@torch.no_grad()
+def validation_images(model: nn.Module, dataset: BlockDataset, indices: list[int], cfg: Config, proc: Process,
+                      amp: torch.dtype | None) -> tuple[list[np.ndarray], dict[str, float]]:
+    """The last frame of each given validation block as one tone-mapped row: input | TAA | output | reference,
+    and the mean FLIP of the output and of TAA against the reference over those frames (small crops: FLIP is slow)."""
+    from training.metrics import flip, tonemap
+    from training.taa import run_taa
+
+    was_training = model.training
+    model.eval()
+    rows, scores = [], {"flip": 0.0, "flip_taa": 0.0}
+    for index in indices:
+        block = _to_device({k: v.unsqueeze(0) for k, v in dataset[index].items() if k != "index"}, proc.device)
+        with torch.autocast(proc.device.type, dtype=amp, enabled=amp is not None):
+            output = model(block["color"], block["motion"], block["history_valid"])
+        frames = zip(block["color"].unbind(1), block["motion"].unbind(1), block["history_valid"][0].tolist())
+        taa = list(run_taa(frames))[-1]
+        images = [x[0].float().permute(1, 2, 0).cpu().numpy()
+                  for x in (block["color"][:, -1], taa, output[:, -1], block["reference"][:, -1])]
+        scores["flip"] += flip(images[2], images[3], crop=None)
+        scores["flip_taa"] += flip(images[1], images[3], crop=None)
+        rows.append(tonemap(np.concatenate(images, axis=1)))
+    model.train(was_training)
+    return rows, {k: v / max(len(indices), 1) for k, v in scores.items()}
 
 
 def _one_line_errors(batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
@@ -272,128 +485,221 @@ def _validation_loader(url: str, val_idx: np.ndarray, cfg: Config, proc: Process
     return DataLoader(share, batch_size=cfg.train.batch_size)
 
 
-def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, proc: Process) -> int:
-    """Load model, optimizer, scaler and RNG state from a checkpoint of the same config; returns its step."""
-    ckpt = load_checkpoint(path, expected=cfg)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+def check_resumable(ckpt: dict[str, Any], path: Path, cfg: Config, provenance: dict[str, Any],
+                    world_size: int) -> None:
+    """Refuse to resume unless the run can continue exactly: the same store, world size and trajectory settings."""
+    problems = [f"store {key} {ckpt['data'].get(key)!r} vs {provenance.get(key)!r}"
+                for key in ("plan_digest", "num_blocks", "train_blocks", "val_blocks")
+                if ckpt["data"].get(key) != provenance.get(key)]
+    if ckpt["world_size"] != world_size:
+        problems.append(f"world size {ckpt['world_size']} vs {world_size} (each rank's data and micro-batches change)")
+    have = TrainConfig.model_validate(ckpt["config"]["train"]).model_dump(mode="json")
+    adjustable = RESUME_ADJUSTABLE - ({"steps"} if cfg.train.schedule == "cosine" else set())
+    problems += [f"train.{key} {have[key]!r} vs {value!r}" for key, value in cfg.train.model_dump(mode="json").items()
+                 if key not in adjustable and have[key] != value]
+    if problems:
+        raise QwError(f"{path}: cannot continue this run exactly ({'; '.join(problems)}); resume with the run's "
+                      f"store and settings, or start a new --out")
+
+
+def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
+    """Load the weights, optimizer, schedule, scaler and RNG state of a resumable checkpoint; returns its step."""
+    ckpt = load_checkpoint(path, expected=run.cfg)
+    check_resumable(ckpt, path, run.cfg, provenance, run.proc.world_size)
+    run.raw_model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    if run.ema is not None:
+        run.ema.module.load_state_dict(ckpt["model"])
+        run.ema.n_averaged.fill_(ckpt["ema_updates"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
     _set_rng_state(ckpt["rng"])
-    if ckpt["world_size"] != proc.world_size:
-        log.warning("resuming a %d-process run on %d processes: the data order changes",
-                    ckpt["world_size"], proc.world_size)
+    # best.pt may be newer than last.pt (a validation after the last checkpoint): compare against what it holds,
+    # so that a resumed run never replaces it with a worse model.
+    best = path.parent / BEST
+    run.best = load_checkpoint(best)["best"] if best.is_file() else ckpt["best"]
     return int(ckpt["step"])
 
 
-def _optimizer_step(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, cfg: Config,
-                    amp: torch.dtype | None) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """One optimizer step over `grad_accum` micro-batches (DDP syncs gradients on the last one only).
+def _optimizer_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: int,
+                    guard: FiniteGuard) -> tuple[dict[str, torch.Tensor], list[list[int]], float]:
+    """One optimizer step over `run.accum` micro-batches (DDP syncs gradients on the last one only), with
+    gradient clipping, the LR schedule and the EMA.
 
-    Returns this rank's loss terms averaged over the micro-batches, still on the device, and the block indices.
+    Returns this rank's loss terms averaged over the micro-batches and the gradient norm before clipping, still on
+    the device; the block indices per micro-batch; the learning rate the step used.
     """
-    micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-    seen = [i for batch in micro for i in batch.pop("index").tolist()]
-    terms = fast.train_step_terms(model, optimizer, micro, cfg.model.hdr, amp, cfg.train.spatial_weight,
-                                  cfg.train.temporal_weight, scaler)
-    return terms, seen
+    cfg = run.cfg.train
+    micro = [next(batches) for _ in range(run.accum)]
+    blocks = [batch.pop("index").tolist() for batch in micro]
+    run.optimizer.zero_grad(set_to_none=True)
+    terms, losses = fast.accumulate_gradients(run.model, micro, run.cfg.model.hdr, run.amp, cfg.spatial_weight,
+                                              cfg.temporal_weight, run.scaler)
+    run.scaler.unscale_(run.optimizer)
+    # Always computed (max_norm inf: no clipping): the norm is logged and its finiteness checked.
+    norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
+    guard.record(step, losses, None if run.scaler.is_enabled() else norm, blocks)
+    lr = run.scheduler.get_last_lr()[0]
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.raw_model)
+    return {**terms, "grad_norm": norm.detach()}, blocks, lr
+
+
+def _save(run: Run, out: Path, step: int, state: dict[str, Any], checkpointing: bool, improved: bool) -> list[str]:
+    """Write the step checkpoint (then last.pt) and/or best.pt; prune old step checkpoints. Returns what was written."""
+    written = []
+    if checkpointing:
+        path = out / f"{STEP_PREFIX}{step:08d}.pt"
+        save_checkpoint(path, state)
+        publish(path, out / LAST)
+        if improved:
+            publish(path, out / BEST)
+        prune_checkpoints(out, run.cfg.train.keep_last)
+        written += [path.name, LAST]
+    elif improved:
+        save_checkpoint(out / BEST, state)
+    return written + [BEST] * improved
+
+
+def _setup(model: nn.Module, cfg: Config, proc: Process) -> Run:
+    model = sync_batch_norm(model.to(proc.device), proc)
+    if proc.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: autotuned conv algorithms are reused every step
+    if cfg.train.channels_last and proc.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
+    ema = None
+    if cfg.train.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    amp = autocast_dtype(cfg, proc.device)
+    # Validation runs raw_model: no DDP collectives, and no recompilation for eval mode and odd batch sizes.
+    stepped = model
+    if cfg.train.compile:
+        # The one-frame step, one graph for all T steps (compiling forward would unroll the recurrence T times);
+        # on a shallow copy, which shares the modules, so that raw_model keeps its eager step.
+        stepped = fast.compile_step(copy.copy(model))
+    if proc.world_size > 1:
+        stepped = DistributedDataParallel(stepped, device_ids=[proc.device.index] if proc.device.type == "cuda"
+                                          else None)
+    return Run(proc, cfg, model, stepped, optimizer, make_scheduler(optimizer, cfg.train),
+               torch.amp.GradScaler(proc.device.type, enabled=amp == torch.float16), ema, amp,
+               cfg.train.accumulation(proc.world_size))
 
 
 def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, resume: bool = False,
-          storage_options: dict | None = None) -> dict[str, float]:
+          storage_options: dict | None = None, run_info: dict[str, Any] | None = None) -> dict[str, float]:
     """Train `model` (a QWNet, or a model with its interface, e.g. quantization-wrapped) on a block store.
 
-    With `resume`, continue from ``out/last.pt``: same data order, optimizer and RNG state, so the loss curve is
-    the one an uninterrupted run would have produced. Returns the last logged training metrics.
+    With `resume`, continue from ``out/last.pt``: same data order, optimizer, schedule and RNG state, so the loss
+    curve is the one an uninterrupted run would have produced. `run_info` is recorded in the start event (e.g. the
+    command-line overrides). Returns the last logged training metrics.
     """
-    proc = setup_process()
+    proc = setup_process(cfg.train.ddp_timeout_s)
     out = Path(out)
     store = open_training_store(store_url, storage_options)
     train_idx, val_idx = store.split_indices("train"), store.split_indices("val")
     if len(train_idx) == 0:
         raise QwError(f"{store_url}: no blocks in the 'train' split")
     provenance = data_provenance(store, len(train_idx), len(val_idx))
-    model = model.to(proc.device)
-    if proc.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: autotuned conv algorithms are reused every step
-    channels_last = cfg.train.channels_last and proc.device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
-    amp = autocast_dtype(cfg, proc.device)
-    scaler = torch.amp.GradScaler(proc.device.type, enabled=amp == torch.float16)
-    step = _restore(out / LAST, cfg, model, optimizer, scaler, proc) if resume else 0
-    if not resume and proc.main:
+    run = _setup(model, cfg, proc)
+    step = _restore(out / LAST, run, provenance) if resume else 0
+    if proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        truncate_log(out / "metrics.jsonl", step)
 
-    # Validation runs raw_model: no DDP collectives, and no recompilation for eval mode and odd batch sizes.
-    raw_model = model
-    if cfg.train.compile:
-        # The one-frame step, one graph for all T steps (compiling forward would unroll the recurrence T times);
-        # on a shallow copy, which shares the modules, so that raw_model keeps its eager step.
-        model = fast.compile_step(copy.copy(model))
-    if proc.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
-
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    per_rank_step = cfg.train.batch_size * run.accum
     dataset = BlockDataset(store_url, cfg.train.crop, cfg.train.augment, cfg.train.exposure_range, storage_options)
-    sampler = BlockSampler(train_idx, proc.rank, proc.world_size, cfg.train.seed, start=step * per_step)
+    sampler = BlockSampler(train_idx, proc.rank, proc.world_size, cfg.train.seed, start=step * per_rank_step)
     # Endless (BlockSampler never stops); pinned batches are copied to the device one ahead, in the model's layout.
     batches = fast.DevicePrefetcher(_one_line_errors(make_loader(dataset, sampler, cfg, proc.device)), proc.device,
-                                    channels_last)
-    val_loader = _validation_loader(store_url, val_idx[: cfg.train.val_blocks], cfg, proc, storage_options)
+                                    cfg.train.channels_last and proc.device.type == "cuda")
+    val_idx = val_idx[: cfg.train.val_blocks]
+    val_loader = _validation_loader(store_url, val_idx, cfg, proc, storage_options)
+    image_blocks = val_idx[: cfg.train.val_images].tolist() if proc.main else []
+    val_dataset = BlockDataset(store_url, cfg.train.crop, augment=False, storage_options=storage_options)
 
     runlog = RunLog(out, proc, step, cfg.train.steps)
     runlog.event("start", step, {"world_size": proc.world_size, "device": str(proc.device), "data": provenance,
-                                 "effective_batch": per_step * proc.world_size})
-    model.train()
+                                 "effective_batch": cfg.train.effective_batch, "grad_accum_per_process": run.accum,
+                                 **(run_info or {})})
+    run.model.train()
+    guard = FiniteGuard()
     last: dict[str, float] = {}
     busy, blocks_since = 0.0, 0  # time in training steps only (not validation or checkpoints), for blocks/s
-    while step < cfg.train.steps:
-        tick = time.perf_counter()
-        terms, seen = _optimizer_step(model, batches, optimizer, scaler, cfg, amp)
-        step += 1
-        logged = step % cfg.train.log_every == 0 or step == cfg.train.steps
-        if logged:
-            last = _mean_over_ranks(terms, proc)  # waits for the queued steps: inside the timed span
-        busy += time.perf_counter() - tick
-        blocks_since += per_step * proc.world_size
-        runlog.advance(last if logged else None)
+    with peer_failures(proc, cfg.train.ddp_timeout_s):
+        while step < cfg.train.steps:
+            tick = time.perf_counter()
+            terms, blocks, lr = _optimizer_step(run, batches, step + 1, guard)
+            step += 1
+            final = step == cfg.train.steps
+            logged = step % cfg.train.log_every == 0 or final
+            validating = val_loader is not None and (step % cfg.train.val_every == 0 or final)
+            checkpointing = step % cfg.train.ckpt_every == 0 or final
+            if logged or validating or checkpointing:
+                # One transfer (waits for the queued steps: inside the timed span): the losses and the finiteness
+                # of every step since the last one.
+                values = _mean_over_ranks({**terms, "nonfinite": guard.bad_steps()}, proc)
+                if values.pop("nonfinite"):
+                    guard.raise_first(proc)
+                guard.clear()
+            busy += time.perf_counter() - tick
+            blocks_since += cfg.train.effective_batch
+            if logged:
+                last = values
+            runlog.advance(last if logged else None)
 
-        if logged:
-            rate = blocks_since / busy
-            lr = optimizer.param_groups[0]["lr"]
-            runlog.event("train", step, {**last, "lr": lr, "blocks_per_s": rate, "blocks": _gather(seen, proc)},
-                         {**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr, "train/blocks_per_s": rate})
-            busy, blocks_since = 0.0, 0
-        if val_loader is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-            metrics = validate(raw_model, val_loader, cfg, proc, amp)
-            runlog.event("val", step, metrics, {f"val/{k}": v for k, v in metrics.items()})
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
-            difference = replica_difference(raw_model, proc)
-            if proc.main:
-                save_checkpoint(out / LAST, _checkpoint_state(raw_model, optimizer, scaler, cfg, step, provenance,
-                                                              proc.world_size))
-            runlog.event("checkpoint", step, {"path": str(out / LAST), "replica_max_diff": difference})
+            if logged:
+                rate = blocks_since / busy
+                runlog.event("train", step, {**last, "lr": lr, "blocks_per_s": rate,
+                                             "blocks": _gather([b for micro in blocks for b in micro], proc)},
+                             {**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr,
+                              "train/blocks_per_s": rate})
+                busy, blocks_since = 0.0, 0
+            improved = False
+            if validating:
+                metrics = validate(run.eval_model, val_loader, cfg, proc, run.amp)
+                if image_blocks:
+                    rows, flips = validation_images(run.eval_model, val_dataset, image_blocks, cfg, proc, run.amp)
+                    metrics.update(flips)
+                    runlog.images(step, rows)
+                improved = math.isfinite(metrics["loss"]) and (run.best is None or metrics["loss"] < run.best["loss"])
+                if improved:
+                    run.best = {"step": step, "loss": metrics["loss"]}
+                runlog.event("val", step, {**metrics, "best": improved}, {f"val/{k}": v for k, v in metrics.items()})
+            if checkpointing or improved:
+                difference = replica_difference(run.raw_model, proc) if checkpointing else 0.0
+                written = _save(run, out, step, run.checkpoint_state(step, provenance), checkpointing,
+                                improved) if proc.main else []
+                if checkpointing:
+                    runlog.event("checkpoint", step, {"path": str(out / LAST), "written": written,
+                                                      "replica_max_diff": difference})
     runlog.close()
     return last
 
 
 def train_command(store: str, out: str, config: str | None = None, resume: bool = False,
-                  storage_options: dict | None = None) -> dict[str, float]:
-    """`qw train`: build QW-Net from the config (default preset `paper`) and train it."""
+                  storage_options: dict | None = None, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """`qw train`: build QW-Net from the config (default preset `paper`) with ``--set`` overrides and train it.
+
+    Resuming without --config continues with the run's own config (overrides still apply; those that would change
+    the run's trajectory are refused)."""
     out_dir = Path(out)
+    changes = parse_overrides(overrides)
     if resume and not (out_dir / LAST).is_file():
         raise QwError(f"{out_dir / LAST}: nothing to resume (no checkpoint in {out_dir})")
     if resume and config is None:
-        cfg = Config.model_validate(load_checkpoint(out_dir / LAST)["config"])
+        cfg = apply_overrides(Config.model_validate(load_checkpoint(out_dir / LAST)["config"]), changes,
+                              str(out_dir / LAST))
     else:
-        cfg = load_config(config)
+        cfg = load_config(config, changes)
     if not resume and (out_dir / LAST).exists():
         raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    return train(initial_model(cfg), cfg, store, out_dir, resume=resume, storage_options=storage_options)
+    return train(initial_model(cfg), cfg, store, out_dir, resume=resume, storage_options=storage_options,
+                 run_info={"config_source": config, "overrides": list(overrides)})
 
 
 def initial_model(cfg: Config) -> QWNet:

@@ -1,7 +1,8 @@
 """Backward warp of the previous frame by motion vectors (contract: pixels, +x right, +y down, current − previous).
 
 Pixel p of the current frame saw the surface that was at p − m(p) in the previous frame, so the warped history
-samples the previous image there, bilinearly. Samples outside the frame clamp to the border.
+samples the previous image there, bilinearly. Samples outside the frame clamp to the border (`padding="border"`)
+or read zeros (`"zeros"`, the public sample's convention).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tor
     return torch.stack((gx, gy), dim=-1).unsqueeze(0)
 
 
-def warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels. Integer motion is an exact shift."""
+PADDINGS = ("border", "zeros")
+
+
+def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border") -> torch.Tensor:
+    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding` is one of PADDINGS."""
     h, w = image.shape[-2:]
     # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
     source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
@@ -27,5 +31,5 @@ def warp(image: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     # The scales are Python scalars: a tensor built from host values would be a host-to-device copy per call,
     # which a CUDA graph cannot capture.
     grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
-    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
     return out.to(image.dtype)

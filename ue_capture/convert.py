@@ -4,8 +4,8 @@ Contract units (datagen/capture_format.py): motion in pixels, +x right, +y down,
 pixels from the pixel centre; depth planar, in scene units.
 
 Unreal's velocity ``V`` is ``ScreenPos − PrevScreenPos`` in NDC (y up), TAA jitter removed, so
-``dx = V.x·W/2`` and ``dy = −V.y·H/2`` with the FULL frame's W,H, also for crops and tiles
-(notes/unreal.md §2.1-2.2, [C] engine VelocityCommon.ush and the Intel sample's decode_vel). The encodings:
+``dx = V.x·W/2`` and ``dy = −V.y·H/2`` with the FULL frame's W,H, also for crops and tiles (the engine's
+VelocityCommon.ush and the Intel sample's ``decode_vel``; docs/unreal.md). The encodings:
 
 =================  ===========================================================================================
 ``ndc``            float V.x, V.y in R,G (a post-process material writing SceneTexture:Velocity at 32 bit)
@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from datagen.builtin.renderer import halton
 from datagen.errors import QwError
 
 VELOCITY_SCALE = 0.499 * 0.5  # EncodeVelocityToTexture: V·(0.499·0.5) + 32767/65535 ([C] UE4.26 Common.ush)
@@ -32,6 +33,7 @@ UE5_GAMMA_GAIN = np.sqrt(2.0)  # UE5 VELOCITY_ENCODE_GAMMA: sign(V)·sqrt(|V|)·
 MRQ_MATERIAL_SCALE = (1.0, -1.0)  # [U] see the module docstring
 UNREAL_UNITS_PER_METRE = 100.0  # Unreal world units are centimetres
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+FILTER_SIZE_CVAR = "r.TemporalAAFilterSize"  # width of MRQ's Gaussian sample distribution (UE <= 5.3)
 
 
 def ndc_to_pixels(v: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -114,13 +116,57 @@ def decode_motion(image: np.ndarray, encoding: str, full_size: tuple[int, int],
     return MOTION_DECODERS[encoding](image, full_size[0], full_size[1], mrq_scale)
 
 
-def jitter_ndc_to_pixels(jitter: tuple[float, float], width: int, height: int) -> tuple[float, float]:
-    """View.TemporalAAJitter.xy (clip-space offset, y up) → sample offset in pixels (+y down).
+def engine_version_tuple(version: str) -> tuple[int, int]:
+    """(major, minor) of '4.27', '5.5.4-43139311+++UE5+Release-5.5' …; errors name the bad value."""
+    parts = version.strip().split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise QwError(f"unreadable Unreal engine version {version!r}; expected e.g. '4.27' or '5.5'") from None
 
-    [U] that TemporalAAJitter.xy is in NDC units (not pixels) is inferred from its use in the projection matrix.
+
+def mrq_uses_gaussian_jitter(version: str) -> bool:
+    """Movie Render Queue's spatial-sample distribution: a windowed Gaussian up to 5.3, uniform from 5.5.
+
+    Read from the engine sources (4.27 and 5.3 MoviePipelineRendering.cpp: Box-Muller with sigma 0.47·filter size;
+    5.5 MoviePipelineUtils.cpp ``GetSubPixelJitter``: Halton − 0.5). Versions between them are refused upstream.
     """
-    dx, dy = ndc_to_pixels(np.asarray(jitter, np.float64), width, height)
-    return float(dx), float(dy)
+    return engine_version_tuple(version) < (5, 5)
+
+
+def mrq_sample_offsets(samples: int, version: str, filter_size: float = 1.0) -> list[tuple[float, float]]:
+    """Sample offsets (contract units: pixels from the pixel centre, +x right, +y down) of MRQ's spatial samples.
+
+    With one temporal sample, spatial sample ``k`` of every output frame uses Halton index ``k + 1`` (bases 2, 3):
+    the pattern restarts each frame. MRQ shifts the projection by ``(2·sx/W, −2·sy/H)`` in NDC, which moves the
+    image by ``s`` pixels (x right, y down), so each pixel samples the scene at ``centre − s``. At one sample MRQ
+    does not jitter at all (``bAllowSpatialJitter``).
+    """
+    if samples == 1:
+        return [(0.0, 0.0)]
+    gaussian = mrq_uses_gaussian_jitter(version)
+    sigma = 0.47 * filter_size
+    window = np.exp(-0.5 * (0.5 / sigma) ** 2)  # keeps the Box-Muller radius inside ±0.5 px
+    offsets = []
+    for k in range(samples):
+        u, v = halton(k + 1, 2), halton(k + 1, 3)
+        if gaussian:
+            r = sigma * np.sqrt(-2.0 * np.log((1.0 - u) * window + u))
+            shift = (r * np.cos(2 * np.pi * v), r * np.sin(2 * np.pi * v))
+        else:
+            shift = (u - 0.5, v - 0.5)
+        offsets.append((-float(shift[0]), -float(shift[1])))
+    return offsets
+
+
+def mrq_reference_filter(samples: int, version: str, filter_size: float = 1.0) -> str:
+    """How MRQ's accumulated reference weights the scene: equal weights over `mrq_sample_offsets`."""
+    if samples == 1:
+        return "none (1 sample at the pixel centre)"
+    if mrq_uses_gaussian_jitter(version):
+        return (f"gaussian(sigma={0.47 * filter_size:g}px, window=0.5px): {samples} Halton(2,3) samples through "
+                f"Box-Muller, equal weights (r.TemporalAAFilterSize={filter_size:g})")
+    return f"box(1px): {samples} Halton(2,3) samples in [-0.5, 0.5) px, equal weights"
 
 
 def depth_to_scene_units(depth: np.ndarray, units_per_scene_unit: float = UNREAL_UNITS_PER_METRE) -> np.ndarray:

@@ -1,30 +1,26 @@
-"""Runs INSIDE the Unreal editor's Python: executes one qw shot job, then quits the editor.
+"""Runs INSIDE the Unreal editor's Python: stage 1 of a qw capture, which prepares one shot's render.
 
-Started by ue_capture/launcher.py as ``<Editor> <Project>.uproject -ExecutePythonScript=<this file> …`` with the
-job spec's path in $QW_UE_JOB (JSON written by the launcher; see `launcher.build_job_spec`). Only the standard
-library and the ``unreal`` module are available here, so this file imports nothing from qw.
+Started by ue_capture/launcher.py as ``<Editor-Cmd> <Project>.uproject -ExecutePythonScript=<this file> …`` with the
+job spec's path in $QW_UE_JOB (JSON written by the launcher; see `launcher.build_job_spec`). The editor runs this
+file once and quits on its next tick (UE 4.27 always; UE5 unless a script asks to stay alive, which this one never
+does), so everything here is synchronous and nothing renders in this process. The script
 
-Passes (their files land under ``<output_dir>/aliased`` and ``<output_dir>/reference``):
+1. checks the engine: its version against the manifest's, and on UE4 the read-only ``r.BasePassOutputsVelocity``
+   that must be set in the project's DefaultEngine.ini;
+2. creates qw's two post-process materials under /Game/QW if they are missing: ``SceneTexture:Velocity`` (NDC,
+   y up, current minus previous) and ``SceneTexture:SceneDepth`` (planar depth, cm), both into Emissive;
+3. authors the shot's Level Sequence from the manifest's camera keys (or checks the manifest's existing one);
+4. builds a Movie Render Queue with an aliased and a reference job and saves it as a queue manifest (.utxt)
+   at the job's ``queue_manifest`` path, which stage 2 renders with ``-game -MoviePipelineConfig=<manifest>``;
 
-* mode ``mrq``, aliased: a Movie Render Queue job with anti-aliasing None, 1 spatial × 1 temporal sample (MRQ does
-  not jitter at 1×1), motion blur and other multi-sample effects off, linear output (tone curve disabled), and
-  32-bit post-process passes: qw's velocity material (SceneTexture:Velocity, NDC) and MRQ's WorldDepth (cm).
-* mode ``bufvis``, aliased: the Level Sequence is stepped frame by frame in the editor with TAA's jitter on and a
-  high-resolution HDR screenshot per frame; buffer visualization dumps give PreTonemapHDRColor, Velocity and
-  SceneDepth, and qw's jitter material (View.TemporalAAJitter) makes the screenshot itself carry the jitter.
-* reference (both modes): the same camera and frames through MRQ with N spatial samples, no TAA, same cvars.
-
-API names follow notes/unreal.md (UE 4.26/4.27 and UE5): MoviePipelineMasterConfig vs MoviePipelinePrimaryConfig,
-the ``console_variables`` map vs ``add_or_update_console_variable``. Marked [U]/[L] where unverified on an engine.
-Completion arrives through the executor's finish delegate; the callbacks, executor and queue are kept in module
-globals because Epic notes that otherwise garbage collection silently drops them. The result is written to the
-job's status file (ok/message/files) before the editor quits.
+and writes the job's status file (ok, message, what it found) last. Only the standard library and ``unreal``
+exist in the editor's Python, so this file imports nothing from qw.
 """
 
 from __future__ import annotations
 
-import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,14 +30,28 @@ import unreal
 
 JOB_ENV = "QW_UE_JOB"
 QW_PACKAGE = "/Game/QW"
-VELOCITY_MATERIAL = "M_QW_Velocity"  # post-process: SceneTexture:Velocity → RG (NDC, y up, current − previous)
-JITTER_MATERIAL = "M_QW_Jitter"  # post-process: View.TemporalAAJitter.xy → RG (bufvis only)
-WORLD_DEPTH = "/MovieRenderPipeline/Materials/MovieRenderQueue_WorldDepth.MovieRenderQueue_WorldDepth"
-FILE_NAME_FORMAT = "{sequence_name}.{render_pass}.{frame_number}"
-BUFVIS_BUFFERS = ("PreTonemapHDRColor", "Velocity", "SceneDepth")
-SCREENSHOT_WAIT_TICKS = 600  # editor ticks to wait for one screenshot and its buffer dumps
+VELOCITY_MATERIAL = "M_QW_Velocity"
+DEPTH_MATERIAL = "M_QW_Depth"
+SAMPLES_DIR_FORMAT = "accumulated/{render_pass}.{frame_number}"  # the N-sample average, next to the samples
+FRAMES_FORMAT = "{render_pass}.{frame_number}"
 
-_STATE: dict = {}  # executor, queue, tick handle, job, progress: module globals keep them alive
+# Members that moved between engine versions, newest name first: the first one an object has is used.
+# (owner class in 4.27 / 5.x, member) alternatives; tests check that every supported version has one of them.
+MOVED = {
+    "add_root_track": (("MovieSceneSequence", "add_track"), ("MovieSceneSequence", "add_master_track")),
+    "section_channels": (("MovieSceneSection", "get_all_channels"), ("MovieSceneSection", "get_channels")),
+    "binding_id": (("MovieSceneSequence", "get_binding_id"), ("SequencerBindingProxy", "get_binding_id")),
+    "set_cvar": (("MoviePipelineConsoleVariableSetting", "add_or_update_console_variable"),
+                 ("MoviePipelineConsoleVariableSetting", "console_variables")),
+    "high_precision": (("MoviePipelinePostProcessPass", "high_precision_output"),
+                       ("MoviePipelineDeferredPassBase", "use32_bit_post_process_materials")),
+    "after_tonemapping": (("BlendableLocation", "BL_SCENE_COLOR_AFTER_TONEMAPPING"),
+                          ("BlendableLocation", "BL_AFTER_TONEMAPPING")),
+}
+
+
+class PrepareError(Exception):
+    """A problem the user has to fix; its message goes to the status file as is."""
 
 
 # ----------------------------------------------------------------------------------------------- job + status
@@ -50,273 +60,283 @@ _STATE: dict = {}  # executor, queue, tick handle, job, progress: module globals
 def load_job() -> dict:
     path = os.environ.get(JOB_ENV) or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not path:
-        raise RuntimeError(f"no job spec: set {JOB_ENV} to the job JSON written by qw")
+        raise PrepareError(f"no job spec: set {JOB_ENV} to the job JSON written by qw")
     with open(path) as f:
         return json.load(f)
 
 
-def write_status(job: dict, ok: bool, message: str) -> None:
-    files = sorted(os.path.relpath(p, job["output_dir"])
-                   for p in glob.glob(os.path.join(job["output_dir"], "*", "*.exr")))
+def write_status(job: dict, report: dict) -> None:
     tmp = job["status_file"] + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"ok": ok, "message": message, "files": files, "scene": job["scene"], "shot": job["shot"]}, f)
+        json.dump({"scene": job["scene"], "shot": job["shot"], **report}, f, indent=1)
     os.replace(tmp, job["status_file"])
 
 
-def finish(ok: bool, message: str) -> None:
-    """Report the result and quit. quit_editor() has no exit code, so the status file carries success."""
-    job = _STATE["job"]
-    unreal.log(f"qw: {job['scene']}/{job['shot']} {'done' if ok else 'FAILED'}: {message}")
-    write_status(job, ok, message)
-    unreal.SystemLibrary.quit_editor()
+def has(obj, name: str) -> bool:
+    try:
+        getattr(obj, name)
+    except AttributeError:
+        return False
+    return True
 
 
-def fail(message: str) -> None:
-    unreal.log_error(f"qw: {message}")
-    finish(False, message)
+# ----------------------------------------------------------------------------------------------- engine checks
+
+
+def version_tuple(version: str) -> tuple[int, int]:
+    major, minor = version.split("-")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_engine(job: dict) -> dict:
+    """The engine's version and the read-only cvars qw relies on; a PrepareError when they do not fit the job."""
+    version = unreal.SystemLibrary.get_engine_version()
+    if version_tuple(version) != version_tuple(job["engine_version"]):
+        raise PrepareError(f"the editor is Unreal {version}, the manifest says engine_version "
+                           f"{job['engine_version']!r}: set unreal.engine_version to match")
+    found = {name: unreal.SystemLibrary.get_console_variable_int_value(name) for name in job["required_cvars"]}
+    wrong = {name: value for name, value in found.items() if value != job["required_cvars"][name]}
+    if wrong:
+        lines = ", ".join(f"{name}={job['required_cvars'][name]}" for name in wrong)
+        raise PrepareError(f"project setting missing: {wrong} in this editor; add {lines} under "
+                           "[/Script/Engine.RendererSettings] in the project's Config/DefaultEngine.ini")
+    return {"engine_version": version, "cvars_read": found}
 
 
 # ----------------------------------------------------------------------------------------------- materials
 
 
-def ensure_post_process_material(name: str, build) -> object:
-    """Load /Game/QW/<name>, or create it (Post Process domain, After Tonemapping) with `build(material)`."""
+def ensure_post_process_material(name: str, scene_texture) -> str:
+    """/Game/QW/<name>: Post Process domain, After Tonemapping, one SceneTexture node into Emissive."""
     path = f"{QW_PACKAGE}/{name}"
-    if unreal.EditorAssetLibrary.does_asset_exist(path):
-        return unreal.load_asset(path)
+    if not unreal.EditorAssetLibrary.does_asset_exist(path):
+        tools = unreal.AssetToolsHelpers.get_asset_tools()
+        material = tools.create_asset(name, QW_PACKAGE, unreal.Material, unreal.MaterialFactoryNew())
+        material.set_editor_property("material_domain", unreal.MaterialDomain.MD_POST_PROCESS)
+        material.set_editor_property("blendable_location", getattr(
+            unreal.BlendableLocation, moved_name(unreal.BlendableLocation, "after_tonemapping")))
+        node = unreal.MaterialEditingLibrary.create_material_expression(
+            material, unreal.MaterialExpressionSceneTexture, -400, 0)
+        node.set_editor_property("scene_texture_id", scene_texture)
+        unreal.MaterialEditingLibrary.connect_material_property(node, "Color",
+                                                                unreal.MaterialProperty.MP_EMISSIVE_COLOR)
+        unreal.MaterialEditingLibrary.recompile_material(material)
+        unreal.EditorAssetLibrary.save_loaded_asset(material)
+    return f"{path}.{name}"
+
+
+# ----------------------------------------------------------------------------------------------- sequence
+
+
+def split_object_path(path: str) -> tuple[str, str]:
+    """'/Game/QW/Sequences/QW_kite.QW_kite' → ('/Game/QW/Sequences', 'QW_kite')."""
+    package = path.split(".")[0]
+    folder, _, name = package.rpartition("/")
+    return folder, name
+
+
+def rotate_yaw(x: float, y: float, yaw_degrees: float) -> tuple[float, float]:
+    """Unreal's yaw turns +x (forward) towards +y (right)."""
+    c, s = math.cos(math.radians(yaw_degrees)), math.sin(math.radians(yaw_degrees))
+    return x * c - y * s, x * s + y * c
+
+
+def key_pose(key: dict, origin: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """World (x, y, z, roll, pitch, yaw) of a camera key relative to `origin` (x, y, z, yaw)."""
+    ox, oy, oz, oyaw = origin
+    (px, py, pz), (pitch, yaw, roll) = key["position"], key["rotation"]
+    dx, dy = rotate_yaw(px, py, oyaw)
+    return ox + dx, oy + dy, oz + pz, roll, pitch, oyaw + yaw
+
+
+def path_origin(job: dict) -> tuple[float, float, float, float]:
+    """(x, y, z, yaw) of the map's PlayerStart (the first by position if there are several), or the origin."""
+    if job["camera"]["origin"] == "world":
+        return 0.0, 0.0, 0.0, 0.0
+    unreal.EditorLevelLibrary.load_level(job["map"].split(".")[0])
+    poses = sorted(pose(a) for a in unreal.EditorLevelLibrary.get_all_level_actors()
+                   if isinstance(a, unreal.PlayerStart))
+    if not poses:
+        raise PrepareError(f"map {job['map']} has no PlayerStart; set unreal.camera.origin: world")
+    return poses[0]
+
+
+def pose(actor) -> tuple[float, float, float, float]:
+    location, rotation = actor.get_actor_location(), actor.get_actor_rotation()
+    return location.x, location.y, location.z, rotation.yaw
+
+
+def author_sequence(job: dict) -> str:
+    """(Re)create the shot's Level Sequence: one spawned camera, one camera cut, keyed transform."""
+    camera, path = job["camera"], job["level_sequence"]
+    folder, name = split_object_path(path)
+    if unreal.EditorAssetLibrary.does_asset_exist(f"{folder}/{name}"):
+        unreal.EditorAssetLibrary.delete_asset(f"{folder}/{name}")
     tools = unreal.AssetToolsHelpers.get_asset_tools()
-    material = tools.create_asset(name, QW_PACKAGE, unreal.Material, unreal.MaterialFactoryNew())
-    material.set_editor_property("material_domain", unreal.MaterialDomain.MD_POST_PROCESS)
-    material.set_editor_property("blendable_location", unreal.BlendableLocation.BL_AFTER_TONEMAPPING)
-    build(material)
-    unreal.MaterialEditingLibrary.recompile_material(material)
-    unreal.EditorAssetLibrary.save_loaded_asset(material)
-    return material
+    seq = tools.create_asset(name, folder, unreal.LevelSequence, unreal.LevelSequenceFactoryNew())
+    first, end = camera["keys"][0]["frame"], camera["keys"][-1]["frame"] + 1
+    seq.set_display_rate(unreal.FrameRate(*job["frame_rate"]))
+    seq.set_playback_start(first)
+    seq.set_playback_end(end)
+
+    binding = seq.add_spawnable_from_class(unreal.CameraActor)
+    component = binding.get_object_template().get_editor_property("camera_component")
+    component.set_editor_property("field_of_view", float(camera["fov"]))
+    component.set_editor_property("constrain_aspect_ratio", False)  # the output resolution sets the aspect
+
+    add_root_track = getattr(seq, moved_name(seq, "add_root_track"))
+    cut = add_root_track(unreal.MovieSceneCameraCutTrack).add_section()
+    cut.set_range(first, end)
+    cut.set_camera_binding_id(binding_id(seq, binding))
+
+    transform = binding.add_track(unreal.MovieScene3DTransformTrack).add_section()
+    transform.set_range(first, end)
+    channels = getattr(transform, moved_name(transform, "section_channels"))()
+    origin = path_origin(job)
+    for key in camera["keys"]:
+        # Transform channels: location x, y, z, rotation roll (x), pitch (y), yaw (z), then scale and weight.
+        for channel, value in zip(channels[:6], key_pose(key, origin)):
+            channel.add_key(unreal.FrameNumber(key["frame"]), value,  # at the display rate, the default
+                            interpolation=unreal.MovieSceneKeyInterpolation.AUTO)
+    unreal.EditorAssetLibrary.save_loaded_asset(seq)
+    return path
 
 
-def _build_velocity(material) -> None:
-    node = unreal.MaterialEditingLibrary.create_material_expression(material, unreal.MaterialExpressionSceneTexture,
-                                                                    -400, 0)
-    node.set_editor_property("scene_texture_id", unreal.SceneTextureId.PPI_VELOCITY)
-    unreal.MaterialEditingLibrary.connect_material_property(node, "Color", unreal.MaterialProperty.MP_EMISSIVE_COLOR)
+def binding_id(seq, binding):
+    if has(seq, "get_binding_id"):
+        return seq.get_binding_id(binding)
+    return binding.get_binding_id()
 
 
-def _build_jitter(material) -> None:
-    # [U] View.TemporalAAJitter.xy is the current frame's clip-space jitter; custom HLSL can read View in
-    # post-process materials.
-    node = unreal.MaterialEditingLibrary.create_material_expression(material, unreal.MaterialExpressionCustom,
-                                                                    -400, 0)
-    node.set_editor_property("code", "return float3(View.TemporalAAJitter.xy, 0);")
-    node.set_editor_property("output_type", unreal.CustomMaterialOutputType.CMOT_FLOAT3)
-    unreal.MaterialEditingLibrary.connect_material_property(node, "", unreal.MaterialProperty.MP_EMISSIVE_COLOR)
+def moved_name(obj, purpose: str) -> str:
+    """The name `obj` has for a member that was renamed between engine versions (see MOVED)."""
+    names = [member for _, member in MOVED[purpose]]
+    for name in names:
+        if has(obj, name):
+            return name
+    raise PrepareError(f"this engine's {type(obj).__name__} has none of {names}; qw supports UE 4.27, 5.3, 5.5+")
 
 
-# ----------------------------------------------------------------------------------------------- MRQ jobs
+def check_existing_sequence(job: dict) -> str:
+    seq = unreal.EditorAssetLibrary.load_asset(job["level_sequence"].split(".")[0])
+    if seq is None:
+        raise PrepareError(f"Level Sequence {job['level_sequence']} not found in the project")
+    rate = seq.get_display_rate()
+    if [rate.numerator, rate.denominator] != list(job["frame_rate"]):
+        raise PrepareError(f"{job['level_sequence']} plays at {rate.numerator}/{rate.denominator} fps, the manifest "
+                           f"at {job['fps']:g}: shot frames are read at the sequence's display rate, so they must "
+                           "agree")
+    return job["level_sequence"]
 
 
-def primary_config_class():
-    """MoviePipelinePrimaryConfig (UE 5.2+) or MoviePipelineMasterConfig (4.26 to 5.1)."""
-    return getattr(unreal, "MoviePipelinePrimaryConfig", None) or unreal.MoviePipelineMasterConfig
+# ----------------------------------------------------------------------------------------------- MRQ queue
 
 
 def set_console_variables(setting, cvars: dict) -> None:
-    """UE ≤5.0: the console_variables map (old values restored by MRQ); later 5.x: add_or_update_console_variable."""
-    if hasattr(setting, "add_or_update_console_variable"):
+    if moved_name(setting, "set_cvar") == "add_or_update_console_variable":
         for name, value in cvars.items():
             setting.add_or_update_console_variable(name, float(value))
     else:
-        setting.console_variables = {name: float(value) for name, value in cvars.items()}
+        setting.set_editor_property("console_variables", {name: float(value) for name, value in cvars.items()})
 
 
-def post_process_pass(material) -> object:
-    entry = unreal.MoviePipelinePostProcessPass()
-    entry.enabled = True
-    entry.material = material
-    return entry
+def post_process_passes(materials: list, deferred) -> list:
+    """Enabled passes for `materials` at 32 bit: per pass from 5.5, per deferred pass before."""
+    passes = []
+    for path in materials:
+        entry = unreal.MoviePipelinePostProcessPass()
+        entry.set_editor_property("enabled", True)
+        entry.set_editor_property("material", unreal.EditorAssetLibrary.load_asset(path.split(".")[0]))
+        passes.append(entry)
+    per_pass = has(passes[0], "high_precision_output") if passes else False
+    for entry in passes if per_pass else []:
+        entry.set_editor_property("high_precision_output", True)
+    if passes and not per_pass:
+        deferred.set_editor_property(moved_name(deferred, "high_precision"), True)
+    return passes
 
 
-def configure_job(job, spec: dict, pass_name: str, spatial_samples: int, materials: list) -> None:
-    """Give one MRQ executor job a fresh configuration: output, anti-aliasing, colour, deferred pass, cvars, EXR.
-
-    A new config (not the job's default) keeps project presets from leaking settings into the capture.
-    """
-    config = primary_config_class()()
+def configure(config, job: dict, pass_name: str) -> None:
+    """One job's settings: frames, samples, linear colour, passes, cvars, EXR output."""
+    spec = job["passes"][pass_name]
     add = config.find_or_add_setting_by_class
+    samples = spec["spatial_samples"]
 
     output = add(unreal.MoviePipelineOutputSetting)
-    output.output_directory = unreal.DirectoryPath(os.path.join(spec["output_dir"], pass_name))
-    output.file_name_format = FILE_NAME_FORMAT
-    output.output_resolution = unreal.IntPoint(spec["width"], spec["height"])
-    output.use_custom_frame_rate = True
-    output.output_frame_rate = unreal.FrameRate(round(spec["fps"] * 1000), 1000)
-    output.use_custom_playback_range = True
-    output.custom_start_frame = spec["start_frame"]
-    output.custom_end_frame = spec["end_frame"]  # [U] end exclusive, as qw's shot end
-    output.zero_pad_frame_numbers = 4
-    output.override_existing_output = True
-    output.flush_disk_writes_per_shot = True
+    output.set_editor_property("output_directory", unreal.DirectoryPath(spec["output_dir"]))
+    output.set_editor_property("file_name_format", SAMPLES_DIR_FORMAT if spec["write_all_samples"]
+                               else FRAMES_FORMAT)
+    output.set_editor_property("output_resolution", unreal.IntPoint(job["width"], job["height"]))
+    output.set_editor_property("use_custom_playback_range", True)
+    output.set_editor_property("custom_start_frame", job["start_frame"])
+    output.set_editor_property("custom_end_frame", job["end_frame"])  # exclusive, at the display rate
+    output.set_editor_property("zero_pad_frame_numbers", 4)
+    output.set_editor_property("override_existing_output", True)
 
     aa = add(unreal.MoviePipelineAntiAliasingSetting)
-    aa.override_anti_aliasing = True
-    aa.anti_aliasing_method = unreal.AntiAliasingMethod.AAM_NONE
-    aa.spatial_sample_count = spatial_samples
-    aa.temporal_sample_count = 1  # temporal samples would blend motion across sub-frames
-    aa.render_warm_up_count = spec["warm_up_frames"]
-    aa.use_camera_cut_for_warm_up = False
+    aa.set_editor_property("override_anti_aliasing", True)
+    aa.set_editor_property("anti_aliasing_method", unreal.AntiAliasingMethod.AAM_NONE)  # MRQ's jitter needs no TAA
+    aa.set_editor_property("spatial_sample_count", samples)
+    aa.set_editor_property("temporal_sample_count", 1)  # temporal samples would blend motion across sub-frames
+    aa.set_editor_property("render_warm_up_count", job["warm_up_frames"])
+    aa.set_editor_property("use_camera_cut_for_warm_up", False)
 
-    add(unreal.MoviePipelineColorSetting).disable_tone_curve = True  # linear scene colour (SCS_FinalColorHDR)
-    add(unreal.MoviePipelineGameOverrideSetting).cinematic_quality_settings = True
+    add(unreal.MoviePipelineColorSetting).set_editor_property("disable_tone_curve", True)  # linear scene colour
+    add(unreal.MoviePipelineGameOverrideSetting).set_editor_property("cinematic_quality_settings", True)
+    add(unreal.MoviePipelineDebugSettings).set_editor_property("write_all_samples", spec["write_all_samples"])
 
     deferred = add(unreal.MoviePipelineDeferredPassBase)
-    deferred.disable_multisample_effects = True  # no DoF/motion blur/AA show flags: pixels of all passes align
-    if materials:
-        deferred.use32_bit_post_process_materials = True  # [L] Python spelling of bUse32BitPostProcessMaterials
-        deferred.additional_post_process_materials = [post_process_pass(m) for m in materials]  # a new list
+    deferred.set_editor_property("disable_multisample_effects", True)  # no DoF/motion blur: all passes align
+    deferred.set_editor_property("additional_post_process_materials",
+                                 post_process_passes(spec["materials"], deferred))
 
-    add(unreal.MoviePipelineImageSequenceOutput_EXR).multilayer = False  # one file per pass: predictable names
-    set_console_variables(add(unreal.MoviePipelineConsoleVariableSetting), spec["cvars"][pass_name])
-    config.initialize_transient_settings()
-    job.set_configuration(config)  # copies the config into the job
-
-
-def new_job(queue, spec: dict, pass_name: str):
-    job = queue.allocate_new_job(unreal.MoviePipelineExecutorJob)
-    job.job_name = f"{spec['scene']}_{spec['shot']}_{pass_name}"
-    job.map = unreal.SoftObjectPath(spec["map"])
-    job.sequence = unreal.SoftObjectPath(spec["level_sequence"])
-    return job
+    exr = add(unreal.MoviePipelineImageSequenceOutput_EXR)
+    exr.set_editor_property("multilayer", False)  # one file per pass
+    exr.set_editor_property("compression", unreal.EXRCompressionFormat.ZIP)  # lossless
+    set_console_variables(add(unreal.MoviePipelineConsoleVariableSetting), spec["cvars"])
 
 
-def build_queue(spec: dict, with_aliased: bool):
-    """The MRQ queue: the aliased pass (mode mrq) and the reference pass."""
-    subsystem = unreal.get_editor_subsystem(unreal.MoviePipelineQueueSubsystem)
-    queue = subsystem.get_queue()
-    queue.delete_all_jobs()
-    if with_aliased:
-        velocity = ensure_post_process_material(VELOCITY_MATERIAL, _build_velocity)
-        configure_job(new_job(queue, spec, "aliased"), spec, "aliased", 1, [velocity, unreal.load_asset(WORLD_DEPTH)])
-    configure_job(new_job(queue, spec, "reference"), spec, "reference", spec["reference_samples"], [])
-    return queue
-
-
-def on_executor_finished(executor, success) -> None:
-    finish(bool(success), "Movie Render Queue finished" if success else "Movie Render Queue reported failure")
-
-
-def render_queue(queue, spec: dict) -> None:
-    """Start the queue with the PIE (default) or new-process executor; completion arrives via the delegate."""
-    executor_class = (unreal.MoviePipelineNewProcessExecutor if spec["executor"] == "new-process"
-                      else unreal.MoviePipelinePIEExecutor)
-    executor = executor_class()
-    executor.on_executor_finished_delegate.add_callable_unique(on_executor_finished)
-    _STATE["executor"], _STATE["queue"] = executor, queue
-    executor.execute(queue)
-
-
-# ----------------------------------------------------------------------------------------------- bufvis
-
-
-def apply_console_variables(cvars: dict) -> None:
-    for name, value in cvars.items():
-        unreal.SystemLibrary.execute_console_command(None, f"{name} {value}")
-
-
-def add_jitter_blendable() -> None:
-    """An unbound post-process volume whose blendable writes the jitter into the final (screenshot) image."""
-    volume = unreal.EditorLevelLibrary.spawn_actor_from_class(unreal.PostProcessVolume, unreal.Vector(0, 0, 0))
-    volume.unbound = True
-    material = ensure_post_process_material(JITTER_MATERIAL, _build_jitter)
-    settings = volume.settings
-    settings.weighted_blendables = unreal.WeightedBlendables([unreal.WeightedBlendable(1.0, material)])
-    volume.settings = settings
-    _STATE["volume"] = volume
-
-
-def start_bufvis(spec: dict) -> None:
-    unreal.EditorLevelLibrary.load_level(spec["map"])
-    unreal.LevelSequenceEditorBlueprintLibrary.open_level_sequence(unreal.load_asset(spec["level_sequence"]))
-    apply_console_variables(spec["cvars"]["aliased"])
-    add_jitter_blendable()
-    os.makedirs(os.path.join(spec["output_dir"], "aliased"), exist_ok=True)
-    _STATE["bufvis"] = {"frame": spec["start_frame"], "waited": 0, "shot_path": None,
-                        "settle": spec["warm_up_frames"]}
-    _STATE["tick"] = unreal.register_slate_post_tick_callback(bufvis_tick)
-
-
-def _screenshot_base(spec: dict, frame: int) -> str:
-    return os.path.join(spec["output_dir"], "bufvis_tmp", f"qw_{frame:06d}")
-
-
-def collect_bufvis_dumps(spec: dict, frame: int) -> bool:
-    """Move a finished screenshot and its buffer dumps to aliased/{seq}.{pass}.{frame}.exr; False if incomplete."""
-    base = _screenshot_base(spec, frame)
-    found = {b: [p for p in glob.glob(base + "*.exr") if b.lower() in os.path.basename(p).lower()]
-             for b in BUFVIS_BUFFERS}
-    final = base + ".exr"
-    if not os.path.isfile(final) or not all(found.values()):
-        return False
-    seq = spec["level_sequence"].rsplit("/", 1)[-1].split(".")[0]
-    out = os.path.join(spec["output_dir"], "aliased")
-    shutil.move(final, os.path.join(out, f"{seq}.{JITTER_MATERIAL}.{frame:04d}.exr"))
-    for buffer, paths in found.items():
-        shutil.move(paths[0], os.path.join(out, f"{seq}.{buffer}.{frame:04d}.exr"))
-    return True
-
-
-def stop_ticking() -> None:
-    handle = _STATE.pop("tick", None)
-    if handle is not None:
-        unreal.unregister_slate_post_tick_callback(handle)
-
-
-def bufvis_tick(delta_seconds) -> None:
-    """One editor tick of the bufvis state machine: settle, screenshot, wait for its dumps, next frame."""
-    spec, st = _STATE["job"], _STATE["bufvis"]
-    try:
-        if st["settle"] > 0:  # TAA history and streaming settle on the first frame
-            unreal.LevelSequenceEditorBlueprintLibrary.set_current_time(st["frame"])
-            st["settle"] -= 1
-        elif st["shot_path"] is None:
-            unreal.LevelSequenceEditorBlueprintLibrary.set_current_time(st["frame"])
-            st["shot_path"] = _screenshot_base(spec, st["frame"]) + ".exr"
-            os.makedirs(os.path.dirname(st["shot_path"]), exist_ok=True)
-            unreal.AutomationLibrary.take_high_res_screenshot(spec["width"], spec["height"], st["shot_path"],
-                                                              capture_hdr=True)
-        elif collect_bufvis_dumps(spec, st["frame"]):
-            st.update(frame=st["frame"] + 1, waited=0, shot_path=None)
-            if st["frame"] >= spec["end_frame"]:
-                stop_ticking()
-                render_queue(build_queue(spec, with_aliased=False), spec)
-        else:
-            st["waited"] += 1
-            if st["waited"] > SCREENSHOT_WAIT_TICKS:
-                stop_ticking()
-                fail(f"frame {st['frame']}: screenshot or buffer dumps {BUFVIS_BUFFERS} did not appear at "
-                     f"{st['shot_path']}")
-    except Exception:  # a Python error inside a tick would otherwise repeat every frame
-        stop_ticking()
-        fail(traceback.format_exc())
+def save_queue(job: dict, sequence: str) -> str:
+    """Both jobs in a new queue, saved as a text manifest and copied to the job's queue_manifest path."""
+    queue = unreal.MoviePipelineQueue()
+    for pass_name in ("aliased", "reference"):
+        item = queue.allocate_new_job(unreal.MoviePipelineExecutorJob)
+        item.set_editor_property("job_name", f"{job['scene']}_{job['shot']}_{pass_name}")
+        item.set_editor_property("map", unreal.SoftObjectPath(job["map"]))
+        item.set_editor_property("sequence", unreal.SoftObjectPath(sequence))
+        configure(item.get_configuration(), job, pass_name)
+    _, saved = unreal.MoviePipelineEditorLibrary.save_queue_to_manifest_file(queue)
+    shutil.copyfile(saved, job["queue_manifest"])
+    return job["queue_manifest"]
 
 
 # ----------------------------------------------------------------------------------------------- entry
 
 
+def prepare(job: dict) -> dict:
+    report = check_engine(job)
+    for name, scene_texture in ((VELOCITY_MATERIAL, unreal.SceneTextureId.PPI_VELOCITY),
+                                (DEPTH_MATERIAL, unreal.SceneTextureId.PPI_SCENE_DEPTH)):
+        ensure_post_process_material(name, scene_texture)
+    sequence = author_sequence(job) if job["camera"] else check_existing_sequence(job)
+    return {**report, "ok": True, "message": "prepared", "level_sequence": sequence,
+            "queue_manifest": save_queue(job, sequence)}
+
+
 def main() -> None:
     try:
-        spec = load_job()
-    except Exception as exc:  # no job, no status file to write: log and quit
+        job = load_job()
+    except Exception as exc:  # no job, so no status file to write: the launcher reports the missing status
         unreal.log_error(f"qw: cannot read the job spec: {exc}")
-        unreal.SystemLibrary.quit_editor()
         return
-    _STATE["job"] = spec
     try:
-        if spec["mode"] == "bufvis":
-            start_bufvis(spec)
-        else:
-            render_queue(build_queue(spec, with_aliased=True), spec)
+        report = prepare(job)
+    except PrepareError as exc:
+        report = {"ok": False, "message": str(exc), "user_error": True}
     except Exception:
-        fail(traceback.format_exc())
+        report = {"ok": False, "message": traceback.format_exc()}
+    (unreal.log if report["ok"] else unreal.log_error)(f"qw: {job['scene']}/{job['shot']}: {report['message']}")
+    write_status(job, report)
 
 
 if __name__ == "__main__":

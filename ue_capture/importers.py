@@ -11,13 +11,16 @@ Layouts
                   in the same sign-bit code; it is recorded as the jitter. [U] its unit (taken as pixels) and y
                   sign (taken as stored) are not documented by the sample.
 ``mrq``           Movie Render Queue output folders: the aliased render (``aliased/`` or SRC itself) and the
-                  reference render (``reference/`` or ``--reference``). Passes are found by name in file names or
-                  in multi-layer EXR layer names: FinalImage/PreTonemapHDRColor → colour, MotionVectors/Velocity
-                  → motion, WorldDepth/SceneDepth → depth (Unreal cm → metres), Jitter → per-frame jitter.
+                  reference render (``reference/`` or ``--reference``). Files are named ``<…>.<pass>.<frame>.exr``
+                  (MRQ's ``{render_pass}.{frame_number}`` tokens) or are multi-layer EXRs whose layers are passes;
+                  a pass name must be one of `PASS_NAMES` exactly (``SceneDepth`` is not ``SceneDepthWorldUnits``),
+                  and a file with no pass qw knows is refused, naming the file. Depth is Unreal cm → metres.
 
-The Unreal launcher normalizes its own raw output with `normalize_unreal_shot` (the ``mrq`` importer with the
-qw velocity material's ``ndc`` encoding). A finished import is validated; if validation fails, ``capture.json``
-is moved aside (the shot stays incomplete) and a CaptureError lists the problems.
+The Unreal launcher normalizes its own raw output with `normalize_unreal_shot`: per-sample files that Movie Render
+Queue writes with ``write_all_samples`` (``<pass>_SS_<s>_TS_<t>_TileX_<x>_TileY_<y>.<n>.exr``, n counting output
+frames from 0) for jittered input, or per-frame files without jitter, and the reference's frames. A finished import
+is validated; if validation fails, ``capture.json`` is moved aside (the shot stays incomplete) and a CaptureError
+lists the problems.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from datagen.capture_format import (
     META_FILE,
     BackendInfo,
     CaptureMeta,
+    EngineInfo,
     JitterInfo,
     ReferenceInfo,
     finish_capture,
@@ -51,11 +55,12 @@ from datagen.errors import CaptureError, QwError
 from datagen.manifests import SceneManifest
 from ue_capture.convert import (
     MRQ_MATERIAL_SCALE,
-    UNREAL_UNITS_PER_METRE,
+    FILTER_SIZE_CVAR,
     color_to_half_range,
     decode_motion,
     depth_to_scene_units,
-    jitter_ndc_to_pixels,
+    mrq_reference_filter,
+    mrq_sample_offsets,
     sign_bits_to_ndc,
 )
 
@@ -64,9 +69,18 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("intel-sample", "mrq")
 NUMBERED_EXR = re.compile(r"^(?P<base>.*?)[._]?(?P<frame>\d+)\.exr$", re.IGNORECASE)
 SAMPLE_FOLDERS = {"color": ("noaa",), "reference": ("ssaa",), "motion": ("vel", "velocity")}
-# Checked in this order: an MRQ pass name like FinalImageMovieRenderQueue_MotionVectors is motion, not colour.
-PASS_KEYWORDS = (("jitter", ("jitter",)), ("motion", ("motionvectors", "velocity")),
-                 ("depth", ("worlddepth", "scenedepth")), ("color", ("finalimage", "pretonemaphdrcolor")))
+# Movie Render Queue pass names qw reads (file-name token or EXR layer, matched exactly) → (kind, motion encoding).
+PASS_NAMES: dict[str, tuple[str, str | None]] = {
+    "FinalImage": ("color", None),
+    "PreTonemapHDRColor": ("color", None),
+    "FinalImageM_QW_Velocity": ("motion", "ndc"),  # qw's material: SceneTexture:Velocity
+    "FinalImageMovieRenderQueue_MotionVectors": ("motion", "mrq-material"),  # MRQ's stock material
+    "FinalImageM_QW_Depth": ("depth", None),  # qw's material: SceneTexture:SceneDepth, cm
+    "FinalImageMovieRenderQueue_WorldDepth": ("depth", None),  # MRQ's stock material, world units (cm)
+}
+FRAME_FILE = re.compile(r"^(?:.*\.)?(?P<name>[^.]+)\.(?P<frame>\d+)\.exr$", re.IGNORECASE)
+SAMPLE_FILE = re.compile(r"^(?P<name>.+)_SS_(?P<s>\d+)_TS_(?P<t>\d+)_TileX_(?P<x>\d+)_TileY_(?P<y>\d+)"
+                         r"\.(?P<n>\d+)\.exr$", re.IGNORECASE)
 RGB = ("R", "G", "B")
 IMPORT_WORKERS = min(4, os.cpu_count() or 1)  # source files converted at once (memory: ~5 full frames each)
 
@@ -116,14 +130,6 @@ def _find_folder(src: Path, names: tuple[str, ...]) -> Path:
     raise CaptureError(f"{src}: no {' or '.join(n + '/' for n in names)} folder (layout intel-sample)")
 
 
-def _classify(text: str) -> str | None:
-    lowered = text.lower()
-    for kind, words in PASS_KEYWORDS:
-        if any(w in lowered for w in words):
-            return kind
-    return None
-
-
 def _exr_header(path: Path) -> dict[str, Any]:
     """An EXR's header without its pixels; an unreadable file is a CaptureError naming it."""
     try:
@@ -145,17 +151,53 @@ def exr_layers(path: Path) -> dict[str, list[str]]:
     return layers
 
 
-def mrq_passes(folder: Path) -> dict[str, dict[int, tuple[Path, list[str]]]]:
-    """kind (color/motion/depth/jitter) → {frame → (file, channel names)} for an MRQ output folder."""
+def _unknown_pass(path: Path, name: str) -> CaptureError:
+    return CaptureError(f"{path}: cannot tell which pass this file holds: {name!r} is none of "
+                        f"{', '.join(PASS_NAMES)} (refusing to guess)")
+
+
+def _file_passes(path: Path, name: str) -> dict[str, tuple[str, list[str]]]:
+    """kind → (pass name, channels) of one MRQ file: its layers if it has known ones, else its name."""
+    layers = exr_layers(path)
+    known = {layer: chans for layer, chans in layers.items() if layer in PASS_NAMES}
+    if known:  # a multi-layer EXR: MRQ writes the first pass (FinalImage) without a layer prefix
+        found = {PASS_NAMES[layer][0]: (layer, chans) for layer, chans in known.items()}
+        if "" in layers:
+            found.setdefault("color", ("FinalImage", layers[""]))
+        return found
+    if name not in PASS_NAMES:
+        raise _unknown_pass(path, name)
+    return {PASS_NAMES[name][0]: (name, layers.get("") or next(iter(layers.values())))}
+
+
+Passes = dict[str, dict[Any, tuple[Path, list[str], str]]]  # kind → {frame or (frame, sample) → file, chans, pass}
+
+
+def mrq_passes(folder: Path) -> Passes:
+    """kind (color/motion/depth) → {frame → (file, channel names, pass name)} of an MRQ output folder."""
     if not folder.is_dir():
         raise CaptureError(f"{folder}: Movie Render Queue output folder not found")
-    passes: dict[str, dict[int, tuple[Path, list[str]]]] = {}
-    for base, frames in numbered_exrs(folder).items():
-        for frame, path in frames.items():
-            for layer, chans in exr_layers(path).items():
-                kind = _classify(f"{base} {layer}") if layer else (_classify(base) or "color")
-                if kind:
-                    passes.setdefault(kind, {})[frame] = (path, chans)
+    passes: Passes = {}
+    for path in sorted(folder.glob("*.exr")):
+        match = FRAME_FILE.match(path.name)
+        if not match or SAMPLE_FILE.match(path.name):
+            raise CaptureError(f"{path}: not a per-frame Movie Render Queue file (<…>.<pass>.<frame>.exr)")
+        for kind, (name, chans) in _file_passes(path, match["name"]).items():
+            passes.setdefault(kind, {})[int(match["frame"])] = (path, chans, name)
+    return passes
+
+
+def mrq_samples(folder: Path) -> Passes:
+    """kind → {(output frame n, spatial sample s) → (file, channels, pass)} of ``write_all_samples`` files."""
+    passes: Passes = {}
+    for path in sorted(folder.glob("*.exr")):
+        match = SAMPLE_FILE.match(path.name)
+        if not match:
+            raise CaptureError(f"{path}: not a Movie Render Queue sample file (<pass>_SS_<s>_TS_<t>_…<n>.exr)")
+        if (match["t"], match["x"], match["y"]) != ("0", "0", "0"):
+            raise CaptureError(f"{path}: temporal samples and tiles are not used by qw's capture")
+        for kind, (name, chans) in _file_passes(path, match["name"]).items():
+            passes.setdefault(kind, {})[(int(match["n"]), int(match["s"]))] = (path, chans, name)
     return passes
 
 
@@ -232,37 +274,46 @@ def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
 # ----------------------------------------------------------------------------------------------- mrq
 
 
-def _mrq_frames(aliased: Path, reference: Path, encoding: str, mrq_scale: tuple[float, float],
-                depth_units_per_scene_unit: float, full_size: tuple[int, int] | None
-                ) -> tuple[list[Loader], bool]:
-    """One loader per frame of an MRQ render (aliased passes + reference colour); and whether depth exists."""
+Entry = tuple[Path, list[str], str]  # file, channel names, pass name
+
+
+def _decode_mrq(number: int, color: Entry, motion: Entry, depth: Entry | None, reference: Entry,
+                encoding: str | None, mrq_scale: tuple[float, float], full_size: tuple[int, int] | None,
+                jitter: tuple[float, float] | None = None, cut: bool = False) -> DecodedFrame:
+    """One frame from MRQ pass files; the motion encoding follows the pass unless `encoding` overrides it."""
+    c = _read(color[0], color[1], 3)
+    size = full_size or (c.shape[1], c.shape[0])
+    enc = encoding or PASS_NAMES[motion[2]][1] or "ndc"
+    m, written = decode_motion(_read(motion[0], motion[1], 3 if enc == "sign-bits" else 2), enc, size, mrq_scale)
+    d = depth_to_scene_units(_read(depth[0], depth[1], 1)[..., 0]) if depth else None
+    return DecodedFrame(number, c, _read(reference[0], reference[1], 3), m, d, jitter, int((~written).sum()),
+                        cut=cut)
+
+
+def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale: tuple[float, float],
+                full_size: tuple[int, int] | None) -> tuple[list[Loader], bool, str]:
+    """One loader per frame of an MRQ render (aliased passes + reference colour), whether depth exists, and the
+    motion encoding used."""
     passes = mrq_passes(aliased)
     ref_color = mrq_passes(reference).get("color", {})
     for kind in ("color", "motion"):
         if kind not in passes:
-            raise CaptureError(f"{aliased}: no {kind} pass found (looked for "
-                               f"{'/'.join(dict(PASS_KEYWORDS)[kind])} in file and layer names)")
+            known = [name for name, (k, _) in PASS_NAMES.items() if k == kind]
+            raise CaptureError(f"{aliased}: no {kind} pass found (looked for {', '.join(known)})")
     numbers = sorted(passes["color"])
     _require_frames(aliased, "motion", passes["motion"], numbers)
     _require_frames(reference, "reference colour", ref_color, numbers)
-    for kind in ("depth", "jitter"):
-        if kind in passes:
-            _require_frames(aliased, kind, passes[kind], numbers)
+    depth = passes.get("depth")
+    if depth is not None:
+        _require_frames(aliased, "depth", depth, numbers)
     gap_cuts = _gap_cuts(numbers)
 
     def load(k: int, n: int) -> list[DecodedFrame]:
-        color = _read(*passes["color"][n], 3)
-        size = full_size or (color.shape[1], color.shape[0])
-        motion, written = decode_motion(_read(*passes["motion"][n], 3 if encoding == "sign-bits" else 2),
-                                        encoding, size, mrq_scale)
-        depth = (depth_to_scene_units(_read(*passes["depth"][n], 1)[..., 0], depth_units_per_scene_unit)
-                 if "depth" in passes else None)
-        jitter = (jitter_ndc_to_pixels(tuple(np.median(_read(*passes["jitter"][n], 2), axis=(0, 1))), *size)
-                  if "jitter" in passes else None)
-        return [DecodedFrame(n, color, _read(*ref_color[n], 3), motion, depth, jitter, int((~written).sum()),
-                             cut=k in gap_cuts)]
+        return [_decode_mrq(n, passes["color"][n], passes["motion"][n], depth[n] if depth else None, ref_color[n],
+                            encoding, mrq_scale, full_size, cut=k in gap_cuts)]
 
-    return [partial(load, k, n) for k, n in enumerate(numbers)], "depth" in passes
+    used = encoding or ",".join(sorted({str(PASS_NAMES[entry[2]][1]) for entry in passes["motion"].values()}))
+    return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None, used
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -315,12 +366,12 @@ def _write(target: Path, loaders: list[Loader], per_loader: int, progress: bool,
     return [replace(w, cut=w.cut or w.source_frame in mark_cuts) for w in written]
 
 
-def _jitter_info(jitters: list[tuple[float, float] | None]) -> JitterInfo:
+def _jitter_info(jitters: list[tuple[float, float] | None], cycle: int = 0) -> JitterInfo:
     if all(j is None for j in jitters):
         return JitterInfo(sequence="none")
     if any(j is None for j in jitters):
         raise CaptureError("jitter recorded for some frames only")
-    return JitterInfo(sequence="engine", offsets=[tuple(j) for j in jitters])  # type: ignore[arg-type]
+    return JitterInfo(sequence="engine", cycle=cycle, offsets=[tuple(j) for j in jitters])  # type: ignore[misc]
 
 
 def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
@@ -336,11 +387,13 @@ def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
 
 
 def _store(target: Path, written: list[_Written], *, scene: str, shot: str, backend: BackendInfo, fps: float,
-           reference: ReferenceInfo, depth_units: str, extra: dict[str, Any]) -> Path:
+           reference: ReferenceInfo, depth_units: str, extra: dict[str, Any], engine: EngineInfo | None = None,
+           jitter_cycle: int = 0) -> Path:
     height, width = written[0].size
     meta = CaptureMeta(scene=scene, shot=shot, backend=backend, width=width, height=height, fps=fps,
                        frame_count=len(written), source_frames=[w.source_frame for w in written],
-                       jitter=_jitter_info([w.jitter for w in written]), reference=reference,
+                       jitter=_jitter_info([w.jitter for w in written], jitter_cycle), reference=reference,
+                       engine=engine,
                        camera_cuts=[i for i, w in enumerate(written) if w.cut and i > 0], depth_units=depth_units,
                        extra={**extra, "motion_unwritten_pixels": sum(w.unwritten_motion for w in written),
                               "color_pixels_clamped_to_half": sum(w.clamped for w in written)})
@@ -357,8 +410,8 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
                    sample_offsets: bool = True, force: bool = False, progress: bool = True) -> Path:
     """Convert an existing Unreal dump at `src` into ``out/<scene>/<shot>/``; returns the shot directory.
 
-    A complete target is left alone unless `force`. `motion_encoding` defaults to the layout's own
-    (``sign-bits`` for intel-sample, ``mrq-material`` for mrq).
+    A complete target is left alone unless `force`. `motion_encoding` defaults to the layout's own: ``sign-bits``
+    for intel-sample; for mrq the motion pass's (``ndc`` for qw's velocity material, ``mrq-material`` for MRQ's).
     """
     if layout not in LAYOUTS:
         raise QwError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -381,8 +434,7 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
                       **common)
     aliased = src / "aliased" if (src / "aliased").is_dir() else src
     ref_dir = Path(reference) if reference else src / "reference"
-    encoding = motion_encoding or "mrq-material"
-    loaders, has_depth = _mrq_frames(aliased, ref_dir, encoding, mrq_scale, UNREAL_UNITS_PER_METRE, full_size)
+    loaders, has_depth, encoding = _mrq_frames(aliased, ref_dir, motion_encoding, mrq_scale, full_size)
     backend = BackendInfo(name="import:mrq", settings={"motion_encoding": encoding, "mrq_scale": list(mrq_scale),
                                                        "full_size": full_size})
     return _store(target, _write(target, loaders, 1, progress), backend=backend,
@@ -390,36 +442,72 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
                   extra={"source": str(aliased.resolve()), "reference_source": str(ref_dir.resolve())}, **common)
 
 
-RAW_PASSES = {"mrq": ("color", "motion", "depth"), "bufvis": ("color", "motion", "depth", "jitter")}
+RAW_KINDS = ("color", "motion", "depth")
+
+
+def _aliased_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]], list[int]]:
+    """The aliased pass files per kind, one per stored frame, and each frame's sample index (−1: unjittered).
+
+    With N > 1 spatial samples frame i is sample i mod N of output frame i; without, the per-frame files."""
+    start, end = spec["start_frame"], spec["end_frame"]
+    folder = raw / "aliased"
+    samples = spec["passes"]["aliased"]["spatial_samples"]
+    if samples > 1:
+        found = mrq_samples(folder)
+        keys = [(i, i % samples) for i in range(end - start)]
+        what = "sample (output frame, sample index)"
+    else:
+        found, keys, what = mrq_passes(folder), list(range(start, end)), "frame"
+    for kind in RAW_KINDS:
+        missing = [k for k in keys if k not in found.get(kind, {})]
+        if missing:
+            shown = ", ".join(map(str, missing[:4])) + (" …" if len(missing) > 4 else "")
+            raise CaptureError(f"{folder}: {kind} missing for {what} {shown} ({len(missing)} of {len(keys)})")
+    return ({kind: [found[kind][k] for k in keys] for kind in RAW_KINDS},
+            [k[1] for k in keys] if samples > 1 else [-1] * len(keys))
 
 
 def raw_problems(spec: dict[str, Any], raw: Path) -> str | None:
-    """Why the editor's raw output of a shot is incomplete (None when every pass has every frame)."""
-    expected = list(range(spec["start_frame"], spec["end_frame"]))
+    """Why Movie Render Queue's raw output of a shot is incomplete (None when every pass has every frame)."""
     try:
-        aliased = mrq_passes(raw / "aliased")
+        _aliased_entries(spec, raw)
         reference = mrq_passes(raw / "reference").get("color", {})
-        for kind in RAW_PASSES[spec["mode"]]:
-            _require_frames(raw / "aliased", kind, aliased.get(kind, {}), expected)
-        _require_frames(raw / "reference", "reference colour", reference, expected)
+        _require_frames(raw / "reference", "reference colour", reference,
+                        list(range(spec["start_frame"], spec["end_frame"])))
     except CaptureError as exc:
         return str(exc)
     return None
 
 
-def normalize_unreal_shot(spec: dict[str, Any], raw: Path, target: Path, manifest: SceneManifest) -> Path:
-    """The launcher's last step: the editor's raw MRQ/bufvis output of one shot → the capture at `target`."""
+def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: Path, target: Path,
+                          manifest: SceneManifest) -> Path:
+    """The launcher's last step: Movie Render Queue's raw output of one shot → the capture at `target`.
+
+    `prepared` is the editor script's report (engine version, cvars it read)."""
     problem = raw_problems(spec, raw)
     if problem:
         raise CaptureError(f"{target}: raw Unreal output incomplete: {problem}")
-    loaders, _ = _mrq_frames(raw / "aliased", raw / "reference", "ndc", MRQ_MATERIAL_SCALE, UNREAL_UNITS_PER_METRE,
-                             None)
-    major = spec["engine_version"].split(".")[0]
-    backend = BackendInfo(name=f"ue{major}", version=spec["engine_version"],
-                          settings={k: v for k, v in spec.items() if k not in ("output_dir", "status_file")})
-    ref_info = ReferenceInfo(samples=spec["reference_samples"],
-                             filter="MRQ spatial samples: Gaussian, sigma 0.47·r.TemporalAAFilterSize px, "
-                                    "window ±0.5 px (notes/unreal.md §1.4)")
-    written = _write(target, loaders, 1, progress=False, mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
+    aliased, sample_of = _aliased_entries(spec, raw)
+    reference = mrq_passes(raw / "reference")["color"]
+    version = prepared["engine_version"]
+    ref_pass, samples = spec["passes"]["reference"], spec["passes"]["aliased"]["spatial_samples"]
+    filter_size = float(ref_pass["cvars"][FILTER_SIZE_CVAR])
+    offsets = mrq_sample_offsets(samples, version, filter_size)
+
+    def load(i: int) -> list[DecodedFrame]:
+        k = sample_of[i]
+        return [_decode_mrq(spec["start_frame"] + i, aliased["color"][i], aliased["motion"][i], aliased["depth"][i],
+                            reference[spec["start_frame"] + i], None, MRQ_MATERIAL_SCALE, None,
+                            jitter=offsets[k] if k >= 0 else None)]
+
+    written = _write(target, [partial(load, i) for i in range(len(sample_of))], 1, progress=False,
+                     mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
+    backend = BackendInfo(name=f"ue{version.split('.')[0]}", version=version,
+                          settings={k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")})
+    samples_ref = ref_pass["spatial_samples"]
+    ref_info = ReferenceInfo(samples=samples_ref, filter=mrq_reference_filter(samples_ref, version, filter_size),
+                             offsets=mrq_sample_offsets(samples_ref, version, filter_size))
+    engine = EngineInfo(version=version, cvars={**prepared.get("cvars_read", {}), **ref_pass["cvars"]})
     return _store(target, written, scene=spec["scene"], shot=spec["shot"], backend=backend, fps=spec["fps"],
-                  reference=ref_info, depth_units="m", extra={"mode": spec["mode"], "raw": str(raw.resolve())})
+                  reference=ref_info, depth_units="m", engine=engine, jitter_cycle=samples if samples > 1 else 0,
+                  extra={"raw": str(raw.resolve()), "level_sequence": prepared.get("level_sequence")})

@@ -1,19 +1,27 @@
-"""Host side of an Unreal capture: write a job spec per shot, run the editor on it, normalize what it wrote.
+"""Host side of an Unreal capture: two editor runs per shot, then normalize what Movie Render Queue wrote.
 
 For each shot of a ``ue4`` scene manifest::
 
     <out>/<scene>/<shot>/            the capture (contract 1), written last through datagen.capture_format
-    <out>/.unreal/<scene>/<shot>/    working area: job.json, editor-<attempt>.log, raw/ (Unreal's own files)
+    <out>/.unreal/<scene>/<shot>/    working area: job.json, prepare.json, queue.utxt, editor logs, raw/
 
-The editor runs ``ue_capture/editor_script.py`` inside its Python (see that file) from an argument list, never a
-shell string, with a timeout; its log streams into ``editor-<attempt>.log``. A crashed, hung or incomplete run is
-retried; a shot whose capture is complete is skipped, and a shot whose raw output is complete is only normalized
-again, so an interrupted scene resumes where it stopped. With a Dask scheduler each shot is one task that needs
-the worker resource ``ue=1`` (render nodes run ``dask worker ADDRESS --resources ue=1``).
+1. **prepare**: ``<Editor-Cmd> <uproject> -ExecutePythonScript=ue_capture/editor_script.py`` with the job spec in
+   $QW_UE_JOB. The script runs synchronously (materials, the Level Sequence, a saved Movie Render Queue manifest) and
+   the editor quits on its next tick, as ``-ExecutePythonScript`` always does on UE 4.27.
+2. **render**: ``<Editor-Cmd> <uproject> <map> -game -MoviePipelineConfig=<queue.utxt> …``, Movie Render Queue's
+   own command-line route (the one its new-process executor uses). It exits 0 when the queue is done, also after
+   errors, so success is judged from the files.
+
+Both run from an argument list, never a shell string, with a timeout; their logs stream into
+``editor-<stage>-<attempt>.log``. A crashed, hung or incomplete run is retried; a shot whose capture is complete is
+skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
+stopped. With a Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
+``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import os
@@ -21,6 +29,7 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +37,28 @@ from tqdm import tqdm
 
 from datagen.capture_format import atomic_path, is_complete, shot_dir
 from datagen.errors import CaptureError, QwError
-from datagen.manifests import FILL_IN, SceneManifest, Shot
+from datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, SceneManifest, Shot
+from ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
 from ue_capture.importers import normalize_unreal_shot, raw_problems
 
 log = logging.getLogger(__name__)
 
 EDITOR_ENV = "QW_UE4_EDITOR"
 JOB_ENV = "QW_UE_JOB"  # the editor script reads its job spec path from here
-JOB_FORMAT = "qw-ue-job/1"
+JOB_FORMAT = "qw-ue-job/2"
 EDITOR_SCRIPT = Path(__file__).resolve().parent / "editor_script.py"
-STATUS_FILE = "status.json"  # written by the editor script when it finishes, ok or not
+PREPARE_STATUS = "prepare.json"  # written by the editor script when it finishes, ok or not
+QUEUE_MANIFEST = "queue.utxt"
+RENDER_DONE = "render-done.json"  # written by the launcher once the render's raw output is complete
 DEFAULT_TIMEOUT_S = 4 * 3600.0
 DEFAULT_RETRIES = 2
 WORK_DIR = ".unreal"
+QW_MATERIALS = ("/Game/QW/M_QW_Velocity.M_QW_Velocity", "/Game/QW/M_QW_Depth.M_QW_Depth")
+SEQUENCE_FOLDER = "/Game/QW/Sequences"
 
 # Console variables that hold in both passes: no motion blur, no history-dependent or noisy effects, no eye
-# adaptation (so both passes share one exposure), native resolution. Sources: notes/unreal.md §3 ([L] for the
-# effect list).
+# adaptation (both passes share one exposure), native resolution, anti-aliasing off (MRQ jitters and accumulates
+# the samples itself, and only when the AA method is not TAA), a known sample-distribution width.
 COMMON_CVARS: dict[str, Any] = {
     "r.MotionBlurQuality": 0,
     "r.DefaultFeature.MotionBlur": 0,
@@ -56,68 +70,85 @@ COMMON_CVARS: dict[str, Any] = {
     "r.VolumetricFog.TemporalReprojection": 0,
     "r.ScreenPercentage": 100,
     "r.DefaultFeature.AutoExposure": 0,
+    FILTER_SIZE_CVAR: 1.0,
 }
-# Force velocity for static geometry too (notes §2.3/§2.4). r.BasePassOutputsVelocity is read-only and must sit in
-# the project's DefaultEngine.ini on UE4 (README); r.Velocity.ForceOutput replaces both on UE5.
-VELOCITY_CVARS_UE4: dict[str, Any] = {"r.BasePassForceOutputsVelocity": 1}
-VELOCITY_CVARS_UE5: dict[str, Any] = {"r.Velocity.ForceOutput": 1}
-# Aliased pass: anti-aliasing off. UE4 and UE5 name the cvar differently (notes §3).
-NO_AA_CVARS_UE4: dict[str, Any] = {"r.DefaultFeature.AntiAliasing": 0, "r.PostProcessAAQuality": 0}
-NO_AA_CVARS_UE5: dict[str, Any] = {"r.AntiAliasingMethod": 0}
-# bufvis pass: TAA on for its jitter, but its output is the current (jittered) sample only, and buffer
-# visualization dumps the pre-tonemap HDR colour as EXR. [U] r.TemporalAACurrentFrameWeight=1 yielding the raw
-# jittered frame is unverified on a real engine.
-BUFVIS_CVARS_UE4: dict[str, Any] = {"r.DefaultFeature.AntiAliasing": 2, "r.TemporalAACurrentFrameWeight": 1,
-                                    "r.TemporalAA.Upsampling": 0,
-                                    "r.BufferVisualizationDumpFrames": 1, "r.BufferVisualizationDumpFramesAsHDR": 1}
-BUFVIS_CVARS_UE5: dict[str, Any] = {**{k: v for k, v in BUFVIS_CVARS_UE4.items()
-                                       if k != "r.DefaultFeature.AntiAliasing"}, "r.AntiAliasingMethod": 2}
+# Velocity for static geometry too. UE4 also needs the read-only r.BasePassOutputsVelocity=1 in the project's
+# DefaultEngine.ini (checked by the editor script); UE5's r.Velocity.ForceOutput replaces both.
+VELOCITY_CVARS = {4: {"r.BasePassForceOutputsVelocity": 1}, 5: {"r.Velocity.ForceOutput": 1}}
+REQUIRED_PROJECT_CVARS = {4: {"r.BasePassOutputsVelocity": 1}, 5: {}}
+NO_AA_CVARS = {4: {"r.DefaultFeature.AntiAliasing": 0, "r.PostProcessAAQuality": 0}, 5: {"r.AntiAliasingMethod": 0}}
 
 
 def engine_major(engine_version: str) -> int:
-    """4 or 5 from '4.27', '5.3' …; errors name the bad value."""
-    major = engine_version.strip().split(".")[0]
-    if major not in ("4", "5"):
-        raise QwError(f"unsupported Unreal engine_version {engine_version!r}; expected 4.26, 4.27 or 5.x")
-    return int(major)
+    """4 or 5 for a supported engine version; the API and sampling code qw follows were read for these only."""
+    version = engine_version_tuple(engine_version)
+    if version != (4, 27) and version != (5, 3) and version < (5, 5):
+        raise QwError(f"unsupported Unreal engine_version {engine_version!r}: qw supports 4.27, 5.3 and 5.5 or "
+                      "later (the versions whose Python API and Movie Render Queue sources it was checked against)")
+    return version[0]
 
 
-def pass_cvars(engine_version: str, user_cvars: dict[str, Any], mode: str) -> dict[str, dict[str, Any]]:
-    """Console variables of each pass ('aliased', 'reference'); user values from the manifest win."""
-    ue5 = engine_major(engine_version) == 5
-    common = {**COMMON_CVARS, **(VELOCITY_CVARS_UE5 if ue5 else VELOCITY_CVARS_UE4)}
-    aliased = {**common, **((BUFVIS_CVARS_UE5 if ue5 else BUFVIS_CVARS_UE4) if mode == "bufvis"
-                            else (NO_AA_CVARS_UE5 if ue5 else NO_AA_CVARS_UE4))}
-    reference = {**common, **(NO_AA_CVARS_UE5 if ue5 else NO_AA_CVARS_UE4)}
-    return {"aliased": {**aliased, **user_cvars}, "reference": {**reference, **user_cvars}}
+def pass_cvars(engine_version: str, user_cvars: dict[str, Any]) -> dict[str, Any]:
+    """Console variables of both passes; user values from the manifest win."""
+    major = engine_major(engine_version)
+    return {**COMMON_CVARS, **VELOCITY_CVARS[major], **NO_AA_CVARS[major], **user_cvars}
 
 
-def build_job_spec(manifest: SceneManifest, shot: Shot, raw_dir: Path) -> dict[str, Any]:
+def object_path(path: str) -> str:
+    """'/Game/Maps/X' → '/Game/Maps/X.X' (asset paths as Movie Render Queue's soft references want them)."""
+    if not path.startswith("/") or "." in path.rsplit("/", 1)[-1]:
+        return path  # already an object path, or 'project-default' shown unresolved by --dry-run
+    return f"{path}.{path.rsplit('/', 1)[-1]}"
+
+
+def authored_sequence_path(manifest: SceneManifest) -> str:
+    return object_path(f"{SEQUENCE_FOLDER}/QW_{manifest.name}")
+
+
+def jitter_samples(manifest: SceneManifest) -> int:
+    """Spatial samples of the aliased pass: its frame i is sample i mod N, so N is the jitter cycle (1: none)."""
+    return 1 if manifest.capture.jitter == "none" else manifest.capture.jitter_cycle
+
+
+def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: str) -> dict[str, Any]:
     """The JSON job the editor script executes for one shot (every setting that affects pixels is here)."""
     ue, cap = manifest.unreal, manifest.capture
     assert ue is not None
-    mode = cap.mode if cap.mode in ("mrq", "bufvis") else "mrq"
+    raw = (work / "raw").resolve()
     width, height = cap.resolution
+    cvars = pass_cvars(ue.engine_version, dict(ue.cvars))
+    samples = jitter_samples(manifest)
     return {
         "format": JOB_FORMAT,
         "scene": manifest.name,
         "shot": shot.name,
-        "mode": mode,
         "engine_version": ue.engine_version,
-        "map": ue.map,
-        "level_sequence": ue.level_sequence,
+        "required_cvars": REQUIRED_PROJECT_CVARS[engine_major(ue.engine_version)],
+        "map": object_path(map_path),
+        "level_sequence": object_path(ue.level_sequence) if ue.level_sequence else authored_sequence_path(manifest),
+        "camera": ue.camera.model_dump(mode="json") if ue.camera else None,
         "start_frame": shot.start,
         "end_frame": shot.end,
         "fps": cap.fps,
+        "frame_rate": frame_rate(cap.fps),
         "width": width,
         "height": height,
-        "reference_samples": cap.reference_samples,
         "warm_up_frames": ue.warm_up_frames,
-        "executor": ue.executor,
-        "cvars": pass_cvars(ue.engine_version, dict(ue.cvars), mode),
-        "output_dir": str(raw_dir.resolve()),
-        "status_file": str((raw_dir / STATUS_FILE).resolve()),
+        "passes": {
+            "aliased": {"output_dir": str(raw / "aliased"), "spatial_samples": samples,
+                        "write_all_samples": samples > 1, "materials": list(QW_MATERIALS), "cvars": cvars},
+            "reference": {"output_dir": str(raw / "reference"), "spatial_samples": cap.reference_samples,
+                          "write_all_samples": False, "materials": [], "cvars": cvars},
+        },
+        "queue_manifest": str((work / QUEUE_MANIFEST).resolve()),
+        "status_file": str((work / PREPARE_STATUS).resolve()),
     }
+
+
+def frame_rate(fps: float) -> list[int]:
+    """fps as Unreal's FrameRate [numerator, denominator]: 30 → [30, 1], 23.976 → [2997, 125]."""
+    exact = Fraction(fps).limit_denominator(1001)
+    return [exact.numerator, exact.denominator]
 
 
 # ----------------------------------------------------------------------------------------------- locating
@@ -128,7 +159,7 @@ def resolve_editor(editor: str | os.PathLike | None) -> Path:
     value = str(editor) if editor else os.environ.get(EDITOR_ENV, "")
     if not value:
         raise QwError(f"no Unreal editor configured: pass --editor PATH or set {EDITOR_ENV} to the editor "
-                      "executable (UE4Editor-Cmd / UnrealEditor-Cmd); use --dry-run to see the command without it")
+                      "executable (UE4Editor-Cmd / UnrealEditor-Cmd); use --dry-run to see the commands without it")
     path = Path(os.path.expandvars(os.path.expanduser(value)))
     if not path.is_file() or not os.access(path, os.X_OK):
         raise QwError(f"{path}: Unreal editor not found or not executable (from "
@@ -150,6 +181,25 @@ def resolve_project(manifest: SceneManifest, project: str | os.PathLike | None, 
     return path
 
 
+def resolve_map(manifest: SceneManifest, project: Path) -> str:
+    """The manifest's map, or with 'project-default' the GameDefaultMap of the project's DefaultEngine.ini."""
+    assert manifest.unreal is not None
+    if manifest.unreal.map != PROJECT_DEFAULT_MAP:
+        return manifest.unreal.map
+    ini = project.parent / "Config" / "DefaultEngine.ini"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        parser.read_string(ini.read_text(errors="replace"))
+        value = parser.get("/Script/EngineSettings.GameMapsSettings", "GameDefaultMap", fallback="")
+    except (OSError, configparser.Error) as exc:
+        raise QwError(f"{ini}: cannot read the project's default map ({exc}); set unreal.map in the scene "
+                      "manifest") from None
+    if not value.startswith("/Game/"):
+        raise QwError(f"{ini}: no GameDefaultMap=/Game/... under [/Script/EngineSettings.GameMapsSettings]; set "
+                      f"unreal.map in scene {manifest.name!r}")
+    return value.strip()
+
+
 def check_sequence_filled(manifest: SceneManifest) -> None:
     assert manifest.unreal is not None
     missing = [f for f in manifest.unreal.unfilled() if f != "project"]
@@ -158,14 +208,18 @@ def check_sequence_filled(manifest: SceneManifest) -> None:
                       f"{FILL_IN}; set them to the /Game/... assets of your project")
 
 
-def editor_argv(editor: Path, project: Path, log_path: Path | None = None) -> list[str]:
-    """The editor command line: open the project and run the in-editor capture script (job from $QW_UE_JOB)."""
-    argv = [str(editor), str(project), f"-ExecutePythonScript={EDITOR_SCRIPT}",
-            "-unattended", "-nosplash", "-nosound", "-NoTextureStreaming", "-RenderOffScreen",
-            "-stdout", "-FullStdOutLogOutput"]
-    if log_path is not None:
-        argv.append(f"-ABSLOG={log_path}")
-    return argv
+def prepare_argv(editor: Path, project: Path) -> list[str]:
+    """Stage 1: open the project and run the synchronous editor script (job from $QW_UE_JOB); it quits after."""
+    return [str(editor), str(project), f"-ExecutePythonScript={EDITOR_SCRIPT}", "-unattended", "-nosplash",
+            "-nosound", "-RenderOffScreen", "-stdout", "-FullStdOutLogOutput"]
+
+
+def render_argv(editor: Path, project: Path, job: dict[str, Any]) -> list[str]:
+    """Stage 2: Movie Render Queue's command-line render of the saved queue in game mode; it exits when done."""
+    return [str(editor), str(project), job["map"].split(".")[0], "-game",
+            f"-MoviePipelineConfig={job['queue_manifest']}", "-windowed", f"-resx={job['width']}",
+            f"-resy={job['height']}", "-RenderOffScreen", "-unattended", "-nosplash", "-nosound", "-nohmd",
+            "-NoTextureStreaming", "-log", "-stdout", "-FullStdOutLogOutput"]
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -180,6 +234,7 @@ class ShotRun:
     out: Path
     editor: Path | None
     project: Path
+    map_path: str
     timeout: float
     retries: int
 
@@ -220,48 +275,75 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
 
 
-def read_status(raw: Path) -> dict[str, Any] | None:
-    path = raw / STATUS_FILE
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
+def _run_stage(run: ShotRun, stage: str, argv: list[str], attempt: int) -> tuple[int | None, Path]:
+    """One editor run of `stage`; (exit status or None on timeout, log path)."""
+    log_path = run.work / f"editor-{stage}-{attempt}.log"
+    env = {**os.environ, JOB_ENV: str((run.work / "job.json").resolve())}
+    try:
+        return run_editor(argv, env, log_path, run.timeout), log_path
+    except subprocess.TimeoutExpired:
+        return None, log_path
+
+
+def _stage_failure(stage: str, code: int | None, log_path: Path, timeout: float) -> str | None:
+    if code is None:
+        return f"{stage}: editor timed out after {timeout:g} s (log: {log_path})"
+    if code != 0:
+        return f"{stage}: editor exited with status {code} (log: {log_path})"
+    return None
+
+
+class PrepareRefused(QwError):
+    """The editor script found a problem the user has to fix (retrying cannot help)."""
+
+
 def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
-    """One editor run; None when the raw output is complete, else why it is not."""
+    """Prepare, then render; None when the raw output is complete, else why it is not."""
+    editor = run.editor or resolve_editor(None)  # on a farm worker: its own $QW_UE4_EDITOR
+    for stale in (run.work / PREPARE_STATUS, run.work / QUEUE_MANIFEST):
+        stale.unlink(missing_ok=True)
+    code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
+    status = read_json(run.work / PREPARE_STATUS)
+    if status and not status.get("ok"):  # the script's own diagnosis is the most useful message
+        if status.get("user_error"):
+            raise PrepareRefused(f"{run.target}: Unreal prepare refused: {status['message']} (log: {log_path})")
+        return f"prepare: {status.get('message')} (log: {log_path})"
+    failure = _stage_failure("prepare", code, log_path, run.timeout)
+    if failure:
+        return failure
+    if not status or not (run.work / QUEUE_MANIFEST).is_file():
+        return (f"prepare: the editor quit without the script's {PREPARE_STATUS} and {QUEUE_MANIFEST} "
+                f"(is the Python Editor Script Plugin enabled?) (log: {log_path})")
     if run.raw.exists():
         shutil.rmtree(run.raw)  # never mix files of a crashed attempt with a new one
     run.raw.mkdir(parents=True)
-    log_path = run.work / f"editor-{attempt}.log"
-    editor = run.editor or resolve_editor(None)  # on a farm worker: its own $QW_UE4_EDITOR
-    env = {**os.environ, JOB_ENV: str((run.work / "job.json").resolve())}
-    try:
-        code = run_editor(editor_argv(editor, run.project), env, log_path, run.timeout)
-    except subprocess.TimeoutExpired:
-        return f"editor timed out after {run.timeout:g} s (log: {log_path})"
-    status = read_status(run.raw)
-    if code != 0:
-        detail = f": {status['message']}" if status and status.get("message") else ""
-        return f"editor exited with status {code}{detail} (log: {log_path})"
-    if not status or not status.get("ok"):
-        why = status.get("message") if status else f"no {STATUS_FILE} written"
-        return f"editor finished but reported failure: {why} (log: {log_path})"
+    code, log_path = _run_stage(run, "render", render_argv(editor, run.project, spec), attempt)
+    failure = _stage_failure("render", code, log_path, run.timeout)
+    if failure:
+        return failure
     missing = raw_problems(spec, run.raw)
-    if missing:
-        (run.raw / STATUS_FILE).unlink()  # incomplete output must not count as done on resume
-        return f"editor reported success but its output is incomplete: {missing} (log: {log_path})"
+    if missing:  # Movie Render Queue exits 0 after errors too: the files decide
+        return f"render: the output is incomplete: {missing} (log: {log_path})"
+    with atomic_path(run.raw / RENDER_DONE) as tmp:
+        tmp.write_text(json.dumps({"prepare": status}, indent=1) + "\n")
     return None
 
 
 def capture_shot(run: ShotRun) -> Path:
-    """Capture one shot (resumable): skip if complete, else run the editor with retries, then normalize."""
+    """Capture one shot (resumable): skip if complete, else prepare and render with retries, then normalize."""
     if is_complete(run.target):
         log.info("%s: complete, skipped", run.target)
         return run.target
-    spec = build_job_spec(run.manifest, run.shot, run.raw)
-    status = read_status(run.raw)
-    if not (status and status.get("ok")):
+    spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path)
+    done = read_json(run.raw / RENDER_DONE)
+    if not done:
         run.work.mkdir(parents=True, exist_ok=True)
         with atomic_path(run.work / "job.json") as tmp:
             tmp.write_text(json.dumps(spec, indent=1) + "\n")
@@ -275,23 +357,26 @@ def capture_shot(run: ShotRun) -> Path:
         else:
             raise CaptureError(f"{run.target}: Unreal capture failed after {run.retries + 1} attempt(s); "
                                f"last: {errors[-1]}")
-    return normalize_unreal_shot(spec, run.raw, run.target, run.manifest)
+        done = read_json(run.raw / RENDER_DONE)
+    assert done is not None
+    return normalize_unreal_shot(spec, done["prepare"], run.raw, run.target, run.manifest)
 
 
 def _select_shots(manifest: SceneManifest, shots: list[str] | None) -> list[Shot]:
     return [manifest.shot(name) for name in shots] if shots else list(manifest.shots)
 
 
-def dry_run_text(manifest: SceneManifest, out: Path, shots: list[Shot], editor: Path | None,
-                 project: Path) -> str:
-    """The exact argv and job spec of every shot, as printed by ``--dry-run``."""
+def dry_run_text(manifest: SceneManifest, out: Path, shots: list[Shot], editor: Path, project: Path,
+                 map_path: str) -> str:
+    """Every stage's exact argv, and the job spec, of every shot, as printed by ``--dry-run``."""
     lines = []
     for shot in shots:
-        run = ShotRun(manifest, shot, out, editor, project, 0, 0)
-        argv = editor_argv(editor or Path(f"${EDITOR_ENV}"), project)
+        run = ShotRun(manifest, shot, out, editor, project, map_path, 0, 0)
+        spec = build_job_spec(manifest, shot, run.work, map_path)
         lines += [f"# {manifest.name}/{shot.name}", f"{JOB_ENV}={run.work / 'job.json'}",
-                  "argv: " + json.dumps(argv), "job: " + json.dumps(build_job_spec(manifest, shot, run.raw),
-                                                                     indent=1)]
+                  "prepare: " + json.dumps(prepare_argv(editor, project)),
+                  "render: " + json.dumps(render_argv(editor, project, spec)),
+                  "job: " + json.dumps(spec, indent=1)]
     return "\n".join(lines)
 
 
@@ -312,24 +397,27 @@ def capture_scene(manifest: SceneManifest, out: Path, *, shots: list[str] | None
                   progress: bool = True) -> list[Path]:
     """Capture every (or the named) shot of a ``ue4`` scene into ``out/<scene>/<shot>/``; returns the shot dirs.
 
-    ``dry_run`` prints the editor argv and job spec of each shot and returns []. With ``scheduler`` (a Dask
-    address) each shot is a task needing the worker resource ``ue=1``.
+    ``dry_run`` prints both stages' editor argv and the job spec of each shot and returns []. With ``scheduler``
+    (a Dask address) each shot is a task needing the worker resource ``ue=1``.
     """
     if manifest.backend != "ue4" or manifest.unreal is None:
         raise QwError(f"scene {manifest.name!r} is not an Unreal scene (backend {manifest.backend!r})")
     out = Path(out)
     selected = _select_shots(manifest, shots)
     engine_major(manifest.unreal.engine_version)
+    check_sequence_filled(manifest)
     if dry_run:
         configured = editor or os.environ.get(EDITOR_ENV)
         proj = Path(os.path.expandvars(str(project or manifest.unreal.project)))
-        print(dry_run_text(manifest, out, selected, Path(configured) if configured else None, proj))
+        map_path = (manifest.unreal.map if manifest.unreal.map != PROJECT_DEFAULT_MAP or not proj.is_file()
+                    else resolve_map(manifest, proj))
+        print(dry_run_text(manifest, out, selected, Path(configured or f"${EDITOR_ENV}"), proj, map_path))
         return []
     exe = resolve_editor(editor) if scheduler is None or editor or os.environ.get(EDITOR_ENV) else None
-    check_sequence_filled(manifest)
     proj = resolve_project(manifest, project, must_exist=scheduler is None)
-    runs = [ShotRun(manifest, s, out, exe, proj, float(timeout or DEFAULT_TIMEOUT_S), retries) for s in selected]
+    map_path = resolve_map(manifest, proj)
+    runs = [ShotRun(manifest, s, out, exe, proj, map_path, float(timeout or DEFAULT_TIMEOUT_S), retries)
+            for s in selected]
     if scheduler:
         return _run_on_scheduler(runs, scheduler, progress)
     return [capture_shot(run) for run in tqdm(runs, desc="shots", unit="shot", disable=not progress)]
-

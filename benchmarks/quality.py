@@ -1,0 +1,315 @@
+"""The quality run: QW-Net against the engine-style TAA on held-out builtin scene instances, over several seeds.
+
+    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 1 \
+        > results/quality.log 2>&1 &
+
+Protocol (every stage resumes: rerun the same command after an interruption and finished work is kept):
+
+1. capture (builtin renderer, 256×160, 16 spp references): the training shots of the 8 training instances of
+   `manifests/datasets/builtin-quality.yaml`, and the shots of the held-out `builtin_*_val` and `builtin_*_test`
+   instances (other seeds of the same generators: other layout, geometry, materials and textures);
+2. build the `builtin-quality` block store (training instances only);
+3. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
+   one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
+   `qat_select_steps`, and pick again on val; then score the two picks (and, once, the aliased input and both
+   TAAs, which do not depend on the seed) on the *test* instances, once;
+4. `summary.md` / `summary.json`: each method's mean ± sample standard deviation (and min..max) over the seeds on
+   test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed).
+
+`--tune-taa` instead scores TAA parameter variants on the val instances only (PSNR and tPSNR, every frame) and
+writes `taa_tuning.md`: how `training.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
+same stages for checking the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+
+DATASET = "builtin-quality"
+KINDS = ("fence", "specular", "street", "crossing")
+METRIC_KEYS = ("psnr", "ssim", "flip", "tpsnr")
+
+
+@dataclass(frozen=True)
+class QualityPlan(DemoPlan):
+    train_frames: int = 24                       # stored frames per training shot (3 windows of 8)
+    eval_frames: int = 16                        # stored frames per held-out shot
+    widths: tuple[int, ...] = (20, 40, 60, 80, 100)   # 1.25× the demo's widths (the paper's: 32…160)
+    train_steps: int = 600                       # the longest FP32 run; checkpoints at select_steps are kept
+    select_steps: tuple[int, ...] = (300, 600)
+    qat_select_steps: tuple[int, ...] = (100, 200)
+    qat_steps: int = 200
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+PLANS = {
+    "full": QualityPlan(),
+    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, eval_frames=6,
+                         widths=(8, 12, 16, 20, 24), train_steps=6, select_steps=(3, 6), qat_select_steps=(4,),
+                         qat_steps=4, seeds=(0, 1)),
+}
+
+
+def held_out_shots(split: str) -> dict[str, list[str]]:
+    """Every shot of the held-out instances of `split` ('val' or 'test'), by scene."""
+    from datagen.manifests import find_scene
+
+    scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in KINDS}
+    return {m.name: [s.name for s in m.shots if s.split == split] for m in scenes.values()}
+
+
+def training_shots() -> dict[str, list[str]]:
+    """The 'train' shots of every scene of the quality dataset."""
+    from datagen.manifests import find_dataset, find_scene
+
+    return {s.scene: [shot.name for shot in find_scene(s.scene).shots if shot.split == "train"]
+            for s in find_dataset(DATASET).scenes}
+
+
+def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
+    from datagen.capture import capture_scene
+
+    return [path for scene, names in shots.items()
+            for path in capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
+                                      reference_spp=plan.reference_spp, progress=False)]
+
+
+def build_quality_store(captures: Path, store: Path) -> str:
+    from datagen.block_store import open_store
+    from datagen.manifests import find_dataset
+    from datagen.tile import build_store
+
+    if not (store.exists() and open_store(str(store)).attrs.get("complete")):
+        build_store(find_dataset(DATASET), captures, str(store), workers=2, progress=False)
+    return str(store)
+
+
+def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
+                  baselines: tuple[str, ...] = ()) -> dict:
+    """`qw eval` into `out` unless its metrics.json exists (resumable); returns metrics.json's content."""
+    from training.evaluate import evaluate_command
+
+    if not (out / "metrics.json").is_file():
+        evaluate_command([str(c) for c in checkpoints], [str(s) for s in shots], str(out.with_suffix(".tmp")),
+                         baselines=baselines, frames=frames, flip_crop=None, crop_size=64)
+        shutil.rmtree(out, ignore_errors=True)
+        out.with_suffix(".tmp").rename(out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def mean_psnr(run, shots: list[Path], frames: int) -> float:
+    """PSNR of `run` (input frames → outputs) over the first `frames` frames of every shot (frame-weighted)."""
+    from datagen.capture_format import load_meta
+    from training import metrics
+    from training.evaluate import shot_frames
+    from training.infer import frame_range, read_reference, to_image
+
+    scores = []
+    for shot in shots:
+        meta = load_meta(shot)
+        indices = frame_range(meta, 0, frames)
+        scores += [metrics.psnr(to_image(o), read_reference(shot, i))
+                   for i, o in zip(indices, run(shot_frames(shot, meta, indices)))]
+    return float(np.mean(scores))
+
+
+def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
+    """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
+    from training.evaluate import _qwnet
+    from training.quantize import model_from_any_checkpoint
+
+    if not cache.is_file():
+        model, _, _ = model_from_any_checkpoint(str(checkpoint))
+        cache.write_text(json.dumps({"checkpoint": str(checkpoint),
+                                     "psnr": mean_psnr(_qwnet(model, "cpu"), val, frames)}) + "\n")
+    return json.loads(cache.read_text())["psnr"]
+
+
+def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
+    """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
+
+    The aliased input and the TAAs do not depend on the seed: they are scored with the first seed only."""
+    plan = replace(plan, seed=seed)
+    runs = out / f"seed{seed}"
+    selection = {"fp32": {}, "w4a4": {}}
+    for steps in plan.select_steps:
+        kept = runs / f"fp32_step{steps}.pt"
+        if not kept.is_file():
+            shutil.copyfile(train_demo(plan, store, runs / "fp32", steps), kept)
+        selection["fp32"][steps] = val_psnr(kept, val, plan.eval_frames, runs / f"val_fp32_step{steps}.json")
+    best_steps = max(selection["fp32"], key=selection["fp32"].get)
+    best_fp = runs / f"fp32_step{best_steps}.pt"
+    for qat in plan.qat_select_steps:
+        kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
+        if not kept.is_file():
+            shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json")
+    best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
+    best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
+    baselines = ("taa", "taa-clamp") if seed == plan.seeds[0] else ()
+    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames, baselines)
+    return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection,
+            "test": scored["overall"]}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric: mean, sample std, min and max over the seeds' test scores (the baselines, scored
+    once, have no spread)."""
+    methods = rows[0]["test"].keys()
+    return {m: {k: spread([r["test"][m][k] for r in rows if m in r["test"]]) for k in METRIC_KEYS} for m in methods}
+
+
+def summary_table(summary: dict) -> str:
+    lines = ["| method | PSNR dB ↑ | SSIM ↑ | FLIP ↓ | tPSNR dB ↑ |", "|---|---:|---:|---:|---:|"]
+    for method, values in summary.items():
+        cells = []
+        for k in METRIC_KEYS:
+            v, digits = values[k], (4 if k in ("ssim", "flip") else 2)
+            spread_ = f" ± {v['std']:.{digits}f}" if v["runs"] > 1 else ""  # a baseline: one deterministic run
+            cells.append(f"{v['mean']:.{digits}f}{spread_}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_learning_curves(out: Path, rows: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in rows:
+        events = [json.loads(line) for line in (out / f"seed{row['seed']}" / "fp32" / "metrics.jsonl").open()]
+        train = [e for e in events if e["event"] == "train" and "loss" in e]
+        steps = np.array([e["step"] for e in train])
+        loss = np.array([e["loss"] for e in train])
+        window = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        loss_ax.plot(steps[window - 1:], smooth, label=f"seed {row['seed']}")
+        fp = {int(k): v for k, v in row["val_psnr"]["fp32"].items()}
+        val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", label=f"FP32 seed {row['seed']}")
+    loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title="QW-Net FP32 training")
+    val_ax.set(xlabel="FP32 step", ylabel="val PSNR dB", title="val instances (model selection)")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_summary(out: Path, plan: QualityPlan, rows: list[dict], seconds: float) -> str:
+    summary = summarize(rows)
+    table = summary_table(summary)
+    choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
+    md = ["# Quality run", "", f"Test instances (`builtin_*_test`), {len(rows)} training seeds, mean ± sample std:",
+          "", table, "", f"Chosen on val only: {choices}.", "",
+          f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", "",
+          "![learning curves](learning_curves.png)", ""]
+    (out / "summary.md").write_text("\n".join(md))
+    (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary},
+                                                 indent=1) + "\n")
+    plot_learning_curves(out, rows)
+    return table
+
+
+def taa_variants() -> dict[str, object]:
+    """The default parameters and one change of each from them."""
+    from training.taa import TaaParams
+
+    base = TaaParams()
+    changes = {"gamma": (0.75, 1.25, 1.5), "alpha": (0.05, 0.15), "max_history": (8.0, 32.0),
+               "flicker_weight": (0.5, 1.0), "dilate": (not base.dilate,), "depth_tolerance": (0.0, 0.02, 0.1),
+               "unjitter": (not base.unjitter,)}
+    variants = {"defaults": base}
+    for name, values in changes.items():
+        for value in values:
+            if value != getattr(base, name):
+                variants[f"{name}={value}"] = replace(base, **{name: value})
+    return variants
+
+
+def tune_taa(plan: QualityPlan, out: Path) -> str:
+    """PSNR / tPSNR of TAA variants (and taa-clamp, the input) on every frame of the val instances."""
+    from datagen.capture_format import load_meta
+    from training import metrics
+    from training.evaluate import shot_frames
+    from training.infer import frame_range, read_reference, to_image
+    from training.taa import run_taa, run_taa_clamp
+
+    shots = capture(plan, out / "captures", held_out_shots("val"), plan.eval_frames)
+    methods = {"aliased input": lambda frames: (f.color for f in frames), "taa-clamp": run_taa_clamp}
+    methods.update({name: (lambda frames, p=p: run_taa(frames, p)) for name, p in taa_variants().items()})
+    scores = {name: {"psnr": [], "tpsnr": []} for name in methods}
+    for shot in shots:
+        meta = load_meta(shot)
+        frames = frame_range(meta, 0, plan.eval_frames)
+        references = [read_reference(shot, i) for i in frames]
+        print(f"[tune-taa] {shot}", flush=True)
+        for name, run in methods.items():
+            outputs = [to_image(o) for o in run(shot_frames(shot, meta, frames))]
+            scores[name]["psnr"] += [metrics.psnr(o, r) for o, r in zip(outputs, references)]
+            scores[name]["tpsnr"] += [metrics.tpsnr(outputs[i - 1], outputs[i], references[i - 1], references[i])
+                                      for i in range(1, len(outputs))]
+    lines = [f"# TAA variants on the val instances ({len(shots)} shots, {plan.eval_frames} frames each)", "",
+             "| variant | PSNR dB | tPSNR dB |", "|---|---:|---:|"]
+    lines += [f"| {name} | {np.mean(s['psnr']):.2f} | {np.mean(s['tpsnr']):.2f} |" for name, s in scores.items()]
+    (out / "taa_tuning.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/quality", type=Path)
+    parser.add_argument("--plan", default="full", choices=sorted(PLANS))
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's training seeds")
+    parser.add_argument("--tune-taa", action="store_true", help="only score TAA variants on the val instances")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    plan = PLANS[args.plan] if args.seeds is None else replace(PLANS[args.plan], seeds=tuple(args.seeds))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tune_taa:
+        print(tune_taa(plan, args.out), flush=True)
+        return
+    start = time.perf_counter()
+    captures = args.out / "captures"
+    val = capture(plan, captures, held_out_shots("val"), plan.eval_frames)
+    test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
+    capture(plan, captures, training_shots(), plan.train_frames)
+    print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
+    store = build_quality_store(captures, args.out / "blocks.zarr")
+    rows = []
+    for seed in plan.seeds:
+        rows.append(run_seed(plan, seed, store, val, test, args.out))
+        print(f"[quality] seed {seed} done at {(time.perf_counter() - start) / 60:.1f} min: "
+              f"{json.dumps(rows[-1]['test'])}", flush=True)
+        print(write_summary(args.out, plan, rows, time.perf_counter() - start), flush=True)
+    print(f"[quality] complete: {args.out / 'summary.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Faults of a built block store: missing, truncated and altered chunks are found and named, never read as numbers.
+
+A store is built once by the real builder (Dask LocalCluster) from small synthetic captures; each test damages a
+copy of it the way a partial copy, a sync or a bad disk would, and runs the real `qw` command in its own process.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import pytest
+import zarr
+from blocks_helpers import capture_meta, dataset, expected_crop, write_scene_manifest, write_shot
+
+from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, chunk_key, open_store
+from datagen.errors import QwError
+from datagen.tile import build_store
+from training.data import BlockDataset
+
+QW = str(Path(sys.executable).with_name("qw"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("faults_store")
+    captures, manifests = root / "captures", root / "manifests"
+    write_scene_manifest(manifests, "gamma", {"a": (16, "train"), "b": (16, "train")}, (64, 48))
+    for shot in ("a", "b"):
+        write_shot(captures, capture_meta("gamma", shot, 16, 64, 48))
+    store = root / "blocks.zarr"
+    build_store(dataset({"gamma": 6}), captures, str(store), workers=1, progress=False, manifests_root=manifests)
+    return {"store": store, "captures": captures}
+
+
+@pytest.fixture
+def store(built, tmp_path) -> Path:
+    """A private copy of the built store, free to damage."""
+    return Path(shutil.copytree(built["store"], tmp_path / "blocks.zarr"))
+
+
+def qw(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([QW, *args], capture_output=True, text=True, timeout=120)
+
+
+def chunk(store: Path, name: str, index: int) -> Path:
+    return store / chunk_key(name, index)
+
+
+def flip_bytes(path: Path, at: float = 0.5, count: int = 4) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i:i + count] = bytes(b ^ 0xFF for b in data[i:i + count])
+    path.write_bytes(bytes(data))
+
+
+def test_recorded_checksums_are_the_crc32c_of_the_source_crops(built):
+    """The writer's checksum of each block equals an independent crc32c of that block's crop of the source frames."""
+    s = open_store(str(built["store"]))
+    shots, sums = s.attrs["shots"], s.small_array(CHECKSUMS)
+    for i, (_, shot, start, y, x) in enumerate(s.origins()):
+        for k, name in enumerate(IMAGE_ARRAYS):
+            crop = expected_crop(built["captures"] / shots[shot]["path"], name, start, 8, y, x, 32)
+            assert int(sums[i, k]) == google_crc32c.value(crop.tobytes()), (i, name)
+
+
+def test_verify_names_missing_truncated_and_altered_blocks(store):
+    ok = qw("datagen", "verify", str(store))
+    assert ok.returncode == 0 and "6 blocks × 4 arrays: intact" in ok.stdout, ok.stdout + ok.stderr
+    chunk(store, "color", 1).unlink()  # a partial copy
+    data = chunk(store, "reference", 2).read_bytes()
+    chunk(store, "reference", 2).write_bytes(data[:len(data) // 2])  # an interrupted sync
+    flip_bytes(chunk(store, "motion", 3))  # a bad disk
+    flip_bytes(chunk(store, "depth", 4), at=0.9, count=1)
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert any("block 1: color chunk color/c/1/0/0/0/0 is missing" in line for line in lines), lines
+    assert any("block 2: reference chunk" in line and "cannot be read" in line for line in lines), lines
+    assert any("block 3: motion chunk" in line and ("altered" in line or "cannot be read" in line)
+               for line in lines), lines
+    assert any("block 4: depth chunk" in line for line in lines), lines
+    assert lines[-1].endswith("4 problem(s)"), lines
+
+
+def test_inspect_never_reports_a_store_with_a_missing_chunk_complete(store):
+    assert "complete: yes" in qw("datagen", "inspect", str(store)).stdout
+    chunk(store, "depth", 5).unlink()
+    result = qw("datagen", "inspect", str(store))
+    assert result.returncode == 0, result.stderr
+    assert "complete: NO (1 chunk(s) missing, first: depth block 5; run qw datagen verify" in result.stdout
+
+
+def test_an_all_zero_block_without_a_chunk_is_not_missing(tmp_path):
+    """zarr stores no chunk for a block equal to the fill value; its checksum says that is right."""
+    from train_helpers import make_store
+
+    url = make_store(tmp_path / "s.zarr", n_train=2, n_val=1)  # depth is never written: all zero, no chunks
+    assert not any((tmp_path / "s.zarr" / "depth").rglob("c/*/0/0/0/0"))
+    result = qw("datagen", "verify", url)
+    assert result.returncode == 0, result.stdout
+    store = open_store(url)
+    assert store.read_block(0, ("depth",))["depth"].max() == 0
+    assert store.missing_blocks() == {}  # what inspect reports: nothing missing
+    shutil.rmtree(tmp_path / "s.zarr" / "color" / "c" / "1")
+    assert open_store(url).missing_blocks() == {"color": [1]}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete", "is missing"), ("truncate", "cannot be read"), ("flip", r"(is altered|cannot be read)")])
+def test_training_reader_fails_naming_the_block(store, damage, message):
+    path = chunk(store, "color", 2)
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        flip_bytes(path)
+    data = BlockDataset(str(store), crop=16)
+    data[1]  # an intact block still reads
+    with pytest.raises(QwError, match=rf"blocks.zarr: block 2: color chunk color/c/2/0/0/0/0 {message}"):
+        data[2]
+
+
+def test_training_on_a_store_without_its_colour_chunks_stops_with_one_line(tmp_path):
+    """The issue's case: every colour and reference chunk deleted used to train to loss 0.0 and exit 0."""
+    import yaml
+    from train_helpers import make_store
+
+    url = make_store(tmp_path / "s.zarr", n_train=2, n_val=1)
+    for name in ("color", "reference"):
+        shutil.rmtree(tmp_path / "s.zarr" / name / "c")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"preset": "paper", "model": {"widths": [8, 12, 16, 20, 24]},
+                                      "train": {"steps": 2, "batch_size": 1, "grad_accum": 1, "num_workers": 0,
+                                                "val_every": 1000, "val_blocks": 0, "ckpt_every": 1000}}))
+    result = qw("-q", "train", "--store", url, "--out", str(tmp_path / "run"), "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "chunk color/c/" in result.stderr and "is missing" in result.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_preview_of_a_damaged_chunk_is_one_line(store, tmp_path):
+    data = chunk(store, "motion", 0).read_bytes()
+    chunk(store, "motion", 0).write_bytes(data[:len(data) // 3])
+    out = tmp_path / "p.png"
+    result = qw("datagen", "preview", str(store), "--block", "0", "--out", str(out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "block 0: motion chunk" in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["jitter", "history_valid", "origin", CHECKSUMS])
+def test_a_damaged_per_block_array_is_named(store, name):
+    flip_bytes(next(p for p in (store / name / "c").rglob("*") if p.is_file()), at=0.6)
+    result = qw("datagen", "verify", str(store))
+    named = rf"array {name!r} (does not match its recorded checksum|cannot be read)"
+    assert result.returncode == 1 and re.search(named, result.stdout), result.stdout + result.stderr
+    with pytest.raises(QwError, match=named):
+        open_store(str(store)).small_array(name)
+
+
+def test_a_version_1_store_is_still_read_unverified(store, caplog):
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs["format"] = "qw-blocks/1"
+    del group.attrs["integrity"]
+    s = open_store(str(store))
+    assert not s.verified and "records no checksums" in caplog.text
+    assert s.read_block(0, ("color",))["color"].dtype == np.float16
+    chunk(store, "color", 3).unlink()
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 1 and "block 3: color chunk color/c/3/0/0/0/0 is missing" in result.stdout
+
+
+def test_a_complete_version_2_store_without_checksums_is_refused(store):
+    group = zarr.open_group(str(store), mode="r+")
+    del group.attrs["integrity"]
+    with pytest.raises(QwError, match="records no checksums"):
+        open_store(str(store))
+
+
+@pytest.mark.parametrize("edit", ["dtype", "attribute"])
+def test_changed_metadata_is_refused(store, edit):
+    """A dtype changed in an array's zarr.json reads intact chunks as other numbers; an edited attribute changes
+    what blocks mean. Both are covered by the description checksum recorded when the store was sealed."""
+    import json
+
+    path = store / ("color/zarr.json" if edit == "dtype" else "zarr.json")
+    meta = json.loads(path.read_text())
+    if edit == "dtype":
+        meta["data_type"] = "int16"
+    else:
+        meta["attributes"]["block_shape"] = [8, 16, 64]
+    path.write_text(json.dumps(meta))
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 2 and "changed after it was written" in result.stderr, result.stderr

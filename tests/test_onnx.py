@@ -1,0 +1,61 @@
+"""`qw export --format onnx`: the float step against PyTorch and the QDQ step against the integer reference, both
+run by ONNX Runtime on a captured shot; the graph's types, scales and zero points are the plan's."""
+
+import json
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import TensorProto, numpy_helper
+
+from cli import main
+from training.quantize import model_from_any_checkpoint
+
+
+def export(checkpoint, out, shot) -> dict:
+    result = CliRunner().invoke(main, ["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(out),
+                                       "--verify", str(shot), "--verify-frames", "3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(result.output)
+
+
+def test_float_graph_matches_pytorch_on_a_capture(tiny_checkpoints, builtin_captures, tmp_path):
+    fp, _ = tiny_checkpoints
+    summary = export(fp, tmp_path / "fp.onnx", builtin_captures / "builtin_specular" / "crane")
+    verify = summary["verify"]
+    assert verify["against"] == "pytorch" and verify["frames"] == 3 and verify["max_output"] > 0
+    # float32 agreement: linear HDR outputs reach hundreds on specular highlights
+    assert verify["max_abs_diff"] <= 1e-5 * max(1.0, verify["max_output"])
+    graph = onnx.load(tmp_path / "fp.onnx")
+    assert graph.opset_import[0].version == 21 and [i.name for i in graph.graph.input] == ["color", "motion", "previous"]
+    assert "GridSample" in {n.op_type for n in graph.graph.node}  # the warp is inside the step
+
+
+def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_checkpoints, builtin_captures, tmp_path):
+    _, q = tiny_checkpoints
+    summary = export(q, tmp_path / "q.onnx", builtin_captures / "builtin_specular" / "crane")
+    verify = summary["verify"]
+    assert verify["against"] == "integer reference" and verify["max_output"] > 0
+    # Both dequantize the same codes; only the float summation order of the convs differs.
+    assert verify["max_abs_diff"] <= 1e-4 * verify["max_output"]
+
+    graph = onnx.load(tmp_path / "q.onnx").graph
+    inits = {i.name: i for i in graph.initializer}
+    qmodel, _, _ = model_from_any_checkpoint(q)
+    # One scale and one zero point per activation tensor, with the trained values and the plan's type.
+    for tensor, quantizer in qmodel.act_quant.items():
+        scale, zero = quantizer.scale_and_zero()
+        assert numpy_helper.to_array(inits[f"{tensor}.scale"]) == np.float32(scale.item())
+        assert int(numpy_helper.to_array(inits[f"{tensor}.zero_point"])) == int(zero)
+        assert inits[f"{tensor}.zero_point"].data_type == (TensorProto.UINT8 if tensor == "input" else TensorProto.UINT4)
+    scales = {n.input[1] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert scales == {f"{t}.scale" for t in qmodel.act_quant}
+    # Weights: INT4 in U_e, INT8 for the first conv and the kernel predictors, one scale per output channel.
+    weight_types = {name: init.data_type for name, init in inits.items() if name.endswith(".weight_quantized")}
+    assert weight_types.pop("extractor.encoder.0.0.conv.weight_quantized") == TensorProto.INT8
+    assert {t for n, t in weight_types.items() if n.startswith("filter.")} == {TensorProto.INT8}
+    assert {t for n, t in weight_types.items() if n.startswith("extractor.")} == {TensorProto.INT4}
+    for node in (n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")):
+        codes, scale = inits[node.input[0]], inits[node.input[1]]
+        assert node.attribute[0].name == "axis" and node.attribute[0].i == 0 and list(scale.dims) == [codes.dims[0]]
+    assert not any(name.endswith(".conv.weight") for name in inits)  # no float copy of a quantized weight

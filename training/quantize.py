@@ -1,0 +1,84 @@
+"""`qw quantize`: quantization-aware fine-tuning of a trained QW-Net, and loading either kind of checkpoint.
+
+The quantizers, BN folding and the QAT model itself are `training.quant` (a library that knows nothing of
+training runs); this module is the workflow that calibrates them on a store and fine-tunes through `qw train`'s loop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch.nn as nn
+
+from datagen.errors import QwError
+from training.config import Config, TrainConfig, apply_overrides, parse_overrides
+from training.data import BlockDataset, open_training_store
+from training.model import QWNet
+from training.quant import QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites, quantize_model
+from training.train import LAST, load_checkpoint, train
+
+QAT_DEFAULT_STEPS = 2000
+QAT_DEFAULT_LR = 1e-4
+QAT_RESET = ("schedule", "warmup_steps", "final_lr_ratio", "milestones", "gamma", "ema_decay")  # to their defaults
+
+
+def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool]:
+    """(model, config, quantized) from a `qw train` or a `qw quantize` checkpoint, in eval mode on the CPU."""
+    ckpt = load_checkpoint(path)
+    cfg = Config.model_validate(ckpt["config"])
+    model = QWNet(cfg.model)
+    quantized = is_quantized_state(ckpt["model"])
+    if quantized:
+        model = quantize_model(model, cfg.quant)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise QwError(f"{path}: weights do not fit the checkpoint's own config ({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg, quantized
+
+
+def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list[dict]:
+    """The first `blocks` training blocks of a store (centre crops), one batch of one block each."""
+    indices = open_training_store(store_url).split_indices("train")[:blocks]
+    dataset = BlockDataset(store_url, crop)
+    return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
+
+
+def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
+                     lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
+                     crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
+                     settings: Sequence[str] = ()) -> dict[str, float]:
+    """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`.
+
+    The fine-tuning starts from the run's train settings with its own steps and lr, a constant schedule and no EMA
+    (the pre-training schedule does not fit a short fine-tuning); `settings` (``train.KEY=VALUE``) change them."""
+    if bits not in QUANT_PRESETS:
+        raise QwError(f"--bits {bits!r}: choose one of {', '.join(QUANT_PRESETS)}")
+    out_dir = Path(out)
+    if not resume and (out_dir / LAST).exists():
+        raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    model, cfg, quantized = model_from_any_checkpoint(checkpoint)
+    if quantized:
+        raise QwError(f"{checkpoint}: already a quantized checkpoint; quantize the full-precision one")
+    overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
+                                   "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
+                 if v is not None}
+    changes = parse_overrides(settings)
+    if set(changes) - {"train"}:
+        raise QwError(f"--set {', '.join(sorted(set(changes) - {'train'}))}.*: qw quantize takes train.* overrides only "
+                      f"(the model comes from {checkpoint}, the bit widths from --bits)")
+    fresh = {k: TrainConfig.model_fields[k].get_default(call_default_factory=True) for k in QAT_RESET}
+    cfg = apply_overrides(cfg.model_copy(update={"quant": QUANT_PRESETS[bits]}),
+                          {"train": {**fresh, **overrides, **changes.get("train", {})}}, str(checkpoint))
+    sites = quant_sites(model, cfg.quant)
+    clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
+                                                                                    calibration_blocks))
+    qmodel = quantize_model(model, cfg.quant, clips)
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "quantize.json").write_text(json.dumps(
+            {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
+             "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
+    return train(qmodel, cfg, store, out_dir, resume=resume)
