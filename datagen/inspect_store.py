@@ -3,6 +3,7 @@ picture of one block."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,12 @@ from datagen.tile import MARKERS, done_tasks
 
 
 def _stored_bytes(url: str, storage_options: dict | None) -> int:
-    fs, path = store_filesystem(url, storage_options)
-    return int(fs.du(path))
+    """Bytes of every file of the store. A local store of 13712 blocks has ~55k chunk files under ~220k folders
+    (zarr's nested chunk keys): os.walk sums it ~10× faster than fsspec's du (measured, bench_paper_store.py)."""
+    if "://" in url:
+        fs, path = store_filesystem(url, storage_options)
+        return int(fs.du(path))
+    return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(url) for name in names)
 
 
 def _missing_summary(store: BlockStore) -> str:

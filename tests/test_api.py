@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,12 @@ def test_reconstruct_shot_is_the_model_over_the_captured_sequence(tiny_checkpoin
     for (_, image), want in zip(streamed, expected):
         assert image.shape == (256, 320, 3) and image.dtype == np.float32
         np.testing.assert_allclose(image, want.permute(1, 2, 0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_inspect_counts_every_stored_byte_of_a_local_store(tmp_path):
+    from datagen.inspect_store import _stored_bytes
+
+    url = make_store(tmp_path / "blocks.zarr", n_train=3, n_val=1, t=2, tile=16)
+    files = [p for p in Path(url).rglob("*") if p.is_file()]
+    assert len(files) > 4 * 4  # a chunk per block and image array, nested folders, metadata
+    assert _stored_bytes(url, None) == sum(p.stat().st_size for p in files)
