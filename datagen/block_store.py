@@ -150,25 +150,27 @@ def block_checksums(group: zarr.Group) -> np.ndarray:
     return np.array([[checksum(group[name][i]) for name in IMAGE_ARRAYS] for i in range(n)], np.uint32)
 
 
-def description_checksum(group: zarr.Group) -> int:
-    """crc32c of what gives the stored bytes their meaning besides the bytes themselves: every array's shape,
-    dtype, chunks and fill value, and the group attributes (but ``integrity`` and ``complete``), as canonical JSON.
-    A changed dtype in an array's zarr.json would otherwise reinterpret intact chunks without any checksum failing."""
-    arrays = {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
-                     "fill_value": np.asarray(a.fill_value).item()}
-              for name, a in ((n, group[n]) for n in ARRAYS if n in group)}
-    attrs = {k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")}
-    text = json.dumps({"arrays": arrays, "attributes": attrs}, sort_keys=True, separators=(",", ":"))
-    return checksum(np.frombuffer(text.encode(), np.uint8))
+def descriptions(group: zarr.Group) -> dict[str, int]:
+    """crc32c of what gives the stored bytes their meaning besides the bytes themselves, as canonical JSON: each
+    array's shape, dtype, chunks and fill value (one entry per array present), and the group attributes (but
+    ``integrity`` and ``complete``). A dtype changed in an array's zarr.json would otherwise reinterpret intact
+    chunks without any checksum failing."""
+    def crc(value: Any) -> int:
+        return checksum(np.frombuffer(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), np.uint8))
+
+    found = {name: crc({"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
+                        "fill_value": np.asarray(a.fill_value).item()})
+             for name, a in ((n, group[n]) for n in ARRAYS if n in group)}
+    return {**found, "attributes": crc({k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")})}
 
 
 def seal(group: zarr.Group, checksums: np.ndarray) -> None:
-    """Record the block checksums, the small arrays' digests and the description's, then mark the store complete
+    """Record the block checksums, the small arrays' digests and the descriptions', then mark the store complete
     (last)."""
     group[CHECKSUMS][:] = checksums
     group.attrs["integrity"] = {"algorithm": "crc32c", "blocks": CONVENTIONS[CHECKSUMS],
                                 "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS},
-                                "description": description_checksum(group)}
+                                "descriptions": descriptions(group)}
     group.attrs["complete"] = True
 
 
@@ -344,8 +346,11 @@ def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
         if "integrity" not in group.attrs:
             raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
                           f"missing); rebuild it with `qw datagen build`")
-        if group.attrs["integrity"].get("description") != description_checksum(group):
-            raise QwError(f"{url}: the store's attributes or array metadata (zarr.json) changed after it was "
+        # only the arrays present are checked: a copy may leave out one its reader does not need (depth)
+        recorded = group.attrs["integrity"].get("descriptions", {})
+        changed = [name for name, value in descriptions(group).items() if recorded.get(name) != value]
+        if changed:
+            raise QwError(f"{url}: the store's {' and '.join(changed)} metadata (zarr.json) changed after it was "
                           f"written (checksum mismatch); rebuild it with `qw datagen build`")
     if not store.verified:
         log.warning("%s: a %s store records no checksums: blocks are read unverified", url, fmt)
