@@ -1,7 +1,7 @@
 """What the block store's codec costs: encode/decode CPU per block and ratio of blosc settings on real blocks.
 
-Compression is most of a build's CPU time, so this compares the store's codec (blosc zstd level 5, bit shuffle)
-with cheaper settings on the first `--blocks` blocks of an existing store (every image array of a block, encoded
+Compression is most of a build's CPU time, so this compares blosc settings (the store's: zstd level 1, byte shuffle)
+with each other on the first `--blocks` blocks of an existing store (every image array of a block, encoded
 whole as the builder writes it). CPU time of this process, blosc single-threaded as in the builder.
 
     .venv/bin/python benchmarks/bench_codecs.py STORE [--blocks 10]
