@@ -270,9 +270,11 @@ def test_resume_never_replaces_a_best_checkpoint_newer_than_last(store: str, fin
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    # As if the killed run had validated once more after its last checkpoint and found its best model there.
-    newer = {**load_checkpoint(run / LAST), "step": 3, "best": {"step": 3, "loss": 1e-9}}
-    save_checkpoint(run / BEST, newer)
+    # As if the killed run had validated once more after its last checkpoint and found a much better model there:
+    # last.pt's record of the best is beaten by any validation, best.pt's by none.
+    last = load_checkpoint(run / LAST)
+    save_checkpoint(run / BEST, {**last, "step": 3, "best": {"step": 3, "loss": 1e-9}})
+    save_checkpoint(run / LAST, {**last, "best": {"step": 2, "loss": 1e9}})
     result = qw("train", "--store", store, "--out", str(run), "--resume", "--set", "train.steps=4",
                 "--set", "train.val_every=1")
     assert result.exit_code == 0, result.output
