@@ -238,9 +238,9 @@ def taa_variants() -> dict[str, object]:
     from training.taa import TaaParams
 
     base = TaaParams()
-    changes = {"gamma": (0.75, 1.25, 1.5), "alpha": (0.05, 0.15), "max_history": (8.0, 32.0),
-               "flicker_weight": (0.5, 1.0), "dilate": (not base.dilate,), "depth_tolerance": (0.0, 0.02, 0.1),
-               "unjitter": (not base.unjitter,)}
+    changes = {"gamma": (0.5, 0.75, 1.0, 1.25), "alpha": (0.1, 0.15, 0.2), "max_history": (8.0, 16.0, 32.0),
+               "flicker_weight": (0.0, 0.25, 0.5, 0.75), "dilate": (not base.dilate,),
+               "depth_tolerance": (0.0, 0.05, 0.1), "unjitter": (not base.unjitter,)}
     variants = {"defaults": base}
     for name, values in changes.items():
         for value in values:

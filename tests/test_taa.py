@@ -78,7 +78,7 @@ def test_static_scene_converges_to_the_supersampled_reference():
     # The first frame is the aliased input; accumulation then removes most of the aliasing error.
     assert errors[0] == tonemapped_mse(frames[0][0], reference)
     assert errors[-1] < 0.3 * aliased
-    assert np.mean(errors[-8:]) < np.mean(errors[8:16])
+    assert max(errors[8:]) < 0.5 * aliased  # and stays there: the history does not drift
 
 
 def test_variance_clip_moves_history_toward_the_mean_onto_the_box():
@@ -93,7 +93,7 @@ def test_variance_clip_moves_history_toward_the_mean_onto_the_box():
     offset = clipped - mean
     # on the line from the mean to the history (same direction, shorter), and on the box surface
     torch.testing.assert_close(offset / offset[:, :1], (direction / direction[:, :1]).expand_as(offset))
-    torch.testing.assert_close((offset.abs() / sigma).amax(1), torch.ones(1, 6, 6))
+    torch.testing.assert_close((offset.abs() / sigma).amax(1), torch.ones(1, 6, 6), atol=1e-4, rtol=1e-4)
     assert (taa.variance_clip(outside, current, 2.0) - mean).abs().amax() > offset.abs().amax()
 
 
@@ -117,19 +117,32 @@ def still_frames(values: list[float], h: int = 6, w: int = 8, **extra) -> list[t
 def test_start_up_is_a_running_mean_of_the_first_frames():
     values = [0.2, 1.5, 0.7, 3.0, 0.1]
     frames = still_frames(values)
-    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100)  # no clipping, no floor on the weight
+    # no clipping, no floor on the weight, no luminance feedback
+    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100, flicker_weight=0)
     outputs = list(taa.run_taa(frames, params))
     for n, out in enumerate(outputs, 1):  # the blend is a mean in the luminance-compressed space
         mean = torch.stack([taa.compress_luma(f.color) for f in frames[:n]]).mean(0)
         torch.testing.assert_close(out, taa.expand_luma(mean))
     # saturated history: the new frame's weight never falls below alpha
-    floor = list(taa.run_taa(frames, taa.TaaParams(gamma=1e6, alpha=0.5)))
+    floor = list(taa.run_taa(frames, taa.TaaParams(gamma=1e6, alpha=0.5, flicker_weight=0)))
     expected = taa.expand_luma(torch.lerp(taa.compress_luma(floor[-2]), taa.compress_luma(frames[-1].color), 0.5))
     torch.testing.assert_close(floor[-1], expected)
 
 
+def test_luminance_feedback_trusts_a_new_frame_that_disagrees_with_the_history():
+    frames = still_frames([1.0] * 10 + [3.0, 1.0])
+
+    def outputs(flicker_weight):
+        params = taa.TaaParams(gamma=1e6, alpha=0.01, max_history=100, flicker_weight=flicker_weight)
+        return list(taa.run_taa(frames, params))
+
+    plain, feedback = outputs(0.0), outputs(1.0)
+    torch.testing.assert_close(feedback[9], plain[9])  # agreeing frames: the 1/n weight alone
+    assert (feedback[10] > plain[10] + 0.05).all()  # the bright frame gets more weight
+
+
 def test_history_resets_on_cuts_disocclusions_and_off_screen_sources():
-    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100)
+    params = taa.TaaParams(gamma=1e6, alpha=1e-4, max_history=100, flicker_weight=0)
     depth = torch.full((1, 1, 6, 8), 5.0)
     frames = still_frames([1.0, 2.0], depth=depth)
     current = frames[1].color

@@ -51,12 +51,12 @@ class TaaFrame(NamedTuple):
 @dataclass(frozen=True)
 class TaaParams:
     gamma: float = 1.0            # variance box half-width in standard deviations
-    alpha: float = 0.1            # the smallest weight of the new frame (the 1/n start-up ends there)
+    alpha: float = 0.2            # the smallest weight of the new frame (the 1/n start-up ends there)
     max_history: float = 16.0     # n saturates here
-    flicker_weight: float = 0.0   # extra new-frame weight where clipped history and sample differ in luminance
+    flicker_weight: float = 0.75  # extra new-frame weight where clipped history and sample differ in luminance
     dilate: bool = True           # closest-depth motion dilation
     depth_tolerance: float = 0.05  # relative depth difference that counts as a disocclusion (0 = no depth test)
-    unjitter: bool = False        # re-filter the current sample at the pixel centre
+    unjitter: bool = True         # re-filter the current sample at the pixel centre
 
 
 def catmull_rom_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
