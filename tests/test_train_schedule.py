@@ -89,7 +89,7 @@ def test_gradients_are_clipped_to_the_configured_norm(store: str, tmp_path: Path
 
 
 def test_ema_weights_are_validated_checkpointed_and_resumed_exactly(store: str, tmp_path: Path) -> None:
-    schedule = {"ema_decay": 0.5, "warmup_steps": 2, "schedule": "step", "milestones": [3], "gamma": 0.5,
+    schedule = {"ema_decay": 0.5, "warmup_steps": 2, "schedule": "step", "milestones": [3], "gamma": 0.5, "lr": 0.05,
                 "val_images": 0}
     straight = tmp_path / "straight"
     train_command(store, str(straight), str(write_config(tmp_path / "a.yaml", {"train": {"steps": 4, **schedule}})))
