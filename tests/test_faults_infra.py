@@ -56,7 +56,7 @@ def local_store(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def s3(local_store):
-    """A moto S3 server holding a copy of the local store at s3://bucket/s.zarr; yields its storage options."""
+    """A moto S3 server holding a copy of the local store at s3://infra-bucket/s.zarr; yields its storage options."""
     import s3fs
     from moto.server import ThreadedMotoServer
 
@@ -66,8 +66,8 @@ def s3(local_store):
     options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
                "client_kwargs": {"region_name": "eu-west-1"}}
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bucket")
-    fs.put(str(local_store[0] / "s.zarr"), "bucket/s.zarr", recursive=True)
+    fs.mkdir("infra-bucket")  # moto keeps its buckets per process: test_tile has "bucket"
+    fs.put(str(local_store[0] / "s.zarr"), "infra-bucket/s.zarr", recursive=True)
     try:
         yield options, fs
     finally:
@@ -76,9 +76,9 @@ def s3(local_store):
 
 def test_a_store_on_s3_verifies_and_a_lost_chunk_is_named(s3):
     options, fs = s3
-    url, opts = "s3://bucket/s.zarr", json.dumps(options)
+    url, opts = "s3://infra-bucket/s.zarr", json.dumps(options)
     assert qw("datagen", "verify", url, "--storage-options", opts).returncode == 0
-    fs.rm(f"bucket/s.zarr/{chunk_key('reference', 2)}")
+    fs.rm(f"infra-bucket/s.zarr/{chunk_key('reference', 2)}")
     result = qw("datagen", "verify", url, "--storage-options", opts)
     assert result.returncode == 1 and "block 2: reference chunk reference/c/2/0/0/0/0 is missing" in result.stdout
     assert "complete: NO (1 chunk(s) missing" in qw("datagen", "inspect", url, "--storage-options", opts).stdout
@@ -86,14 +86,14 @@ def test_a_store_on_s3_verifies_and_a_lost_chunk_is_named(s3):
 
 def test_missing_credentials_are_one_line(s3):
     options = {k: v for k, v in s3[0].items() if k not in ("key", "secret")}
-    error = one_line_error(qw("datagen", "inspect", "s3://bucket/s.zarr", "--storage-options", json.dumps(options)))
+    error = one_line_error(qw("datagen", "inspect", "s3://infra-bucket/s.zarr", "--storage-options", json.dumps(options)))
     assert "cannot reach the store" in error and "credentials" in error.lower()
 
 
 def test_an_unreachable_object_store_is_one_line():
     options = {"endpoint_url": f"http://127.0.0.1:{free_port()}", "key": "k", "secret": "s",
                "config_kwargs": FAST_FAIL}
-    error = one_line_error(qw("datagen", "inspect", "s3://bucket/s.zarr", "--storage-options", json.dumps(options)))
+    error = one_line_error(qw("datagen", "inspect", "s3://infra-bucket/s.zarr", "--storage-options", json.dumps(options)))
     assert "cannot reach the store" in error
 
 
@@ -108,7 +108,7 @@ def test_a_stalled_storage_peer_meets_the_configured_timeout(tmp_path):
                "config_kwargs": FAST_FAIL}
     start = time.monotonic()
     try:
-        error = one_line_error(qw("-q", "train", "--store", "s3://bucket/s.zarr", "--out", str(tmp_path / "run"),
+        error = one_line_error(qw("-q", "train", "--store", "s3://infra-bucket/s.zarr", "--out", str(tmp_path / "run"),
                                   "--storage-options", json.dumps(options)))
     finally:
         peer.close()
