@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from cli import main
 from datagen.catalog import opengl_blocker
-from datagen.manifests import MANIFEST_ROOT, ManifestError, scene_paths
+from datagen.manifests import ManifestError, scene_paths
 
 
 def all_commands(group: click.Group = main, path: tuple[str, ...] = ()):

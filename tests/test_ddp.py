@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from cli_helpers import free_port
 from test_train import read_log, write_config
 from train_helpers import make_store
 
@@ -26,12 +26,6 @@ STEPS = 8  # past Ranger's first 5 steps (RAdam takes plain momentum steps until
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nnodes: int, nproc: int, port: int, *train_args: str) -> list[str]:
@@ -54,7 +48,7 @@ def test_two_nodes_train_what_one_process_trains_with_the_same_config(tmp_path: 
              "val_every": STEPS, "val_images": 0}
     config = str(write_config(tmp_path / "c.yaml", {"train": train}))
     # Two torchrun agents, one per "node", meeting at the endpoint (the one that can bind it hosts the store).
-    port = _free_port()
+    port = free_port()
     nodes = [subprocess.Popen(torchrun(2, 1, port, "--store", store, "--out", str(tmp_path / "ddp"), "--config",
                                        config), cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
@@ -93,7 +87,7 @@ def test_a_stalled_rank_fails_the_run_after_the_configured_timeout(tmp_path: Pat
     config = str(write_config(tmp_path / "c.yaml", {"train": {"steps": 10_000, "ddp_timeout_s": timeout,
                                                               "ckpt_every": 10_000}}))
     run = tmp_path / "run"
-    agent = subprocess.Popen(torchrun(1, 2, _free_port(), "--store", store, "--out", str(run), "--config", config),
+    agent = subprocess.Popen(torchrun(1, 2, free_port(), "--store", store, "--out", str(run), "--config", config),
                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     try:

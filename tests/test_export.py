@@ -1,6 +1,5 @@
 """Integer export (.qwq) and the integer reference implementation, down to a bit-exact check on real frames."""
 
-import json
 import struct
 
 import numpy as np

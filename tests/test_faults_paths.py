@@ -20,10 +20,10 @@ import pytest
 import yaml
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
 from capture_helpers import make_capture
+from cli_helpers import one_line_error
 
 from datagen import capture_format as cf
 from datagen.capture import PROGRESS_FILE, capture_scene
-from datagen.errors import QwError
 from datagen.plan import load_captures
 from datagen.validate import validate_paths
 
@@ -34,12 +34,6 @@ TINY = ["--frames", "0:2", "--resolution", "48x32", "--reference-spp", "1"]
 def qw(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([QW, *args], capture_output=True, text=True, timeout=180,
                           env={**os.environ, **(env or {})}, **kwargs)
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
-    assert result.returncode == code, result.stdout + result.stderr
-    assert result.stderr.startswith("qw: error: ") and result.stderr.count("\n") == 1, result.stderr
-    return result.stderr
 
 
 def files(root: Path) -> list[Path]:

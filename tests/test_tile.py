@@ -7,7 +7,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import zarr
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
+from cli_helpers import free_port
 from cli import main
 from datagen.block_store import IMAGE_ARRAYS, open_store
 from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
@@ -178,9 +178,7 @@ def test_s3_store_on_local_moto_server(synthetic):
     from moto.server import ThreadedMotoServer
     import s3fs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
