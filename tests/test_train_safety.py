@@ -107,7 +107,7 @@ def test_a_nan_block_stops_the_run_naming_step_and_block_and_keeps_the_good_chec
     run = tmp_path / "run"
     # The guard is read at checkpoints only here (log/val every 1000): steps 4 and 5 run unchecked.
     config = write_config(tmp_path / "c.yaml", {"train": {"steps": 8, "batch_size": 1, "grad_accum": 4,
-                                                          "ckpt_every": 3, "crop": None}})
+                                                          "ckpt_every": 3, "crop": None, "log_every": 1000}})
     result = qw("train", "--store", store, "--out", str(run), "--config", str(config))
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1
@@ -252,7 +252,11 @@ def test_batch_norm_becomes_sync_batch_norm_under_ddp_on_gpus_only() -> None:
 
 def test_quantize_takes_validated_train_overrides_and_records_them(store: str, finished_run: Path,
                                                                    tmp_path: Path) -> None:
-    base = ("quantize", "--checkpoint", str(finished_run / LAST), "--store", store, "--calibration-blocks", "1",
+    # A source run with a schedule and an EMA, which a short fine-tuning must not inherit.
+    source = load_checkpoint(finished_run / LAST)
+    source["config"]["train"].update(schedule="cosine", warmup_steps=1, ema_decay=0.9)
+    save_checkpoint(tmp_path / "source.pt", source)
+    base = ("quantize", "--checkpoint", str(tmp_path / "source.pt"), "--store", store, "--calibration-blocks", "1",
             "--steps", "1")
     refused = qw(*base, "--out", str(tmp_path / "m"), "--set", "model.widths=[8, 8, 16]")
     assert refused.exit_code == 2 and "takes train.* overrides only" in refused.output
@@ -262,6 +266,7 @@ def test_quantize_takes_validated_train_overrides_and_records_them(store: str, f
     assert result.exit_code == 0, result.output
     train_cfg = load_checkpoint(tmp_path / "q" / LAST)["config"]["train"]
     assert train_cfg["lr"] == 3e-4 and train_cfg["steps"] == 1 and train_cfg["schedule"] == "constant"
+    assert train_cfg["ema_decay"] is None
     assert yaml.safe_load((tmp_path / "q" / "quantize.json").read_text())["set"] == ["train.lr=3e-4",
                                                                                      "train.warmup_steps=0"]
 
