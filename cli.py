@@ -244,7 +244,7 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
 @_seed_opt
 @click.option("--overwrite", is_flag=True, help="Replace a qw store built from a different plan.")
 def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, storage_options, seed, overwrite) -> None:
-    """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/1), with Dask.
+    """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/2), with Dask.
 
     One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
     same command after an interruption and finished windows are skipped; the store is marked complete last and
@@ -297,7 +297,7 @@ def datagen_preview(store, index, out, storage_options) -> None:
 
 
 @main.command("train")
-@click.option("--store", required=True, metavar="URL", help="Block store (qw-blocks/1): a path or fsspec URL (s3://...).")
+@click.option("--store", required=True, metavar="URL", help="Block store (qw-blocks/2): a path or fsspec URL (s3://...).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/NAME.")
 @click.option("--config", default=None, metavar="FILE|PRESET",
               help="YAML config or preset name (paper [default], intel-sample); see training/configs/.")

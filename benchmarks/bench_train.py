@@ -20,7 +20,7 @@ import torch
 from pytorch_optimizer import Ranger
 from torch.utils.data import DataLoader
 
-from datagen.block_store import TILE, T, block_checksums, create_store, seal
+from datagen.block_store import TILE, T, create_store, seal
 from training import fast
 from training.config import load_config
 from training.data import BlockDataset, BlockSampler, open_training_store
@@ -39,7 +39,7 @@ def synthetic_store(path: Path, blocks: int, seed: int = 0) -> str:
         group["reference"][i] = img.astype(np.float16)
         group["motion"][i] = rng.normal(0, 2, (T, 2, TILE, TILE)).astype(np.float16)
         group["history_valid"][i] = np.arange(T) > 0
-    seal(group, block_checksums(group))
+    seal(group)
     return str(path)
 
 

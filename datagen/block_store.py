@@ -147,28 +147,42 @@ def checksum(values: np.ndarray) -> int:
 def block_checksums(group: zarr.Group) -> np.ndarray:
     """(N, 4) checksums of every stored block, read back: for writers that did not record them as they wrote
     (synthetic and benchmark stores). The builder records them while writing and never calls this."""
+    arrays = [group[name] for name in IMAGE_ARRAYS]  # each opened once (an open reads its metadata)
     n = group["origin"].shape[0]
-    return np.array([[checksum(group[name][i]) for name in IMAGE_ARRAYS] for i in range(n)], np.uint32)
+    return np.array([[checksum(a[i]) for a in arrays] for i in range(n)], np.uint32)
 
 
-def descriptions(group: zarr.Group) -> dict[str, int]:
+def present_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The contract's arrays present in `group`, each opened once (in zarr 3 ``name in group`` is itself a
+    metadata read, so it is not asked first)."""
+    arrays = {}
+    for name in ARRAYS:
+        try:
+            arrays[name] = group[name]
+        except KeyError:
+            pass
+    return arrays
+
+
+def descriptions(group: zarr.Group, arrays: dict[str, zarr.Array] | None = None) -> dict[str, int]:
     """crc32c of what gives the stored bytes their meaning besides the bytes themselves, as canonical JSON: each
     array's shape, dtype, chunks and fill value (one entry per array present), and the group attributes (but
     ``integrity`` and ``complete``). A dtype changed in an array's zarr.json would otherwise reinterpret intact
-    chunks without any checksum failing."""
+    chunks without any checksum failing. `arrays`: the group's arrays already opened (`present_arrays`)."""
     def crc(value: Any) -> int:
         return checksum(np.frombuffer(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), np.uint8))
 
     found = {name: crc({"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
                         "fill_value": np.asarray(a.fill_value).item()})
-             for name, a in ((n, group[n]) for n in ARRAYS if n in group)}
+             for name, a in (present_arrays(group) if arrays is None else arrays).items()}
     return {**found, "attributes": crc({k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")})}
 
 
-def seal(group: zarr.Group, checksums: np.ndarray) -> None:
+def seal(group: zarr.Group, checksums: np.ndarray | None = None) -> None:
     """Record the block checksums, the small arrays' digests and the descriptions', then mark the store complete
-    (last)."""
-    group[CHECKSUMS][:] = checksums
+    (last). Without `checksums` they are computed by reading every block back (`block_checksums`): for writers
+    that did not record them as they wrote."""
+    group[CHECKSUMS][:] = block_checksums(group) if checksums is None else checksums
     group.attrs["integrity"] = {"algorithm": "crc32c", "blocks": CONVENTIONS[CHECKSUMS],
                                 "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS},
                                 "descriptions": descriptions(group)}
@@ -217,10 +231,11 @@ class BlockStore:
     def array(self, name: str) -> zarr.Array:
         """The named array, opened once (each open reads its metadata: a round trip on object storage)."""
         if name not in self._arrays:
-            if name not in self.group:
+            try:
+                self._arrays[name] = self.group[name]
+            except KeyError:
                 raise QwError(f"{self.url}: block store has no array {name!r} "
-                              f"(has {sorted(self.group.array_keys())})")
-            self._arrays[name] = self.group[name]
+                              f"(has {sorted(self.group.array_keys())})") from None
         return self._arrays[name]
 
     def small_array(self, name: str) -> np.ndarray:
@@ -349,7 +364,9 @@ def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
                           f"missing); rebuild it with `qw datagen build`")
         # only the arrays present are checked: a copy may leave out one its reader does not need (depth)
         recorded = group.attrs["integrity"].get("descriptions", {})
-        changed = [name for name, value in descriptions(group).items() if recorded.get(name) != value]
+        arrays = present_arrays(group)
+        store._arrays.update(arrays)  # opened once: reads reuse these handles
+        changed = [name for name, value in descriptions(group, arrays).items() if recorded.get(name) != value]
         if changed:
             raise QwError(f"{url}: the store's {' and '.join(changed)} metadata (zarr.json) changed after it was "
                           f"written (checksum mismatch); rebuild it with `qw datagen build`")

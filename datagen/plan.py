@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.capture_format import META_FILE, PASSES, CaptureMeta, find_captures, frame_files, is_complete, \
+from datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
     load_meta, sha256_file, shot_folders
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
@@ -144,9 +144,10 @@ class Plan:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _incomplete_shots(root: Path) -> list[Path]:
-    """Shot folders with frames but no capture.json: interrupted or still-running captures."""
-    return [d for d in shot_folders(root) if not is_complete(d) and any((d / next(iter(PASSES))).glob("*.exr"))]
+def _incomplete_shots(folders: list[Path]) -> list[Path]:
+    """Of the shot folders `folders`, those with frames but no capture.json: interrupted or still-running
+    captures."""
+    return [d for d in folders if not is_complete(d) and any((d / next(iter(PASSES))).glob("*.exr"))]
 
 
 def shot_splits(scenes: set[str], manifests_root: Path | None = None) -> dict[tuple[str, str], str]:
@@ -168,11 +169,12 @@ def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
     root = Path(captures_root)
     if not root.is_dir():
         raise CaptureError(f"{root}: captures directory not found")
-    incomplete = _incomplete_shots(root)
+    folders = shot_folders(root)  # one walk of the tree: both the incomplete and the complete shots come from it
+    incomplete = _incomplete_shots(folders)
     if incomplete:
         raise CaptureError(f"{incomplete[0] / META_FILE}: missing: the capture is incomplete or was interrupted "
                            f"({len(incomplete)} incomplete shot(s) under {root})")
-    metas = [(shot, load_meta(shot)) for shot in find_captures(root)]
+    metas = [(shot, load_meta(shot)) for shot in folders if is_complete(shot)]
     metas = [(shot, m) for shot, m in metas if scenes is None or m.scene in scenes]
     splits = shot_splits({m.scene for _, m in metas}, manifests_root)
     infos = []

@@ -1,4 +1,4 @@
-"""The builder: cut the planned blocks out of the captures and write them into a `qw-blocks/1` store with Dask.
+"""The builder: cut the planned blocks out of the captures and write them into a `qw-blocks/2` store with Dask.
 
 One Dask task per window (see `datagen.plan`): it decodes each of the window's source frames once, pass by pass,
 crops every block of the window and writes whole chunks (one block per chunk, so no two tasks share a chunk; the

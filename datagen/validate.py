@@ -316,13 +316,6 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
 # ----------------------------------------------------------------------------------------------- CLI entry
 
 
-def find_shots(root: str | os.PathLike, on_error: Callable[[OSError], Any] | None = None) -> list[Path]:
-    """Shot directories at or below `root`: those holding capture.json or a pass folder (complete or not), by
-    the rule the planner and the builder use (`capture_format.shot_folders`: links followed, loops cut, hidden
-    folders such as the Unreal backend's ``.unreal/`` working area not searched)."""
-    return shot_folders(root, on_error)
-
-
 def _summary_line(report: ShotReport, width: int) -> str:
     meta = report.meta
     frames = str(meta.frame_count) if meta else "-"
@@ -338,7 +331,7 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
     shots: dict[Path, Path] = {}  # resolved → as given: a shot named twice (itself, via its root) is checked once
     unreadable: list[str] = []
     for path in paths:
-        found = find_shots(path, lambda exc: unreadable.append(f"{exc.filename}: cannot read ({exc.strerror})"))
+        found = shot_folders(path, lambda exc: unreadable.append(f"{exc.filename}: cannot read ({exc.strerror})"))
         if not found:
             raise QwError(f"{path}: no capture here (no {META_FILE} or pass folders {list(PASSES)} at or below it)")
         for shot in found:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, block_checksums, create_store, open_store, seal
+from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store, seal
 from datagen.errors import QwError
 
 SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": "s2", "split": "val"}]
@@ -21,7 +21,7 @@ def small_store(path, n=3, complete=True):
             group[name][i] = rng.normal(0, 100, group[name].shape[1:]).astype(np.float16)
     group["origin"][:] = [[0, i % 2, 8 * i, 1, 2] for i in range(n)]
     if complete:
-        seal(group, block_checksums(group))
+        seal(group)
     return group
 
 

@@ -12,8 +12,9 @@ from capture_helpers import FRAMES, HEIGHT, WIDTH, make_capture, ndc_grid, persp
 from click.testing import CliRunner
 
 from cli import main
-from datagen.capture_format import META_FILE, finish_capture, frame_path, load_meta, write_exr, write_frame
-from datagen.validate import find_shots, reprojected_motion, validate_capture
+from datagen.capture_format import (META_FILE, finish_capture, frame_path, load_meta, shot_folders, write_exr,
+                                    write_frame)
+from datagen.validate import reprojected_motion, validate_capture
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +256,6 @@ def test_builtin_renderer_captures_pass_including_reprojection(builtin_captures)
     """Real renders (moving objects, a camera cut) through the whole validator, reprojection check included."""
     result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(builtin_captures)])
     assert result.exit_code == 0, result.output
-    for shot in find_shots(builtin_captures):
+    for shot in shot_folders(builtin_captures):
         report = validate_capture(shot)
         assert report.checks["reprojection"].status == "pass" and report.lowest_agreement > 0.5

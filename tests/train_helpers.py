@@ -1,4 +1,4 @@
-"""Shared helpers of the training tests: small synthetic `qw-blocks/1` stores with exact, known motion."""
+"""Shared helpers of the training tests: small synthetic `qw-blocks/2` stores with exact, known motion."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import block_checksums, create_store, seal
+from datagen.block_store import create_store, seal
 
 
 def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -60,5 +60,5 @@ def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: i
         group["history_valid"][i] = block["history_valid"]
         group["origin"][i] = [0, int(i >= n_train), 0, 0, 0]
     if complete:
-        seal(group, block_checksums(group))
+        seal(group)
     return str(path)

@@ -1,4 +1,4 @@
-"""Training data from a `qw-blocks/1` store: a Dataset of (augmented) blocks and a deterministic sampler.
+"""Training data from a `qw-blocks/2` store: a Dataset of (augmented) blocks and a deterministic sampler.
 
 * The store is opened lazily in each DataLoader worker (a zarr handle is not shared across processes) and only
   the arrays QW-Net needs are read; images stay float16 until the device. Every block read is checked against
