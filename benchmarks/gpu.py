@@ -61,7 +61,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -71,7 +71,6 @@ import torch
 from training import fast
 from training.config import Config, QuantConfig, load_config
 from training.model import QWNet
-from training.warp import warp
 
 GOALS = {"train": 400.0, "qat": 200.0, "loader": 400.0, "infer": 2.0, "int8": 2.0}
 HALF_TOL = 3e-2      # fp16/bf16 arithmetic against fp32 (METHOD.md: bf16 operands land between 1e-3 and 1e-2)
@@ -365,7 +364,7 @@ class Bench:
         color, motion, previous = self.frame_inputs(s.height, s.width)
         plain_model = self.model().eval()
         with torch.no_grad():
-            expected = plain_model.step(color, warp(previous, motion))
+            expected = plain_model.step(color, plain_model.warp_history(previous, motion))
         cl = [x.contiguous(memory_format=torch.channels_last) for x in (color, motion, previous)]
         optimized = fast.fold_batch_norms(fast.fuse_filter(self.model())).to(memory_format=torch.channels_last)
         half = torch.float16 if self.cuda else torch.bfloat16  # CPU autocast: bf16
@@ -375,7 +374,7 @@ class Bench:
             def build() -> Case:
                 def fn() -> torch.Tensor:
                     with torch.no_grad(), self.autocast(dtype):
-                        return plain_model.step(color, warp(previous, motion))
+                        return plain_model.step(color, plain_model.warp_history(previous, motion))
                 return Case(fn, rel_err(fn(), expected))
             return build
 
@@ -552,7 +551,7 @@ class Bench:
 
         def fake_quant() -> Case:
             qmodel = copy.deepcopy(models()["qmodel"]).to(self.device)
-            return Case(lambda: _no_grad_call(lambda: qmodel.step(color, warp(previous, motion))), None,
+            return Case(lambda: _no_grad_call(lambda: qmodel.step(color, qmodel.warp_history(previous, motion))), None,
                         "QAT model (training/quant.py) as trained: float convs on integer codes")
 
         def int8(graph: bool) -> Case:
@@ -643,8 +642,8 @@ def _cores() -> int:
 
 
 def _random_store(url: str, sizes: Sizes, threads: int) -> None:
-    """A complete `qw-blocks/1` store of random blocks (all one 'train' shot), written by several threads."""
-    from datagen.block_store import block_checksums, create_store, seal
+    """A complete `qw-blocks/2` store of random blocks (all one 'train' shot), written by several threads."""
+    from datagen.block_store import create_store, seal
 
     n, t, tile = sizes.loader_blocks, sizes.frames, sizes.tile
     shots = [{"scene": "random", "shot": "s0", "split": "train"}]
@@ -662,7 +661,7 @@ def _random_store(url: str, sizes: Sizes, threads: int) -> None:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(write, range(n)))
-    seal(group, block_checksums(group))
+    seal(group)
 
 
 KERNEL_CLASSES = (  # first match wins: Inductor/Triton, cuDNN/cuBLAS/CUTLASS, copies, ATen's eager kernels

@@ -31,7 +31,7 @@ from datagen import __version__
 from datagen.capture_format import find_captures, load_meta
 from datagen.errors import QwError
 from training import metrics
-from training.infer import frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
+from training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
 from training.taa import TaaFrame, run_taa, run_taa_clamp
 
 METRICS = ("psnr", "ssim", "flip", "tpsnr")
@@ -50,13 +50,14 @@ class Method:
     source: str = ""
 
 
-def _passthrough(frames: Frames) -> Iterator[torch.Tensor]:
+def passthrough(frames: Frames) -> Iterator[torch.Tensor]:
+    """The aliased input itself: each frame's colour."""
     for frame in frames:
         yield frame.color
 
 
 def _qwnet(model: torch.nn.Module, device: torch.device | str) -> Callable[[Frames], Iterator[torch.Tensor]]:
-    return lambda frames: run_qwnet(model, ((f.color, f.motion, f.history_valid) for f in frames), device)
+    return lambda frames: run_qwnet(model, frames, device)
 
 
 def shot_frames(shot: Path, meta, frames: range) -> Frames:
@@ -81,7 +82,7 @@ def build_methods(checkpoints: list[str], qwq_files: list[str], baselines: Itera
     from training.integer_ref import load_integer_model
     from training.quantize import model_from_any_checkpoint
 
-    methods = [Method(INPUT_LABEL, _passthrough)]
+    methods = [Method(INPUT_LABEL, passthrough)]
     for name in baselines:
         if name not in BASELINES:
             raise QwError(f"--baseline {name!r}: baselines are {', '.join(BASELINES)} (or none)")
@@ -274,7 +275,7 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     shots = [s for root in captures for s in find_captures(root)]
     if not shots:
         raise QwError(f"no complete captured shots (capture.json) under {', '.join(map(str, captures))}")
-    device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_ = default_device(device)
     methods = build_methods(list(checkpoints), list(qwq_files), baselines, device_)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,6 @@ from torch.nn.parallel import DistributedDataParallel
 from training.losses import qwnet_loss
 from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps
 from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
-from training.warp import warp
 
 # ------------------------------------------------------------------------------------------------ filter network
 
@@ -139,7 +138,7 @@ def frame_step(model: QWNet, color: torch.Tensor, motion: torch.Tensor, previous
     Any QWNet (float, fused, folded, quantized or integer); it copies nothing from the host, so a CUDA graph can
     capture it (`CudaGraphFrame`).
     """
-    return model.step(color, warp(previous, motion, model.cfg.warp_padding))
+    return model.step(color, model.warp_history(previous, motion))
 
 
 class CudaGraphFrame:

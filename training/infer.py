@@ -21,7 +21,6 @@ from datagen.capture_format import PASSES, CaptureMeta, load_meta, read_frame, w
 from datagen.errors import QwError
 from training.metrics import tonemap
 from training.model import pad_to_multiple
-from training.warp import warp
 
 FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0
@@ -44,16 +43,19 @@ def read_reference(shot: Path, index: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def run_qwnet(model: torch.nn.Module, frames: Iterator[tuple[torch.Tensor, torch.Tensor, bool]],
+def run_qwnet(model: torch.nn.Module, frames: Iterator[tuple],
               device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """QW-Net's recurrence frame by frame (the streaming form of `QWNet.forward`): yields (1,3,H,W) on the CPU."""
+    """QW-Net's recurrence frame by frame (the streaming form of `QWNet.forward`): yields (1,3,H,W) on the CPU.
+
+    Each frame starts with (colour, motion, history valid); further fields (a `TaaFrame`'s depth, jitter) are
+    ignored."""
     multiple = model.cfg.size_multiple
     previous = None
-    for color, motion, valid in frames:
+    for color, motion, valid, *_ in frames:
         h, w = color.shape[-2:]
         color = pad_to_multiple(color, multiple).to(device)
         motion = pad_to_multiple(motion, multiple).to(device)
-        history = warp(previous, motion, model.cfg.warp_padding) if valid and previous is not None else color
+        history = model.warp_history(previous, motion) if valid and previous is not None else color
         previous = model.step(color, history)
         yield previous[..., :h, :w].float().cpu()
 

@@ -210,6 +210,10 @@ class QWNet(nn.Module):
         self.extractor = FeatureExtractor(cfg, input_channels(cfg))
         self.filter = KernelFilter(cfg)
 
+    def warp_history(self, previous: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """The previous output moved to the current frame, with this model's border convention."""
+        return warp(previous, motion, self.cfg.warp_padding)
+
     def step(self, color: torch.Tensor, history_warped: torch.Tensor) -> torch.Tensor:
         """One frame: colour and warped history (B,3,H,W, linear HDR, H and W multiples of 16) -> output."""
         m = self.cfg.size_multiple
@@ -234,7 +238,7 @@ class QWNet(nn.Module):
             history = color
             if previous is not None:
                 valid = history_valid[:, t].to(color.device).view(-1, 1, 1, 1)
-                history = torch.where(valid, warp(previous, motion_seq[:, t], self.cfg.warp_padding), color)
+                history = torch.where(valid, self.warp_history(previous, motion_seq[:, t]), color)
             previous = self.step(color, history)
             outputs.append(previous)
         return torch.stack(outputs, dim=1)[..., :h, :w]

@@ -31,7 +31,6 @@ from onnx import TensorProto, helper
 from training.integer_ref import rebuild_network
 from training.model import QWNet, pad_to_multiple
 from training.qwq import ExportedActivation, ExportedLayer, ExportedModel
-from training.warp import warp
 
 OPSET = 21
 INPUTS = ("color", "motion", "previous")
@@ -47,7 +46,7 @@ class RecurrentStep(nn.Module):
         self.model = model
 
     def forward(self, color: torch.Tensor, motion: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        return self.model.step(color, warp(previous, motion, self.model.cfg.warp_padding))
+        return self.model.step(color, self.model.warp_history(previous, motion))
 
 
 def _trace(step: RecurrentStep) -> onnx.ModelProto:

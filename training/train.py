@@ -75,7 +75,7 @@ class Process:
         return self.rank == 0
 
 
-def setup_process(timeout_s: float | None = None) -> Process:
+def setup_process(timeout_s: float) -> Process:
     """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else run alone.
 
     `timeout_s` bounds every collective: a stalled peer fails the run instead of hanging it.
@@ -87,8 +87,7 @@ def setup_process(timeout_s: float | None = None) -> Process:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        timeout = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group("nccl" if cuda else "gloo", **timeout)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
@@ -413,7 +412,7 @@ class FiniteGuard:
         self.pending.append((step, torch.cat(flags), blocks))
 
     def bad_steps(self) -> torch.Tensor:
-        return torch.stack([~ok.all() for _, ok, _ in self.pending]).sum() if self.pending else torch.zeros(())
+        return torch.stack([~ok.all() for _, ok, _ in self.pending]).sum()  # called after a step: never empty
 
     def raise_first(self, proc: Process) -> None:
         """Raise for the earliest non-finite step over all ranks, naming the blocks whose loss was non-finite."""
@@ -620,7 +619,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     val_idx = val_idx[: cfg.train.val_blocks]
     val_loader = _validation_loader(store_url, val_idx, cfg, proc, storage_options)
     image_blocks = val_idx[: cfg.train.val_images].tolist() if proc.main else []
-    val_dataset = BlockDataset(store_url, cfg.train.crop, augment=False, storage_options=storage_options)
+    val_dataset = val_loader.dataset.dataset if val_loader is not None else None  # the Subset's blocks
 
     runlog = RunLog(out, proc, step, cfg.train.steps)
     runlog.event("start", step, {"world_size": proc.world_size, "device": str(proc.device), "data": provenance,
