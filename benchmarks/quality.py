@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from training.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
 
 DATASET = "builtin-quality"
 KINDS = ("fence", "specular", "street", "crossing")
@@ -84,16 +84,6 @@ def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: 
     return [path for scene, names in shots.items()
             for path in capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
                                       reference_spp=plan.reference_spp, progress=False)]
-
-
-def build_quality_store(captures: Path, store: Path) -> str:
-    from datagen.block_store import open_store
-    from datagen.manifests import find_dataset
-    from datagen.tile import build_store
-
-    if not (store.exists() and open_store(str(store)).attrs.get("complete")):
-        build_store(find_dataset(DATASET), captures, str(store), workers=2, progress=False)
-    return str(store)
 
 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
@@ -178,13 +168,15 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def summary_table(summary: dict) -> str:
+    from training.evaluate import _fmt
+
     lines = ["| method | PSNR dB ↑ | SSIM ↑ | FLIP ↓ | tPSNR dB ↑ |", "|---|---:|---:|---:|---:|"]
     for method, values in summary.items():
         cells = []
         for k in METRIC_KEYS:
-            v, digits = values[k], (4 if k in ("ssim", "flip") else 2)
-            spread_ = f" ± {v['std']:.{digits}f}" if v["runs"] > 1 else ""  # a baseline: one deterministic run
-            cells.append(f"{v['mean']:.{digits}f}{spread_}")
+            v = values[k]
+            spread_ = f" ± {_fmt(v['std'], k)}" if v["runs"] > 1 else ""  # a baseline: one deterministic run
+            cells.append(f"{_fmt(v['mean'], k)}{spread_}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -253,12 +245,12 @@ def tune_taa(plan: QualityPlan, out: Path) -> str:
     """PSNR / tPSNR of TAA variants (and taa-clamp, the input) on every frame of the val instances."""
     from datagen.capture_format import load_meta
     from training import metrics
-    from training.evaluate import shot_frames
+    from training.evaluate import passthrough, shot_frames
     from training.infer import frame_range, read_reference, to_image
     from training.taa import run_taa, run_taa_clamp
 
     shots = capture(plan, out / "captures", held_out_shots("val"), plan.eval_frames)
-    methods = {"aliased input": lambda frames: (f.color for f in frames), "taa-clamp": run_taa_clamp}
+    methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}
     methods.update({name: (lambda frames, p=p: run_taa(frames, p)) for name, p in taa_variants().items()})
     scores = {name: {"psnr": [], "tpsnr": []} for name in methods}
     for shot in shots:
@@ -301,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
     capture(plan, captures, training_shots(), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
-    store = build_quality_store(captures, args.out / "blocks.zarr")
+    store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)  # a complete store is kept
     rows = []
     for seed in plan.seeds:
         rows.append(run_seed(plan, seed, store, val, test, args.out))

@@ -66,11 +66,12 @@ def capture_all(plan: DemoPlan, root: Path) -> list[Path]:
     return held_out
 
 
-def build_demo_store(captures: Path, store: Path) -> str:
+def build_demo_store(captures: Path, store: Path, dataset: str = DATASET) -> str:
+    """Build (or resume; a complete store is kept) the block store of `dataset` from the captures under `captures`."""
     from datagen.manifests import find_dataset
     from datagen.tile import build_store
 
-    build_store(find_dataset(DATASET), captures, str(store), workers=2, progress=False)
+    build_store(find_dataset(dataset), captures, str(store), workers=2, progress=False)
     return str(store)
 
 

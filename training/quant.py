@@ -303,7 +303,8 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
     (B,T,3,H,W), ``motion`` (B,T,2,H,W), ``history_valid`` (B,T).
     """
     generator = torch.Generator().manual_seed(seed)
-    seen: dict[str, list[torch.Tensor]] = {tensor: [] for tensor in quant_tensors(sites)}
+    tensors = quant_tensors(sites)
+    seen: dict[str, list[torch.Tensor]] = {tensor: [] for tensor in tensors}
 
     def hook(name: str):
         def record(_module, inputs):
@@ -323,7 +324,7 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
             h.remove()
         model.train(was_training)
     clips = {}
-    for tensor, (bits, lower) in quant_tensors(sites).items():
+    for tensor, (bits, lower) in tensors.items():
         if not seen[tensor]:
             raise ValueError("calibration saw no frames")
         values = torch.cat(seen[tensor])

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from training.model import kernel_taps
 from training.warp import _pixel_grid, warp
 
 LUMA = (0.299, 0.587, 0.114)
@@ -93,9 +93,11 @@ def source_positions(motion: torch.Tensor) -> torch.Tensor:
     return centres - motion.float()
 
 
-def reproject(previous: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """The previous frame seen from the current one: sampled at p − m(p) with Catmull-Rom."""
-    return sample_catmull_rom(previous, source_positions(motion).to(previous.dtype))
+def reproject(previous: torch.Tensor, motion: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The previous frame seen from the current one: sampled at p − m(p) with Catmull-Rom (`positions`: p − m(p)
+    when the caller already has it from `source_positions`)."""
+    positions = source_positions(motion) if positions is None else positions
+    return sample_catmull_rom(previous, positions.to(previous.dtype))
 
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -124,8 +126,7 @@ def ycocg_to_rgb(ycocg: torch.Tensor) -> torch.Tensor:
 
 def _neighbours(x: torch.Tensor) -> torch.Tensor:
     """(B,C,9,H,W): the 3×3 neighbourhood of every pixel (replicated at the border), row by row."""
-    b, c, h, w = x.shape
-    return F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).reshape(b, c, 9, h, w)
+    return torch.stack(kernel_taps(x), 2)
 
 
 def neighbourhood_clamp(history: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -134,13 +135,15 @@ def neighbourhood_clamp(history: torch.Tensor, current: torch.Tensor) -> torch.T
     return torch.maximum(torch.minimum(history, near.amax(2)), near.amin(2))
 
 
-def variance_clip(history: torch.Tensor, current: torch.Tensor, gamma: float) -> torch.Tensor:
+def variance_clip(history: torch.Tensor, current: torch.Tensor, gamma: float,
+                  near: torch.Tensor | None = None) -> torch.Tensor:
     """Clip `history` toward the mean μ of `current`'s 3×3 neighbourhood into the box μ ± γσ (per channel).
 
     The clip moves the history along the line to μ until it enters the box (Karis's clip toward the box centre),
-    instead of clamping each channel on its own, which would shift the hue.
+    instead of clamping each channel on its own, which would shift the hue. `near`: `_neighbours(current)`, when
+    the caller already has it.
     """
-    near = _neighbours(current)
+    near = _neighbours(current) if near is None else near
     mean = near.mean(2)
     sigma = (near.square().mean(2) - mean.square()).clamp_min(0).sqrt()
     extent = (gamma * sigma).clamp_min(1e-6)
@@ -156,16 +159,19 @@ def dilate_motion(motion: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
     return torch.gather(near, 2, closest.expand(-1, 2, -1, -1, -1)).squeeze(2)
 
 
-def unjitter(color: torch.Tensor, jitter: tuple[float, float]) -> torch.Tensor:
-    """`color` re-filtered at pixel centres: its samples sit at centre + jitter; Gaussian weights exp(−2.29 d²)."""
-    weights = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            d2 = (dx + jitter[0]) ** 2 + (dy + jitter[1]) ** 2
-            weights.append(torch.exp(torch.tensor(-2.29 * d2)))
-    weights = torch.stack(weights)
-    weights = (weights / weights.sum()).to(color.dtype).reshape(1, 1, 9, 1, 1)
-    return (_neighbours(color) * weights).sum(2)
+def unjitter_weights(jitter: tuple[float, float]) -> torch.Tensor:
+    """(9,) float32: the normalized weights exp(−2.29 d²) of the 3×3 neighbours, row by row, for samples that sit
+    at pixel centre + jitter."""
+    exponents = [-2.29 * ((dx + jitter[0]) ** 2 + (dy + jitter[1]) ** 2) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    weights = torch.exp(torch.tensor(exponents))
+    return weights / weights.sum()
+
+
+def unjitter(color: torch.Tensor, jitter: tuple[float, float], near: torch.Tensor | None = None) -> torch.Tensor:
+    """`color` re-filtered at pixel centres: its samples sit at centre + jitter; Gaussian weights exp(−2.29 d²).
+    `near`: `_neighbours(color)`, when the caller already has it."""
+    near = _neighbours(color) if near is None else near
+    return (near * unjitter_weights(jitter).to(color.device, color.dtype).reshape(1, 1, 9, 1, 1)).sum(2)
 
 
 def off_screen(positions: torch.Tensor) -> torch.Tensor:
@@ -180,7 +186,7 @@ def depth_disocclusion(motion: torch.Tensor, depth: torch.Tensor, previous_depth
     """(B,1,H,W) True where the previous frame saw something nearer (by more than `tolerance` relative depth)
     where this surface was: it was hidden, and the history there belongs to the occluder."""
     # the farthest previous depth around the source: a surface that any nearby tap saw is not disoccluded
-    farthest = F.max_pool2d(F.pad(previous_depth, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    farthest = _neighbours(previous_depth).amax(2)
     return warp(farthest, motion) < depth * (1.0 - tolerance)
 
 
@@ -193,8 +199,10 @@ class TemporalAA:
         self.length: torch.Tensor | None = None
         self.depth: torch.Tensor | None = None
 
-    def history_reset(self, motion: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
-        reset = off_screen(source_positions(motion))
+    def history_reset(self, motion: torch.Tensor, depth: torch.Tensor | None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,1,H,W) True where the history restarts; `positions`: `source_positions(motion)` if already known."""
+        reset = off_screen(source_positions(motion) if positions is None else positions)
         if depth is not None and self.depth is not None and self.params.depth_tolerance > 0:
             reset |= depth_disocclusion(motion, depth, self.depth, self.params.depth_tolerance)
         return reset
@@ -214,17 +222,22 @@ class TemporalAA:
         color = frame.color.float().clamp_min(0)
         depth = None if frame.depth is None else frame.depth.float()
         current = rgb_to_ycocg(compress_luma(color))
-        sample = unjitter(current, frame.jitter) if p.unjitter and frame.jitter is not None else current
-        if not frame.history_valid or self.output is None:
+        has_history = frame.history_valid and self.output is not None
+        unjittering = p.unjitter and frame.jitter is not None
+        # the 3×3 neighbourhood of the current frame, shared by the unjittering and the variance clip
+        near = _neighbours(current) if unjittering or has_history else None
+        sample = unjitter(current, frame.jitter, near) if unjittering else current
+        if not has_history:
             length, blended = torch.ones_like(color[:, :1]), sample
         else:
             motion = frame.motion.float()
             if p.dilate and depth is not None:
                 motion = dilate_motion(motion, depth)
-            reset = self.history_reset(motion, depth)
+            positions = source_positions(motion)
+            reset = self.history_reset(motion, depth, positions)
             length = torch.where(reset, 1.0, (warp(self.length, motion) + 1.0).clamp(max=p.max_history))
-            history = rgb_to_ycocg(compress_luma(reproject(self.output, motion).clamp_min(0)))
-            history = variance_clip(history, current, p.gamma)
+            history = rgb_to_ycocg(compress_luma(reproject(self.output, motion, positions).clamp_min(0)))
+            history = variance_clip(history, current, p.gamma, near)
             blended = torch.lerp(history, sample, self.blend_weight(length, sample, history))
         self.output = expand_luma(ycocg_to_rgb(blended)).clamp_min(0)
         self.length, self.depth = length, depth

@@ -19,11 +19,8 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tor
     return torch.stack((gx, gy), dim=-1).unsqueeze(0)
 
 
-PADDINGS = ("border", "zeros")
-
-
 def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border") -> torch.Tensor:
-    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding` is one of PADDINGS."""
+    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding`: "border" or "zeros"."""
     h, w = image.shape[-2:]
     # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
     source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
