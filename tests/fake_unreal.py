@@ -137,8 +137,7 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
     ue5 = flavour != "4.27"
     project = Path(project_dir)
     content = project / "Content"
-    state: dict[str, Any] = {"assets": {}, "keep_alive": False, "cvars": {}, "actors": [], "loaded_level": None,
-                             "calls": []}
+    state: dict[str, Any] = {"assets": {}, "keep_alive": False, "cvars": {}, "actors": []}
 
     def asset_file(path: str) -> Path:
         return content / (path.split(".")[0].removeprefix("/Game/") + ".uasset.json")
@@ -362,7 +361,6 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
     def create_asset(name, package_path, asset_class, factory):
         asset = asset_class(f"{package_path}/{name}")
         state["assets"][asset._path] = asset
-        state["calls"].append(("create_asset", asset._path))
         return asset
 
     def delete_asset(path: str) -> bool:
@@ -431,7 +429,7 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
             "MaterialEditingLibrary", create_material_expression=create_material_expression,
             connect_material_property=connect_material_property, recompile_material=lambda material: None),
         "EditorLevelLibrary": _Library(
-            "EditorLevelLibrary", load_level=lambda path: state.__setitem__("loaded_level", path) or True,
+            "EditorLevelLibrary", load_level=lambda path: True,
             get_all_level_actors=lambda: list(state["actors"])),
         "MoviePipelineEditorLibrary": _Library("MoviePipelineEditorLibrary",
                                                save_queue_to_manifest_file=save_queue_to_manifest_file),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datagen.builtin.renderer import halton
+from datagen.builtin.renderer import halton, halton_jitter
 from datagen.errors import QwError
 
 VELOCITY_SCALE = 0.499 * 0.5  # EncodeVelocityToTexture: V·(0.499·0.5) + 32767/65535 ([C] UE4.26 Common.ush)
@@ -34,6 +34,7 @@ MRQ_MATERIAL_SCALE = (1.0, -1.0)  # [U] see the module docstring
 UNREAL_UNITS_PER_METRE = 100.0  # Unreal world units are centimetres
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 FILTER_SIZE_CVAR = "r.TemporalAAFilterSize"  # width of MRQ's Gaussian sample distribution (UE <= 5.3)
+MRQ_SIGMA_PER_FILTER_SIZE = 0.47  # MRQ's Gaussian sample sigma in px per unit of FILTER_SIZE_CVAR (UE <= 5.3)
 
 
 def ndc_to_pixels(v: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -145,16 +146,16 @@ def mrq_sample_offsets(samples: int, version: str, filter_size: float = 1.0) -> 
     if samples == 1:
         return [(0.0, 0.0)]
     gaussian = mrq_uses_gaussian_jitter(version)
-    sigma = 0.47 * filter_size
+    sigma = MRQ_SIGMA_PER_FILTER_SIZE * filter_size
     window = np.exp(-0.5 * (0.5 / sigma) ** 2)  # keeps the Box-Muller radius inside ±0.5 px
     offsets = []
     for k in range(samples):
-        u, v = halton(k + 1, 2), halton(k + 1, 3)
         if gaussian:
+            u, v = halton(k + 1, 2), halton(k + 1, 3)
             r = sigma * np.sqrt(-2.0 * np.log((1.0 - u) * window + u))
             shift = (r * np.cos(2 * np.pi * v), r * np.sin(2 * np.pi * v))
         else:
-            shift = (u - 0.5, v - 0.5)
+            shift = halton_jitter(k, samples)  # Halton index k + 1, minus 0.5
         offsets.append((-float(shift[0]), -float(shift[1])))
     return offsets
 
@@ -164,7 +165,8 @@ def mrq_reference_filter(samples: int, version: str, filter_size: float = 1.0) -
     if samples == 1:
         return "none (1 sample at the pixel centre)"
     if mrq_uses_gaussian_jitter(version):
-        return (f"gaussian(sigma={0.47 * filter_size:g}px, window=0.5px): {samples} Halton(2,3) samples through "
+        sigma = MRQ_SIGMA_PER_FILTER_SIZE * filter_size
+        return (f"gaussian(sigma={sigma:g}px, window=0.5px): {samples} Halton(2,3) samples through "
                 f"Box-Muller, equal weights (r.TemporalAAFilterSize={filter_size:g})")
     return f"box(1px): {samples} Halton(2,3) samples in [-0.5, 0.5) px, equal weights"
 

@@ -283,7 +283,7 @@ def _decode_mrq(number: int, color: Entry, motion: Entry, depth: Entry | None, r
     """One frame from MRQ pass files; the motion encoding follows the pass unless `encoding` overrides it."""
     c = _read(color[0], color[1], 3)
     size = full_size or (c.shape[1], c.shape[0])
-    enc = encoding or PASS_NAMES[motion[2]][1] or "ndc"
+    enc = encoding or PASS_NAMES[motion[2]][1]
     m, written = decode_motion(_read(motion[0], motion[1], 3 if enc == "sign-bits" else 2), enc, size, mrq_scale)
     d = depth_to_scene_units(_read(depth[0], depth[1], 1)[..., 0]) if depth else None
     return DecodedFrame(number, c, _read(reference[0], reference[1], 3), m, d, jitter, int((~written).sum()),
@@ -312,7 +312,7 @@ def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale:
         return [_decode_mrq(n, passes["color"][n], passes["motion"][n], depth[n] if depth else None, ref_color[n],
                             encoding, mrq_scale, full_size, cut=k in gap_cuts)]
 
-    used = encoding or ",".join(sorted({str(PASS_NAMES[entry[2]][1]) for entry in passes["motion"].values()}))
+    used = encoding or ",".join(sorted({PASS_NAMES[entry[2]][1] for entry in passes["motion"].values()}))
     return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None, used
 
 
@@ -445,8 +445,9 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
 RAW_KINDS = ("color", "motion", "depth")
 
 
-def _aliased_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]], list[int]]:
-    """The aliased pass files per kind, one per stored frame, and each frame's sample index (−1: unjittered).
+def _raw_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]], list[Entry]]:
+    """One scan of Movie Render Queue's raw output of a shot: the aliased pass files per kind and the reference
+    colour files, one per stored frame; a CaptureError says what is missing.
 
     With N > 1 spatial samples frame i is sample i mod N of output frame i; without, the per-frame files."""
     start, end = spec["start_frame"], spec["end_frame"]
@@ -463,17 +464,16 @@ def _aliased_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[En
         if missing:
             shown = ", ".join(map(str, missing[:4])) + (" …" if len(missing) > 4 else "")
             raise CaptureError(f"{folder}: {kind} missing for {what} {shown} ({len(missing)} of {len(keys)})")
-    return ({kind: [found[kind][k] for k in keys] for kind in RAW_KINDS},
-            [k[1] for k in keys] if samples > 1 else [-1] * len(keys))
+    frames = list(range(start, end))
+    reference = mrq_passes(raw / "reference").get("color", {})
+    _require_frames(raw / "reference", "reference colour", reference, frames)
+    return {kind: [found[kind][k] for k in keys] for kind in RAW_KINDS}, [reference[n] for n in frames]
 
 
 def raw_problems(spec: dict[str, Any], raw: Path) -> str | None:
     """Why Movie Render Queue's raw output of a shot is incomplete (None when every pass has every frame)."""
     try:
-        _aliased_entries(spec, raw)
-        reference = mrq_passes(raw / "reference").get("color", {})
-        _require_frames(raw / "reference", "reference colour", reference,
-                        list(range(spec["start_frame"], spec["end_frame"])))
+        _raw_entries(spec, raw)
     except CaptureError as exc:
         return str(exc)
     return None
@@ -484,23 +484,21 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
     """The launcher's last step: Movie Render Queue's raw output of one shot → the capture at `target`.
 
     `prepared` is the editor script's report (engine version, cvars it read)."""
-    problem = raw_problems(spec, raw)
-    if problem:
-        raise CaptureError(f"{target}: raw Unreal output incomplete: {problem}")
-    aliased, sample_of = _aliased_entries(spec, raw)
-    reference = mrq_passes(raw / "reference")["color"]
+    try:
+        aliased, reference = _raw_entries(spec, raw)
+    except CaptureError as exc:
+        raise CaptureError(f"{target}: raw Unreal output incomplete: {exc}") from None
     version = prepared["engine_version"]
     ref_pass, samples = spec["passes"]["reference"], spec["passes"]["aliased"]["spatial_samples"]
     filter_size = float(ref_pass["cvars"][FILTER_SIZE_CVAR])
     offsets = mrq_sample_offsets(samples, version, filter_size)
 
     def load(i: int) -> list[DecodedFrame]:
-        k = sample_of[i]
         return [_decode_mrq(spec["start_frame"] + i, aliased["color"][i], aliased["motion"][i], aliased["depth"][i],
-                            reference[spec["start_frame"] + i], None, MRQ_MATERIAL_SCALE, None,
-                            jitter=offsets[k] if k >= 0 else None)]
+                            reference[i], None, MRQ_MATERIAL_SCALE, None,
+                            jitter=offsets[i % samples] if samples > 1 else None)]
 
-    written = _write(target, [partial(load, i) for i in range(len(sample_of))], 1, progress=False,
+    written = _write(target, [partial(load, i) for i in range(len(reference))], 1, progress=False,
                      mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
     backend = BackendInfo(name=f"ue{version.split('.')[0]}", version=version,
                           settings={k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")})
