@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, BlockStore, chunk_key, open_store
+from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, BlockStore, open_store
 from datagen.manifests import load_dataset_manifest
 from datagen.plan import Plan, plan_from_files
 from datagen.tile import MARKERS, TASK_CHECKSUMS, finalize, prepare_store
@@ -35,9 +35,9 @@ def replicate(source: BlockStore, plan: Plan, store: BlockStore) -> None:
     src, out = Path(source.url), Path(store.url)
     for name in IMAGE_ARRAYS:
         for block in range(plan.num_blocks):
-            target = out / chunk_key(name, block)
+            target = out / store.chunk_key(name, block)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src / chunk_key(name, block % source_blocks), target)
+            os.link(src / source.chunk_key(name, block % source_blocks), target)
     markers = np.zeros(store.group[MARKERS].shape, np.int16)
     task_sums = np.zeros(store.group[TASK_CHECKSUMS].shape, np.uint32)
     for task in plan.tasks:

@@ -14,8 +14,10 @@ array              shape                  dtype      meaning
 =================  =====================  =========  ==========================================
 
 Image arrays are chunked one block per chunk, so a writer owns whole chunks and a reader fetches one chunk per
-block. The group attributes hold the provenance (see `REQUIRED_ATTRS`); ``complete`` is set last, by `seal`,
-and `open_store` refuses an incomplete store unless asked.
+block. Chunk keys are flat (``color/c.<block>.0.0.0.0``): one file per chunk in its array's folder. Stores from
+earlier qw versions have zarr's nested keys (``color/c/<block>/0/0/0/0``); readers take the layout from each
+array's metadata, so both read alike. The group attributes hold the provenance (see `REQUIRED_ATTRS`);
+``complete`` is set last, by `seal`, and `open_store` refuses an incomplete store unless asked.
 
 Integrity (version 2): the writer records the crc32c of every block it writes, computed from the block it has in
 hand (no extra pass), in ``checksum``; `seal` adds the crc32c of each small array to the ``integrity`` attribute.
@@ -46,6 +48,9 @@ FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 T, TILE = 8, 256
 CHECKSUMS = "checksum"
+# zarr's default '/' separator nests a folder per chunk index: ~220k folders in a 13712-block store, which every
+# listing, copy and delete walks. With '.' an array is one folder of files.
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 log = logging.getLogger(__name__)
 
 
@@ -131,7 +136,7 @@ def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, 
     for spec in ARRAYS.values():
         group.create_array(spec.name, shape=spec.shape(n_blocks, t, tile), chunks=spec.chunks(t, tile),
                            dtype=spec.dtype, compressors=default_codec(np.dtype(spec.dtype).itemsize),
-                           fill_value=0)
+                           fill_value=0, chunk_key_encoding=CHUNK_KEY_ENCODING)
     return group
 
 
@@ -187,11 +192,6 @@ def seal(group: zarr.Group, checksums: np.ndarray | None = None) -> None:
                                 "arrays": {name: checksum(group[name][:]) for name in SMALL_ARRAYS},
                                 "descriptions": descriptions(group)}
     group.attrs["complete"] = True
-
-
-def chunk_key(name: str, index: int) -> str:
-    """Store key of the chunk holding block `index` of image array `name` (zarr v3 default key encoding)."""
-    return f"{name}/c/{index}/0/0/0/0"
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -265,20 +265,31 @@ class BlockStore:
         origins = self.origins()
         return np.flatnonzero(shot_split[origins[:, 1]] == split) if len(origins) else np.zeros(0, np.int64)
 
+    def chunk_key(self, name: str, index: int) -> str:
+        """Store key of the chunk holding block `index` of image array `name`, in the array's own key layout."""
+        array = self.array(name)
+        return f"{name}/{array.metadata.chunk_key_encoding.encode_chunk_key((index,) + (0,) * (array.ndim - 1))}"
+
     def chunk_exists(self, name: str, index: int) -> bool:
         fs, root = store_filesystem(self.url, self.storage_options)
-        return fs.exists(f"{root.rstrip('/')}/{chunk_key(name, index)}")
+        return fs.exists(f"{root.rstrip('/')}/{self.chunk_key(name, index)}")
 
     def stored_blocks(self, name: str) -> set[int]:
-        """Blocks of image array `name` that have a chunk in the store (one listing, no reads). A local store is
-        listed one folder deep plus one stat per block: fsspec's find walks every nested chunk folder (~220k in a
-        13712-block store) and took ~10× longer (benchmarks/bench_paper_store.py)."""
+        """Blocks of image array `name` that have a chunk in the store: one listing of the array's folder, no reads.
+        (Nested keys of older stores: one listing of the ``c`` folder plus one check per block; fsspec's find over
+        their ~220k folders took ~10× longer.)"""
         fs, root = store_filesystem(self.url, self.storage_options)
-        if "://" not in self.url:
-            folder = os.path.join(root, name, "c")
-            indices = [int(e.name) for e in os.scandir(folder) if e.name.isdigit()] if os.path.isdir(folder) else []
-            return {i for i in indices if os.path.isfile(os.path.join(root, chunk_key(name, i)))}
-        prefix = f"{root.rstrip('/')}/{name}/c/"
+        local = "://" not in self.url
+        folder = f"{root.rstrip('/')}/{name}"
+        if self.array(name).metadata.chunk_key_encoding.separator == ".":
+            names = ([e.name for e in os.scandir(folder)] if local
+                     else [k.rsplit("/", 1)[-1] for k in fs.ls(folder, detail=False)])
+            return {int(n.split(".")[1]) for n in names if n.startswith("c.")}
+        if local:
+            nested = f"{folder}/c"
+            indices = [int(e.name) for e in os.scandir(nested) if e.name.isdigit()] if os.path.isdir(nested) else []
+            return {i for i in indices if os.path.isfile(os.path.join(root, self.chunk_key(name, i)))}
+        prefix = f"{folder}/c/"
         keys = fs.find(prefix) if fs.exists(prefix) else []
         return {int(k[len(prefix):].split("/")[0]) for k in keys if k.startswith(prefix)}
 
@@ -300,7 +311,7 @@ class BlockStore:
     def image_block(self, name: str, index: int, verify: bool = True) -> np.ndarray:
         """Block `index` of image array `name`; with `verify` (and a store that records checksums) it must match
         its checksum. Errors name the block and the chunk."""
-        where = f"{self.url}: block {index}: {name} chunk {chunk_key(name, index)}"
+        where = f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
         try:
             values = self.array(name)[index]
         except QwError:

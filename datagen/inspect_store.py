@@ -14,7 +14,7 @@ import imageio.v3 as iio
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, chunk_key, open_store, \
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, open_store, \
     store_filesystem
 from datagen.errors import QwError
 from datagen.tile import MARKERS, done_tasks
@@ -101,7 +101,7 @@ def _block_problems(store: BlockStore, index: int, stored: dict[str, set[int]]) 
     problems = []
     for name in IMAGE_ARRAYS:
         if name in stored and index not in stored[name]:
-            problems.append(f"{store.url}: block {index}: {name} chunk {chunk_key(name, index)} is missing")
+            problems.append(f"{store.url}: block {index}: {name} chunk {store.chunk_key(name, index)} is missing")
             continue
         try:
             store.image_block(name, index)

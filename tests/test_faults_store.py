@@ -18,7 +18,7 @@ import pytest
 import zarr
 from blocks_helpers import capture_meta, dataset, expected_crop, write_scene_manifest, write_shot
 
-from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, chunk_key, open_store
+from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, open_store
 from datagen.errors import QwError
 from datagen.tile import build_store
 from training.data import BlockDataset
@@ -35,7 +35,7 @@ def built(tmp_path_factory) -> dict:
         write_shot(captures, capture_meta("gamma", shot, 16, 64, 48))
     store = root / "blocks.zarr"
     build_store(dataset({"gamma": 6}), captures, str(store), workers=1, progress=False, manifests_root=manifests)
-    return {"store": store, "captures": captures}
+    return {"store": store, "captures": captures, "manifests": manifests}
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def qw(*args: str) -> subprocess.CompletedProcess:
 
 
 def chunk(store: Path, name: str, index: int) -> Path:
-    return store / chunk_key(name, index)
+    return store / open_store(str(store), require_complete=False).chunk_key(name, index)
 
 
 def flip_bytes(path: Path, at: float = 0.5, count: int = 4) -> None:
@@ -80,7 +80,7 @@ def test_verify_names_missing_truncated_and_altered_blocks(store):
     result = qw("datagen", "verify", str(store))
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert any("block 1: color chunk color/c/1/0/0/0/0 is missing" in line for line in lines), lines
+    assert any("block 1: color chunk color/c.1.0.0.0.0 is missing" in line for line in lines), lines
     assert any("block 2: reference chunk" in line and "cannot be read" in line for line in lines), lines
     assert any("block 3: motion chunk" in line and ("altered" in line or "cannot be read" in line)
                for line in lines), lines
@@ -101,13 +101,13 @@ def test_an_all_zero_block_without_a_chunk_is_not_missing(tmp_path):
     from train_helpers import make_store
 
     url = make_store(tmp_path / "s.zarr", n_train=2, n_val=1)  # depth is never written: all zero, no chunks
-    assert not any((tmp_path / "s.zarr" / "depth").rglob("c/*/0/0/0/0"))
+    assert not any((tmp_path / "s.zarr" / "depth").glob("c.*"))
     result = qw("datagen", "verify", url)
     assert result.returncode == 0, result.stdout
     store = open_store(url)
     assert store.read_block(0, ("depth",))["depth"].max() == 0
     assert store.missing_blocks() == {}  # what inspect reports: nothing missing
-    shutil.rmtree(tmp_path / "s.zarr" / "color" / "c" / "1")
+    (tmp_path / "s.zarr" / "color" / "c.1.0.0.0.0").unlink()
     assert open_store(url).missing_blocks() == {"color": [1]}
 
 
@@ -123,7 +123,7 @@ def test_training_reader_fails_naming_the_block(store, damage, message):
         flip_bytes(path)
     data = BlockDataset(str(store), crop=16)
     data[1]  # an intact block still reads
-    with pytest.raises(QwError, match=rf"blocks.zarr: block 2: color chunk color/c/2/0/0/0/0 {message}"):
+    with pytest.raises(QwError, match=rf"blocks.zarr: block 2: color chunk color/c\.2\.0\.0\.0\.0 {message}"):
         data[2]
 
 
@@ -134,14 +134,15 @@ def test_training_on_a_store_without_its_colour_chunks_stops_with_one_line(tmp_p
 
     url = make_store(tmp_path / "s.zarr", n_train=2, n_val=1)
     for name in ("color", "reference"):
-        shutil.rmtree(tmp_path / "s.zarr" / name / "c")
+        for path in (tmp_path / "s.zarr" / name).glob("c.*"):
+            path.unlink()
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"preset": "paper", "model": {"widths": [8, 12, 16, 20, 24]},
                                       "train": {"steps": 2, "batch_size": 1, "grad_accum": 1, "num_workers": 0,
                                                 "val_every": 1000, "val_blocks": 0, "ckpt_every": 1000}}))
     result = qw("-q", "train", "--store", url, "--out", str(tmp_path / "run"), "--config", str(config))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "chunk color/c/" in result.stderr and "is missing" in result.stderr
+    assert result.stderr.count("\n") == 1 and "chunk color/c." in result.stderr and "is missing" in result.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -156,7 +157,7 @@ def test_preview_of_a_damaged_chunk_is_one_line(store, tmp_path):
 
 @pytest.mark.parametrize("name", ["jitter", "history_valid", "origin", CHECKSUMS])
 def test_a_damaged_per_block_array_is_named(store, name):
-    flip_bytes(next(p for p in (store / name / "c").rglob("*") if p.is_file()), at=0.6)
+    flip_bytes(next((store / name).glob("c.*")), at=0.6)
     result = qw("datagen", "verify", str(store))
     named = rf"array {name!r} (does not match its recorded checksum|cannot be read)"
     assert result.returncode == 1 and re.search(named, result.stdout), result.stdout + result.stderr
@@ -173,7 +174,29 @@ def test_a_version_1_store_is_still_read_unverified(store, caplog):
     assert s.read_block(0, ("color",))["color"].dtype == np.float16
     chunk(store, "color", 3).unlink()
     result = qw("datagen", "verify", str(store))
-    assert result.returncode == 1 and "block 3: color chunk color/c/3/0/0/0/0 is missing" in result.stdout
+    assert result.returncode == 1 and "block 3: color chunk color/c.3.0.0.0.0 is missing" in result.stdout
+
+
+def test_a_store_with_nested_chunk_keys_reads_lists_and_verifies(built, tmp_path, monkeypatch):
+    """Stores from earlier qw versions have zarr's nested keys (color/c/<block>/0/0/0/0): same blocks, same checks."""
+    import datagen.block_store
+    import datagen.tile
+
+    nested = {"name": "default", "separator": "/"}
+    monkeypatch.setattr(datagen.block_store, "CHUNK_KEY_ENCODING", nested)
+    monkeypatch.setattr(datagen.tile, "CHUNK_KEY_ENCODING", nested)
+    store = tmp_path / "old.zarr"
+    build_store(dataset({"gamma": 6}), built["captures"], str(store), workers=1, progress=False,
+                manifests_root=built["manifests"])
+    old, new = open_store(str(store)), open_store(str(built["store"]))
+    assert old.chunk_key("color", 1) == "color/c/1/0/0/0/0" and (store / "color/c/1/0/0/0/0").is_file()
+    assert new.chunk_key("color", 1) == "color/c.1.0.0.0.0"
+    assert all((old.read_block(i)["color"] == new.read_block(i)["color"]).all() for i in range(6))
+    assert old.stored_blocks("motion") == set(range(6))
+    (store / "color/c/1/0/0/0/0").unlink()
+    assert open_store(str(store)).missing_blocks() == {"color": [1]}
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 1 and "block 1: color chunk color/c/1/0/0/0/0 is missing" in result.stdout
 
 
 def test_a_complete_version_2_store_without_checksums_is_refused(store):

@@ -104,7 +104,7 @@ def test_bad_stores_give_clear_errors(store: str, tmp_path: Path, damage: str) -
         (bad / "zarr.json").write_text(json.dumps(meta))
         expected = "not a qw block store"
     else:
-        (bad / "color" / "c" / "0" / "0" / "0" / "0" / "0").write_bytes(b"garbage")  # block 0's chunk
+        (bad / "color" / "c.0.0.0.0.0").write_bytes(b"garbage")  # block 0's chunk
         expected = "cannot be read"
     with pytest.raises(QwError, match=expected) as info:
         open_training_store(str(bad))
@@ -155,8 +155,8 @@ def test_train_cli_reports_a_bad_store_in_one_line(tmp_path: Path) -> None:
 def test_unreadable_block_in_a_loader_worker_is_one_clear_line(store: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.zarr"
     shutil.copytree(store, bad)
-    for chunk in (bad / "color" / "c").iterdir():  # every block's colour chunk
-        (chunk / "0" / "0" / "0" / "0").write_bytes(b"garbage")
+    for chunk in (bad / "color").glob("c.*"):  # every block's colour chunk
+        chunk.write_bytes(b"garbage")
     config = write_config(tmp_path / "c.yaml", {"train": {"num_workers": 1}})
     result = CliRunner().invoke(main, ["-q", "train", "--store", str(bad), "--out", str(tmp_path / "r"),
                                        "--config", str(config)])
