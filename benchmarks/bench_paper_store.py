@@ -6,10 +6,10 @@ Measures, on captures that already exist (e.g. the builtin scenes rendered at 19
   this process and every worker, CPU ms per block, peak worker RSS;
 * the floor in the same run (decode each planned frame once + compress and write each block once, plain loop,
   one core) on the first `--floor-tasks` windows, and the build's CPU per block as a multiple of it;
-* the store: bytes, file count, `qw datagen inspect` time, a full read of every chunk of every image array
-  (decompressed, as a verification pass would) and random-read speed, one process and through the training
-  DataLoader (`benchmarks/bench_train.py`'s: `BlockDataset` with augmentation + `BlockSampler`, `--loader-workers`
-  workers, whole blocks);
+* the store: bytes, file count, `qw datagen inspect` time, `qw datagen verify` time (every chunk of every image
+  array read, decompressed and checked against its recorded crc32c) and random-read speed, one process and through
+  the training DataLoader (`benchmarks/bench_train.py`'s: `BlockDataset` with augmentation + `BlockSampler`,
+  `--loader-workers` workers, whole blocks);
 * for a store smaller than `--extrapolate-to` blocks, the build numbers scaled per block to that size.
 
 The store is deleted at the end unless --keep.
@@ -31,8 +31,8 @@ import numpy as np
 
 from bench_datagen import PeakWorkerRSS, children_cpu, floor
 from bench_train import bench_loader
-from datagen.block_store import IMAGE_ARRAYS, open_store
-from datagen.inspect_store import inspect_report
+from datagen.block_store import open_store
+from datagen.inspect_store import inspect_report, verify_store
 from datagen.manifests import load_dataset_manifest
 from datagen.plan import plan_from_files
 from datagen.tile import build_store
@@ -52,17 +52,6 @@ def store_files(path: Path) -> tuple[int, int]:
         files += len(names)
         size += sum(os.path.getsize(os.path.join(folder, n)) for n in names)
     return files, size
-
-
-def full_read(url: str) -> float:
-    """Seconds to read and decompress every chunk of every image array, block by block."""
-    store = open_store(url)
-    start = time.perf_counter()
-    for name in IMAGE_ARRAYS:
-        array = store.array(name)
-        for i in range(store.num_blocks):
-            array[i]
-    return time.perf_counter() - start
 
 
 def random_reads(url: str, blocks: int, seed: int = 0) -> float:
@@ -115,10 +104,13 @@ def read_rows(args: argparse.Namespace) -> tuple[list[Row], int, int]:
     start = time.perf_counter()
     inspect_report(url)
     rows.append(("qw datagen inspect", f"{time.perf_counter() - start:.2f} s", ""))
-    if not args.skip_full_read:
-        read_s = full_read(url)
-        rows.append(("full read (every chunk decompressed)", f"{read_s:.0f} s",
-                     f"{n / read_s:.1f} blocks/s, 1 process"))
+    if not args.skip_verify:
+        start = time.perf_counter()
+        if not verify_store(url, workers=args.workers, echo=lambda line: None):
+            raise SystemExit(f"{url}: qw datagen verify found problems")
+        verify_s = time.perf_counter() - start
+        rows.append(("qw datagen verify", f"{verify_s:.0f} s", f"{n / verify_s:.1f} blocks/s: every chunk read, "
+                                                                 f"decompressed and checksummed, {args.workers} threads"))
     rows.append(("random read_block, 1 process", f"{random_reads(url, args.random_blocks):.1f} blocks/s",
                  "color, reference, motion, jitter, history_valid"))
     loader = bench_loader(url, args.loader_workers, 4, args.loader_batches)
@@ -140,7 +132,7 @@ def main() -> None:
     ap.add_argument("--loader-batches", type=int, default=50)
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--extrapolate-to", type=int, default=PAPER_BLOCKS)
-    ap.add_argument("--skip-full-read", action="store_true", help="skip reading every chunk back")
+    ap.add_argument("--skip-verify", action="store_true", help="skip `qw datagen verify` (reads every chunk)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     args = ap.parse_args()
     if args.read_only:
