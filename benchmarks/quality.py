@@ -14,7 +14,8 @@ Protocol (every stage resumes: rerun the same command after an interruption and 
    `qat_select_steps`, and pick again on val; then score the two picks (and, once, the aliased input and both
    TAAs, which do not depend on the seed) on the *test* instances, once;
 4. `summary.md` / `summary.json`: each method's mean ± sample standard deviation (and min..max) over the seeds on
-   test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed).
+   test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of
+   the aliased input and of TAA).
 
 `--tune-taa` instead scores TAA parameter variants on the val instances only (PSNR and tPSNR, every frame) and
 writes `taa_tuning.md`: how `training.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
@@ -127,6 +128,17 @@ def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> flo
     return json.loads(cache.read_text())["psnr"]
 
 
+def val_baselines(val: list[Path], frames: int, cache: Path) -> dict[str, float]:
+    """PSNR of the aliased input and of TAA on the val instances (the lines QW-Net's val curve must cross), cached."""
+    from training.evaluate import passthrough
+    from training.taa import run_taa
+
+    if not cache.is_file():
+        cache.write_text(json.dumps({"aliased input": mean_psnr(passthrough, val, frames),
+                                     "TAA": mean_psnr(run_taa, val, frames)}) + "\n")
+    return json.loads(cache.read_text())
+
+
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
     """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
 
@@ -181,7 +193,7 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_learning_curves(out: Path, rows: list[dict]) -> Path:
+def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,6 +210,8 @@ def plot_learning_curves(out: Path, rows: list[dict]) -> Path:
         loss_ax.plot(steps[window - 1:], smooth, label=f"seed {row['seed']}")
         fp = {int(k): v for k, v in row["val_psnr"]["fp32"].items()}
         val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", label=f"FP32 seed {row['seed']}")
+    for (name, psnr), style in zip(baselines.items(), (":", "--")):
+        val_ax.axhline(psnr, color="gray", linestyle=style, label=name)
     loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title="QW-Net FP32 training")
     val_ax.set(xlabel="FP32 step", ylabel="val PSNR dB", title="val instances (model selection)")
     for ax in (loss_ax, val_ax):
@@ -210,7 +224,8 @@ def plot_learning_curves(out: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_summary(out: Path, plan: QualityPlan, rows: list[dict], seconds: float) -> str:
+def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dict[str, float],
+                  seconds: float) -> str:
     summary = summarize(rows)
     table = summary_table(summary)
     choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
@@ -221,7 +236,7 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], seconds: float
     (out / "summary.md").write_text("\n".join(md))
     (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary},
                                                  indent=1) + "\n")
-    plot_learning_curves(out, rows)
+    plot_learning_curves(out, rows, baselines)
     return table
 
 
@@ -294,12 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     capture(plan, captures, training_shots(), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
     store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)  # a complete store is kept
+    baselines = val_baselines(val, plan.eval_frames, args.out / "val_baselines.json")
     rows = []
     for seed in plan.seeds:
         rows.append(run_seed(plan, seed, store, val, test, args.out))
         print(f"[quality] seed {seed} done at {(time.perf_counter() - start) / 60:.1f} min: "
               f"{json.dumps(rows[-1]['test'])}", flush=True)
-        print(write_summary(args.out, plan, rows, time.perf_counter() - start), flush=True)
+        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start), flush=True)
     print(f"[quality] complete: {args.out / 'summary.md'}", flush=True)
 
 
