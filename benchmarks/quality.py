@@ -168,6 +168,24 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection, "test": test}
 
 
+def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, steps: tuple[int, ...]) -> dict[int, float]:
+    """The first seed's FP32 run continued, with the plan's settings, past the selection steps to each of `steps`
+    (in its own folder, so the selected checkpoints stay as they are): val PSNR per step count. Learning-curve
+    evidence only: these checkpoints are never selected and never scored on test."""
+    runs = out / f"seed{plan.seeds[0]}"
+    curve = runs / "fp32_curve"
+    if not curve.is_dir():
+        shutil.copytree(runs / "fp32", curve)
+    seeded = replace(plan, seed=plan.seeds[0])
+    scores = {}
+    for n in sorted(steps):
+        kept = runs / f"fp32_curve_step{n}.pt"
+        if not kept.is_file():
+            shutil.copyfile(train_demo(seeded, store, curve, n), kept)
+        scores[n] = val_psnr(kept, val, plan.eval_frames, runs / f"val_fp32_curve_step{n}.json")
+    return scores
+
+
 def spread(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
@@ -195,7 +213,8 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float]) -> Path:
+def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float],
+                         curve: dict[int, float] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,6 +231,11 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
         loss_ax.plot(steps[window - 1:], smooth, label=f"seed {row['seed']}")
         fp = {int(k): v for k, v in row["val_psnr"]["fp32"].items()}
         val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", label=f"FP32 seed {row['seed']}")
+    if curve:
+        first = {int(k): v for k, v in rows[0]["val_psnr"]["fp32"].items()}
+        last = max(first)
+        val_ax.plot([last, *curve], [first[last], *curve.values()], marker="s", linestyle="--", color="C0",
+                    label=f"FP32 seed {rows[0]['seed']}, continued")
     for (name, psnr), style in zip(baselines.items(), (":", "--")):
         val_ax.axhline(psnr, color="gray", linestyle=style, label=name)
     loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title="QW-Net FP32 training")
@@ -227,18 +251,22 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
 
 
 def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dict[str, float],
-                  seconds: float) -> str:
+                  seconds: float, curve: dict[int, float] | None = None) -> str:
     summary = summarize(rows)
     table = summary_table(summary)
     choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
     md = ["# Quality run", "", f"Test instances (`builtin_*_test`), {len(rows)} training seeds, mean ± sample std:",
           "", table, "", f"Chosen on val only: {choices}.", "",
-          f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", "",
-          "![learning curves](learning_curves.png)", ""]
+          f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", ""]
+    if curve:
+        points = ", ".join(f"{n} steps {v:.2f} dB" for n, v in curve.items())
+        md += [f"Seed {rows[0]['seed']}'s FP32 run continued (val PSNR, never selected or tested): {points}; "
+               f"val PSNR of TAA {baselines['TAA']:.2f} dB.", ""]
+    md += ["![learning curves](learning_curves.png)", ""]
     (out / "summary.md").write_text("\n".join(md))
-    (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary},
-                                                 indent=1) + "\n")
-    plot_learning_curves(out, rows, baselines)
+    (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary,
+                                                  "val_baselines": baselines, "continued": curve}, indent=1) + "\n")
+    plot_learning_curves(out, rows, baselines, curve)
     return table
 
 
@@ -293,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", default="full", choices=sorted(PLANS))
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's training seeds")
     parser.add_argument("--tune-taa", action="store_true", help="only score TAA variants on the val instances")
+    parser.add_argument("--continue-steps", type=int, nargs="+", default=(),
+                        help="after the run, continue the first seed's FP32 training to these step counts and plot "
+                             "their val PSNR (learning-curve evidence; never selected or tested)")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -318,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[quality] seed {seed} done at {(time.perf_counter() - start) / 60:.1f} min: "
               f"{json.dumps(rows[-1]['test'])}", flush=True)
         print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start), flush=True)
+    if args.continue_steps:
+        curve = extend_curve(plan, store, val, args.out, tuple(args.continue_steps))
+        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start, curve), flush=True)
     print(f"[quality] complete: {args.out / 'summary.md'}", flush=True)
 
 
