@@ -1,6 +1,7 @@
 """One paper-size block store built for real from 1920×1080 captures, and what it costs to build and to read.
 
-Measures, on captures that already exist (e.g. the builtin scenes rendered at 1920×1080, see README "Performance"):
+Measures, on captures that already exist (e.g. the builtin scenes rendered at 1920×1080, see the README section
+"Building the block store"):
 
 * planning time; the build (`build_store` on a LocalCluster, as `qw datagen build` runs it): wall time, CPU time of
   this process and every worker, CPU ms per block, peak worker RSS;
