@@ -139,6 +139,14 @@ def val_baselines(val: list[Path], frames: int, cache: Path) -> dict[str, float]
     return json.loads(cache.read_text())
 
 
+def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, val: list[Path], cache: Path) -> float:
+    """Train (or resume) the FP32 run `run` to `steps`, keep a copy of that checkpoint as `kept`, and return its val
+    PSNR (cached in `cache`)."""
+    if not kept.is_file():
+        shutil.copyfile(train_demo(plan, store, run, steps), kept)
+    return val_psnr(kept, val, plan.eval_frames, cache)
+
+
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
     """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
 
@@ -149,10 +157,8 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     runs = out / f"seed{seed}"
     selection = {"fp32": {}, "w4a4": {}}
     for steps in plan.select_steps:
-        kept = runs / f"fp32_step{steps}.pt"
-        if not kept.is_file():
-            shutil.copyfile(train_demo(plan, store, runs / "fp32", steps), kept)
-        selection["fp32"][steps] = val_psnr(kept, val, plan.eval_frames, runs / f"val_fp32_step{steps}.json")
+        selection["fp32"][steps] = fp32_at(plan, store, runs / "fp32", steps, runs / f"fp32_step{steps}.pt", val,
+                                           runs / f"val_fp32_step{steps}.json")
     best_steps = max(selection["fp32"], key=selection["fp32"].get)
     best_fp = runs / f"fp32_step{best_steps}.pt"
     for qat in plan.qat_select_steps:
@@ -162,9 +168,10 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json")
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
-    baselines = ("taa", "taa-clamp") if seed == plan.seeds[0] else ()
-    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames, baselines)
-    test = {m: v for m, v in scored["overall"].items() if m != INPUT_LABEL or seed == plan.seeds[0]}
+    first = seed == plan.seeds[0]
+    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames,
+                           ("taa", "taa-clamp") if first else ())
+    test = {m: v for m, v in scored["overall"].items() if m != INPUT_LABEL or first}
     return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection, "test": test}
 
 
@@ -177,13 +184,8 @@ def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, step
     if not curve.is_dir():
         shutil.copytree(runs / "fp32", curve)
     seeded = replace(plan, seed=plan.seeds[0])
-    scores = {}
-    for n in sorted(steps):
-        kept = runs / f"fp32_curve_step{n}.pt"
-        if not kept.is_file():
-            shutil.copyfile(train_demo(seeded, store, curve, n), kept)
-        scores[n] = val_psnr(kept, val, plan.eval_frames, runs / f"val_fp32_curve_step{n}.json")
-    return scores
+    return {n: fp32_at(seeded, store, curve, n, runs / f"fp32_curve_step{n}.pt", val,
+                       runs / f"val_fp32_curve_step{n}.json") for n in sorted(steps)}
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -121,6 +121,11 @@ def store_filesystem(url: str, storage_options: dict | None = None) -> tuple[fss
     return fsspec.core.url_to_fs(url, **(_storage_options(url, storage_options) or {}))
 
 
+def create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
+    """An array of a block store (image, per-block or build bookkeeping), with the store's flat chunk keys."""
+    return group.create_array(name, chunk_key_encoding=CHUNK_KEY_ENCODING, **kwargs)
+
+
 def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, tile: int = TILE,
                  storage_options: dict | None = None) -> zarr.Group:
     """Create (or overwrite) an empty store with every array of the contract; ``complete`` is False.
@@ -134,9 +139,8 @@ def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, 
         "codec": image_codec.to_dict(), "qw_version": __version__, **attrs, "complete": False,
     })
     for spec in ARRAYS.values():
-        group.create_array(spec.name, shape=spec.shape(n_blocks, t, tile), chunks=spec.chunks(t, tile),
-                           dtype=spec.dtype, compressors=default_codec(np.dtype(spec.dtype).itemsize),
-                           fill_value=0, chunk_key_encoding=CHUNK_KEY_ENCODING)
+        create_array(group, spec.name, shape=spec.shape(n_blocks, t, tile), chunks=spec.chunks(t, tile),
+                     dtype=spec.dtype, compressors=default_codec(np.dtype(spec.dtype).itemsize), fill_value=0)
     return group
 
 
@@ -279,13 +283,11 @@ class BlockStore:
         (Nested keys of older stores: one listing of the ``c`` folder plus one check per block; fsspec's find over
         their ~220k folders took ~10× longer.)"""
         fs, root = store_filesystem(self.url, self.storage_options)
-        local = "://" not in self.url
         folder = f"{root.rstrip('/')}/{name}"
         if self.array(name).metadata.chunk_key_encoding.separator == ".":
-            names = ([e.name for e in os.scandir(folder)] if local
-                     else [k.rsplit("/", 1)[-1] for k in fs.ls(folder, detail=False)])
+            names = (k.rsplit("/", 1)[-1] for k in fs.ls(folder, detail=False))
             return {int(n.split(".")[1]) for n in names if n.startswith("c.")}
-        if local:
+        if "://" not in self.url:
             nested = f"{folder}/c"
             indices = [int(e.name) for e in os.scandir(nested) if e.name.isdigit()] if os.path.isdir(nested) else []
             return {i for i in indices if os.path.isfile(os.path.join(root, self.chunk_key(name, i)))}

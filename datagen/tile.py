@@ -23,8 +23,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, CHUNK_KEY_ENCODING, IMAGE_ARRAYS, BlockStore, checksum, create_store, \
-    open_store, seal, store_filesystem
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, open_store, \
+    seal, store_filesystem
 from datagen.capture_format import frame_path, read_frame
 from datagen.cluster import check_cluster, cluster_failures, dask_client
 from datagen.errors import CaptureError, QwError
@@ -237,10 +237,10 @@ def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, ove
         group = create_store(url, plan.num_blocks, store_attrs(plan), t=plan.frames, tile=plan.tile,
                              storage_options=storage_options)
         shapes = _expected_shapes(plan)
-        group.create_array(TASK_CHECKSUMS, shape=shapes[TASK_CHECKSUMS], chunks=(1, *shapes[TASK_CHECKSUMS][1:]),
-                           dtype="uint32", fill_value=0, chunk_key_encoding=CHUNK_KEY_ENCODING)
-        group.create_array(MARKERS, shape=shapes[MARKERS], chunks=(1, _marker_width(plan)), dtype="int16",
-                           fill_value=NOT_DONE, chunk_key_encoding=CHUNK_KEY_ENCODING)
+        create_array(group, TASK_CHECKSUMS, shape=shapes[TASK_CHECKSUMS], chunks=(1, *shapes[TASK_CHECKSUMS][1:]),
+                     dtype="uint32", fill_value=0)
+        create_array(group, MARKERS, shape=shapes[MARKERS], chunks=(1, _marker_width(plan)), dtype="int16",
+                     fill_value=NOT_DONE)
     except OSError as exc:
         raise QwError(f"{url}: cannot create the block store ({exc.strerror or exc})") from None
     return BlockStore(url, group, storage_options)
