@@ -131,6 +131,8 @@ class CaptureMeta(_Strict):
     cameras: list[CameraFrame] | None = None
     engine: EngineInfo | None = None
     depth_units: str = "scene units"
+    color_space: str = Field("scene-linear", description="what colour/reference hold: 'scene-linear' (builtin), "
+                             "'ue-linear-final-hdr' (after exposure and grading), 'ue-linear-pretonemap-hdr'")
     seed: int | None = None
     qw_version: str = __version__
     checksums: dict[str, str] = Field(default_factory=dict, description="relative path → sha256")

@@ -254,6 +254,10 @@ def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int |
     if dup:
         raise QwError(f"shot {dup[0][1]!r} of scene {dup[0][0]!r} was captured more than once under the captures "
                       f"root: {[c.path for c in shots if (c.meta.scene, c.meta.shot) == dup[0]]}")
+    spaces = {c.meta.color_space: c.path for c in shots}
+    if len(spaces) > 1:
+        (a, pa), (b, pb) = list(spaces.items())[:2]
+        raise CaptureError(f"colour space mismatch: {pa} holds {a!r}, {pb} holds {b!r}; one store holds one space")
     k, tasks, next_block = candidates(dataset), [], 0
     for scene in dataset.scenes:
         if not scene.budget:

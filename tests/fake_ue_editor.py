@@ -2,17 +2,24 @@
 
 It answers the two command lines qw's launcher builds, as the engine sources say the real editor does:
 
-* ``<project> -ExecutePythonScript=<script> …``: installs the `fake_unreal` stand-in of $FAKE_UE_VERSION (4.27,
-  5.3 or 5.5; default 4.27), runs the script, and quits as soon as it returns (EditorPythonExecuter issues
+* ``<project> -ExecutePythonScript=<script> …``: installs the `fake_unreal` stand-in of $FAKE_UE_VERSION (4.27 or
+  5.5; default 4.27), runs the script, and quits as soon as it returns (EditorPythonExecuter issues
   QUIT_EDITOR on the next tick: always on 4.27, on UE5 unless the script asked to be kept alive, in which case
   this fake, like the editor, keeps running until killed). Nothing the script left pending ever runs.
+  Without PythonScriptPlugin enabled in the .uproject the script never runs and the editor stays open; without
+  EditorScriptingUtilities the module lacks the editor libraries.
 * ``<project> <map> -game -MoviePipelineConfig=<queue manifest> …``: Movie Render Queue's command-line render.
-  It reads the saved queue, refuses jobs whose sequence or materials were never saved, and writes what MRQ writes
+  It loads the queue only from a path that converts to a package name (relative paths from the project's Saved
+  folder), refuses jobs whose sequence or materials were never saved, and writes what MRQ writes
   for each job from analytic ground truth: per-frame files named by the job's file name format over
   [custom_start_frame, custom_end_frame), and with write_all_samples each sample as
   ``<pass>_SS_<s>_TS_0_TileX_0_TileY_0.<n>.exr``. Jittered samples see `ue_formats.scene_colour` at
   ``pixel centre − MRQ's shift``; passes are half floats unless 32-bit output was asked for (depth past 655 m then
-  overflows, as on the engine). It exits 0 when done, as MRQ's command line does even after errors.
+  overflows, as on the engine). The quirks the sources show are acted out, each cited where it is modelled:
+  emissive clamped at 0 unless the material was compiled allowing negative emissive, the accumulated frame
+  splatted bilinearly, the first frame's velocity reversed without camera-cut warm-up, and eye adaptation from
+  the map's post-process volume unless r.EyeAdaptationQuality is 0. It exits 0 when done, as MRQ's command line
+  does even after errors.
 
 $FAKE_UE_CVARS (JSON) holds the editor's read-only console variables (default: UE4 velocity enabled) and
 $FAKE_UE_PLAYER_START (JSON [[x, y, z], yaw]) the map's PlayerStart.
@@ -21,7 +28,9 @@ $FAKE_UE_BEHAVIOUR acts out a failure of the render stage:
   exit-nonzero   log an error and exit 3 before rendering
   hang           sleep until killed
   partial        render only the first half of the frames, exit 0
-  crash-once     exit 139 on the first render of a shot (marker file next to the manifest), succeed afterwards
+  crash-once     exit 139 on the first render (marker file in the project's Saved folder), succeed afterwards
+  crash-on-exit  render everything, then exit 139 (a crash in shutdown)
+$FAKE_UE_MAP_AUTO_EXPOSURE=0: the map has no post-process volume that turns eye adaptation on (default: it has).
 """
 
 from __future__ import annotations
@@ -47,12 +56,26 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return next((a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")), None)
 
 
+def enabled_plugins(project: Path) -> set[str]:
+    try:
+        return {p["Name"] for p in json.loads(project.read_text()).get("Plugins", []) if p.get("Enabled")}
+    except (OSError, ValueError, KeyError, AttributeError):
+        return set()
+
+
 def run_script(project: Path, script: str) -> int:
     flavour = os.environ.get("FAKE_UE_VERSION", "4.27")
-    ue = fake_unreal.install(flavour, project.parent)
+    plugins = enabled_plugins(project)
+    print(f"LogInit: fake editor {fake_unreal.VERSIONS[flavour]}", flush=True)
+    if "PythonScriptPlugin" not in plugins:
+        # -ExecutePythonScript is read by the Python plugin alone (PythonScriptPlugin.cpp), which projects must
+        # enable ("EnabledByDefault": false in PythonScriptPlugin.uplugin): without it nothing runs the script and
+        # nothing asks the editor to quit, so an unattended editor sits open until it is killed.
+        print("LogInit: PythonScriptPlugin not enabled; the editor stays open", flush=True)
+        time.sleep(3600)
+    ue = fake_unreal.install(flavour, project.parent, plugins=tuple(plugins))
     ue._state["cvars"] = json.loads(os.environ.get("FAKE_UE_CVARS", json.dumps(DEFAULT_CVARS)))
     ue._add_player_start(*json.loads(os.environ.get("FAKE_UE_PLAYER_START", json.dumps(DEFAULT_PLAYER_START))))
-    print(f"LogInit: fake editor {fake_unreal.VERSIONS[flavour]}", flush=True)
     try:
         runpy.run_path(script, run_name="__main__")
     except Exception:  # the editor logs a script's error and carries on to the quit
@@ -64,32 +87,104 @@ def run_script(project: Path, script: str) -> int:
     return 0
 
 
+def fatal(message: str) -> None:
+    """UE_LOG(..., Fatal, ...): the engine logs and crashes; the process ends non-zero."""
+    sys.exit(f"LogMovieRenderPipeline: Fatal error: {message}")
+
+
+def package_name(project: Path, path: Path) -> str | None:
+    """FPackageName::TryConvertFilenameToLongPackageName (4.27.2 PackageName.cpp 336-472; 5.5.1 the same rule):
+    the file, extension dropped, must lie under a mounted root (the project's Content → /Game/, Saved → /Temp/,
+    Config → /Config/; a path outside them stays relative, with '..') and the result may hold no '.', '\\' or ':'."""
+    base = os.path.normpath(os.path.splitext(str(path))[0])
+    for folder, root in (("Content", "/Game/"), ("Saved", "/Temp/"), ("Config", "/Config/")):
+        prefix = os.path.normpath(str(project.parent / folder)) + os.sep
+        if base.startswith(prefix):
+            rest = base[len(prefix):].replace(os.sep, "/")
+            return None if any(c in rest for c in ".\\:") else root + rest
+    return None
+
+
+def load_queue(project: Path, value: str) -> dict:
+    """-MoviePipelineConfig as Movie Render Queue's command line reads it (4.27.2
+    MovieRenderPipelineCommandLine.cpp 283-309; 5.5.1 MoviePipelineBlueprintLibrary.cpp 323-346): a .utxt path,
+    relative ones taken from the project's Saved folder, loaded with LoadPackage, which needs a package name;
+    failure is a Fatal log. (/Game/ queue assets are not modelled.)"""
+    if not value.endswith(".utxt"):
+        fatal(f"Unknown Config Asset Path. Path: {value}")
+    path = Path(value) if os.path.isabs(value) else project.parent / "Saved" / value
+    if package_name(project, path) is None or not path.is_file():
+        fatal("Could not parse text asset package.")
+    return json.loads(path.read_text())
+
+
 def pass_name(material_path: str) -> str:
     return "FinalImage" + material_path.split(".")[0].rsplit("/", 1)[-1]
 
 
-def material_texture(project: Path, material_path: str) -> str:
-    """The scene texture a saved qw material reads (the fake renders only what the material asks for)."""
+def compiled_material(project: Path, material_path: str) -> tuple[str, bool]:
+    """(scene texture, negative emissive kept) of a saved qw material, as its shader was last compiled."""
     file = project.parent / "Content" / (material_path.split(".")[0].removeprefix("/Game/") + ".uasset.json")
     if not file.is_file():
-        sys.exit(f"LogMovieRenderPipeline: Fatal: material {material_path} was never saved")
+        fatal(f"material {material_path} was never saved")
     data = json.loads(file.read_text())
     [node] = data["expressions"]
-    return node["scene_texture_id"]
+    compiled = data.get("compiled") or {}
+    # bAllowNegativeEmissiveColor is honoured on unlit materials only (Material.h), post-process ones are unlit.
+    unclamped = bool(compiled.get("allow_negative_emissive_color")) and \
+        compiled.get("material_domain") == "MaterialDomain.MD_POST_PROCESS"
+    return node["scene_texture_id"], unclamped
 
 
-def pass_image(texture: str, frame: int, width: int, height: int, hdr: bool) -> tuple[np.ndarray, type]:
+def pass_image(texture: str, unclamped: bool, frame: int, first: bool, width: int, height: int,
+               hdr: bool) -> tuple[np.ndarray, type]:
     dtype = np.float32 if hdr else np.float16
     if texture == "SceneTextureId.PPI_VELOCITY":
-        return velocity_image(analytic_motion(width, height, phase=0.1 * frame), width, height), dtype
-    if texture == "SceneTextureId.PPI_SCENE_DEPTH":
-        return np.full((height, width, 3), DEPTH_CM), dtype
-    raise SystemExit(f"LogMovieRenderPipeline: Fatal: fake render does not model {texture}")
+        motion = analytic_motion(width, height, phase=0.1 * frame)
+        # Without camera-cut warm-up, MRQ emulates motion blur on the first frame by evaluating the sequence one
+        # frame ahead as "previous" (4.27.2 MoviePipeline.cpp 841-854, MoviePipelineTiming.cpp 268-342): the
+        # first frame's velocity is that of the next step, reversed.
+        image = velocity_image(-motion if first else motion, width, height)
+    elif texture == "SceneTextureId.PPI_SCENE_DEPTH":
+        image = np.full((height, width, 3), DEPTH_CM)
+    else:
+        fatal(f"fake render does not model {texture}")
+    # MaterialTemplate.ush GetMaterialEmissive (4.27.2 2079-2086, 5.5.1 3597-3604): max(Emissive, 0) unless the
+    # material was compiled with MATERIAL_ALLOW_NEGATIVE_EMISSIVECOLOR.
+    return (image if unclamped else np.maximum(image, 0.0)), dtype
 
 
 def sample_colour(frame: int, width: int, height: int, shift: tuple[float, float]) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     return scene_colour(x + 0.5 - shift[0], y + 0.5 - shift[1], frame)
+
+
+def accumulate(samples: list[np.ndarray], shifts: list[tuple[float, float]]) -> np.ndarray:
+    """MRQ's accumulator: each jittered sample's pixel is splatted bilinearly onto the pixel grid at the position
+    it saw (centre − shift) and the weights are normalized (4.27.2 MovieRenderOverlappedImage.cpp 46-84, 134-160;
+    MoviePipelineRendering.cpp 385-387; 5.5.1 MoviePipelineUtils.cpp 1251-1253). The footprint is the sample
+    distribution widened by a 1 px tent, not the equal-weight mean of the samples."""
+    height, width = samples[0].shape[:2]
+    total, weight = np.zeros((height + 2, width + 2, 3)), np.zeros((height + 2, width + 2, 1))
+    for image, (sx, sy) in zip(samples, shifts):
+        fx, fy = int(np.floor(-sx)), int(np.floor(-sy))
+        ax, ay = -sx - fx, -sy - fy
+        for dx, wx in ((fx, 1 - ax), (fx + 1, ax)):
+            for dy, wy in ((fy, 1 - ay), (fy + 1, ay)):
+                total[1 + dy:1 + dy + height, 1 + dx:1 + dx + width] += wx * wy * image
+                weight[1 + dy:1 + dy + height, 1 + dx:1 + dx + width] += wx * wy
+    return (total / np.maximum(weight, 1e-12))[1:-1, 1:-1]
+
+
+def exposure(cvars: dict, views: int) -> float:
+    """Scene colour scale after `views` rendered views of a job. r.DefaultFeature.AutoExposure only sets the
+    default that a map's post-process volume overrides (4.27.2 SceneView.cpp 159-164); eye adaptation stays on
+    unless r.EyeAdaptationQuality is 0 (SceneView.cpp 1794-1803), and then it adapts over the views a job renders,
+    so jobs with different sample counts see different exposures. $FAKE_UE_MAP_AUTO_EXPOSURE=0: a map without
+    such a volume."""
+    if os.environ.get("FAKE_UE_MAP_AUTO_EXPOSURE", "1") != "1" or int(cvars.get("r.EyeAdaptationQuality", 2)) == 0:
+        return 1.0
+    return 1.0 + 0.5 * 0.8 ** views
 
 
 def render_job(project: Path, job: dict, version: str, limit: int | None) -> None:
@@ -101,18 +196,21 @@ def render_job(project: Path, job: dict, version: str, limit: int | None) -> Non
     width, height = out["output_resolution"]["x"], out["output_resolution"]["y"]
     sequence = job["sequence"]["path"]
     if not (project.parent / "Content" / (sequence.split(".")[0].removeprefix("/Game/") + ".uasset.json")).is_file():
-        sys.exit(f"LogMovieRenderPipeline: Fatal: sequence {sequence} not found")
+        fatal(f"sequence {sequence} not found")
     samples, gaussian = aa["spatial_sample_count"], version < "5.5"
     shifts = [mrq_spatial_shift(k, samples, gaussian, cvars["r.TemporalAAFilterSize"]) if samples > 1 else (0, 0)
               for k in range(samples)]
-    passes = [(pass_name(p["material"]), material_texture(project, p["material"]),
+    passes = [(pass_name(p["material"]), *compiled_material(project, p["material"]),
                bool(p.get("high_precision_output") or deferred.get("use32_bit_post_process_materials")))
               for p in deferred.get("additional_post_process_materials") or [] if p["enabled"]]
     frames = list(range(out["custom_start_frame"], out["custom_end_frame"]))[:limit]  # the end is exclusive
+    first_is_emulated = not aa.get("use_camera_cut_for_warm_up")
     for n, frame in enumerate(frames):
-        colours = [sample_colour(frame, width, height, s) for s in shifts]
-        images = {"FinalImage": (np.mean(colours, axis=0), np.float16)}
-        images.update({name: pass_image(tex, frame, width, height, hdr) for name, tex, hdr in passes})
+        scale = exposure(cvars, aa["render_warm_up_count"] + samples * (n + 1))
+        colours = [scale * sample_colour(frame, width, height, s) for s in shifts]
+        images = {"FinalImage": (accumulate(colours, shifts) if samples > 1 else colours[0], np.float16)}
+        images.update({name: pass_image(tex, unclamped, frame, n == 0 and first_is_emulated, width, height, hdr)
+                       for name, tex, unclamped, hdr in passes})
         for name, (image, dtype) in images.items():
             resolved = fmt.replace("{render_pass}", name).replace("{frame_number}", f"{frame:0{out['zero_pad_frame_numbers']}d}")
             write_exr(folder / f"{resolved}.exr", image, dtype=dtype)
@@ -122,26 +220,29 @@ def render_job(project: Path, job: dict, version: str, limit: int | None) -> Non
                     write_exr(folder / f"{name}_SS_{k}_TS_0_TileX_0_TileY_0.{n}.exr", sample, dtype=dtype)
 
 
-def render(project: Path, manifest: Path) -> int:
+def render(project: Path, config: str, argv: list[str]) -> int:
     behaviour = os.environ.get("FAKE_UE_BEHAVIOUR", "ok")
-    print(f"LogInit: fake -game render, behaviour {behaviour}", flush=True)
+    print(f"LogInit: fake -game render of {argv[1]}, behaviour {behaviour}", flush=True)
+    queue = load_queue(project, config)
+    marker = project.parent / "Saved" / "fake-crashed-once"
     if behaviour == "exit-nonzero":
         print("LogWindows: Error: === Critical error: === (fake)", flush=True)
         return 3
     if behaviour == "hang":
-        manifest.with_name("fake-hung.pid").write_text(str(os.getpid()))
+        (project.parent / "Saved" / "fake-hung.pid").write_text(str(os.getpid()))
         time.sleep(3600)
-    marker = manifest.with_name("fake-crashed-once")
     if behaviour == "crash-once" and not marker.exists():
         marker.write_text("1")
         print("Segmentation fault (fake)", flush=True)
         return 139
-    queue = json.loads(manifest.read_text())
     version = os.environ.get("FAKE_UE_VERSION", "4.27")
     for job in queue["jobs"]:
         frames = job["settings"]["MoviePipelineOutputSetting"]
         half = (frames["custom_end_frame"] - frames["custom_start_frame"]) // 2 if behaviour == "partial" else None
         render_job(project, job, version, half)
+    if behaviour == "crash-on-exit":  # everything written, then the engine dies in shutdown
+        print("Segmentation fault in shutdown (fake)", flush=True)
+        return 139
     print("LogMovieRenderPipeline: render finished; RequestExitWithStatus(false, 0)", flush=True)
     return 0
 
@@ -151,9 +252,9 @@ def main(argv: list[str]) -> int:
     script = flag_value(argv, "-ExecutePythonScript")
     if script:
         return run_script(project, script)
-    manifest = flag_value(argv, "-MoviePipelineConfig")
-    if manifest and "-game" in argv:
-        return render(project, Path(manifest))
+    config = flag_value(argv, "-MoviePipelineConfig")
+    if config and "-game" in argv:
+        return render(project, config, argv)
     sys.exit(f"fake editor: no -ExecutePythonScript= and no -game -MoviePipelineConfig= in {argv}")
 
 

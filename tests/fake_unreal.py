@@ -1,6 +1,6 @@
 """A STAND-IN for Unreal's ``unreal`` Python module, for tests only. It is not Unreal and renders nothing.
 
-Three flavours, "4.27", "5.3" and "5.5", each limited to the names of its committed API list (tests/ue_api/ue-<v>.txt,
+Two flavours, "4.27" and "5.5", each limited to the names of its committed API list (tests/ue_api/ue-<v>.txt,
 derived from the engine's generated Python API and headers): reading, writing or calling any class, member or enum
 value the list lacks raises AttributeError, as the real module does. Only the behaviour qw's editor script relies on
 is implemented; a listed member the stand-in does not model raises NotImplementedError when called.
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 API_DIR = Path(__file__).resolve().parent / "ue_api"
-VERSIONS = {"4.27": "4.27.2-18319896+++UE4+Release-4.27", "5.3": "5.3.2-29314046+++UE5+Release-5.3",
-            "5.5": "5.5.4-40574608+++UE5+Release-5.5"}
+VERSIONS = {"4.27": "4.27.2-18319896+++UE4+Release-4.27", "5.5": "5.5.4-40574608+++UE5+Release-5.5"}
 MODULE = "unreal"
 _API: dict[str, set[str]] = {}  # the installed flavour's names: class → members ("unreal" → module functions)
 
@@ -110,7 +109,7 @@ def to_json(value: Any) -> Any:
     """Saved form of a property value: structs and assets become plain data."""
     if isinstance(value, _Asset):
         return value._path
-    if isinstance(value, _Obj):
+    if isinstance(value, (_Obj, _Saved)):
         return {k: to_json(v) for k, v in value._props.items()}
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
@@ -130,8 +129,14 @@ class _Asset(_Obj):
         return {"class": self._ue, **to_json(self._props)}
 
 
-def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
-    """Build a fresh stand-in of `flavour` ('4.27', '5.3', '5.5') for the project at `project_dir`."""
+# Editor libraries that plugins provide: absent from the module unless the .uproject enables the plugin.
+PLUGIN_LIBRARIES = {"EditorScriptingUtilities": ("EditorAssetLibrary", "EditorLevelLibrary")}
+
+
+def install(flavour: str, project_dir: str | Path,
+            plugins: tuple[str, ...] = tuple(PLUGIN_LIBRARIES)) -> types.ModuleType:
+    """Build a fresh stand-in of `flavour` ('4.27', '5.5') for the project at `project_dir`, with the
+    editor libraries of the enabled `plugins`."""
     global _API
     _API = load_api(flavour)
     ue5 = flavour != "4.27"
@@ -151,7 +156,8 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
             object.__setattr__(self, "_expressions", [])
 
         def _data(self) -> dict:
-            return {**super()._data(), "expressions": [to_json(e) for e in self._expressions]}
+            return {**super()._data(), "expressions": [to_json(e) for e in self._expressions],
+                    "compiled": getattr(self, "_compiled", None)}
 
     MaterialExpressionSceneTexture = ue_class("MaterialExpressionSceneTexture")
     CameraComponent, CameraActor = ue_class("CameraComponent"), ue_class("CameraActor")
@@ -355,6 +361,10 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
         asset = cls(path)
         if cls is LevelSequence:
             asset.set_display_rate(FrameRate(*data["display_rate"]))
+        else:  # a saved material keeps its properties, its graph and what it was last compiled with
+            asset._props.update({k: v for k, v in data.items() if k not in ("class", "expressions", "compiled")})
+            object.__setattr__(asset, "_compiled", data.get("compiled"))
+            object.__setattr__(asset, "_expressions", [_Saved(e) for e in data.get("expressions", [])])
         state["assets"][path] = asset
         return asset
 
@@ -378,6 +388,20 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
         node = cls()
         material._expressions.append(node)
         return node
+
+    def recompile_material(material) -> None:
+        # The shader is compiled from the material's flags at this moment (MaterialTemplate.ush's
+        # MATERIAL_ALLOW_NEGATIVE_EMISSIVECOLOR is a compile-time switch): changing a flag later has no effect on
+        # what renders until the next recompile. A material with no graph does not compile.
+        if not material._expressions:
+            raise RuntimeError(f"fake unreal: {material._path} has no expressions to compile")
+        object.__setattr__(material, "_compiled", {
+            "allow_negative_emissive_color": bool(material._props.get("allow_negative_emissive_color")),
+            "material_domain": material._props.get("material_domain")})
+
+    def load_level(path: str) -> bool:
+        # EditorLevelLibrary::LoadLevel returns false (and logs) when the map package does not exist.
+        return (content / (path.removeprefix("/Game/") + ".umap")).is_file() if path.startswith("/Game/") else False
 
     def connect_material_property(node, output_name, prop) -> bool:
         node._props["_connected"] = [output_name, prop]  # recorded for the saved material, not an API name
@@ -427,9 +451,9 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
             "AssetTools", create_asset=create_asset)),
         "MaterialEditingLibrary": _Library(
             "MaterialEditingLibrary", create_material_expression=create_material_expression,
-            connect_material_property=connect_material_property, recompile_material=lambda material: None),
+            connect_material_property=connect_material_property, recompile_material=recompile_material),
         "EditorLevelLibrary": _Library(
-            "EditorLevelLibrary", load_level=lambda path: True,
+            "EditorLevelLibrary", load_level=load_level,
             get_all_level_actors=lambda: list(state["actors"])),
         "MoviePipelineEditorLibrary": _Library("MoviePipelineEditorLibrary",
                                                save_queue_to_manifest_file=save_queue_to_manifest_file),
@@ -446,12 +470,22 @@ def install(flavour: str, project_dir: str | Path) -> types.ModuleType:
         "MoviePipelineConsoleVariableSetting": MoviePipelineConsoleVariableSetting,
         "MoviePipelinePostProcessPass": MoviePipelinePostProcessPass, **settings,
     }
+    for plugin, libraries in PLUGIN_LIBRARIES.items():
+        for name in libraries if plugin not in plugins else ():
+            del members[name]  # like the real module: no such attribute without its plugin
     for enum in ("MaterialDomain", "BlendableLocation", "SceneTextureId", "MaterialProperty", "AntiAliasingMethod",
                  "EXRCompressionFormat", "MovieSceneKeyInterpolation"):
         members[enum] = _Enum(enum)
     module = _FakeUnrealModule(members, state, project)
     sys.modules["unreal"] = module
     return module
+
+
+class _Saved:
+    """A saved material expression read back: its properties as plain data."""
+
+    def __init__(self, props: dict) -> None:
+        self._props = props
 
 
 class _FakeUnrealModule(types.ModuleType):
@@ -469,6 +503,8 @@ class _FakeUnrealModule(types.ModuleType):
         if name not in _API and name not in _API.get(MODULE, ()):
             raise AttributeError(f"fake unreal: unreal.{name} does not exist in this engine version")
         members = object.__getattribute__(self, "_members")
+        if name in {lib for libs in PLUGIN_LIBRARIES.values() for lib in libs} - members.keys():
+            raise AttributeError(f"fake unreal: unreal.{name} needs a plugin this project does not enable")
         if name not in members:
             raise NotImplementedError(f"fake unreal: unreal.{name} is not modelled")
         return members[name]

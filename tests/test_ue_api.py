@@ -14,7 +14,7 @@ import fake_unreal
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "ue_capture" / "editor_script.py"  # imports `unreal`: read it
-VERSIONS = ("4.27", "5.3", "5.5")
+VERSIONS = ("4.27", "5.5")
 
 
 def moved_table(source: str) -> dict:

@@ -1,4 +1,4 @@
-"""The in-editor prepare script against the `fake_unreal` stand-in of UE 4.27, 5.3 and 5.5: the queue it saves
+"""The in-editor prepare script against the `fake_unreal` stand-in of UE 4.27 and 5.5: the queue it saves
 (both jobs' settings, 32-bit passes the way each version spells them), the Level Sequence it authors from camera
 keys, its materials, and the problems it reports instead of preparing."""
 
@@ -40,7 +40,9 @@ def run_script(tmp_path, monkeypatch):
         ue._state["cvars"] = {"r.BasePassOutputsVelocity": 1} if cvars is None else cvars
         if player_start:
             ue._add_player_start(*player_start)
-        spec = build_job_spec(m, m.shots[0], tmp_path / "work", m.unreal.map)
+        (tmp_path / "Content" / "Maps").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "Content" / "Maps" / "GDC_Landscape_01.umap").write_text("")  # the map the fake can load
+        spec = build_job_spec(m, m.shots[0], tmp_path / "work", m.unreal.map, tmp_path / "Kite.uproject")
         (tmp_path / "work").mkdir(exist_ok=True)
         (tmp_path / "work" / "job.json").write_text(json.dumps(spec))
         monkeypatch.setenv("QW_UE_JOB", str(tmp_path / "work" / "job.json"))
@@ -57,7 +59,7 @@ def saved(tmp_path: Path, asset: str) -> dict:
     return json.loads((tmp_path / "Content" / f"{asset}.uasset.json").read_text())
 
 
-@pytest.mark.parametrize("flavour", ["4.27", "5.3", "5.5"])
+@pytest.mark.parametrize("flavour", ["4.27", "5.5"])
 def test_prepare_saves_a_queue_of_both_jobs(tmp_path, run_script, flavour):
     ue, status = run_script(manifest(flavour), flavour)
     assert status["ok"], status["message"]
@@ -79,7 +81,8 @@ def test_prepare_saves_a_queue_of_both_jobs(tmp_path, run_script, flavour):
         cvars = s["MoviePipelineConsoleVariableSetting"]["console_variables"]
         assert cvars["r.TemporalAAFilterSize"] == 1.0 and cvars["r.MotionBlurQuality"] == 0.0
     assert aliased["settings"]["MoviePipelineDebugSettings"]["write_all_samples"] is True
-    assert reference["settings"]["MoviePipelineDebugSettings"]["write_all_samples"] is False
+    assert reference["settings"]["MoviePipelineDebugSettings"]["write_all_samples"] is True  # qw takes the mean
+    assert Path(status["queue_manifest"]) == tmp_path / "Saved" / "MovieRenderPipeline" / "QW_kite_s1.utxt"
     deferred = aliased["settings"]["MoviePipelineDeferredPassBase"]
     passes = deferred["additional_post_process_materials"]
     assert [p["material"] for p in passes] == ["/Game/QW/M_QW_Velocity", "/Game/QW/M_QW_Depth"]
@@ -96,6 +99,26 @@ def test_prepare_saves_a_queue_of_both_jobs(tmp_path, run_script, flavour):
     after = "BL_SCENE_COLOR_AFTER_TONEMAPPING" if flavour == "5.5" else "BL_AFTER_TONEMAPPING"
     assert velocity["blendable_location"] == f"BlendableLocation.{after}"
     assert velocity["material_domain"] == "MaterialDomain.MD_POST_PROCESS"
+    assert velocity["compiled"]["allow_negative_emissive_color"] is True  # compiled with it: velocity is signed
+
+
+def test_a_material_saved_without_negative_emissive_is_fixed(tmp_path, run_script):
+    """A velocity material an older qw saved (flag unset) renders clamped at 0; prepare sets it and recompiles."""
+    run_script(manifest(), "4.27")
+    file = tmp_path / "Content" / "QW" / "M_QW_Velocity.uasset.json"
+    old = json.loads(file.read_text())
+    old.pop("allow_negative_emissive_color")
+    old["compiled"]["allow_negative_emissive_color"] = False
+    file.write_text(json.dumps(old))
+    _, status = run_script(manifest(), "4.27")
+    assert status["ok"] and saved(tmp_path, "QW/M_QW_Velocity")["compiled"]["allow_negative_emissive_color"]
+
+
+def test_a_map_the_engine_cannot_load_is_reported(tmp_path, run_script):
+    m = manifest(map="/Game/Maps/Nowhere", camera=manifest().unreal.camera.model_dump())
+    _, status = run_script(m, "4.27")
+    assert not status["ok"] and status["user_error"] and "map /Game/Maps/Nowhere.Nowhere could not be loaded" \
+        in status["message"]
 
 
 def test_authored_sequence_keys_are_relative_to_the_player_start(tmp_path, run_script):
@@ -113,13 +136,13 @@ def test_authored_sequence_keys_are_relative_to_the_player_start(tmp_path, run_s
 
 
 def test_world_origin_needs_no_player_start(tmp_path, run_script):
-    m = manifest("5.3")
+    m = manifest("5.5")
     m.unreal.camera.origin = "world"
-    _, status = run_script(m, "5.3", player_start=None)
+    _, status = run_script(m, "5.5", player_start=None)
     assert status["ok"]
     assert [v for _, v, _ in saved(tmp_path, "QW/Sequences/QW_kite")["keys"][0]] == [0, 400]
     m.unreal.camera.origin = "player-start"
-    _, status = run_script(m, "5.3", player_start=None)
+    _, status = run_script(m, "5.5", player_start=None)
     assert not status["ok"] and status["user_error"] and "has no PlayerStart" in status["message"]
 
 
@@ -128,7 +151,7 @@ def test_engine_problems_are_reported_not_prepared(tmp_path, run_script):
     assert not status["ok"] and "the editor is Unreal 5.5.4" in status["message"]
     _, status = run_script(manifest("4.27"), "4.27", cvars={"r.BasePassOutputsVelocity": 0})
     assert "r.BasePassOutputsVelocity=1 under [/Script/Engine.RendererSettings]" in status["message"]
-    assert not (tmp_path / "work" / "queue.utxt").exists()
+    assert not (tmp_path / "Saved" / "MovieRenderPipeline" / "QW_kite_s1.utxt").exists()
     _, status = run_script(manifest("5.5"), "5.5", cvars={})  # UE5 needs no project setting
     assert status["ok"]
 

@@ -29,6 +29,9 @@ from ue_capture.launcher import EDITOR_ENV, capture_scene
 
 TESTS = Path(__file__).resolve().parent
 W, H, N = 32, 20, 4
+UPROJECT = {"FileVersion": 3, "Plugins": [{"Name": "PythonScriptPlugin", "Enabled": True},
+                                          {"Name": "EditorScriptingUtilities", "Enabled": True},
+                                          {"Name": "MovieRenderPipeline", "Enabled": True}]}
 
 
 @pytest.fixture
@@ -50,7 +53,10 @@ def camera(fps: float = 30) -> dict:
 def scene(tmp_path) -> SceneManifest:
     project = tmp_path / "proj" / "Kite.uproject"
     project.parent.mkdir()
-    project.write_text("{}")
+    project.write_text(json.dumps(UPROJECT))
+    umap = project.parent / "Content" / "Maps" / "GoldenPath" / "GDC_Landscape_01.umap"
+    umap.parent.mkdir(parents=True)
+    umap.write_text("")  # the map the fake editor can load
     return SceneManifest.model_validate(dict(
         name="kite", backend="ue4",
         capture=dict(resolution=(W, H), fps=30, mode="mrq", reference_samples=4, jitter_cycle=N),
@@ -71,7 +77,7 @@ def logs(out: Path, shot: str, stage: str = "render") -> list[str]:
     return sorted(p.name for p in (out / ".unreal" / "kite" / shot).glob(f"editor-{stage}-*.log"))
 
 
-@pytest.mark.parametrize("version", ["4.27", "5.3", "5.5"])
+@pytest.mark.parametrize("version", ["4.27", "5.5"])
 def test_capture_completes_although_the_editor_quits_when_the_script_returns(tmp_path, scene, editor, monkeypatch,
                                                                              version):
     """The fake editor quits as soon as the prepare script returns; the render is a second, -game process."""
@@ -146,7 +152,7 @@ def test_hung_editor_is_killed_at_the_timeout(tmp_path, scene, editor, monkeypat
     with pytest.raises(CaptureError, match="render: editor timed out after 4 s"):
         capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=4, progress=False)
     assert time.monotonic() - start < 30
-    pid = int((tmp_path / "c" / ".unreal" / "kite" / "a" / "fake-hung.pid").read_text())
+    pid = int((tmp_path / "proj" / "Saved" / "fake-hung.pid").read_text())
     assert not psutil.pid_exists(pid)  # killed (and reaped), not left rendering in the background
 
 
@@ -207,9 +213,11 @@ def test_dry_run_prints_every_stage_without_unreal(tmp_path, scene, capsys):
     project = str(tmp_path / "proj" / "Kite.uproject")
     assert prepare[:2] == [f"${EDITOR_ENV}", project] and prepare[2].endswith("editor_script.py")
     assert prepare[2].startswith("-ExecutePythonScript=")
-    queue = str(tmp_path / "c" / ".unreal" / "kite" / "b" / "queue.utxt")
-    assert render[:5] == [f"${EDITOR_ENV}", project, "/Game/Maps/GoldenPath/GDC_Landscape_01", "-game",
-                          f"-MoviePipelineConfig={queue}"]
+    assert render[:5] == [f"${EDITOR_ENV}", project, "MoviePipelineEntryMap", "-game",
+                          "-MoviePipelineConfig=MovieRenderPipeline/QW_kite_b.utxt"]
+    queue = tmp_path / "proj" / "Saved" / "MovieRenderPipeline" / "QW_kite_b.utxt"
+    assert f"queue: {queue} (loaded by the render as -MoviePipelineConfig=MovieRenderPipeline/QW_kite_b.utxt)" \
+        in text
     assert "-RenderOffScreen" in render and "-unattended" in render
     job = json.loads(text[text.index("job: ") + 5:])
     assert job["shot"] == "b" and job["level_sequence"] == "/Game/QW/Sequences/QW_kite.QW_kite"
@@ -266,13 +274,14 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
     assert plugin.seen == {"ue-capture-kite-a": {"ue": 1}, "ue-capture-kite-b": {"ue": 1}}
 
 
-@pytest.mark.parametrize("version, quits", [("4.27", True), ("5.3", False)])
+@pytest.mark.parametrize("version, quits", [("4.27", True), ("5.5", False)])
 def test_fake_editor_models_the_auto_quit(tmp_path, editor, version, quits):
     """After -ExecutePythonScript the editor quits on the next tick; UE5 scripts can ask to stay alive, which
     4.27 has no function for (the script fails and the editor quits anyway)."""
     script = tmp_path / "stay.py"
     script.write_text("import unreal\nunreal.EditorPythonScripting.set_keep_python_script_alive(True)\n")
-    (tmp_path / "proj" / "Content").mkdir(parents=True)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "Kite.uproject").write_text(json.dumps(UPROJECT))
     proc = subprocess.Popen([str(editor), str(tmp_path / "proj" / "Kite.uproject"), f"-ExecutePythonScript={script}"],
                             env={**os.environ, "FAKE_UE_VERSION": version}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -161,14 +161,16 @@ def mrq_sample_offsets(samples: int, version: str, filter_size: float = 1.0) -> 
 
 
 def mrq_reference_filter(samples: int, version: str, filter_size: float = 1.0) -> str:
-    """How MRQ's accumulated reference weights the scene: equal weights over `mrq_sample_offsets`."""
+    """How qw's Unreal reference weights the scene: the equal-weight mean, taken by qw, of MRQ's samples at
+    `mrq_sample_offsets` (MRQ's own accumulated frame is not used: its accumulator splats each sample bilinearly,
+    a wider footprint than the samples' distribution)."""
     if samples == 1:
         return "none (1 sample at the pixel centre)"
     if mrq_uses_gaussian_jitter(version):
         sigma = MRQ_SIGMA_PER_FILTER_SIZE * filter_size
         return (f"gaussian(sigma={sigma:g}px, window=0.5px): {samples} Halton(2,3) samples through "
-                f"Box-Muller, equal weights (r.TemporalAAFilterSize={filter_size:g})")
-    return f"box(1px): {samples} Halton(2,3) samples in [-0.5, 0.5) px, equal weights"
+                f"Box-Muller, equal weights, mean taken by qw (r.TemporalAAFilterSize={filter_size:g})")
+    return f"box(1px): {samples} Halton(2,3) samples in [-0.5, 0.5) px, equal weights, mean taken by qw"
 
 
 def depth_to_scene_units(depth: np.ndarray, units_per_scene_unit: float = UNREAL_UNITS_PER_METRE) -> np.ndarray:

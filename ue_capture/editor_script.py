@@ -11,7 +11,8 @@ does), so everything here is synchronous and nothing renders in this process. Th
    y up, current minus previous) and ``SceneTexture:SceneDepth`` (planar depth, cm), both into Emissive;
 3. authors the shot's Level Sequence from the manifest's camera keys (or checks the manifest's existing one);
 4. builds a Movie Render Queue with an aliased and a reference job and saves it as a queue manifest (.utxt)
-   at the job's ``queue_manifest`` path, which stage 2 renders with ``-game -MoviePipelineConfig=<manifest>``;
+   at the job's ``queue_manifest`` path (under the project's Saved folder), which stage 2 renders with
+   ``-game -MoviePipelineConfig=<queue_config>`` (that path relative to Saved);
 
 and writes the job's status file (ok, message, what it found) last. Only the standard library and ``unreal``
 exist in the editor's Python, so this file imports nothing from qw.
@@ -107,9 +108,15 @@ def check_engine(job: dict) -> dict:
 
 
 def ensure_post_process_material(name: str, scene_texture) -> str:
-    """/Game/QW/<name>: Post Process domain, After Tonemapping, one SceneTexture node into Emissive."""
+    """/Game/QW/<name>: Post Process domain, After Tonemapping, one SceneTexture node into Emissive, negative
+    emissive allowed (the compiled shader clamps Emissive at 0 otherwise, and velocity is signed). A material saved
+    by an older qw without the flag is fixed and recompiled."""
     path = f"{QW_PACKAGE}/{name}"
-    if not unreal.EditorAssetLibrary.does_asset_exist(path):
+    if unreal.EditorAssetLibrary.does_asset_exist(path):
+        material = unreal.EditorAssetLibrary.load_asset(path)
+        if material.get_editor_property("allow_negative_emissive_color"):
+            return f"{path}.{name}"
+    else:
         tools = unreal.AssetToolsHelpers.get_asset_tools()
         material = tools.create_asset(name, QW_PACKAGE, unreal.Material, unreal.MaterialFactoryNew())
         material.set_editor_property("material_domain", unreal.MaterialDomain.MD_POST_PROCESS)
@@ -120,8 +127,9 @@ def ensure_post_process_material(name: str, scene_texture) -> str:
         node.set_editor_property("scene_texture_id", scene_texture)
         unreal.MaterialEditingLibrary.connect_material_property(node, "Color",
                                                                 unreal.MaterialProperty.MP_EMISSIVE_COLOR)
-        unreal.MaterialEditingLibrary.recompile_material(material)
-        unreal.EditorAssetLibrary.save_loaded_asset(material)
+    material.set_editor_property("allow_negative_emissive_color", True)  # allowed: post-process is unlit
+    unreal.MaterialEditingLibrary.recompile_material(material)
+    unreal.EditorAssetLibrary.save_loaded_asset(material)
     return f"{path}.{name}"
 
 
@@ -153,7 +161,8 @@ def path_origin(job: dict) -> tuple[float, float, float, float]:
     """(x, y, z, yaw) of the map's PlayerStart (the first by position if there are several), or the origin."""
     if job["camera"]["origin"] == "world":
         return 0.0, 0.0, 0.0, 0.0
-    unreal.EditorLevelLibrary.load_level(job["map"].split(".")[0])
+    if not unreal.EditorLevelLibrary.load_level(job["map"].split(".")[0]):
+        raise PrepareError(f"map {job['map']} could not be loaded; set unreal.map to a /Game/... map of the project")
     poses = sorted(pose(a) for a in unreal.EditorLevelLibrary.get_all_level_actors()
                    if isinstance(a, unreal.PlayerStart))
     if not poses:
@@ -214,7 +223,7 @@ def moved_name(obj, purpose: str) -> str:
     for name in names:
         if has(obj, name):
             return name
-    raise PrepareError(f"this engine's {type(obj).__name__} has none of {names}; qw supports UE 4.27, 5.3, 5.5+")
+    raise PrepareError(f"this engine's {type(obj).__name__} has none of {names}; qw supports UE 4.27 and 5.5+")
 
 
 def check_existing_sequence(job: dict) -> str:
@@ -306,7 +315,8 @@ def save_queue(job: dict, sequence: str) -> str:
         item.set_editor_property("sequence", unreal.SoftObjectPath(sequence))
         configure(item.get_configuration(), job, pass_name)
     _, saved = unreal.MoviePipelineEditorLibrary.save_queue_to_manifest_file(queue)
-    shutil.copyfile(saved, job["queue_manifest"])
+    os.makedirs(os.path.dirname(job["queue_manifest"]), exist_ok=True)
+    shutil.copyfile(saved, job["queue_manifest"])  # per shot, under Saved/: the render loads it from there
     return job["queue_manifest"]
 
 

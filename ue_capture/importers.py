@@ -82,6 +82,11 @@ FRAME_FILE = re.compile(r"^(?:.*\.)?(?P<name>[^.]+)\.(?P<frame>\d+)\.exr$", re.I
 SAMPLE_FILE = re.compile(r"^(?P<name>.+)_SS_(?P<s>\d+)_TS_(?P<t>\d+)_TileX_(?P<x>\d+)_TileY_(?P<y>\d+)"
                          r"\.(?P<n>\d+)\.exr$", re.IGNORECASE)
 RGB = ("R", "G", "B")
+# Colour spaces recorded in capture.json: MRQ's FinalImage with the tone curve disabled is linear HDR after
+# exposure and grading; PreTonemapHDRColor (the Intel sample's) is scene colour before them.
+MRQ_COLOR_SPACE = "ue-linear-final-hdr"
+PRETONEMAP_COLOR_SPACE = "ue-linear-pretonemap-hdr"
+PASS_COLOR_SPACES = {"FinalImage": MRQ_COLOR_SPACE, "PreTonemapHDRColor": PRETONEMAP_COLOR_SPACE}
 IMPORT_WORKERS = min(4, os.cpu_count() or 1)  # source files converted at once (memory: ~5 full frames each)
 
 
@@ -277,23 +282,24 @@ def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
 Entry = tuple[Path, list[str], str]  # file, channel names, pass name
 
 
-def _decode_mrq(number: int, color: Entry, motion: Entry, depth: Entry | None, reference: Entry,
+def _decode_mrq(number: int, color: Entry, motion: Entry, depth: Entry | None, reference: list[Entry],
                 encoding: str | None, mrq_scale: tuple[float, float], full_size: tuple[int, int] | None,
                 jitter: tuple[float, float] | None = None, cut: bool = False) -> DecodedFrame:
-    """One frame from MRQ pass files; the motion encoding follows the pass unless `encoding` overrides it."""
+    """One frame from MRQ pass files; the motion encoding follows the pass unless `encoding` overrides it. The
+    reference is the equal-weight mean of its files (one accumulated frame, or the samples qw averages itself)."""
     c = _read(color[0], color[1], 3)
     size = full_size or (c.shape[1], c.shape[0])
     enc = encoding or PASS_NAMES[motion[2]][1]
     m, written = decode_motion(_read(motion[0], motion[1], 3 if enc == "sign-bits" else 2), enc, size, mrq_scale)
     d = depth_to_scene_units(_read(depth[0], depth[1], 1)[..., 0]) if depth else None
-    return DecodedFrame(number, c, _read(reference[0], reference[1], 3), m, d, jitter, int((~written).sum()),
-                        cut=cut)
+    ref = np.mean([_read(path, chans, 3) for path, chans, _ in reference], axis=0, dtype=np.float64)
+    return DecodedFrame(number, c, ref.astype(np.float32), m, d, jitter, int((~written).sum()), cut=cut)
 
 
 def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale: tuple[float, float],
-                full_size: tuple[int, int] | None) -> tuple[list[Loader], bool, str]:
-    """One loader per frame of an MRQ render (aliased passes + reference colour), whether depth exists, and the
-    motion encoding used."""
+                full_size: tuple[int, int] | None) -> tuple[list[Loader], bool, str, str]:
+    """One loader per frame of an MRQ render (aliased passes + reference colour), whether depth exists, the
+    motion encoding used and the colour pass."""
     passes = mrq_passes(aliased)
     ref_color = mrq_passes(reference).get("color", {})
     for kind in ("color", "motion"):
@@ -309,11 +315,15 @@ def _mrq_frames(aliased: Path, reference: Path, encoding: str | None, mrq_scale:
     gap_cuts = _gap_cuts(numbers)
 
     def load(k: int, n: int) -> list[DecodedFrame]:
-        return [_decode_mrq(n, passes["color"][n], passes["motion"][n], depth[n] if depth else None, ref_color[n],
+        return [_decode_mrq(n, passes["color"][n], passes["motion"][n], depth[n] if depth else None, [ref_color[n]],
                             encoding, mrq_scale, full_size, cut=k in gap_cuts)]
 
     used = encoding or ",".join(sorted({PASS_NAMES[entry[2]][1] for entry in passes["motion"].values()}))
-    return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None, used
+    color_passes = {entry[2] for entry in passes["color"].values()}
+    if len(color_passes) != 1:
+        raise CaptureError(f"{aliased}: colour comes from several passes ({', '.join(sorted(color_passes))}); "
+                           "keep one")
+    return [partial(load, k, n) for k, n in enumerate(numbers)], depth is not None, used, color_passes.pop()
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -387,13 +397,13 @@ def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
 
 
 def _store(target: Path, written: list[_Written], *, scene: str, shot: str, backend: BackendInfo, fps: float,
-           reference: ReferenceInfo, depth_units: str, extra: dict[str, Any], engine: EngineInfo | None = None,
-           jitter_cycle: int = 0) -> Path:
+           reference: ReferenceInfo, depth_units: str, extra: dict[str, Any], color_space: str,
+           engine: EngineInfo | None = None, jitter_cycle: int = 0) -> Path:
     height, width = written[0].size
     meta = CaptureMeta(scene=scene, shot=shot, backend=backend, width=width, height=height, fps=fps,
                        frame_count=len(written), source_frames=[w.source_frame for w in written],
                        jitter=_jitter_info([w.jitter for w in written], jitter_cycle), reference=reference,
-                       engine=engine,
+                       engine=engine, color_space=color_space,
                        camera_cuts=[i for i, w in enumerate(written) if w.cut and i > 0], depth_units=depth_units,
                        extra={**extra, "motion_unwritten_pixels": sum(w.unwritten_motion for w in written),
                               "color_pixels_clamped_to_half": sum(w.clamped for w in written)})
@@ -431,43 +441,61 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
             "motion_encoding": "sign-bits", "full_size": full_size, "sample_offsets_from_pixel_00": sample_offsets})
         return _store(target, _write(target, loaders, per_file, progress), backend=backend,
                       depth_units="none (the source has no depth; zeros)", extra={"source": str(src.resolve())},
-                      **common)
+                      color_space=PRETONEMAP_COLOR_SPACE, **common)
     aliased = src / "aliased" if (src / "aliased").is_dir() else src
     ref_dir = Path(reference) if reference else src / "reference"
-    loaders, has_depth, encoding = _mrq_frames(aliased, ref_dir, motion_encoding, mrq_scale, full_size)
+    loaders, has_depth, encoding, color_pass = _mrq_frames(aliased, ref_dir, motion_encoding, mrq_scale, full_size)
     backend = BackendInfo(name="import:mrq", settings={"motion_encoding": encoding, "mrq_scale": list(mrq_scale),
                                                        "full_size": full_size})
     return _store(target, _write(target, loaders, 1, progress), backend=backend,
                   depth_units="m" if has_depth else "none (the source has no depth; zeros)",
-                  extra={"source": str(aliased.resolve()), "reference_source": str(ref_dir.resolve())}, **common)
+                  extra={"source": str(aliased.resolve()), "reference_source": str(ref_dir.resolve())},
+                  color_space=PASS_COLOR_SPACES[color_pass], **common)
 
 
 RAW_KINDS = ("color", "motion", "depth")
+EXPOSURE_CVARS = ("r.EyeAdaptationQuality", "r.DefaultFeature.AutoExposure")  # what fixes both jobs' exposure
 
 
-def _raw_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]], list[Entry]]:
-    """One scan of Movie Render Queue's raw output of a shot: the aliased pass files per kind and the reference
-    colour files, one per stored frame; a CaptureError says what is missing.
+def _sample_keys(frames: int, samples: int) -> list[tuple[int, int]]:
+    return [(n, s) for n in range(frames) for s in range(samples)]
 
-    With N > 1 spatial samples frame i is sample i mod N of output frame i; without, the per-frame files."""
+
+def _missing(folder: Path, found: Passes, kind: str, keys: list, what: str) -> None:
+    missing = [k for k in keys if k not in found.get(kind, {})]
+    if missing:
+        shown = ", ".join(map(str, missing[:4])) + (" …" if len(missing) > 4 else "")
+        raise CaptureError(f"{folder}: {kind} missing for {what} {shown} ({len(missing)} of {len(keys)})")
+
+
+def _raw_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]], list[list[Entry]]]:
+    """One scan of Movie Render Queue's raw output of a shot: the aliased pass files per kind, one per stored frame,
+    and each frame's reference colour files (its samples, or its one frame when unjittered); a CaptureError says
+    what is missing.
+
+    With N > 1 spatial samples aliased frame i is sample i mod N of output frame i; without, the per-frame files."""
     start, end = spec["start_frame"], spec["end_frame"]
     folder = raw / "aliased"
     samples = spec["passes"]["aliased"]["spatial_samples"]
     if samples > 1:
         found = mrq_samples(folder)
-        keys = [(i, i % samples) for i in range(end - start)]
+        keys: list = [(i, i % samples) for i in range(end - start)]
         what = "sample (output frame, sample index)"
     else:
         found, keys, what = mrq_passes(folder), list(range(start, end)), "frame"
     for kind in RAW_KINDS:
-        missing = [k for k in keys if k not in found.get(kind, {})]
-        if missing:
-            shown = ", ".join(map(str, missing[:4])) + (" …" if len(missing) > 4 else "")
-            raise CaptureError(f"{folder}: {kind} missing for {what} {shown} ({len(missing)} of {len(keys)})")
-    frames = list(range(start, end))
+        _missing(folder, found, kind, keys, what)
+    aliased = {kind: [found[kind][k] for k in keys] for kind in RAW_KINDS}
+    ref_samples = spec["passes"]["reference"]["spatial_samples"]
+    if ref_samples > 1:
+        ref_found = mrq_samples(raw / "reference")
+        ref_keys: list = _sample_keys(end - start, ref_samples)
+        _missing(raw / "reference", ref_found, "color", ref_keys, "sample (output frame, sample index)")
+        entries = ref_found["color"]
+        return aliased, [[entries[(n, s)] for s in range(ref_samples)] for n in range(end - start)]
     reference = mrq_passes(raw / "reference").get("color", {})
-    _require_frames(raw / "reference", "reference colour", reference, frames)
-    return {kind: [found[kind][k] for k in keys] for kind in RAW_KINDS}, [reference[n] for n in frames]
+    _require_frames(raw / "reference", "reference colour", reference, list(range(start, end)))
+    return aliased, [[reference[n]] for n in range(start, end)]
 
 
 def raw_problems(spec: dict[str, Any], raw: Path) -> str | None:
@@ -483,7 +511,11 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
                           manifest: SceneManifest) -> Path:
     """The launcher's last step: Movie Render Queue's raw output of one shot → the capture at `target`.
 
-    `prepared` is the editor script's report (engine version, cvars it read)."""
+    `prepared` is the editor script's report (engine version, cvars it read). The reference is built here as the
+    equal-weight mean of the reference job's samples (``write_all_samples``), not taken from MRQ's accumulator,
+    which splats every sample bilinearly and so filters wider than its samples: qw's reference then means what the
+    builtin renderer's does, the mean of samples at recorded offsets. Frame 0's motion is written as zero: MRQ
+    fakes the first frame's previous position (no camera-cut warm-up), and frame 0 has no history anyway."""
     try:
         aliased, reference = _raw_entries(spec, raw)
     except CaptureError as exc:
@@ -494,9 +526,12 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
     offsets = mrq_sample_offsets(samples, version, filter_size)
 
     def load(i: int) -> list[DecodedFrame]:
-        return [_decode_mrq(spec["start_frame"] + i, aliased["color"][i], aliased["motion"][i], aliased["depth"][i],
+        frame = _decode_mrq(spec["start_frame"] + i, aliased["color"][i], aliased["motion"][i], aliased["depth"][i],
                             reference[i], None, MRQ_MATERIAL_SCALE, None,
-                            jitter=offsets[i % samples] if samples > 1 else None)]
+                            jitter=offsets[i % samples] if samples > 1 else None)
+        if i == 0:
+            frame.motion[:] = 0.0
+        return [frame]
 
     written = _write(target, [partial(load, i) for i in range(len(reference))], 1, progress=False,
                      mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
@@ -508,4 +543,9 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
     engine = EngineInfo(version=version, cvars={**prepared.get("cvars_read", {}), **ref_pass["cvars"]})
     return _store(target, written, scene=spec["scene"], shot=spec["shot"], backend=backend, fps=spec["fps"],
                   reference=ref_info, depth_units="m", engine=engine, jitter_cycle=samples if samples > 1 else 0,
-                  extra={"raw": str(raw.resolve()), "level_sequence": prepared.get("level_sequence")})
+                  color_space=MRQ_COLOR_SPACE,
+                  extra={"raw": str(raw.resolve()), "level_sequence": prepared.get("level_sequence"),
+                         "motion_zeroed_frames": [0],
+                         "motion_zeroed_why": "MRQ emulates the first frame's previous position without camera-cut "
+                                              "warm-up; frame 0 has no valid history",
+                         "exposure": {name: ref_pass["cvars"].get(name) for name in EXPOSURE_CVARS}})

@@ -3,19 +3,24 @@
 For each shot of a ``ue4`` scene manifest::
 
     <out>/<scene>/<shot>/            the capture (contract 1), written last through datagen.capture_format
-    <out>/.unreal/<scene>/<shot>/    working area: job.json, prepare.json, queue.utxt, editor logs, raw/
+    <out>/.unreal/<scene>/<shot>/    working area: job.json, prepare.json, editor logs, raw/
+    <Project>/Saved/MovieRenderPipeline/QW_<scene>_<shot>.utxt    the saved queue (where the engine can load it)
 
 1. **prepare**: ``<Editor-Cmd> <uproject> -ExecutePythonScript=ue_capture/editor_script.py`` with the job spec in
    $QW_UE_JOB. The script runs synchronously (materials, the Level Sequence, a saved Movie Render Queue manifest) and
    the editor quits on its next tick, as ``-ExecutePythonScript`` always does on UE 4.27.
-2. **render**: ``<Editor-Cmd> <uproject> <map> -game -MoviePipelineConfig=<queue.utxt> …``, Movie Render Queue's
-   own command-line route (the one its new-process executor uses). It exits 0 when the queue is done, also after
-   errors, so success is judged from the files.
+2. **render**: ``<Editor-Cmd> <uproject> MoviePipelineEntryMap -game
+   -MoviePipelineConfig=MovieRenderPipeline/QW_<scene>_<shot>.utxt …``, Movie Render Queue's own command-line route
+   as its new-process executor uses it: the queue lies under the project's Saved folder and is passed relative to
+   it, because the render loads it as a text package and only files that convert to a package name load. It
+   exits 0 when the queue is done, also after errors, and may crash on shutdown after a complete render, so
+   success is judged from the files, never from the exit status.
 
 Both run from an argument list, never a shell string, with a timeout; their logs stream into
 ``editor-<stage>-<attempt>.log``. A crashed, hung or incomplete run is retried; a shot whose capture is complete is
 skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
-stopped. With a Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
+stopped; complete raw output is never deleted. A project without the Python and Editor Scripting plugins is
+refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits). With a Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
 ``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import re
 import logging
 import os
 import shutil
@@ -48,16 +54,21 @@ JOB_ENV = "QW_UE_JOB"  # the editor script reads its job spec path from here
 JOB_FORMAT = "qw-ue-job/2"
 EDITOR_SCRIPT = Path(__file__).resolve().parent / "editor_script.py"
 PREPARE_STATUS = "prepare.json"  # written by the editor script when it finishes, ok or not
-QUEUE_MANIFEST = "queue.utxt"
+QUEUE_FOLDER = "MovieRenderPipeline"  # under <Project>/Saved, where MRQ's own executor writes its queue
+ENTRY_MAP = "MoviePipelineEntryMap"  # MRQ's empty boot map: the job's map is loaded once, by the pipeline
+PACKAGE_NAME_PART = re.compile(r"^[A-Za-z0-9_-]+$")  # no '.', ':' or '\\': the queue file must map to a package name
+REQUIRED_PLUGINS = ("PythonScriptPlugin", "EditorScriptingUtilities")  # -ExecutePythonScript, EditorAssetLibrary
 RENDER_DONE = "render-done.json"  # written by the launcher once the render's raw output is complete
 DEFAULT_TIMEOUT_S = 4 * 3600.0
 DEFAULT_RETRIES = 2
 WORK_DIR = ".unreal"
+EXPOSURE_CVAR = "r.EyeAdaptationQuality"
 QW_MATERIALS = ("/Game/QW/M_QW_Velocity.M_QW_Velocity", "/Game/QW/M_QW_Depth.M_QW_Depth")
 SEQUENCE_FOLDER = "/Game/QW/Sequences"
 
-# Console variables that hold in both passes: no motion blur, no history-dependent or noisy effects, no eye
-# adaptation (both passes share one exposure), native resolution, anti-aliasing off (MRQ jitters and accumulates
+# Console variables that hold in both passes: no motion blur, no history-dependent or noisy effects, eye adaptation
+# off (r.DefaultFeature.AutoExposure only sets a default that a map's post-process volume overrides; quality 0 fixes
+# the exposure of both jobs whatever the map says), native resolution, anti-aliasing off (MRQ jitters and accumulates
 # the samples itself, and only when the AA method is not TAA), a known sample-distribution width.
 COMMON_CVARS: dict[str, Any] = {
     "r.MotionBlurQuality": 0,
@@ -70,6 +81,7 @@ COMMON_CVARS: dict[str, Any] = {
     "r.VolumetricFog.TemporalReprojection": 0,
     "r.ScreenPercentage": 100,
     "r.DefaultFeature.AutoExposure": 0,
+    EXPOSURE_CVAR: 0,
     FILTER_SIZE_CVAR: 1.0,
 }
 # Velocity for static geometry too. UE4 also needs the read-only r.BasePassOutputsVelocity=1 in the project's
@@ -82,9 +94,10 @@ NO_AA_CVARS = {4: {"r.DefaultFeature.AntiAliasing": 0, "r.PostProcessAAQuality":
 def engine_major(engine_version: str) -> int:
     """4 or 5 for a supported engine version; the API and sampling code qw follows were read for these only."""
     version = engine_version_tuple(engine_version)
-    if version != (4, 27) and version != (5, 3) and version < (5, 5):
-        raise QwError(f"unsupported Unreal engine_version {engine_version!r}: qw supports 4.27, 5.3 and 5.5 or "
-                      "later (the versions whose Python API and Movie Render Queue sources it was checked against)")
+    if version != (4, 27) and version < (5, 5):
+        raise QwError(f"unsupported Unreal engine_version {engine_version!r}: qw supports 4.27 and 5.5 or later, "
+                      "the versions whose Python API and Movie Render Queue sources it was checked against (5.0-5.4 "
+                      "are unverified: no generated Python API of them was found to check the names against)")
     return version[0]
 
 
@@ -110,7 +123,25 @@ def jitter_samples(manifest: SceneManifest) -> int:
     return 1 if manifest.capture.jitter == "none" else manifest.capture.jitter_cycle
 
 
-def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: str) -> dict[str, Any]:
+def queue_config(scene: str, shot: str) -> str:
+    """The ``-MoviePipelineConfig`` value of a shot: a .utxt path relative to the project's Saved folder.
+
+    The render loads it with LoadPackage, which needs a file that converts to a long package name: under a mounted
+    folder (Saved is one) and without '.', ':' or '\\' once the extension is dropped (docs/unreal.md)."""
+    for what, name in (("scene", scene), ("shot", shot)):
+        if not PACKAGE_NAME_PART.match(name):
+            raise QwError(f"{what} name {name!r}: Unreal can only load a queue whose file name is letters, digits, "
+                          "'_' and '-'; rename it")
+    return f"{QUEUE_FOLDER}/QW_{scene}_{shot}.utxt"
+
+
+def queue_file(project: Path, config: str) -> Path:
+    """Where the editor script saves the queue that ``-MoviePipelineConfig=<config>`` names."""
+    return project.parent / "Saved" / config
+
+
+def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: str,
+                   project: Path) -> dict[str, Any]:
     """The JSON job the editor script executes for one shot (every setting that affects pixels is here)."""
     ue, cap = manifest.unreal, manifest.capture
     assert ue is not None
@@ -138,9 +169,10 @@ def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: st
             "aliased": {"output_dir": str(raw / "aliased"), "spatial_samples": samples,
                         "write_all_samples": samples > 1, "materials": list(QW_MATERIALS), "cvars": cvars},
             "reference": {"output_dir": str(raw / "reference"), "spatial_samples": cap.reference_samples,
-                          "write_all_samples": False, "materials": [], "cvars": cvars},
+                          "write_all_samples": cap.reference_samples > 1, "materials": [], "cvars": cvars},
         },
-        "queue_manifest": str((work / QUEUE_MANIFEST).resolve()),
+        "queue_config": queue_config(manifest.name, shot.name),
+        "queue_manifest": str(queue_file(project, queue_config(manifest.name, shot.name))),
         "status_file": str((work / PREPARE_STATUS).resolve()),
     }
 
@@ -216,8 +248,7 @@ def prepare_argv(editor: Path, project: Path) -> list[str]:
 
 def render_argv(editor: Path, project: Path, job: dict[str, Any]) -> list[str]:
     """Stage 2: Movie Render Queue's command-line render of the saved queue in game mode; it exits when done."""
-    return [str(editor), str(project), job["map"].split(".")[0], "-game",
-            f"-MoviePipelineConfig={job['queue_manifest']}", "-windowed", f"-resx={job['width']}",
+    return [str(editor), str(project), ENTRY_MAP, "-game", f"-MoviePipelineConfig={job['queue_config']}", "-windowed", f"-resx={job['width']}",
             f"-resy={job['height']}", "-RenderOffScreen", "-unattended", "-nosplash", "-nosound", "-nohmd",
             "-NoTextureStreaming", "-log", "-stdout", "-FullStdOutLogOutput"]
 
@@ -292,48 +323,67 @@ def _run_stage(run: ShotRun, stage: str, argv: list[str], attempt: int) -> tuple
         return None, log_path
 
 
-def _stage_failure(stage: str, code: int | None, log_path: Path, timeout: float) -> str | None:
+def _stage_failure(stage: str, code: int | None, log_path: Path, timeout: float) -> str:
     if code is None:
         return f"{stage}: editor timed out after {timeout:g} s (log: {log_path})"
-    if code != 0:
-        return f"{stage}: editor exited with status {code} (log: {log_path})"
-    return None
+    return f"{stage}: editor exited with status {code} (log: {log_path})"
 
 
 class PrepareRefused(QwError):
     """The editor script found a problem the user has to fix (retrying cannot help)."""
 
 
-def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
-    """Prepare, then render; None when the raw output is complete, else why it is not."""
-    editor = run.editor or resolve_editor(None)  # on a farm worker: its own $QW_UE4_EDITOR
-    for stale in (run.work / PREPARE_STATUS, run.work / QUEUE_MANIFEST):
+def _prepare(run: ShotRun, spec: dict[str, Any], editor: Path, attempt: int) -> tuple[dict | None, str | None]:
+    """Stage 1; (the script's status, None) when it saved the queue, else (None, why not). Judged by the files."""
+    queue = Path(spec["queue_manifest"])
+    for stale in (run.work / PREPARE_STATUS, queue):
         stale.unlink(missing_ok=True)
     code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
     status = read_json(run.work / PREPARE_STATUS)
     if status and not status.get("ok"):  # the script's own diagnosis is the most useful message
         if status.get("user_error"):
             raise PrepareRefused(f"{run.target}: Unreal prepare refused: {status['message']} (log: {log_path})")
-        return f"prepare: {status.get('message')} (log: {log_path})"
-    failure = _stage_failure("prepare", code, log_path, run.timeout)
-    if failure:
-        return failure
-    if not status or not (run.work / QUEUE_MANIFEST).is_file():
-        return (f"prepare: the editor quit without the script's {PREPARE_STATUS} and {QUEUE_MANIFEST} "
-                f"(is the Python Editor Script Plugin enabled?) (log: {log_path})")
-    if run.raw.exists():
-        shutil.rmtree(run.raw)  # never mix files of a crashed attempt with a new one
-    run.raw.mkdir(parents=True)
+        return None, f"prepare: {status.get('message')} (log: {log_path})"
+    if status and queue.is_file():
+        if code != 0:
+            log.warning("%s: prepare finished its work but the editor exited with %s (log: %s)", run.target, code,
+                        log_path)
+        return status, None
+    if code != 0:
+        return None, _stage_failure("prepare", code, log_path, run.timeout)
+    return None, (f"prepare: the editor quit without the script's {PREPARE_STATUS} and {queue} "
+                  f"(log: {log_path})")
+
+
+def _render(run: ShotRun, spec: dict[str, Any], editor: Path, attempt: int) -> str | None:
+    """Stage 2; None when the raw output is complete, whatever the exit status (MRQ exits 0 after errors, and an
+    engine can crash on shutdown after writing everything), else why it is not."""
+    if run.raw.exists() and raw_problems(spec, run.raw):
+        shutil.rmtree(run.raw)  # never mix files of a failed attempt with a new one; complete output is kept
+    run.raw.mkdir(parents=True, exist_ok=True)
     code, log_path = _run_stage(run, "render", render_argv(editor, run.project, spec), attempt)
-    failure = _stage_failure("render", code, log_path, run.timeout)
-    if failure:
-        return failure
     missing = raw_problems(spec, run.raw)
-    if missing:  # Movie Render Queue exits 0 after errors too: the files decide
-        return f"render: the output is incomplete: {missing} (log: {log_path})"
-    with atomic_path(run.raw / RENDER_DONE) as tmp:
-        tmp.write_text(json.dumps({"prepare": status}, indent=1) + "\n")
-    return None
+    if missing is None:
+        if code != 0:
+            log.warning("%s: render output complete although the editor %s (log: %s)", run.target,
+                        "timed out" if code is None else f"exited with {code}", log_path)
+        return None
+    if code != 0:
+        return _stage_failure("render", code, log_path, run.timeout)
+    return f"render: the output is incomplete: {missing} (log: {log_path})"
+
+
+def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
+    """Prepare, then render; None when the raw output is complete, else why it is not."""
+    editor = run.editor or resolve_editor(None)  # on a farm worker: its own $QW_UE4_EDITOR
+    status, why = _prepare(run, spec, editor, attempt)
+    if status is None:
+        return why
+    why = _render(run, spec, editor, attempt)
+    if why is None:
+        with atomic_path(run.raw / RENDER_DONE) as tmp:
+            tmp.write_text(json.dumps({"prepare": status}, indent=1) + "\n")
+    return why
 
 
 def capture_shot(run: ShotRun) -> Path:
@@ -341,8 +391,8 @@ def capture_shot(run: ShotRun) -> Path:
     if is_complete(run.target):
         log.info("%s: complete, skipped", run.target)
         return run.target
-    spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path)
-    done = read_json(run.raw / RENDER_DONE)
+    spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
+    done = read_json(run.raw / RENDER_DONE) or _rendered_before(run, spec)
     if not done:
         run.work.mkdir(parents=True, exist_ok=True)
         with atomic_path(run.work / "job.json") as tmp:
@@ -362,6 +412,32 @@ def capture_shot(run: ShotRun) -> Path:
     return normalize_unreal_shot(spec, done["prepare"], run.raw, run.target, run.manifest)
 
 
+def _rendered_before(run: ShotRun, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The render-done record of a shot whose raw output is complete but was never recorded (the launcher stopped
+    between the render and its record): the files decide, the editor does not run again."""
+    status = read_json(run.work / PREPARE_STATUS)
+    if not (status and status.get("ok") and run.raw.is_dir()) or raw_problems(spec, run.raw):
+        return None
+    with atomic_path(run.raw / RENDER_DONE) as tmp:
+        tmp.write_text(json.dumps({"prepare": status}, indent=1) + "\n")
+    return {"prepare": status}
+
+
+def check_project_plugins(project: Path) -> None:
+    """Refuse at once a project whose .uproject does not enable the plugins the prepare stage needs: without
+    PythonScriptPlugin the editor ignores -ExecutePythonScript and stays open until the timeout (hours)."""
+    try:
+        plugins = json.loads(project.read_text()).get("Plugins", [])
+        enabled = {p.get("Name") for p in plugins if isinstance(p, dict) and p.get("Enabled")}
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise QwError(f"{project}: not a readable .uproject ({exc})") from None
+    missing = [name for name in REQUIRED_PLUGINS if name not in enabled]
+    if missing:
+        entries = ", ".join(f'{{"Name": "{name}", "Enabled": true}}' for name in missing)
+        raise QwError(f"{project}: plugin(s) {', '.join(missing)} not enabled; add {entries} to its \"Plugins\" "
+                      "list (or enable them in Edit > Plugins)")
+
+
 def _select_shots(manifest: SceneManifest, shots: list[str] | None) -> list[Shot]:
     return [manifest.shot(name) for name in shots] if shots else list(manifest.shots)
 
@@ -372,8 +448,10 @@ def dry_run_text(manifest: SceneManifest, out: Path, shots: list[Shot], editor: 
     lines = []
     for shot in shots:
         run = ShotRun(manifest, shot, out, editor, project, map_path, 0, 0)
-        spec = build_job_spec(manifest, shot, run.work, map_path)
+        spec = build_job_spec(manifest, shot, run.work, map_path, project)
         lines += [f"# {manifest.name}/{shot.name}", f"{JOB_ENV}={run.work / 'job.json'}",
+                  f"queue: {spec['queue_manifest']} (loaded by the render as -MoviePipelineConfig="
+                  f"{spec['queue_config']})",
                   "prepare: " + json.dumps(prepare_argv(editor, project)),
                   "render: " + json.dumps(render_argv(editor, project, spec)),
                   "job: " + json.dumps(spec, indent=1)]
@@ -415,6 +493,8 @@ def capture_scene(manifest: SceneManifest, out: Path, *, shots: list[str] | None
         return []
     exe = resolve_editor(editor) if scheduler is None or editor or os.environ.get(EDITOR_ENV) else None
     proj = resolve_project(manifest, project, must_exist=scheduler is None)
+    if proj.is_file():
+        check_project_plugins(proj)
     map_path = resolve_map(manifest, proj)
     runs = [ShotRun(manifest, s, out, exe, proj, map_path, float(timeout or DEFAULT_TIMEOUT_S), retries)
             for s in selected]

@@ -1,4 +1,4 @@
-"""Derive the committed Unreal Python API name lists (ue-4.27.txt, ue-5.3.txt, ue-5.5.txt) from public sources.
+"""Derive the committed Unreal Python API name lists (ue-4.27.txt, ue-5.5.txt) from public sources.
 
 Run by hand when the classes qw's editor script touches change; the lists, not the sources, are committed:
 
@@ -9,8 +9,7 @@ Run by hand when the classes qw's editor script touches change; the lists, not t
   in those externs) from the 4.27.2 engine headers, and module functions from ``PyCore.cpp``.
 * UE 5.5: the ``unreal-stub`` 0.2.1 wheel (PyPI; generated from UE 5.5.4) for engine and editor classes; Movie
   Render Queue is a plugin missing from it, so its classes come from the UE 5.5.1 headers.
-* UE 5.3: no generated API was found, so a name is listed when both the 4.27 and the 5.5 lists hold it, and
-  `UE53_FROM_SOURCE` adds or removes what the UE 5.3.1 headers show where 4.27 and 5.5 differ.
+* UE 5.0-5.4: no generated API was found, so there is no list and qw refuses these versions as unverified.
 
 Header members follow the Python generator's rules: a UPROPERTY is exposed when it is editable or Blueprint
 visible, a UFUNCTION when it is BlueprintCallable/Pure (``ScriptMethod`` ones also on their first argument's type),
@@ -58,29 +57,9 @@ UE55_HEADERS = {  # what unreal-stub 0.2.1 lacks, from the 5.5.1 source: class â
                                    "MoviePipelineEditorBlueprintLibrary.h", "UMoviePipelineEditorBlueprintLibrary",
                                    "class"),
 }
-UE53_FROM_SOURCE = {  # read in realAYAYA/UnrealEngine-ToonLit (UE 5.3.1), paths under UnrealEngine/Engine/Plugins
-    "add": {
-        # MovieScene/SequencerScripting/.../MovieSceneSequenceExtensions.h @0b4f286: AddTrack, GetBindingID (5.2+)
-        "MovieSceneSequence": ("add_track", "get_binding_id", "add_master_track"),
-        "LevelSequence": ("add_track", "get_binding_id", "add_master_track"),
-        # .../MovieSceneSectionExtensions.h @0b4f286: GetAllChannels ("9 double channels" of a transform)
-        "MovieSceneSection": ("get_all_channels",),
-        "MovieSceneCameraCutSection": ("get_all_channels",),
-        "MovieScene3DTransformSection": ("get_all_channels",),
-        # MovieRenderPipeline/.../MoviePipelineConsoleVariableSetting.h @0b4f286: AddOrUpdateConsoleVariable
-        "MoviePipelineConsoleVariableSetting": ("add_or_update_console_variable",),
-        # MovieRenderPipeline/.../MoviePipelineDeferredPasses.h @4002970: bUse32BitPostProcessMaterials
-        "MoviePipelineDeferredPassBase": ("use32_bit_post_process_materials",),
-        # Source/Runtime/Engine/Classes/Engine/BlendableInterface.h @0b4f286: still BL_AfterTonemapping
-        "BlendableLocation": ("BL_AFTER_TONEMAPPING",),
-    },
-    # MoviePipelineConsoleVariableSetting.h @0b4f286: ConsoleVariables deprecated in 5.2, not exported
-    "remove": {"MoviePipelineConsoleVariableSetting": ("console_variables",)},
-    # MoviePipelinePrimaryConfig replaced the Master config in 5.2; FMovieSceneBindingProxy and double channels
-    # appear in the 5.3.1 extension headers above; EditorScriptingUtilities/.../EditorPythonScriptingLibrary.cpp
-    # @0b4f286 holds SetKeepPythonScriptAlive.
-    "classes_from_55": ("MoviePipelinePrimaryConfig", "MovieSceneBindingProxy", "MovieSceneScriptingDoubleChannel",
-                        "EditorPythonScripting"),
+UE427_FROM_SOURCE = {  # editor-only members the externs lack, read in the 4.27.2 source
+    # Engine/Source/Runtime/Engine/Classes/Materials/Material.h: UPROPERTY(EditAnywhere) bAllowNegativeEmissiveColor
+    "Material": ("allow_negative_emissive_color",),
 }
 
 
@@ -269,17 +248,6 @@ def derive_55(stub_text: str, engine: GitTree) -> tuple[dict[str, set[str]], dic
     return names, header_of
 
 
-def derive_53(v427: dict[str, set[str]], v55: dict[str, set[str]]) -> dict[str, set[str]]:
-    names = {c: v427[c] & v55[c] for c in v427.keys() & v55.keys()}
-    for cls in UE53_FROM_SOURCE["classes_from_55"]:
-        names[cls] = set(v55[cls])
-    for cls, members in UE53_FROM_SOURCE["add"].items():
-        names[cls] = names.get(cls, set()) | set(members)
-    for cls, members in UE53_FROM_SOURCE["remove"].items():
-        names[cls] -= set(members)
-    return names
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hx-git", required=True, help="bare mirror of peteshand/unreal_python_api")
@@ -289,6 +257,8 @@ def main() -> None:
     args = parser.parse_args()
     hx, e427, e55 = GitTree(args.hx_git), GitTree(args.ue427_git), GitTree(args.ue55_git)
     v427 = derive_427(hx, e427)
+    for cls, members in UE427_FROM_SOURCE.items():
+        v427[cls] |= set(members)
     v55, mrq_headers = derive_55(Path(args.stub_py).read_text(), e55)
     write_list(HERE / "ue-4.27.txt", "Unreal Engine 4.27 Python API: the names around qw's editor script",
                [f"peteshand/unreal_python_api @{hx.commit} 4_27/src/unreal/*.hx (generated from UE 4.27)",
@@ -300,11 +270,6 @@ def main() -> None:
                 f"lakeone/UE5.51MagicM @{e55.commit} (UE 5.5.1 source): "
                 + ", ".join(sorted({Path(h).name for h in mrq_headers.values()}
                                    | {Path(h).name for h, _, _ in UE55_HEADERS.values()}))], v55)
-    write_list(HERE / "ue-5.3.txt", "Unreal Engine 5.3 Python API: the names around qw's editor script",
-               ["names in both ue-4.27.txt and ue-5.5.txt, corrected where 4.27 and 5.5 differ from",
-                "realAYAYA/UnrealEngine-ToonLit (UE 5.3.1 source) headers listed in derive_names.UE53_FROM_SOURCE"],
-               derive_53(v427, v55))
-
 
 if __name__ == "__main__":
     main()
