@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import OpenEXR
 import pytest
 from click.testing import CliRunner
 from ue_formats import (
+    HEADER,
     analytic_motion,
     colour,
     mrq_material,
@@ -111,18 +113,25 @@ def test_mrq_multilayer_stock_material(tmp_path):
     assert load_meta(shot).backend.settings["motion_encoding"] == "mrq-material"
 
 
-def test_pass_names_match_exactly_and_unknown_files_are_refused(tmp_path):
-    """'SceneDepthWorldUnits' is not depth and a file with no known pass is refused, naming it, not guessed."""
+def test_passes_qw_does_not_read_are_ignored_alike_in_files_and_layers(tmp_path, caplog):
+    """'SceneDepthWorldUnits' is not depth: as its own file or as a layer it is skipped with a warning naming it,
+    never guessed, and the import goes on (exit 0) instead of failing (exit 1) in one layout and not the other."""
     src = tmp_path / "mrq"
     for n in (1, 2):
         write_mrq_frame(src, "Seq", n, W, H, motion=analytic_motion(W, H), depth_cm=np.full((H, W), 100.0))
-    assert set(mrq_passes(src)) == {"color", "motion", "depth"}
+    expected = {kind: {n: entry[:1] for n, entry in frames.items()} for kind, frames in mrq_passes(src).items()}
     odd = src / "Seq.SceneDepthWorldUnits.0001.exr"
     write_exr(odd, np.full((H, W, 3), 100.0))
-    with pytest.raises(CaptureError, match=r"Seq\.SceneDepthWorldUnits\.0001\.exr: cannot tell which pass .*"
-                                           r"'SceneDepthWorldUnits' is none of FinalImage"):
-        mrq_passes(src)
-    odd.unlink()
+    layered = src / "Seq.FinalImageM_QW_Depth.0002.exr"  # the depth pass, now with an extra layer beside it
+    planes = {"FinalImageM_QW_Depth.R": np.full((H, W), 100.0, np.float32),
+              "SceneDepthWorldUnits.R": np.full((H, W), 7.0, np.float32)}
+    OpenEXR.File(dict(HEADER), planes).write(str(layered))
+    with caplog.at_level(logging.WARNING, logger="ue_capture.importers"):
+        found = mrq_passes(src)
+    assert {kind: {n: entry[:1] for n, entry in frames.items()} for kind, frames in found.items()} == expected
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{odd}: ignoring pass(es) 'SceneDepthWorldUnits'") for m in warned)
+    assert any(m.startswith(f"{layered}: ignoring pass(es) 'SceneDepthWorldUnits'") for m in warned)
     write_exr(src / "beauty_0001.exr", np.zeros((H, W, 3)))
     with pytest.raises(CaptureError, match=r"beauty_0001\.exr: not a per-frame Movie Render Queue file"):
         mrq_passes(src)

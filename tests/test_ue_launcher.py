@@ -18,10 +18,10 @@ import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
-from ue_formats import mrq_spatial_shift, scene_colour
+from ue_formats import analytic_motion, mrq_spatial_shift, scene_colour
 
 from cli import main
-from datagen.capture_format import META_FILE, load_meta, read_frame
+from datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import SceneManifest
 from datagen.validate import validate_capture
@@ -293,3 +293,107 @@ def test_fake_editor_models_the_auto_quit(tmp_path, editor, version, quits):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------- engine behaviour
+# Each test below has the fake engine act out one behaviour of the engine sources (cited in the fake) and checks
+# that qw's capture comes out right in spite of it.
+
+
+def run_fake_render(editor: Path, project: Path, config: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(editor), str(project), "MoviePipelineEntryMap", "-game", f"-MoviePipelineConfig={config}"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_queue_is_saved_where_the_render_can_load_it(tmp_path, scene, editor):
+    """The render loads the queue as a text package: only a file that converts to a package name loads."""
+    out = tmp_path / "c"
+    [path] = capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
+    project = tmp_path / "proj" / "Kite.uproject"
+    queue = project.parent / "Saved" / "MovieRenderPipeline" / "QW_kite_a.utxt"
+    assert json.loads((out / ".unreal" / "kite" / "a" / "job.json").read_text())["queue_manifest"] == str(queue)
+    assert load_meta(path).backend.settings["queue_config"] == "MovieRenderPipeline/QW_kite_a.utxt"
+    for bad in (out / ".unreal" / "kite" / "a" / "queue.utxt",  # outside the project's mounted folders
+                project.parent / "Saved" / "MovieRenderPipeline" / "QW.kite.utxt",  # a '.' in the package name
+                project.parent / "Saved" / ".unreal" / "queue.utxt"):
+        bad.parent.mkdir(parents=True, exist_ok=True)
+        bad.write_text(queue.read_text())
+        result = run_fake_render(editor, project, str(bad))
+        assert result.returncode != 0 and "Could not parse text asset package" in result.stderr, bad
+    assert run_fake_render(editor, project, "MovieRenderPipeline/QW_kite_a.utxt").returncode == 0
+
+
+def test_leftward_and_upward_motion_survive(tmp_path, scene, editor):
+    """The engine clamps Emissive at 0 unless the material was compiled allowing negative emissive colour."""
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60)
+    for i in range(1, load_meta(path).frame_count):
+        truth = analytic_motion(W, H, phase=0.1 * (10 + i))
+        assert (truth < -1).any(axis=(0, 1)).all()  # both axes have negative motion to lose
+        np.testing.assert_allclose(read_frame(path, "motion", i), truth, atol=1e-3)
+
+
+def test_first_frame_motion_is_zero_and_has_no_history(tmp_path, scene, editor):
+    """Without camera-cut warm-up MRQ fakes frame 0's previous position: its velocity is about −truth."""
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60)
+    meta = load_meta(path)
+    assert not read_frame(path, "motion", 0).any() and not meta.history_valid()[0]
+    assert meta.extra["motion_zeroed_frames"] == [0]
+
+
+def test_a_crash_on_shutdown_after_a_complete_render_keeps_the_render(tmp_path, scene, editor, monkeypatch):
+    """The files decide: a render that wrote everything and then crashed is not thrown away and redone."""
+    monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "crash-on-exit")
+    out = tmp_path / "c"
+    [path] = capture_scene(scene, out, shots=["a"], editor=editor, retries=2, timeout=60, progress=False)
+    assert validate_capture(path).ok and logs(out, "a") == ["editor-render-0.log"]
+
+
+def test_a_project_without_the_scripting_plugins_is_refused_at_once(tmp_path, scene, editor):
+    """Without PythonScriptPlugin the editor ignores -ExecutePythonScript and stays open: refuse before it starts."""
+    project = tmp_path / "proj" / "Kite.uproject"
+    project.write_text(json.dumps({"FileVersion": 3, "Plugins": [{"Name": "EditorScriptingUtilities",
+                                                                   "Enabled": True}]}))
+    start = time.monotonic()
+    with pytest.raises(QwError, match=r"Kite\.uproject: plugin\(s\) PythonScriptPlugin not enabled; add "
+                                      r"\{\"Name\": \"PythonScriptPlugin\", \"Enabled\": true\}"):
+        capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=20, progress=False)
+    assert time.monotonic() - start < 10 and logs(tmp_path / "c", "a", "prepare") == []
+    proc = subprocess.Popen([str(editor), str(project), f"-ExecutePythonScript={tmp_path / 'any.py'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # the fake, like the editor, never quits
+            proc.wait(timeout=3)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_both_jobs_render_at_one_fixed_exposure(tmp_path, scene, editor):
+    """A map's post-process volume turns eye adaptation back on whatever r.DefaultFeature.AutoExposure says, and
+    jobs with different sample counts then adapt differently; r.EyeAdaptationQuality 0 fixes it for both."""
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60)
+    meta = load_meta(path)
+    assert meta.extra["exposure"] == {"r.EyeAdaptationQuality": 0, "r.DefaultFeature.AutoExposure": 0}
+    y, x = np.mgrid[0:H, 0:W] + 0.5
+    for i in range(meta.frame_count):
+        colour = scene_colour(x + meta.jitter.offsets[i][0], y + meta.jitter.offsets[i][1], 10 + i)
+        np.testing.assert_allclose(read_frame(path, "color", i), colour, rtol=2e-3)
+        ratio = read_frame(path, "reference", i).mean() / scene_colour(x, y, 10 + i).mean()
+        assert ratio == pytest.approx(1.0, abs=5e-3)
+
+
+def test_reference_is_the_mean_of_its_samples_not_the_accumulators_splat(tmp_path, scene, editor):
+    """MRQ's accumulated frame splats every sample bilinearly (a wider footprint); qw averages the samples."""
+    out = tmp_path / "c"
+    [path] = capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
+    meta = load_meta(path)
+    assert meta.reference.samples == 4 and meta.reference.filter.endswith("mean taken by qw "
+                                                                          "(r.TemporalAAFilterSize=1)")
+    y, x = np.mgrid[0:H, 0:W] + 0.5
+    accumulated = out / ".unreal" / "kite" / "a" / "raw" / "reference" / "accumulated"
+    for i in range(meta.frame_count):
+        truth = np.mean([scene_colour(x + ox, y + oy, 10 + i) for ox, oy in meta.reference.offsets], axis=0)
+        stored = read_frame(path, "reference", i)
+        np.testing.assert_allclose(stored, truth, rtol=2e-3)
+        splat = read_exr(accumulated / f"FinalImage.{10 + i:04d}.exr", ("R", "G", "B"))[1:-1, 1:-1]
+        assert np.abs(splat - truth[1:-1, 1:-1]).max() > 10 * np.abs(stored - truth).max()

@@ -13,8 +13,8 @@ Layouts
 ``mrq``           Movie Render Queue output folders: the aliased render (``aliased/`` or SRC itself) and the
                   reference render (``reference/`` or ``--reference``). Files are named ``<…>.<pass>.<frame>.exr``
                   (MRQ's ``{render_pass}.{frame_number}`` tokens) or are multi-layer EXRs whose layers are passes;
-                  a pass name must be one of `PASS_NAMES` exactly (``SceneDepth`` is not ``SceneDepthWorldUnits``),
-                  and a file with no pass qw knows is refused, naming the file. Depth is Unreal cm → metres.
+                  a pass name must be one of `PASS_NAMES` exactly (``SceneDepth`` is not ``SceneDepthWorldUnits``);
+                  other passes, as files or as layers, are ignored with a warning that names them. Depth is Unreal cm → metres.
 
 The Unreal launcher normalizes its own raw output with `normalize_unreal_shot`: per-sample files that Movie Render
 Queue writes with ``write_all_samples`` (``<pass>_SS_<s>_TS_<t>_TileX_<x>_TileY_<y>.<n>.exr``, n counting output
@@ -156,22 +156,28 @@ def exr_layers(path: Path) -> dict[str, list[str]]:
     return layers
 
 
-def _unknown_pass(path: Path, name: str) -> CaptureError:
-    return CaptureError(f"{path}: cannot tell which pass this file holds: {name!r} is none of "
-                        f"{', '.join(PASS_NAMES)} (refusing to guess)")
+def _ignored_passes(path: Path, names: Collection[str]) -> None:
+    """Passes qw does not read (another material, a stock pass) are skipped, in a separate file or a layer alike,
+    and named, so that a misnamed pass is seen (never guessed: 'SceneDepthWorldUnits' is not 'SceneDepth')."""
+    if names:
+        log.warning("%s: ignoring pass(es) %s: qw reads only %s", path, ", ".join(map(repr, sorted(names))),
+                    ", ".join(PASS_NAMES))
 
 
 def _file_passes(path: Path, name: str) -> dict[str, tuple[str, list[str]]]:
-    """kind → (pass name, channels) of one MRQ file: its layers if it has known ones, else its name."""
+    """kind → (pass name, channels) of one MRQ file: its layers if it has known ones, else its name; {} when it
+    holds no pass qw reads."""
     layers = exr_layers(path)
     known = {layer: chans for layer, chans in layers.items() if layer in PASS_NAMES}
     if known:  # a multi-layer EXR: MRQ writes the first pass (FinalImage) without a layer prefix
+        _ignored_passes(path, set(layers) - set(known) - {""})
         found = {PASS_NAMES[layer][0]: (layer, chans) for layer, chans in known.items()}
         if "" in layers:
             found.setdefault("color", ("FinalImage", layers[""]))
         return found
     if name not in PASS_NAMES:
-        raise _unknown_pass(path, name)
+        _ignored_passes(path, {name})
+        return {}
     return {PASS_NAMES[name][0]: (name, layers.get("") or next(iter(layers.values())))}
 
 
