@@ -24,6 +24,8 @@ from ue_formats import (
 from cli import main
 from datagen.capture_format import META_FILE, load_meta, read_frame
 from datagen.errors import CaptureError, QwError
+from datagen.manifests import DatasetManifest
+from datagen.plan import CaptureInfo, make_plan
 from datagen.validate import validate_capture
 from ue_capture.importers import import_capture, mrq_passes
 
@@ -165,3 +167,23 @@ def test_cli_import_then_validate(tmp_path):
     result = runner.invoke(main, ["datagen", "import", "--layout", "intel-sample", str(tmp_path / "nope"),
                                   "--scene", "I", "--shot", "s", "--out", str(tmp_path / "cap")])
     assert result.exit_code == 2 and "source folder not found" in result.output
+
+
+def test_colour_space_is_recorded_and_a_store_plan_refuses_to_mix_spaces(tmp_path):
+    """Intel-sample frames are PreTonemapHDRColor, MRQ's FinalImage is after exposure and grading: one store, one
+    space."""
+    write_intel_sample(tmp_path / "intel", W, H, [1, 2, 3])
+    for n in (1, 2, 3):
+        write_mrq_frame(tmp_path / "mrq" / "aliased", "Seq", n, W, H, motion=analytic_motion(W, H), depth_cm=None)
+        write_mrq_frame(tmp_path / "mrq" / "reference", "Seq", n, W, H, colour_only=True)
+    intel = import_capture("intel-sample", tmp_path / "intel", scene="s", shot="a", out=tmp_path / "c",
+                           progress=False)
+    mrq = import_capture("mrq", tmp_path / "mrq", scene="s", shot="b", out=tmp_path / "c", progress=False)
+    assert load_meta(intel).color_space == "ue-linear-pretonemap-hdr"
+    assert load_meta(mrq).color_space == "ue-linear-final-hdr"
+    dataset = DatasetManifest(name="d", frames=2, tile=16, total_blocks=2, scenes=[dict(scene="s", budget=2)])
+    captures = [CaptureInfo(f"s/{p.name}", load_meta(p), p.name, "train") for p in (intel, mrq)]
+    with pytest.raises(CaptureError, match=r"colour space mismatch: s/a holds 'ue-linear-pretonemap-hdr', s/b holds "
+                                           r"'ue-linear-final-hdr'; one store holds one space"):
+        make_plan(dataset, captures)
+    assert make_plan(dataset, captures[1:]).num_blocks == 2
