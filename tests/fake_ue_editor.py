@@ -45,7 +45,7 @@ from pathlib import Path
 
 import fake_unreal
 import numpy as np
-from ue_formats import analytic_motion, mrq_spatial_shift, scene_colour, velocity_image, write_exr
+from ue_formats import analytic_motion, camera_velocity, mrq_spatial_shift, pixels_to_ndc, scene_colour, write_exr
 
 DEPTH_CM = 70000.0  # 700 m: past float16's 65504, like Kite's landscape
 DEFAULT_CVARS = {"r.BasePassOutputsVelocity": 1}
@@ -136,17 +136,39 @@ def compiled_material(project: Path, material_path: str) -> tuple[str, bool]:
     return node["scene_texture_id"], unclamped
 
 
-def pass_image(texture: str, unclamped: bool, frame: int, first: bool, width: int, height: int,
-               hdr: bool) -> tuple[np.ndarray, type]:
+def sequence_camera(project: Path, sequence: str) -> tuple[dict[int, tuple[float, ...]], float] | None:
+    """({frame: (x, y, z, roll, pitch, yaw)}, horizontal fov) of a saved sequence's camera, or None when it has no
+    transform keys (the fake does not interpolate: every rendered frame must be keyed, as qw bakes them)."""
+    data = json.loads((project.parent / "Content" / (sequence.split(".")[0].removeprefix("/Game/")
+                                                       + ".uasset.json")).read_text())
+    if not data.get("keys"):
+        return None
+    channels = data["keys"][:6]  # location x, y, z, rotation roll, pitch, yaw
+    poses = {int(frame): tuple(channel[k][1] for channel in channels) for k, (frame, _, _) in enumerate(channels[0])}
+    return poses, data["camera"]["field_of_view"]
+
+
+def pass_image(texture: str, unclamped: bool, frame: int, first: bool, width: int, height: int, hdr: bool,
+               camera, shift: tuple[float, float]) -> tuple[np.ndarray, type]:
+    """One sample of a post-process pass; with a keyed camera, of the static test world seen from it."""
     dtype = np.float32 if hdr else np.float16
-    if texture == "SceneTextureId.PPI_VELOCITY":
+    # Without camera-cut warm-up, MRQ emulates motion blur on the first frame by evaluating the sequence one
+    # frame ahead as "previous" (4.27.2 MoviePipeline.cpp 841-854, MoviePipelineTiming.cpp 268-342): the
+    # first frame's velocity is that of the next step, reversed.
+    previous = frame + 1 if first else frame - 1
+    if camera is not None:
+        poses, fov = camera
+        if frame not in poses or previous not in poses:
+            fatal(f"fake render: frame {frame} or {previous} is not keyed")
+        velocity, depth = camera_velocity(poses[previous], poses[frame], fov, width, height, shift)
+    else:
         motion = analytic_motion(width, height, phase=0.1 * frame)
-        # Without camera-cut warm-up, MRQ emulates motion blur on the first frame by evaluating the sequence one
-        # frame ahead as "previous" (4.27.2 MoviePipeline.cpp 841-854, MoviePipelineTiming.cpp 268-342): the
-        # first frame's velocity is that of the next step, reversed.
-        image = velocity_image(-motion if first else motion, width, height)
+        velocity = pixels_to_ndc(-motion if first else motion, width, height)
+        depth = np.full((height, width), DEPTH_CM)
+    if texture == "SceneTextureId.PPI_VELOCITY":
+        image = np.concatenate([velocity, np.zeros((height, width, 1))], axis=-1)
     elif texture == "SceneTextureId.PPI_SCENE_DEPTH":
-        image = np.full((height, width, 3), DEPTH_CM)
+        image = np.repeat(depth[..., None], 3, axis=-1)
     else:
         fatal(f"fake render does not model {texture}")
     # MaterialTemplate.ush GetMaterialEmissive (4.27.2 2079-2086, 5.5.1 3597-3604): max(Emissive, 0) unless the
@@ -205,18 +227,19 @@ def render_job(project: Path, job: dict, version: str, limit: int | None) -> Non
               for p in deferred.get("additional_post_process_materials") or [] if p["enabled"]]
     frames = list(range(out["custom_start_frame"], out["custom_end_frame"]))[:limit]  # the end is exclusive
     first_is_emulated = not aa.get("use_camera_cut_for_warm_up")
+    camera = sequence_camera(project, sequence)
     for n, frame in enumerate(frames):
         scale = exposure(cvars, aa["render_warm_up_count"] + samples * (n + 1))
-        colours = [scale * sample_colour(frame, width, height, s) for s in shifts]
-        images = {"FinalImage": (accumulate(colours, shifts) if samples > 1 else colours[0], np.float16)}
-        images.update({name: pass_image(tex, unclamped, frame, n == 0 and first_is_emulated, width, height, hdr)
-                       for name, tex, unclamped, hdr in passes})
-        for name, (image, dtype) in images.items():
+        samples_of = {"FinalImage": ([scale * sample_colour(frame, width, height, s) for s in shifts], np.float16)}
+        for name, tex, unclamped, hdr in passes:
+            images = [pass_image(tex, unclamped, frame, n == 0 and first_is_emulated, width, height, hdr, camera, s)
+                      for s in shifts]
+            samples_of[name] = ([image for image, _ in images], images[0][1])
+        for name, (images, dtype) in samples_of.items():
             resolved = fmt.replace("{render_pass}", name).replace("{frame_number}", f"{frame:0{out['zero_pad_frame_numbers']}d}")
-            write_exr(folder / f"{resolved}.exr", image, dtype=dtype)
+            write_exr(folder / f"{resolved}.exr", accumulate(images, shifts) if samples > 1 else images[0], dtype=dtype)
             if debug.get("write_all_samples"):
-                for k in range(samples):
-                    sample = colours[k] if name == "FinalImage" else image
+                for k, sample in enumerate(images):
                     write_exr(folder / f"{name}_SS_{k}_TS_0_TileX_0_TileY_0.{n}.exr", sample, dtype=dtype)
 
 

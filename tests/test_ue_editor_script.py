@@ -129,9 +129,13 @@ def test_authored_sequence_keys_are_relative_to_the_player_start(tmp_path, run_s
     assert seq["camera"] == {"field_of_view": 60.0, "constrain_aspect_ratio": False}
     # Channels: location x, y, z, roll, pitch, yaw. The start is at (1000, -500, 200), yaw 90: the key
     # (400, 100, 250) forward/right turns into (-100, 400) in world x, y, and yaws add.
+    # qw bakes a key at every frame, linear between the manifest's keys; first and last are the manifest's.
     values = [[v for _, v, _ in channel] for channel in seq["keys"][:6]]
-    assert values == [pytest.approx(v) for v in (
+    assert [frame for frame, _, _ in seq["keys"][0]] == list(range(90, 121))
+    assert [[v[0], v[-1]] for v in values] == [pytest.approx(v) for v in (
         [1000, 900], [-500, -100], [350, 450], [0, 2], [0, -10], [90, 135])]
+    assert [v[15] for v in values] == pytest.approx([950, -300, 400, 1, -5, 112.5])  # halfway
+    assert status["camera"]["fov"] == 60 and status["camera"]["poses"]["105"] == pytest.approx([v[15] for v in values])
     assert {interp for channel in seq["keys"][:6] for _, _, interp in channel} == {"MovieSceneKeyInterpolation.AUTO"}
 
 
@@ -140,7 +144,8 @@ def test_world_origin_needs_no_player_start(tmp_path, run_script):
     m.unreal.camera.origin = "world"
     _, status = run_script(m, "5.5", player_start=None)
     assert status["ok"]
-    assert [v for _, v, _ in saved(tmp_path, "QW/Sequences/QW_kite")["keys"][0]] == [0, 400]
+    xs = [v for _, v, _ in saved(tmp_path, "QW/Sequences/QW_kite")["keys"][0]]
+    assert [xs[0], xs[-1]] == [0, 400]
     m.unreal.camera.origin = "player-start"
     _, status = run_script(m, "5.5", player_start=None)
     assert not status["ok"] and status["user_error"] and "has no PlayerStart" in status["message"]

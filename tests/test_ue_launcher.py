@@ -18,13 +18,13 @@ import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
-from ue_formats import analytic_motion, mrq_spatial_shift, scene_colour
+from ue_formats import camera_velocity, mrq_spatial_shift, scene_colour, trace_world
 
 from cli import main
 from datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
 from datagen.errors import CaptureError, QwError
 from datagen.manifests import SceneManifest
-from datagen.validate import validate_capture
+from datagen.validate import reprojected_motion, validate_capture
 from ue_capture.launcher import EDITOR_ENV, capture_scene
 
 TESTS = Path(__file__).resolve().parent
@@ -45,8 +45,10 @@ def editor(tmp_path) -> Path:
 
 
 def camera(fps: float = 30) -> dict:
+    """A path that turns, tilts, rolls and moves fast enough for a wrong sign to show in the reprojection check."""
     return dict(fps=fps, fov=75, keys=[dict(frame=0, position=(0, 0, 150), rotation=(0, 0, 0)),
-                                       dict(frame=60, position=(800, 100, 180), rotation=(-4, 25, 0))])
+                                       dict(frame=20, position=(800, 100, 180), rotation=(-20, 40, 0)),
+                                       dict(frame=60, position=(1600, 600, 250), rotation=(-10, 100, 5))])
 
 
 @pytest.fixture
@@ -71,6 +73,17 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv(EDITOR_ENV, raising=False)
     monkeypatch.setenv("FAKE_UE_BEHAVIOUR", "ok")
     monkeypatch.setenv("FAKE_UE_VERSION", "4.27")
+
+
+def keyed_poses(tmp_path: Path) -> dict[int, tuple[float, ...]]:
+    """frame → (x, y, z, roll, pitch, yaw) of the camera the prepare stage keyed in the saved Level Sequence."""
+    seq = json.loads((tmp_path / "proj" / "Content" / "QW" / "Sequences" / "QW_kite.uasset.json").read_text())
+    channels = seq["keys"][:6]
+    return {frame: tuple(c[k][1] for c in channels) for k, (frame, _, _) in enumerate(channels[0])}
+
+
+def shifts(samples: int, gaussian: bool = True) -> list[tuple[float, float]]:
+    return [mrq_spatial_shift(k, samples, gaussian) for k in range(samples)]
 
 
 def logs(out: Path, shot: str, stage: str = "render") -> list[str]:
@@ -103,7 +116,10 @@ def test_capture_completes_although_the_editor_quits_when_the_script_returns(tmp
         y, x = np.mgrid[0:H, 0:W] + 0.5
         expected = scene_colour(x + meta.jitter.offsets[i][0], y + meta.jitter.offsets[i][1], 10 + i)
         np.testing.assert_allclose(read_frame(out / "kite" / "a", "color", i), expected, rtol=2e-3)
-    np.testing.assert_allclose(read_frame(out / "kite" / "a", "depth", 0), 700.0)  # 70000 cm kept in float
+    depth = read_frame(out / "kite" / "a", "depth", 1)[..., 0]
+    _, truth = trace_world(keyed_poses(tmp_path)[11], 75, W, H, shifts(N, gaussian)[1])
+    np.testing.assert_allclose(depth, truth / 100, rtol=1e-5)
+    assert depth.max() > 655.5  # past float16's 65504 cm: kept because the passes are 32-bit
     job = json.loads((out / ".unreal" / "kite" / "a" / "job.json").read_text())
     assert job["passes"]["aliased"]["spatial_samples"] == N and job["passes"]["reference"]["spatial_samples"] == 4
 
@@ -326,10 +342,32 @@ def test_queue_is_saved_where_the_render_can_load_it(tmp_path, scene, editor):
 def test_leftward_and_upward_motion_survive(tmp_path, scene, editor):
     """The engine clamps Emissive at 0 unless the material was compiled allowing negative emissive colour."""
     [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60)
+    poses = keyed_poses(tmp_path)
     for i in range(1, load_meta(path).frame_count):
-        truth = analytic_motion(W, H, phase=0.1 * (10 + i))
-        assert (truth < -1).any(axis=(0, 1)).all()  # both axes have negative motion to lose
-        np.testing.assert_allclose(read_frame(path, "motion", i), truth, atol=1e-3)
+        velocity, _ = camera_velocity(poses[9 + i], poses[10 + i], 75, W, H, shifts(N)[i % N])
+        truth = np.stack([velocity[..., 0] * W / 2, -velocity[..., 1] * H / 2], axis=-1)
+        assert (truth < -0.05).any(axis=(0, 1)).all()  # leftward and upward motion to lose
+        np.testing.assert_allclose(read_frame(path, "motion", i), truth, atol=1e-4)
+
+
+def test_unreal_cameras_are_recorded_and_motion_passes_the_reprojection_check(tmp_path, scene, editor):
+    """The poses qw baked and the script keyed become capture.json cameras; validate's reprojection check then
+    compares the engine's velocity with depth + cameras, as for builtin captures. Unjittered, the two agree to
+    float precision (shot b also rolls)."""
+    scene.capture.jitter = "none"
+    paths = capture_scene(scene, tmp_path / "c", editor=editor, progress=False, timeout=60)
+    for path in paths:
+        meta = load_meta(path)
+        assert meta.cameras is not None and len(meta.cameras) == meta.frame_count
+        report = validate_capture(path)
+        assert report.ok and report.lowest_agreement == 1.0, report.problems
+        for i in np.flatnonzero(meta.history_valid()):
+            expected = reprojected_motion(read_frame(path, "depth", i), meta.cameras[i - 1], meta.cameras[i], W, H)
+            np.testing.assert_allclose(read_frame(path, "motion", i), expected, atol=2e-3)
+    keys = json.loads((tmp_path / "c" / ".unreal" / "kite" / "a" / "job.json").read_text())["camera"]["keys"]
+    assert [k["frame"] for k in keys] == list(range(0, 61))  # baked: every frame keyed, linear between keys
+    assert keys[30]["position"] == pytest.approx([1000, 225, 197.5]) and keys[30]["rotation"] == pytest.approx(
+        [-17.5, 55, 1.25])
 
 
 def test_first_frame_motion_is_zero_and_has_no_history(tmp_path, scene, editor):

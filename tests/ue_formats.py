@@ -128,3 +128,54 @@ def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int,
         write_exr(folder / f"{seq}.{motion_pass}.{frame:04d}.exr", velocity_image(motion, width, height))
     if depth_cm is not None:
         write_exr(folder / f"{seq}.{depth_pass}.{frame:04d}.exr", depth_cm[..., None], channels=("R",))
+
+
+# ----------------------------------------------------------------------------------------------- an Unreal camera
+# A static test world seen through Unreal's camera conventions, written from the engine's own definitions (not from
+# qw's converter): FRotationMatrix rows are the forward (X), right (Y) and up (Z) axes of a rotator; a camera's FOV is
+# horizontal (MaintainXFOV) and its NDC has y up; velocity is ScreenPos − PrevScreenPos, both unjittered.
+GROUND_Z_CM = 0.0  # a ground plane
+SKY_RADIUS_CM = 70000.0  # and a sky sphere around the world origin: 700 m, past float16's 65504 in cm
+
+
+def rotator_axes(pitch: float, yaw: float, roll: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, right, up) world vectors of an Unreal rotator in degrees (FRotationTranslationMatrix rows)."""
+    sp, cp = np.sin(np.radians(pitch)), np.cos(np.radians(pitch))
+    sy, cy = np.sin(np.radians(yaw)), np.cos(np.radians(yaw))
+    sr, cr = np.sin(np.radians(roll)), np.cos(np.radians(roll))
+    return (np.array([cp * cy, cp * sy, sp]), np.array([sr * sp * cy - cr * sy, sr * sp * sy + cr * cy, -sr * cp]),
+            np.array([-(cr * sp * cy + sr * sy), cy * sr - cr * sp * sy, cr * cp]))
+
+
+def screen_position(pose: tuple[float, ...], fov: float, width: int, height: int, points: np.ndarray) -> np.ndarray:
+    """(…, 2) unjittered NDC (y up) of world `points` (cm) seen from `pose` (x, y, z, roll, pitch, yaw)."""
+    forward, right, up = rotator_axes(pose[4], pose[5], pose[3])
+    rel = points - np.asarray(pose[:3])
+    t = np.tan(np.radians(fov) / 2)
+    ahead = rel @ forward
+    return np.stack([(rel @ right) / ahead / t, (rel @ up) / ahead / t * (width / height)], axis=-1)
+
+
+def trace_world(pose: tuple[float, ...], fov: float, width: int, height: int,
+                shift: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(world points (H, W, 3) in cm, planar depth (H, W) in cm) seen through each pixel centre − `shift`."""
+    forward, right, up = rotator_axes(pose[4], pose[5], pose[3])
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    nx, ny = 2 * (x + 0.5 - shift[0]) / width - 1, 1 - 2 * (y + 0.5 - shift[1]) / height
+    t = np.tan(np.radians(fov) / 2)
+    ray = forward + (nx * t)[..., None] * right + (ny * t * height / width)[..., None] * up  # ray·forward = 1
+    eye = np.asarray(pose[:3], np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ground = np.where(ray[..., 2] < 0, (GROUND_Z_CM - eye[2]) / ray[..., 2], np.inf)
+    a, b, c = (ray * ray).sum(-1), 2 * ray @ eye, eye @ eye - SKY_RADIUS_CM ** 2
+    sky = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
+    depth = np.minimum(ground, sky)  # planar: the distance along `forward`, as ray·forward = 1
+    return eye + depth[..., None] * ray, depth
+
+
+def camera_velocity(prev: tuple[float, ...], cur: tuple[float, ...], fov: float, width: int, height: int,
+                    shift: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(velocity NDC (H, W, 2), planar depth cm (H, W)) a jittered sample of the static world shows at `cur`."""
+    points, depth = trace_world(cur, fov, width, height, shift)
+    velocity = screen_position(cur, fov, width, height, points) - screen_position(prev, fov, width, height, points)
+    return velocity, depth

@@ -173,6 +173,30 @@ def mrq_reference_filter(samples: int, version: str, filter_size: float = 1.0) -
     return f"box(1px): {samples} Halton(2,3) samples in [-0.5, 0.5) px, equal weights, mean taken by qw"
 
 
+def unreal_camera(pose: tuple[float, ...] | list[float], fov: float, width: int, height: int) -> dict[str, list]:
+    """A `CameraFrame` (view and projection in OpenGL axes, metres) of an Unreal camera at `pose` = (x, y, z in cm,
+    roll, pitch, yaw in degrees) with horizontal field of view `fov`, rendering width×height.
+
+    The rotator's axes are the rows of Unreal's FRotationMatrix (forward X, right Y, up Z); OpenGL's camera looks
+    down −z with +x right and +y up, so the view's rows are right, up and −forward. Unreal keeps the horizontal FOV
+    (MaintainXFOV) and the aspect sets the vertical extent."""
+    sp, cp = np.sin(np.radians(pose[4])), np.cos(np.radians(pose[4]))
+    sy, cy = np.sin(np.radians(pose[5])), np.cos(np.radians(pose[5]))
+    sr, cr = np.sin(np.radians(pose[3])), np.cos(np.radians(pose[3]))
+    forward = np.array([cp * cy, cp * sy, sp])
+    right = np.array([sr * sp * cy - cr * sy, sr * sp * sy + cr * cy, -sr * cp])
+    up = np.array([-(cr * sp * cy + sr * sy), cy * sr - cr * sp * sy, cr * cp])
+    eye = np.asarray(pose[:3], np.float64) / UNREAL_UNITS_PER_METRE
+    rotation = np.stack([right, up, -forward])
+    view = np.eye(4)
+    view[:3, :3], view[:3, 3] = rotation, -rotation @ eye
+    near, far = 0.1, 1.0e5  # metres; only the x, y and w rows matter for reprojection
+    focal = 1.0 / np.tan(np.radians(fov) / 2)
+    projection = np.array([[focal, 0, 0, 0], [0, focal * width / height, 0, 0],
+                           [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)], [0, 0, -1, 0]])
+    return {"view": view.tolist(), "projection": projection.tolist()}
+
+
 def depth_to_scene_units(depth: np.ndarray, units_per_scene_unit: float = UNREAL_UNITS_PER_METRE) -> np.ndarray:
     """Unreal world-unit depth (cm) → scene units (metres by default): divide by Unreal units per scene unit."""
     return (np.asarray(depth, np.float64) / units_per_scene_unit).astype(np.float32)

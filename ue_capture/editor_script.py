@@ -9,7 +9,8 @@ does), so everything here is synchronous and nothing renders in this process. Th
    that must be set in the project's DefaultEngine.ini;
 2. creates qw's two post-process materials under /Game/QW if they are missing: ``SceneTexture:Velocity`` (NDC,
    y up, current minus previous) and ``SceneTexture:SceneDepth`` (planar depth, cm), both into Emissive;
-3. authors the shot's Level Sequence from the manifest's camera keys (or checks the manifest's existing one);
+3. authors the shot's Level Sequence from the camera keys qw baked for every frame (or checks the manifest's
+   existing one), and reports each frame's world pose so that qw can record the cameras;
 4. builds a Movie Render Queue with an aliased and a reference job and saves it as a queue manifest (.utxt)
    at the job's ``queue_manifest`` path (under the project's Saved folder), which stage 2 renders with
    ``-game -MoviePipelineConfig=<queue_config>`` (that path relative to Saved);
@@ -175,8 +176,9 @@ def pose(actor) -> tuple[float, float, float, float]:
     return location.x, location.y, location.z, rotation.yaw
 
 
-def author_sequence(job: dict) -> str:
-    """(Re)create the shot's Level Sequence: one spawned camera, one camera cut, keyed transform."""
+def author_sequence(job: dict) -> tuple[str, dict]:
+    """(Re)create the shot's Level Sequence: one spawned camera, one camera cut, keyed transform; returns its path
+    and the world pose (x, y, z, roll, pitch, yaw) keyed at each frame."""
     camera, path = job["camera"], job["level_sequence"]
     folder, name = split_object_path(path)
     if unreal.EditorAssetLibrary.does_asset_exist(f"{folder}/{name}"):
@@ -202,13 +204,15 @@ def author_sequence(job: dict) -> str:
     transform.set_range(first, end)
     channels = getattr(transform, moved_name(transform, "section_channels"))()
     origin = path_origin(job)
-    for key in camera["keys"]:
+    poses = {}
+    for key in camera["keys"]:  # one per frame (qw bakes them), so every rendered frame plays a key exactly
+        poses[key["frame"]] = key_pose(key, origin)
         # Transform channels: location x, y, z, rotation roll (x), pitch (y), yaw (z), then scale and weight.
-        for channel, value in zip(channels[:6], key_pose(key, origin)):
+        for channel, value in zip(channels[:6], poses[key["frame"]]):
             channel.add_key(unreal.FrameNumber(key["frame"]), value,  # at the display rate, the default
                             interpolation=unreal.MovieSceneKeyInterpolation.AUTO)
     unreal.EditorAssetLibrary.save_loaded_asset(seq)
-    return path
+    return path, poses
 
 
 def binding_id(seq, binding):
@@ -328,7 +332,11 @@ def prepare(job: dict) -> dict:
     for name, scene_texture in ((VELOCITY_MATERIAL, unreal.SceneTextureId.PPI_VELOCITY),
                                 (DEPTH_MATERIAL, unreal.SceneTextureId.PPI_SCENE_DEPTH)):
         ensure_post_process_material(name, scene_texture)
-    sequence = author_sequence(job) if job["camera"] else check_existing_sequence(job)
+    if job["camera"]:
+        sequence, poses = author_sequence(job)
+        report["camera"] = {"fov": job["camera"]["fov"], "poses": {str(f): list(p) for f, p in poses.items()}}
+    else:
+        sequence = check_existing_sequence(job)
     return {**report, "ok": True, "message": "prepared", "level_sequence": sequence,
             "queue_manifest": save_queue(job, sequence)}
 

@@ -62,6 +62,7 @@ from ue_capture.convert import (
     mrq_reference_filter,
     mrq_sample_offsets,
     sign_bits_to_ndc,
+    unreal_camera,
 )
 
 log = logging.getLogger(__name__)
@@ -404,12 +405,12 @@ def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
 
 def _store(target: Path, written: list[_Written], *, scene: str, shot: str, backend: BackendInfo, fps: float,
            reference: ReferenceInfo, depth_units: str, extra: dict[str, Any], color_space: str,
-           engine: EngineInfo | None = None, jitter_cycle: int = 0) -> Path:
+           engine: EngineInfo | None = None, jitter_cycle: int = 0, cameras: list[dict] | None = None) -> Path:
     height, width = written[0].size
     meta = CaptureMeta(scene=scene, shot=shot, backend=backend, width=width, height=height, fps=fps,
                        frame_count=len(written), source_frames=[w.source_frame for w in written],
                        jitter=_jitter_info([w.jitter for w in written], jitter_cycle), reference=reference,
-                       engine=engine, color_space=color_space,
+                       engine=engine, color_space=color_space, cameras=cameras,
                        camera_cuts=[i for i, w in enumerate(written) if w.cut and i > 0], depth_units=depth_units,
                        extra={**extra, "motion_unwritten_pixels": sum(w.unwritten_motion for w in written),
                               "color_pixels_clamped_to_half": sum(w.clamped for w in written)})
@@ -547,8 +548,12 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
     ref_info = ReferenceInfo(samples=samples_ref, filter=mrq_reference_filter(samples_ref, version, filter_size),
                              offsets=mrq_sample_offsets(samples_ref, version, filter_size))
     engine = EngineInfo(version=version, cvars={**prepared.get("cvars_read", {}), **ref_pass["cvars"]})
+    camera = prepared.get("camera")  # the poses the script keyed (None for a project's own sequence)
+    cameras = [unreal_camera(camera["poses"][str(w.source_frame)], camera["fov"], spec["width"], spec["height"])
+               for w in written] if camera else None
     return _store(target, written, scene=spec["scene"], shot=spec["shot"], backend=backend, fps=spec["fps"],
                   reference=ref_info, depth_units="m", engine=engine, jitter_cycle=samples if samples > 1 else 0,
+                  cameras=cameras,
                   color_space=MRQ_COLOR_SPACE,
                   extra={"raw": str(raw.resolve()), "level_sequence": prepared.get("level_sequence"),
                          "motion_zeroed_frames": [0],

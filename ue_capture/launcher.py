@@ -39,11 +39,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from datagen.capture_format import atomic_path, is_complete, shot_dir
 from datagen.errors import CaptureError, QwError
-from datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, SceneManifest, Shot
+from datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
 from ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
 from ue_capture.importers import normalize_unreal_shot, raw_problems
 
@@ -157,7 +158,7 @@ def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: st
         "required_cvars": REQUIRED_PROJECT_CVARS[engine_major(ue.engine_version)],
         "map": object_path(map_path),
         "level_sequence": object_path(ue.level_sequence) if ue.level_sequence else authored_sequence_path(manifest),
-        "camera": ue.camera.model_dump(mode="json") if ue.camera else None,
+        "camera": baked_camera(ue.camera) if ue.camera else None,
         "start_frame": shot.start,
         "end_frame": shot.end,
         "fps": cap.fps,
@@ -175,6 +176,20 @@ def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: st
         "queue_manifest": str(queue_file(project, queue_config(manifest.name, shot.name))),
         "status_file": str((work / PREPARE_STATUS).resolve()),
     }
+
+
+def baked_camera(camera: CameraPath) -> dict[str, Any]:
+    """The manifest's camera path with a key at every frame, linear between the manifest's keys (as the builtin
+    renderer's paths). MRQ renders whole frames (one temporal sample), where a keyed channel plays its key exactly,
+    so qw knows every frame's camera without evaluating the sequence in the engine."""
+    keys = camera.keys
+    frames = np.arange(keys[0].frame, keys[-1].frame + 1)
+    at = [k.frame for k in keys]
+    position = np.stack([np.interp(frames, at, [k.position[i] for k in keys]) for i in range(3)], axis=-1)
+    rotation = np.stack([np.interp(frames, at, [k.rotation[i] for k in keys]) for i in range(3)], axis=-1)
+    return {**camera.model_dump(mode="json"),
+            "keys": [{"frame": int(f), "position": p.tolist(), "rotation": r.tolist()}
+                     for f, p, r in zip(frames, position, rotation)]}
 
 
 def frame_rate(fps: float) -> list[int]:
