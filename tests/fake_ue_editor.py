@@ -129,11 +129,9 @@ def compiled_material(project: Path, material_path: str) -> tuple[str, bool]:
         fatal(f"material {material_path} was never saved")
     data = json.loads(file.read_text())
     [node] = data["expressions"]
-    compiled = data.get("compiled") or {}
-    # bAllowNegativeEmissiveColor is honoured on unlit materials only (Material.h), post-process ones are unlit.
-    unclamped = bool(compiled.get("allow_negative_emissive_color")) and \
-        compiled.get("material_domain") == "MaterialDomain.MD_POST_PROCESS"
-    return node["scene_texture_id"], unclamped
+    # The shader's MATERIAL_ALLOW_NEGATIVE_EMISSIVECOLOR is the material's bAllowNegativeEmissiveColor at compile
+    # time (MaterialShared.cpp, FMaterial::SetupMaterialEnvironment).
+    return node["scene_texture_id"], bool((data.get("compiled") or {}).get("allow_negative_emissive_color"))
 
 
 def sequence_camera(project: Path, sequence: str) -> tuple[dict[int, tuple[float, ...]], float] | None:

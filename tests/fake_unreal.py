@@ -396,8 +396,7 @@ def install(flavour: str, project_dir: str | Path,
         if not material._expressions:
             raise RuntimeError(f"fake unreal: {material._path} has no expressions to compile")
         object.__setattr__(material, "_compiled", {
-            "allow_negative_emissive_color": bool(material._props.get("allow_negative_emissive_color")),
-            "material_domain": material._props.get("material_domain")})
+            "allow_negative_emissive_color": bool(material._props.get("allow_negative_emissive_color"))})
 
     def load_level(path: str) -> bool:
         # EditorLevelLibrary::LoadLevel returns false (and logs) when the map package does not exist.
