@@ -317,8 +317,8 @@ def test_fake_editor_models_the_auto_quit(tmp_path, editor, version, quits):
 
 
 def run_fake_render(editor: Path, project: Path, config: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(editor), str(project), "MoviePipelineEntryMap", "-game", f"-MoviePipelineConfig={config}"],
-                          capture_output=True, text=True, timeout=60)
+    argv = [str(editor), str(project), "MoviePipelineEntryMap", "-game", f"-MoviePipelineConfig={config}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
 def test_queue_is_saved_where_the_render_can_load_it(tmp_path, scene, editor):

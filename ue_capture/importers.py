@@ -14,12 +14,13 @@ Layouts
                   reference render (``reference/`` or ``--reference``). Files are named ``<…>.<pass>.<frame>.exr``
                   (MRQ's ``{render_pass}.{frame_number}`` tokens) or are multi-layer EXRs whose layers are passes;
                   a pass name must be one of `PASS_NAMES` exactly (``SceneDepth`` is not ``SceneDepthWorldUnits``);
-                  other passes, as files or as layers, are ignored with a warning that names them. Depth is Unreal cm → metres.
+                  other passes, as files or as layers, are ignored with a warning that names them. Depth is Unreal
+                  cm → metres.
 
 The Unreal launcher normalizes its own raw output with `normalize_unreal_shot`: per-sample files that Movie Render
 Queue writes with ``write_all_samples`` (``<pass>_SS_<s>_TS_<t>_TileX_<x>_TileY_<y>.<n>.exr``, n counting output
-frames from 0) for jittered input, or per-frame files without jitter, and the reference's frames. A finished import
-is validated; if validation fails, ``capture.json`` is moved aside (the shot stays incomplete) and a CaptureError
+frames from 0) for jittered input, or per-frame files without jitter, and the reference job's samples, whose mean it
+takes; it records the cameras the prepare stage keyed and the colour space. A finished import is validated; if validation fails, ``capture.json`` is moved aside (the shot stays incomplete) and a CaptureError
 lists the problems.
 """
 

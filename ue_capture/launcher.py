@@ -20,7 +20,8 @@ Both run from an argument list, never a shell string, with a timeout; their logs
 ``editor-<stage>-<attempt>.log``. A crashed, hung or incomplete run is retried; a shot whose capture is complete is
 skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
 stopped; complete raw output is never deleted. A project without the Python and Editor Scripting plugins is
-refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits). With a Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
+refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits). With a
+Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
 ``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
 """
 
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 import configparser
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,7 +264,8 @@ def prepare_argv(editor: Path, project: Path) -> list[str]:
 
 def render_argv(editor: Path, project: Path, job: dict[str, Any]) -> list[str]:
     """Stage 2: Movie Render Queue's command-line render of the saved queue in game mode; it exits when done."""
-    return [str(editor), str(project), ENTRY_MAP, "-game", f"-MoviePipelineConfig={job['queue_config']}", "-windowed", f"-resx={job['width']}",
+    return [str(editor), str(project), ENTRY_MAP, "-game", f"-MoviePipelineConfig={job['queue_config']}",
+            "-windowed", f"-resx={job['width']}",
             f"-resy={job['height']}", "-RenderOffScreen", "-unattended", "-nosplash", "-nosound", "-nohmd",
             "-NoTextureStreaming", "-log", "-stdout", "-FullStdOutLogOutput"]
 
