@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import OpenEXR
@@ -28,6 +31,8 @@ from datagen.manifests import DatasetManifest
 from datagen.plan import CaptureInfo, make_plan
 from datagen.validate import validate_capture
 from ue_capture.importers import import_capture, mrq_passes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 W, H = 40, 24
 
@@ -134,6 +139,13 @@ def test_passes_qw_does_not_read_are_ignored_alike_in_files_and_layers(tmp_path,
     warned = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"{odd}: ignoring pass(es) 'SceneDepthWorldUnits'") for m in warned)
     assert any(m.startswith(f"{layered}: ignoring pass(es) 'SceneDepthWorldUnits'") for m in warned)
+    ref = tmp_path / "ref"
+    for n in (1, 2):
+        write_mrq_frame(ref, "Seq", n, W, H, colour_only=True)
+    result = subprocess.run([sys.executable, "-c", "from cli import main; main()", "datagen", "import", "--layout",
+                             "mrq", str(src), "--reference", str(ref), "--scene", "Kite", "--shot", "a", "--out",
+                             str(tmp_path / "cap")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0 and "ignoring pass(es) 'SceneDepthWorldUnits'" in result.stderr, result.stderr
     write_exr(src / "beauty_0001.exr", np.zeros((H, W, 3)))
     with pytest.raises(CaptureError, match=r"beauty_0001\.exr: not a per-frame Movie Render Queue file"):
         mrq_passes(src)
