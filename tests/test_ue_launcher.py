@@ -435,3 +435,16 @@ def test_reference_is_the_mean_of_its_samples_not_the_accumulators_splat(tmp_pat
         np.testing.assert_allclose(stored, truth, rtol=2e-3)
         splat = read_exr(accumulated / f"FinalImage.{10 + i:04d}.exr", ("R", "G", "B"))[1:-1, 1:-1]
         assert np.abs(splat - truth[1:-1, 1:-1]).max() > 10 * np.abs(stored - truth).max()
+
+
+def test_complete_raw_output_without_its_record_is_normalized_not_rendered_again(tmp_path, scene, editor):
+    """The launcher stopped between a complete render and its record: the files decide, no editor runs."""
+    out = tmp_path / "c"
+    capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    (out / "kite" / "a" / META_FILE).unlink()
+    (out / ".unreal" / "kite" / "a" / "raw" / "render-done.json").unlink()
+    tripwire = tmp_path / "bin" / "Tripwire-Cmd"  # an "editor" that records being started, and fails
+    tripwire.write_text(f'#!/bin/sh\ntouch "{tmp_path / "started"}"\nexit 1\n')
+    tripwire.chmod(0o755)
+    [path] = capture_scene(scene, out, shots=["a"], editor=tripwire, retries=0, timeout=60, progress=False)
+    assert validate_capture(path).ok and not (tmp_path / "started").exists()
