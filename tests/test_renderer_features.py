@@ -1,0 +1,221 @@
+"""The game-like features of the builtin renderer against independent numpy oracles: alpha-tested cut-outs
+(motion of the surface that was hit, no coverage blending), sun shadow maps, normal maps, the reference's
+definition with all of them on, and determinism of the game-like scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datagen.builtin.renderer import Renderer, halton_jitter, stratified_offsets
+from datagen.builtin.scene import (CameraKey, CameraPath, Material, RigidMotion, Scene, SunShadow, box, quad, rotate,
+                                   scale, translate)
+from datagen.builtin.scenes import build_scene
+from datagen.manifests import find_scene
+from test_renderer import H, W, camera_rays, interior, oracle_motion, planar_depth, ray_cast, slab_hits
+
+# ------------------------------------------------------------------------------------------------ alpha test
+
+CARD_UV = (3.0, 12.0)  # grate bars at u = 0, 1, 2, 3; cross bars at v = 0, 4, 8, 12
+
+
+def grate_kept(uv: np.ndarray) -> np.ndarray:
+    """numpy twin of the shader's `grate` cut-out: True where the card is solid."""
+    d = np.abs((uv * (1.0, 0.25) + 0.5) % 1.0 - 0.5)
+    return (d[..., 0] <= 0.12) | (d[..., 1] <= 0.03)
+
+
+def card_scene(card_look: Material, wall_look: Material) -> Scene:
+    """A static wall (unit cube) behind a 2×2 m alpha-tested grate card moving left and up; the camera trucks
+    right."""
+    cam = CameraPath((CameraKey(0, (0.0, 1.0, 6.0), (0.0, 1.0, 0.0)), CameraKey(10, (0.5, 1.0, 6.0), (0.5, 1.0, 0.0))),
+                     fov_y=40)
+    s = Scene([], [], cam)
+    s.add(box(), wall_look, translate((0, 1, -2)) @ scale((12, 8, 0.2)))
+    s.add(quad(2, 2, CARD_UV), card_look, RigidMotion(position=(0, 1, 1), velocity=(-0.15, 0.05, 0), axis=(0, 1, 0),
+                                                      angle=15))
+    return s
+
+
+def card_oracle(scene: Scene, frame: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids: 0 wall, 1 card, −1 nothing; world hits; pixels whose ray crosses the card quad) by ray casting,
+    with the card's holes from `grate_kept`."""
+    origin, dirs = camera_rays(scene, frame)
+    wall, card = scene.instances
+    t_wall = slab_hits(wall.model(frame), origin, dirs)
+    inv = np.linalg.inv(card.model(frame))
+    o, d = inv[:3, :3] @ origin + inv[:3, 3], dirs @ inv[:3, :3].T
+    t_card = -o[2] / d[..., 2]
+    local = o + t_card[..., None] * d
+    on_quad = (np.abs(local[..., :2]) <= 1).all(-1) & (t_card > 0)
+    solid = on_quad & grate_kept((local[..., :2] + 1) / 2 * CARD_UV) & (t_card < t_wall)
+    ids = np.where(solid, 1, np.where(np.isfinite(t_wall), 0, -1))
+    t = np.where(solid, t_card, np.where(np.isfinite(t_wall), t_wall, 0))
+    return ids, origin + t[..., None] * dirs, on_quad
+
+
+def test_alpha_tested_pixels_carry_the_motion_of_the_surface_that_was_hit():
+    """Through the grate's holes the motion and depth are the static wall's; on its bars, the moving card's."""
+    look = Material(color=(0.7, 0.7, 0.7), pattern="grate", pattern_scale=1.0)
+    scene = card_scene(look, Material(color=(0.3, 0.3, 0.3)))
+    renderer = Renderer(scene, W, H)
+    motion, depth = renderer.render_gbuffer(4, 3)
+    renderer.release()
+    ids, hits, on_quad = card_oracle(scene, 4)
+    want, _ = oracle_motion(scene, ids, hits, 4, 3)
+    mask = interior(ids)
+    holes, bars = mask & on_quad & (ids == 0), mask & (ids == 1)
+    card_motion, wall_motion = want[bars].mean(0), want[holes].mean(0)
+    print(f"{holes.sum()} hole and {bars.sum()} bar pixels; card motion {card_motion}, wall motion {wall_motion}")
+    assert holes.sum() > 300 and bars.sum() > 100
+    assert np.abs(card_motion - wall_motion).max() > 1.0  # the two surfaces move differently: the check can fail
+    for region in (holes, bars):
+        assert np.abs(motion[region] - want[region]).mean() < 0.01
+        np.testing.assert_allclose(depth[region], planar_depth(scene, 4, hits)[region], rtol=1e-4)
+
+
+def test_alpha_test_cuts_without_coverage_blending():
+    """No alpha-to-coverage: at 1 spp a pixel is either the bright card or the dark wall, never between; the box
+    filtered reference has the in-between values along every bar (the aliasing the network must remove)."""
+    scene = card_scene(Material(color=(1.0, 1.0, 1.0), pattern="grate", pattern_scale=1.0, emissive=50.0),
+                       Material(color=(0.01, 0.01, 0.01)))
+    renderer = Renderer(scene, W, H)
+    color = renderer.render_color(4, halton_jitter(4))[..., 0]
+    reference = renderer.render_reference(4, 4)[..., 0]
+    renderer.release()
+    between = lambda image: ((image > 2) & (image < 40)).mean()  # noqa: E731
+    print(f"pixels between wall and card: colour {between(color):.2%}, reference {between(reference):.2%}; "
+          f"card pixels {(color > 40).mean():.1%}")
+    assert (color > 40).mean() > 0.02 and between(color) == 0
+    assert between(reference) > 0.02
+
+
+# ------------------------------------------------------------------------------------------------ shadows
+
+SUN = (1.0, 1.0, 0.4)
+
+
+def shadow_scene(occluder_step=(0.0, 0.0, 0.0)) -> Scene:
+    """A diffuse floor under a floating slab (moving by `occluder_step` per frame), sun from `SUN`, camera above."""
+    cam = CameraPath((CameraKey(0, (0.5, 6.0, 5.0), (0.5, 0.0, 0.0)),), fov_y=50)
+    s = Scene([], [], cam, sun_direction=SUN, shadow=SunShadow(center=(0, 0, 0), extent=5, resolution=512))
+    s.add(box(), Material(color=(0.5, 0.5, 0.5)), translate((0, -0.1, 0)) @ scale((30, 0.2, 30)))
+    s.add(box(), Material(color=(0.8, 0.2, 0.2)), RigidMotion(position=(0, 1.5, 0), size=(3.0, 0.3, 2.0),
+                                                              velocity=occluder_step, axis=(0, 1, 0), angle=25))
+    return s
+
+
+def oracle_shadow(scene: Scene, frame: float) -> tuple[np.ndarray, np.ndarray]:
+    """(floor pixels, floor pixels whose point sees the slab towards the sun) by ray casting."""
+    ids, hits = ray_cast(scene, frame)
+    floor = ids == 0
+    sun = np.asarray(SUN) / np.linalg.norm(SUN)
+    blocked = np.isfinite(slab_hits(scene.instances[1].model(frame), hits + 1e-4 * sun, np.broadcast_to(sun,
+                                                                                                          hits.shape)))
+    return floor, floor & blocked
+
+
+def away_from_edges(mask: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Pixels whose (2·radius+1)² neighbourhood has the same value of `mask`."""
+    pad = np.pad(mask, radius, mode="edge")
+    same = np.ones_like(mask)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            same &= pad[dy:dy + H, dx:dx + W] == mask
+    return same
+
+
+def test_shadow_map_matches_ray_cast_shadows_of_a_moving_occluder():
+    """Floor pixels are dark exactly where a ray towards the sun hits the slab, at two frames of its motion (the
+    map is redrawn per frame); without the shadow map nothing on the floor is dark."""
+    scene = shadow_scene(occluder_step=(0.25, 0.0, -0.1))
+    renderer = Renderer(scene, W, H)
+    frames = {f: renderer.render_color(f)[..., 0] for f in (0, 4)}
+    renderer.release()
+    for frame, red in frames.items():
+        floor, shadowed = oracle_shadow(scene, frame)
+        lit_value = 0.5 * (scene.ambient[0] + scene.sun_color[0] * SUN[1] / np.linalg.norm(SUN))
+        dark = red < (0.5 * scene.ambient[0] + lit_value) / 2
+        compared = floor & away_from_edges(shadowed)
+        agree = (dark == shadowed)[compared].mean()
+        print(f"frame {frame}: {shadowed[compared].mean():.1%} of {compared.sum()} floor pixels in shadow, "
+              f"agreement {agree:.2%}")
+        assert shadowed[compared].sum() > 100 and agree > 0.995
+    assert not np.array_equal(oracle_shadow(scene, 0)[1], oracle_shadow(scene, 4)[1])
+    unshadowed = Scene(scene.materials, scene.instances, scene.camera, sun_direction=SUN)
+    renderer = Renderer(unshadowed, W, H)
+    red = renderer.render_color(4)[..., 0]
+    renderer.release()
+    floor, _ = oracle_shadow(scene, 4)
+    assert (red[floor & away_from_edges(floor)] > 0.5 * scene.ambient[0] * 1.5).all()
+
+
+# ------------------------------------------------------------------------------------------------ normal maps
+
+
+def floor_scene(bump: float) -> Scene:
+    """A glossy brick floor seen at a grazing angle under a low sun (highlights on the bevels)."""
+    cam = CameraPath((CameraKey(0, (0.0, 1.2, 3.0), (0.0, 0.0, -2.0)), CameraKey(10, (1.0, 1.2, 3.0),
+                                                                                 (1.0, 0.0, -2.0))), fov_y=50)
+    s = Scene([], [], cam, sun_direction=(0.2, 0.5, -1.0))
+    bricks = Material(color=(0.5, 0.3, 0.2), color2=(0.2, 0.2, 0.2), pattern="bricks", pattern_scale=0.5,
+                      specular=1.0, shininess=200, bump=bump)
+    s.add(quad(20, 20, (20, 20)), bricks, rotate((1, 0, 0), -90))
+    return s
+
+
+def test_normal_maps_change_shading_and_nothing_else():
+    """The bumps add shading detail (bright bevel highlights and shaded joints); motion and depth stay the flat
+    surface's."""
+    images, gbuffers = {}, {}
+    for bump in (0.0, 1.0):
+        renderer = Renderer(floor_scene(bump), W, H)
+        images[bump] = renderer.render_color(4)
+        gbuffers[bump] = renderer.render_gbuffer(4, 3)
+        renderer.release()
+    flat, bumpy = images[0.0], images[1.0]
+    detail = {b: float(np.abs(np.diff(np.log1p(img), axis=1)).mean()) for b, img in images.items()}
+    changed = (np.abs(bumpy - flat).max(-1) > 0.1 * flat.max(-1)).mean()
+    print(f"mean |log horizontal gradient|: flat {detail[0.0]:.4f}, bumpy {detail[1.0]:.4f}; "
+          f"{changed:.0%} of pixels changed by > 10%")
+    assert detail[1.0] > 1.5 * detail[0.0] and changed > 0.2
+    for a, b in zip(gbuffers[0.0], gbuffers[1.0]):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ game-like scenes
+
+
+def game_scene(name: str, seed: int | None = None) -> Scene:
+    m = find_scene(name)
+    return build_scene(m.builtin.builder, m.builtin.params, m.seed if seed is None else seed)
+
+
+def test_reference_is_the_box_mean_of_the_shaded_samples_with_shadows_normal_maps_and_cut_outs():
+    """The reference is the mean of N×N colour samples (same shadow map, normal maps, alpha tests), each taken with
+    the texture detail of N× the resolution (mip bias − log2 N)."""
+    scene = game_scene("builtin_courtyard")
+    n, size, frame = 2, (64, 40), 30
+    reference_renderer = Renderer(scene, *size, mip_bias=1.0)  # − log2(2) → the samples' bias is 0
+    reference = reference_renderer.render_reference(frame, n)
+    reference_renderer.release()
+    renderer = Renderer(scene, *size)
+    samples = [renderer.render_color(frame, offset) for offset in stratified_offsets(n)]
+    renderer.release()
+    np.testing.assert_allclose(reference, np.mean(np.asarray(samples, np.float64), 0), rtol=1e-6, atol=1e-7)
+    assert np.abs(samples[0] - samples[-1]).mean() > 0.01  # the sub-pixel samples really differ
+
+
+@pytest.mark.parametrize("name", ["builtin_courtyard", "builtin_machinery"])
+def test_game_like_scenes_are_deterministic_per_seed(name):
+    """Same seed, same bytes (colour, motion, depth); another seed, another image."""
+
+    def passes(seed=None):
+        renderer = Renderer(game_scene(name, seed), 48, 32)
+        out = [renderer.render_color(20, halton_jitter(20)), *renderer.render_gbuffer(20, 19)]
+        renderer.release()
+        return [a.tobytes() for a in out]
+
+    first = passes()
+    assert passes() == first
+    assert passes(seed=find_scene(name).seed + 1)[0] != first[0]
