@@ -11,6 +11,7 @@ from datagen.builtin.renderer import Renderer, halton_jitter, stratified_offsets
 from datagen.builtin.scene import (CameraKey, CameraPath, Material, RigidMotion, Scene, SunShadow, box, quad, rotate,
                                    scale, translate)
 from datagen.builtin.scenes import build_scene
+from datagen.builtin.textures import bricks_texture
 from datagen.manifests import find_scene
 from test_renderer import H, W, camera_rays, interior, oracle_motion, planar_depth, ray_cast, slab_hits
 
@@ -181,6 +182,49 @@ def test_normal_maps_change_shading_and_nothing_else():
     assert detail[1.0] > 1.5 * detail[0.0] and changed > 0.2
     for a, b in zip(gbuffers[0.0], gbuffers[1.0]):
         np.testing.assert_array_equal(a, b)
+
+
+def bilinear(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """OpenGL's LINEAR magnification with REPEAT wrapping: texel centres at (i + 0.5) / size, row 0 at v = 0."""
+    size = texture.shape[0]
+    x, y = uv[..., 0] * size - 0.5, uv[..., 1] * size - 0.5
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    at = lambda i, j: texture[j % size, i % size].astype(np.float64)  # noqa: E731
+    return ((1 - fy) * ((1 - fx) * at(x0, y0) + fx * at(x0 + 1, y0)) +
+            fy * ((1 - fx) * at(x0, y0 + 1) + fx * at(x0 + 1, y0 + 1)))
+
+
+def test_normal_map_shading_matches_the_bumps_of_the_texture():
+    """Diffuse bricks seen from above, magnified (mip level 0): each pixel's brightness is the albedo times the
+    sun's cosine on the texture's tangent-space normal, with tangent +u = world +x and bitangent +v = world −z
+    (the floor quad's uv axes). A flipped slope, swapped axes or a missing bump would all miss."""
+    cam = CameraPath((CameraKey(0, (0.0, 1.5, 0.3), (0.0, 0.0, 0.0)),), fov_y=50)
+    sun = np.array([0.8, 0.6, -0.5])
+    s = Scene([], [], cam, sun_direction=tuple(sun), ambient=(0.0, 0.0, 0.0), sun_color=(1.0, 1.0, 1.0))
+    bump, scale_ = 1.5, 0.1
+    s.add(quad(40, 40, (40, 40)), Material(color=(0.8, 0.8, 0.8), color2=(0.2, 0.2, 0.2), pattern="bricks",
+                                            pattern_scale=scale_, bump=bump), rotate((1, 0, 0), -90))
+    renderer = Renderer(s, W, H)
+    red = renderer.render_color(0)[..., 0]
+    renderer.release()
+    origin, dirs = camera_rays(s, 0)
+    hits = origin + (-origin[1] / dirs[..., 1])[..., None] * dirs
+    uv = np.stack([hits[..., 0] + 20, -hits[..., 2] + 20], -1) * scale_  # quad corner (−20, 0, 20) is uv (0, 0)
+    texel = bilinear(bricks_texture(s.texture_seed), uv) / 255
+    slope = texel[..., :2] * 2 - 1
+    z = np.sqrt(np.clip(1 - (slope ** 2).sum(-1), 0, None))
+    normal = np.stack([slope[..., 0] * bump, z, -slope[..., 1] * bump], -1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    light = sun / np.linalg.norm(sun)
+    albedo = 0.8 + (0.2 - 0.8) * texel[..., 2]
+    want = albedo * np.clip(normal @ light, 0, None)
+    flat = albedo * light[1]
+    error, flat_error = np.abs(red - want), np.abs(red - flat)
+    print(f"|rendered - oracle| median {np.median(error):.4f}, 99th pct {np.percentile(error, 99):.4f}; "
+          f"flat shading would be off by median {np.median(flat_error):.4f}")
+    assert np.median(flat_error) > 0.03
+    assert np.median(error) < 0.1 * np.median(flat_error) and np.percentile(error, 99) < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ game-like scenes
