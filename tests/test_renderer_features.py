@@ -13,7 +13,7 @@ from datagen.builtin.scene import (CameraKey, CameraPath, Material, RigidMotion,
 from datagen.builtin.scenes import build_scene
 from datagen.builtin.textures import bricks_texture
 from datagen.manifests import find_scene
-from test_renderer import H, W, camera_rays, interior, oracle_motion, planar_depth, ray_cast, slab_hits
+from test_renderer import H, W, camera_rays, interior, oracle_motion, planar_depth, slab_hits
 
 # ------------------------------------------------------------------------------------------------ alpha test
 
@@ -38,18 +38,27 @@ def card_scene(card_look: Material, wall_look: Material) -> Scene:
     return s
 
 
+def card_hits(model: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ray parameter of the hit of the 2×2 card's plane, whether that hit is on the quad) for rays from `origin`
+    (one point or one per ray)."""
+    inv = np.linalg.inv(model)
+    o = origin @ inv[:3, :3].T + inv[:3, 3]
+    d = dirs @ inv[:3, :3].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -o[..., 2] / d[..., 2]
+    local = o + t[..., None] * d
+    on_quad = (np.abs(local[..., :2]) <= 1).all(-1) & (t > 0)
+    return t, on_quad, on_quad & grate_kept((local[..., :2] + 1) / 2 * CARD_UV)
+
+
 def card_oracle(scene: Scene, frame: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids: 0 wall, 1 card, −1 nothing; world hits; pixels whose ray crosses the card quad) by ray casting,
     with the card's holes from `grate_kept`."""
     origin, dirs = camera_rays(scene, frame)
     wall, card = scene.instances
     t_wall = slab_hits(wall.model(frame), origin, dirs)
-    inv = np.linalg.inv(card.model(frame))
-    o, d = inv[:3, :3] @ origin + inv[:3, 3], dirs @ inv[:3, :3].T
-    t_card = -o[2] / d[..., 2]
-    local = o + t_card[..., None] * d
-    on_quad = (np.abs(local[..., :2]) <= 1).all(-1) & (t_card > 0)
-    solid = on_quad & grate_kept((local[..., :2] + 1) / 2 * CARD_UV) & (t_card < t_wall)
+    t_card, on_quad, kept = card_hits(card.model(frame), origin, dirs)
+    solid = kept & (t_card < t_wall)
     ids = np.where(solid, 1, np.where(np.isfinite(t_wall), 0, -1))
     t = np.where(solid, t_card, np.where(np.isfinite(t_wall), t_wall, 0))
     return ids, origin + t[..., None] * dirs, on_quad
@@ -97,26 +106,34 @@ SUN = (1.0, 1.0, 0.4)
 
 
 def shadow_scene(occluder_step=(0.0, 0.0, 0.0)) -> Scene:
-    """A diffuse floor under a floating slab (moving by `occluder_step` per frame), sun from `SUN`, camera above."""
+    """A diffuse floor under a floating slab (moving by `occluder_step` per frame) and a horizontal alpha-tested
+    grate card; sun from `SUN`, camera above."""
     cam = CameraPath((CameraKey(0, (0.5, 6.0, 5.0), (0.5, 0.0, 0.0)),), fov_y=50)
     s = Scene([], [], cam, sun_direction=SUN, shadow=SunShadow(center=(0, 0, 0), extent=5, resolution=512))
     s.add(box(), Material(color=(0.5, 0.5, 0.5)), translate((0, -0.1, 0)) @ scale((30, 0.2, 30)))
     s.add(box(), Material(color=(0.8, 0.2, 0.2)), RigidMotion(position=(0, 1.5, 0), size=(3.0, 0.3, 2.0),
                                                               velocity=occluder_step, axis=(0, 1, 0), angle=25))
+    s.add(quad(2, 2, CARD_UV), Material(color=(0.2, 0.8, 0.2), pattern="grate", pattern_scale=1.0),
+          translate((3.0, 1.8, 1.5)) @ rotate((0, 1, 0), 20) @ rotate((1, 0, 0), -90))
     return s
 
 
-def oracle_shadow(scene: Scene, frame: float) -> tuple[np.ndarray, np.ndarray]:
-    """(floor pixels, floor pixels whose point sees the slab towards the sun) by ray casting."""
-    ids, hits = ray_cast(scene, frame)
-    floor = ids == 0
-    sun = np.asarray(SUN) / np.linalg.norm(SUN)
-    blocked = np.isfinite(slab_hits(scene.instances[1].model(frame), hits + 1e-4 * sun, np.broadcast_to(sun,
-                                                                                                          hits.shape)))
-    return floor, floor & blocked
+def oracle_shadow(scene: Scene, frame: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(floor pixels, floor pixels whose point sees the slab or the card's bars towards the sun, floor pixels
+    whose sun ray crosses the card) by ray casting."""
+    floor_box, slab, card = scene.instances
+    origin, dirs = camera_rays(scene, frame)
+    t_floor, t_slab = slab_hits(floor_box.model(frame), origin, dirs), slab_hits(slab.model(frame), origin, dirs)
+    t_card, _, on_card = card_hits(card.model(frame), origin, dirs)
+    floor = (t_floor < t_slab) & ~(on_card & (t_card < t_floor)) & np.isfinite(t_floor)
+    hits = origin + np.where(floor, t_floor, 0)[..., None] * dirs
+    sun = np.broadcast_to(np.asarray(SUN) / np.linalg.norm(SUN), hits.shape)
+    _, under_card, bars = card_hits(card.model(frame), hits, sun)
+    blocked = np.isfinite(slab_hits(slab.model(frame), hits + 1e-4 * sun, sun)) | bars
+    return floor, floor & blocked, floor & under_card
 
 
-def away_from_edges(mask: np.ndarray, radius: int = 2) -> np.ndarray:
+def away_from_edges(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     """Pixels whose (2·radius+1)² neighbourhood has the same value of `mask`."""
     pad = np.pad(mask, radius, mode="edge")
     same = np.ones_like(mask)
@@ -127,27 +144,29 @@ def away_from_edges(mask: np.ndarray, radius: int = 2) -> np.ndarray:
 
 
 def test_shadow_map_matches_ray_cast_shadows_of_a_moving_occluder():
-    """Floor pixels are dark exactly where a ray towards the sun hits the slab, at two frames of its motion (the
-    map is redrawn per frame); without the shadow map nothing on the floor is dark."""
+    """Floor pixels are dark exactly where a ray towards the sun hits the slab or a bar of the grate (its holes
+    let the sun through), at two frames of the slab's motion (the map is redrawn per frame); without the shadow
+    map nothing on the floor is dark."""
     scene = shadow_scene(occluder_step=(0.25, 0.0, -0.1))
     renderer = Renderer(scene, W, H)
     frames = {f: renderer.render_color(f)[..., 0] for f in (0, 4)}
     renderer.release()
     for frame, red in frames.items():
-        floor, shadowed = oracle_shadow(scene, frame)
+        floor, shadowed, under_card = oracle_shadow(scene, frame)
         lit_value = 0.5 * (scene.ambient[0] + scene.sun_color[0] * SUN[1] / np.linalg.norm(SUN))
         dark = red < (0.5 * scene.ambient[0] + lit_value) / 2
         compared = floor & away_from_edges(shadowed)
         agree = (dark == shadowed)[compared].mean()
+        holes = (compared & under_card & ~shadowed).sum()
         print(f"frame {frame}: {shadowed[compared].mean():.1%} of {compared.sum()} floor pixels in shadow, "
-              f"agreement {agree:.2%}")
-        assert shadowed[compared].sum() > 100 and agree > 0.995
+              f"{holes} lit through the grate's holes; agreement {agree:.2%}")
+        assert shadowed[compared].sum() > 100 and holes > 50 and agree > 0.995
     assert not np.array_equal(oracle_shadow(scene, 0)[1], oracle_shadow(scene, 4)[1])
     unshadowed = Scene(scene.materials, scene.instances, scene.camera, sun_direction=SUN)
     renderer = Renderer(unshadowed, W, H)
     red = renderer.render_color(4)[..., 0]
     renderer.release()
-    floor, _ = oracle_shadow(scene, 4)
+    floor = oracle_shadow(scene, 4)[0]
     assert (red[floor & away_from_edges(floor)] > 0.5 * scene.ambient[0] * 1.5).all()
 
 
