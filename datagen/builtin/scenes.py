@@ -417,7 +417,7 @@ def machinery(*, seed: int, camera: list[dict], fov: float = 60.0, pipes: int = 
     for x in (-11, 11):
         s.add(box(), painted, translate((x, 3.5, pylon_z)) @ scale((0.5, 7, 0.5)))
     cable = Material(color=(0.04, 0.04, 0.045), specular=0.8, shininess=200)
-    for k in range(count(rng, cables, 0.3)):
+    for _ in range(count(rng, cables, 0.3)):
         y0, y1 = rng.uniform(4.5, 7), rng.uniform(4.5, 7)
         span(s, cable, (-11, y0, pylon_z + rng.uniform(-0.2, 0.2)), (11, y1, pylon_z + rng.uniform(3, 8)),
              vary(rng, 0.015, 0.4))
@@ -429,7 +429,7 @@ def machinery(*, seed: int, camera: list[dict], fov: float = 60.0, pipes: int = 
     guard = Material(color=tint(rng, (0.6, 0.6, 0.62), 0.1), pattern="chainlink", pattern_scale=vary(rng, 14, 0.2),
                      specular=1.0, shininess=80)
     blade = Material(color=tint(rng, (0.7, 0.7, 0.72), 0.2), specular=1.5, shininess=300)
-    for k in range(count(rng, fans, 0.3)):
+    for _ in range(count(rng, fans, 0.3)):
         centre = np.array([rng.uniform(-8, 8), rng.uniform(1.5, 3.0), wall_z + 0.3])
         size, spin = rng.uniform(1.0, 1.8), rng.uniform(6, 14) * rng.choice([-1, 1])
         for angle in (0, 90):
@@ -437,7 +437,7 @@ def machinery(*, seed: int, camera: list[dict], fov: float = 60.0, pipes: int = 
                                             angle=angle + rng.uniform(0, 90), spin=spin))
         s.add(quad(size * 1.15, size * 1.15, (size * 1.15, size * 1.15)), guard, translate(centre + (0, 0, 0.15)))
     # lamps: warm point lights and their emissive housings
-    for k in range(count(rng, lamps, 0.3)):
+    for _ in range(count(rng, lamps, 0.3)):
         position = (rng.uniform(-8, 8), deck_y + 1.6, deck_z + rng.uniform(-1, 1))
         s.lights.append(PointLight(position, tuple(np.array([1.0, 0.75, 0.45]) * vary(rng, 12, 0.3))))
         s.add(box(), Material(color=(1.0, 0.8, 0.5), emissive=8.0), translate(position) @ scale((0.3, 0.08, 0.15)))
