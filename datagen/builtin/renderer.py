@@ -73,6 +73,19 @@ void main() {
 
 # The alpha-tested patterns' holes, shared by the shading and the shadow passes (leaves cast leaf-shaped shadows).
 CUT_OUT = """
+uvec3 cell_hash(vec2 cell) {
+    // integer hash (PCG-style) of a pattern cell: the same bits on every OpenGL device
+    uvec3 v = uvec3(ivec3(int(cell.x), int(cell.y), 7919)) * 1664525u + 1013904223u;
+    v.x += v.y * v.z; v.y += v.z * v.x; v.z += v.x * v.y;
+    v ^= v >> 16u;
+    v.x += v.y * v.z; v.y += v.z * v.x; v.z += v.x * v.y;
+    return v;
+}
+
+vec3 cell_random(vec2 cell) {  // three numbers in [0, 1) per cell
+    return vec3(cell_hash(cell) >> 8u) / 16777216.0;
+}
+
 bool cut_out(int pattern, vec2 uv, vec2 card_uv) {
     if (pattern == %(blades)d) return abs(fract(uv.x) - 0.5) > 0.42 * (1.0 - card_uv.y);
     if (pattern == %(leaf)d) {
@@ -86,6 +99,14 @@ bool cut_out(int pattern, vec2 uv, vec2 card_uv) {
     if (pattern == %(grate)d) {  // bars along v at every integer u, thin cross bars every 4 units of v
         vec2 d = abs(fract(uv * vec2(1.0, 0.25) + 0.5) - 0.5);
         return d.x > 0.12 && d.y > 0.03;
+    }
+    if (pattern == %(foliage)d) {  // a round cluster of leaves, one per cell, each shifted, turned and sized at random
+        if (length(card_uv - 0.5) > 0.5) return true;
+        vec3 r = cell_random(floor(uv));
+        if (r.z < 0.12) return true;  // gaps
+        float a = 6.2832 * r.x;
+        vec2 c = mat2(cos(a), sin(a), -sin(a), cos(a)) * (fract(uv) - 0.5 - 0.25 * (r.yz - 0.5));
+        return dot(c * vec2(1.0, 1.9), c * vec2(1.0, 1.9)) > 0.09 + 0.12 * r.y;
     }
     return false;
 }
@@ -174,6 +195,7 @@ void main() {
     if (cut_out(pattern, uv, v_uv)) discard;
     if (pattern == %(blades)d) t = v_uv.y;
     else if (pattern == %(leaf)d) t = fract(uv.y);
+    else if (pattern == %(foliage)d) t = cell_random(floor(uv)).y;
 #endif
     vec3 albedo = mix(A.rgb, B.rgb, t);
     vec3 color;

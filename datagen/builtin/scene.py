@@ -75,8 +75,8 @@ def orthographic(half_width: float, half_height: float, near: float, far: float)
 # Pattern ids understood by the fragment shader (renderer.FRAGMENT_SHADER). `bricks` and `plates` sample a
 # mip-mapped surface texture (albedo mix + normal map); the alpha-tested ones cut holes with `discard`.
 PATTERNS = {"solid": 0, "checker": 1, "text": 2, "blades": 3, "stripes": 4, "sky": 5, "leaf": 6, "bricks": 7,
-            "plates": 8, "chainlink": 9, "grate": 10}
-ALPHA_TESTED = ("blades", "leaf", "chainlink", "grate")
+            "plates": 8, "chainlink": 9, "grate": 10, "foliage": 11}
+ALPHA_TESTED = ("blades", "leaf", "chainlink", "grate", "foliage")
 NORMAL_MAPPED = ("bricks", "plates")
 
 

@@ -349,16 +349,16 @@ def courtyard(*, seed: int, camera: list[dict], fov: float = 60.0, trees: int = 
                       emissive=vary(rng, 2.0, 0.3))
     s.add(quad(3.0, 1.6, (3, 1.6)), poster, translate((rng.uniform(-6, 6), 2.6, back + 0.02)))
     bark = Material(color=tint(rng, (0.3, 0.22, 0.15)), specular=0.05)
-    leaves = Material(color=tint(rng, (0.1, 0.3, 0.06)), color2=tint(rng, (0.35, 0.6, 0.15)), pattern="leaf",
-                      pattern_scale=vary(rng, 6, 0.3), specular=0.3, shininess=30)
+    leaves = Material(color=tint(rng, (0.1, 0.3, 0.06)), color2=tint(rng, (0.35, 0.6, 0.15)), pattern="foliage",
+                      pattern_scale=vary(rng, 9, 0.3), specular=0.3, shininess=30)
     for _ in range(count(rng, trees)):
         tree(s, rng, place(rng, (-9, 0, back + 1.5), (9, 0, 1.5), track, clearance=2.5), bark, leaves)
-    hedge = Material(color=tint(rng, (0.06, 0.25, 0.05)), color2=tint(rng, (0.2, 0.45, 0.1)), pattern="leaf",
-                     pattern_scale=vary(rng, 8, 0.3))
+    hedge = Material(color=tint(rng, (0.06, 0.25, 0.05)), color2=tint(rng, (0.2, 0.45, 0.1)), pattern="foliage",
+                     pattern_scale=vary(rng, 10, 0.3))
     for _ in range(count(rng, hedges, 0.4)):
         centre = place(rng, (-side + 1, 0.6, back + 1), (side - 1, 0.6, back + 3), track, clearance=2.0)
         for angle in (0, 60, 120):
-            s.add(quad(2.4, 1.2, (2.4, 1.2)), hedge, translate(centre) @ rotate((0, 1, 0), angle + rng.uniform(0, 20)))
+            s.add(quad(1.6, 1.4), hedge, translate(centre) @ rotate((0, 1, 0), angle + rng.uniform(0, 20)))
     metal = Material(color=tint(rng, (0.35, 0.36, 0.38), 0.2), specular=1.0, shininess=200)
     fence_z = rng.uniform(back + 3.5, back + 5.5)
     chain_link_fence(s, rng, (-side + 0.5, fence_z), (rng.uniform(-2, 4), fence_z), rng.uniform(2.0, 3.0), metal)

@@ -50,7 +50,7 @@ def bricks_texture(seed: int, size: int = SURFACE_TEXTURE_SIZE, rows: int = 8, p
     # distance (texels) to the nearest joint, for the bevel
     edge = np.minimum.reduce([v % brick_h, brick_h - v % brick_h, shifted % brick_w, brick_w - shifted % brick_w])
     mortar = edge < 1.5
-    shade = rng.uniform(0.0, 0.55, (rows, per_row))[row, col]
+    shade = rng.uniform(0.0, 0.3, (rows, per_row))[row, col]
     height = np.clip(edge / 3.0, 0, 1) + 0.15 * rng.standard_normal((size, size))
     height[mortar] = -0.2
     return encode_surface(height, np.where(mortar, 1.0, shade), slope_scale=1.5)
