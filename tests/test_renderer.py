@@ -287,9 +287,10 @@ def test_specular_scene_has_hdr_highlights():
     assert color.max() > 10 and (color > 5).any(-1).mean() < 0.05  # sharp: few pixels far above 1
 
 
-def test_negative_mip_bias_keeps_more_texture_detail():
+@pytest.mark.parametrize("name", ["builtin_street", "builtin_machinery"])  # text; tread-plate normal map
+def test_negative_mip_bias_keeps_more_texture_detail(name):
     """The configured mip bias reaches the texture sampler: a negative bias picks finer (busier) mip levels."""
-    m = find_scene("builtin_street")
+    m = find_scene(name)
     scene = build_scene(m.builtin.builder, m.builtin.params, m.seed)
 
     def detail(bias: float) -> float:
