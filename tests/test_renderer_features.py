@@ -4,6 +4,8 @@ definition with all of them on, and determinism of the game-like scenes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -282,3 +284,27 @@ def test_game_like_scenes_are_deterministic_per_seed(name):
     first = passes()
     assert passes() == first
     assert passes(seed=find_scene(name).seed + 1)[0] != first[0]
+
+
+@pytest.mark.parametrize("name", ["builtin_courtyard", "builtin_machinery"])
+def test_game_like_scenes_show_their_shadows_and_bumps(name):
+    """In the scenes themselves, shadow-mapped shadows cover part of the frame (switching the map off brightens
+    it) and the normal maps shade a good part of it (switching them off changes it)."""
+    scene = game_scene(name)
+
+    def color(s: Scene) -> np.ndarray:
+        renderer = Renderer(s, 96, 60)
+        image = renderer.render_color(30)
+        renderer.release()
+        return image.sum(-1)
+
+    full = color(scene)
+    unshadowed = color(Scene(scene.materials, scene.instances, scene.camera, scene.sun_direction, scene.sun_color,
+                             scene.ambient, scene.lights, texture_seed=scene.texture_seed))
+    flat = color(Scene([dataclasses.replace(m, bump=0.0) for m in scene.materials], scene.instances, scene.camera,
+                       scene.sun_direction, scene.sun_color, scene.ambient, scene.lights,
+                       texture_seed=scene.texture_seed, shadow=scene.shadow))
+    in_shadow = (unshadowed > 1.5 * full).mean()
+    bumped = (np.abs(flat - full) > 0.02 * full).mean()
+    print(f"{name}: {in_shadow:.1%} of pixels in shadow, {bumped:.1%} changed by > 2% by the normal maps")
+    assert in_shadow > 0.02 and bumped > 0.1
