@@ -74,3 +74,46 @@ def test_inspect_does_not_call_a_store_complete_when_its_checksum_table_lost_a_c
     assert "complete: NO (" in result.stdout and "array 'checksum' does not match its recorded checksum" \
         in result.stdout, result.stdout
     assert qw("datagen", "verify", str(store)).returncode == 1
+
+
+# ----------------------------------------------------------------------------------------------- budgets
+
+
+def test_a_scene_listed_twice_in_a_dataset_manifest_is_refused_naming_both(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\ntotal_blocks: 6\nscenes:\n  - {scene: builtin_fence, budget: 3}\n"
+                    "  - {scene: Builtin Fence, budget: 3}\n")
+    stderr = one_line_error(qw("datagen", "plan", "--dataset", str(path), "--captures", str(tmp_path)))
+    assert str(path) in stderr and "scene 'builtin_fence' is listed more than once" in stderr, stderr
+
+
+def _infos(frames: int, width: int, height: int):
+    from datagen.plan import CaptureInfo
+
+    return [CaptureInfo("a/s1", capture_meta("a", "s1", frames, width, height), "sha", "train")]
+
+
+def test_a_budget_past_the_distinct_blocks_of_a_scene_is_refused():
+    from datagen.plan import make_plan
+
+    # 24 frames = 3 windows of 8; a 40×36 frame holds 9×5 = 45 positions of a 32-pixel tile: 135 distinct blocks
+    assert make_plan(dataset({"a": 135}), _infos(24, 40, 36)).num_blocks == 135
+    with pytest.raises(QwError, match=r"budget 136 is more than the 135 distinct blocks .*3 window\(s\) of 8 frames"):
+        make_plan(dataset({"a": 136}), _infos(24, 40, 36))
+    with pytest.raises(QwError, match="budget 100000 is more than the 135 distinct"):
+        make_plan(dataset({"a": 100000}), _infos(24, 40, 36))
+    # with 4 candidates per block, each block needs 4 distinct positions: 3 × ⌊45 / 4⌋ = 33
+    with pytest.raises(QwError, match=r"budget 34 is more than the 33 distinct .*4 candidate"):
+        make_plan(dataset({"a": 34}, candidates=4), _infos(24, 40, 36))
+
+
+def test_a_budget_whose_blocks_must_overlap_is_warned_with_the_counts(caplog):
+    from datagen.plan import make_plan
+
+    # 96×64 frames hold 3×2 = 6 disjoint 32-pixel tiles per window, 18 over 3 windows
+    make_plan(dataset({"a": 18}), _infos(24, 96, 64))
+    assert "overlap" not in caplog.text
+    plan = make_plan(dataset({"a": 100}), _infos(24, 96, 64))
+    assert "budget 100 is more than the 18 blocks that share no pixel" in caplog.text, caplog.text
+    positions = [(t.start, *p) for t in plan.tasks for p in t.positions[:, 0].tolist()]
+    assert len(set(positions)) == 100  # overlapping, never repeated
