@@ -117,3 +117,111 @@ def test_a_budget_whose_blocks_must_overlap_is_warned_with_the_counts(caplog):
     assert "budget 100 is more than the 18 blocks that share no pixel" in caplog.text, caplog.text
     positions = [(t.start, *p) for t in plan.tasks for p in t.positions[:, 0].tolist()]
     assert len(set(positions)) == 100  # overlapping, never repeated
+
+
+# ----------------------------------------------------------------------------------------------- capture
+
+
+def test_a_resolution_past_the_renderer_limit_is_refused_before_anything_is_written(tmp_path):
+    stderr = one_line_error(qw("datagen", "capture", "--scene", "builtin_fence", "--shot", "dolly", "--frames",
+                               "0:1", "--out", str(tmp_path / "out"), "--resolution", "100000x100000"))
+    assert "100000x100000" in stderr and "at most 16384 pixels per side" in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- builds
+
+
+@pytest.fixture
+def small_build(tmp_path) -> dict:
+    captures, manifests = tmp_path / "captures", tmp_path / "manifests"
+    write_scene_manifest(manifests, "gamma", {"a": (16, "train")}, (64, 48))
+    write_shot(captures, capture_meta("gamma", "a", 16, 64, 48))
+    ds = write_dataset(tmp_path / "ds.yaml", dataset({"gamma": 3}))
+    args = ["-q", "datagen", "build", "--dataset", str(ds), "--captures", str(captures), "--workers", "1"]
+    return {"args": args, "env": {"QW_MANIFESTS": str(manifests)}, "root": tmp_path}
+
+
+def _qw_env(*args: str, env: dict, cwd: Path | None = None):
+    import os
+    import subprocess
+
+    from test_faults_store import QW
+
+    return subprocess.run([QW, *args], capture_output=True, text=True, timeout=180, env={**os.environ, **env},
+                          cwd=cwd)
+
+
+def test_a_second_build_of_a_store_is_refused_while_the_first_holds_it(small_build):
+    from datagen.tile import build_lock
+
+    store = str(small_build["root"] / "s.zarr")
+    with build_lock(store):  # what a running build holds
+        second = _qw_env(*small_build["args"], "--store", store, "--overwrite", env=small_build["env"])
+    assert "another build is writing this store" in one_line_error(second), second.stderr
+    assert not Path(store).exists()
+    assert _qw_env(*small_build["args"], "--store", store, env=small_build["env"]).returncode == 0  # released
+
+
+def test_a_group_left_by_a_raced_creation_is_rebuilt(small_build):
+    """Two `--overwrite` builds racing (before builds took a lock) left a zarr group without attributes holding
+    some of the store's arrays; neither `build` nor `--overwrite` could recover it."""
+    store = small_build["root"] / "s.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    group.create_array("color", shape=(4,), dtype="float16")
+    group.create_array("_tasks", shape=(4,), dtype="int16")
+    result = _qw_env(*small_build["args"], "--store", str(store), env=small_build["env"])
+    assert result.returncode == 0, result.stderr
+    assert qw("datagen", "verify", str(store)).returncode == 0
+
+
+def test_a_foreign_zarr_group_is_still_never_overwritten(small_build):
+    store = small_build["root"] / "s.zarr"
+    zarr.open_group(str(store), mode="w").create_array("mine", shape=(4,), dtype="int8")
+    stderr = one_line_error(_qw_env(*small_build["args"], "--store", str(store), "--overwrite",
+                                    env=small_build["env"]))
+    assert "not a qw block store" in stderr and (store / "mine").is_dir()
+
+
+def test_a_relative_store_on_a_cluster_started_elsewhere_is_built_where_the_client_means(small_build):
+    """Workers of an existing cluster run in their own working directory: a relative --store used to be opened
+    there and fail with 'not a qw block store (s.zarr does not exist)'."""
+    import subprocess
+    import sys
+    import time
+
+    from cli_helpers import free_port
+
+    elsewhere = small_build["root"] / "elsewhere"
+    elsewhere.mkdir()
+    dask, port = str(Path(sys.executable).with_name("dask")), free_port()
+    procs = [subprocess.Popen([dask, "scheduler", "--port", str(port), "--no-dashboard"], cwd=elsewhere,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2)
+        procs.append(subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+                                       "--no-dashboard"], cwd=elsewhere, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        args = [a for a in small_build["args"] if a not in ("--workers", "1")]
+        result = _qw_env(*args, "--store", "s.zarr", "--scheduler", f"tcp://127.0.0.1:{port}",
+                         env={**small_build["env"], "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "20s"},
+                         cwd=small_build["root"])
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+            proc.wait()
+    assert result.returncode == 0, result.stderr
+    assert qw("datagen", "verify", str(small_build["root"] / "s.zarr")).returncode == 0
+    assert not (elsewhere / "s.zarr").exists()
+
+
+def test_a_worker_that_cannot_open_the_store_says_why(tmp_path):
+    import numpy as np
+
+    from datagen.tile import TaskSpec, run_task
+
+    spec = TaskSpec(str(tmp_path / "nowhere.zarr"), None, "digest", 0, str(tmp_path), 64, 48, 0, 8, 32, 0,
+                    np.zeros((1, 1, 2), np.int32), 1)
+    with pytest.raises(QwError, match=r"a Dask worker on .* cannot open the store: .*nowhere\.zarr.*every worker "
+                                      r"must reach the store"):
+        run_task(spec)
