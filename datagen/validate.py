@@ -13,15 +13,34 @@ readable        each file decodes as EXR with the pass's channels and dtypes (ha
 resolution      every frame is ``width × height`` from ``capture.json``
 finite          no NaN or Inf pixel in any pass
 motion range    ``|m| < max(width, height)`` everywhere: larger motion cannot come from the previous frame
+sequence        source frame numbers increase; jitter offsets lie within half a pixel of the centre
+depth           (unless ``depth_units`` says the source has none) no negative depth, some positive depth in
+                every frame, and not one value at every pixel of every frame (a placeholder, not a render)
+aliasing        the input is not the reference: some pixels differ visibly (tone-mapped, > 1/255) in some frame
+motion warp     warping the previous reference by the motion predicts the current reference better than no
+                motion and than the reversed motion, see below
 reprojection    (when ``cameras`` are recorded) motion agrees with a depth + camera reprojection, see below
 ==============  ===========================================================================================
 
+These are the invariants a shot's own data can prove or refute; a check that cannot decide (no cameras, no depth,
+a static or featureless shot) is reported SKIPPED with its reason, never as passed.
+
+Motion-warp criterion: for each frame with valid history, the tone-mapped grey reference of the previous frame is
+sampled (bilinearly, on every second pixel of every second row) at ``p − m(p)``, at ``p`` and at ``p + m(p)``
+(motion, none, reversed), over the pixels that move at least half a pixel. The frame passes when the motion's mean
+error is at least 10 % below both others and fails when one of them is at least 10 % below the motion's: frames out
+of order, reversed, repeated or with unrelated motion fail; frames whose reference cannot tell them apart (flat or
+static content) decide nothing. The reference is unjittered, so jitter cannot pass for motion.
+
 Reprojection criterion: for each frame with valid history, `reprojected_motion` gives the motion every pixel would
 have if the scene were static. A pixel *agrees* when ``|m_stored − m_expected| ≤ abs_tol + rel_tol·|m_expected|``
-(defaults 0.25 px and 2 %: room for 16-bit velocity encodings and depth sampled at the jittered position). Moving
-objects legitimately disagree, so a frame passes when at least ``min_agree`` (default 50 %) of its pixels agree,
-i.e. when its median pixel is static-consistent. A sign flip, a wrong scale or a one-frame offset fails nearly all
-pixels of any frame with camera motion.
+with ``abs_tol`` = 0.25 px at a 1920-pixel frame, scaled with the frame's larger side (velocity encodings are
+fractions of the frame, so their error in pixels scales with it; a fixed 0.25 px would swallow the whole motion of
+a low-resolution shot), and ``rel_tol`` = 2 % (depth sampled at the jittered position). Moving objects
+legitimately disagree, so a frame passes when at least ``min_agree`` (default 50 %) of its pixels agree, i.e. when
+its median pixel is static-consistent. A frame *tells the sign* when at least ``min_agree`` of its pixels move more
+than the tolerance, so that reversed motion would fail; a shot none of whose frames does is reported SKIPPED (a
+sign or scale error would pass it).
 """
 
 from __future__ import annotations
@@ -51,14 +70,26 @@ from datagen.errors import CaptureError, QwError
 
 log = logging.getLogger(__name__)
 
-CHECKS = ("capture.json", "files", "checksums", "readable", "resolution", "finite", "motion range", "reprojection")
+CHECKS = ("capture.json", "files", "checksums", "readable", "resolution", "finite", "motion range", "sequence",
+          "depth", "aliasing", "motion warp", "reprojection")
+TOLERANCE_FRAME_SIZE = 1920  # the frame size at which ReprojectionTolerance.abs_px is given
+VISIBLE = 1 / 255  # a tone-mapped difference an 8-bit display shows
+MIN_ALIASED = 1e-3  # share of pixels that must differ visibly from the reference in some frame
+WARP_MIN_MOTION = 0.5  # px: smaller motion barely changes a bilinear warp of the reference
+WARP_MARGIN = 1.1  # the winning warp must beat the others by 10 % to decide a frame
+WARP_MIN_PIXELS = 64
+WARP_STRIDE = 2
 
 
 @dataclass(frozen=True)
 class ReprojectionTolerance:
-    abs_px: float = 0.25
+    abs_px: float = 0.25  # at a TOLERANCE_FRAME_SIZE frame; scaled with the frame's larger side
     rel: float = 0.02
     min_agree: float = 0.5
+
+    def abs_for(self, width: int, height: int) -> float:
+        """The absolute tolerance in pixels of a `width` × `height` frame."""
+        return self.abs_px * max(width, height) / TOLERANCE_FRAME_SIZE
 
 
 @dataclass
@@ -93,6 +124,18 @@ class ShotReport:
     @property
     def failed_checks(self) -> list[str]:
         return [c.name for c in self.checks.values() if c.status == "fail"]
+
+    @property
+    def skipped_checks(self) -> list[Check]:
+        return [c for c in self.checks.values() if c.status == "skip"]
+
+    @property
+    def verdict(self) -> str:
+        """FAIL with the failed checks; else SKIPPED with the checks that did not run; PASS only when all ran."""
+        if not self.ok:
+            return "FAIL: " + ", ".join(self.failed_checks)
+        skipped = self.skipped_checks
+        return "SKIPPED " + ", ".join(c.name for c in skipped) + " (others pass)" if skipped else "PASS"
 
 
 # ----------------------------------------------------------------------------------------------- reprojection
@@ -160,17 +203,79 @@ def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: in
     return motion
 
 
-def reprojection_agreement(motion: np.ndarray, expected: np.ndarray,
-                           tol: ReprojectionTolerance = ReprojectionTolerance()) -> tuple[float, float, int]:
-    """(fraction of pixels that agree, median error in px, pixels compared); NaN pixels on either side are left out."""
+def reprojection_agreement(motion: np.ndarray, expected: np.ndarray, tol: ReprojectionTolerance = ReprojectionTolerance()
+                           ) -> tuple[float, float, int, float]:
+    """(fraction of pixels that agree, median error in px, pixels compared, fraction of pixels whose expected motion
+    a sign flip would move outside the tolerance); NaN pixels on either side are left out."""
     err = np.hypot(motion[..., 0] - expected[..., 0], motion[..., 1] - expected[..., 1])
     valid = np.isfinite(err)
     pixels = int(valid.sum())
     if not pixels:
-        return float("nan"), float("nan"), 0
+        return float("nan"), float("nan"), 0, 0.0
+    length = np.hypot(expected[..., 0], expected[..., 1])
     with np.errstate(invalid="ignore"):
-        agree = err <= tol.abs_px + tol.rel * np.hypot(expected[..., 0], expected[..., 1])
-    return float(agree.sum() / pixels), float(np.median(err[valid])), pixels
+        allowed = tol.abs_for(motion.shape[1], motion.shape[0]) + tol.rel * length
+        agree, signed = err <= allowed, 2 * length > allowed  # a flip is off by 2|m|
+    return float(agree.sum() / pixels), float(np.median(err[valid])), pixels, float(signed.sum() / pixels)
+
+
+# ----------------------------------------------------------------------------------------------- meaning
+
+
+def _grey_channels(image: np.ndarray) -> np.ndarray:
+    """Tone-mapped channels x / (1 + x), negatives as 0, float32."""
+    c = np.maximum(image, 0, dtype=np.float32)
+    return c / (1 + c)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """Tone-mapped grey (x / (1 + x) of the channel mean, negatives as 0): edges count, highlights do not dominate."""
+    g = np.maximum(image.mean(axis=-1, dtype=np.float32), 0)
+    return g / (1 + g)
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`image` (H, W) sampled at continuous pixel coordinates (pixel centres at +0.5); callers keep them inside."""
+    u, v = x - 0.5, y - 0.5
+    x0 = np.clip(np.floor(u).astype(np.int64), 0, image.shape[1] - 2)
+    y0 = np.clip(np.floor(v).astype(np.int64), 0, image.shape[0] - 2)
+    fx, fy = u - x0, v - y0
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def warp_errors(prev_reference: np.ndarray, reference: np.ndarray, motion: np.ndarray) -> tuple[float, float, float,
+                                                                                                   int]:
+    """Mean tone-mapped error of predicting `reference` from `prev_reference` warped by the motion, by no motion
+    and by the reversed motion: (motion, none, reversed, pixels compared). Pixels moving less than WARP_MIN_MOTION
+    or whose source (either way) falls outside the frame are left out."""
+    height, width = reference.shape[:2]
+    if min(height, width) < 2:
+        return float("nan"), float("nan"), float("nan"), 0
+    prev, cur = _grey(prev_reference), _grey(reference[::WARP_STRIDE, ::WARP_STRIDE])
+    m = motion[::WARP_STRIDE, ::WARP_STRIDE].astype(np.float32)
+    ys, xs = np.mgrid[0:height:WARP_STRIDE, 0:width:WARP_STRIDE].astype(np.float32) + 0.5
+    inside = np.ones(cur.shape, bool)
+    for sign in (-1, 1):
+        sx, sy = xs + sign * m[..., 0], ys + sign * m[..., 1]
+        inside &= (sx >= 0.5) & (sx <= width - 0.5) & (sy >= 0.5) & (sy <= height - 0.5)
+    keep = inside & (np.hypot(m[..., 0], m[..., 1]) >= WARP_MIN_MOTION)
+    if keep.sum() < WARP_MIN_PIXELS:
+        return float("nan"), float("nan"), float("nan"), int(keep.sum())
+    xs, ys, mx, my, target = xs[keep], ys[keep], m[keep, 0], m[keep, 1], cur[keep]
+    errors = [float(np.abs(target - _bilinear(prev, xs - sign * mx, ys - sign * my)).mean()) for sign in (1, 0, -1)]
+    return errors[0], errors[1], errors[2], len(target)
+
+
+def _warp_verdict(errors: tuple[float, float, float, int]) -> str:
+    """'pass', 'fail' or '' (undecided) for one frame's warp errors (motion, none, reversed, pixels)."""
+    motion, *others, pixels = errors
+    if pixels < WARP_MIN_PIXELS:
+        return ""
+    if motion * WARP_MARGIN <= min(others):
+        return "pass"
+    return "fail" if min(others) * WARP_MARGIN <= motion else ""
 
 
 # ----------------------------------------------------------------------------------------------- per-frame checks
@@ -179,7 +284,10 @@ def reprojection_agreement(motion: np.ndarray, expected: np.ndarray,
 @dataclass
 class _FrameResult:
     problems: dict[str, list[str]] = field(default_factory=dict)
-    agreement: tuple[float, float, int] | None = None  # (fraction, median error, pixels) when reprojected
+    agreement: tuple[float, float, int, float] | None = None  # `reprojection_agreement`, when reprojected
+    warp: tuple[float, float, float, int] | None = None  # `warp_errors`, when the frame has history
+    aliased: float | None = None  # share of pixels where the input differs visibly from the reference
+    depth_range: tuple[float, float] | None = None  # finite min and max of the depth
 
     def add(self, check: str, message: str) -> None:
         self.problems.setdefault(check, []).append(message)
@@ -237,16 +345,55 @@ def _check_frame(shot: Path, meta: CaptureMeta, index: int, present: set[str],
             continue
         if _check_pixels(result, path, image, meta, pass_name):
             images[pass_name] = image
+    _check_meaning(result, shot, meta, index, images)
     if meta.cameras is not None and index > 0 and meta.history_valid()[index] and {"depth", "motion"} <= images.keys():
         expected = reprojected_motion(images["depth"], meta.cameras[index - 1], meta.cameras[index],
                                       meta.width, meta.height)
         result.agreement = reprojection_agreement(images["motion"], expected, tol)
-        fraction, median, pixels = result.agreement
+        fraction, median, pixels, _ = result.agreement
         if pixels and fraction < tol.min_agree:
             result.add("reprojection", f"{frame_path(shot, 'motion', index)}: only {fraction:.0%} of pixels agree "
                                        f"with the depth + camera reprojection (median error {median:.3g} px, "
-                                       f"need {tol.min_agree:.0%} within {tol.abs_px} px + {tol.rel:.0%})")
+                                       f"need {tol.min_agree:.0%} within {tol.abs_for(meta.width, meta.height):.3g} "
+                                       f"px + {tol.rel:.0%})")
     return result
+
+
+def has_depth(meta: CaptureMeta) -> bool:
+    """False when the capture says its source had no depth (importers then store zeros)."""
+    return not meta.depth_units.startswith("none")
+
+
+def _check_meaning(result: _FrameResult, shot: Path, meta: CaptureMeta, index: int,
+                   images: dict[str, np.ndarray]) -> None:
+    """Per-frame evidence for the depth, aliasing and motion-warp checks (decided per shot, `_meaning_checks`)."""
+    if "depth" in images and has_depth(meta):
+        depth = images["depth"][..., 0]
+        path = frame_path(shot, "depth", index)
+        if (depth < 0).any():
+            result.add("depth", f"{path}: {int((depth < 0).sum())} pixel(s) with negative depth, "
+                                f"{_first_pixel(depth < 0)}; planar depth of a visible surface is positive")
+        if not (depth > 0).any():
+            result.add("depth", f"{path}: no pixel has a positive depth (all {float(depth.max()):g})")
+        finite = depth[np.isfinite(depth)]
+        result.depth_range = (float(finite.min()), float(finite.max())) if finite.size else None
+    if {"color", "reference"} <= images.keys():
+        visible = np.abs(_grey_channels(images["color"]) - _grey_channels(images["reference"])).max(axis=-1) > VISIBLE
+        result.aliased = float(visible.mean())
+    if index > 0 and meta.history_valid()[index] and {"reference", "motion"} <= images.keys():
+        try:
+            previous = read_frame(shot, "reference", index - 1)
+        except (OSError, CaptureError):
+            return  # reported by that frame's own checks
+        if previous.shape == images["reference"].shape and np.isfinite(previous).all():
+            result.warp = warp_errors(previous, images["reference"], images["motion"])
+            if _warp_verdict(result.warp) == "fail":
+                moved, still, reversed_, pixels = result.warp
+                result.add("motion warp", f"{frame_path(shot, 'motion', index)}: the previous reference warped by "
+                                          f"this motion predicts the frame worse ({moved:.4f}) than "
+                                          f"{'no motion' if still <= reversed_ else 'the reversed motion'} "
+                                          f"({min(still, reversed_):.4f}; mean tone-mapped error over {pixels} "
+                                          f"moving pixels): frames out of order, or motion of other frames")
 
 
 # ----------------------------------------------------------------------------------------------- whole shot
@@ -273,7 +420,8 @@ def _check_files(shot: Path, meta: CaptureMeta) -> tuple[list[str], set[str]]:
     return problems, present
 
 
-def _reprojection_summary(meta: CaptureMeta, frames: list[_FrameResult], check: Check) -> float | None:
+def _reprojection_summary(meta: CaptureMeta, frames: list[_FrameResult], tol: ReprojectionTolerance,
+                          check: Check) -> float | None:
     """Fill the reprojection check's note (or why it was skipped); returns the lowest agreeing fraction."""
     if meta.cameras is None:
         check.skipped = "capture.json has no camera matrices"
@@ -282,10 +430,65 @@ def _reprojection_summary(meta: CaptureMeta, frames: list[_FrameResult], check: 
     if not stats:
         check.skipped = "no frame with valid history, depth and motion to compare"
         return None
-    worst, (fraction, median, _) = min(stats, key=lambda s: s[1][0])
-    check.note = f"{len(stats)} frames compared; lowest agreement {fraction:.1%} (frame {worst}, median error " \
-                 f"{median:.3g} px)"
+    worst, (fraction, median, _, _) = min(stats, key=lambda s: s[1][0])
+    signed = sum(a[3] >= tol.min_agree for _, a in stats)
+    if not signed and not check.problems:
+        check.skipped = f"the camera moves within the tolerance ({tol.abs_for(meta.width, meta.height):.3g} px " \
+                        f"+ {tol.rel:.0%}) in every frame: reversed or scaled motion would pass too"
+        return None
+    check.note = f"{len(stats)} frames compared, {signed} telling the sign; lowest agreement {fraction:.1%} " \
+                 f"(frame {worst}, median error {median:.3g} px)"
     return fraction
+
+
+def _sequence_problems(shot: Path, meta: CaptureMeta) -> list[str]:
+    """What capture.json itself says wrong about time and jitter."""
+    where, problems = shot / META_FILE, []
+    frames = meta.source_frames
+    back = next((k for k in range(1, len(frames)) if frames[k] <= frames[k - 1]), None)
+    if back is not None:
+        problems.append(f"{where}: source_frames do not increase (stored frame {back} is source frame "
+                        f"{frames[back]}, after {frames[back - 1]}): frames out of temporal order")
+    offsets = meta.jitter_array()
+    if np.abs(offsets).max(initial=0) > 0.5:
+        k = int(np.abs(offsets).max(axis=1).argmax())
+        problems.append(f"{where}: jitter offset {offsets[k].tolist()} of frame {k} is more than half a pixel from "
+                        f"the pixel centre")
+    return problems
+
+
+def _depth_summary(shot: Path, meta: CaptureMeta, frames: list[_FrameResult], check: Check) -> None:
+    if not has_depth(meta):
+        check.skipped = f"capture.json says the source has no depth (depth_units {meta.depth_units!r})"
+        return
+    ranges = [r.depth_range for r in frames if r.depth_range]
+    if len(ranges) == meta.frame_count and len({*ranges}) == 1 and ranges[0][0] == ranges[0][1]:
+        check.problems.append(f"{shot / 'depth'}: depth is {ranges[0][0]:g} at every pixel of every frame: a "
+                              f"placeholder, not a render")
+    if ranges:
+        check.note = f"depth from {min(r[0] for r in ranges):g} to {max(r[1] for r in ranges):g} {meta.depth_units}"
+
+
+def _aliasing_summary(shot: Path, frames: list[_FrameResult], check: Check) -> None:
+    shares = [r.aliased for r in frames if r.aliased is not None]
+    if not shares:
+        check.skipped = "no frame with both color and reference readable"
+    elif max(shares) < MIN_ALIASED:
+        check.problems.append(f"{shot / 'color'}: the input is the reference (at most {max(shares):.2%} of a "
+                              f"frame's pixels differ visibly from it, need {MIN_ALIASED:.1%}): no aliasing to learn")
+    else:
+        check.note = f"up to {max(shares):.1%} of a frame's pixels differ visibly from the reference"
+
+
+def _warp_summary(frames: list[_FrameResult], check: Check) -> None:
+    verdicts = [_warp_verdict(r.warp) for r in frames if r.warp]
+    decided = sum(v in ("pass", "fail") for v in verdicts)
+    if not decided:
+        check.skipped = f"no frame where the reference tells the motion from none and from its reverse (static " \
+                        f"or featureless frames, or motion under {WARP_MIN_MOTION} px)"
+    else:
+        check.note = f"{verdicts.count('pass')} of {len(verdicts)} frames with history confirm the motion, " \
+                     f"{len(verdicts) - decided} undecided"
 
 
 def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = ReprojectionTolerance(),
@@ -309,7 +512,11 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
     for result in frames:
         for name, problems in result.problems.items():
             checks[name].problems += problems
-    lowest = _reprojection_summary(meta, frames, checks["reprojection"])
+    checks["sequence"].problems += _sequence_problems(shot, meta)
+    _depth_summary(shot, meta, frames, checks["depth"])
+    _aliasing_summary(shot, frames, checks["aliasing"])
+    _warp_summary(frames, checks["motion warp"])
+    lowest = _reprojection_summary(meta, frames, tol, checks["reprojection"])
     return ShotReport(shot, meta, checks, lowest)
 
 
@@ -321,8 +528,7 @@ def _summary_line(report: ShotReport, width: int) -> str:
     frames = str(meta.frame_count) if meta else "-"
     size = f"{meta.width}x{meta.height}" if meta else "-"
     reproj = "-" if report.lowest_agreement is None else f"{report.lowest_agreement:.1%}"
-    verdict = "PASS" if report.ok else "FAIL: " + ", ".join(report.failed_checks)
-    return f"{str(report.shot_dir):<{width}}  {frames:>6}  {size:>10}  {reproj:>8}  {verdict}"
+    return f"{str(report.shot_dir):<{width}}  {frames:>6}  {size:>10}  {reproj:>8}  {report.verdict}"
 
 
 def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionTolerance = ReprojectionTolerance(),
@@ -348,12 +554,16 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
             echo(f"    {problem}")
         if len(problems) > max_problems:
             echo(f"    … and {len(problems) - max_problems} more problems")
+        for check in report.skipped_checks if report.ok else ():
+            echo(f"    SKIPPED {check.name}: {check.skipped}")
         for check in report.checks.values():
-            if check.note or check.skipped:
-                log.info("%s: %s: %s", report.shot_dir, check.name, check.note or f"skipped ({check.skipped})")
+            if check.note:
+                log.info("%s: %s: %s", report.shot_dir, check.name, check.note)
     for problem in unreadable:
         echo(f"FAIL: {problem}; shots below it were not checked")
     failed = sum(not r.ok for r in reports)
-    echo(f"{len(reports)} shot(s): {len(reports) - failed} passed, {failed} failed"
+    partly = sum(r.ok and bool(r.skipped_checks) for r in reports)
+    echo(f"{len(reports)} shot(s): {len(reports) - failed - partly} passed, {failed} failed"
+         + (f", {partly} with checks SKIPPED (the others pass)" if partly else "")
          + (f"; {len(unreadable)} folder(s) unreadable" if unreadable else ""))
     return failed == 0 and not unreadable

@@ -93,10 +93,13 @@ def test_sign_flipped_motion_fails_reprojection(tmp_path):
     shot = tmp_path / "flipped"
     make_capture(shot, motion_sign=-1.0)
     report = validate_capture(shot)
-    assert report.failed_checks == ["reprojection"]
-    assert len(report.problems) == FRAMES - 1  # every frame with history
-    assert str(frame_path(shot, "motion", 1)) in report.problems[0]
-    assert "agree with the depth + camera reprojection" in report.problems[0]
+    assert report.failed_checks == ["motion warp", "reprojection"]  # the reference and the cameras both refute it
+    problems = report.checks["reprojection"].problems
+    assert len(problems) == FRAMES - 1  # every frame with history
+    assert str(frame_path(shot, "motion", 1)) in problems[0]
+    assert "agree with the depth + camera reprojection" in problems[0]
+    assert len(report.checks["motion warp"].problems) == FRAMES - 1
+    assert "worse" in report.checks["motion warp"].problems[0] and "than the reversed motion" in report.problems[0]
 
 
 def test_reprojection_skipped_without_cameras(tmp_path):
