@@ -33,7 +33,8 @@ of order, reversed, repeated or with unrelated motion fail; frames whose referen
 static content) decide nothing. The reference is unjittered, so jitter cannot pass for motion.
 
 Reprojection criterion: for each frame with valid history, `reprojected_motion` gives the motion every pixel would
-have if the scene were static. A pixel *agrees* when ``|m_stored − m_expected| ≤ abs_tol + rel_tol·|m_expected|``
+have if the scene were static (evaluated on a grid of about 65536 pixels, every pixel of a small frame: a share of
+agreeing pixels within ±0.4 %). A pixel *agrees* when ``|m_stored − m_expected| ≤ abs_tol + rel_tol·|m_expected|``
 with ``abs_tol`` = 0.25 px at a 1920-pixel frame, scaled with the frame's larger side (velocity encodings are
 fractions of the frame, so their error in pixels scales with it; a fixed 0.25 px would swallow the whole motion of
 a low-resolution shot), and ``rel_tol`` = 2 % (depth sampled at the jittered position). Moving objects
@@ -79,7 +80,7 @@ MIN_ALIASED = 1e-3  # share of pixels that must differ visibly from the referenc
 WARP_MIN_MOTION = 0.5  # px: smaller motion barely changes a bilinear warp of the reference
 WARP_MARGIN = 1.1  # the winning warp must beat the others by 10 % to decide a frame
 WARP_MIN_PIXELS = 64
-SAMPLES = 1 << 16  # points per frame the meaning checks sample (`sample_stride`)
+SAMPLES = 1 << 16  # points per frame the reprojection and meaning checks sample (`sample_stride`)
 
 
 @dataclass(frozen=True)
@@ -153,21 +154,22 @@ def _matrices(cam: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(view, np.float64).reshape(4, 4), np.asarray(proj, np.float64).reshape(4, 4)
 
 
-def _pixel_ndc(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """NDC of the pixel centres as a (1, W) row of x and an (H, 1) column of y, for broadcasting."""
-    nx = 2.0 * (np.arange(width) + 0.5) / width - 1.0
-    ny = 1.0 - 2.0 * (np.arange(height) + 0.5) / height
+def _pixel_ndc(width: int, height: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """NDC of the centres of every `stride`-th pixel as a (1, W) row of x and an (H, 1) column of y."""
+    nx = 2.0 * (np.arange(0, width, stride) + 0.5) / width - 1.0
+    ny = 1.0 - 2.0 * (np.arange(0, height, stride) + 0.5) / height
     return nx[None, :], ny[:, None]
 
 
-def _camera_xy(z: np.ndarray, proj: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def _camera_xy(z: np.ndarray, proj: np.ndarray, width: int, height: int,
+               stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Camera-space x, y (H, W) of the points seen through each pixel centre at camera-space depth `z`.
 
     For NDC ``n``, clip = P·(x, y, z, 1) gives two linear equations in x and y: ``(P₀ − n_x P₃)·X = 0`` and
     ``(P₁ − n_y P₃)·X = 0``; solved per pixel by Cramer's rule, which holds for any OpenGL-style perspective or
     orthographic projection, off-centre ones included. The z-free coefficients depend only on the row or column.
     """
-    nx, ny = _pixel_ndc(width, height)
+    nx, ny = _pixel_ndc(width, height, stride)
     a, b = proj[0, 0] - nx * proj[3, 0], proj[0, 1] - nx * proj[3, 1]  # (1, W)
     c, d = proj[1, 0] - ny * proj[3, 0], proj[1, 1] - ny * proj[3, 1]  # (H, 1)
     e = -((proj[0, 2] - nx * proj[3, 2]) * z + (proj[0, 3] - nx * proj[3, 3]))
@@ -177,25 +179,27 @@ def _camera_xy(z: np.ndarray, proj: np.ndarray, width: int, height: int) -> tupl
         return (e * d - b * f) * inv_det, (a * f - e * c) * inv_det
 
 
-def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: int, height: int) -> np.ndarray:
+def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: int, height: int,
+                       stride: int = 1) -> np.ndarray:
     """Motion (H, W, 2) in pixels that a static scene would show, from current depth and both cameras.
 
     Each pixel centre is unprojected with the current camera at its planar depth, projected with the previous
     camera, and the motion is ``p − p_prev`` (contract 1: +x right, +y down, current minus previous). Cameras are
     `CameraFrame`s (or mappings / (view, projection) pairs) in the conventions of `datagen.capture_format`.
-    Pixels without a valid answer (depth ≤ 0 or not finite, behind the previous camera) are NaN.
+    Pixels without a valid answer (depth ≤ 0 or not finite, behind the previous camera) are NaN. With `stride`,
+    `depth` is ``depth[::stride, ::stride]`` of the frame and the motion is that of those pixels.
     """
     depth = np.asarray(depth)
     if depth.ndim == 3:
         depth = depth[..., 0]
-    if depth.shape != (height, width):
-        raise ValueError(f"depth has shape {depth.shape}, expected ({height}, {width})")
+    if depth.shape != (-(-height // stride), -(-width // stride)):
+        raise ValueError(f"depth has shape {depth.shape}, expected ({height}, {width}) at stride {stride}")
     view_prev, proj_prev = _matrices(cam_prev)
     view_cur, proj_cur = _matrices(cam_cur)
     m = proj_prev @ view_prev @ np.linalg.inv(view_cur)  # current camera space → previous clip space
     z = -depth.astype(np.float64)
-    x, y = _camera_xy(z, proj_cur, width, height)
-    nx, ny = _pixel_ndc(width, height)
+    x, y = _camera_xy(z, proj_cur, width, height, stride)
+    nx, ny = _pixel_ndc(width, height, stride)
     with np.errstate(divide="ignore", invalid="ignore"):  # invalid depths give inf/NaN here, masked below
         clip_x, clip_y, w = (m[k, 0] * x + m[k, 1] * y + m[k, 2] * z + m[k, 3] for k in (0, 1, 3))
         # p − p_prev in pixels = (n − n_prev) · (W/2, −H/2)
@@ -204,10 +208,11 @@ def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: in
     return motion
 
 
-def reprojection_agreement(motion: np.ndarray, expected: np.ndarray, tol: ReprojectionTolerance = ReprojectionTolerance()
-                           ) -> tuple[float, float, int, float]:
+def reprojection_agreement(motion: np.ndarray, expected: np.ndarray, tol: ReprojectionTolerance = ReprojectionTolerance(),
+                           frame: tuple[int, int] | None = None) -> tuple[float, float, int, float]:
     """(fraction of pixels that agree, median error in px, pixels compared, fraction of pixels whose expected motion
-    a sign flip would move outside the tolerance); NaN pixels on either side are left out."""
+    a sign flip would move outside the tolerance); NaN pixels on either side are left out. `frame`: the width and
+    height of the frame the pixels come from (default: the arrays' own)."""
     err = np.hypot(motion[..., 0] - expected[..., 0], motion[..., 1] - expected[..., 1])
     valid = np.isfinite(err)
     pixels = int(valid.sum())
@@ -215,7 +220,7 @@ def reprojection_agreement(motion: np.ndarray, expected: np.ndarray, tol: Reproj
         return float("nan"), float("nan"), 0, 0.0
     length = np.hypot(expected[..., 0], expected[..., 1])
     with np.errstate(invalid="ignore"):
-        allowed = tol.abs_for(motion.shape[1], motion.shape[0]) + tol.rel * length
+        allowed = tol.abs_for(*(frame or (motion.shape[1], motion.shape[0]))) + tol.rel * length
         agree, signed = err <= allowed, 2 * length > allowed  # a flip is off by 2|m|
     return float(agree.sum() / pixels), float(np.median(err[valid])), pixels, float(signed.sum() / pixels)
 
@@ -224,8 +229,8 @@ def reprojection_agreement(motion: np.ndarray, expected: np.ndarray, tol: Reproj
 
 
 def sample_stride(height: int, width: int) -> int:
-    """Stride of the pixel grid the meaning checks sample: about SAMPLES points per frame at any resolution (every
-    pixel of a small frame), so their cost does not grow with the frame."""
+    """Stride of the pixel grid the reprojection and meaning checks sample: about SAMPLES points per frame at any
+    resolution (every pixel of a small frame), so their cost does not grow with the frame."""
     return max(1, math.isqrt(height * width // SAMPLES))
 
 
@@ -369,9 +374,10 @@ def _check_frame(shot: Path, meta: CaptureMeta, index: int, present: set[str],
             images[pass_name] = image
     _check_meaning(result, shot, meta, index, images)
     if meta.cameras is not None and index > 0 and meta.history_valid()[index] and {"depth", "motion"} <= images.keys():
-        expected = reprojected_motion(images["depth"], meta.cameras[index - 1], meta.cameras[index],
-                                      meta.width, meta.height)
-        result.agreement = reprojection_agreement(images["motion"], expected, tol)
+        s = sample_stride(meta.height, meta.width)  # the agreement of ~65536 pixels: a share within ±0.4 %
+        expected = reprojected_motion(images["depth"][::s, ::s], meta.cameras[index - 1], meta.cameras[index],
+                                      meta.width, meta.height, s)
+        result.agreement = reprojection_agreement(images["motion"][::s, ::s], expected, tol, (meta.width, meta.height))
         fraction, median, pixels, _ = result.agreement
         if pixels and fraction < tol.min_agree:
             result.add("reprojection", f"{frame_path(shot, 'motion', index)}: only {fraction:.0%} of pixels agree "
