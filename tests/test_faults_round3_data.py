@@ -225,3 +225,58 @@ def test_a_worker_that_cannot_open_the_store_says_why(tmp_path):
     with pytest.raises(QwError, match=r"a Dask worker on .* cannot open the store: .*nowhere\.zarr.*every worker "
                                       r"must reach the store"):
         run_task(spec)
+
+
+# ----------------------------------------------------------------------------------------------- contract 1
+
+
+def _read_channels(path: Path) -> dict:
+    """Every channel of an EXR by its name in the file, read with OpenEXR directly (not qw's channel table)."""
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as exr:
+        header = exr.header()
+        return {"compression": header["compression"], **{n: c.pixels.copy() for n, c in exr.channels().items()}}
+
+
+def test_channel_meanings_on_a_builtin_capture_with_a_known_camera_move(tmp_path):
+    """The camera trucks right by TX and rises by TY per frame, level, looking down −Z. For a pure translation
+    every static point moves on screen by −f·t·H / (2·depth) (f = 1/tan(fov_y/2)), so with planar depth
+    motion X · depth = −f·TX·H/2 (left: content moves against the camera) and motion Y · depth = +f·TY·H/2 (down:
+    +y is down) at every pixel, the corners included; a radial distance would break it off-axis, a jittered motion
+    would blur it, a swapped or flipped channel would fail its sign."""
+    import math
+
+    import numpy as np
+    import yaml
+
+    from datagen.capture import capture_scene
+
+    tx, ty, fov, width, height = 0.1, 0.05, 55.0, 128, 96
+    manifest = tmp_path / "truck.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "name": "truck", "backend": "builtin", "seed": 3,
+        "capture": {"resolution": [width, height], "fps": 30, "reference_samples": 4},
+        "builtin": {"builder": "fence", "params": {"fov": fov, "camera": [
+            {"frame": 0, "eye": [-2.0, 1.0, 6.0], "target": [-2.0, 1.0, 0.0]},
+            {"frame": 10, "eye": [-2.0 + 10 * tx, 1.0 + 10 * ty, 6.0], "target": [-2.0 + 10 * tx, 1.0 + 10 * ty, 0.0]},
+        ]}},
+        "shots": [{"name": "s", "start": 0, "end": 10}]}))
+    shot, = capture_scene(str(manifest), tmp_path / "captures", frames="0:3", progress=False)
+    f = 1 / math.tan(math.radians(fov) / 2)
+    for frame in (1, 2):
+        motion = _read_channels(shot / "motion" / f"{frame:06d}.exr")
+        depth = _read_channels(shot / "depth" / f"{frame:06d}.exr")
+        color = _read_channels(shot / "color" / f"{frame:06d}.exr")
+        assert sorted(k for k in motion if k != "compression") == ["X", "Y"] and motion["X"].dtype == np.float32
+        assert sorted(k for k in depth if k != "compression") == ["Z"] and depth["Z"].dtype == np.float32
+        assert {"R", "G", "B"} <= color.keys() and color["R"].dtype == np.float16
+        assert "ZIP" in str(motion["compression"]) and "ZIP" in str(color["compression"])  # lossless
+        near = depth["Z"] < 40  # the sky dome is far away; the rolling ball is the only mover
+        x_const, y_const = motion["X"] * depth["Z"], motion["Y"] * depth["Z"]
+        for got, want in ((x_const, -f * tx * height / 2), (y_const, f * ty * height / 2)):
+            share = np.mean(np.abs(got[near] - want) <= 0.01 * abs(want))
+            assert share > 0.95, (frame, want, np.percentile(got[near], [5, 50, 95]), share)
+        corners = np.zeros_like(near)
+        corners[:12, :12] = corners[:12, -12:] = corners[-12:, :12] = corners[-12:, -12:] = True
+        assert np.median(x_const[near & corners]) == pytest.approx(-f * tx * height / 2, rel=0.01)
