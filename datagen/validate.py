@@ -13,9 +13,9 @@ readable        each file decodes as EXR with the pass's channels and dtypes (ha
 resolution      every frame is ``width × height`` from ``capture.json``
 finite          no NaN or Inf pixel in any pass
 motion range    ``|m| < max(width, height)`` everywhere: larger motion cannot come from the previous frame
-sequence        source frame numbers increase; jitter offsets lie within half a pixel of the centre
+sequence        source frame numbers increase
 depth           (unless ``depth_units`` says the source has none) no negative depth, some positive depth in
-                every frame, and not one value at every pixel of every frame (a placeholder, not a render)
+                every frame (a constant depth is left alone: a wall facing the camera has one)
 aliasing        the input is not the reference: 0.1 % of some frame's pixels differ visibly (tone-mapped grey, > 1/255)
 motion warp     warping the previous reference by the motion predicts the current reference better than no
                 motion and than the reversed motion, see below
@@ -28,9 +28,10 @@ a static or featureless shot) is reported SKIPPED with its reason, never as pass
 Motion-warp criterion: for each frame with valid history, the tone-mapped grey reference of the previous frame is
 sampled (bilinearly, on a grid of about 65536 pixels, every pixel of a small frame) at ``p − m(p)``, at ``p`` and at ``p + m(p)``
 (motion, none, reversed), over the pixels that move at least half a pixel. The frame passes when the motion's mean
-error is at least 10 % below both others and fails when one of them is at least 10 % below the motion's: frames out
-of order, reversed, repeated or with unrelated motion fail; frames whose reference cannot tell them apart (flat or
-static content) decide nothing. The reference is unjittered, so jitter cannot pass for motion.
+error is at least 10 % below both others and fails when one of them is at most half the motion's: on real renders
+(builtin scenes, 320×256) intact frames gave ratios min(none, reversed) / motion of 1.7–7.6, and frames swapped,
+reversed or repeated 0.0–0.39. Frames in between (moving objects, disocclusions, lighting changes, or content that
+cannot tell the candidates apart) decide nothing. The reference is unjittered, so jitter cannot pass for motion.
 
 Reprojection criterion: for each frame with valid history, `reprojected_motion` gives the motion every pixel would
 have if the scene were static (evaluated on a grid of about 65536 pixels, every pixel of a small frame: a share of
@@ -78,7 +79,8 @@ TOLERANCE_FRAME_SIZE = 1920  # the frame size at which ReprojectionTolerance.abs
 VISIBLE = 1 / 255  # a tone-mapped difference an 8-bit display shows
 MIN_ALIASED = 1e-3  # share of pixels that must differ visibly from the reference in some frame
 WARP_MIN_MOTION = 0.5  # px: smaller motion barely changes a bilinear warp of the reference
-WARP_MARGIN = 1.1  # the winning warp must beat the others by 10 % to decide a frame
+WARP_PASS = 1.1  # the motion's error must be 10 % below both others to confirm it
+WARP_FAIL = 2.0  # and another's at most half the motion's to refute it: a real capture's motion is imperfect
 WARP_MIN_PIXELS = 64
 SAMPLES = 1 << 16  # points per frame the reprojection and meaning checks sample (`sample_stride`)
 
@@ -300,9 +302,9 @@ def _warp_verdict(errors: tuple[float, float, float, int]) -> str:
     motion, *others, pixels = errors
     if pixels < WARP_MIN_PIXELS:
         return ""
-    if motion * WARP_MARGIN <= min(others):
+    if motion * WARP_PASS <= min(others):
         return "pass"
-    return "fail" if min(others) * WARP_MARGIN <= motion else ""
+    return "fail" if min(others) * WARP_FAIL <= motion else ""
 
 
 # ----------------------------------------------------------------------------------------------- per-frame checks
@@ -469,29 +471,22 @@ def _reprojection_summary(meta: CaptureMeta, frames: list[_FrameResult], tol: Re
 
 
 def _sequence_problems(shot: Path, meta: CaptureMeta) -> list[str]:
-    """What capture.json itself says wrong about time and jitter."""
+    """What capture.json itself says wrong about time. (Jitter offsets are not bounded: Movie Render Queue's
+    Gaussian filter places samples beyond half a pixel.)"""
     where, problems = shot / META_FILE, []
     frames = meta.source_frames
     back = next((k for k in range(1, len(frames)) if frames[k] <= frames[k - 1]), None)
     if back is not None:
         problems.append(f"{where}: source_frames do not increase (stored frame {back} is source frame "
                         f"{frames[back]}, after {frames[back - 1]}): frames out of temporal order")
-    offsets = meta.jitter_array()
-    if np.abs(offsets).max(initial=0) > 0.5:
-        k = int(np.abs(offsets).max(axis=1).argmax())
-        problems.append(f"{where}: jitter offset {offsets[k].tolist()} of frame {k} is more than half a pixel from "
-                        f"the pixel centre")
     return problems
 
 
-def _depth_summary(shot: Path, meta: CaptureMeta, frames: list[_FrameResult], check: Check) -> None:
+def _depth_summary(meta: CaptureMeta, frames: list[_FrameResult], check: Check) -> None:
     if not has_depth(meta):
         check.skipped = f"capture.json says the source has no depth (depth_units {meta.depth_units!r})"
         return
     ranges = [r.depth_range for r in frames if r.depth_range]
-    if len(ranges) == meta.frame_count and len({*ranges}) == 1 and ranges[0][0] == ranges[0][1]:
-        check.problems.append(f"{shot / 'depth'}: depth is {ranges[0][0]:g} at every pixel of every frame: a "
-                              f"placeholder, not a render")
     if ranges:
         check.note = f"depth from {min(r[0] for r in ranges):g} to {max(r[1] for r in ranges):g} {meta.depth_units}"
 
@@ -540,7 +535,7 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
         for name, problems in result.problems.items():
             checks[name].problems += problems
     checks["sequence"].problems += _sequence_problems(shot, meta)
-    _depth_summary(shot, meta, frames, checks["depth"])
+    _depth_summary(meta, frames, checks["depth"])
     _aliasing_summary(shot, frames, checks["aliasing"])
     _warp_summary(frames, checks["motion warp"])
     lowest = _reprojection_summary(meta, frames, tol, checks["reprojection"])

@@ -341,16 +341,6 @@ def test_source_frames_out_of_order_fail_the_sequence_check(shot):
     assert "stored frame 2 is source frame 1, after 2" in report.problems[0]
 
 
-def test_constant_depth_in_every_frame_is_a_placeholder(tmp_path):
-    shot = tmp_path / "flat"
-    make_capture(shot)
-    for i in range(FRAMES):
-        write_frame(shot, "depth", i, np.ones((HEIGHT, WIDTH, 1)))
-    refinish(shot)
-    report = validate_capture(shot)
-    assert "depth" in report.failed_checks and "depth is 1 at every pixel of every frame" in report.problems[0]
-
-
 def test_a_skipped_check_is_reported_as_skipped_never_as_pass(tmp_path):
     shot = tmp_path / "scene" / "nocam"
     make_capture(shot, cameras=False)
