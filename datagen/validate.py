@@ -28,10 +28,13 @@ a static or featureless shot) is reported SKIPPED with its reason, never as pass
 Motion-warp criterion: for each frame with valid history, the tone-mapped grey reference of the previous frame is
 sampled (bilinearly, on a grid of about 65536 pixels, every pixel of a small frame) at ``p − m(p)``, at ``p`` and at ``p + m(p)``
 (motion, none, reversed), over the pixels that move at least half a pixel. The frame passes when the motion's mean
-error is at least 10 % below both others and fails when one of them is at most half the motion's: on real renders
-(builtin scenes, 320×256) intact frames gave ratios min(none, reversed) / motion of 1.7–7.6, and frames swapped,
-reversed or repeated 0.0–0.39. Frames in between (moving objects, disocclusions, lighting changes, or content that
-cannot tell the candidates apart) decide nothing. The reference is unjittered, so jitter cannot pass for motion.
+error is at least 10 % below both others. It fails when the reversed motion's error is at most half the motion's
+(frames swapped or in reverse order), or when the frame repeats its predecessor (no-motion error below 0.001) though
+its motion moves it: on real renders (builtin scenes, 320×256) intact frames gave ratios min(none, reversed) /
+motion of 1.7–7.6, and frames swapped, reversed or repeated 0.0–0.39. A frame that merely changes less than its
+motion says is not failed (content animated in place, or a test scene that is not a render), nor one whose content
+cannot tell the candidates apart: those decide nothing. The reference is unjittered, so jitter cannot pass for
+motion.
 
 Reprojection criterion: for each frame with valid history, `reprojected_motion` gives the motion every pixel would
 have if the scene were static (evaluated on a grid of about 65536 pixels, every pixel of a small frame: a share of
@@ -81,6 +84,7 @@ MIN_ALIASED = 1e-3  # share of pixels that must differ visibly from the referenc
 WARP_MIN_MOTION = 0.5  # px: smaller motion barely changes a bilinear warp of the reference
 WARP_PASS = 1.1  # the motion's error must be 10 % below both others to confirm it
 WARP_FAIL = 2.0  # and another's at most half the motion's to refute it: a real capture's motion is imperfect
+REPEATED = 1e-3  # mean tone-mapped change below which a frame repeats its predecessor
 WARP_MIN_PIXELS = 64
 SAMPLES = 1 << 16  # points per frame the reprojection and meaning checks sample (`sample_stride`)
 
@@ -302,9 +306,11 @@ def _warp_verdict(errors: tuple[float, float, float, int]) -> str:
     motion, *others, pixels = errors
     if pixels < WARP_MIN_PIXELS:
         return ""
+    still, reversed_ = others
     if motion * WARP_PASS <= min(others):
         return "pass"
-    return "fail" if min(others) * WARP_FAIL <= motion else ""
+    refuted = reversed_ * WARP_FAIL <= motion or (still < REPEATED and still * WARP_FAIL <= motion)
+    return "fail" if refuted else ""
 
 
 # ----------------------------------------------------------------------------------------------- per-frame checks
