@@ -280,3 +280,9 @@ def test_channel_meanings_on_a_builtin_capture_with_a_known_camera_move(tmp_path
         corners = np.zeros_like(near)
         corners[:12, :12] = corners[:12, -12:] = corners[-12:, :12] = corners[-12:, -12:] = True
         assert np.median(x_const[near & corners]) == pytest.approx(-f * tx * height / 2, rel=0.01)
+
+
+def test_an_integrity_record_alone_keeps_the_checks_on(store):
+    _set_attribute(store, "format", "qw-blocks/1")
+    shutil.rmtree(store / CHECKSUMS)  # the record is still there: this store was written with checksums
+    assert "changed after it was written" in one_line_error(qw("datagen", "verify", str(store)))
