@@ -111,10 +111,10 @@ def scenes(dataset, manifests_dir) -> None:
 
 @datagen.command("validate")
 @click.argument("capture_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--tolerance", default=0.25, show_default=True, type=float,
+@click.option("--tolerance", default=0.25, show_default=True, type=click.FloatRange(0),
               help="Reprojection: a pixel agrees when its motion is within this many pixels of a 1920-pixel frame, "
                    "scaled with the frame's larger side (+ --rel-tolerance).")
-@click.option("--rel-tolerance", default=0.02, show_default=True, type=float,
+@click.option("--rel-tolerance", default=0.02, show_default=True, type=click.FloatRange(0),
               help="Reprojection: extra tolerance as a fraction of the expected motion's length.")
 @click.option("--min-agree", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Reprojection: fraction of a frame's pixels that must agree (moving objects disagree).")

@@ -240,7 +240,7 @@ class BlockStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete", False))
+        return self.group.attrs.get("complete") is True  # not any truthy value: the string "false" is truthy
 
     def array(self, name: str) -> zarr.Array:
         """The named array, opened once (each open reads its metadata: a round trip on object storage)."""

@@ -286,3 +286,9 @@ def test_an_integrity_record_alone_keeps_the_checks_on(store):
     _set_attribute(store, "format", "qw-blocks/1")
     shutil.rmtree(store / CHECKSUMS)  # the record is still there: this store was written with checksums
     assert "changed after it was written" in one_line_error(qw("datagen", "verify", str(store)))
+
+
+def test_a_complete_attribute_that_is_not_true_is_not_complete(store):
+    _set_attribute(store, "complete", "false")  # truthy as a string
+    result = qw("datagen", "verify", str(store))
+    assert result.returncode == 1 and "store is incomplete" in result.stdout, result.stdout + result.stderr
