@@ -111,9 +111,10 @@ def scenes(dataset, manifests_dir) -> None:
 
 @datagen.command("validate")
 @click.argument("capture_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--tolerance", default=0.25, show_default=True, type=float,
-              help="Reprojection: a pixel agrees when its motion is within this many pixels (+ --rel-tolerance).")
-@click.option("--rel-tolerance", default=0.02, show_default=True, type=float,
+@click.option("--tolerance", default=0.25, show_default=True, type=click.FloatRange(0),
+              help="Reprojection: a pixel agrees when its motion is within this many pixels of a 1920-pixel frame, "
+                   "scaled with the frame's larger side (+ --rel-tolerance).")
+@click.option("--rel-tolerance", default=0.02, show_default=True, type=click.FloatRange(0),
               help="Reprojection: extra tolerance as a fraction of the expected motion's length.")
 @click.option("--min-agree", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Reprojection: fraction of a frame's pixels that must agree (moving objects disagree).")
@@ -123,9 +124,11 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
 
     Each CAPTURE_DIR is a shot (captures/kite/shot01) or any folder above shots (captures/). Checks:
     capture.json (present, known version), every pass present for every frame with contiguous numbering,
-    checksums, EXR channels and dtypes, resolution, no NaN/Inf, plausible motion, and motion against a
-    depth + camera reprojection when camera matrices are recorded. Prints one line per shot and the
-    failing files with their problems.
+    checksums, EXR channels and dtypes, resolution, no NaN/Inf, plausible motion, increasing source frames,
+    depth in range, an input that differs from the reference, motion that warps the previous reference onto
+    the current one better than no or reversed motion, and motion against a depth + camera reprojection when
+    camera matrices are recorded. Prints one line per shot (PASS, FAIL or SKIPPED with the checks that could
+    not run) and the failing files with their problems; skipped checks do not fail the exit status.
     """
     from datagen.validate import ReprojectionTolerance, validate_paths
 

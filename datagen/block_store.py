@@ -28,6 +28,7 @@ fill values), a truncated chunk or an altered byte is an error naming the block,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -219,10 +220,19 @@ class BlockStore:
     def version(self) -> int:
         return int(str(self.group.attrs["format"]).partition("/")[2])
 
-    @property
+    @functools.cached_property
     def verified(self) -> bool:
-        """True when the store records checksums (version 2 and later): reads are checked against them."""
-        return self.version >= 2
+        """True when reads are checked against recorded checksums: in every version 2 store, and in any store that
+        carries a checksum record (the ``integrity`` attribute or the ``checksum`` array), whatever its ``format``
+        says. Only a store with neither (a real version 1 store) is read unverified; one edited attribute cannot
+        switch the checks off."""
+        if self.version >= 2 or "integrity" in self.group.attrs:
+            return True
+        try:
+            self.array(CHECKSUMS)
+        except QwError:
+            return False
+        return True
 
     @property
     def num_blocks(self) -> int:
@@ -230,7 +240,7 @@ class BlockStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete", False))
+        return self.group.attrs.get("complete") is True  # not any truthy value: the string "false" is truthy
 
     def array(self, name: str) -> zarr.Array:
         """The named array, opened once (each open reads its metadata: a round trip on object storage)."""
@@ -253,8 +263,8 @@ class BlockStore:
             except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk
                 raise QwError(f"{self.url}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
                               f"run `qw datagen verify {self.url}`") from None
-            recorded = self.group.attrs.get("integrity", {}).get("arrays", {}).get(name)
-            if self.verified and self.complete and recorded != checksum(values):
+            if self.verified and self.complete and \
+                    integrity_record(self.url, self.group)["arrays"].get(name) != checksum(values):
                 raise QwError(f"{self.url}: array {name!r} does not match its recorded checksum (a chunk is missing "
                               f"or altered); run `qw datagen verify {self.url}`")
             self._small[name] = values
@@ -337,6 +347,19 @@ class BlockStore:
                 for name in arrays}
 
 
+def integrity_record(url: str, group: zarr.Group) -> dict[str, Any]:
+    """The ``integrity`` attribute `seal` wrote: a mapping with ``arrays`` and ``descriptions`` mappings. Missing
+    or of another shape (null, a string) in a store marked complete, it is damage: one line, never a traceback."""
+    record = group.attrs.get("integrity")
+    if record is None and "integrity" not in group.attrs:
+        raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
+                      f"missing); rebuild it with `qw datagen build`")
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in ("arrays", "descriptions"))):
+        raise QwError(f"{url}: the store's integrity attribute is not a checksum record (got "
+                      f"{json.dumps(record)[:60]}); the store cannot be checked: rebuild it with `qw datagen build`")
+    return record
+
+
 def _check_reachable(url: str, storage_options: dict | None) -> None:
     """One clear line when a remote store cannot be reached (endpoint down, stalled past the timeouts of its
     storage options, credentials missing or refused) rather than a 'not a store' guess or a traceback."""
@@ -372,11 +395,8 @@ def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
     if require_complete and not store.complete:
         raise QwError(f"{url}: block store is incomplete (the build did not finish); rerun `qw datagen build`")
     if store.complete and store.verified:
-        if "integrity" not in group.attrs:
-            raise QwError(f"{url}: block store is marked complete but records no checksums (integrity attribute "
-                          f"missing); rebuild it with `qw datagen build`")
         # only the arrays present are checked: a copy may leave out one its reader does not need (depth)
-        recorded = group.attrs["integrity"].get("descriptions", {})
+        recorded = integrity_record(url, group)["descriptions"]
         arrays = present_arrays(group)
         store._arrays.update(arrays)  # opened once: reads reuse these handles
         changed = [name for name, value in descriptions(group, arrays).items() if recorded.get(name) != value]

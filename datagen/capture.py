@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 BACKEND = "builtin"
 PROGRESS_FILE = ".qw-capture-settings.json"  # settings of an unfinished shot; resuming requires the same ones
+# GL_MAX_TEXTURE_SIZE and GL_MAX_RENDERBUFFER_SIZE are at least 16384 in any OpenGL 4.5 context (the renderer's
+# targets are textures and a depth renderbuffer of the frame's size): the largest frame every context can draw.
+MAX_SIDE = 16384
 _GL_LOCK = threading.Lock()  # one GL context per process: threads of a Dask worker take turns
 
 
@@ -63,6 +66,9 @@ def parse_resolution(resolution: str | tuple[int, int] | None, default: tuple[in
         resolution = int(w), int(h)
     if min(resolution) < 1:
         raise QwError(f"resolution {resolution} must be positive")
+    if max(resolution) > MAX_SIDE:
+        raise QwError(f"resolution {resolution[0]}x{resolution[1]}: the builtin renderer draws at most {MAX_SIDE} "
+                      f"pixels per side (the largest render target every OpenGL 4.5 context supports)")
     return tuple(resolution)
 
 

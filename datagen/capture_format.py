@@ -257,7 +257,8 @@ def shot_lock(shot: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise CaptureError(f"{shot}: another process is writing this shot; wait for it to finish") from None
+            # a conflict, not a broken capture: the bad-input exit status (QwError), as for a store in use
+            raise QwError(f"{shot}: another process is writing this shot; wait for it to finish") from None
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break  # the file we locked is still the lock file (not one its last holder just removed)

@@ -29,8 +29,23 @@ def _stored_bytes(url: str, storage_options: dict | None) -> int:
     return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(url) for name in names)
 
 
+def _small_array_problems(store: BlockStore) -> list[str]:
+    """Each per-block array (checksum table included) that cannot be read or does not match its recorded digest."""
+    problems = []
+    for name in SMALL_ARRAYS if store.verified and store.complete else ():
+        try:
+            store.small_array(name)
+        except QwError as exc:
+            problems.append(str(exc).partition("; run")[0])
+    return problems
+
+
 def _missing_summary(store: BlockStore) -> str:
-    """Why a store marked complete is not: its absent chunks or a damaged checksum table ('' when neither)."""
+    """Why a store marked complete is not: a damaged per-block array (the checksum table included) or absent
+    chunks ('' when neither)."""
+    damaged = _small_array_problems(store)
+    if damaged:
+        return f"{damaged[0]}; run qw datagen verify {store.url}"
     try:
         missing = store.missing_blocks()
     except QwError as exc:
@@ -120,11 +135,7 @@ def verify_store(url: str, storage_options: dict | None = None, workers: int = 4
     problems = [] if store.complete else [f"{url}: store is incomplete ({_progress(store)})"]
     if not store.verified:
         echo(f"{url}: {store.attrs['format']} records no checksums: only chunk presence and decoding are checked")
-    for name in SMALL_ARRAYS if store.verified and store.complete else ():
-        try:
-            store.small_array(name)
-        except QwError as exc:
-            problems.append(str(exc).partition("; run")[0])
+    problems += _small_array_problems(store)
     if store.complete and not problems:  # with the checksum table itself damaged, blocks cannot be judged
         stored = {} if store.verified else {name: store.stored_blocks(name) for name in IMAGE_ARRAYS}
         with ThreadPoolExecutor(workers) as pool:  # blosc and crc32c release the GIL

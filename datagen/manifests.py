@@ -180,6 +180,11 @@ class SceneManifest(_Strict):
         raise ManifestError(f"scene {self.name!r} has no shot {name!r}; shots are {[s.name for s in self.shots]}")
 
 
+def name_key(name: str) -> str:
+    """What a scene name is looked up by: 'Zen Garden', 'zen_garden' and 'ZenGarden' name the same manifest."""
+    return name.lower().replace(" ", "").replace("_", "")
+
+
 class DatasetScene(_Strict):
     scene: str
     budget: int = Field(ge=0, description="number of blocks this scene contributes")
@@ -204,6 +209,11 @@ class DatasetManifest(_Strict):
 
     @model_validator(mode="after")
     def _budgets(self) -> "DatasetManifest":
+        keys = [name_key(s.scene) for s in self.scenes]
+        twice = next((s.scene for s, k in zip(self.scenes, keys) if keys.count(k) > 1), None)
+        if twice is not None:  # each of its blocks would be stored twice
+            raise ValueError(f"scene {twice!r} is listed more than once (names match ignoring case, spaces and "
+                             f"underscores); list each scene once with its whole budget")
         total = sum(s.budget for s in self.scenes)
         if total != self.total_blocks:
             raise ValueError(f"scene budgets sum to {total}, but total_blocks is {self.total_blocks}")
@@ -260,13 +270,10 @@ def _find(kind: str, name_or_path: str, known: dict[str, Path]) -> Path:
     """A manifest path from a path ending in .yaml/.yml, or from a name looked up case-insensitively in `known`."""
     if name_or_path.endswith((".yaml", ".yml")):
         return Path(name_or_path)
-    def normal(name: str) -> str:  # 'Zen Garden', 'zen_garden' and 'ZenGarden' name the same manifest
-        return name.lower().replace(" ", "").replace("_", "")
-
-    by_key = {normal(name): path for name, path in known.items()}
-    if normal(name_or_path) not in by_key:
+    by_key = {name_key(name): path for name, path in known.items()}
+    if name_key(name_or_path) not in by_key:
         raise ManifestError(f"unknown {kind} {name_or_path!r}; known {kind}s: {', '.join(known) or '(none)'}")
-    return by_key[normal(name_or_path)]
+    return by_key[name_key(name_or_path)]
 
 
 def scene_manifest_path(name_or_path: str, root: Path = MANIFEST_ROOT) -> Path:

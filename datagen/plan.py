@@ -237,6 +237,29 @@ def _positions(count: int, meta: CaptureMeta, tile: int, rng: np.random.Generato
     return np.stack([idx // nx, idx % nx], axis=-1).astype(np.int32)
 
 
+def _check_budget(scene: str, budget: int, windows: int, meta: CaptureMeta, dataset: DatasetManifest) -> None:
+    """Refuse a budget that must repeat blocks; warn about one whose blocks must overlap.
+
+    A window of a W×H shot has (W − tile + 1)(H − tile + 1) tile positions, and each block takes `candidates` of
+    them, all distinct: past ``windows × ⌊positions / candidates⌋`` blocks (the budget is spread evenly over the
+    windows) some block would repeat another's pixels exactly, which only duplicates data. Below that, blocks stop
+    being disjoint once the budget exceeds ``windows × ⌊W/tile⌋ × ⌊H/tile⌋``: still distinct crops, but shifted
+    copies of the same pixels, worth a warning (the paper's store takes about one block per disjoint tile).
+    """
+    tile = dataset.tile
+    distinct = windows * ((meta.width - tile + 1) * (meta.height - tile + 1) // candidates(dataset))
+    disjoint = windows * (meta.width // tile) * (meta.height // tile)
+    source = f"{windows} window(s) of {dataset.frames} frames at {meta.width}×{meta.height}"
+    if budget > distinct:
+        raise QwError(f"scene {scene!r}: budget {budget} is more than the {distinct} distinct blocks its captures "
+                      f"can give ({source}, {candidates(dataset)} candidate position(s) per block); lower the "
+                      f"budget or capture more frames")
+    if budget > disjoint:
+        log.warning("scene %r: budget %d is more than the %d blocks that share no pixel (%s): blocks overlap, "
+                    "each pixel is in %.1f blocks on average", scene, budget, disjoint, source,
+                    budget * tile * tile / (windows * meta.width * meta.height))
+
+
 def _block_counts(budget: int, n_windows: int, rng: np.random.Generator) -> np.ndarray:
     """Split `budget` blocks over windows as evenly as possible; the remainder goes to random windows."""
     counts = np.full(n_windows, budget // n_windows)
@@ -269,6 +292,7 @@ def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int |
         windows = [(i, s) for i in scene_shots for s in window_starts(shots[i].meta, dataset.frames, rng)]
         if not windows:
             raise QwError(f"scene {scene.scene!r}: no shot of the dataset's splits has {dataset.frames} frames")
+        _check_budget(scene.scene, scene.budget, len(windows), shots[scene_shots[0]].meta, dataset)
         for (shot, start), count in zip(windows, _block_counts(scene.budget, len(windows), rng)):
             if count:
                 pos = _positions(int(count) * k, shots[shot].meta, dataset.tile, rng).reshape(int(count), k, 2)

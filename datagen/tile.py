@@ -13,12 +13,16 @@ the plan and the pixels, so a build killed at any moment and rerun gives the sam
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import numpy as np
 import zarr
 from tqdm import tqdm
@@ -143,8 +147,12 @@ def choose_candidates(spec: TaskSpec, color: np.ndarray, reference: np.ndarray) 
 def run_task(spec: TaskSpec) -> int:
     """Write every block of one window, then its blocks' checksums, then its completion marker. Returns the number
     of blocks."""
-    arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
-                          spec.plan_digest)
+    try:
+        arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
+                              spec.plan_digest)
+    except QwError as exc:  # the store was created by the client: a worker that cannot open it does not see it
+        raise QwError(f"a Dask worker on {socket.gethostname()} cannot open the store: {exc}; every worker must "
+                      f"reach the store at the path or URL the build was given") from None
     try:
         return _write_task(spec, arrays)
     except OSError as exc:  # disk full, quota, lost mount: one line; the task stays unmarked and a rerun redoes it
@@ -226,9 +234,20 @@ def _remove_partial_writes(url: str) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _abandoned_creation(url: str, storage_options: dict | None) -> bool:
+    """True for a zarr group without attributes that holds nothing but a block store's own arrays: what a store
+    creation raced by another build left (before builds took a lock). It holds no finished store, so it is
+    recreated like an interrupted build of another plan, rather than refused as a foreign folder."""
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=storage_options if "://" in url else None)
+        return not dict(group.attrs) and set(group.keys()) <= {*ARRAYS, MARKERS, TASK_CHECKSUMS}
+    except Exception:  # not a zarr group (or unreadable): not ours to recreate
+        return False
+
+
 def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, overwrite: bool = False) -> BlockStore:
     """Open this plan's store to resume it, or create it. Never overwrites anything that is not a qw store."""
-    if _location_in_use(url, storage_options):
+    if _location_in_use(url, storage_options) and not _abandoned_creation(url, storage_options):
         store = open_store(url, mode="r+", require_complete=False, storage_options=storage_options)
         if _resumable(store, plan, overwrite):
             _remove_partial_writes(url)
@@ -280,7 +299,10 @@ def finalize(store: BlockStore, plan: Plan) -> None:
 
 
 def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None) -> list[TaskSpec]:
+    """One spec per task. Local paths are made absolute: a worker resolves a relative one against its own working
+    directory, which on a cluster started elsewhere is not the client's."""
     root, digest, width = Path(captures_root).resolve(), plan.digest(), _marker_width(plan)
+    url = url if "://" in url else os.path.abspath(url)
     specs = []
     for t in plan.tasks:
         shot = plan.shots[t.shot]
@@ -319,6 +341,36 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     check_cluster(cluster, scheduler)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
     check_frames(plan, captures_root)
+    with build_lock(url):
+        return _build(plan, captures_root, url, cluster, workers, scheduler, storage_options, progress, overwrite)
+
+
+@contextlib.contextmanager
+def build_lock(url: str):
+    """Hold the writer lock of a local store (``.<name>.qw-lock`` beside it, an flock via `filelock`): a second build
+    of the same path is refused at once instead of racing the first (two `--overwrite` builds deleted each other's
+    arrays). The kernel drops the lock when its process dies, so a killed build never blocks its resume. Object
+    stores have no locks: one build per URL is the user's to ensure."""
+    if "://" in url and not url.startswith("file://"):
+        yield
+        return
+    path = Path(url.removeprefix("file://")).absolute()
+    lock = filelock.FileLock(path.parent / f".{path.name}.qw-lock", timeout=0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except filelock.Timeout:
+        raise QwError(f"{url}: another build is writing this store; wait for it to finish") from None
+    except OSError as exc:  # the parent is a file, read-only, ...
+        raise QwError(f"{url}: cannot create the block store ({exc.strerror or exc})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(plan: Plan, captures_root: str | Path, url: str, cluster: str, workers: int | None, scheduler: str | None,
+           storage_options: dict | None, progress: bool, overwrite: bool) -> BlockStore:
     store = prepare_store(plan, url, storage_options, overwrite)
     if store.complete:
         log.info("%s: already complete (%d blocks)", url, plan.num_blocks)

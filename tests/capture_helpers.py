@@ -61,14 +61,27 @@ def analytic_motion(frame: int, proj: np.ndarray, width: int = WIDTH, height: in
     return np.stack([(nx - nx_prev) * width / 2, -(ny - ny_prev) * height / 2], axis=-1)
 
 
+def plane_texture(frame: int, proj: np.ndarray, width: int, height: int, phases: np.ndarray) -> np.ndarray:
+    """(H, W, 3) HDR reference of a smooth texture fixed to the plane, as the camera of `frame` sees it: warping it
+    by `analytic_motion` gives the next frame (up to interpolation)."""
+    nx, ny = ndc_grid(width, height)
+    d = plane_depth(frame)
+    wx, wy = nx * d / proj[0, 0] + STEP[0] * frame, ny * d / proj[1, 1] + STEP[1] * frame  # world x, y on the plane
+    return np.stack([1 + 0.8 * np.sin(1.7 * wx + p) * np.cos(1.3 * wy - p) for p in phases], axis=-1)
+
+
 def make_capture(shot: Path, frames: int = FRAMES, width: int = WIDTH, height: int = HEIGHT, seed: int = 0,
                  cameras: bool = True, motion_sign: float = 1.0) -> CaptureMeta:
-    """Write a complete synthetic shot (every pass, capture.json last) and return its metadata."""
+    """Write a complete synthetic shot (every pass, capture.json last) and return its metadata. The reference is a
+    texture on the plane that moves with the camera; the input adds a pixel checkerboard (aliasing)."""
     rng = np.random.default_rng(seed)
     proj = perspective(aspect=width / height)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    checker = 0.5 * (np.add.outer(np.arange(height), np.arange(width)) % 2)[..., None]
     for i in range(frames):
-        write_frame(shot, "color", i, rng.uniform(0, 4, (height, width, 3)))
-        write_frame(shot, "reference", i, rng.uniform(0, 4, (height, width, 3)))
+        reference = plane_texture(i, proj, width, height, phases)
+        write_frame(shot, "color", i, reference + checker)
+        write_frame(shot, "reference", i, reference)
         motion = analytic_motion(i, proj, width, height) if i else np.zeros((height, width, 2))
         write_frame(shot, "motion", i, motion_sign * motion)
         write_frame(shot, "depth", i, np.full((height, width, 1), plane_depth(i)))

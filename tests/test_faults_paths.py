@@ -145,7 +145,7 @@ def test_a_second_writer_of_a_shot_is_refused_while_the_first_finishes(tmp_path)
             time.sleep(0.02)
         second = qw(*args)
         assert first.poll() is None, "the first writer finished before the second started: make its shot longer"
-        assert "another process is writing this shot" in one_line_error(second, 1)
+        assert "another process is writing this shot" in one_line_error(second)
     finally:
         assert first.wait(timeout=180) == 0, first.stderr.read()
     lines: list[str] = []

@@ -62,7 +62,7 @@ def test_intel_sample_stacked_blocks_need_full_size(tmp_path):
         truth[n] = d
         name = f"GDC_Landscape_01_PreTonemapHDRColor_{n:04d}.exr"
         stack = colour(tile, tile * t_frames, n)
-        write_exr(src / "noaa" / name, stack, dtype=np.float16)
+        write_exr(src / "noaa" / name, colour(tile, tile * t_frames, n, 0.1), dtype=np.float16)  # aliased
         write_exr(src / "ssaa" / name, stack, dtype=np.float16)
         write_exr(src / "velocity" / name, sign_bits(pixels_to_ndc(d, *full)))  # NDC of the full frame
     with pytest.raises(QwError, match="stacked 4-frame block; pass the full frame size"):
@@ -99,7 +99,7 @@ def test_mrq_multilayer_stock_material(tmp_path):
     for n in (0, 1, 2):
         d = analytic_motion(W, H, phase=n)
         path = src / f"Shot.{n:04d}.exr"
-        layers = {"": colour(W, H, n)[..., :3],
+        layers = {"": colour(W, H, n, 0.1)[..., :3],  # aliased: differs from the reference
                   "FinalImageMovieRenderQueue_MotionVectors": mrq_material(d, W, H),
                   "FinalImageMovieRenderQueue_WorldDepth": np.full((H, W, 3), 500.0)}
         planes = {(f"{ly}.{c}" if ly else c): np.ascontiguousarray(img[..., i], np.float32)

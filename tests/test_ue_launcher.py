@@ -100,7 +100,8 @@ def test_capture_completes_although_the_editor_quits_when_the_script_returns(tmp
     paths = capture_scene(scene, out, editor=editor, progress=False, timeout=60)
     assert paths == [out / "kite" / "a", out / "kite" / "b"]
     result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(out / "kite")])
-    assert result.exit_code == 0 and "2 shot(s): 2 passed, 0 failed" in result.output, result.output
+    assert result.exit_code == 0 and "2 shot(s): 0 passed, 0 failed, 2 with checks SKIPPED" in result.output, \
+        result.output  # no camera matrices: reprojection cannot run
     prepare_log = (out / ".unreal" / "kite" / "a" / "editor-prepare-0.log").read_text()
     assert "QUIT_EDITOR (the script returned)" in prepare_log
     meta = load_meta(out / "kite" / "a")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli import main
 from datagen.capture_format import (META_FILE, finish_capture, frame_path, load_meta, shot_folders, write_exr,
                                     write_frame)
-from datagen.validate import reprojected_motion, validate_capture
+from datagen.validate import reprojected_motion, reprojection_agreement, validate_capture
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,13 @@ def test_sign_flipped_motion_fails_reprojection(tmp_path):
     shot = tmp_path / "flipped"
     make_capture(shot, motion_sign=-1.0)
     report = validate_capture(shot)
-    assert report.failed_checks == ["reprojection"]
-    assert len(report.problems) == FRAMES - 1  # every frame with history
-    assert str(frame_path(shot, "motion", 1)) in report.problems[0]
-    assert "agree with the depth + camera reprojection" in report.problems[0]
+    assert report.failed_checks == ["motion warp", "reprojection"]  # the reference and the cameras both refute it
+    problems = report.checks["reprojection"].problems
+    assert len(problems) == FRAMES - 1  # every frame with history
+    assert str(frame_path(shot, "motion", 1)) in problems[0]
+    assert "agree with the depth + camera reprojection" in problems[0]
+    assert len(report.checks["motion warp"].problems) == FRAMES - 1
+    assert "worse" in report.checks["motion warp"].problems[0] and "than the reversed motion" in report.problems[0]
 
 
 def test_reprojection_skipped_without_cameras(tmp_path):
@@ -259,3 +262,123 @@ def test_builtin_renderer_captures_pass_including_reprojection(builtin_captures)
     for shot in shot_folders(builtin_captures):
         report = validate_capture(shot)
         assert report.checks["reprojection"].status == "pass" and report.lowest_agreement > 0.5
+
+
+# ------------------------------------------------------------------------------------------- meaning
+
+
+def _copy_shot(builtin_captures: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(builtin_captures / "builtin_fence" / "rise", tmp_path / "builtin_fence" / "rise"))
+
+
+def _rename_frames(shot: Path, order: list[int]) -> None:
+    """Stored frame k becomes the old frame order[k], in every pass (capture.json's cameras stay as recorded)."""
+    from datagen.capture_format import PASSES
+
+    for pass_name in PASSES:
+        data = [frame_path(shot, pass_name, i).read_bytes() for i in range(len(order))]
+        for k, old in enumerate(order):
+            frame_path(shot, pass_name, k).write_bytes(data[old])
+
+
+def _zero_depth(shot):
+    for i in range(load_meta(shot).frame_count):
+        write_frame(shot, "depth", i, np.zeros((256, 320, 1)))
+    return ["depth"], "no pixel has a positive depth"
+
+
+def _swapped(shot):
+    _rename_frames(shot, [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11])
+    # frame 6 must undo the step from 5 to 6; its motion (the old frame 5's) makes it. The cameras move smoothly, so
+    # the reprojection of each frame's own depth and motion still agrees: only the reference shows the swap.
+    return ["motion warp"], "motion/000006.exr: the previous reference warped by this motion predicts the frame " \
+                            "worse"
+
+
+def _reversed(shot):
+    _rename_frames(shot, list(range(11, -1, -1)))
+    return ["motion warp", "reprojection"], "than the reversed motion"
+
+
+def _repeated(shot):
+    _rename_frames(shot, [0, 1, 2, 3, 4, 5, 5, 7, 8, 9, 10, 11])
+    return ["motion warp"], "motion/000006.exr: the previous reference warped by this motion predicts the frame " \
+                            "worse (0.0"
+
+
+def _input_is_reference(shot):
+    for i in range(load_meta(shot).frame_count):
+        frame_path(shot, "color", i).write_bytes(frame_path(shot, "reference", i).read_bytes())
+    return ["aliasing"], "the input is the reference"
+
+
+MEANING = {"all-zero depth": _zero_depth, "two frames swapped": _swapped, "frames reversed": _reversed,
+           "a frame repeated": _repeated, "input equals reference": _input_is_reference}
+
+
+@pytest.mark.parametrize("break_it", MEANING.values(), ids=MEANING.keys())
+def test_a_capture_broken_in_meaning_fails_although_its_files_are_consistent(builtin_captures, tmp_path, break_it):
+    """Real renders, re-checksummed after each change: files, checksums and pixels are all valid; only what the
+    frames mean is wrong."""
+    shot = _copy_shot(builtin_captures, tmp_path)
+    assert validate_capture(shot).verdict == "PASS"
+    failed, message = break_it(shot)
+    refinish(shot)
+    report = validate_capture(shot)
+    assert report.failed_checks == failed, report.problems
+    assert any(message in p for p in report.problems), report.problems
+
+
+def test_source_frames_out_of_order_fail_the_sequence_check(shot):
+    path = shot / META_FILE
+    meta = json.loads(path.read_text())
+    meta["source_frames"] = [0, 2, 1, 3]
+    path.write_text(json.dumps(meta))
+    report = validate_capture(shot)
+    assert report.failed_checks == ["sequence"]
+    assert "stored frame 2 is source frame 1, after 2" in report.problems[0]
+
+
+def test_a_skipped_check_is_reported_as_skipped_never_as_pass(tmp_path):
+    shot = tmp_path / "scene" / "nocam"
+    make_capture(shot, cameras=False)
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(shot)])
+    assert result.exit_code == 0, result.output  # nothing failed
+    line = next(line for line in result.stdout.splitlines() if line.startswith(str(shot)))
+    assert "PASS" not in line and line.endswith("SKIPPED reprojection (others pass)"), line
+    assert "    SKIPPED reprojection: capture.json has no camera matrices" in result.stdout
+    assert "1 shot(s): 0 passed, 0 failed, 1 with checks SKIPPED (the others pass)" in result.stdout
+
+
+def test_the_reprojection_tolerance_scales_with_the_frame(tmp_path, monkeypatch):
+    """At 40×24 the camera of this shot moves ~0.03 px per frame: a fixed 0.25 px tolerance passed the motion with
+    its sign flipped; scaled to the frame (0.25 px at 1920) it fails it."""
+    import capture_helpers
+
+    monkeypatch.setattr(capture_helpers, "STEP", capture_helpers.STEP * 0.05)
+    make_capture(tmp_path / "good")
+    make_capture(tmp_path / "flipped", motion_sign=-1.0)
+    assert validate_capture(tmp_path / "good").checks["reprojection"].status == "pass"
+    flipped = validate_capture(tmp_path / "flipped")
+    assert flipped.failed_checks == ["reprojection"], flipped.problems  # too little motion for the warp check
+    assert flipped.checks["motion warp"].status == "skip"
+
+
+def test_reprojection_that_cannot_tell_the_sign_is_skipped(tmp_path, monkeypatch):
+    import capture_helpers
+
+    monkeypatch.setattr(capture_helpers, "STEP", capture_helpers.STEP * 1e-4)  # ~6e-5 px per frame
+    make_capture(tmp_path / "still", motion_sign=-1.0)
+    report = validate_capture(tmp_path / "still")
+    assert report.ok and report.checks["reprojection"].status == "skip", report.problems
+    assert "reversed or scaled motion would pass too" in report.checks["reprojection"].skipped
+
+
+def test_agreement_counts_pixels_that_tell_the_sign():
+    expected = np.full((48, 64, 2), 0.1)
+    fraction, _, pixels, signed = reprojection_agreement(-expected, expected)
+    assert pixels == 48 * 64 and fraction == 0.0 and signed == 1.0  # 0.2 px off, tolerance 0.0083 + 2 % at 64 px
+    _, _, _, signed = reprojection_agreement(expected * 1e-3, expected * 1e-3)
+    assert signed == 0.0

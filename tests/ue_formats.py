@@ -121,7 +121,8 @@ def write_mrq_frame(folder: Path, seq: str, frame: int, width: int, height: int,
                     motion_pass: str = "FinalImageM_QW_Velocity", depth_cm: np.ndarray | None = None,
                     depth_pass: str = "FinalImageM_QW_Depth", colour_only: bool = False) -> None:
     """One frame of MRQ output with separate files per pass, named {seq}.{pass}.{frame:04d}.exr."""
-    write_exr(folder / f"{seq}.FinalImage.{frame:04d}.exr", colour(width, height, frame), dtype=np.float16)
+    aliasing = 0.0 if colour_only else 0.1  # the aliased render differs from the reference (colour_only)
+    write_exr(folder / f"{seq}.FinalImage.{frame:04d}.exr", colour(width, height, frame, aliasing), dtype=np.float16)
     if colour_only:
         return
     if motion is not None:
