@@ -95,7 +95,8 @@ class CameraKey(_Strict):
 
 
 class CameraPath(_Strict):
-    """A camera path qw authors as a Level Sequence (one camera, one cut, keyed at every frame, linear between the manifest's keys)."""
+    """A camera path qw authors as a Level Sequence: one camera, one cut, keyed at every frame (linear between the
+    manifest's keys)."""
 
     fps: float = Field(gt=0, description="the sequence's display rate; must equal capture.fps")
     fov: float = Field(gt=0, lt=180, description="horizontal field of view in degrees")
