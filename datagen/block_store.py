@@ -226,7 +226,7 @@ class BlockStore:
 
     @property
     def num_blocks(self) -> int:
-        return int(self.group["origin"].shape[0])
+        return int(self.array("origin").shape[0])  # the cached handle: no metadata read per call
 
     @property
     def complete(self) -> bool:
@@ -295,12 +295,13 @@ class BlockStore:
         keys = fs.find(prefix) if fs.exists(prefix) else []
         return {int(k[len(prefix):].split("/")[0]) for k in keys if k.startswith(prefix)}
 
-    def missing_blocks(self) -> dict[str, list[int]]:
-        """Per image array, the blocks whose chunk is absent though the block is not all zeros (zarr does not
-        store a chunk equal to the fill value, so an all-zero block legitimately has none). Without recorded
-        checksums (version 1) every absent chunk counts."""
+    def missing_blocks(self, arrays: Iterable[str] = IMAGE_ARRAYS) -> dict[str, list[int]]:
+        """Per image array (of `arrays`), the blocks whose chunk is absent though the block is not all zeros (zarr
+        does not store a chunk equal to the fill value, so an all-zero block legitimately has none). Without
+        recorded checksums (version 1) every absent chunk counts. One listing per array, no chunk reads."""
         missing = {}
-        for k, name in enumerate(IMAGE_ARRAYS):
+        for name in arrays:
+            k = IMAGE_ARRAYS.index(name)
             absent = sorted(set(range(self.num_blocks)) - self.stored_blocks(name))
             if absent and self.verified and self.complete:
                 a = self.array(name)
@@ -332,7 +333,11 @@ class BlockStore:
                                                                "history_valid"),
                    verify: bool = True) -> dict[str, np.ndarray]:
         """One block as numpy arrays in their stored dtypes (float16 images stay float16), each image checked
-        against its recorded checksum unless `verify` is False."""
+        against its recorded checksum unless `verify` is False. An index outside the store is an IndexError (a
+        caller's mistake, not damage)."""
+        if not 0 <= index < self.num_blocks:
+            raise IndexError(f"{self.url}: block index {index} is out of range (the store holds {self.num_blocks} "
+                             f"blocks, 0..{self.num_blocks - 1})")
         return {name: self.image_block(name, index, verify) if name in IMAGE_ARRAYS else self.small_array(name)[index]
                 for name in arrays}
 

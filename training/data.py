@@ -30,14 +30,31 @@ IMAGES = ("color", "reference", "motion")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def open_training_store(url: str, storage_options: dict | None = None) -> BlockStore:
-    """Open a complete store and check it has what training reads (clear errors for anything missing)."""
+def open_training_store(url: str, storage_options: dict | None = None, check_chunks: bool = True) -> BlockStore:
+    """Open a complete store and check it has what training reads (clear errors for anything missing).
+
+    With `check_chunks`, a store with a missing chunk of an array training reads is refused now, not when a
+    sampler first draws that block hours into a run: one listing per array (a 13712-block store: see
+    docs/performance.md), no chunk reads. Altered chunks are still found by the per-block check on read.
+    """
     store = open_store(url, storage_options=storage_options)
     for name in ARRAYS:
         store.array(name)
     if store.num_blocks == 0:
         raise QwError(f"{url}: block store holds no blocks")
+    if check_chunks and store.verified:
+        _refuse_missing_chunks(store)
     return store
+
+
+def _refuse_missing_chunks(store: BlockStore) -> None:
+    missing = store.missing_blocks(IMAGES)
+    if missing:
+        name, blocks = next(iter(missing.items()))
+        others = sum(len(b) for b in missing.values()) - 1
+        raise QwError(f"{store.url}: block {blocks[0]}: {name} chunk {store.chunk_key(name, blocks[0])} is missing"
+                      f"{f' (and {others} more chunk(s) of the training arrays)' if others else ''}; "
+                      f"run `qw datagen verify {store.url}`")
 
 
 def augmentation_seed(seed: int, epoch: int, block: int) -> int:
@@ -98,7 +115,8 @@ class BlockDataset(Dataset):
     @property
     def store(self) -> BlockStore:
         if self._store is None:
-            self._store = open_training_store(self.url, self.storage_options)
+            # per worker; the run's chunk listing is done once, by whoever opens the run's store (train, quantize)
+            self._store = open_training_store(self.url, self.storage_options, check_chunks=False)
         return self._store
 
     def __len__(self) -> int:
