@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator, Sequence
 
@@ -61,39 +62,100 @@ def augmentation_seed(seed: int, epoch: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, block]).generate_state(1)[0])
 
 
-def rotate90(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx)."""
-    out = {k: np.rot90(block[k], 1, axes=(-2, -1)) for k in IMAGES}
-    out["motion"] = np.stack([out["motion"][:, 1], -out["motion"][:, 0]], axis=1)
-    return {**block, **out}
+@dataclass(frozen=True)
+class Transform:
+    """A flip/quarter-turn of the dihedral group and an exposure: mirror along W (`flip_x`), then along H
+    (`flip_y`), then `turns` quarter turns (np.rot90 on H,W), then colour and reference scaled by `exposure`."""
+
+    flip_x: bool = False
+    flip_y: bool = False
+    turns: int = 0
+    exposure: float = 1.0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, exposure_range: tuple[float, float]) -> "Transform":
+        flip_x, flip_y, turns = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(4))
+        lo, hi = exposure_range
+        return cls(flip_x, flip_y, turns, float(np.float32(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
+
+    def motion_components(self) -> tuple[tuple[int, int], tuple[bool, bool]]:
+        """For each output motion component, the input component it comes from and whether it is negated.
+
+        A flip negates the component along its axis; a quarter turn maps (x, y) to (y, W − x), so motion
+        (mx, my) becomes (my, −mx)."""
+        source, negate = [0, 1], [self.flip_x, self.flip_y]
+        for _ in range(self.turns % 4):
+            source, negate = [source[1], source[0]], [negate[1], not negate[0]]
+        return (source[0], source[1]), (negate[0], negate[1])
+
+    def reversal_and_swap(self) -> tuple[tuple[int, ...], bool]:
+        """The same geometry as one reversal of axes (-1: W, -2: H) followed by an optional H/W swap, so that it
+        costs one copy. np.rot90 reverses W, then swaps; after a swap, reversing W reverses the source's H."""
+        reverse_x, reverse_y, swap = self.flip_x, self.flip_y, False
+        for _ in range(self.turns % 4):
+            reverse_x, reverse_y = (reverse_x, not reverse_y) if swap else (not reverse_x, reverse_y)
+            swap = not swap
+        return tuple(axis for axis, r in ((-1, reverse_x), (-2, reverse_y)) if r), swap
+
+
+BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> an integer type of that size
+
+
+def _geometry(image: torch.Tensor, t: Transform) -> torch.Tensor:
+    """`image` (..., H, W) flipped and turned: reversed as integer bits (torch's float16 flip is not vectorised
+    on CPU, its int16 flip is; bits move unchanged), swapped as a view."""
+    axes, swap = t.reversal_and_swap()
+    bits = image.view(BITS[image.element_size()])
+    if axes:
+        bits = torch.flip(bits, axes)
+    return (bits.transpose(-2, -1) if swap else bits).view(image.dtype)
+
+
+def scale_exposure(image: torch.Tensor, exposure: float) -> torch.Tensor:
+    """A contiguous float16 image × exposure, clipped to the float16 range: float16 × a Python float computes in
+    float32 and rounds once (bit-identical to converting first), and an overflow to inf is clipped back to the
+    largest float16, as clipping before the rounding would. Works on a CPU tensor or a device batch alike."""
+    out = torch.empty(image.shape, dtype=image.dtype, device=image.device)
+    return torch.mul(image, exposure, out=out).clamp_(max=FLOAT16_MAX)
+
+
+def _transform_motion(motion: torch.Tensor, t: Transform) -> torch.Tensor:
+    turned = _geometry(motion, t)
+    out = torch.empty(turned.shape, dtype=turned.dtype, device=turned.device)
+    sources, negate = t.motion_components()
+    for component, (source, negated) in enumerate(zip(sources, negate)):
+        out[:, component] = turned[:, source]
+        if negated:
+            out[:, component].neg_()
+    return out
+
+
+def apply_transform(images: dict[str, torch.Tensor], t: Transform) -> dict[str, torch.Tensor]:
+    """Flips, quarter turns and exposure of float16 (T, C, H, W) images (colour, reference, motion; CPU or
+    device), motion transformed with them; each output is one new contiguous tensor."""
+    out = {k: scale_exposure(_geometry(images[k], t), t.exposure) for k in ("color", "reference")}
+    return {**out, "motion": _transform_motion(images["motion"], t)}
+
+
+def _numpy_transform(block: dict[str, np.ndarray], t: Transform) -> dict[str, np.ndarray]:
+    out = apply_transform({k: torch.from_numpy(block[k]) for k in IMAGES}, t)
+    return {**block, **{k: v.numpy() for k, v in out.items()}}
 
 
 def flip(block: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:
     """Mirror along W (axis=-1, negates motion x) or H (axis=-2, negates motion y)."""
-    out = {k: np.flip(block[k], axis) for k in IMAGES}
-    component = 0 if axis == -1 else 1
-    out["motion"] = out["motion"].copy()
-    out["motion"][:, component] *= -1
-    return {**block, **out}
+    return _numpy_transform(block, Transform(flip_x=axis == -1, flip_y=axis == -2))
 
 
-def crop(block: dict[str, np.ndarray], y: int, x: int, size: int) -> dict[str, np.ndarray]:
-    return {**block, **{k: block[k][..., y:y + size, x:x + size] for k in IMAGES}}
+def rotate90(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx)."""
+    return _numpy_transform(block, Transform(turns=1))
 
 
 def augment(block: dict[str, np.ndarray], rng: np.random.Generator,
             exposure_range: tuple[float, float]) -> dict[str, np.ndarray]:
     """Random flips, quarter turns and exposure; the motion field is transformed with the images."""
-    if rng.random() < 0.5:
-        block = flip(block, -1)
-    if rng.random() < 0.5:
-        block = flip(block, -2)
-    for _ in range(int(rng.integers(4))):
-        block = rotate90(block)
-    lo, hi = exposure_range
-    exposure = np.float32(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    scaled = {k: np.minimum(block[k] * exposure, FLOAT16_MAX).astype(np.float16) for k in ("color", "reference")}
-    return {**block, **scaled}
+    return _numpy_transform(block, Transform.draw(rng, exposure_range))
 
 
 class BlockDataset(Dataset):
@@ -124,9 +186,8 @@ class BlockDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int | None]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        block = self.store.read_block(index, ARRAYS)  # checked against the block's checksums; errors name it
         rng = np.random.default_rng(seed)
-        tile = block["color"].shape[-1]
+        tile = self.store.array("color").shape[-1]
         size = self.crop or tile
         if size > tile:
             raise QwError(f"{self.url}: crop {size} is larger than the store's {tile}x{tile} tiles")
@@ -134,7 +195,9 @@ class BlockDataset(Dataset):
             y = x = (tile - size) // 2
         else:
             y, x = (int(v) for v in rng.integers(0, tile - size + 1, size=2))
-        block = crop(block, y, x, size)
+        # checked against the block's checksums (see BlockStore.image_block); errors name the block. A sharded
+        # store reads only the inner chunks the crop overlaps.
+        block = self.store.read_block(index, ARRAYS, window=(y, x, size) if size < tile else None)
         if seed is not None and self.augment:
             block = augment(block, rng, self.exposure_range)
         sample: dict[str, torch.Tensor | int] = {k: torch.from_numpy(np.ascontiguousarray(block[k])) for k in ARRAYS}
