@@ -86,3 +86,84 @@ def test_an_index_outside_the_store_is_an_index_error_not_damage(tmp_path, index
         BlockDataset(url)[index]
     with pytest.raises(IndexError, match="out of range"):
         open_store(url).read_block(index)
+
+
+# ----------------------------------------------------------------------------------------------- augmentation
+
+
+def reference_augment(block: dict[str, np.ndarray], rng: np.random.Generator,
+                      exposure_range: tuple[float, float]) -> dict[str, np.ndarray]:
+    """The augmentation as first written (numpy, one step at a time): flips, quarter turns, exposure in float32."""
+    def flip(b, axis):
+        out = {k: np.flip(b[k], axis) for k in ("color", "reference", "motion")}
+        out["motion"] = out["motion"].copy()
+        out["motion"][:, 0 if axis == -1 else 1] *= -1
+        return {**b, **out}
+
+    def rotate90(b):
+        out = {k: np.rot90(b[k], 1, axes=(-2, -1)) for k in ("color", "reference", "motion")}
+        out["motion"] = np.stack([out["motion"][:, 1], -out["motion"][:, 0]], axis=1)
+        return {**b, **out}
+
+    if rng.random() < 0.5:
+        block = flip(block, -1)
+    if rng.random() < 0.5:
+        block = flip(block, -2)
+    for _ in range(int(rng.integers(4))):
+        block = rotate90(block)
+    lo, hi = exposure_range
+    exposure = np.float32(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    with np.errstate(over="ignore"):
+        scaled = {k: np.minimum(block[k] * exposure, np.float32(65504)).astype(np.float16) for k in ("color", "reference")}
+    return {**block, **scaled}
+
+
+def float16_block(rng: np.random.Generator, h: int = 24, w: int = 24) -> dict[str, np.ndarray]:
+    """Non-square, with signed zeros, float16 extremes and values that overflow when scaled up."""
+    block = {k: rng.normal(0, 300, (3, c, h, w)).astype(np.float16)
+             for k, c in (("color", 3), ("reference", 3), ("motion", 2))}
+    block["color"][0, 0, 0, :6] = [0.0, -0.0, 65504, -65504, 40000, 6e-8]
+    block["motion"][1, :, 2, :3] = [[0.0, -0.0, 1.5], [-0.0, 0.0, -2.5]]
+    return {**block, "history_valid": np.array([False, True, True])}
+
+
+def bits(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values).view(np.uint16)
+
+
+def test_augmentation_is_bitwise_the_step_by_step_numpy_result_for_every_flip_and_turn():
+    from training.data import augment
+
+    rng = np.random.default_rng(1)
+    for block in (float16_block(rng), float16_block(rng, 16, 40)):
+        seen = set()
+        for seed in range(64):  # exposures above and below 1
+            draw = np.random.default_rng(seed)
+            seen.add((draw.random() < 0.5, draw.random() < 0.5, int(draw.integers(4))))
+            got = augment(block, np.random.default_rng(seed), (0.5, 2.0))
+            want = reference_augment(block, np.random.default_rng(seed), (0.5, 2.0))
+            for name in ("color", "reference", "motion"):
+                assert got[name].shape == want[name].shape and got[name].dtype == np.float16
+                np.testing.assert_array_equal(bits(got[name]), bits(want[name]), err_msg=f"seed {seed} {name}")
+            assert got["history_valid"] is block["history_valid"]
+        assert len(seen) == 16  # every (flip x, flip y, turns) drawn: all 8 elements of the group, twice
+
+
+def test_a_crop_of_a_sharded_store_is_the_crop_of_the_same_unsharded_block(tmp_path):
+    """Same blocks, same seeds: the item (crop position, flips, exposure) does not depend on the layout."""
+    from datagen.block_store import create_store, seal
+    import zarr
+
+    url = make_store(tmp_path / "flat.zarr", n_train=4, n_val=1, tile=32)
+    source = open_store(url)
+    group = create_store(str(tmp_path / "sharded.zarr"), source.num_blocks,
+                         {k: source.attrs[k] for k in ("scenes", "shots", "split")}, t=4, tile=32, inner_chunk=8)
+    for name in ("color", "reference", "motion", "history_valid", "origin"):
+        group[name][:] = zarr.open_group(url)[name][:]
+    seal(group)
+    flat, sharded = BlockDataset(url, crop=16, augment=True), BlockDataset(str(tmp_path / "sharded.zarr"), crop=16,
+                                                                             augment=True)
+    for item in [(0, 3), (2, 11), (4, 12345), 1]:
+        a, b = flat[item], sharded[item]
+        for name in ("color", "reference", "motion", "history_valid"):
+            assert torch.equal(a[name], b[name]), (item, name)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,12 +126,13 @@ def checksums(store: Path) -> dict[str, str]:
             for p in sorted(store.rglob("*")) if p.is_file()}
 
 
-def run_build(synthetic: dict, store: Path, kill_when=None) -> subprocess.Popen:
+def run_build(synthetic: dict, store: Path, kill_when=None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """`qw datagen build` in its own process group; `kill_when(store)` → True triggers SIGKILL of the group."""
     env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
     proc = subprocess.Popen([QW, "-q", "datagen", "build", "--dataset", str(synthetic["dataset_file"]),
-                             "--captures", str(synthetic["captures"]), "--store", str(store), "--workers", "2"],
-                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--captures", str(synthetic["captures"]), "--store", str(store), "--workers", "2",
+                             *extra], env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     if kill_when is None:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out.decode()
@@ -172,6 +174,34 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_pa
         run_build(synthetic, store)
         assert checksums(store) == reference, f"trial {trial}: store differs from the clean build"
     assert any(left_partial), "no kill landed while tasks were running"
+
+
+def test_sharded_store_reads_verifies_and_resumes_a_killed_build_byte_identically(synthetic, tmp_path):
+    sharded = ("--inner-chunk", "16")
+    clean = tmp_path / "clean.zarr"
+    run_build(synthetic, clean, extra=sharded)
+    color = open_store(str(clean)).array("color")
+    assert color.shards == (1, 8, 3, 32, 32) and color.chunks == (1, 8, 3, 16, 16)
+    check_store_matches_sources(str(clean), synthetic)
+    verify = subprocess.run([QW, "datagen", "verify", str(clean)], capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    reference = checksums(clean)
+    n_tasks = zarr.open_group(str(clean))[MARKERS].shape[0]
+    killed = tmp_path / "killed.zarr"
+    for _ in range(3):  # a kill that lands mid-build (not before the first or after the last window)
+        shutil.rmtree(killed, ignore_errors=True)
+        run_build(synthetic, killed, kill_when=lambda s: markers_written(s) >= 3, extra=sharded)
+        if 0 < markers_written(killed) < n_tasks:
+            break
+    assert 0 < markers_written(killed) < n_tasks
+    env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
+    other = subprocess.run([QW, "datagen", "build", "--dataset", str(synthetic["dataset_file"]), "--captures",
+                            str(synthetic["captures"]), "--store", str(killed)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 2 and "layout is sharded, 16² inner chunks, this build asks for one chunk per block" \
+        in other.stderr, other.stderr
+    run_build(synthetic, killed, extra=sharded)
+    assert checksums(killed) == reference
 
 
 def test_s3_store_on_local_moto_server(synthetic):
