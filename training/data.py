@@ -78,6 +78,14 @@ class Transform:
         lo, hi = exposure_range
         return cls(flip_x, flip_y, turns, float(np.float32(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
 
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.flip_x, self.flip_y, self.turns, self.exposure], dtype=torch.float32)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> "Transform":
+        flip_x, flip_y, turns, exposure = values.tolist()
+        return cls(bool(flip_x), bool(flip_y), int(turns), exposure)
+
     def motion_components(self) -> tuple[tuple[int, int], tuple[bool, bool]]:
         """For each output motion component, the input component it comes from and whether it is negated.
 
@@ -163,11 +171,16 @@ class BlockDataset(Dataset):
 
     Items are addressed by ``(block index, augmentation seed)`` (what `BlockSampler` yields) or a plain block
     index; a seed of None, a plain index or ``augment=False`` gives the centre crop, unaugmented.
+
+    With ``augment_on_device=True`` the worker draws the same crop and transform but leaves the flips, turns and
+    exposure to `augment_batch`, run on the collated batch where it is (the GPU): items then carry the drawn
+    transform as ``transform`` (4,) float32 (`Transform.as_tensor`), and the result is bit-identical.
     """
 
     def __init__(self, url: str, crop: int | None = None, augment: bool = False,
-                 exposure_range: tuple[float, float] = (0.5, 2.0), storage_options: dict | None = None):
-        self.url, self.crop, self.augment = url, crop, augment
+                 exposure_range: tuple[float, float] = (0.5, 2.0), storage_options: dict | None = None,
+                 augment_on_device: bool = False):
+        self.url, self.crop, self.augment, self.augment_on_device = url, crop, augment, augment_on_device
         self.exposure_range, self.storage_options = exposure_range, storage_options
         self._store: BlockStore | None = None
 
@@ -198,11 +211,23 @@ class BlockDataset(Dataset):
         # checked against the block's checksums (see BlockStore.image_block); errors name the block. A sharded
         # store reads only the inner chunks the crop overlaps.
         block = self.store.read_block(index, ARRAYS, window=(y, x, size) if size < tile else None)
-        if seed is not None and self.augment:
-            block = augment(block, rng, self.exposure_range)
+        transform = Transform.draw(rng, self.exposure_range) if seed is not None and self.augment else Transform()
+        if not self.augment_on_device and transform != Transform():
+            block = _numpy_transform(block, transform)
         sample: dict[str, torch.Tensor | int] = {k: torch.from_numpy(np.ascontiguousarray(block[k])) for k in ARRAYS}
         sample["index"] = index
+        if self.augment_on_device:
+            sample["transform"] = transform.as_tensor()
         return sample
+
+
+def augment_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply each item's drawn ``transform`` (see `BlockDataset`'s ``augment_on_device``) to a collated batch, on
+    the batch's device; the ``transform`` entry is consumed."""
+    transforms = [Transform.from_tensor(row) for row in batch["transform"].cpu()]
+    items = [apply_transform({k: batch[k][i] for k in IMAGES}, t) for i, t in enumerate(transforms)]
+    rest = {k: v for k, v in batch.items() if k not in (*IMAGES, "transform")}
+    return {**rest, **{k: torch.stack([item[k] for item in items]) for k in IMAGES}}
 
 
 class BlockSampler(Sampler):
