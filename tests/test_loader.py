@@ -188,3 +188,28 @@ def test_augmentation_on_the_batch_equals_augmentation_in_the_worker(tmp_path):
     for name in ("color", "reference", "motion"):
         assert torch.equal(got[name].view(torch.int16), expected[name].view(torch.int16)), name  # bitwise
     assert torch.equal(got["history_valid"], expected["history_valid"]) and got["index"].tolist() == list(range(6))
+
+
+def test_a_crop_of_a_sharded_store_reads_only_the_inner_chunks_it_overlaps(tmp_path):
+    """The first inner chunk of block 0's colour is damaged: the centre crop never touches it (so it was never
+    read), a crop over it fails naming the block, and a whole block fails too."""
+    from datagen.block_store import create_store, seal
+
+    group = create_store(str(tmp_path / "s.zarr"), 2, {"scenes": ["a"], "shots": [{"scene": "a", "shot": "s",
+                                                                                   "split": "train"}],
+                                                       "split": {}}, t=2, tile=32, inner_chunk=8)
+    rng = np.random.default_rng(0)
+    for name in ("color", "reference", "motion"):
+        group[name][:] = rng.normal(0, 1, group[name].shape).astype(np.float16)
+    seal(group)
+    expected = group["color"][0][..., 8:24, 8:24]
+    path = tmp_path / "s.zarr" / "color" / "c.0.0.0.0.0"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # inner chunks are stored in order: byte 10 is in chunk (0, 0), pixels [0, 8)²
+    path.write_bytes(bytes(data))
+    centre = BlockDataset(str(tmp_path / "s.zarr"), crop=16)[0]["color"]  # pixels [8, 24)²
+    np.testing.assert_array_equal(centre.numpy(), expected)
+    with pytest.raises(QwError, match="block 0: color chunk .* cannot be read"):
+        open_store(str(tmp_path / "s.zarr")).read_block(0, ("color",), window=(0, 0, 16))
+    with pytest.raises(QwError, match="block 0: color chunk .* cannot be read"):
+        BlockDataset(str(tmp_path / "s.zarr"))[0]
