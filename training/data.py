@@ -123,8 +123,8 @@ def scale_exposure(image: torch.Tensor, exposure: float) -> torch.Tensor:
     """A contiguous float16 image × exposure, clipped to the float16 range: float16 × a Python float computes in
     float32 and rounds once (bit-identical to converting first), and an overflow to inf is clipped back to the
     largest float16, as clipping before the rounding would. Works on a CPU tensor or a device batch alike."""
-    out = torch.empty(image.shape, dtype=image.dtype, device=image.device)
-    return torch.mul(image, exposure, out=out).clamp_(max=FLOAT16_MAX)
+    out = torch.mul(image, exposure, out=torch.empty(image.shape, dtype=image.dtype, device=image.device))
+    return out.clamp_(max=FLOAT16_MAX) if exposure > 1 else out  # a finite x times <= 1 cannot overflow
 
 
 def _transform_motion(motion: torch.Tensor, t: Transform) -> torch.Tensor:
