@@ -9,7 +9,6 @@ import pytest
 import torch
 from train_helpers import make_store
 
-from cli_helpers import free_port
 from datagen.block_store import open_store
 from datagen.errors import QwError
 from training.data import BlockDataset, open_training_store
@@ -53,30 +52,17 @@ def test_an_all_zero_block_without_a_chunk_is_not_refused(tmp_path):
     open_training_store(url)
 
 
-def test_a_missing_chunk_on_s3_is_refused_at_open():
-    from moto.server import ThreadedMotoServer
+def test_a_missing_chunk_on_s3_is_refused_at_open(s3_options, tmp_path):
     import s3fs
-    import tempfile
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
-                   "client_kwargs": {"region_name": "eu-west-1"}}
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("bucket")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = make_store(Path(tmp) / "s.zarr", n_train=4, n_val=1)
-            fs.put(local, "bucket/s.zarr", recursive=True)
-        url = "s3://bucket/s.zarr"
-        open_training_store(url, options)
-        fs.rm("bucket/s.zarr/color/c.3.0.0.0.0")
-        fs.invalidate_cache()
-        with pytest.raises(QwError, match=r"block 3: color chunk color/c\.3\.0\.0\.0\.0 is missing"):
-            open_training_store(url, options)
-    finally:
-        server.stop()
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.put(make_store(tmp_path / "s.zarr", n_train=4, n_val=1), "bucket/s.zarr", recursive=True)
+    url = "s3://bucket/s.zarr"
+    open_training_store(url, s3_options)
+    fs.rm("bucket/s.zarr/color/c.3.0.0.0.0")
+    fs.invalidate_cache()
+    with pytest.raises(QwError, match=r"block 3: color chunk color/c\.3\.0\.0\.0\.0 is missing"):
+        open_training_store(url, s3_options)
 
 
 @pytest.mark.parametrize("index", [7, 100, -1])

@@ -20,7 +20,6 @@ import zarr
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
-from cli_helpers import free_port
 from cli import main
 from datagen.block_store import IMAGE_ARRAYS, open_store
 from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
@@ -204,31 +203,19 @@ def test_sharded_store_reads_verifies_and_resumes_a_killed_build_byte_identicall
     assert checksums(killed) == reference
 
 
-def test_s3_store_on_local_moto_server(synthetic):
-    from moto.server import ThreadedMotoServer
-    import s3fs
+def test_s3_store_on_local_moto_server(synthetic, s3_options):
+    url, ds = "s3://bucket/blocks.zarr", dataset({"beta": 10}, candidates=2)
+    build_store(ds, synthetic["captures"], url, workers=2, storage_options=s3_options, progress=False,
+                manifests_root=synthetic["manifests"])
+    check_store_matches_sources(url, synthetic, s3_options, ds)
+    # the trainer's dataset reads the same blocks over HTTP
+    from training.data import BlockDataset
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
-                   "client_kwargs": {"region_name": "eu-west-1"}}
-        s3fs.S3FileSystem(**options).mkdir("bucket")
-        url, ds = "s3://bucket/blocks.zarr", dataset({"beta": 10}, candidates=2)
-        build_store(ds, synthetic["captures"], url, workers=2, storage_options=options, progress=False,
-                    manifests_root=synthetic["manifests"])
-        check_store_matches_sources(url, synthetic, options, ds)
-        # the trainer's dataset reads the same blocks over HTTP
-        from training.data import BlockDataset
-
-        loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=options), batch_size=4)
-        batch = next(iter(loader))
-        store = open_store(url, storage_options=options)
-        for i in range(4):
-            np.testing.assert_array_equal(batch["color"][i].numpy(), store.read_block(i, ("color",))["color"])
-    finally:
-        server.stop()
+    loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=s3_options), batch_size=4)
+    batch = next(iter(loader))
+    store = open_store(url, storage_options=s3_options)
+    for i in range(4):
+        np.testing.assert_array_equal(batch["color"][i].numpy(), store.read_block(i, ("color",))["color"])
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs
