@@ -9,6 +9,7 @@ rows run pinned to one CPU (blosc single-threaded, torch 1 thread, as in a DataL
 * floor: read the three chunk files training reads (color, reference, motion), blosc-decode, crc32c the result;
 * `BlockStore.read_block` (what the reader does: zarr, checksum check);
 * `BlockDataset[(i, seed)]`, augmented, whole blocks and `--crop` crops (unsharded: a crop decodes the block);
+  and with ``augment_on_device`` (the worker reads and draws; flips, turns and exposure run on the GPU batch);
 * the same crop from the sharded store (reads and decodes only the inner chunks it overlaps), with bytes read
   (the read syscalls' byte count of this process, /proc/self/io rchar);
 * the DataLoader (BlockSampler, batch 4) with 1 and 2 workers, not pinned.
@@ -76,8 +77,8 @@ def read_block(url: str, window: tuple[int, int, int] | None = None) -> Measure:
     return run
 
 
-def item(url: str, crop: int | None) -> Measure:
-    dataset = BlockDataset(url, crop=crop, augment=True)
+def item(url: str, crop: int | None, on_device: bool = False) -> Measure:
+    dataset = BlockDataset(url, crop=crop, augment=True, augment_on_device=on_device)
     dataset[(0, 0)]  # open once
 
     def run(order: list[int]) -> float:
@@ -167,6 +168,7 @@ def main() -> None:
             "read_block, whole, sharded": read_block(sharded),
             f"read_block, {args.crop}² crop, sharded": read_block(sharded, window),
             "item, augmented, whole": item(url, None),
+            "item, whole, augmentation left to the GPU": item(url, None, on_device=True),
             f"item, augmented, {args.crop}² crop": item(url, args.crop),
             f"item, augmented, {args.crop}² crop, sharded": item(sharded, args.crop),
         }
