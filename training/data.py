@@ -10,7 +10,9 @@
   batch), a seed derived from (seed, epoch, block) so that augmentation does not depend on workers, and a start
   offset so that a resumed run continues with exactly the blocks it would have seen.
 * Augmentation keeps the motion field consistent with the images: flips negate a component, 90° rotations swap
-  components; exposure scaling multiplies colour and reference alike.
+  components; exposure scaling multiplies colour and reference alike. It costs one copy per array (torch, see
+  `Transform.reversal_and_swap`), in the worker or, with ``augment_on_device``, on the GPU batch
+  (`augment_batch`): bit-identical either way (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -120,9 +122,9 @@ def _geometry(image: torch.Tensor, t: Transform) -> torch.Tensor:
 
 
 def scale_exposure(image: torch.Tensor, exposure: float) -> torch.Tensor:
-    """A contiguous float16 image × exposure, clipped to the float16 range: float16 × a Python float computes in
-    float32 and rounds once (bit-identical to converting first), and an overflow to inf is clipped back to the
-    largest float16, as clipping before the rounding would. Works on a CPU tensor or a device batch alike."""
+    """float16 image × exposure as a new contiguous tensor, clipped to the float16 range: float16 × a Python float
+    computes in float32 and rounds once (bit-identical to converting first), and an overflow to inf is clipped back
+    to the largest float16, as clipping before the rounding would. Works on a CPU tensor or a device batch alike."""
     out = torch.mul(image, exposure, out=torch.empty(image.shape, dtype=image.dtype, device=image.device))
     return out.clamp_(max=FLOAT16_MAX) if exposure > 1 else out  # a finite x times <= 1 cannot overflow
 
