@@ -97,7 +97,7 @@ CPU_VARIANTS = {  # name: (channels_last, compiled)
 }
 
 
-def cpu_variants(rounds: int, steps: int, threads: list[int]) -> list[tuple[str, str, str]]:
+def cpu_variants(rounds: int, steps: int, threads: list[int], compiled: bool = True) -> list[tuple[str, str, str]]:
     """The demo configuration (quarter-width paper model, batch 4 of 8x64x64 blocks) on CPU: each variant x thread
     count timed once per round, interleaved; median and range of blocks/s and the ratio to eager at the same
     thread count in the same round."""
@@ -110,7 +110,8 @@ def cpu_variants(rounds: int, steps: int, threads: list[int]) -> list[tuple[str,
     for n in threads:  # set before compiling: inductor's CPU kernels fix their thread count when generated
         torch.set_num_threads(n)
         for name, flags in CPU_VARIANTS.items():
-            variants[name, n] = model_step(cfg, 64, plan.batch_size, device, "off", *flags)
+            if compiled or not flags[1]:
+                variants[name, n] = model_step(cfg, 64, plan.batch_size, device, "off", *flags)
     rates: dict[tuple[str, int], list[float]] = {key: [] for key in variants}
     for _ in range(rounds):
         for (name, n), step in variants.items():
@@ -155,10 +156,12 @@ def main() -> None:
                         help="only: the demo configuration on CPU, eager vs channels_last vs torch.compile, per "
                              "thread count (--variant-threads), interleaved over --rounds")
     parser.add_argument("--variant-threads", default="1,2")
+    parser.add_argument("--no-compile", action="store_true", help="--cpu-variants without the torch.compile ones")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.cpu_variants:
-        rows = cpu_variants(args.rounds, args.steps, [int(n) for n in args.variant_threads.split(",")])
+        rows = cpu_variants(args.rounds, args.steps, [int(n) for n in args.variant_threads.split(",")],
+                            not args.no_compile)
         print(f"\ndemo configuration, fwd+bwd+Ranger step, batch 4 of 8x64x64 blocks, CPU, {args.rounds} rounds\n")
         print(f"| {'variant':<36} | {'blocks/s median (range)':>24} | vs eager, same threads |\n|{'-' * 38}|"
               f"{'-' * 25}:|-----------------------:|")
