@@ -246,7 +246,11 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
 @_storage_opt
 @_seed_opt
 @click.option("--overwrite", is_flag=True, help="Replace a qw store built from a different plan.")
-def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, storage_options, seed, overwrite) -> None:
+@click.option("--inner-chunk", type=click.IntRange(1), default=None, metavar="PIXELS",
+              help="Sharded layout: one shard per block, split into PIXELS² inner chunks, so training crops read "
+                   "only part of a block (docs/performance.md) [default: one chunk per block].")
+def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, storage_options, seed, overwrite,
+                  inner_chunk) -> None:
     """Tile the captures into 256×256×8 blocks in a Zarr store (qw-blocks/2), with Dask.
 
     One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
@@ -257,7 +261,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
     from datagen.tile import build_store
 
     built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
-                        storage_options=storage_options, seed=seed, overwrite=overwrite,
+                        storage_options=storage_options, seed=seed, overwrite=overwrite, inner_chunk=inner_chunk,
                         progress=not os.environ.get("TQDM_DISABLE"))
     click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")
 

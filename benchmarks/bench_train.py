@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                       # CPU: small batch, synthetic store in a temp dir
     python benchmarks/bench_train.py --store blocks.zarr --batch 64 --amp bf16 --channels-last --compile   # GPU
+    python benchmarks/bench_train.py --cpu-variants --steps 3 --rounds 3   # demo config: eager/channels_last/compile
 
 Model rows time the full 8-step recurrence + loss + backward + Ranger step on random 256×256×8 blocks already on
 the device. Loader rows iterate the real Dataset/DataLoader (lazy zarr open per worker, float16) over a store.
@@ -11,9 +12,11 @@ Whichever is lower limits training. Nothing here is asserted; numbers on a share
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from datagen.block_store import TILE, T, create_store, seal
 from training import fast
-from training.config import load_config
+from training.config import Config, load_config
 from training.data import BlockDataset, BlockSampler, open_training_store
 from training.model import QWNet
 
@@ -43,9 +46,10 @@ def synthetic_store(path: Path, blocks: int, seed: int = 0) -> str:
     return str(path)
 
 
-def bench_model(preset: str, batch: int, steps: int, device: torch.device, amp: str, channels_last: bool,
-                compile_model: bool) -> float:
-    cfg = load_config(preset)
+def model_step(cfg: Config, tile: int, batch: int, device: torch.device, amp: str, channels_last: bool,
+               compile_model: bool) -> Callable[[], None]:
+    """One training step (8-step recurrence + loss + backward + Ranger) of a fresh model on random blocks already
+    on the device, warmed up (and compiled) twice."""
     model = QWNet(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -53,31 +57,81 @@ def bench_model(preset: str, batch: int, steps: int, device: torch.device, amp: 
         model = fast.compile_step(model)  # what `train.compile: true` compiles
     optimizer = Ranger(model.parameters(), lr=cfg.train.lr)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    color = torch.rand(batch, T, 3, TILE, TILE, device=device).half()
-    batch_data = {"color": color, "reference": color,
-                  "motion": torch.randn(batch, T, 2, TILE, TILE, device=device).half(),
-                  "history_valid": (torch.arange(T, device=device) > 0).expand(batch, T)}
+    color = torch.rand(batch, T, 3, tile, tile, device=device).half()
+    images = {"color": color, "reference": color, "motion": torch.randn(batch, T, 2, tile, tile, device=device).half()}
+    if channels_last:  # as DevicePrefetcher hands them over
+        images = {k: fast.channels_last_frames(v) for k, v in images.items()}
+    batch_data = {**images, "history_valid": (torch.arange(T, device=device) > 0).expand(batch, T)}
 
     def one_step() -> None:
         fast.train_step(model, optimizer, [batch_data], cfg.model.hdr, dtype)
 
     for _ in range(2):  # warm-up (and compilation)
         one_step()
+    return one_step
+
+
+def time_steps(step: Callable[[], None], steps: int, batch: int, device: torch.device) -> float:
+    """Blocks/s of `steps` calls of `step`."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        one_step()
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - start)
+
+
+def bench_model(preset: str, batch: int, steps: int, device: torch.device, amp: str, channels_last: bool,
+                compile_model: bool) -> float:
+    step = model_step(load_config(preset), TILE, batch, device, amp, channels_last, compile_model)
+    return time_steps(step, steps, batch, device)
+
+
+CPU_VARIANTS = {  # name: (channels_last, compiled)
+    "eager (today)": (False, False),
+    "eager, channels_last": (True, False),
+    "torch.compile": (False, True),
+    "torch.compile, channels_last": (True, True),
+}
+
+
+def cpu_variants(rounds: int, steps: int, threads: list[int], compiled: bool = True) -> list[tuple[str, str, str]]:
+    """The demo configuration (quarter-width paper model, batch 4 of 8x64x64 blocks) on CPU: each variant x thread
+    count timed once per round, interleaved; median and range of blocks/s and the ratio to eager at the same
+    thread count in the same round."""
+    from training.demo import DemoPlan, demo_config
+
+    plan = DemoPlan()
+    cfg, device = demo_config(plan, 1), torch.device("cpu")
+    torch.manual_seed(0)
+    variants = {}
+    for n in threads:  # set before compiling: inductor's CPU kernels fix their thread count when generated
+        torch.set_num_threads(n)
+        for name, flags in CPU_VARIANTS.items():
+            if compiled or not flags[1]:
+                variants[name, n] = model_step(cfg, 64, plan.batch_size, device, "off", *flags)
+    rates: dict[tuple[str, int], list[float]] = {key: [] for key in variants}
+    for _ in range(rounds):
+        for (name, n), step in variants.items():
+            torch.set_num_threads(n)
+            rates[name, n].append(time_steps(step, steps, plan.batch_size, device))
+    rows = []
+    for (name, n), values in rates.items():
+        base = rates["eager (today)", n]
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        rows.append((f"{name}, {n} thread(s)", f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})",
+                     f"{ratio:.2f}"))
+    return rows
 
 
 def bench_loader(url: str, workers: int, batch: int, batches: int) -> float:
     store = open_training_store(url)
     dataset = BlockDataset(url, augment=True)
     loader = DataLoader(dataset, batch_size=batch, sampler=BlockSampler(store.split_indices("train"), seed=0),
-                        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                        pin_memory=torch.cuda.is_available())  # as training's loader on a GPU
     it = iter(loader)
     next(it)  # worker start-up and the first open are not throughput
     start = time.perf_counter()
@@ -98,7 +152,22 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU; default: torch's choice)")
+    parser.add_argument("--cpu-variants", action="store_true",
+                        help="only: the demo configuration on CPU, eager vs channels_last vs torch.compile, per "
+                             "thread count (--variant-threads), interleaved over --rounds")
+    parser.add_argument("--variant-threads", default="1,2")
+    parser.add_argument("--no-compile", action="store_true", help="--cpu-variants without the torch.compile ones")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.cpu_variants:
+        rows = cpu_variants(args.rounds, args.steps, [int(n) for n in args.variant_threads.split(",")],
+                            not args.no_compile)
+        print(f"\ndemo configuration, fwd+bwd+Ranger step, batch 4 of 8x64x64 blocks, CPU, {args.rounds} rounds\n")
+        print(f"| {'variant':<36} | {'blocks/s median (range)':>24} | vs eager, same threads |\n|{'-' * 38}|"
+              f"{'-' * 25}:|-----------------------:|")
+        for name, value, ratio in rows:
+            print(f"| {name:<36} | {value:>24} | {ratio:>22} |")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

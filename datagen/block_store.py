@@ -14,7 +14,11 @@ array              shape                  dtype      meaning
 =================  =====================  =========  ==========================================
 
 Image arrays are chunked one block per chunk, so a writer owns whole chunks and a reader fetches one chunk per
-block. Chunk keys are flat (``color/c.<block>.0.0.0.0``): one file per chunk in its array's folder. Stores from
+block. The sharded layout (``create_store(inner_chunk=64)``, `qw datagen build --inner-chunk 64`) keeps one block
+per file (a zarr v3 shard, still written whole by one writer) but splits it into inner chunks of
+``inner_chunk``² pixels × all frames and channels, so a crop reads and decodes only the inner chunks it overlaps;
+each inner chunk carries its own crc32c (zarr's crc32c codec, checked on every decode) and the shard's index has
+one too. Chunk keys are flat (``color/c.<block>.0.0.0.0``): one file per chunk in its array's folder. Stores from
 earlier qw versions have zarr's nested keys (``color/c/<block>/0/0/0/0``); readers take the layout from each
 array's metadata, so both read alike. The group attributes hold the provenance (see `REQUIRED_ATTRS`);
 ``complete`` is set last, by `seal`, and `open_store` refuses an incomplete store unless asked.
@@ -39,7 +43,7 @@ import fsspec
 import google_crc32c  # a dependency of zarr (its crc32c codec); hardware crc32c, ~5 GB/s
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from datagen import __version__
 from datagen.errors import QwError
@@ -127,22 +131,42 @@ def create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
     return group.create_array(name, chunk_key_encoding=CHUNK_KEY_ENCODING, **kwargs)
 
 
+def _image_layout(spec: ArraySpec, t: int, tile: int, inner_chunk: int | None) -> dict[str, Any]:
+    """Chunking arguments of an image array: one block per chunk, or one block per shard of inner chunks (each
+    compressed, then crc32c-checked on its own, so a partial read is verified too)."""
+    codec = default_codec(np.dtype(spec.dtype).itemsize)
+    if inner_chunk is None:
+        return {"chunks": spec.chunks(t, tile), "compressors": codec}
+    return {"shards": spec.chunks(t, tile), "chunks": (1, t, spec.channels, inner_chunk, inner_chunk),
+            "compressors": (codec, Crc32cCodec())}
+
+
 def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, tile: int = TILE,
-                 storage_options: dict | None = None) -> zarr.Group:
+                 inner_chunk: int | None = None, storage_options: dict | None = None) -> zarr.Group:
     """Create (or overwrite) an empty store with every array of the contract; ``complete`` is False.
+    `inner_chunk`: the sharded layout with inner chunks of that many pixels square (a divisor of `tile`).
 
     The group and all its attributes are written first, in one write, so an interrupted creation still leaves a
     store that says what it is (and is recreated by the builder) rather than an anonymous folder.
     """
+    if inner_chunk is not None and (inner_chunk < 1 or tile % inner_chunk):
+        raise QwError(f"inner chunk {inner_chunk} must divide the tile size {tile}")
     image_codec = default_codec(np.dtype(ARRAYS["color"].dtype).itemsize)
     group = zarr.open_group(url, mode="w", storage_options=_storage_options(url, storage_options), attributes={
         "format": FORMAT, "block_shape": [t, tile, tile], "conventions": CONVENTIONS,
         "codec": image_codec.to_dict(), "qw_version": __version__, **attrs, "complete": False,
     })
     for spec in ARRAYS.values():
-        create_array(group, spec.name, shape=spec.shape(n_blocks, t, tile), chunks=spec.chunks(t, tile),
-                     dtype=spec.dtype, compressors=default_codec(np.dtype(spec.dtype).itemsize), fill_value=0)
+        layout = (_image_layout(spec, t, tile, inner_chunk) if spec.channels else
+                  {"chunks": spec.chunks(t, tile), "compressors": default_codec(np.dtype(spec.dtype).itemsize)})
+        create_array(group, spec.name, shape=spec.shape(n_blocks, t, tile), dtype=spec.dtype, fill_value=0,
+                     **layout)
     return group
+
+
+def inner_chunk(array: zarr.Array) -> int | None:
+    """The inner chunk size of a sharded image array (None: one chunk per block)."""
+    return None if array.shards is None else int(array.chunks[-1])
 
 
 # ----------------------------------------------------------------------------------------------- integrity
@@ -152,6 +176,12 @@ def checksum(values: np.ndarray) -> int:
     """crc32c of an array's raw bytes in C order (the stored dtype, little-endian as zarr stores it)."""
     data = np.ascontiguousarray(values)
     return int(google_crc32c.value(data.reshape(-1).view(np.uint8)))
+
+
+@functools.lru_cache(maxsize=8)
+def zeros_checksum(block_shape: tuple[int, ...]) -> int:
+    """crc32c of an all-zero float16 image block: the recorded checksum of a block zarr stores no chunk for."""
+    return checksum(np.zeros(block_shape, np.float16))
 
 
 def block_checksums(group: zarr.Group) -> np.ndarray:
@@ -202,6 +232,9 @@ def seal(group: zarr.Group, checksums: np.ndarray | None = None) -> None:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+Window = tuple[int, int, int]  # y, x, size: a square of a block's images
+
+
 @dataclass
 class BlockStore:
     """Read access to a `qw-blocks` store. Arrays are opened lazily, one handle per process."""
@@ -236,7 +269,7 @@ class BlockStore:
 
     @property
     def num_blocks(self) -> int:
-        return int(self.group["origin"].shape[0])
+        return int(self.array("origin").shape[0])  # the cached handle: no metadata read per call
 
     @property
     def complete(self) -> bool:
@@ -305,45 +338,61 @@ class BlockStore:
         keys = fs.find(prefix) if fs.exists(prefix) else []
         return {int(k[len(prefix):].split("/")[0]) for k in keys if k.startswith(prefix)}
 
-    def missing_blocks(self) -> dict[str, list[int]]:
-        """Per image array, the blocks whose chunk is absent though the block is not all zeros (zarr does not
-        store a chunk equal to the fill value, so an all-zero block legitimately has none). Without recorded
-        checksums (version 1) every absent chunk counts."""
+    def missing_blocks(self, arrays: Iterable[str] = IMAGE_ARRAYS) -> dict[str, list[int]]:
+        """Per image array (of `arrays`), the blocks whose chunk is absent though the block is not all zeros (zarr
+        does not store a chunk equal to the fill value, so an all-zero block legitimately has none). Without
+        recorded checksums (version 1) every absent chunk counts. One listing per array, no chunk reads."""
         missing = {}
-        for k, name in enumerate(IMAGE_ARRAYS):
+        for name in arrays:
+            k = IMAGE_ARRAYS.index(name)
             absent = sorted(set(range(self.num_blocks)) - self.stored_blocks(name))
             if absent and self.verified and self.complete:
-                a = self.array(name)
-                empty = checksum(np.zeros(a.shape[1:], a.dtype))
+                empty = zeros_checksum(self.array(name).shape[1:])
                 absent = [i for i in absent if int(self.small_array(CHECKSUMS)[i, k]) != empty]
             if absent:
                 missing[name] = absent
         return missing
 
-    def image_block(self, name: str, index: int, verify: bool = True) -> np.ndarray:
-        """Block `index` of image array `name`; with `verify` (and a store that records checksums) it must match
-        its checksum. Errors name the block and the chunk."""
+    def image_block(self, name: str, index: int, verify: bool = True, window: Window | None = None) -> np.ndarray:
+        """Block `index` of image array `name`, or its spatial `window` (y, x, size); with `verify` (and a store
+        that records checksums) what is returned is checked. Errors name the block and the chunk.
+
+        A whole block is checked against its recorded crc32c. A window of a sharded array is read alone (only
+        the inner chunks it overlaps); zarr checks each inner chunk's crc32c and the shard index's as it decodes
+        them, and an all-zero window of a block whose checksum is not that of zeros is checked for a missing
+        shard (zarr reads one as zeros). A window of an unsharded array is cut from the verified whole block."""
         where = f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
+        partial = window is not None and inner_chunk(self.array(name)) is not None
+        y, x, size = window if window is not None else (0, 0, None)
         try:
-            values = self.array(name)[index]
+            values = self.array(name)[index, :, :, y:y + size, x:x + size] if partial else self.array(name)[index]
         except QwError:
             raise
-        except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk
+        except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk, inner crc32c mismatches
             raise QwError(f"{where} cannot be read ({type(exc).__name__}: {exc}); "
                           f"run `qw datagen verify {self.url}`") from None
         if verify and self.verified:
             recorded = int(self.small_array(CHECKSUMS)[index, IMAGE_ARRAYS.index(name)])
-            if checksum(values) != recorded:
+            if partial:
+                if not values.view(np.uint16).any() and recorded != zeros_checksum(self.array(name).shape[1:]) \
+                        and not self.chunk_exists(name, index):
+                    raise QwError(f"{where} is missing; run `qw datagen verify {self.url}`")
+            elif checksum(values) != recorded:
                 what = "is altered (checksum mismatch)" if self.chunk_exists(name, index) else "is missing"
                 raise QwError(f"{where} {what}; run `qw datagen verify {self.url}`")
-        return values
+        return values if partial or window is None else values[..., y:y + size, x:x + size]
 
     def read_block(self, index: int, arrays: Iterable[str] = ("color", "reference", "motion", "jitter",
                                                                "history_valid"),
-                   verify: bool = True) -> dict[str, np.ndarray]:
+                   verify: bool = True, window: Window | None = None) -> dict[str, np.ndarray]:
         """One block as numpy arrays in their stored dtypes (float16 images stay float16), each image checked
-        against its recorded checksum unless `verify` is False."""
-        return {name: self.image_block(name, index, verify) if name in IMAGE_ARRAYS else self.small_array(name)[index]
+        unless `verify` is False (see `image_block`; `window` (y, x, size): only that square of the images). An
+        index outside the store is an IndexError (a caller's mistake, not damage)."""
+        if not 0 <= index < self.num_blocks:
+            raise IndexError(f"{self.url}: block index {index} is out of range (the store holds {self.num_blocks} "
+                             f"blocks, 0..{self.num_blocks - 1})")
+        return {name: self.image_block(name, index, verify, window) if name in IMAGE_ARRAYS
+                else self.small_array(name)[index]
                 for name in arrays}
 
 

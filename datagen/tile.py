@@ -27,8 +27,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, open_store, \
-    seal, store_filesystem
+from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
+    open_store, seal, store_filesystem
 from datagen.capture_format import frame_path, read_frame
 from datagen.cluster import check_cluster, cluster_failures, dask_client
 from datagen.errors import CaptureError, QwError
@@ -245,16 +245,29 @@ def _abandoned_creation(url: str, storage_options: dict | None) -> bool:
         return False
 
 
-def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, overwrite: bool = False) -> BlockStore:
-    """Open this plan's store to resume it, or create it. Never overwrites anything that is not a qw store."""
+def _check_layout(store: BlockStore, inner: int | None) -> None:
+    """A resumed build keeps its store's layout: asking for another one is refused, not silently ignored."""
+    stored = inner_chunk(store.array("color"))
+    if stored != inner:
+        def name(size: int | None) -> str:
+            return f"sharded, {size}² inner chunks" if size else "one chunk per block"
+        raise QwError(f"{store.url}: the unfinished store's layout is {name(stored)}, this build asks for "
+                      f"{name(inner)}; rerun with the same --inner-chunk or pass --overwrite")
+
+
+def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, overwrite: bool = False,
+                  inner: int | None = None) -> BlockStore:
+    """Open this plan's store to resume it, or create it (`inner`: the sharded layout's inner chunk size). Never
+    overwrites anything that is not a qw store."""
     if _location_in_use(url, storage_options) and not _abandoned_creation(url, storage_options):
         store = open_store(url, mode="r+", require_complete=False, storage_options=storage_options)
-        if _resumable(store, plan, overwrite):
+        if _resumable(store, plan, overwrite) and (not overwrite or inner_chunk(store.array("color")) == inner):
+            _check_layout(store, inner)
             _remove_partial_writes(url)
             return store
     try:
         group = create_store(url, plan.num_blocks, store_attrs(plan), t=plan.frames, tile=plan.tile,
-                             storage_options=storage_options)
+                             inner_chunk=inner, storage_options=storage_options)
         shapes = _expected_shapes(plan)
         create_array(group, TASK_CHECKSUMS, shape=shapes[TASK_CHECKSUMS], chunks=(1, *shapes[TASK_CHECKSUMS][1:]),
                      dtype="uint32", fill_value=0)
@@ -332,9 +345,11 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
                 cluster: str = "local", workers: int | None = None, scheduler: str | None = None,
                 storage_options: dict | None = None,
                 progress: bool = True, seed: int | None = None, overwrite: bool = False,
-                manifests_root: Path | None = None) -> BlockStore:
+                manifests_root: Path | None = None, inner_chunk: int | None = None) -> BlockStore:
     """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`, on a new
-    Dask cluster of kind `cluster` ('local', 'slurm'; see `datagen.cluster`) or the one at `scheduler`."""
+    Dask cluster of kind `cluster` ('local', 'slurm'; see `datagen.cluster`) or the one at `scheduler`.
+    `inner_chunk`: the sharded layout (one shard per block, so still one writer per file) with inner chunks of
+    that many pixels square, for crops that read part of a block."""
     if not isinstance(dataset, DatasetManifest):
         dataset = load_dataset_manifest(dataset)
     url = str(store_url)
@@ -342,7 +357,8 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
     check_frames(plan, captures_root)
     with build_lock(url):
-        return _build(plan, captures_root, url, cluster, workers, scheduler, storage_options, progress, overwrite)
+        return _build(plan, captures_root, url, cluster, workers, scheduler, storage_options, progress, overwrite,
+                      inner_chunk)
 
 
 @contextlib.contextmanager
@@ -370,8 +386,8 @@ def build_lock(url: str):
 
 
 def _build(plan: Plan, captures_root: str | Path, url: str, cluster: str, workers: int | None, scheduler: str | None,
-           storage_options: dict | None, progress: bool, overwrite: bool) -> BlockStore:
-    store = prepare_store(plan, url, storage_options, overwrite)
+           storage_options: dict | None, progress: bool, overwrite: bool, inner_chunk: int | None) -> BlockStore:
+    store = prepare_store(plan, url, storage_options, overwrite, inner_chunk)
     if store.complete:
         log.info("%s: already complete (%d blocks)", url, plan.num_blocks)
         return store

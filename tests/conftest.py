@@ -67,3 +67,24 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
         result = runner.invoke(main, ["-q", *args])
         assert result.exit_code == 0, result.output + repr(result.exception)
     return root / "fp" / "last.pt", root / "q" / "last.pt"
+
+
+@pytest.fixture
+def s3_options():
+    """Storage options of an empty bucket ``bucket`` on a local S3 server (moto), stopped after the test."""
+    import requests
+    import s3fs
+    from cli_helpers import free_port
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
+                   "client_kwargs": {"region_name": "eu-west-1"}}
+        requests.post(f"{options['endpoint_url']}/moto-api/reset", timeout=10)  # moto's state is per process
+        s3fs.S3FileSystem(**options).mkdir("bucket")
+        yield options
+    finally:
+        server.stop()

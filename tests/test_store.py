@@ -13,8 +13,8 @@ SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": 
 ATTRS = {"scenes": [{"name": "a", "budget": 3}], "shots": SHOTS, "split": {"unit": "shot"}}
 
 
-def small_store(path, n=3, complete=True):
-    group = create_store(str(path), n, ATTRS, t=4, tile=16)
+def small_store(path, n=3, complete=True, inner_chunk=None):
+    group = create_store(str(path), n, ATTRS, t=4, tile=16, inner_chunk=inner_chunk)
     rng = np.random.default_rng(0)
     for i in range(n):
         for name in IMAGE_ARRAYS:
@@ -77,3 +77,65 @@ def test_foreign_or_newer_or_broken_stores(tmp_path, attrs, message):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(QwError, match="not a qw block store"):
         open_store(str(tmp_path / "nothing.zarr"))
+
+
+# ----------------------------------------------------------------------------------------------- sharded layout
+
+
+def test_sharded_layout_one_file_per_block_and_inner_chunks(tmp_path):
+    group = small_store(tmp_path / "s.zarr", inner_chunk=8)
+    for name in IMAGE_ARRAYS:
+        a = group[name]
+        assert a.shards == (1, 4, ARRAYS[name].channels, 16, 16) and a.chunks == (1, 4, ARRAYS[name].channels, 8, 8)
+    assert sorted(p.name for p in (tmp_path / "s.zarr" / "color").iterdir()) == \
+        ["c.0.0.0.0.0", "c.1.0.0.0.0", "c.2.0.0.0.0", "zarr.json"]  # one shard (file) per block, flat keys
+    with pytest.raises(QwError, match="inner chunk 5 must divide the tile size 16"):
+        small_store(tmp_path / "bad.zarr", inner_chunk=5)
+
+
+@pytest.mark.parametrize("inner_chunk", [None, 8])
+def test_a_window_read_equals_the_window_of_the_whole_block(tmp_path, inner_chunk):
+    group = small_store(tmp_path / "s.zarr", inner_chunk=inner_chunk)
+    store = open_store(str(tmp_path / "s.zarr"))
+    for y, x, size in [(0, 0, 16), (3, 5, 8), (8, 8, 8), (1, 0, 15)]:
+        window = store.read_block(2, IMAGE_ARRAYS, window=(y, x, size))
+        for name in IMAGE_ARRAYS:
+            expected = group[name][2][..., y:y + size, x:x + size]
+            np.testing.assert_array_equal(window[name].view(np.uint16), expected.view(np.uint16))
+
+
+def damage(path, at=0.3):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_inner_chunk_fails_a_window_read_that_touches_it_and_only_that(tmp_path):
+    small_store(tmp_path / "s.zarr", inner_chunk=8)
+    damage(tmp_path / "s.zarr" / "color" / "c.1.0.0.0.0", at=0.05)  # inside the first inner chunk (0, 0)
+    store = open_store(str(tmp_path / "s.zarr"))
+    with pytest.raises(QwError, match=r"block 1: color chunk color/c\.1\.0\.0\.0\.0 cannot be read .*checksum"):
+        store.read_block(1, ("color",), window=(0, 0, 8))
+    store.read_block(1, ("color",), window=(8, 8, 8))  # the other inner chunks are intact and checked
+    with pytest.raises(QwError, match="block 1: color chunk"):
+        store.read_block(1, ("color",))  # a whole read decodes every inner chunk
+
+
+def test_a_missing_shard_is_never_read_as_zeros(tmp_path):
+    small_store(tmp_path / "s.zarr", inner_chunk=8)
+    (tmp_path / "s.zarr" / "motion" / "c.0.0.0.0.0").unlink()
+    store = open_store(str(tmp_path / "s.zarr"))
+    with pytest.raises(QwError, match=r"block 0: motion chunk motion/c\.0\.0\.0\.0\.0 is missing"):
+        store.read_block(0, ("motion",), window=(4, 4, 8))
+    with pytest.raises(QwError, match="block 0: motion chunk .* is missing"):
+        store.read_block(0, ("motion",))
+
+
+def test_an_all_zero_block_reads_as_zeros_in_both_layouts(tmp_path):
+    for inner in (None, 8):
+        group = small_store(tmp_path / f"s{inner}.zarr", complete=False, inner_chunk=inner)
+        group["motion"][1] = np.zeros(group["motion"].shape[1:], np.float16)  # no chunk is stored for it
+        seal(group)
+        store = open_store(str(tmp_path / f"s{inner}.zarr"))
+        assert not store.read_block(1, ("motion",), window=(2, 2, 8))["motion"].any()
+        assert store.missing_blocks() == {}

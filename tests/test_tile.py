@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,6 @@ import zarr
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
-from cli_helpers import free_port
 from cli import main
 from datagen.block_store import IMAGE_ARRAYS, open_store
 from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
@@ -125,12 +125,13 @@ def checksums(store: Path) -> dict[str, str]:
             for p in sorted(store.rglob("*")) if p.is_file()}
 
 
-def run_build(synthetic: dict, store: Path, kill_when=None) -> subprocess.Popen:
+def run_build(synthetic: dict, store: Path, kill_when=None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """`qw datagen build` in its own process group; `kill_when(store)` → True triggers SIGKILL of the group."""
     env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
     proc = subprocess.Popen([QW, "-q", "datagen", "build", "--dataset", str(synthetic["dataset_file"]),
-                             "--captures", str(synthetic["captures"]), "--store", str(store), "--workers", "2"],
-                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--captures", str(synthetic["captures"]), "--store", str(store), "--workers", "2",
+                             *extra], env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     if kill_when is None:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out.decode()
@@ -174,31 +175,47 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_pa
     assert any(left_partial), "no kill landed while tasks were running"
 
 
-def test_s3_store_on_local_moto_server(synthetic):
-    from moto.server import ThreadedMotoServer
-    import s3fs
+def test_sharded_store_reads_verifies_and_resumes_a_killed_build_byte_identically(synthetic, tmp_path):
+    sharded = ("--inner-chunk", "16")
+    clean = tmp_path / "clean.zarr"
+    run_build(synthetic, clean, extra=sharded)
+    color = open_store(str(clean)).array("color")
+    assert color.shards == (1, 8, 3, 32, 32) and color.chunks == (1, 8, 3, 16, 16)
+    check_store_matches_sources(str(clean), synthetic)
+    verify = subprocess.run([QW, "datagen", "verify", str(clean)], capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    reference = checksums(clean)
+    n_tasks = zarr.open_group(str(clean))[MARKERS].shape[0]
+    killed = tmp_path / "killed.zarr"
+    for _ in range(3):  # a kill that lands mid-build (not before the first or after the last window)
+        shutil.rmtree(killed, ignore_errors=True)
+        run_build(synthetic, killed, kill_when=lambda s: markers_written(s) >= 3, extra=sharded)
+        if 0 < markers_written(killed) < n_tasks:
+            break
+    assert 0 < markers_written(killed) < n_tasks
+    env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
+    other = subprocess.run([QW, "datagen", "build", "--dataset", str(synthetic["dataset_file"]), "--captures",
+                            str(synthetic["captures"]), "--store", str(killed)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 2 and "layout is sharded, 16² inner chunks, this build asks for one chunk per block" \
+        in other.stderr, other.stderr
+    run_build(synthetic, killed, extra=sharded)
+    assert checksums(killed) == reference
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
-                   "client_kwargs": {"region_name": "eu-west-1"}}
-        s3fs.S3FileSystem(**options).mkdir("bucket")
-        url, ds = "s3://bucket/blocks.zarr", dataset({"beta": 10}, candidates=2)
-        build_store(ds, synthetic["captures"], url, workers=2, storage_options=options, progress=False,
-                    manifests_root=synthetic["manifests"])
-        check_store_matches_sources(url, synthetic, options, ds)
-        # the trainer's dataset reads the same blocks over HTTP
-        from training.data import BlockDataset
 
-        loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=options), batch_size=4)
-        batch = next(iter(loader))
-        store = open_store(url, storage_options=options)
-        for i in range(4):
-            np.testing.assert_array_equal(batch["color"][i].numpy(), store.read_block(i, ("color",))["color"])
-    finally:
-        server.stop()
+def test_s3_store_on_local_moto_server(synthetic, s3_options):
+    url, ds = "s3://bucket/blocks.zarr", dataset({"beta": 10}, candidates=2)
+    build_store(ds, synthetic["captures"], url, workers=2, storage_options=s3_options, progress=False,
+                manifests_root=synthetic["manifests"])
+    check_store_matches_sources(url, synthetic, s3_options, ds)
+    # the trainer's dataset reads the same blocks over HTTP
+    from training.data import BlockDataset
+
+    loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=s3_options), batch_size=4)
+    batch = next(iter(loader))
+    store = open_store(url, storage_options=s3_options)
+    for i in range(4):
+        np.testing.assert_array_equal(batch["color"][i].numpy(), store.read_block(i, ("color",))["color"])
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs
