@@ -61,14 +61,20 @@ class ModelConfig(_Strict):
         return 2 ** (self.num_scales - 1)
 
 
+# The bit widths the quantizer, the `.qwq` format and the ONNX exporter implement: 4- and 8-bit integers (int4 /
+# int8 storage and types), 16 = rounding to float16, 32 = float (no quantization).
+INTEGER_BITS = (4, 8)
+Bits = Literal[4, 8, 16, 32]
+
+
 class QuantConfig(_Strict):
     """Bit widths of the quantization plan (the paper's): U_e 4/4, first conv 8-bit in/weights, predictors 8-bit."""
 
-    extractor_weight_bits: int = 4
-    extractor_act_bits: int = 4
-    first_weight_bits: int = 8
-    first_input_bits: int = 8
-    predictor_weight_bits: int = 8
+    extractor_weight_bits: Bits = 4
+    extractor_act_bits: Bits = 4
+    first_weight_bits: Bits = 8
+    first_input_bits: Bits = 8
+    predictor_weight_bits: Bits = 8
 
 
 class TrainConfig(_Strict):
