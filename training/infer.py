@@ -131,7 +131,8 @@ def check_shot_folder(folder: Path) -> None:
                       "(<captures>/<scene>/<shot>/ with capture.json)")
     shots = find_captures(folder)
     if shots:
-        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); qw infer takes one shot, e.g. --input {shots[0]}")
+        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); qw infer takes one shot, "
+                      f"e.g. --input {shots[0]}")
 
 
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:

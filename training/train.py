@@ -26,7 +26,6 @@ import pickle
 import re
 import shutil
 import time
-import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -59,6 +58,7 @@ CHECKPOINT_FORMAT = "qw-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
 STEP_PREFIX = "step-"
+ZIP_MAGIC = b"PK\x03\x04"
 # Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
 # schedules that do not depend on it).
 RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
@@ -242,8 +242,10 @@ def unreadable_checkpoint(path: Path, exc: Exception) -> str:
     if is_qwq_file(path):
         return (f"{path}: an exported integer model (.qwq), not a checkpoint; `qw eval --qwq {path}` runs it, and "
                 "--checkpoint takes the `qw quantize` checkpoint it was exported from")
-    if zipfile.is_zipfile(path) and not isinstance(exc, pickle.UnpicklingError):
-        return f"{path}: a damaged or truncated checkpoint ({str(exc).strip().splitlines()[0]})"
+    with open(path, "rb") as file:
+        zipped = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch.save's format: a zip archive
+    if zipped and not isinstance(exc, pickle.UnpicklingError):
+        return f"{path}: a damaged or truncated checkpoint (torch: {str(exc).strip().splitlines()[0]})"
     return f"{path}: not a qw checkpoint (qw train and qw quantize write them)"
 
 
