@@ -297,7 +297,7 @@ def _problem_of_activation(activation: ExportedActivation) -> str | None:
     if not activation.integer:
         return None
     if activation.scale.size != 1 or not (math.isfinite(float(activation.scale)) and float(activation.scale) > 0):
-        return f"scale {activation.scale.tolist()} (must be one finite value > 0)"
+        return f"scale {activation.scale.ravel().tolist()} (must be one finite value > 0)"
     if not isinstance(activation.zero_point, int) or not 0 <= activation.zero_point <= 2 ** activation.bits - 1:
         return f"zero point {activation.zero_point!r} outside 0..{2 ** activation.bits - 1} of {activation.bits} bits"
     return None
