@@ -100,7 +100,13 @@ def _set(record: dict, key: str, value):
 HOSTILE_QWQ = {
     "zero point above the bit range": (lambda h, d: _set(_activation(h), "zero_point", 99),
                                        "tensor encoder0_0: zero point 99 outside 0..15 of 4 bits"),
+    "zero point one past the range": (lambda h, d: _set(_activation(h), "zero_point", 16), "zero point 16 outside"),
     "negative zero point": (lambda h, d: _set(_activation(h), "zero_point", -1), "zero point -1 outside"),
+    "16-bit input to 4-bit weights": (lambda h, d: _set(_activation(h), "bits", 16),
+                                      "4-bit weights read a 16-bit input"),
+    "weight code -8 of a symmetric 4-bit plan": (lambda h, d: d.__setitem__(_layer(h)["weight"]["offset"], 0x88),
+                                                 "weight codes outside -7..7 of 4 bits"),
+    "negative padding": (lambda h, d: _set(_layer(h), "padding", -1), "padding -1"),
     "2-bit activations": (lambda h, d: _set(_activation(h), "bits", 2), "2-bit activations"),
     "2-bit weights": (lambda h, d: _set(_layer(h), "weight_bits", 2), "2-bit weights"),
     "8-bit weights stored as int4": (lambda h, d: _set(_layer(h), "weight_bits", 8), "8-bit weights stored as int4"),
@@ -116,13 +122,15 @@ HOSTILE_QWQ = {
                          "tensor extra: non-finite values"),
     "offset past the end": (lambda h, d: _set(_layer(h)["bias"], "offset", len(d) + 64),
                             "extractor.encoder.1.0.conv.bias: bytes"),
+    "tensor running past the end": (lambda h, d: _set(_layer(h)["bias"], "offset", len(d) - 8),
+                                    "extractor.encoder.1.0.conv.bias: bytes"),
     "size that does not fit the shape": (lambda h, d: _set(_layer(h)["bias"], "nbytes", 4),
                                          "extractor.encoder.1.0.conv.bias: 4 bytes for float32"),
     "unknown dtype": (lambda h, d: _set(_layer(h)["weight"], "dtype", "int2"), "unknown dtype 'int2'"),
     "input that is not defined": (lambda h, d: _set(_layer(h), "input", "nowhere"), "reads activation 'nowhere'"),
     "missing field": (lambda h, d: h.pop("layers"), "damaged header (KeyError"),
     "bit widths in the config": (lambda h, d: _set(h["config"]["quant"], "extractor_weight_bits", -3),
-                                 "config: quant.extractor_weight_bits: Input should be 4, 8, 16 or 32"),
+                                 "invalid config: quant.extractor_weight_bits: Input should be 4, 8, 16 or 32"),
 }
 
 
@@ -332,3 +340,47 @@ def test_infer_refuses_a_non_finite_frame_by_name_and_leaves_no_partial_video(ti
         assert error.startswith(f"qw: error: {frame_path(shot, pass_name, 2)}: 1 non-finite values (NaN or Inf)")
         leftovers = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         assert leftovers == (["exr/000000.exr", "exr/000001.exr"] if fmt == "exr" else []), leftovers
+
+
+# ------------------------------------------------------------------------------------------------ cases tried besides
+
+
+def test_qw_checkpoints_with_a_broken_body_are_one_line(tiny_checkpoints, odd_shot: Path, tmp_path: Path) -> None:
+    fp, _ = tiny_checkpoints
+    for name, edit, message in (
+            ("bits.pt", lambda c: c["config"]["quant"].update(extractor_weight_bits=-3),
+             "checkpoint: invalid config: quant.extractor_weight_bits: Input should be 4, 8, 16 or 32 (got -3)"),
+            ("shape.pt", lambda c: c["config"]["model"].update(widths=[8, 8]),
+             "checkpoint: invalid config: model: decoder_convs needs 1 entries"),
+            ("weights.pt", lambda c: c.pop("model"), "damaged qw checkpoint (no model weights)")):
+        ckpt = torch.load(fp, weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, tmp_path / name)
+        out = one_line(qw("infer", "--checkpoint", str(tmp_path / name), "--input", str(odd_shot), "--out",
+                          str(tmp_path / "o")))
+        assert out.startswith(f"qw: error: {tmp_path / name}: {message}"), out
+
+
+@pytest.mark.parametrize("device, message", [("junk", "--device 'junk': not a torch device"),
+                                             ("cuda:99", "--device cuda:99: this machine has")])
+def test_a_device_the_machine_lacks_is_one_line(tiny_checkpoints, odd_shot: Path, tmp_path: Path, device: str,
+                                                message: str) -> None:
+    fp, _ = tiny_checkpoints
+    for command in (["infer", "--input", str(odd_shot)], ["eval", "--captures", str(odd_shot)]):
+        out = one_line(qw(command[0], "--checkpoint", str(fp), *command[1:], "--out", str(tmp_path / "o"),
+                          "--device", device))
+        assert message in out
+
+
+def test_export_to_a_directory_is_one_line_and_writes_nothing(tiny_checkpoints, tmp_path: Path) -> None:
+    _, q = tiny_checkpoints
+    out = one_line(qw("export", "--checkpoint", str(q), "--out", str(tmp_path)))
+    assert f"--out {tmp_path}: a directory; give the file to write, e.g. {tmp_path / 'model.qwq'}" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_binary_file_as_config_is_one_line(store: str, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_bytes(bytes(range(128, 256)))
+    out = one_line(qw("train", "--store", store, "--out", str(tmp_path / "run"), "--config", str(config)))
+    assert f"{config}: cannot read config" in out and not (tmp_path / "run").exists()

@@ -175,7 +175,7 @@ def presets() -> list[str]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise QwError(f"{path}: cannot read config ({exc})") from None
     if not isinstance(data, dict):
         raise QwError(f"{path}: a config must be a mapping with sections model/quant/train")
@@ -232,7 +232,8 @@ def _merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     return _merge(base, override)
 
 
-def _validate(data: dict[str, Any], origin: str) -> Config:
+def validated_config(data: Any, origin: str) -> Config:
+    """`data` as a Config; invalid data is one QwError line that starts with `origin`."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -241,7 +242,7 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], origin: str) -> Config:
     """`cfg` with nested overrides (e.g. from `parse_overrides`), validated like a config file."""
-    return _validate(_merge_config(cfg.model_dump(mode="json"), overrides), f"{origin} with overrides") \
+    return validated_config(_merge_config(cfg.model_dump(mode="json"), overrides), f"{origin} with overrides") \
         if overrides else cfg
 
 
@@ -260,4 +261,4 @@ def load_config(source: str | Path | None = None, overrides: dict[str, Any] | No
         data = _merge(_read_yaml(PRESET_DIR / f"{base}.yaml"), data)
     elif base and base not in presets():
         raise QwError(f"{path}: unknown preset {base!r} (presets: {', '.join(presets())})")
-    return _validate(_merge_config(data, overrides or {}), f"{path} with overrides" if overrides else str(path))
+    return validated_config(_merge_config(data, overrides or {}), f"{path} with overrides" if overrides else str(path))

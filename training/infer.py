@@ -142,8 +142,17 @@ def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> 
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device`, or CUDA when available, else the CPU; a device this machine does not have is one line."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise QwError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise QwError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                      + ("" if torch.cuda.is_available() else f" (torch {torch.__version__}, CUDA available: no)"))
+    return device
 
 
 def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, count: int | None = None,

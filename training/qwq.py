@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from datagen import __version__
 from datagen.capture_format import atomic_path
 from datagen.errors import QwError
-from training.config import INTEGER_BITS, Config, validation_message
+from training.config import INTEGER_BITS, Config, validated_config
 from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs
 
 MAGIC = b"QWQ\x00"
@@ -337,10 +336,7 @@ def _problem_of_layer(layer: ExportedLayer, header: dict[str, Any],
 def check_values(model: ExportedModel, path: str | Path) -> None:
     """Refuse values no exporter writes: unsupported bit widths, zero points outside the bit range, scales that are
     not finite and positive, non-finite bounds, biases or float tensors; the error names the file and tensor."""
-    try:
-        Config.model_validate(model.config)
-    except ValidationError as exc:
-        raise QwError(f"{path}: config: {validation_message(exc)}") from None
+    validated_config(model.config, str(path))
     problems = [(name, _problem_of_activation(a)) for name, a in model.activations.items()]
     problems += [(layer.name, _problem_of_layer(layer, header, model.activations))
                  for layer, header in zip(model.layers, model.header["layers"])]

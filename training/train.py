@@ -48,7 +48,7 @@ from datagen.block_store import BlockStore
 from datagen.capture_format import atomic_path
 from datagen.errors import QwError
 from training import fast, hdr
-from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
+from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides, validated_config
 from training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
 from training.model import QWNet
 from training.qwq import is_qwq_file
@@ -227,6 +227,9 @@ def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[st
         raise QwError(unreadable_checkpoint(path, exc)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise QwError(f"{path}: not a qw checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if "model" not in ckpt:
+        raise QwError(f"{path}: damaged qw checkpoint (no model weights)")
+    validated_config(ckpt.get("config"), f"{path}: checkpoint")
     if expected is not None:
         for section in ("model", "quant"):
             have, want = ckpt["config"][section], getattr(expected, section).model_dump(mode="json")
