@@ -113,6 +113,7 @@ HOSTILE_QWQ = {
     "negative scale": (lambda h, d: _put_float(d, _activation(h)["scale"], -0.1), "scale [-0.1"),
     "zero scale": (lambda h, d: _put_float(d, _activation(h)["scale"], 0.0), "scale [0.0]"),
     "NaN scale": (lambda h, d: _put_float(d, _activation(h)["scale"], float("nan")), "scale [nan]"),
+    "infinite scale": (lambda h, d: _put_float(d, _activation(h)["scale"], float("inf")), "scale [inf]"),
     "NaN lower bound": (lambda h, d: _set(_activation(h), "lower", float("nan")), "lower bound nan"),
     "positive lower bound": (lambda h, d: _set(_activation(h), "lower", 0.5), "lower bound 0.5"),
     "negative weight scale": (lambda h, d: _put_float(d, _layer(h)["weight_scale"], -1.0, 3),
