@@ -23,6 +23,11 @@ Per quantized conv: integer weights (int4 when weight_bits ≤ 4, else int8; flo
 per-output-channel weight scale (float32) and the folded bias (float32); its input's scale s_a and zero point z are
 the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `training.integer_ref` runs.
 Version 1 (one activation scale per conv) is no longer read: export the checkpoint again.
+
+Reading checks every value against what an exporter writes (`check_values`): 4- and 8-bit integer or float16 widths,
+int4 storage for 4-bit and int8 for 8-bit weights, zero points inside the bit range, finite positive scales, finite
+bounds, biases and float tensors, tensor references inside the data section. A file that fails is refused with its
+path and the tensor's name, even when its checksums are consistent (a bug in another writer, or an edited file).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from datagen import __version__
 from datagen.capture_format import atomic_path
 from datagen.errors import QwError
 from training.config import INTEGER_BITS, Config, validated_config
-from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs
+from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs, weight_qmax
 
 MAGIC = b"QWQ\x00"
 FORMAT_VERSION = 2
@@ -321,7 +326,7 @@ def _problem_of_layer(layer: ExportedLayer, header: dict[str, Any],
         return f"weights {list(layer.weight.shape)}, scales {list(layer.weight_scale.shape)} and bias " \
                f"{list(layer.bias.shape)} do not fit one conv"
     if layer.integer:
-        qmax = 2 ** (layer.weight_bits - 1) - 1
+        qmax = weight_qmax(layer.weight_bits)
         if layer.weight.size and np.abs(layer.weight.astype(np.int16)).max() > qmax:
             return f"weight codes outside -{qmax}..{qmax} of {layer.weight_bits} bits"
         if not (np.isfinite(layer.weight_scale).all() and (layer.weight_scale > 0).all()):
