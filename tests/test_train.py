@@ -142,7 +142,7 @@ def test_checkpoint_of_another_config_is_refused(store: str, tmp_path: Path) -> 
     with pytest.raises(QwError, match="nothing to resume"):
         train_command(store, str(tmp_path / "empty"), str(other), resume=True)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(QwError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(QwError, match="junk.pt: not a qw checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
 
 

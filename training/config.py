@@ -61,14 +61,20 @@ class ModelConfig(_Strict):
         return 2 ** (self.num_scales - 1)
 
 
+# The bit widths the quantizer, the `.qwq` format and the ONNX exporter implement: 4- and 8-bit integers (int4 /
+# int8 storage and types), 16 = rounding to float16, 32 = float (no quantization).
+INTEGER_BITS = (4, 8)
+Bits = Literal[4, 8, 16, 32]
+
+
 class QuantConfig(_Strict):
     """Bit widths of the quantization plan (the paper's): U_e 4/4, first conv 8-bit in/weights, predictors 8-bit."""
 
-    extractor_weight_bits: int = 4
-    extractor_act_bits: int = 4
-    first_weight_bits: int = 8
-    first_input_bits: int = 8
-    predictor_weight_bits: int = 8
+    extractor_weight_bits: Bits = 4
+    extractor_act_bits: Bits = 4
+    first_weight_bits: Bits = 8
+    first_input_bits: Bits = 8
+    predictor_weight_bits: Bits = 8
 
 
 class TrainConfig(_Strict):
@@ -169,7 +175,7 @@ def presets() -> list[str]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise QwError(f"{path}: cannot read config ({exc})") from None
     if not isinstance(data, dict):
         raise QwError(f"{path}: a config must be a mapping with sections model/quant/train")
@@ -226,7 +232,8 @@ def _merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     return _merge(base, override)
 
 
-def _validate(data: dict[str, Any], origin: str) -> Config:
+def validated_config(data: Any, origin: str) -> Config:
+    """`data` as a Config; invalid data is one QwError line that starts with `origin`."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -235,7 +242,7 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], origin: str) -> Config:
     """`cfg` with nested overrides (e.g. from `parse_overrides`), validated like a config file."""
-    return _validate(_merge_config(cfg.model_dump(mode="json"), overrides), f"{origin} with overrides") \
+    return validated_config(_merge_config(cfg.model_dump(mode="json"), overrides), f"{origin} with overrides") \
         if overrides else cfg
 
 
@@ -254,4 +261,4 @@ def load_config(source: str | Path | None = None, overrides: dict[str, Any] | No
         data = _merge(_read_yaml(PRESET_DIR / f"{base}.yaml"), data)
     elif base and base not in presets():
         raise QwError(f"{path}: unknown preset {base!r} (presets: {', '.join(presets())})")
-    return _validate(_merge_config(data, overrides or {}), f"{path} with overrides" if overrides else str(path))
+    return validated_config(_merge_config(data, overrides or {}), f"{path} with overrides" if overrides else str(path))

@@ -252,3 +252,13 @@ class BlockSampler(Sampler):
                 block = int(self.indices[pos])
                 yield block, augmentation_seed(self.seed, epoch, block)
             epoch, skip = epoch + 1, 0
+
+
+def check_batch_fits(url: str, train_blocks: int, batch_size: int, world_size: int = 1) -> None:
+    """Refuse a micro-batch larger than one process's share of the 'train' blocks: the loader would collect a batch
+    that one pass over the store cannot fill (train.batch_size=100000000 grew memory until the machine gave out)."""
+    share = train_blocks // world_size
+    if batch_size > share:
+        per_process = f" ({share} per process over {world_size} processes)" if world_size > 1 else ""
+        raise QwError(f"{url}: train.batch_size {batch_size} is more than the store's {train_blocks} 'train' "
+                      f"blocks{per_process} can fill; lower train.batch_size")

@@ -89,6 +89,8 @@ def export_command(checkpoint: str, out: str, verify_shot: str | None = None, ve
     """
     if fmt not in FORMATS:
         raise QwError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if Path(out).is_dir():
+        raise QwError(f"--out {out}: a directory; give the file to write, e.g. {Path(out) / f'model.{fmt}'}")
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     if fmt == "onnx" and quantized and not all(is_integer(bits) for bits in cfg.quant.model_dump().values()):
         raise QwError(f"{checkpoint}: ONNX export takes a float checkpoint or an integer plan (w4a4, w8a8), not fp16")

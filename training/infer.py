@@ -4,20 +4,29 @@ Frames are streamed: one input frame is read, reconstructed from the warped prev
 the next is read, so memory does not grow with the sequence length. Any resolution works (QW-Net pads to a
 multiple of 16 and crops back). Outputs: linear HDR EXR frames (the capture contract's colour encoding) with a
 tone-mapped MP4 preview, tone-mapped PNG frames, or only the tone-mapped MP4.
+
+Frames must be finite: a NaN or Inf in a colour or motion frame is refused, naming the file (one NaN pixel would
+spread over the whole output, and through the history into every later frame). Every output file appears complete
+or not at all: frames and the video are written under temporary names and renamed when whole, and ``infer.json``
+is written last (a folder without it holds an interrupted run). libx264's 4:2:0 video needs even sizes: frames of
+an odd width or height are padded by one repeated row or column in the video only (the EXR and PNG frames keep the
+shot's size).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from datagen import __version__
-from datagen.capture_format import PASSES, CaptureMeta, load_meta, read_frame, write_exr
+from datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_captures, frame_path, load_meta, read_frame,
+                                    write_exr)
 from datagen.errors import QwError
 from training.metrics import tonemap
 from training.model import pad_to_multiple
@@ -31,11 +40,23 @@ def read_pass(shot: Path, name: str, index: int) -> torch.Tensor:
     return torch.from_numpy(read_frame(shot, name, index).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
 
 
+def read_finite_pass(shot: Path, name: str, index: int) -> torch.Tensor:
+    """`read_pass`, refusing a frame with NaN or Inf values: the network would spread them over the whole output."""
+    tensor = read_pass(shot, name, index)
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise QwError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net needs finite "
+                      "colour and motion (check the capture with `qw datagen validate`)")
+    return tensor
+
+
 def input_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
-    """(color (1,3,H,W), motion (1,2,H,W), history valid) in order; the first frame requested has no valid history."""
+    """(color (1,3,H,W), motion (1,2,H,W), history valid) in order; the first frame requested has no valid history.
+    Frames with NaN or Inf values are refused."""
     valid = meta.history_valid()
     for k, index in enumerate(frames):
-        yield read_pass(shot, "color", index), read_pass(shot, "motion", index), bool(valid[index]) and k > 0
+        yield (read_finite_pass(shot, "color", index), read_finite_pass(shot, "motion", index),
+               bool(valid[index]) and k > 0)
 
 
 def read_reference(shot: Path, index: int) -> np.ndarray:
@@ -69,6 +90,51 @@ def to_display_u8(linear: np.ndarray) -> np.ndarray:
     return (np.clip(tonemap(linear), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def even_size(image: np.ndarray) -> np.ndarray:
+    """H×W×C padded to even H and W by repeating the last row / column (libx264's 4:2:0 video needs even sizes)."""
+    h, w = image.shape[:2]
+    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+@contextlib.contextmanager
+def video_writer(path: Path, fps: float) -> Iterator[Callable[[np.ndarray], None]]:
+    """An H.264 MP4 writer taking H×W×3 uint8 frames (odd sizes padded, see `even_size`); the file is written under
+    a temporary name and appears only when the video is complete."""
+    import imageio_ffmpeg
+
+    with atomic_path(path) as tmp:
+        encoder = None
+
+        def append(frame: np.ndarray) -> None:
+            nonlocal encoder
+            frame = np.ascontiguousarray(even_size(frame))
+            if encoder is None:
+                encoder = imageio_ffmpeg.write_frames(str(tmp), (frame.shape[1], frame.shape[0]), fps=fps,
+                                                      macro_block_size=1, output_params=["-f", "mp4"],
+                                                      ffmpeg_log_level="error")
+                encoder.send(None)
+            encoder.send(frame)
+
+        try:
+            yield append
+        finally:
+            if encoder is not None:
+                encoder.close()
+
+
+def check_shot_folder(folder: Path) -> None:
+    """Refuse, in one line, folders that are not one captured shot but something qw users often pass instead."""
+    if (folder / "capture.json").exists():
+        return
+    if (folder / "zarr.json").is_file():
+        raise QwError(f"{folder}: a block store (training data); qw infer takes a captured shot folder "
+                      "(<captures>/<scene>/<shot>/ with capture.json)")
+    shots = find_captures(folder)
+    if shots:
+        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); qw infer takes one shot, "
+                      f"e.g. --input {shots[0]}")
+
+
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:
     if not 0 <= start < meta.frame_count:
         raise QwError(f"start frame {start} outside the shot's 0..{meta.frame_count - 1}")
@@ -76,8 +142,17 @@ def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> 
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device`, or CUDA when available, else the CPU; a device this machine does not have is one line."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise QwError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise QwError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                      + ("" if torch.cuda.is_available() else f" (torch {torch.__version__}, CUDA available: no)"))
+    return device
 
 
 def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, count: int | None = None,
@@ -103,30 +178,28 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     if fmt not in FORMATS:
         raise QwError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     shot, out_dir = Path(input_dir), Path(out)
+    check_shot_folder(shot)
     meta = load_meta(shot)
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     device = default_device(device)
     frames = frame_range(meta, start, count)
     out_dir.mkdir(parents=True, exist_ok=True)
-    video = None
-    if fmt in ("exr", "mp4"):
-        video = imageio.get_writer(out_dir / ("preview.mp4" if fmt == "exr" else "output.mp4"),
-                                   fps=meta.fps or PREVIEW_FPS_DEFAULT, macro_block_size=1)
-    try:
+    (out_dir / "infer.json").unlink(missing_ok=True)  # written last: its presence means the run completed
+    video_path = out_dir / ("preview.mp4" if fmt == "exr" else "output.mp4") if fmt in ("exr", "mp4") else None
+    video = video_writer(video_path, meta.fps or PREVIEW_FPS_DEFAULT) if video_path else contextlib.nullcontext()
+    with video as append_video:
         for index, image in tqdm(reconstruct_shot(model, shot, start, count, device), total=len(frames),
                                  desc="infer", unit="frame"):
             if fmt == "exr":
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":
-                (out_dir / "png").mkdir(exist_ok=True)
-                imageio.imwrite(out_dir / "png" / f"{index:06d}.png", to_display_u8(image))
-            if video is not None:
-                video.append_data(to_display_u8(image))
-    finally:
-        if video is not None:
-            video.close()
+                with atomic_path(out_dir / "png" / f"{index:06d}.png") as tmp:
+                    imageio.imwrite(tmp, to_display_u8(image), format="PNG")
+            if append_video is not None:
+                append_video(to_display_u8(image))
     summary = {"checkpoint": str(checkpoint), "input": str(shot), "frames": [frames.start, frames.stop],
                "resolution": [meta.width, meta.height], "format": fmt, "quantized": quantized,
                "quant": cfg.quant.model_dump() if quantized else None, "device": str(device), "qw_version": __version__}
-    (out_dir / "infer.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with atomic_path(out_dir / "infer.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
     return summary

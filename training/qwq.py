@@ -23,12 +23,18 @@ Per quantized conv: integer weights (int4 when weight_bits ≤ 4, else int8; flo
 per-output-channel weight scale (float32) and the folded bias (float32); its input's scale s_a and zero point z are
 the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `training.integer_ref` runs.
 Version 1 (one activation scale per conv) is no longer read: export the checkpoint again.
+
+Reading checks every value against what an exporter writes (`check_values`): 4- and 8-bit integer or float16 widths,
+int4 storage for 4-bit and int8 for 8-bit weights, zero points inside the bit range, finite positive scales, finite
+bounds, biases and float tensors, tensor references inside the data section. A file that fails is refused with its
+path and the tensor's name, even when its checksums are consistent (a bug in another writer, or an edited file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +46,8 @@ import torch
 from datagen import __version__
 from datagen.capture_format import atomic_path
 from datagen.errors import QwError
-from training.config import Config
-from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs
+from training.config import INTEGER_BITS, Config, validated_config
+from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs, weight_qmax
 
 MAGIC = b"QWQ\x00"
 FORMAT_VERSION = 2
@@ -209,6 +215,12 @@ def write_qwq(path: str | Path, model: ExportedModel) -> dict[str, Any]:
     return header
 
 
+def is_qwq_file(path: str | Path) -> bool:
+    """Whether `path` starts with the `.qwq` magic (whatever its version or state)."""
+    with open(path, "rb") as file:
+        return file.read(len(MAGIC)) == MAGIC
+
+
 def read_qwq(path: str | Path) -> ExportedModel:
     """Read and check a `.qwq` file (magic, version, data checksum); errors name the file and the problem."""
     path = Path(path)
@@ -233,15 +245,109 @@ def read_qwq(path: str | Path) -> ExportedModel:
     blob = raw[start:]
     # the trailer already covers the data section, so its size is the one check left (data_sha256 is written for
     # other readers of the format, not checked again here)
-    if len(blob) != header["data_bytes"]:
-        raise QwError(f"{path}: data section is truncated or corrupt (size or SHA-256 mismatch)")
+    try:
+        if len(blob) != header["data_bytes"]:
+            raise QwError(f"{path}: data section is truncated or corrupt (size or SHA-256 mismatch)")
+        model = _parse(header, _TensorReader(path, blob))
+    except (KeyError, TypeError, ValueError) as exc:  # a header that lacks a field or holds the wrong kind of value
+        raise QwError(f"{path}: damaged header ({type(exc).__name__}: {exc})") from None
+    check_values(model, path)
+    return model
 
-    def get(ref: dict[str, Any]) -> np.ndarray:
-        return _decode(blob[ref["offset"]:ref["offset"] + ref["nbytes"]], ref["dtype"], ref["shape"])
 
-    activations = {h["name"]: ExportedActivation(h["name"], h["bits"], h["lower"], get(h["scale"]), h["zero_point"])
-                   for h in header["activations"]}
-    layers = [ExportedLayer(h["name"], h["weight_bits"], h["input"], h["padding"], get(h["weight"]),
-                            get(h["weight_scale"]), get(h["bias"])) for h in header["layers"]]
-    floats = {name: get(ref) for name, ref in header["float_tensors"].items()}
+class _TensorReader:
+    """Decodes tensor references of one file's data section, refusing references that do not fit it."""
+
+    def __init__(self, path: Path, blob: bytes):
+        self.path, self.blob = path, blob
+
+    def __call__(self, ref: dict[str, Any], name: str) -> np.ndarray:
+        dtype, shape, offset, nbytes = ref["dtype"], ref["shape"], ref["offset"], ref["nbytes"]
+        if dtype not in (*_NUMPY_DTYPES, "int4"):
+            raise QwError(f"{self.path}: tensor {name}: unknown dtype {dtype!r}")
+        if not all(isinstance(v, int) and v >= 0 for v in (*shape, offset, nbytes)):
+            raise QwError(f"{self.path}: tensor {name}: shape, offset and size must be non-negative integers")
+        count = int(np.prod(shape, dtype=np.int64))
+        expected = (count + 1) // 2 if dtype == "int4" else count * np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+        if nbytes != expected:
+            raise QwError(f"{self.path}: tensor {name}: {nbytes} bytes for {dtype} {shape} (expected {expected})")
+        if offset + nbytes > len(self.blob):
+            raise QwError(f"{self.path}: tensor {name}: bytes {offset}..{offset + nbytes} lie past the end of the "
+                          f"data section ({len(self.blob)} bytes)")
+        return _decode(self.blob[offset:offset + nbytes], dtype, shape)
+
+
+def _parse(header: dict[str, Any], get: _TensorReader) -> ExportedModel:
+    activations = {h["name"]: ExportedActivation(h["name"], h["bits"], h["lower"], get(h["scale"], h["name"]),
+                                                 h["zero_point"]) for h in header["activations"]}
+    layers = [ExportedLayer(h["name"], h["weight_bits"], h["input"], h["padding"], get(h["weight"], h["name"]),
+                            get(h["weight_scale"], f"{h['name']}.weight_scale"), get(h["bias"], f"{h['name']}.bias"))
+              for h in header["layers"]]
+    floats = {name: get(ref, name) for name, ref in header["float_tensors"].items()}
     return ExportedModel(header["config"], activations, layers, floats, header)
+
+
+# ----------------------------------------------------------------------------------------------- value checks
+
+_WEIGHT_DTYPES = {4: "int4", 8: "int8", FLOAT16_BITS: "float16"}  # what `_layer_header` stores per weight width
+
+
+def _problem_of_activation(activation: ExportedActivation) -> str | None:
+    if activation.bits not in (*INTEGER_BITS, FLOAT16_BITS):
+        return f"{activation.bits}-bit activations (the format has {', '.join(map(str, INTEGER_BITS))} and " \
+               f"{FLOAT16_BITS})"
+    if not math.isfinite(activation.lower) or activation.lower > 0:
+        return f"lower bound {activation.lower} (must be finite and <= 0)"
+    if not activation.integer:
+        return None
+    if activation.scale.size != 1 or not (math.isfinite(float(activation.scale)) and float(activation.scale) > 0):
+        return f"scale {activation.scale.ravel().tolist()} (must be one finite value > 0)"
+    if not isinstance(activation.zero_point, int) or not 0 <= activation.zero_point <= 2 ** activation.bits - 1:
+        return f"zero point {activation.zero_point!r} outside 0..{2 ** activation.bits - 1} of {activation.bits} bits"
+    return None
+
+
+def _problem_of_layer(layer: ExportedLayer, header: dict[str, Any],
+                      activations: dict[str, ExportedActivation]) -> str | None:
+    if layer.weight_bits not in _WEIGHT_DTYPES:
+        return f"{layer.weight_bits}-bit weights (the format has {', '.join(map(str, _WEIGHT_DTYPES))})"
+    if header["weight"]["dtype"] != _WEIGHT_DTYPES[layer.weight_bits]:
+        return f"{layer.weight_bits}-bit weights stored as {header['weight']['dtype']}"
+    activation = activations.get(layer.input)
+    if activation is None:
+        return f"reads activation {layer.input!r}, which the file does not define"
+    if layer.integer != activation.integer:
+        return f"{layer.weight_bits}-bit weights read a {activation.bits}-bit input (integer weights need an integer " \
+               "input, float16 weights a float16 one)"
+    if not isinstance(layer.padding, int) or layer.padding < 0:
+        return f"padding {layer.padding!r} (must be an integer >= 0)"
+    out_channels = layer.weight.shape[0] if layer.weight.ndim == 4 else -1
+    if layer.weight_scale.shape != (out_channels,) or layer.bias.shape != (out_channels,):
+        return f"weights {list(layer.weight.shape)}, scales {list(layer.weight_scale.shape)} and bias " \
+               f"{list(layer.bias.shape)} do not fit one conv"
+    if layer.integer:
+        qmax = weight_qmax(layer.weight_bits)
+        if layer.weight.size and np.abs(layer.weight.astype(np.int16)).max() > qmax:
+            return f"weight codes outside -{qmax}..{qmax} of {layer.weight_bits} bits"
+        if not (np.isfinite(layer.weight_scale).all() and (layer.weight_scale > 0).all()):
+            return "weight scales must be finite and > 0"
+    elif not np.isfinite(layer.weight).all():
+        return "non-finite weights"
+    if not np.isfinite(layer.bias).all():
+        return "non-finite bias"
+    return None
+
+
+def check_values(model: ExportedModel, path: str | Path) -> None:
+    """Refuse values no exporter writes: unsupported bit widths, zero points outside the bit range, scales that are
+    not finite and positive, non-finite bounds, biases or float tensors; the error names the file and tensor."""
+    validated_config(model.config, str(path))
+    problems = [(name, _problem_of_activation(a)) for name, a in model.activations.items()]
+    problems += [(layer.name, _problem_of_layer(layer, header, model.activations))
+                 for layer, header in zip(model.layers, model.header["layers"])]
+    problems += [(name, "non-finite values") for name, array in model.float_tensors.items()
+                 if not np.isfinite(array).all()]
+    for name, problem in problems:
+        if problem:
+            raise QwError(f"{path}: tensor {name}: {problem}")
+

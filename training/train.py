@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import time
@@ -44,17 +45,20 @@ from tqdm import tqdm
 
 from datagen import __version__
 from datagen.block_store import BlockStore
+from datagen.capture_format import atomic_path
 from datagen.errors import QwError
 from training import fast, hdr
-from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
-from training.data import BlockDataset, BlockSampler, open_training_store
+from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides, validated_config
+from training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
 from training.model import QWNet
+from training.qwq import is_qwq_file
 
 log = logging.getLogger("qw.train")
 CHECKPOINT_FORMAT = "qw-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
 STEP_PREFIX = "step-"
+ZIP_MAGIC = b"PK\x03\x04"
 # Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
 # schedules that do not depend on it).
 RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
@@ -166,10 +170,10 @@ def data_provenance(store: BlockStore, train_blocks: int, val_blocks: int) -> di
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically: a crash leaves the previous checkpoint intact; a full disk is one line and leaves no
+    temporary file. (Through a Python file object: torch.save to a path reports ENOSPC as a bare zip error.)"""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
 
 
 def step_checkpoints(out: Path) -> list[Path]:
@@ -180,13 +184,12 @@ def step_checkpoints(out: Path) -> list[Path]:
 def publish(source: Path, name: Path) -> None:
     """Make `name` the same checkpoint as `source`, atomically: a hard link (no second copy of the bytes), or a
     copy where the filesystem has no links."""
-    tmp = name.with_name(name.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, name)
+    with atomic_path(name) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def prune_checkpoints(out: Path, keep: int) -> list[Path]:
@@ -221,9 +224,12 @@ def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[st
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
-        raise QwError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise QwError(unreadable_checkpoint(path, exc)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise QwError(f"{path}: not a qw checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if "model" not in ckpt:
+        raise QwError(f"{path}: damaged qw checkpoint (no model weights)")
+    validated_config(ckpt.get("config"), f"{path}: checkpoint")
     if expected is not None:
         for section in ("model", "quant"):
             have, want = ckpt["config"][section], getattr(expected, section).model_dump(mode="json")
@@ -232,6 +238,18 @@ def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[st
                 details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
                 raise QwError(f"{path}: checkpoint was made with another {section} config ({details})")
     return ckpt
+
+
+def unreadable_checkpoint(path: Path, exc: Exception) -> str:
+    """One line on what a file that torch.load refused is: an exported .qwq, a damaged checkpoint, or something else."""
+    if is_qwq_file(path):
+        return (f"{path}: an exported integer model (.qwq), not a checkpoint; `qw eval --qwq {path}` runs it, and "
+                "--checkpoint takes the `qw quantize` checkpoint it was exported from")
+    with open(path, "rb") as file:
+        zipped = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch.save's format: a zip archive
+    if zipped and not isinstance(exc, pickle.UnpicklingError):
+        return f"{path}: a damaged or truncated checkpoint (torch: {str(exc).strip().splitlines()[0]})"
+    return f"{path}: not a qw checkpoint (qw train and qw quantize write them)"
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[QWNet, Config]:
@@ -602,6 +620,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     train_idx, val_idx = store.split_indices("train"), store.split_indices("val")
     if len(train_idx) == 0:
         raise QwError(f"{store_url}: no blocks in the 'train' split")
+    check_batch_fits(store_url, len(train_idx), cfg.train.batch_size, proc.world_size)
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     run = _setup(model, cfg, proc)
     step = _restore(out / LAST, run, provenance) if resume else 0
