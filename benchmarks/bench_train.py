@@ -20,11 +20,11 @@ import torch
 from pytorch_optimizer import Ranger
 from torch.utils.data import DataLoader
 
-from datagen.block_store import TILE, T, create_store, seal
-from training import fast
-from training.config import load_config
-from training.data import BlockDataset, BlockSampler, open_training_store
-from training.model import QWNet
+from qw.datagen.block_store import TILE, T, create_store, seal
+from qw.training.model import fast
+from qw.training.config import load_config
+from qw.training.data import BlockDataset, BlockSampler, open_training_store
+from qw.training.model.qwnet import QWNet
 
 
 def synthetic_store(path: Path, blocks: int, seed: int = 0) -> str:

@@ -11,10 +11,10 @@ fails or runs out of time is reported in the table, not fatal):
   train        one optimizer step of 64 blocks of 256×256×8 (Ranger, the QW-Net loss): fp32, bf16 autocast,
                bf16 channels_last + fused filter, + torch.compile; micro-batches halve on out-of-memory and
                the step accumulates gradients (noted in the row)
-  qat          the same step for the quantization-aware model (training/quant.py): fp32 plain, optimized
+  qat          the same step for the quantization-aware model (training/quantization/fake_quant.py): fp32 plain, optimized
   loader       the real DataLoader (training/data.py, augmentation on) with every core, from a block store of
                random data that this script builds, into pinned memory and onto the device
-  int8         the exported integer network (training/integer_ref.py) with its quantized convs as int8 GEMMs
+  int8         the exported integer network (training/export/integer_ref.py) with its quantized convs as int8 GEMMs
                (torch._int_mm): checked against the integer reference, timed per frame
   profile      torch.profiler's top kernels of the fastest inference and training configurations, and the time
                per kernel class (conv/GEMM, generated, eager elementwise, layout/copy): why a goal is missed
@@ -68,9 +68,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from training import fast
-from training.config import Config, QuantConfig, load_config
-from training.model import QWNet
+from qw.training.model import fast
+from qw.training.config import Config, QuantConfig, load_config
+from qw.training.model.qwnet import QWNet
 
 GOALS = {"train": 400.0, "qat": 200.0, "loader": 400.0, "infer": 2.0, "int8": 2.0}
 HALF_TOL = 3e-2      # fp16/bf16 arithmetic against fp32 (METHOD.md: bf16 operands land between 1e-3 and 1e-2)
@@ -186,7 +186,7 @@ class Bench:
     def _model_source(self) -> tuple[Config, dict[str, torch.Tensor]]:
         """The config and initial weights every configuration starts from (seeded, or a checkpoint's)."""
         if self.args.checkpoint:
-            from training.train import model_from_checkpoint
+            from qw.training.train.checkpoints import model_from_checkpoint
 
             model, cfg = model_from_checkpoint(self.args.checkpoint)
             return cfg, model.state_dict()
@@ -349,7 +349,7 @@ class Bench:
         return Case(lambda: None, rel_err(out, expected), f"{note}, {tuple(seq['color'].shape)}")
 
     def _store_blocks(self) -> dict[str, torch.Tensor]:
-        from training.data import BlockDataset
+        from qw.training.data import BlockDataset
 
         dataset = BlockDataset(self.args.store)
         items = [dataset[i] for i in range(min(4, len(dataset)))]
@@ -431,7 +431,7 @@ class Bench:
             def make() -> Case:
                 model = self.model()
                 if qat:
-                    from training.quant import quantize_model
+                    from qw.training.quantization.fake_quant import quantize_model
 
                     model = quantize_model(model, QuantConfig()).to(self.device)  # clips are created on the CPU
                 model.train()
@@ -490,7 +490,7 @@ class Bench:
         def build() -> Case:
             from torch.utils.data import DataLoader
 
-            from training.data import BlockDataset, BlockSampler
+            from qw.training.data import BlockDataset, BlockSampler
 
             tmp = tempfile.mkdtemp(prefix="qw-gpu-bench-")
             self.temporary.append(tmp)
@@ -527,9 +527,9 @@ class Bench:
 
         def models() -> dict[str, Any]:
             if not built:
-                from training.qwq import exported_model, write_qwq
-                from training.integer_ref import load_integer_model
-                from training.quant import quantize_model
+                from qw.training.export.qwq import exported_model, write_qwq
+                from qw.training.export.integer_ref import load_integer_model
+                from qw.training.quantization.fake_quant import quantize_model
 
                 qmodel = quantize_model(self.model().cpu(), QuantConfig()).eval()
                 with tempfile.TemporaryDirectory() as tmp:
@@ -552,7 +552,7 @@ class Bench:
         def fake_quant() -> Case:
             qmodel = copy.deepcopy(models()["qmodel"]).to(self.device)
             return Case(lambda: _no_grad_call(lambda: qmodel.step(color, qmodel.warp_history(previous, motion))), None,
-                        "QAT model (training/quant.py) as trained: float convs on integer codes")
+                        "QAT model (training/quantization/fake_quant.py) as trained: float convs on integer codes")
 
         def int8(graph: bool) -> Case:
             err = check_against_reference()
@@ -643,7 +643,7 @@ def _cores() -> int:
 
 def _random_store(url: str, sizes: Sizes, threads: int) -> None:
     """A complete `qw-blocks/2` store of random blocks (all one 'train' shot), written by several threads."""
-    from datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal
 
     n, t, tile = sizes.loader_blocks, sizes.frames, sizes.tile
     shots = [{"scene": "random", "shot": "s0", "split": "train"}]

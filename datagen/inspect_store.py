@@ -14,10 +14,11 @@ import imageio.v3 as iio
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, open_store, \
+from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, open_store, \
     store_filesystem
-from datagen.errors import QwError
-from datagen.tile import MARKERS, done_tasks
+from qw.datagen.errors import QwError
+from qw.datagen.tile import MARKERS, done_tasks
+from qw.datagen.tonemap import tonemap_8bit
 
 
 def _stored_bytes(url: str, storage_options: dict | None) -> int:
@@ -141,13 +142,6 @@ def verify_store(url: str, storage_options: dict | None = None, workers: int = 4
 # ----------------------------------------------------------------------------------------------- preview
 
 
-def tone_map(hdr: np.ndarray) -> np.ndarray:
-    """Linear HDR (..., 3) → 8-bit: the display tone mapping of the metrics (Reinhard, then gamma 2.2)."""
-    from training.metrics import tonemap  # here, not at the top: `qw datagen inspect` need not load torch
-
-    return (255 * tonemap(hdr) + 0.5).astype(np.uint8)
-
-
 def motion_colors(motion: np.ndarray, scale: float) -> np.ndarray:
     """(..., 2) pixels → 8-bit RGB: hue = direction, brightness = length relative to `scale`."""
     m = motion.astype(np.float32)
@@ -171,7 +165,7 @@ def block_frames(store: BlockStore, index: int) -> list[np.ndarray]:
     speed = float(np.percentile(np.hypot(*b["motion"].astype(np.float32).transpose(3, 0, 1, 2)), 99))
     positive = b["depth"][b["depth"] > 0].astype(np.float32)
     lo, hi = (np.percentile(positive, [1, 99]) if positive.size else (1.0, 2.0))
-    return [np.concatenate([tone_map(b["color"][i]), tone_map(b["reference"][i]),
+    return [np.concatenate([tonemap_8bit(b["color"][i]), tonemap_8bit(b["reference"][i]),
                             motion_colors(b["motion"][i], speed), depth_gray(b["depth"][i], lo, max(hi, lo * 1.01))],
                            axis=1) for i in range(len(b["color"]))]
 

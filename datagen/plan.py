@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
+from qw.datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
     load_meta, sha256_file, shot_folders
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
 
 PLAN_FORMAT = "qw-plan/1"
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The builder: cut the planned blocks out of the captures and write them into a `qw-blocks/2` store with Dask.
 
-One Dask task per window (see `datagen.plan`): it decodes each of the window's source frames once, pass by pass,
+One Dask task per window (see `qw.datagen.plan`): it decodes each of the window's source frames once, pass by pass,
 crops every block of the window and writes whole chunks (one block per chunk, so no two tasks share a chunk; the
 store is not sharded). Only file names and tile positions travel through the scheduler, never pixels.
 
@@ -23,13 +23,13 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, open_store, \
+from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, open_store, \
     seal, store_filesystem
-from datagen.capture_format import frame_path, read_frame
-from datagen.cluster import check_cluster, cluster_failures, dask_client
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import DatasetManifest, load_dataset_manifest
-from datagen.plan import Plan, check_frames, plan_from_files
+from qw.datagen.capture_format import frame_path, read_frame
+from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import DatasetManifest, load_dataset_manifest
+from qw.datagen.plan import Plan, check_frames, plan_from_files
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
                 progress: bool = True, seed: int | None = None, overwrite: bool = False,
                 manifests_root: Path | None = None) -> BlockStore:
     """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`, on a new
-    Dask cluster of kind `cluster` ('local', 'slurm'; see `datagen.cluster`) or the one at `scheduler`."""
+    Dask cluster of kind `cluster` ('local', 'slurm'; see `qw.datagen.cluster`) or the one at `scheduler`."""
     if not isinstance(dataset, DatasetManifest):
         dataset = load_dataset_manifest(dataset)
     url = str(store_url)

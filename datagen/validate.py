@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from datagen.capture_format import (
+from qw.datagen.capture_format import (
     META_FILE,
     PASSES,
     CaptureMeta,
@@ -47,7 +47,7 @@ from datagen.capture_format import (
     sha256_file,
     shot_folders,
 )
-from datagen.errors import CaptureError, QwError
+from qw.datagen.errors import CaptureError, QwError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: in
 
     Each pixel centre is unprojected with the current camera at its planar depth, projected with the previous
     camera, and the motion is ``p − p_prev`` (contract 1: +x right, +y down, current minus previous). Cameras are
-    `CameraFrame`s (or mappings / (view, projection) pairs) in the conventions of `datagen.capture_format`.
+    `CameraFrame`s (or mappings / (view, projection) pairs) in the conventions of `qw.datagen.capture_format`.
     Pixels without a valid answer (depth ≤ 0 or not finite, behind the previous camera) are NaN.
     """
     depth = np.asarray(depth)

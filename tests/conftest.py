@@ -20,7 +20,7 @@ BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "referen
 @pytest.fixture(scope="session")
 def builtin_captures(tmp_path_factory) -> Path:
     """Root of a captures tree (<root>/<scene>/<shot>/) rendered by the builtin renderer, see BUILTIN_CAPTURE."""
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     root = tmp_path_factory.mktemp("builtin_captures")
     for scene, shots in BUILTIN_CAPTURE.items():
@@ -51,7 +51,7 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     from click.testing import CliRunner
     from train_helpers import make_store
 
-    from cli import main
+    from qw.cli import main
 
     root = tmp_path_factory.mktemp("tiny_runs")
     store = make_store(root / "blocks.zarr", n_train=4, n_val=1, t=4, tile=32)

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
-from datagen.catalog import opengl_blocker
-from datagen.manifests import ManifestError, scene_paths
+from qw.cli import main
+from qw.catalog import opengl_blocker
+from qw.datagen.manifests import ManifestError, scene_paths
 
 
 def all_commands(group: click.Group = main, path: tuple[str, ...] = ()):
@@ -123,7 +123,7 @@ def test_builtin_scene_availability_follows_egl(tmp_path):
 
 def test_egl_is_reported_missing_when_no_driver_loads():
     """With no EGL vendor (glvnd) and no Mesa driver to load, the builtin backend is blocked with a reason."""
-    code = "from datagen.catalog import opengl_blocker; print(opengl_blocker())"
+    code = "from qw.catalog import opengl_blocker; print(opengl_blocker())"
     env = {**os.environ, "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json", "LIBGL_DRIVERS_PATH": "/nonexistent"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stdout
     assert "OpenGL" in out and "through EGL" in out, out

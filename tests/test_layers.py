@@ -8,15 +8,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cli", "datagen", "training", "ue_capture", "qw")
 
 # What a user runs (a `qw` command's body) versus what those workflows are built from.
-WORKFLOWS = {"training.train", "training.quantize", "training.export", "training.evaluate", "training.infer",
-             "training.demo", "cli", "qw"}
-LIBRARIES = {"training.config", "training.hdr", "training.warp", "training.model", "training.losses",
-             "training.quant", "training.qwq", "training.integer_ref", "training.onnx_graph", "training.fast",
-             "training.stats", "training.data", "training.sequences", "training.metrics", "training.taa"}
+WORKFLOWS = {"qw.training.train.loop", "qw.training.quantization.qat", "qw.training.export.exporter", "qw.training.evaluation.evaluate", "qw.training.infer",
+             "qw.training.demo", "cli", "qw"}
+LIBRARIES = {"qw.training.config", "qw.training.model.hdr", "qw.training.model.warp", "qw.training.model.qwnet", "qw.training.losses",
+             "qw.training.quantization.fake_quant", "qw.training.export.qwq", "qw.training.export.integer_ref", "qw.training.export.onnx_graph", "qw.training.model.fast",
+             "qw.training.model.stats", "qw.training.data", "qw.training.sequences", "qw.training.evaluation.metrics", "qw.training.evaluation.taa"}
 
 
 def own_modules() -> dict[str, Path]:
-    files = [ROOT / "cli.py"] + [p for pkg in PACKAGES[1:] for p in (ROOT / pkg).rglob("*.py")]
+    files = [ROOT / "qw/cli.py"] + [p for pkg in PACKAGES[1:] for p in (ROOT / pkg).rglob("*.py")]
     return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in files}
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.builtin.renderer import Renderer, halton_jitter
-from datagen.builtin.scene import CameraKey, CameraPath, Material, RigidMotion, Scene, box, translate, scale
-from datagen.builtin.scenes import build_scene
-from datagen.manifests import find_scene
-from datagen.validate import reprojected_motion
-from training.metrics import psnr, tonemap
-from training.warp import warp as training_warp
+from qw.datagen.builtin.renderer import Renderer, halton_jitter
+from qw.datagen.builtin.scene import CameraKey, CameraPath, Material, RigidMotion, Scene, box, translate, scale
+from qw.datagen.builtin.scenes import build_scene
+from qw.datagen.manifests import find_scene
+from qw.datagen.validate import reprojected_motion
+from qw.training.evaluation.metrics import psnr
+from qw.datagen.tonemap import tonemap
+from qw.training.model.warp import warp as training_warp
 
 W, H = 128, 96
 WHITE = Material(color=(1.0, 1.0, 1.0), emissive=1.0)
@@ -194,7 +195,7 @@ def scene_renderer(name: str) -> Renderer:
 
 
 def warp(image: np.ndarray, motion: np.ndarray) -> np.ndarray:
-    """`training.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
+    """`qw.training.model.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
     chw = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
     return training_warp(chw(image), chw(motion))[0].permute(1, 2, 0).numpy()
 

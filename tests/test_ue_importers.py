@@ -19,11 +19,11 @@ from ue_formats import (
     write_mrq_frame,
 )
 
-from cli import main
-from datagen.capture_format import META_FILE, load_meta, read_frame
-from datagen.errors import CaptureError, QwError
-from datagen.validate import validate_capture
-from ue_capture.importers import import_capture, mrq_passes
+from qw.cli import main
+from qw.datagen.capture_format import META_FILE, load_meta, read_frame
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.validate import validate_capture
+from qw.ue_capture.importers import import_capture, mrq_passes
 
 W, H = 40, 24
 

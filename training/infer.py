@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datagen import __version__
-from datagen.capture_format import PASSES, CaptureMeta, load_meta, read_frame, write_exr
-from datagen.errors import QwError
-from training.metrics import tonemap
-from training.model import pad_to_multiple
+from qw.datagen import __version__
+from qw.datagen.capture_format import PASSES, CaptureMeta, load_meta, read_frame, write_exr
+from qw.datagen.errors import QwError
+from qw.datagen.tonemap import tonemap_8bit
+from qw.training.model.qwnet import pad_to_multiple
 
 FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0
@@ -65,10 +65,6 @@ def to_image(frame: torch.Tensor) -> np.ndarray:
     return frame[0].permute(1, 2, 0).numpy().astype(np.float32)
 
 
-def to_display_u8(linear: np.ndarray) -> np.ndarray:
-    return (np.clip(tonemap(linear), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:
     if not 0 <= start < meta.frame_count:
         raise QwError(f"start frame {start} outside the shot's 0..{meta.frame_count - 1}")
@@ -98,7 +94,7 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     """Reconstruct a captured shot with a (full-precision or quantized) checkpoint; returns a summary."""
     import imageio.v2 as imageio
 
-    from training.quantize import model_from_any_checkpoint
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     if fmt not in FORMATS:
         raise QwError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -119,9 +115,9 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":
                 (out_dir / "png").mkdir(exist_ok=True)
-                imageio.imwrite(out_dir / "png" / f"{index:06d}.png", to_display_u8(image))
+                imageio.imwrite(out_dir / "png" / f"{index:06d}.png", tonemap_8bit(image))
             if video is not None:
-                video.append_data(to_display_u8(image))
+                video.append_data(tonemap_8bit(image))
     finally:
         if video is not None:
             video.close()

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from datagen.builtin.scene import PATTERNS, Instance, Scene, merge
-from datagen.errors import QwError
+from qw.datagen.builtin.scene import PATTERNS, Instance, Scene, merge
+from qw.datagen.errors import QwError
 
 MAX_MATERIALS = 64
 MAX_LIGHTS = 8

@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from datagen.builtin.scene import (CameraKey, CameraPath, Material, PointLight, RigidMotion, Scene, box, quad,
+from qw.datagen.builtin.scene import (CameraKey, CameraPath, Material, PointLight, RigidMotion, Scene, box, quad,
                                    rotate, scale, sphere, translate)
-from datagen.errors import QwError
+from qw.datagen.errors import QwError
 
 Builder = Callable[..., Scene]
 BUILDERS: dict[str, Builder] = {}

@@ -5,7 +5,7 @@ TAA also reads each frame's depth and jitter, as an engine would.
 
 Every method reconstructs each shot at full resolution from the same jittered frames and motion vectors; each
 output frame is scored against the supersampled reference with PSNR and SSIM (tone-mapped), HDR-FLIP (centred
-crop, see `training.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
+crop, see `qw.training.evaluation.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
 
 * ``report.md``: overall and per-shot tables, with links to the images below;
 * ``metrics.json``: every per-frame value, per-shot and overall means, and what was evaluated;
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datagen import __version__
-from datagen.capture_format import find_captures, load_meta
-from datagen.errors import QwError
-from training import metrics
-from training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
-from training.taa import TaaFrame, run_taa, run_taa_clamp
+from qw.datagen import __version__
+from qw.datagen.capture_format import find_captures, load_meta
+from qw.datagen.errors import QwError
+from qw.training.evaluation import metrics
+from qw.training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
+from qw.training.evaluation.taa import TaaFrame, run_taa, run_taa_clamp
 
 METRICS = ("psnr", "ssim", "flip", "tpsnr")
 METRIC_TITLES = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "flip": "FLIP ↓", "tpsnr": "tPSNR dB ↑"}
@@ -79,8 +79,8 @@ def checkpoint_label(cfg, quantized: bool) -> str:
 def build_methods(checkpoints: list[str], qwq_files: list[str], baselines: Iterable[str],
                   device: torch.device) -> list[Method]:
     """Aliased input, the baselines (TAA variants) and one method per checkpoint / exported integer model."""
-    from training.integer_ref import load_integer_model
-    from training.quantize import model_from_any_checkpoint
+    from qw.training.export.integer_ref import load_integer_model
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     methods = [Method(INPUT_LABEL, passthrough)]
     for name in baselines:

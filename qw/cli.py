@@ -8,9 +8,9 @@ import sys
 
 import click
 
-from datagen import __version__
-from datagen.cluster import CLUSTER_KINDS
-from datagen.errors import QwError
+from qw.datagen import __version__
+from qw.datagen.cluster import CLUSTER_KINDS
+from qw.datagen.errors import QwError
 
 log = logging.getLogger("qw")
 
@@ -83,7 +83,7 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
     depth/ and capture.json (qw-capture/1). Resumable: rerun the same command after an interruption and finished
     frames are kept; a shot is complete only when its capture.json exists.
     """
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
     for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
@@ -103,8 +103,8 @@ def scenes(dataset, manifests_dir) -> None:
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
     file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
-    from datagen.catalog import print_scenes
-    from datagen.manifests import MANIFEST_ROOT
+    from qw.catalog import print_scenes
+    from qw.datagen.manifests import MANIFEST_ROOT
 
     print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
 
@@ -127,7 +127,7 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
     depth + camera reprojection when camera matrices are recorded. Prints one line per shot and the
     failing files with their problems.
     """
-    from datagen.validate import ReprojectionTolerance, validate_paths
+    from qw.datagen.validate import ReprojectionTolerance, validate_paths
 
     tol = ReprojectionTolerance(abs_px=tolerance, rel=rel_tolerance, min_agree=min_agree)
     if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo):
@@ -182,8 +182,8 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
-    from datagen.capture_format import check_path_component
-    from ue_capture.importers import import_capture
+    from qw.datagen.capture_format import check_path_component
+    from qw.ue_capture.importers import import_capture
 
     check_path_component(scene, "--scene")
     check_path_component(shot, "--shot")
@@ -223,7 +223,7 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
     Reads only capture.json files (no pixels). The plan is a pure function of the dataset manifest, the capture
     metadata and the seed; `qw datagen build` recomputes it and records its digest in the store.
     """
-    from datagen.plan import print_plan
+    from qw.datagen.plan import print_plan
 
     print_plan(dataset_file, captures, seed=seed, out=out, echo=click.echo)
 
@@ -251,7 +251,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
     is byte-identical to an uninterrupted build. The Dask dashboard link is logged when the cluster is up
     (see README, "Building the block store", for SLURM).
     """
-    from datagen.tile import build_store
+    from qw.datagen.tile import build_store
 
     built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
                         storage_options=storage_options, seed=seed, overwrite=overwrite,
@@ -264,7 +264,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
 @_storage_opt
 def datagen_inspect(store, storage_options) -> None:
     """Show a block store: blocks per scene/shot/split, codec, sizes, completeness and provenance."""
-    from datagen.inspect_store import inspect_report
+    from qw.datagen.inspect_store import inspect_report
 
     click.echo(inspect_report(store, storage_options))
 
@@ -278,7 +278,7 @@ def datagen_verify(store, storage_options) -> None:
     Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
     only when the store is complete and intact.
     """
-    from datagen.inspect_store import verify_store
+    from qw.datagen.inspect_store import verify_store
 
     if not verify_store(store, storage_options, echo=click.echo):
         sys.exit(1)
@@ -291,7 +291,7 @@ def datagen_verify(store, storage_options) -> None:
 @_storage_opt
 def datagen_preview(store, index, out, storage_options) -> None:
     """Picture of one block: color | reference | motion (hue = direction) | depth, 8 frames, tone mapped."""
-    from datagen.inspect_store import write_preview
+    from qw.datagen.inspect_store import write_preview
 
     click.echo(write_preview(store, index, out, storage_options))
 
@@ -311,11 +311,11 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     \b
     Writes OUT/step-N.pt every ckpt_every steps (the newest keep_last kept), OUT/last.pt (the newest), OUT/best.pt
     (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
-    Multi-GPU:   torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Multi-GPU:   torchrun --nproc_per_node 8 -m qw.cli train --store ... --out ...
     Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
-                 -m cli train ...   (the same command on every node; see README "Training")
+                 -m qw.cli train ...   (the same command on every node; see README "Training")
     """
-    from training.train import train_command
+    from qw.training.train.loop import train_command
 
     train_command(store, out, config, resume, storage_options, overrides)
 
@@ -327,7 +327,7 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
 def model_stats_cmd(config, resolution, summary) -> None:
     """Parameters and MACs per layer, and the share of MACs per precision under the quantization plan."""
-    from training.stats import model_stats_report
+    from qw.training.model.stats import model_stats_report
 
     click.echo(model_stats_report(config, resolution, per_layer=not summary))
 
@@ -358,7 +358,7 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
     clips: [0, clip] for the network input, [-1, clip] for ELU activations. Writes OUT/last.pt (a quantized
     checkpoint that `qw eval`, `qw infer` and `qw export` accept) and OUT/quantize.json.
     """
-    from training.quantize import quantize_command
+    from qw.training.quantization.qat import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
@@ -387,7 +387,7 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
     """
     import json
 
-    from training.export import export_command
+    from qw.training.export.exporter import export_command
 
     click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames, fmt), indent=1))
 
@@ -416,7 +416,7 @@ def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop
     PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
     OUT/metrics.json, side-by-side PNG crops and per-frame metric plots.
     """
-    from training.evaluate import evaluate_command, markdown_table
+    from qw.training.evaluation.evaluate import evaluate_command, markdown_table
 
     data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
                             qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
@@ -438,7 +438,7 @@ def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
     """Reconstruct a whole captured sequence recurrently at its own resolution (any size; padded internally)."""
-    from training.infer import infer_command
+    from qw.training.infer import infer_command
 
     summary = infer_command(checkpoint, input_dir, out, fmt, start, count, device)
     click.echo(f"{summary['frames'][1] - summary['frames'][0]} frames -> {out}")
@@ -455,7 +455,7 @@ def demo_cmd(out, train_steps, qat_steps) -> None:
 
     Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
     """
-    from training.demo import run_demo
+    from qw.training.demo import run_demo
 
     report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps)
     click.echo(table)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from datagen.errors import QwError
-from training.config import Config, QuantConfig, load_config
-from training.model import QWNet
+from qw.datagen.errors import QwError
+from qw.training.config import Config, QuantConfig, load_config
+from qw.training.model.qwnet import QWNet
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ activation tensor it reads, and references to its tensors) and the float tensors
 
 Per quantized conv: integer weights (int4 when weight_bits ≤ 4, else int8; float16 for the FP16 plan), the
 per-output-channel weight scale (float32) and the folded bias (float32); its input's scale s_a and zero point z are
-the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `training.integer_ref` runs.
+the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `qw.training.export.integer_ref` runs.
 Version 1 (one activation scale per conv) is no longer read: export the checkpoint again.
 """
 
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from datagen import __version__
-from datagen.capture_format import atomic_path
-from datagen.errors import QwError
-from training.config import Config
-from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs
+from qw.datagen import __version__
+from qw.datagen.capture_format import atomic_path
+from qw.datagen.errors import QwError
+from qw.training.config import Config
+from qw.training.quantization.fake_quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs
 
 MAGIC = b"QWQ\x00"
 FORMAT_VERSION = 2
