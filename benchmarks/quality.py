@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qw.training.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
+from qw.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
 
 DATASET = "builtin-quality"
 KINDS = ("fence", "specular", "street", "crossing")

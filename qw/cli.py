@@ -455,7 +455,7 @@ def demo_cmd(out, train_steps, qat_steps) -> None:
 
     Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
     """
-    from qw.training.demo import run_demo
+    from qw.demo import run_demo
 
     report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps)
     click.echo(table)

@@ -13,7 +13,7 @@ from qw.datagen.builtin.scenes import build_scene
 from qw.datagen.errors import QwError
 from qw.datagen.manifests import dataset_paths, load_dataset_manifest, load_scene_manifest, scene_paths
 from qw.datagen.plan import load_captures, make_plan
-from qw.training.demo import HELD_OUT_SHOTS
+from qw.demo import HELD_OUT_SHOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
