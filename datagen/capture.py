@@ -221,7 +221,7 @@ def _render_frames(job: ShotJob, renderer, offsets: list[tuple[float, float]], p
     """Render every missing frame of the shot; returns the camera of every stored frame."""
     cameras = []
     for i, frame in enumerate(tqdm(job.source_frames, desc=f"{job.manifest.name}/{job.shot}", unit="frame",
-                                   disable=not progress)):
+                                   disable=None if progress else True)):
         view, proj = renderer.camera(frame)
         cameras.append(cf.CameraFrame(view=view.tolist(), projection=proj.tolist()))
         if cf.frame_intact(job.path, i, job.width, job.height):  # decoded, not only present: truncation is caught
@@ -261,7 +261,7 @@ def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
     futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
     with cluster_failures("finished frames are kept and the same command resumes the capture"):
         for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
-                           disable=not progress):
+                           disable=None if progress else True):
             future.result()  # re-raises a worker's error here
     return [job.path for job in jobs]
 

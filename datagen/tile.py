@@ -326,7 +326,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     done = done_tasks(store)
     todo = [s for s, d in zip(task_specs(plan, captures_root, url, storage_options), done) if not d]
     initial = sum(t.num_blocks for t, d in zip(plan.tasks, done) if d)
-    with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=not progress) as bar:
+    with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=None if progress else True) as bar:
         if todo:
             with dask_client(cluster, workers, scheduler) as client:
                 run_tasks(client, todo, bar)

@@ -305,7 +305,8 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # EXR decode, hashing and numpy release the GIL for large buffers
         frames = list(tqdm(pool.map(lambda i: _check_frame(shot, meta, i, present, tol), range(meta.frame_count)),
-                           total=meta.frame_count, desc=f"validate {shot.name}", unit="frame", leave=False))
+                           total=meta.frame_count, desc=f"validate {shot.name}", unit="frame", leave=False,
+                           disable=None))
     for result in frames:
         for name, problems in result.problems.items():
             checks[name].problems += problems

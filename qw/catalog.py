@@ -91,6 +91,15 @@ def scene_statuses(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None 
     return statuses
 
 
+def scenes_json(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None = None) -> list[dict[str, Any]]:
+    """`qw scenes --json`: one object per scene manifest, the same facts as the table."""
+    return [{"name": s.manifest.name, "backend": s.manifest.backend, "path": str(s.path),
+             "shots": len(s.manifest.shots), "frames": sum(shot.frame_count for shot in s.manifest.shots),
+             "splits": dict(zip(("train", "val", "test"), map(int, s.split_counts().split("/")))),
+             "budget": s.budget, "runnable": s.runnable, "blockers": s.blockers}
+            for s in scene_statuses(root, dataset)]
+
+
 def print_scenes(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None = None,
                  echo: Callable[[str], Any] = print) -> None:
     """The `qw scenes` table: name, backend, shots, frames, splits, (budget), whether it runs here and why not."""

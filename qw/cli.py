@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import sys
 
 import click
@@ -13,6 +13,7 @@ from qw.datagen.cluster import CLUSTER_KINDS
 from qw.datagen.errors import QwError
 
 log = logging.getLogger("qw")
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of the table.")
 
 
 class QwGroup(click.Group):
@@ -44,10 +45,12 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
       qw quantize          4/8-bit fine-tuning        -> runs/NAME-q/last.pt
       qw eval / infer / export
     """
-    level = logging.WARNING if quiet else (logging.INFO, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
+    # qw's own messages at INFO by default, other libraries' (Dask ...) at WARNING; -v adds theirs, -vv debug.
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qw").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO))
+    # Progress bars draw on a terminal only (tqdm's disable=None), so they stay out of log files; -q turns them off.
+    click.get_current_context().obj = {"progress": not quiet}
 
 
 @main.group()
@@ -88,7 +91,7 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
     unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
     for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
                               reference_spp=reference_spp, scheduler=scheduler, cluster=cluster, workers=workers,
-                              progress=not os.environ.get("TQDM_DISABLE"), **unreal):
+                              progress=click.get_current_context().obj["progress"], **unreal):
         click.echo(str(path))
 
 
@@ -96,17 +99,22 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
 @click.option("--dataset", metavar="NAME|FILE",
               help="Only the scenes of this dataset manifest (e.g. qwnet-paper), with their block budgets.")
 @click.option("--manifests", "manifests_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Manifest folder holding scenes/ and datasets/ [default: the repository's manifests/].")
-def scenes(dataset, manifests_dir) -> None:
+              help="Manifest folder holding scenes/ and datasets/ [default: the manifests shipped with qw, or "
+                   "$QW_MANIFESTS].")
+@_json_flag
+def scenes(dataset, manifests_dir, as_json) -> None:
     """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
 
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
     file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
-    from qw.catalog import print_scenes
+    from qw.catalog import print_scenes, scenes_json
     from qw.datagen.manifests import MANIFEST_ROOT
 
-    print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(scenes_json(manifests_dir or MANIFEST_ROOT, dataset), indent=2))
+    else:
+        print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
 
 
 @datagen.command("validate")
@@ -190,7 +198,7 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
-                          progress=not os.environ.get("TQDM_DISABLE"))
+                          progress=click.get_current_context().obj["progress"])
     click.echo(str(path))
 
 
@@ -255,7 +263,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
 
     built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
                         storage_options=storage_options, seed=seed, overwrite=overwrite,
-                        progress=not os.environ.get("TQDM_DISABLE"))
+                        progress=click.get_current_context().obj["progress"])
     click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")
 
 
@@ -325,11 +333,12 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
 @click.option("--resolution", default="1920x1080", show_default=True, metavar="WxH",
               help="Frame size; sizes not divisible by 16 are counted padded, as inference pads them.")
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
-def model_stats_cmd(config, resolution, summary) -> None:
+@_json_flag
+def model_stats_cmd(config, resolution, summary, as_json) -> None:
     """Parameters and MACs per layer, and the share of MACs per precision under the quantization plan."""
     from qw.training.model.stats import model_stats_report
 
-    click.echo(model_stats_report(config, resolution, per_layer=not summary))
+    click.echo(model_stats_report(config, resolution, per_layer=not summary, as_json=as_json))
 
 
 @main.command("quantize")

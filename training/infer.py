@@ -8,6 +8,7 @@ tone-mapped MP4 preview, tone-mapped PNG frames, or only the tone-mapped MP4.
 
 from __future__ import annotations
 
+import logging
 import json
 from pathlib import Path
 from typing import Iterator
@@ -18,12 +19,14 @@ from tqdm import tqdm
 
 from qw.datagen import __version__
 from qw.datagen.capture_format import PASSES, CaptureMeta, load_meta, read_frame, write_exr
-from qw.datagen.errors import QwError
+from qw.datagen.errors import QwError, missing_extra
 from qw.datagen.tonemap import tonemap_8bit
 from qw.training.model.qwnet import pad_to_multiple
 
 FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def read_pass(shot: Path, name: str, index: int) -> torch.Tensor:
@@ -105,12 +108,17 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     frames = frame_range(meta, start, count)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = None
-    if fmt in ("exr", "mp4"):
+    no_video = missing_extra("imageio_ffmpeg", "video", f"qw infer --format {fmt} (an .mp4 video)")
+    if no_video and fmt == "mp4":
+        raise QwError(no_video)
+    if no_video and fmt == "exr":
+        log.warning("%s: no preview.mp4 beside the EXR frames", no_video)
+    elif fmt in ("exr", "mp4"):
         video = imageio.get_writer(out_dir / ("preview.mp4" if fmt == "exr" else "output.mp4"),
                                    fps=meta.fps or PREVIEW_FPS_DEFAULT, macro_block_size=1)
     try:
         for index, image in tqdm(reconstruct_shot(model, shot, start, count, device), total=len(frames),
-                                 desc="infer", unit="frame"):
+                                 desc="infer", unit="frame", disable=None):
             if fmt == "exr":
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":

@@ -358,7 +358,7 @@ def _write(target: Path, loaders: list[Loader], per_loader: int, progress: bool,
 
     with ThreadPoolExecutor(IMPORT_WORKERS) as pool:
         done = list(tqdm(pool.map(run, range(len(loaders))), total=len(loaders), desc=f"import {target.name}",
-                         unit="file", disable=not progress))
+                         unit="file", disable=None if progress else True))
     written = [w for group in done for w in group]
     sizes = sorted({w.size for w in written})
     if len(sizes) != 1:

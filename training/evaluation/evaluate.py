@@ -15,6 +15,7 @@ crop, see `qw.training.evaluation.metrics`) and tPSNR (frame differences; frames
 
 from __future__ import annotations
 
+import logging
 import itertools
 import json
 import time
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from qw.datagen import __version__
 from qw.datagen.capture_format import find_captures, load_meta
-from qw.datagen.errors import QwError
+from qw.datagen.errors import QwError, missing_extra
 from qw.training.evaluation import metrics
 from qw.training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
 from qw.training.evaluation.taa import TaaFrame, run_taa, run_taa_clamp
@@ -41,6 +42,8 @@ BASELINES = {"taa": ("TAA", run_taa), "taa-clamp": ("TAA min/max clamp", run_taa
 DEFAULT_BASELINES = ("taa",)
 
 Frames = Iterator[TaaFrame]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -156,7 +159,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     result = ShotResult(f"{meta.scene}/{meta.shot}", list(frames), per_frame)
     previous: dict[str, np.ndarray] = {}
     prev_ref = None
-    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False):
+    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False, disable=None):
         color, _, valid, *_ = next(inputs)
         reference = read_reference(shot, index)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
@@ -252,14 +255,18 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
           "tPSNR skips frames without valid history.", "",
           "## Overall (frame-weighted mean)", "", markdown_table(overall), "",
           "Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
+    no_figures = missing_extra("matplotlib", "plot", "qw eval's crop and per-frame figures")
+    if no_figures:
+        log.warning("%s; the report has tables only", no_figures)
     for r in results:
         stem = r.name.replace("/", "_")
-        save_crops(r, out / f"{stem}_crops.png")
-        save_metric_plot(r, out / f"{stem}_metrics.png")
         means = {label: {m: r.mean(label, m) for m in METRICS} for label in labels}
         shots[r.name] = {"frames": r.frames, "mean": means, "per_frame": r.per_frame, "crop_box": list(r.crop_box)}
-        md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), "",
-               f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
+        md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), ""]
+        if not no_figures:
+            save_crops(r, out / f"{stem}_crops.png")
+            save_metric_plot(r, out / f"{stem}_metrics.png")
+            md += [f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     data = {"qw_version": __version__, "settings": settings, "methods": {m.label: m.source for m in methods},
             "overall": overall, "shots": shots}
@@ -280,7 +287,7 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots")]
+    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots", disable=None)]
     settings = {"captures": [str(s) for s in shots], "frames_per_shot": frames, "flip_crop": flip_crop,
                 "crop_size": crop_size, "device": str(device_), "seconds": round(time.perf_counter() - start, 1)}
     data = write_report(out_dir, results, methods, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -12,7 +13,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from qw.datagen.errors import missing_extra
 from qw.training.train.ddp import Process
+
+log = logging.getLogger("qw.train")
 
 
 
@@ -39,23 +43,28 @@ class RunLog:
         self.enabled = proc.main
         if not self.enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         self.jsonl = open(out / "metrics.jsonl", "a")
-        self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
-        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        self.tb = None
+        no_tensorboard = missing_extra("tensorboard", "tensorboard", "TensorBoard logs")
+        if no_tensorboard:
+            log.warning("%s: %s has the metrics", no_tensorboard, out / "metrics.jsonl")
+        else:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
 
     def event(self, kind: str, step: int, values: dict[str, Any], scalars: dict[str, float] | None = None) -> None:
         if not self.enabled:
             return
         self.jsonl.write(json.dumps({"event": kind, "step": step, "time": time.time(), **values}) + "\n")
         self.jsonl.flush()
-        for name, value in (scalars or {}).items():
+        for name, value in (scalars or {}).items() if self.tb else ():
             self.tb.add_scalar(name, value, step)
 
     def images(self, step: int, rows: list[np.ndarray]) -> None:
         """Validation crops, one image per block: input | TAA | output | reference (tone-mapped HxWx3)."""
-        if self.enabled:
+        if self.enabled and self.tb:
             for i, row in enumerate(rows):
                 self.tb.add_image(f"val/crops/{i}", np.clip(row, 0, 1), step, dataformats="HWC")
 
@@ -68,5 +77,6 @@ class RunLog:
     def close(self) -> None:
         if self.enabled:
             self.bar.close()
-            self.tb.close()
+            if self.tb:
+                self.tb.close()
             self.jsonl.close()
