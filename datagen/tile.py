@@ -28,7 +28,7 @@ from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, c
 from qw.datagen.capture_format import frame_path, read_frame
 from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
 from qw.datagen.errors import CaptureError, QwError
-from qw.datagen.manifests import DatasetManifest, load_dataset_manifest
+from qw.datagen.manifests import DatasetManifest, find_dataset
 from qw.datagen.plan import Plan, check_frames, plan_from_files
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`, on a new
     Dask cluster of kind `cluster` ('local', 'slurm'; see `qw.datagen.cluster`) or the one at `scheduler`."""
     if not isinstance(dataset, DatasetManifest):
-        dataset = load_dataset_manifest(dataset)
+        dataset = find_dataset(str(dataset))
     url = str(store_url)
     check_cluster(cluster, scheduler)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)

@@ -13,11 +13,34 @@ from qw.datagen.cluster import CLUSTER_KINDS
 from qw.datagen.errors import QwError
 
 log = logging.getLogger("qw")
+# How `qw --help` and `qw datagen --help` list their commands: in the order a user runs them.
+PIPELINE_ORDER = ("scenes", "datagen", "capture", "import", "validate", "plan", "build", "inspect", "verify", "preview",
+                  "train", "model-stats", "quantize", "eval", "infer", "export", "demo")
 _json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of the table.")
 
 
 class QwGroup(click.Group):
-    """A click group that turns `QwError` into one line on stderr and its exit code (traceback with --debug)."""
+    """A click group that turns `QwError` and click's usage errors into one line on stderr and an exit code
+    (traceback with --debug), and lists its commands in pipeline order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+        return sorted(self.commands, key=lambda name: order.get(name, len(order)))
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "qw"
+            click.echo(f"qw: error: {exc.format_message()} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"qw: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("qw: aborted", err=True)
+            sys.exit(1)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -46,14 +69,14 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
       qw eval / infer / export
     """
     # qw's own messages at INFO by default, other libraries' (Dask ...) at WARNING; -v adds theirs, -vv debug.
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     logging.getLogger("qw").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO))
     # Progress bars draw on a terminal only (tqdm's disable=None), so they stay out of log files; -q turns them off.
     click.get_current_context().obj = {"progress": not quiet}
 
 
-@main.group()
+@main.group(cls=QwGroup)
 def datagen() -> None:
     """Make training data: capture shots, validate them, plan and build the block store."""
 
@@ -211,8 +234,9 @@ def _json_option(ctx, param, value):
         raise click.BadParameter(f"not JSON ({exc})") from None
 
 
-_dataset_opt = click.option("--dataset", "dataset_file", required=True, type=click.Path(exists=True, dir_okay=False),
-                            help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
+_dataset_opt = click.option("--dataset", "dataset_file", required=True, metavar="NAME|FILE",
+                            help="Dataset manifest: a shipped one by name (builtin-all, qwnet-paper …; see "
+                                 "`qw scenes --dataset NAME`) or a YAML file: scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
 _seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
@@ -326,6 +350,7 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     from qw.training.train.loop import train_command
 
     train_command(store, out, config, resume, storage_options, overrides)
+    click.echo(f"run: {out} (last.pt, best.pt, config.yaml, metrics.jsonl, tb/)")
 
 
 @main.command("model-stats")
@@ -359,8 +384,9 @@ def model_stats_cmd(config, resolution, summary, as_json) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
               help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
+@_storage_opt
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
-                 overrides, resume) -> None:
+                 overrides, resume, storage_options) -> None:
     """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
 
     Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
@@ -371,7 +397,8 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
-                     settings=overrides)
+                     settings=overrides, storage_options=storage_options)
+    click.echo(f"run: {out} (last.pt, quantize.json, metrics.jsonl, tb/)")
 
 
 @main.command("export")

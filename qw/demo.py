@@ -5,8 +5,8 @@ the integer reference → evaluate against TAA on held-out shots → report. Eve
 command after an interruption skips what is complete.
 
 The demo network is the paper's architecture (input processing, BN + ELU, 5 scales, the same filter pyramid)
-at a quarter of its widths, so that 1000 CPU steps are enough to beat TAA; `qw train` with the
-`paper` preset is the full-size run.
+at a quarter of its widths, so that 1000 CPU steps finish in minutes. It shows that every stage runs end to end;
+it trains far too briefly to say whether QW-Net beats TAA. `qw train` with the `paper` preset is the full-size run.
 """
 
 from __future__ import annotations

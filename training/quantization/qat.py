@@ -41,17 +41,18 @@ def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool
     return model.eval(), cfg, quantized
 
 
-def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list[dict]:
+def calibration_sequences(store_url: str, crop: int | None, blocks: int,
+                          storage_options: dict | None = None) -> list[dict]:
     """The first `blocks` training blocks of a store (centre crops), one batch of one block each."""
-    indices = open_training_store(store_url).split_indices("train")[:blocks]
-    dataset = BlockDataset(store_url, crop)
+    indices = open_training_store(store_url, storage_options).split_indices("train")[:blocks]
+    dataset = BlockDataset(store_url, crop, storage_options=storage_options)
     return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
 
 
 def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
                      crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
-                     settings: Sequence[str] = ()) -> dict[str, float]:
+                     settings: Sequence[str] = (), storage_options: dict | None = None) -> dict[str, float]:
     """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`.
 
     The fine-tuning starts from the run's train settings with its own steps and lr, a constant schedule and no EMA
@@ -76,11 +77,12 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
                           {"train": {**fresh, **overrides, **changes.get("train", {})}}, str(checkpoint))
     sites = quant_sites(model, cfg.quant)
     clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
-                                                                                    calibration_blocks))
+                                                                                    calibration_blocks,
+                                                                                    storage_options))
     qmodel = quantize_model(model, cfg.quant, clips)
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "quantize.json").write_text(json.dumps(
             {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
              "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
-    return train(qmodel, cfg, store, out_dir, resume=resume)
+    return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options)
