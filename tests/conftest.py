@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,50 @@ BUILTIN_CAPTURE = {
     "builtin_specular": ["orbit", "crane"],
 }
 BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "reference_spp": 16}
+
+# ------------------------------------------------------------------------------------------------ test tiers
+# Markers (registered in pyproject): `slow` tests are left out by `make test-fast`; `renderer` tests need an EGL
+# context for the builtin renderer; `gpu` tests are skipped without CUDA. `renderer` is found from the code: a test
+# renders when it, a fixture it uses or a helper of its module it calls names one of RENDERS.
+RENDERS = ("capture_scene", "render_shot", "gl_context", "Renderer(", "builtin_captures")
+SLOW = ()  # node id prefixes of tests that take more than ~20 s on 2 cores (measured with --durations)
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _renders(item: pytest.Item) -> bool:
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    helpers = [getattr(item.module, name) for name in function.__code__.co_names
+               if inspect.isfunction(getattr(item.module, name, None))]
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    text = "".join(_source(code) for code in (function, *helpers, *fixtures))
+    if getattr(getattr(item.module, "capture_scene", None), "__module__", "").startswith("qw.ue_capture"):
+        text = text.replace("capture_scene", "")  # the Unreal backend's, run against a stand-in editor
+    return any(mark in text for mark in RENDERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = None
+    for item in items:
+        if _renders(item):
+            item.add_marker(pytest.mark.renderer)
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
 
 
 @pytest.fixture(scope="session")
