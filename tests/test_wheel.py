@@ -122,8 +122,8 @@ def test_installed_wheel_runs_the_pipeline_outside_the_checkout(installed):
         "preset": "paper", "model": {"widths": [8, 12, 16, 20, 24]},
         "train": {"steps": 2, "batch_size": 1, "grad_accum": 1, "num_workers": 0, "log_every": 1, "val_every": 1000,
                   "val_blocks": 0, "ckpt_every": 1000}}))
-    _qw(venv, work, "train", "--store", "blocks.zarr", "--out", "run", "--config", "run.yaml")
-    assert (work / "run" / "last.pt").is_file()
+    trained = _qw(venv, work, "train", "--store", "blocks.zarr", "--out", "run", "--config", "run.yaml")
+    assert trained.startswith("run: run ") and (work / "run" / "last.pt").is_file()  # says where the run went
     _qw(venv, work, "eval", "--checkpoint", "run/last.pt", "--captures", "captures/builtin_specular/orbit", "--out",
         "eval", "--frames", "3", "--flip-crop", "32")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
