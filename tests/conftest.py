@@ -22,7 +22,11 @@ BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "referen
 # context for the builtin renderer; `gpu` tests are skipped without CUDA. `renderer` is found from the code: a test
 # renders when it, a fixture it uses or a helper of its module it calls names one of RENDERS.
 RENDERS = ("capture_scene", "render_shot", "gl_context", "Renderer(", "builtin_captures")
-SLOW = ()  # node id prefixes of tests that take more than ~20 s on 2 cores (measured with --durations)
+# Node id prefixes of the tests that take longest on 2 cores: end-to-end runs, training to convergence, real
+# clusters and processes killed mid-run (the wheel test marks itself).
+SLOW = ("tests/test_train_overfit.py", "tests/test_ddp.py", "tests/test_cluster.py", "tests/test_faults_infra.py",
+        "tests/test_scene_instances.py", "tests/test_taa.py::test_every_held_out_builtin_shot_moves",
+        "tests/test_taa.py::test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot")
 
 
 def _source(obj) -> str:

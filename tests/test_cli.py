@@ -50,7 +50,7 @@ def test_console_script_runs_help_fast():
     qw = Path(sys.executable).with_name("qw")
     result = subprocess.run([str(qw), "--help"], capture_output=True, text=True, timeout=60, check=True)
     assert "datagen" in result.stdout and "scenes" in result.stdout
-    probe = "import sys, cli; cli.main(['--help'], standalone_mode=False); print(sorted(m for m in ('torch', " \
+    probe = "import sys, qw.cli; qw.cli.main(['--help']); print(sorted(m for m in ('torch', " \
             "'zarr', 'moderngl') if m in sys.modules))"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert imported.stdout.strip().endswith("[]"), imported.stdout
