@@ -179,9 +179,9 @@ def test_a_version_1_store_is_still_read_unverified(store, caplog):
 
 def test_a_store_with_nested_chunk_keys_reads_lists_and_verifies(built, tmp_path, monkeypatch):
     """Stores from earlier qw versions have zarr's nested keys (color/c/<block>/0/0/0/0): same blocks, same checks."""
-    import qw.datagen.block_store
+    from qw.datagen import block_store
 
-    monkeypatch.setattr(qw.datagen.block_store, "CHUNK_KEY_ENCODING", {"name": "default", "separator": "/"})
+    monkeypatch.setattr(block_store, "CHUNK_KEY_ENCODING", {"name": "default", "separator": "/"})
     store = tmp_path / "old.zarr"
     build_store(dataset({"gamma": 6}), built["captures"], str(store), workers=1, progress=False,
                 manifests_root=built["manifests"])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from qw.datagen.tonemap import tonemap
+from qw.datagen.tonemap import DISPLAY_GAMMA, tonemap  # noqa: F401 - the curve the metrics are defined on
 
 SSIM_BORDER = 5  # half the 11-pixel window: the map positions whose window reaches past the image edge
 PSNR_CAP_DB = 100.0  # identical images: report a finite ceiling instead of inf so JSON and averages stay valid
