@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD_TOP_LEVEL = {"cli", "datagen", "training", "ue_capture", "catalog"}  # bare names the namespace replaced
+OLD_TOP_LEVEL = {"cli", "datagen", "training", "ue_capture"}  # bare names the namespace replaced
 
 # A workflow is what a user runs (a `qw` command's body); libraries are what workflows are built from.
 WORKFLOWS = {"qw.training.train.loop", "qw.training.quantization.qat", "qw.training.export.exporter",
