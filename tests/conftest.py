@@ -22,11 +22,14 @@ BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "referen
 # context for the builtin renderer; `gpu` tests are skipped without CUDA. `renderer` is found from the code: a test
 # renders when it, a fixture it uses or a helper of its module it calls names one of RENDERS.
 RENDERS = ("capture_scene", "render_shot", "gl_context", "Renderer(", "builtin_captures")
-# Node id prefixes of the tests that take longest on 2 cores: end-to-end runs, training to convergence, real
-# clusters and processes killed mid-run (the wheel test marks itself).
-SLOW = ("tests/test_train_overfit.py", "tests/test_ddp.py", "tests/test_cluster.py", "tests/test_faults_infra.py",
-        "tests/test_scene_instances.py", "tests/test_taa.py::test_every_held_out_builtin_shot_moves",
-        "tests/test_taa.py::test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot")
+# Node id prefixes of the tests that took longest in a full run on 2 shared cores (--durations): end-to-end runs,
+# training to convergence, real clusters (the wheel test marks itself).
+SLOW = ("tests/test_export.py::test_integer_reference_equals_fake_quant_on_a_builtin_capture",
+        "tests/test_train_overfit.py", "tests/test_api.py::test_reconstruct_shot_is_the_model_over_the_captured_sequence",
+        "tests/test_eval.py", "tests/test_taa.py::test_every_held_out_builtin_shot_moves",
+        "tests/test_taa.py::test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot", "tests/test_ddp.py",
+        "tests/test_tile.py::test_sigkill_at_random_points_then_rerun_is_byte_identical",
+        "tests/test_fast.py::test_compiled_step_is_one_graph_for_all_steps_with_the_eager_numbers", "tests/test_cluster.py")
 
 
 def _source(obj) -> str:
