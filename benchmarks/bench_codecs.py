@@ -15,7 +15,7 @@ import time
 import numcodecs.blosc
 from numcodecs import Blosc
 
-from datagen.block_store import IMAGE_ARRAYS, open_store
+from qw.datagen.block_store import IMAGE_ARRAYS, open_store
 
 SETTINGS = [("zstd", 5, Blosc.BITSHUFFLE), ("zstd", 3, Blosc.BITSHUFFLE), ("zstd", 1, Blosc.BITSHUFFLE),
             ("zstd", 1, Blosc.SHUFFLE), ("lz4", 5, Blosc.BITSHUFFLE)]

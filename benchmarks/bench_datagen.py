@@ -27,12 +27,12 @@ import numpy as np
 import psutil
 import yaml
 
-from datagen.block_store import IMAGE_ARRAYS, create_store
-from datagen.capture_format import BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture, read_frame, \
+from qw.datagen.block_store import IMAGE_ARRAYS, create_store
+from qw.datagen.capture_format import BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture, read_frame, \
     write_frame
-from datagen.manifests import DatasetManifest
-from datagen.plan import Plan, plan_from_files
-from datagen.tile import build_store, prepare_store, run_task, task_specs
+from qw.datagen.manifests import DatasetManifest
+from qw.datagen.plan import Plan, plan_from_files
+from qw.datagen.tile import build_store, prepare_store, run_task, task_specs
 
 PAPER_BLOCKS = 13712
 
@@ -157,7 +157,7 @@ def pipeline(ds: DatasetManifest, root: Path, url: str, workers: int) -> tuple[f
     workers, peak worker RSS bytes, worker busy fraction)."""
     from distributed import get_task_stream
 
-    from datagen.cluster import dask_client
+    from qw.datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
     with PeakWorkerRSS() as rss, dask_client(workers=workers) as client, get_task_stream(client) as stream:
@@ -171,11 +171,11 @@ def cluster_fixed_cost(workers: int) -> tuple[float, float]:
     """Start a LocalCluster as the builder does, import the builder in every worker, stop it: (wall s, CPU s)."""
     import importlib
 
-    from datagen.cluster import dask_client
+    from qw.datagen.cluster import dask_client
 
     cpu0, kids0, wall = time.process_time(), children_cpu(), time.perf_counter()
     with dask_client(workers=workers) as client:
-        client.run(importlib.import_module, "datagen.tile")
+        client.run(importlib.import_module, "qw.datagen.tile")
     return time.perf_counter() - wall, (time.process_time() - cpu0) + (children_cpu() - kids0)
 
 

@@ -32,11 +32,11 @@ import numpy as np
 
 from bench_datagen import PeakWorkerRSS, children_cpu, floor
 from bench_train import bench_loader
-from datagen.block_store import open_store
-from datagen.inspect_store import inspect_report, verify_store
-from datagen.manifests import load_dataset_manifest
-from datagen.plan import plan_from_files
-from datagen.tile import build_store
+from qw.datagen.block_store import open_store
+from qw.datagen.inspect_store import inspect_report, verify_store
+from qw.datagen.manifests import load_dataset_manifest
+from qw.datagen.plan import plan_from_files
+from qw.datagen.tile import build_store
 
 PAPER_BLOCKS = 13712
 

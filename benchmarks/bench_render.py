@@ -16,10 +16,10 @@ import argparse
 import tempfile
 import time
 
-from datagen import capture_format as cf
-from datagen.builtin.renderer import Renderer, halton_jitter
-from datagen.builtin.scenes import build_scene
-from datagen.manifests import find_scene
+from qw.datagen import capture_format as cf
+from qw.datagen.builtin.renderer import Renderer, halton_jitter
+from qw.datagen.builtin.scenes import build_scene
+from qw.datagen.manifests import find_scene
 
 SCENES = ["builtin_fence", "builtin_street", "builtin_specular", "builtin_crossing", "builtin_courtyard",
           "builtin_machinery"]
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=8, help="reference samples per axis (8 = 64 spp)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is reported")
     args = parser.parse_args()
-    from datagen.builtin.renderer import gl_context
+    from qw.datagen.builtin.renderer import gl_context
 
     info = gl_context().info
     print(f"device: {info['GL_RENDERER']} (OpenGL {info['GL_VERSION']})")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import checksum, open_store
-from datagen.inspect_store import verify_store
-from training.data import ARRAYS
+from qw.datagen.block_store import checksum, open_store
+from qw.datagen.inspect_store import verify_store
+from qw.training.data import ARRAYS
 
 
 def read_ms(url: str, verify: bool) -> float:

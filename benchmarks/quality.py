@@ -18,7 +18,7 @@ Protocol (every stage resumes: rerun the same command after an interruption and 
    the aliased input and of TAA).
 
 `--tune-taa` instead scores TAA parameter variants on the val instances only (PSNR and tPSNR, every frame) and
-writes `taa_tuning.md`: how `training.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
+writes `taa_tuning.md`: how `qw.training.evaluation.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
 same stages for checking the script.
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
+from qw.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
 
 DATASET = "builtin-quality"
 KINDS = ("fence", "specular", "street", "crossing")
@@ -65,7 +65,7 @@ PLANS = {
 
 def held_out_shots(split: str) -> dict[str, list[str]]:
     """Every shot of the held-out instances of `split` ('val' or 'test'), by scene."""
-    from datagen.manifests import find_scene
+    from qw.datagen.manifests import find_scene
 
     scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in KINDS}
     return {m.name: [s.name for s in m.shots if s.split == split] for m in scenes.values()}
@@ -73,14 +73,14 @@ def held_out_shots(split: str) -> dict[str, list[str]]:
 
 def training_shots() -> dict[str, list[str]]:
     """The 'train' shots of every scene of the quality dataset."""
-    from datagen.manifests import find_dataset, find_scene
+    from qw.datagen.manifests import find_dataset, find_scene
 
     return {s.scene: [shot.name for shot in find_scene(s.scene).shots if shot.split == "train"]
             for s in find_dataset(DATASET).scenes}
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     return [path for scene, names in shots.items()
             for path in capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
@@ -90,7 +90,7 @@ def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
                   baselines: tuple[str, ...] = ()) -> dict:
     """`qw eval` into `out` unless its metrics.json exists (resumable); returns metrics.json's content."""
-    from training.evaluate import evaluate_command
+    from qw.training.evaluation.evaluate import evaluate_command
 
     if not (out / "metrics.json").is_file():
         evaluate_command([str(c) for c in checkpoints], [str(s) for s in shots], str(out.with_suffix(".tmp")),
@@ -102,10 +102,10 @@ def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames:
 
 def mean_psnr(run, shots: list[Path], frames: int) -> float:
     """PSNR of `run` (input frames → outputs) over the first `frames` frames of every shot (frame-weighted)."""
-    from datagen.capture_format import load_meta
-    from training import metrics
-    from training.evaluate import shot_frames
-    from training.infer import frame_range, read_reference, to_image
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import shot_frames
+    from qw.training.infer import frame_range, read_reference, to_image
 
     scores = []
     for shot in shots:
@@ -118,8 +118,8 @@ def mean_psnr(run, shots: list[Path], frames: int) -> float:
 
 def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
     """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
-    from training.evaluate import _qwnet
-    from training.quantize import model_from_any_checkpoint
+    from qw.training.evaluation.evaluate import _qwnet
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     if not cache.is_file():
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
@@ -130,8 +130,8 @@ def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> flo
 
 def val_baselines(val: list[Path], frames: int, cache: Path) -> dict[str, float]:
     """PSNR of the aliased input and of TAA on the val instances (the lines QW-Net's val curve must cross), cached."""
-    from training.evaluate import passthrough
-    from training.taa import run_taa
+    from qw.training.evaluation.evaluate import passthrough
+    from qw.training.evaluation.taa import run_taa
 
     if not cache.is_file():
         cache.write_text(json.dumps({"aliased input": mean_psnr(passthrough, val, frames),
@@ -151,7 +151,7 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
 
     The aliased input and the TAAs do not depend on the seed: they count with the first seed only."""
-    from training.evaluate import INPUT_LABEL
+    from qw.training.evaluation.evaluate import INPUT_LABEL
 
     plan = replace(plan, seed=seed)
     runs = out / f"seed{seed}"
@@ -202,7 +202,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def summary_table(summary: dict) -> str:
-    from training.evaluate import _fmt
+    from qw.training.evaluation.evaluate import _fmt
 
     lines = ["| method | PSNR dB ↑ | SSIM ↑ | FLIP ↓ | tPSNR dB ↑ |", "|---|---:|---:|---:|---:|"]
     for method, values in summary.items():
@@ -274,7 +274,7 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dic
 
 def taa_variants() -> dict[str, object]:
     """The default parameters and one change of each from them."""
-    from training.taa import TaaParams
+    from qw.training.evaluation.taa import TaaParams
 
     base = TaaParams()
     changes = {"gamma": (0.5, 0.75, 1.0, 1.25), "alpha": (0.1, 0.15, 0.2), "max_history": (8.0, 16.0, 32.0),
@@ -290,11 +290,11 @@ def taa_variants() -> dict[str, object]:
 
 def tune_taa(plan: QualityPlan, out: Path) -> str:
     """PSNR / tPSNR of TAA variants (and taa-clamp, the input) on every frame of the val instances."""
-    from datagen.capture_format import load_meta
-    from training import metrics
-    from training.evaluate import passthrough, shot_frames
-    from training.infer import frame_range, read_reference, to_image
-    from training.taa import run_taa, run_taa_clamp
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import passthrough, shot_frames
+    from qw.training.infer import frame_range, read_reference, to_image
+    from qw.training.evaluation.taa import run_taa, run_taa_clamp
 
     shots = capture(plan, out / "captures", held_out_shots("val"), plan.eval_frames)
     methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}

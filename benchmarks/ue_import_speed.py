@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ue_formats import analytic_motion, pixels_to_ndc, sign_bits, write_intel_sample  # noqa: E402
 
-from datagen.validate import validate_capture  # noqa: E402
-from ue_capture.convert import decode_motion  # noqa: E402
-from ue_capture.importers import import_capture  # noqa: E402
+from qw.datagen.validate import validate_capture  # noqa: E402
+from qw.ue_capture.convert import decode_motion  # noqa: E402
+from qw.ue_capture.importers import import_capture  # noqa: E402
 
 
 def main() -> None:

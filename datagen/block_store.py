@@ -45,8 +45,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-from datagen import __version__
-from datagen.errors import QwError
+from qw.datagen import __version__
+from qw.datagen.errors import QwError
 
 FORMAT_NAME = "qw-blocks"
 FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)

@@ -1,7 +1,7 @@
 """The capture stage: render or capture every shot of a scene manifest into `<out>/<scene>/<shot>/` (qw-capture/1).
 
-``builtin`` scenes are drawn by `datagen.builtin.renderer`; ``ue4`` scenes are handed to
-`ue_capture.launcher.capture_scene`. Builtin shots are resumable: every finished frame is kept (its four EXRs are
+``builtin`` scenes are drawn by `qw.datagen.builtin.renderer`; ``ue4`` scenes are handed to
+`qw.ue_capture.launcher.capture_scene`. Builtin shots are resumable: every finished frame is kept (its four EXRs are
 written atomically), an interrupted shot continues where it stopped, and the shot is complete only when
 ``capture.json`` lands (written last by `capture_format.finish_capture`). With a Dask scheduler address each
 shot is one task.
@@ -19,9 +19,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from datagen import capture_format as cf
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import SceneManifest, Shot, find_scene
+from qw.datagen import capture_format as cf
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import SceneManifest, Shot
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ShotJob:
 
 
 def _jitter(job: ShotJob, source_frame: int) -> tuple[float, float]:
-    from datagen.builtin.renderer import halton_jitter
+    from qw.datagen.builtin.renderer import halton_jitter
 
     cap = job.manifest.capture
     if cap.jitter == "none":
@@ -192,8 +192,8 @@ def _render_shot(job: ShotJob, progress: bool) -> Path:
     if _already_complete(job):
         log.info("%s: already complete", job.path)
         return job.path
-    from datagen.builtin.renderer import Renderer
-    from datagen.builtin.scenes import build_scene
+    from qw.datagen.builtin.renderer import Renderer
+    from qw.datagen.builtin.scenes import build_scene
 
     m = job.manifest
     assert m.builtin is not None
@@ -227,7 +227,7 @@ def _render_frames(job: ShotJob, renderer, offsets: list[tuple[float, float]], p
     """Render every missing frame of the shot; returns the camera of every stored frame."""
     cameras = []
     for i, frame in enumerate(tqdm(job.source_frames, desc=f"{job.manifest.name}/{job.shot}", unit="frame",
-                                   disable=not progress)):
+                                   disable=None if progress else True)):
         view, proj = renderer.camera(frame)
         cameras.append(cf.CameraFrame(view=view.tolist(), projection=proj.tolist()))
         if cf.frame_intact(job.path, i, job.width, job.height):  # decoded, not only present: truncation is caught
@@ -242,7 +242,7 @@ def _render_frames(job: ShotJob, renderer, offsets: list[tuple[float, float]], p
 
 
 def _backend_version(renderer) -> str:
-    from datagen import __version__
+    from qw.datagen import __version__
 
     info = renderer.ctx.info
     return f"qw {__version__}; {info['GL_RENDERER']}; OpenGL {info['GL_VERSION']}"
@@ -251,24 +251,10 @@ def _backend_version(renderer) -> str:
 # ------------------------------------------------------------------------------------------------ scene
 
 
-def _select_shots(manifest: SceneManifest, shots: list[str] | str | None) -> list[Shot]:
+def select_shots(manifest: SceneManifest, shots: list[str] | str | None) -> list[Shot]:
     if isinstance(shots, str):
         shots = [shots]
     return [manifest.shot(name) for name in shots] if shots else list(manifest.shots)
-
-
-def _capture_unreal(manifest: SceneManifest, out: Path, shots, scheduler, progress, unsupported: dict,
-                    backend_options: dict) -> list[Path]:
-    given = [k for k, v in unsupported.items() if v is not None]
-    if given:
-        raise QwError(f"scene {manifest.name!r} is an Unreal scene: {', '.join(given)} apply only to builtin scenes "
-                      "(the manifest sets what Unreal renders)")
-    try:
-        from ue_capture.launcher import capture_scene as capture_unreal
-    except ImportError as exc:
-        raise QwError(f"scene {manifest.name!r} needs the Unreal backend (ue_capture.launcher): {exc}") from None
-    return capture_unreal(manifest, out, shots=[s.name for s in _select_shots(manifest, shots)],
-                          scheduler=scheduler, progress=progress, **backend_options)
 
 
 def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
@@ -276,47 +262,28 @@ def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
     finished frames are kept and the same command resumes."""
     from distributed import as_completed
 
-    from datagen.cluster import cluster_failures
+    from qw.datagen.cluster import cluster_failures
 
     futures = [client.submit(render_shot, job, False, pure=False) for job in jobs]
     with cluster_failures("finished frames are kept and the same command resumes the capture"):
         for future in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot",
-                           disable=not progress):
+                           disable=None if progress else True):
             future.result()  # re-raises a worker's error here
     return [job.path for job in jobs]
 
 
-def capture_scene(scene: str | SceneManifest, out: str | Path, *, shots: list[str] | str | None = None,
-                  frames: str | tuple[int, int] | None = None, resolution: str | tuple[int, int] | None = None,
-                  reference_spp: int | None = None, scheduler: str | None = None, cluster: str | None = None,
-                  workers: int | None = None, progress: bool = True, **backend_options: Any) -> list[Path]:
-    """Capture every (or the named) shot of `scene` into ``<out>/<scene>/<shot>/``; returns the shot directories.
-
-    `scene` is a manifest name (``builtin_fence``, ``kite`` …), a manifest path or a `SceneManifest`. `frames`
-    ('A:B') selects stored frames A..B-1 of every shot, `resolution` ('WxH') and `reference_spp` (a square)
-    override the manifest. With `scheduler` (a Dask scheduler address) or `cluster` (builtin scenes: a new 'local'
-    or 'slurm' cluster of `workers` worker processes, see `datagen.cluster`) shots become tasks. `backend_options`
-    (dry_run, editor, project, timeout, retries) go to the Unreal backend.
-    """
-    manifest = scene if isinstance(scene, SceneManifest) else find_scene(scene)
-    out = Path(out)
-    if manifest.backend != BACKEND:
-        if cluster:
-            raise QwError(f"scene {manifest.name!r} is an Unreal scene: --cluster applies to builtin scenes; run "
-                          "Unreal shots on an existing Dask cluster with --scheduler")
-        return _capture_unreal(manifest, out, shots, scheduler, progress,
-                               {"frames": frames, "resolution": resolution, "reference_spp": reference_spp},
-                               backend_options)
-    given = sorted(k for k, v in backend_options.items() if v not in (None, False))
-    if given:
-        raise QwError(f"scene {manifest.name!r} is a builtin scene: {', '.join(given)} apply only to Unreal scenes")
+def capture_builtin(manifest: SceneManifest, out: Path, *, shots: list[str] | str | None = None,
+                    frames: str | tuple[int, int] | None = None, resolution: str | tuple[int, int] | None = None,
+                    reference_spp: int | None = None, scheduler: str | None = None, cluster: str | None = None,
+                    workers: int | None = None, progress: bool = True) -> list[Path]:
+    """Render every (or the named) shot of a builtin scene into ``<out>/<scene>/<shot>/`` (see `qw.capture_scene`)."""
     width, height = parse_resolution(resolution, manifest.capture.resolution)
     spp = reference_spp or manifest.capture.reference_samples
     reference_grid(spp)
     jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
-            for s in _select_shots(manifest, shots)]
+            for s in select_shots(manifest, shots)]
     if scheduler or cluster:
-        from datagen.cluster import dask_client
+        from qw.datagen.cluster import dask_client
 
         with dask_client(cluster or "local", workers, scheduler) as client:
             return _run_on_dask(jobs, client, progress)

@@ -36,8 +36,8 @@ import numpy as np
 import OpenEXR
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from datagen import __version__
-from datagen.errors import CaptureError, QwError
+from qw.datagen import __version__
+from qw.datagen.errors import CaptureError, QwError
 
 FORMAT_NAME = "qw-capture"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any, Iterator
 
-from datagen.errors import QwError
+from qw.datagen.errors import QwError
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
-from matplotlib.colors import hsv_to_rgb
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, open_store, \
+from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, SMALL_ARRAYS, BlockStore, open_store, \
     store_filesystem
-from datagen.errors import QwError
-from datagen.tile import MARKERS, done_tasks
+from qw.datagen.errors import QwError, require_extra
+from qw.datagen.tile import MARKERS, done_tasks
+from qw.datagen.tonemap import tonemap_8bit
 
 
 def _stored_bytes(url: str, storage_options: dict | None) -> int:
@@ -140,7 +140,7 @@ def verify_store(url: str, storage_options: dict | None = None, workers: int = 4
         stored = {} if store.verified else {name: store.stored_blocks(name) for name in IMAGE_ARRAYS}
         with ThreadPoolExecutor(workers) as pool:  # blosc and crc32c release the GIL
             for found in tqdm(pool.map(lambda i: _block_problems(store, i, stored), range(store.num_blocks)),
-                              total=store.num_blocks, unit="block", desc="verify", leave=False):
+                              total=store.num_blocks, unit="block", desc="verify", leave=False, disable=None):
                 problems += found
     for problem in problems:
         echo(problem)
@@ -152,19 +152,14 @@ def verify_store(url: str, storage_options: dict | None = None, workers: int = 4
 # ----------------------------------------------------------------------------------------------- preview
 
 
-def tone_map(hdr: np.ndarray) -> np.ndarray:
-    """Linear HDR (..., 3) → 8-bit: the display tone mapping of the metrics (Reinhard, then gamma 2.2)."""
-    from training.metrics import tonemap  # here, not at the top: `qw datagen inspect` need not load torch
-
-    return (255 * tonemap(hdr) + 0.5).astype(np.uint8)
-
-
 def motion_colors(motion: np.ndarray, scale: float) -> np.ndarray:
     """(..., 2) pixels → 8-bit RGB: hue = direction, brightness = length relative to `scale`."""
     m = motion.astype(np.float32)
     hue = (np.arctan2(m[..., 1], m[..., 0]) / (2 * np.pi)) % 1.0
     value = np.clip(np.hypot(m[..., 0], m[..., 1]) / max(scale, 1e-6), 0, 1)
-    return (255 * hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], axis=-1)) + 0.5).astype(np.uint8)
+    # HSV with full saturation: each channel is a clipped triangle wave of the hue, scaled by the value.
+    wheel = np.clip(np.abs((6 * hue[..., None] + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1)
+    return (255 * wheel * value[..., None] + 0.5).astype(np.uint8)
 
 
 def depth_gray(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -182,7 +177,7 @@ def block_frames(store: BlockStore, index: int) -> list[np.ndarray]:
     speed = float(np.percentile(np.hypot(*b["motion"].astype(np.float32).transpose(3, 0, 1, 2)), 99))
     positive = b["depth"][b["depth"] > 0].astype(np.float32)
     lo, hi = (np.percentile(positive, [1, 99]) if positive.size else (1.0, 2.0))
-    return [np.concatenate([tone_map(b["color"][i]), tone_map(b["reference"][i]),
+    return [np.concatenate([tonemap_8bit(b["color"][i]), tonemap_8bit(b["reference"][i]),
                             motion_colors(b["motion"][i], speed), depth_gray(b["depth"][i], lo, max(hi, lo * 1.01))],
                            axis=1) for i in range(len(b["color"]))]
 
@@ -193,6 +188,8 @@ def write_preview(url: str, index: int, out: str | Path, storage_options: dict |
     suffix = out.suffix.lower()
     if suffix not in (".png", ".gif", ".mp4"):
         raise QwError(f"{out}: preview must be .png, .gif or .mp4")
+    if suffix == ".mp4":
+        require_extra("imageio_ffmpeg", "video", f"{out}: an .mp4 preview")
     frames = block_frames(open_store(url, storage_options=storage_options), index)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":

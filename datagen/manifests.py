@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from datagen.capture_format import path_component_problem
-from datagen.errors import QwError
+from qw.datagen.capture_format import path_component_problem
+from qw.datagen.errors import QwError
 
 MANIFEST_ROOT = Path(os.environ.get("QW_MANIFESTS", Path(__file__).resolve().parent.parent / "manifests"))
 FILL_IN = "FILL_IN"  # marker for values the user must provide (project paths, level sequences)
@@ -82,7 +82,7 @@ class Shot(_Strict):
 
 
 class BuiltinSource(_Strict):
-    builder: str = Field(description="name of a scene builder in datagen.builtin.scenes")
+    builder: str = Field(description="name of a scene builder in qw.datagen.builtin.scenes")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

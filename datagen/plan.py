@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
+from qw.datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
     load_meta, sha256_file, shot_folders
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_scene, load_dataset_manifest
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_dataset, find_scene
 
 PLAN_FORMAT = "qw-plan/1"
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def write_plan(plan: Plan, path: str | Path) -> None:
 def print_plan(dataset_file: str | Path, captures_root: str | Path, *, seed: int | None = None,
                out: str | Path | None = None, echo=print) -> Plan:
     """`qw datagen plan`: plan from files, print the summary, optionally write the plan as JSON."""
-    plan = plan_from_files(load_dataset_manifest(dataset_file), captures_root, seed)
+    plan = plan_from_files(find_dataset(str(dataset_file)), captures_root, seed)
     echo(plan.summary())
     if out:
         write_plan(plan, out)

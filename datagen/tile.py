@@ -1,6 +1,6 @@
 """The builder: cut the planned blocks out of the captures and write them into a `qw-blocks/2` store with Dask.
 
-One Dask task per window (see `datagen.plan`): it decodes each of the window's source frames once, pass by pass,
+One Dask task per window (see `qw.datagen.plan`): it decodes each of the window's source frames once, pass by pass,
 crops every block of the window and writes whole chunks (one block per chunk, so no two tasks share a chunk; the
 store is not sharded). Only file names and tile positions travel through the scheduler, never pixels.
 
@@ -32,7 +32,7 @@ from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, crea
 from datagen.capture_format import frame_path, read_frame
 from datagen.cluster import check_cluster, cluster_failures, dask_client
 from datagen.errors import CaptureError, QwError
-from datagen.manifests import DatasetManifest, load_dataset_manifest
+from datagen.manifests import DatasetManifest, find_dataset
 from datagen.plan import Plan, check_frames, plan_from_files
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     `inner_chunk`: the sharded layout (one shard per block, so still one writer per file) with inner chunks of
     that many pixels square, for crops that read part of a block."""
     if not isinstance(dataset, DatasetManifest):
-        dataset = load_dataset_manifest(dataset)
+        dataset = find_dataset(str(dataset))
     url = str(store_url)
     check_cluster(cluster, scheduler)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
@@ -394,7 +394,7 @@ def _build(plan: Plan, captures_root: str | Path, url: str, cluster: str, worker
     done = done_tasks(store)
     todo = [s for s, d in zip(task_specs(plan, captures_root, url, storage_options), done) if not d]
     initial = sum(t.num_blocks for t, d in zip(plan.tasks, done) if d)
-    with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=not progress) as bar:
+    with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=None if progress else True) as bar:
         if todo:
             with dask_client(cluster, workers, scheduler) as client:
                 run_tasks(client, todo, bar)

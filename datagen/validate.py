@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from datagen.capture_format import (
+from qw.datagen.capture_format import (
     META_FILE,
     PASSES,
     CaptureMeta,
@@ -72,7 +72,7 @@ from datagen.capture_format import (
     sha256_file,
     shot_folders,
 )
-from datagen.errors import CaptureError, QwError
+from qw.datagen.errors import CaptureError, QwError
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +536,8 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # EXR decode, hashing and numpy release the GIL for large buffers
         frames = list(tqdm(pool.map(lambda i: _check_frame(shot, meta, i, present, tol), range(meta.frame_count)),
-                           total=meta.frame_count, desc=f"validate {shot.name}", unit="frame", leave=False))
+                           total=meta.frame_count, desc=f"validate {shot.name}", unit="frame", leave=False,
+                           disable=None))
     for result in frames:
         for name, problems in result.problems.items():
             checks[name].problems += problems

@@ -15,18 +15,40 @@ Models::
         ...                                                     # H×W×3 float32 linear HDR, one frame at a time
 
 Every function raises `qw.QwError` (one line naming the file and the problem) on bad input. See docs/python-api.md.
+The names are loaded on first use, so `import qw` (and the `qw` command's startup) does not import torch.
 """
 
-from datagen import __version__
-from datagen.block_store import BlockStore, open_store
-from datagen.capture import capture_scene
-from datagen.cluster import dask_client
-from datagen.errors import QwError
-from datagen.tile import build_store
-from training.data import BlockDataset, BlockSampler
-from training.infer import reconstruct_shot
-from training.quantize import model_from_any_checkpoint as load_checkpoint
-from training.sequences import CapturedSequences
+from __future__ import annotations
 
-__all__ = ["BlockDataset", "BlockSampler", "BlockStore", "CapturedSequences", "QwError", "__version__",
-           "build_store", "capture_scene", "dask_client", "load_checkpoint", "open_store", "reconstruct_shot"]
+import importlib
+from typing import Any
+
+# public name -> (module, name in that module)
+_API = {
+    "__version__": ("qw.datagen", "__version__"),
+    "BlockStore": ("qw.datagen.block_store", "BlockStore"),
+    "open_store": ("qw.datagen.block_store", "open_store"),
+    "capture_scene": ("qw.capture", "capture_scene"),
+    "dask_client": ("qw.datagen.cluster", "dask_client"),
+    "QwError": ("qw.datagen.errors", "QwError"),
+    "build_store": ("qw.datagen.tile", "build_store"),
+    "BlockDataset": ("qw.training.data", "BlockDataset"),
+    "BlockSampler": ("qw.training.data", "BlockSampler"),
+    "reconstruct_shot": ("qw.training.infer", "reconstruct_shot"),
+    "load_checkpoint": ("qw.training.quantization.qat", "model_from_any_checkpoint"),
+    "CapturedSequences": ("qw.training.sequences", "CapturedSequences"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'qw' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

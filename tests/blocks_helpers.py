@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from datagen.capture_format import (BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture,
+from qw.datagen.capture_format import (BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture,
                                     read_frame, write_frame)
-from datagen.manifests import DatasetManifest
+from qw.datagen.manifests import DatasetManifest
 
 TILE = 32
 

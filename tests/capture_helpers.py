@@ -1,7 +1,7 @@
 """Synthetic captures for tests: a camera flying over a fronto-parallel plane, with motion derived analytically.
 
 The motion here is computed from the pinhole geometry directly (no matrix inversion), so it checks
-`datagen.validate.reprojected_motion` instead of repeating it.
+`qw.datagen.validate.reprojected_motion` instead of repeating it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.builtin.scene import perspective as builtin_perspective
-from datagen.capture_format import (
+from qw.datagen.builtin.scene import perspective as builtin_perspective
+from qw.datagen.capture_format import (
     BackendInfo,
     CameraFrame,
     CaptureMeta,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,62 @@ BUILTIN_CAPTURE = {
 }
 BUILTIN_CAPTURE_OPTIONS = {"frames": (0, 12), "resolution": (320, 256), "reference_spp": 16}
 
+# ------------------------------------------------------------------------------------------------ test tiers
+# Markers (registered in pyproject): `slow` tests are left out by `make test-fast`; `renderer` tests need an EGL
+# context for the builtin renderer; `gpu` tests are skipped without CUDA. `renderer` is found from the code: a test
+# renders when it, a fixture it uses or a helper of its module it calls names one of RENDERS.
+RENDERS = ("capture_scene", "render_shot", "gl_context", "Renderer(", "builtin_captures")
+# Node id prefixes of the tests that took longest in a full run on 2 shared cores (--durations): end-to-end runs,
+# training to convergence, real clusters (the wheel test marks itself).
+SLOW = ("tests/test_export.py::test_integer_reference_equals_fake_quant_on_a_builtin_capture",
+        "tests/test_train_overfit.py", "tests/test_api.py::test_reconstruct_shot_is_the_model_over_the_captured_sequence",
+        "tests/test_eval.py", "tests/test_taa.py::test_every_held_out_builtin_shot_moves",
+        "tests/test_taa.py::test_taa_beats_the_aliased_input_and_taa_clamp_on_every_moving_shot", "tests/test_ddp.py",
+        "tests/test_tile.py::test_sigkill_at_random_points_then_rerun_is_byte_identical",
+        "tests/test_fast.py::test_compiled_step_is_one_graph_for_all_steps_with_the_eager_numbers", "tests/test_cluster.py")
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _renders(item: pytest.Item) -> bool:
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    helpers = [getattr(item.module, name) for name in function.__code__.co_names
+               if inspect.isfunction(getattr(item.module, name, None))]
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    text = "".join(_source(code) for code in (function, *helpers, *fixtures))
+    if getattr(getattr(item.module, "capture_scene", None), "__module__", "").startswith("qw.ue_capture"):
+        text = text.replace("capture_scene", "")  # the Unreal backend's, run against a stand-in editor
+    return any(mark in text for mark in RENDERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = None
+    for item in items:
+        if _renders(item):
+            item.add_marker(pytest.mark.renderer)
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 
 @pytest.fixture(scope="session")
 def builtin_captures(tmp_path_factory) -> Path:
     """Root of a captures tree (<root>/<scene>/<shot>/) rendered by the builtin renderer, see BUILTIN_CAPTURE."""
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     root = tmp_path_factory.mktemp("builtin_captures")
     for scene, shots in BUILTIN_CAPTURE.items():
@@ -51,7 +103,7 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     from click.testing import CliRunner
     from train_helpers import make_store
 
-    from cli import main
+    from qw.cli import main
 
     root = tmp_path_factory.mktemp("tiny_runs")
     store = make_store(root / "blocks.zarr", n_train=4, n_val=1, t=4, tile=32)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 import qw
 from blocks_helpers import capture_meta, write_shot
-from datagen.capture_format import read_frame
+from qw.datagen.capture_format import read_frame
 from train_helpers import make_store
 
 
@@ -89,7 +89,7 @@ def test_reconstruct_shot_is_the_model_over_the_captured_sequence(tiny_checkpoin
 
 
 def test_inspect_counts_every_stored_byte_of_a_local_store(tmp_path):
-    from datagen.inspect_store import _stored_bytes
+    from qw.datagen.inspect_store import _stored_bytes
 
     url = make_store(tmp_path / "blocks.zarr", n_train=3, n_val=1, t=2, tile=16)
     files = [p for p in Path(url).rglob("*") if p.is_file()]

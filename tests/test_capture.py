@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datagen import capture_format as cf
-from datagen.builtin.renderer import halton_jitter
-from datagen.capture import PROGRESS_FILE, capture_scene
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import find_scene
+from qw.datagen import capture_format as cf
+from qw.datagen.builtin.renderer import halton_jitter
+from qw.datagen.capture import PROGRESS_FILE
+from qw.capture import capture_scene
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import find_scene
 
-QW = [sys.executable, "-m", "cli"]
+QW = [sys.executable, "-m", "qw.cli"]
 TINY = {"resolution": (64, 48), "reference_spp": 4}
 
 

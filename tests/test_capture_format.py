@@ -1,4 +1,4 @@
-"""Contract 1 (`qw-capture/1`) through `datagen.capture_format`: real EXR files, metadata, atomic completion."""
+"""Contract 1 (`qw-capture/1`) through `qw.datagen.capture_format`: real EXR files, metadata, atomic completion."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import OpenEXR
 import pytest
 from capture_helpers import FRAMES, HEIGHT, WIDTH, make_capture
 
-from datagen.capture_format import (
+from qw.datagen.capture_format import (
     META_FILE,
     PASSES,
     CaptureMeta,
@@ -26,7 +26,7 @@ from datagen.capture_format import (
     write_exr,
     write_frame,
 )
-from datagen.errors import CaptureError
+from qw.datagen.errors import CaptureError
 
 UINT_OF = {np.float16: np.uint16, np.float32: np.uint32}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,9 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
-from datagen.catalog import opengl_blocker
-from datagen.manifests import ManifestError, scene_paths
+from qw.cli import main
+from qw.catalog import opengl_blocker
+from qw.datagen.manifests import ManifestError, scene_paths
 
 
 def all_commands(group: click.Group = main, path: tuple[str, ...] = ()):
@@ -48,7 +50,7 @@ def test_console_script_runs_help_fast():
     qw = Path(sys.executable).with_name("qw")
     result = subprocess.run([str(qw), "--help"], capture_output=True, text=True, timeout=60, check=True)
     assert "datagen" in result.stdout and "scenes" in result.stdout
-    probe = "import sys, cli; cli.main(['--help'], standalone_mode=False); print(sorted(m for m in ('torch', " \
+    probe = "import sys, qw.cli; qw.cli.main(['--help']); print(sorted(m for m in ('torch', " \
             "'zarr', 'moderngl') if m in sys.modules))"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert imported.stdout.strip().endswith("[]"), imported.stdout
@@ -123,7 +125,89 @@ def test_builtin_scene_availability_follows_egl(tmp_path):
 
 def test_egl_is_reported_missing_when_no_driver_loads():
     """With no EGL vendor (glvnd) and no Mesa driver to load, the builtin backend is blocked with a reason."""
-    code = "from datagen.catalog import opengl_blocker; print(opengl_blocker())"
+    code = "from qw.catalog import opengl_blocker; print(opengl_blocker())"
     env = {**os.environ, "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json", "LIBGL_DRIVERS_PATH": "/nonexistent"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stdout
     assert "OpenGL" in out and "through EGL" in out, out
+
+
+def test_help_lists_commands_in_pipeline_order():
+    def listed(*path: str) -> list[str]:
+        lines = CliRunner().invoke(main, [*path, "--help"]).output.split("Commands:\n", 1)[1].splitlines()
+        return [line.split()[0] for line in lines if line.startswith("  ")]
+
+    assert listed() == ["scenes", "datagen", "train", "model-stats", "quantize", "eval", "infer", "export", "demo"]
+    assert listed("datagen") == ["capture", "import", "validate", "plan", "build", "inspect", "verify", "preview"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["datagen", "build"], "Missing option '--dataset'"),
+    (["eval", "--frames", "0", "--captures", ".", "--out", "x"], "Invalid value for '--frames'"),
+])
+def test_usage_errors_are_one_line_with_status_2(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("qw: error: ") and message in result.output
+    assert "--help)" in result.output  # says where to look
+
+
+def _levels(*args: str, monkeypatch) -> tuple[int, int]:
+    """(root level, qw level) after `qw ARGS scenes --json` configured logging."""
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)  # restored after the test
+    monkeypatch.setattr(logging.getLogger("qw"), "level", logging.getLogger("qw").level)
+    assert CliRunner().invoke(main, [*args, "model-stats", "--summary"]).exit_code == 0
+    return logging.getLogger().level, logging.getLogger("qw").level
+
+
+def test_verbosity_levels_differ(monkeypatch):
+    assert _levels(monkeypatch=monkeypatch) == (logging.WARNING, logging.INFO)    # qw's own messages only
+    assert _levels("-v", monkeypatch=monkeypatch) == (logging.INFO, logging.INFO)  # and the libraries'
+    assert _levels("-vv", monkeypatch=monkeypatch) == (logging.DEBUG, logging.DEBUG)
+    assert _levels("-q", monkeypatch=monkeypatch) == (logging.WARNING, logging.WARNING)
+
+
+@pytest.mark.parametrize("quiet,progress", [(True, False), (False, True)])
+def test_quiet_is_passed_down_not_set_in_the_environment(quiet, progress, monkeypatch, tmp_path):
+    import qw.capture
+
+    seen = {}
+    monkeypatch.setattr(qw.capture, "capture_scene", lambda *a, **kw: seen.update(kw) or [])
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "datagen", "capture", "--scene", "builtin_fence",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["progress"] is progress and "TQDM_DISABLE" not in os.environ
+
+
+def test_scenes_json_lists_every_manifest():
+    rows = json.loads(CliRunner().invoke(main, ["scenes", "--json"]).output)
+    assert {r["name"] for r in rows} == set(scene_paths())
+    fence = next(r for r in rows if r["name"] == "builtin_fence")
+    assert fence["backend"] == "builtin" and sum(fence["splits"].values()) == fence["shots"]
+
+
+def test_model_stats_json_matches_the_table():
+    from qw.training.config import load_config
+    from qw.training.model.stats import model_stats
+
+    data = json.loads(CliRunner().invoke(main, ["model-stats", "--config", "intel-sample", "--json"]).output)
+    stats = model_stats(load_config("intel-sample"), 1088, 1920)
+    assert data["params"] == stats.params and data["macs"] == stats.macs
+    assert len(data["layers"]) == len(stats.layers) and abs(sum(data["share_by_precision"].values()) - 1) < 1e-9
+
+
+def test_a_missing_extra_is_named_with_its_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # what an install without the extra sees
+    result = CliRunner().invoke(main, ["datagen", "preview", str(tmp_path / "blocks.zarr"), "--block", "0", "--out",
+                                       str(tmp_path / "block.mp4")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "needs the 'video' extra" in result.output and "pip install 'qw-taa[video]'" in result.output
+
+
+def test_missing_onnx_is_named_before_any_work(monkeypatch):
+    from qw.datagen.errors import QwError, require_extra
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(QwError, match=r"qw export --format onnx needs the 'onnx' extra .*qw-taa\[onnx\]"):
+        require_extra("onnxruntime", "onnx", "qw export --format onnx")

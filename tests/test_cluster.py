@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
-from cli import main
-from datagen.capture_format import find_captures, read_frame
-from datagen.cluster import WORKER_CONFIG, slurm_cluster, worker_config_exports
+from qw.cli import main
+from qw.datagen.capture_format import find_captures, read_frame
+from qw.datagen.cluster import WORKER_CONFIG, slurm_cluster, worker_config_exports
 from test_tile import check_store_matches_sources
 
 QW = str(Path(sys.executable).with_name("qw"))

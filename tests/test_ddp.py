@@ -17,9 +17,9 @@ from cli_helpers import free_port
 from test_train import read_log, write_config
 from train_helpers import make_store
 
-from training.config import load_config
-from training.model import QWNet
-from training.train import load_checkpoint
+from qw.training.config import load_config
+from qw.training.model.qwnet import QWNet
+from qw.training.train.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8  # past Ranger's first 5 steps (RAdam takes plain momentum steps until its variance estimate is usable)
@@ -32,7 +32,7 @@ def torchrun(nnodes: int, nproc: int, port: int, *train_args: str) -> list[str]:
     """What every node runs for a multi-node job: the same command, the same rendezvous id and endpoint."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc_per_node", str(nproc),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "qw-test",
-            "-m", "cli", "-q", "train", *train_args]
+            "-m", "qw.cli", "-q", "train", *train_args]
 
 
 def _check(proc: subprocess.Popen) -> None:
@@ -52,7 +52,7 @@ def test_two_nodes_train_what_one_process_trains_with_the_same_config(tmp_path: 
     nodes = [subprocess.Popen(torchrun(2, 1, port, "--store", store, "--out", str(tmp_path / "ddp"), "--config",
                                        config), cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
-    single = subprocess.Popen([sys.executable, "-m", "cli", "-q", "train", "--store", store, "--out",
+    single = subprocess.Popen([sys.executable, "-m", "qw.cli", "-q", "train", "--store", store, "--out",
                                str(tmp_path / "single"), "--config", config], cwd=REPO, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for proc in (*nodes, single):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from datagen.capture_format import read_frame
-from training import metrics
-from training.evaluate import METRICS
+from qw.cli import main
+from qw.datagen.capture_format import read_frame
+from qw.training.evaluation import metrics
+from qw.training.evaluation.evaluate import METRICS
 
 
 def test_eval_report_on_builtin_shots(tiny_checkpoints, builtin_captures, tmp_path):

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from datagen.errors import QwError
-from training import integer_ref, quant, qwq
-from training.config import Config, ModelConfig
-from training.infer import frame_range, input_frames
-from datagen.capture_format import load_meta
-from training.model import QWNet
+from qw.datagen.errors import QwError
+from qw.training.export import integer_ref, qwq
+from qw.training.quantization import fake_quant as quant
+from qw.training.config import Config, ModelConfig
+from qw.training.infer import frame_range, input_frames
+from qw.datagen.capture_format import load_meta
+from qw.training.model.qwnet import QWNet
 
 SMALL = ModelConfig(widths=[8, 12, 16, 20, 24], decoder_convs=[1, 1, 1, 1])
 

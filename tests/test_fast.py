@@ -1,4 +1,4 @@
-"""training.fast: the optimized paths compute what the plain model computes (CPU, small sizes)."""
+"""qw.training.model.fast: the optimized paths compute what the plain model computes (CPU, small sizes)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from training import fast
-from training.config import QuantConfig, load_config
-from training.qwq import exported_model, write_qwq
-from training.integer_ref import IntegerConv, load_integer_model
-from training.losses import qwnet_loss
-from training.model import QWNet, filter_pyramid, predictor_outputs
-from training.quant import quantize_model
-from training.warp import warp
+from qw.training.model import fast
+from qw.training.config import QuantConfig, load_config
+from qw.training.export.qwq import exported_model, write_qwq
+from qw.training.export.integer_ref import IntegerConv, load_integer_model
+from qw.training.losses import qwnet_loss
+from qw.training.model.qwnet import QWNet, filter_pyramid, predictor_outputs
+from qw.training.quantization.fake_quant import quantize_model
+from qw.training.model.warp import warp
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,9 +17,9 @@ import pytest
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
 from cli_helpers import free_port, one_line_error
 
-from datagen.block_store import open_store
-from datagen.tile import build_store
-from training.evaluate import Method, distinguish_labels
+from qw.datagen.block_store import open_store
+from qw.datagen.tile import build_store
+from qw.training.evaluation.evaluate import Method, distinguish_labels
 
 QW = str(Path(sys.executable).with_name("qw"))
 NO_AWS = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -19,12 +19,12 @@ import pytest
 import torch
 from test_renderer import H, W, WHITE, box_scene, ray_cast
 
-from datagen import capture_format as cf
-from datagen.builtin.renderer import Renderer
-from datagen.builtin.scene import Scene, box, scale, translate
-from datagen.builtin.scenes import build_scene
-from training.data import BlockDataset
-from training.warp import warp
+from qw.datagen import capture_format as cf
+from qw.datagen.builtin.renderer import Renderer
+from qw.datagen.builtin.scene import Scene, box, scale, translate
+from qw.datagen.builtin.scenes import build_scene
+from qw.training.data import BlockDataset
+from qw.training.model.warp import warp
 
 SHOT = ("builtin_fence", "low_cut")  # a camera cut at stored frame 6 (see conftest.BUILTIN_CAPTURE)
 FRAMES = (0, 5, 6)

@@ -22,10 +22,11 @@ from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_man
 from capture_helpers import make_capture
 from cli_helpers import one_line_error
 
-from datagen import capture_format as cf
-from datagen.capture import PROGRESS_FILE, capture_scene
-from datagen.plan import load_captures
-from datagen.validate import validate_paths
+from qw.datagen import capture_format as cf
+from qw.datagen.capture import PROGRESS_FILE
+from qw.capture import capture_scene
+from qw.datagen.plan import load_captures
+from qw.datagen.validate import validate_paths
 
 QW = str(Path(sys.executable).with_name("qw"))
 TINY = ["--frames", "0:2", "--resolution", "48x32", "--reference-spp", "1"]

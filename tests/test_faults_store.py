@@ -18,10 +18,10 @@ import pytest
 import zarr
 from blocks_helpers import capture_meta, dataset, expected_crop, write_scene_manifest, write_shot
 
-from datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, open_store
-from datagen.errors import QwError
-from datagen.tile import build_store
-from training.data import BlockDataset
+from qw.datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, open_store
+from qw.datagen.errors import QwError
+from qw.datagen.tile import build_store
+from qw.training.data import BlockDataset
 
 QW = str(Path(sys.executable).with_name("qw"))
 
@@ -180,9 +180,9 @@ def test_a_version_1_store_is_still_read_unverified(store, caplog):
 
 def test_a_store_with_nested_chunk_keys_reads_lists_and_verifies(built, tmp_path, monkeypatch):
     """Stores from earlier qw versions have zarr's nested keys (color/c/<block>/0/0/0/0): same blocks, same checks."""
-    import datagen.block_store
+    from qw.datagen import block_store
 
-    monkeypatch.setattr(datagen.block_store, "CHUNK_KEY_ENCODING", {"name": "default", "separator": "/"})
+    monkeypatch.setattr(block_store, "CHUNK_KEY_ENCODING", {"name": "default", "separator": "/"})
     store = tmp_path / "old.zarr"
     build_store(dataset({"gamma": 6}), built["captures"], str(store), workers=1, progress=False,
                 manifests_root=built["manifests"])

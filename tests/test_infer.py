@@ -7,12 +7,12 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from datagen.capture_format import PASSES, load_meta, read_exr
-from training.config import ModelConfig
-from training.infer import frame_range, input_frames, run_qwnet, to_image
-from training.model import QWNet
-from training.quantize import model_from_any_checkpoint
+from qw.cli import main
+from qw.datagen.capture_format import PASSES, load_meta, read_exr
+from qw.training.config import ModelConfig
+from qw.training.infer import frame_range, input_frames, run_qwnet, to_image
+from qw.training.model.qwnet import QWNet
+from qw.training.quantization.qat import model_from_any_checkpoint
 
 
 def test_streaming_recurrence_equals_forward_at_an_odd_resolution():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import load_config
-from training.losses import qwnet_loss
-from training.model import QWNet
+from qw.training.config import load_config
+from qw.training.losses import qwnet_loss
+from qw.training.model.qwnet import QWNet
 
 FIXTURE = Path(__file__).parent / "fixtures" / "intel_sample" / "sample_parity.npz"
 

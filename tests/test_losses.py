@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from training.config import load_config
-from training.losses import qwnet_loss
+from qw.training.config import load_config
+from qw.training.losses import qwnet_loss
 
 
 def row(*values: float) -> torch.Tensor:

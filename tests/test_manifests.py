@@ -8,8 +8,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
-from datagen.manifests import (
+from qw.cli import main
+from qw.datagen.manifests import (
     MANIFEST_ROOT,
     ManifestError,
     dataset_paths,

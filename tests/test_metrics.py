@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training import metrics
+from qw.training.evaluation import metrics
 
 
 def linear_for_display(value: float) -> float:

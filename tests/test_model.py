@@ -11,13 +11,13 @@ import torch.nn as nn
 from click.testing import CliRunner
 from train_helpers import synthetic_block
 
-from cli import main
-from training.config import load_config
-from training.data import augment, flip, rotate90
-from training.hdr import TRANSFORMS, compress
-from training.model import ConvBNAct, QWNet, filter_pyramid, normalize_weights, predictor_outputs
-from training.stats import model_stats
-from training.warp import warp
+from qw.cli import main
+from qw.training.config import load_config
+from qw.training.data import augment, flip, rotate90
+from qw.training.model.hdr import TRANSFORMS, compress
+from qw.training.model.qwnet import ConvBNAct, QWNet, filter_pyramid, normalize_weights, predictor_outputs
+from qw.training.model.stats import model_stats
+from qw.training.model.warp import warp
 
 
 def _randomize_predictors(model: QWNet, scale: float = 3.0) -> None:

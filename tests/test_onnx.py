@@ -8,8 +8,8 @@ import onnx
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 
-from cli import main
-from training.quantize import model_from_any_checkpoint
+from qw.cli import main
+from qw.training.quantization.qat import model_from_any_checkpoint
 
 
 def export(checkpoint, out, shot) -> dict:
@@ -72,7 +72,7 @@ def test_onnx_quantize_linear_rounds_like_the_fake_quantizer():
     import torch
     from onnx import helper
 
-    from training.quant import activation_codes
+    from qw.training.quantization.fake_quant import activation_codes
 
     scale, zero = np.float32(0.1234567), 3
     x = np.random.default_rng(0).uniform(-0.5, 2.2, 200_000).astype(np.float32)

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset
-from cli import main
-from datagen.capture_format import META_FILE
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import MANIFEST_ROOT, load_dataset_manifest, load_scene_manifest
-from datagen.plan import CaptureInfo, crosses_cut, load_captures, make_plan
+from qw.cli import main
+from qw.datagen.capture_format import META_FILE
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import MANIFEST_ROOT, load_dataset_manifest, load_scene_manifest
+from qw.datagen.plan import CaptureInfo, crosses_cut, load_captures, make_plan
 
 PAPER = MANIFEST_ROOT / "datasets" / "qwnet-paper.yaml"
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training import quant
-from training.config import ModelConfig, QuantConfig, load_config
-from training.model import ConvBNAct, QWNet
+from qw.training.quantization import fake_quant as quant
+from qw.training.config import ModelConfig, QuantConfig, load_config
+from qw.training.model.qwnet import ConvBNAct, QWNet
 
 SMALL = ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1])
 

@@ -5,10 +5,10 @@ import json
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from training import quant
-from training.quantize import model_from_any_checkpoint
-from training.train import load_checkpoint
+from qw.cli import main
+from qw.training.quantization import fake_quant as quant
+from qw.training.quantization.qat import model_from_any_checkpoint
+from qw.training.train.checkpoints import load_checkpoint
 
 
 def test_quantize_writes_a_quantized_checkpoint_with_the_plan(tiny_checkpoints):

@@ -224,7 +224,7 @@ def scene_renderer(name: str) -> Renderer:
 
 
 def warp(image: np.ndarray, motion: np.ndarray) -> np.ndarray:
-    """`training.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
+    """`qw.training.model.warp.warp` (out(p) = image(p − m(p))) on H×W×C numpy arrays."""
     chw = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]  # noqa: E731
     return training_warp(chw(image), chw(motion))[0].permute(1, 2, 0).numpy()
 

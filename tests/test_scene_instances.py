@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from datagen.builtin.scenes import build_scene
-from datagen.errors import QwError
-from datagen.manifests import dataset_paths, load_dataset_manifest, load_scene_manifest, scene_paths
-from datagen.plan import load_captures, make_plan
-from training.demo import HELD_OUT_SHOTS
+from qw.datagen.builtin.scenes import build_scene
+from qw.datagen.errors import QwError
+from qw.datagen.manifests import dataset_paths, load_dataset_manifest, load_scene_manifest, scene_paths
+from qw.datagen.plan import load_captures, make_plan
+from qw.demo import HELD_OUT_SHOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_no_dataset_and_no_training_shot_list_names_a_held_out_instance():
 
 
 def test_the_store_plan_draws_only_from_training_instances(tmp_path):
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     tiny = {"frames": (0, 8), "resolution": (32, 32), "reference_spp": 1, "progress": False}
     capture_scene("builtin_fence", tmp_path / "captures", shots=["dolly"], **tiny)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store, seal
-from datagen.errors import QwError
+from qw.datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store, seal
+from qw.datagen.errors import QwError
 
 SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": "s2", "split": "val"}]
 ATTRS = {"scenes": [{"name": "a", "budget": 3}], "shots": SHOTS, "split": {"unit": "shot"}}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.builtin.renderer import halton_jitter, stratified_offsets
-from training import taa
+from qw.datagen.builtin.renderer import halton_jitter, stratified_offsets
+from qw.training.evaluation import taa
 
 
 def analytic_scene(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -182,7 +182,7 @@ MOVING = {"frames": (0, 12), "resolution": (96, 64), "reference_spp": 16}
 
 def held_out_builtin_shots() -> list[tuple[str, str]]:
     """(scene, shot) of every 'val' or 'test' shot of every builtin scene manifest."""
-    from datagen.manifests import load_scene_manifest, scene_paths
+    from qw.datagen.manifests import load_scene_manifest, scene_paths
 
     manifests = [load_scene_manifest(p) for p in scene_paths().values()]
     return sorted((m.name, s.name) for m in manifests if m.backend == "builtin" for s in m.shots
@@ -192,11 +192,11 @@ def held_out_builtin_shots() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def moving_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
     """Mean PSNR (and mean motion) per held-out builtin shot for the input, TAA and taa-clamp."""
-    from datagen.capture import capture_scene
-    from datagen.capture_format import load_meta
-    from training import metrics
-    from training.evaluate import passthrough, shot_frames
-    from training.infer import frame_range, read_reference, to_image
+    from qw.capture import capture_scene
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import passthrough, shot_frames
+    from qw.training.infer import frame_range, read_reference, to_image
 
     root = tmp_path_factory.mktemp("moving")
     scores = {}

@@ -324,7 +324,7 @@ def test_builtin_renderer_captures_end_to_end(builtin_captures, tmp_path):
     """Real renders: every block is the bit-exact float16 crop of its source frames; motion stays in full-frame
     pixels (no rescaling: equal to the source crop), jitter per frame, history flags false at block start and at
     the cut inside fence/low_cut (12 frames, cut at 6: its window must cross it)."""
-    from datagen.capture_format import load_meta
+    from qw.datagen.capture_format import load_meta
 
     ds = dataset({"builtin_fence": 6, "builtin_specular": 6}, tile=128, candidates=2).model_copy(
         update={"splits": ["train", "val"]})

@@ -18,12 +18,13 @@ import yaml
 from click.testing import CliRunner
 from train_helpers import make_store
 
-from cli import main
-from datagen.errors import QwError
-from training.config import load_config
-from training.data import BlockDataset, BlockSampler, open_training_store
-from training.model import QWNet
-from training.train import load_checkpoint, model_from_checkpoint, train, train_command
+from qw.cli import main
+from qw.datagen.errors import QwError
+from qw.training.config import load_config
+from qw.training.data import BlockDataset, BlockSampler, open_training_store
+from qw.training.model.qwnet import QWNet
+from qw.training.train.checkpoints import load_checkpoint, model_from_checkpoint
+from qw.training.train.loop import train, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"preset": "intel-sample", "model": {"widths": [8, 8, 8], "decoder_convs": [1, 1]},
@@ -184,7 +185,7 @@ def test_train_accepts_any_model_with_the_qwnet_interface(store: str, tmp_path: 
 
 def _launch(store: str, run: Path, config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cli", "-q", "train", "--store", store, "--out", str(run),
+    return subprocess.Popen([sys.executable, "-m", "qw.cli", "-q", "train", "--store", store, "--out", str(run),
                              "--config", str(config), *extra], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -231,8 +232,8 @@ def test_killed_run_resumes_with_the_identical_loss_curve(store: str, tmp_path: 
 
 def test_initial_weights_depend_only_on_the_configured_seed():
     """The demo once built its model from whatever torch's RNG held, so two runs trained different networks."""
-    from training.config import load_config
-    from training.train import initial_model
+    from qw.training.config import load_config
+    from qw.training.train.loop import initial_model
 
     cfg = load_config("paper", {"model": {"widths": [4, 8, 8, 8, 8]}, "train": {"seed": 3}})
     first = initial_model(cfg).state_dict()

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import BUILTIN_CAPTURE, write_dataset_manifest
 
-from datagen.block_store import open_store
-from datagen.tile import build_store
-from training.config import load_config
-from training.data import BlockDataset
-from training.losses import qwnet_loss
-from training.metrics import psnr
-from training.model import QWNet
-from training.train import train
+from qw.datagen.block_store import open_store
+from qw.datagen.tile import build_store
+from qw.training.config import load_config
+from qw.training.data import BlockDataset
+from qw.training.losses import qwnet_loss
+from qw.training.evaluation.metrics import psnr
+from qw.training.model.qwnet import QWNet
+from qw.training.train.loop import train
 
 STEPS = 600
 CROP = 32  # the centre 32x32 of every 64x64 block (no augmentation: the same pixels every step)

@@ -14,13 +14,16 @@ from click.testing import CliRunner
 from test_train import read_log, write_config
 from train_helpers import make_store
 
-from cli import main
-from datagen.errors import QwError
-from training.config import load_config
-from training.data import BlockSampler
-from training.model import QWNet
-from training.train import (BEST, LAST, Process, check_resumable, load_checkpoint, prune_checkpoints, publish,
-                            save_checkpoint, step_checkpoints, sync_batch_norm, train, truncate_log)
+from qw.cli import main
+from qw.datagen.errors import QwError
+from qw.training.config import load_config
+from qw.training.data import BlockSampler
+from qw.training.model.qwnet import QWNet
+from qw.training.train.checkpoints import (BEST, LAST, check_resumable, load_checkpoint, prune_checkpoints, publish,
+    save_checkpoint, step_checkpoints)
+from qw.training.train.ddp import Process, sync_batch_norm
+from qw.training.train.loop import train
+from qw.training.train.run_log import truncate_log
 
 
 def qw(*args: str):

@@ -17,11 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_train import read_log, write_config
 from train_helpers import make_store
 
-from training.config import load_config
-from training.data import BlockDataset, open_training_store
-from training.metrics import tonemap
-from training.train import (BEST, LAST, Process, _validation_loader, load_checkpoint, make_scheduler,
-                            model_from_checkpoint, train_command, validate)
+from qw.training.config import load_config
+from qw.training.data import BlockDataset, open_training_store
+from qw.datagen.tonemap import tonemap
+from qw.training.train.checkpoints import BEST, LAST, load_checkpoint, model_from_checkpoint
+from qw.training.train.ddp import Process
+from qw.training.train.loop import _validation_loader, make_scheduler, train_command, validate
 
 
 @pytest.fixture(scope="module")

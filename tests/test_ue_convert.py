@@ -13,8 +13,8 @@ from ue_formats import (
     unorm16_counts,
 )
 
-from datagen.errors import QwError
-from ue_capture.convert import (
+from qw.datagen.errors import QwError
+from qw.ue_capture.convert import (
     decode_motion,
     depth_to_scene_units,
     mrq_reference_filter,

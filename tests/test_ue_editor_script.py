@@ -12,8 +12,8 @@ from pathlib import Path
 import fake_unreal
 import pytest
 
-from datagen.manifests import SceneManifest
-from ue_capture.launcher import build_job_spec
+from qw.datagen.manifests import SceneManifest
+from qw.ue_capture.launcher import build_job_spec
 
 W, H = 40, 24
 START = ((1000.0, -500.0, 200.0), 90.0)  # the map's PlayerStart: location (cm), yaw (degrees)
@@ -46,13 +46,13 @@ def run_script(tmp_path, monkeypatch):
         (tmp_path / "work").mkdir(exist_ok=True)
         (tmp_path / "work" / "job.json").write_text(json.dumps(spec))
         monkeypatch.setenv("QW_UE_JOB", str(tmp_path / "work" / "job.json"))
-        sys.modules.pop("ue_capture.editor_script", None)
-        importlib.import_module("ue_capture.editor_script").main()
+        sys.modules.pop("qw.ue_capture.editor_script", None)
+        importlib.import_module("qw.ue_capture.editor_script").main()
         return ue, json.loads((tmp_path / "work" / "prepare.json").read_text())
 
     yield run
     sys.modules.pop("unreal", None)
-    sys.modules.pop("ue_capture.editor_script", None)
+    sys.modules.pop("qw.ue_capture.editor_script", None)
 
 
 def saved(tmp_path: Path, asset: str) -> dict:

@@ -1,4 +1,4 @@
-"""`datagen.validate` and `qw datagen validate` on real synthetic captures, valid and deliberately broken."""
+"""`qw.datagen.validate` and `qw datagen validate` on real synthetic captures, valid and deliberately broken."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from capture_helpers import FRAMES, HEIGHT, WIDTH, make_capture, ndc_grid, perspective
 from click.testing import CliRunner
 
-from cli import main
-from datagen.capture_format import (META_FILE, finish_capture, frame_path, load_meta, shot_folders, write_exr,
+from qw.cli import main
+from qw.datagen.capture_format import (META_FILE, finish_capture, frame_path, load_meta, shot_folders, write_exr,
                                     write_frame)
 from datagen.validate import reprojected_motion, reprojection_agreement, validate_capture
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import create_store, seal
+from qw.datagen.block_store import create_store, seal
 
 
 def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

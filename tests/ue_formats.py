@@ -1,6 +1,6 @@
 """Unreal-format test inputs built from known ground truth: encoders written from the published formulas.
 
-These are the inverse of ue_capture.convert, written independently from the engine's and the sample's own code
+These are the inverse of qw.ue_capture.convert, written independently from the engine's and the sample's own code
 (Common.ush velocity packing, the Intel sample's sign bits, MRQ's 0.5-centred material, MRQ's sample jitter in
 MoviePipelineRendering.cpp / MoviePipelineUtils.cpp), so a wrong sign, scale, bias or W/H swap in the decoders
 shows up as a mismatch. Used by the conversion/importer tests and by the fake editor.

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from datagen.errors import QwError
+from qw.datagen.errors import QwError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "paper"

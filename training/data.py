@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from datagen.block_store import BlockStore, open_store
-from datagen.errors import QwError
+from qw.datagen.block_store import BlockStore, open_store
+from qw.datagen.errors import QwError
 
 ARRAYS = ("color", "reference", "motion", "history_valid")
 IMAGES = ("color", "reference", "motion")

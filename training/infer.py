@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,12 +28,14 @@ from tqdm import tqdm
 from datagen import __version__
 from datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_captures, frame_path, load_meta, read_frame,
                                     write_exr)
-from datagen.errors import QwError
-from training.metrics import tonemap
+from datagen.errors import QwError, missing_extra
+from datagen.tonemap import tonemap_8bit
 from training.model import pad_to_multiple
 
 FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def read_pass(shot: Path, name: str, index: int) -> torch.Tensor:
@@ -84,10 +87,6 @@ def run_qwnet(model: torch.nn.Module, frames: Iterator[tuple],
 def to_image(frame: torch.Tensor) -> np.ndarray:
     """(1,3,H,W) tensor -> H×W×3 float32 array."""
     return frame[0].permute(1, 2, 0).numpy().astype(np.float32)
-
-
-def to_display_u8(linear: np.ndarray) -> np.ndarray:
-    return (np.clip(tonemap(linear), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def even_size(image: np.ndarray) -> np.ndarray:
@@ -173,7 +172,7 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     """Reconstruct a captured shot with a (full-precision or quantized) checkpoint; returns a summary."""
     import imageio.v2 as imageio
 
-    from training.quantize import model_from_any_checkpoint
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     if fmt not in FORMATS:
         raise QwError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -185,18 +184,24 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
     frames = frame_range(meta, start, count)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "infer.json").unlink(missing_ok=True)  # written last: its presence means the run completed
+    no_video = missing_extra("imageio_ffmpeg", "video", f"qw infer --format {fmt} (an .mp4 video)")
+    if no_video and fmt == "mp4":
+        raise QwError(no_video)
+    if no_video and fmt == "exr":
+        log.warning("%s: no preview.mp4 beside the EXR frames", no_video)
     video_path = out_dir / ("preview.mp4" if fmt == "exr" else "output.mp4") if fmt in ("exr", "mp4") else None
-    video = video_writer(video_path, meta.fps or PREVIEW_FPS_DEFAULT) if video_path else contextlib.nullcontext()
+    video = (video_writer(video_path, meta.fps or PREVIEW_FPS_DEFAULT) if video_path and not no_video
+             else contextlib.nullcontext())
     with video as append_video:
         for index, image in tqdm(reconstruct_shot(model, shot, start, count, device), total=len(frames),
-                                 desc="infer", unit="frame"):
+                                 desc="infer", unit="frame", disable=None):
             if fmt == "exr":
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":
                 with atomic_path(out_dir / "png" / f"{index:06d}.png") as tmp:
-                    imageio.imwrite(tmp, to_display_u8(image), format="PNG")
+                    imageio.imwrite(tmp, tonemap_8bit(image), format="PNG")
             if append_video is not None:
-                append_video(to_display_u8(image))
+                append_video(tonemap_8bit(image))
     summary = {"checkpoint": str(checkpoint), "input": str(shot), "frames": [frames.start, frames.stop],
                "resolution": [meta.width, meta.height], "format": fmt, "quantized": quantized,
                "quant": cfg.quant.model_dump() if quantized else None, "device": str(device), "qw_version": __version__}

@@ -1,4 +1,4 @@
-"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (training.hdr).
+"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (qw.training.model.hdr).
 
 L_s = L1(out_t, ref_t) over all T steps; L_t = L1(out_t − warp(out_{t−1}), ref_t − warp(ref_{t−1})) over the
 steps whose history is valid (an invalid step contributes zero). Both are means over frames, so the loss of a
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from training.hdr import compress
-from training.warp import warp
+from qw.training.model.hdr import compress
+from qw.training.model.warp import warp
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:

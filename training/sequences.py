@@ -2,7 +2,7 @@
 
 The block store holds 256×256 crops; fine-tuning at full resolution, or looking at whole frames in a notebook,
 reads the captures themselves. Each item is a window of consecutive frames of one shot with the same keys and
-layout as a block of `training.data.BlockDataset` (images (T, C, H, W), ``history_valid`` (T,)), so code written
+layout as a block of `qw.training.data.BlockDataset` (images (T, C, H, W), ``history_valid`` (T,)), so code written
 for blocks runs on it unchanged. Frames are decoded when an item is read (nothing is cached), and the dataset holds
 only paths and capture metadata, so it can be handed to DataLoader worker processes.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datagen.capture_format import PASSES, CaptureMeta, find_captures, load_meta, read_frame
-from datagen.errors import QwError
-from training.data import FLOAT16_MAX
+from qw.datagen.capture_format import PASSES, CaptureMeta, find_captures, load_meta, read_frame
+from qw.datagen.errors import QwError
+from qw.training.data import FLOAT16_MAX
 
 DEFAULT_PASSES = ("color", "reference", "motion")  # what QW-Net reads; add "depth" when it is wanted
 

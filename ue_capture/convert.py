@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datagen.builtin.renderer import halton, halton_jitter
-from datagen.errors import QwError
+from qw.datagen.builtin.renderer import halton, halton_jitter
+from qw.datagen.errors import QwError
 
 VELOCITY_SCALE = 0.499 * 0.5  # EncodeVelocityToTexture: V·(0.499·0.5) + 32767/65535 ([C] UE4.26 Common.ush)
 VELOCITY_BIAS = 32767.0 / 65535.0

@@ -1,4 +1,4 @@
-"""Importers: existing Unreal dumps → one capture (contract 1), written through datagen.capture_format.
+"""Importers: existing Unreal dumps → one capture (contract 1), written through qw.datagen.capture_format.
 
 Layouts
 -------
@@ -40,7 +40,7 @@ import numpy as np
 import OpenEXR
 from tqdm import tqdm
 
-from datagen.capture_format import (
+from qw.datagen.capture_format import (
     META_FILE,
     BackendInfo,
     CaptureMeta,
@@ -52,9 +52,9 @@ from datagen.capture_format import (
     read_exr,
     write_frame,
 )
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import SceneManifest
-from ue_capture.convert import (
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import SceneManifest
+from qw.ue_capture.convert import (
     MRQ_MATERIAL_SCALE,
     FILTER_SIZE_CVAR,
     color_to_half_range,
@@ -376,7 +376,7 @@ def _write(target: Path, loaders: list[Loader], per_loader: int, progress: bool,
 
     with ThreadPoolExecutor(IMPORT_WORKERS) as pool:
         done = list(tqdm(pool.map(run, range(len(loaders))), total=len(loaders), desc=f"import {target.name}",
-                         unit="file", disable=not progress))
+                         unit="file", disable=None if progress else True))
     written = [w for group in done for w in group]
     sizes = sorted({w.size for w in written})
     if len(sizes) != 1:
@@ -393,7 +393,7 @@ def _jitter_info(jitters: list[tuple[float, float] | None], cycle: int = 0) -> J
 
 
 def _finish_and_validate(target: Path, meta: CaptureMeta) -> Path:
-    from datagen.validate import validate_capture
+    from qw.datagen.validate import validate_capture
 
     finish_capture(target, meta)
     report = validate_capture(target)

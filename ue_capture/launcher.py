@@ -481,7 +481,7 @@ def _run_on_scheduler(runs: list[ShotRun], scheduler: str, progress: bool) -> li
     with Client(scheduler) as client:
         futures = [client.submit(capture_shot, run, resources={"ue": 1}, pure=False,
                                  key=f"ue-capture-{run.manifest.name}-{run.shot.name}") for run in runs]
-        for _ in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot", disable=not progress):
+        for _ in tqdm(as_completed(futures), total=len(futures), desc="shots", unit="shot", disable=None if progress else True):
             pass
         return [f.result() for f in futures]
 
@@ -517,4 +517,4 @@ def capture_scene(manifest: SceneManifest, out: Path, *, shots: list[str] | None
             for s in selected]
     if scheduler:
         return _run_on_scheduler(runs, scheduler, progress)
-    return [capture_shot(run) for run in tqdm(runs, desc="shots", unit="shot", disable=not progress)]
+    return [capture_shot(run) for run in tqdm(runs, desc="shots", unit="shot", disable=None if progress else True)]

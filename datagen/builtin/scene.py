@@ -1,6 +1,6 @@
 """Scene description for the builtin renderer: meshes, materials, rigid motions, camera paths.
 
-Conventions follow `datagen.capture_format`: matrices are row-major numpy arrays applied to column vectors, OpenGL
+Conventions follow `qw.datagen.capture_format`: matrices are row-major numpy arrays applied to column vectors, OpenGL
 camera axes (camera looks down −Z, +Y up). A scene is pure data plus small callables that give each object's model
 matrix and the camera at a (fractional) source frame, so the renderer can evaluate any frame and its predecessor.
 """

@@ -5,7 +5,7 @@ TAA also reads each frame's depth and jitter, as an engine would.
 
 Every method reconstructs each shot at full resolution from the same jittered frames and motion vectors; each
 output frame is scored against the supersampled reference with PSNR and SSIM (tone-mapped), HDR-FLIP (centred
-crop, see `training.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
+crop, see `qw.training.evaluation.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
 
 * ``report.md``: overall and per-shot tables, with links to the images below;
 * ``metrics.json``: every per-frame value, per-shot and overall means, and what was evaluated;
@@ -15,6 +15,7 @@ crop, see `training.metrics`) and tPSNR (frame differences; frames after a cut a
 
 from __future__ import annotations
 
+import logging
 import itertools
 import json
 import time
@@ -27,12 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datagen import __version__
-from datagen.capture_format import find_captures, load_meta
-from datagen.errors import QwError
-from training import metrics
-from training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
-from training.taa import TaaFrame, run_taa, run_taa_clamp
+from qw.datagen import __version__
+from qw.datagen.capture_format import find_captures, load_meta
+from qw.datagen.errors import QwError, missing_extra
+from qw.training.evaluation import metrics
+from qw.training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
+from qw.training.evaluation.taa import TaaFrame, run_taa, run_taa_clamp
 
 METRICS = ("psnr", "ssim", "flip", "tpsnr")
 METRIC_TITLES = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "flip": "FLIP ↓", "tpsnr": "tPSNR dB ↑"}
@@ -41,6 +42,8 @@ BASELINES = {"taa": ("TAA", run_taa), "taa-clamp": ("TAA min/max clamp", run_taa
 DEFAULT_BASELINES = ("taa",)
 
 Frames = Iterator[TaaFrame]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,8 +82,8 @@ def checkpoint_label(cfg, quantized: bool) -> str:
 def build_methods(checkpoints: list[str], qwq_files: list[str], baselines: Iterable[str],
                   device: torch.device) -> list[Method]:
     """Aliased input, the baselines (TAA variants) and one method per checkpoint / exported integer model."""
-    from training.integer_ref import load_integer_model
-    from training.quantize import model_from_any_checkpoint
+    from qw.training.export.integer_ref import load_integer_model
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     methods = [Method(INPUT_LABEL, passthrough)]
     for name in baselines:
@@ -156,7 +159,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     result = ShotResult(f"{meta.scene}/{meta.shot}", list(frames), per_frame)
     previous: dict[str, np.ndarray] = {}
     prev_ref = None
-    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False):
+    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False, disable=None):
         color, _, valid, *_ = next(inputs)
         reference = read_reference(shot, index)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
@@ -252,14 +255,18 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
           "tPSNR skips frames without valid history.", "",
           "## Overall (frame-weighted mean)", "", markdown_table(overall), "",
           "Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
+    no_figures = missing_extra("matplotlib", "plot", "qw eval's crop and per-frame figures")
+    if no_figures:
+        log.warning("%s; the report has tables only", no_figures)
     for r in results:
         stem = r.name.replace("/", "_")
-        save_crops(r, out / f"{stem}_crops.png")
-        save_metric_plot(r, out / f"{stem}_metrics.png")
         means = {label: {m: r.mean(label, m) for m in METRICS} for label in labels}
         shots[r.name] = {"frames": r.frames, "mean": means, "per_frame": r.per_frame, "crop_box": list(r.crop_box)}
-        md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), "",
-               f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
+        md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), ""]
+        if not no_figures:
+            save_crops(r, out / f"{stem}_crops.png")
+            save_metric_plot(r, out / f"{stem}_metrics.png")
+            md += [f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     data = {"qw_version": __version__, "settings": settings, "methods": {m.label: m.source for m in methods},
             "overall": overall, "shots": shots}
@@ -280,7 +287,7 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots")]
+    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots", disable=None)]
     settings = {"captures": [str(s) for s in shots], "frames_per_shot": frames, "flip_crop": flip_crop,
                 "crop_size": crop_size, "device": str(device_), "seconds": round(time.perf_counter() - start, 1)}
     data = write_report(out_dir, results, methods, settings)

@@ -7,12 +7,12 @@ One graph is one frame of the recurrence, warp included::
 with ``previous`` the graph's own output for the frame before. On a shot's first frame (and after a cut) pass the
 colour itself as ``previous`` with zero motion: the warp then returns it unchanged (to float rounding).
 
-Float: the network traced by PyTorch's ONNX exporter, batch norm folded. Quantized (from a `training.qwq`
+Float: the network traced by PyTorch's ONNX exporter, batch norm folded. Quantized (from a `qw.training.export.qwq`
 export, i.e. the numbers `.qwq` stores): every quantized conv reads
 ``DequantizeLinear(QuantizeLinear(x, s, z))`` with the scale and zero point of the activation tensor it reads (one
 scale initializer per tensor, shared by its readers; UINT4 or UINT8 codes with the trained zero point) and
 ``DequantizeLinear(w_q, s_w, axis=0)`` weights (INT4 or INT8, symmetric per output channel). Everything the plan
-leaves in float stays float, as in `training.integer_ref`.
+leaves in float stays float, as in `qw.training.export.integer_ref`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper
 
-from training.integer_ref import rebuild_network
-from training.model import QWNet, pad_to_multiple
-from training.qwq import ExportedActivation, ExportedLayer, ExportedModel
+from qw.training.export.integer_ref import rebuild_network
+from qw.training.model.qwnet import QWNet, pad_to_multiple
+from qw.training.export.qwq import ExportedActivation, ExportedLayer, ExportedModel
 
 OPSET = 21
 INPUTS = ("color", "motion", "previous")
@@ -108,7 +108,7 @@ def _activation_inits(activation: ExportedActivation) -> list[TensorProto]:
 
 
 def qdq_graph(exported: ExportedModel) -> onnx.ModelProto:
-    """The quantized step: the network of `exported` (a `training.qwq` export of an integer plan) with QDQ."""
+    """The quantized step: the network of `exported` (a `qw.training.export.qwq` export of an integer plan) with QDQ."""
     if not all(layer.integer for layer in exported.layers):
         raise ValueError("a QDQ graph needs an integer quantization plan (w4a4 or w8a8), not fp16")
     model = _trace(RecurrentStep(rebuild_network(exported, _DequantizedConv, "the export")))
@@ -150,7 +150,7 @@ def qdq_graph(exported: ExportedModel) -> onnx.ModelProto:
 def run_graph(graph: onnx.ModelProto, frames: Iterator[tuple[torch.Tensor, torch.Tensor, bool]],
               multiple: int) -> Iterator[torch.Tensor]:
     """ONNX Runtime (CPU) running a step graph recurrently over (color, motion, history valid) frames, as
-    `training.infer.run_qwnet` runs a QWNet: sizes padded to `multiple` and cropped back; yields (1,3,H,W)."""
+    `qw.training.infer.run_qwnet` runs a QWNet: sizes padded to `multiple` and cropped back; yields (1,3,H,W)."""
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     previous = None
     for color, motion, valid in frames:

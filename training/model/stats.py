@@ -10,14 +10,15 @@ Counting rules (they reproduce the public sample's published cost, 1.244 M param
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
-from datagen.errors import QwError
-from training.config import Config, QuantConfig, load_config
-from training.model import QWNet
+from qw.datagen.errors import QwError
+from qw.training.config import Config, QuantConfig, load_config
+from qw.training.model.qwnet import QWNet
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,15 @@ def format_stats(stats: ModelStats, per_layer: bool = True) -> str:
     return "\n".join(lines)
 
 
-def model_stats_report(config: str | None, resolution: str, per_layer: bool = True) -> str:
-    """`qw model-stats`: the formatted statistics of a config (preset name or YAML path) at a resolution."""
+def stats_json(stats: ModelStats) -> dict:
+    """`qw model-stats --json`: totals, the MAC share per precision class and every layer."""
+    return {"preset": stats.preset, "resolution": [stats.width, stats.height], "params": stats.params,
+            "macs": stats.macs, "share_by_precision": stats.share_by_precision(),
+            "activation_range": stats.activation_range, "layers": [asdict(layer) for layer in stats.layers]}
+
+
+def model_stats_report(config: str | None, resolution: str, per_layer: bool = True, as_json: bool = False) -> str:
+    """`qw model-stats`: the statistics of a config (preset name or YAML path) at a resolution, as text or JSON."""
     height, width = parse_resolution(resolution)
-    return format_stats(model_stats(load_config(config), height, width), per_layer)
+    stats = model_stats(load_config(config), height, width)
+    return json.dumps(stats_json(stats), indent=2) if as_json else format_stats(stats, per_layer)

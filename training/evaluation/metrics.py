@@ -12,17 +12,10 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from training.hdr import compress
+from qw.datagen.tonemap import DISPLAY_GAMMA, tonemap  # noqa: F401 - the curve the metrics are defined on
 
-DISPLAY_GAMMA = 2.2
 SSIM_BORDER = 5  # half the 11-pixel window: the map positions whose window reaches past the image edge
 PSNR_CAP_DB = 100.0  # identical images: report a finite ceiling instead of inf so JSON and averages stay valid
-
-
-def tonemap(linear: np.ndarray) -> np.ndarray:
-    """Linear HDR (negatives clamped) → display values in [0, 1]: Reinhard x/(1+x) per channel, then gamma 2.2."""
-    reinhard = compress(torch.from_numpy(np.asarray(linear, np.float32)), "reinhard").numpy()
-    return reinhard ** (1.0 / DISPLAY_GAMMA)
 
 
 def _psnr_from_mse(mse: float) -> float:

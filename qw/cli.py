@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import sys
 
 import click
 
-from datagen import __version__
-from datagen.cluster import CLUSTER_KINDS
-from datagen.errors import QwError
+from qw.datagen import __version__
+from qw.datagen.cluster import CLUSTER_KINDS
+from qw.datagen.errors import QwError
 
 log = logging.getLogger("qw")
+# How `qw --help` and `qw datagen --help` list their commands: in the order a user runs them.
+PIPELINE_ORDER = ("scenes", "datagen", "capture", "import", "validate", "plan", "build", "inspect", "verify", "preview",
+                  "train", "model-stats", "quantize", "eval", "infer", "export", "demo")
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of the table.")
 
 
 class QwGroup(click.Group):
-    """A click group that turns `QwError` into one line on stderr and its exit code (traceback with --debug)."""
+    """A click group that turns `QwError` and click's usage errors into one line on stderr and an exit code
+    (traceback with --debug), and lists its commands in pipeline order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+        return sorted(self.commands, key=lambda name: order.get(name, len(order)))
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "qw"
+            click.echo(f"qw: error: {exc.format_message()} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"qw: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("qw: aborted", err=True)
+            sys.exit(1)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -44,13 +68,15 @@ def main(verbose: int, quiet: bool, debug: bool) -> None:
       qw quantize          4/8-bit fine-tuning        -> runs/NAME-q/last.pt
       qw eval / infer / export
     """
-    level = logging.WARNING if quiet else (logging.INFO, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
+    # qw's own messages at INFO by default, other libraries' (Dask ...) at WARNING; -v adds theirs, -vv debug.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+    logging.getLogger("qw").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO))
+    # Progress bars draw on a terminal only (tqdm's disable=None), so they stay out of log files; -q turns them off.
+    click.get_current_context().obj = {"progress": not quiet}
 
 
-@main.group()
+@main.group(cls=QwGroup)
 def datagen() -> None:
     """Make training data: capture shots, validate them, plan and build the block store."""
 
@@ -83,12 +109,12 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
     depth/ and capture.json (qw-capture/1). Resumable: rerun the same command after an interruption and finished
     frames are kept; a shot is complete only when its capture.json exists.
     """
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     unreal = {k: v for k, v in (("dry_run", dry_run), ("editor", editor), ("project", project)) if v}
     for path in capture_scene(scene, out, shots=list(shots) or None, frames=frames, resolution=resolution,
                               reference_spp=reference_spp, scheduler=scheduler, cluster=cluster, workers=workers,
-                              progress=not os.environ.get("TQDM_DISABLE"), **unreal):
+                              progress=click.get_current_context().obj["progress"], **unreal):
         click.echo(str(path))
 
 
@@ -96,17 +122,22 @@ def datagen_capture(scene, shots, out, frames, resolution, reference_spp, schedu
 @click.option("--dataset", metavar="NAME|FILE",
               help="Only the scenes of this dataset manifest (e.g. qwnet-paper), with their block budgets.")
 @click.option("--manifests", "manifests_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Manifest folder holding scenes/ and datasets/ [default: the repository's manifests/].")
-def scenes(dataset, manifests_dir) -> None:
+              help="Manifest folder holding scenes/ and datasets/ [default: the manifests shipped with qw, or "
+                   "$QW_MANIFESTS].")
+@_json_flag
+def scenes(dataset, manifests_dir, as_json) -> None:
     """List the scene manifests: backend, shots, frames, splits and whether each can be captured here (and why not).
 
     builtin scenes need an OpenGL context through EGL; ue4 scenes need the editor in $QW_UE4_EDITOR, the project
     file (e.g. under $QW_UE4_PROJECTS) and its map. Every manifest is validated on the way: a broken one is an error.
     """
-    from datagen.catalog import print_scenes
-    from datagen.manifests import MANIFEST_ROOT
+    from qw.catalog import print_scenes, scenes_json
+    from qw.datagen.manifests import MANIFEST_ROOT
 
-    print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(scenes_json(manifests_dir or MANIFEST_ROOT, dataset), indent=2))
+    else:
+        print_scenes(manifests_dir or MANIFEST_ROOT, dataset, echo=click.echo)
 
 
 @datagen.command("validate")
@@ -130,7 +161,7 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
     camera matrices are recorded. Prints one line per shot (PASS, FAIL or SKIPPED with the checks that could
     not run) and the failing files with their problems; skipped checks do not fail the exit status.
     """
-    from datagen.validate import ReprojectionTolerance, validate_paths
+    from qw.datagen.validate import ReprojectionTolerance, validate_paths
 
     tol = ReprojectionTolerance(abs_px=tolerance, rel=rel_tolerance, min_agree=min_agree)
     if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo):
@@ -185,15 +216,15 @@ def datagen_import(src, layout, scene, shot, out, fps, reference, full_resolutio
     Velocity is decoded to pixels (full frame W,H, y down, current minus previous), Unreal depth (cm) to
     metres, passes are renamed to color/ reference/ motion/ depth/, and capture.json records the source.
     """
-    from datagen.capture_format import check_path_component
-    from ue_capture.importers import import_capture
+    from qw.datagen.capture_format import check_path_component
+    from qw.ue_capture.importers import import_capture
 
     check_path_component(scene, "--scene")
     check_path_component(shot, "--shot")
     path = import_capture(layout, src, scene=scene, shot=shot, out=out, fps=fps, reference=reference,
                           full_size=full_resolution, motion_encoding=motion_encoding, mrq_scale=mrq_scale,
                           reference_samples=reference_samples, sample_offsets=not no_sample_offsets, force=force,
-                          progress=not os.environ.get("TQDM_DISABLE"))
+                          progress=click.get_current_context().obj["progress"])
     click.echo(str(path))
 
 
@@ -206,8 +237,9 @@ def _json_option(ctx, param, value):
         raise click.BadParameter(f"not JSON ({exc})") from None
 
 
-_dataset_opt = click.option("--dataset", "dataset_file", required=True, type=click.Path(exists=True, dir_okay=False),
-                            help="Dataset manifest (manifests/datasets/*.yaml): scenes, block budgets, seed, tile.")
+_dataset_opt = click.option("--dataset", "dataset_file", required=True, metavar="NAME|FILE",
+                            help="Dataset manifest: a shipped one by name (builtin-all, qwnet-paper …; see "
+                                 "`qw scenes --dataset NAME`) or a YAML file: scenes, block budgets, seed, tile.")
 _captures_opt = click.option("--captures", required=True, type=click.Path(exists=True, file_okay=False),
                              help="Captures root: <captures>/<scene>/<shot>/ with capture.json.")
 _seed_opt = click.option("--seed", type=click.IntRange(0), default=None, help="Override the dataset manifest's seed.")
@@ -226,7 +258,7 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
     Reads only capture.json files (no pixels). The plan is a pure function of the dataset manifest, the capture
     metadata and the seed; `qw datagen build` recomputes it and records its digest in the store.
     """
-    from datagen.plan import print_plan
+    from qw.datagen.plan import print_plan
 
     print_plan(dataset_file, captures, seed=seed, out=out, echo=click.echo)
 
@@ -258,11 +290,11 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
     is byte-identical to an uninterrupted build. The Dask dashboard link is logged when the cluster is up
     (see README, "Building the block store", for SLURM).
     """
-    from datagen.tile import build_store
+    from qw.datagen.tile import build_store
 
     built = build_store(dataset_file, captures, store, cluster=cluster, workers=workers, scheduler=scheduler,
                         storage_options=storage_options, seed=seed, overwrite=overwrite, inner_chunk=inner_chunk,
-                        progress=not os.environ.get("TQDM_DISABLE"))
+                        progress=click.get_current_context().obj["progress"])
     click.echo(f"{built.url}: {built.num_blocks} blocks, complete (qw datagen inspect {built.url})")
 
 
@@ -271,7 +303,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
 @_storage_opt
 def datagen_inspect(store, storage_options) -> None:
     """Show a block store: blocks per scene/shot/split, codec, sizes, completeness and provenance."""
-    from datagen.inspect_store import inspect_report
+    from qw.datagen.inspect_store import inspect_report
 
     click.echo(inspect_report(store, storage_options))
 
@@ -285,7 +317,7 @@ def datagen_verify(store, storage_options) -> None:
     Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
     only when the store is complete and intact.
     """
-    from datagen.inspect_store import verify_store
+    from qw.datagen.inspect_store import verify_store
 
     if not verify_store(store, storage_options, echo=click.echo):
         sys.exit(1)
@@ -298,7 +330,7 @@ def datagen_verify(store, storage_options) -> None:
 @_storage_opt
 def datagen_preview(store, index, out, storage_options) -> None:
     """Picture of one block: color | reference | motion (hue = direction) | depth, 8 frames, tone mapped."""
-    from datagen.inspect_store import write_preview
+    from qw.datagen.inspect_store import write_preview
 
     click.echo(write_preview(store, index, out, storage_options))
 
@@ -318,13 +350,14 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     \b
     Writes OUT/step-N.pt every ckpt_every steps (the newest keep_last kept), OUT/last.pt (the newest), OUT/best.pt
     (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
-    Multi-GPU:   torchrun --nproc_per_node 8 -m cli train --store ... --out ...
+    Multi-GPU:   torchrun --nproc_per_node 8 -m qw.cli train --store ... --out ...
     Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
-                 -m cli train ...   (the same command on every node; see README "Training")
+                 -m qw.cli train ...   (the same command on every node; see README "Training")
     """
-    from training.train import train_command
+    from qw.training.train.loop import train_command
 
     train_command(store, out, config, resume, storage_options, overrides)
+    click.echo(f"run: {out} (last.pt, best.pt, config.yaml, metrics.jsonl, tb/)")
 
 
 @main.command("model-stats")
@@ -332,11 +365,12 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
 @click.option("--resolution", default="1920x1080", show_default=True, metavar="WxH",
               help="Frame size; sizes not divisible by 16 are counted padded, as inference pads them.")
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
-def model_stats_cmd(config, resolution, summary) -> None:
+@_json_flag
+def model_stats_cmd(config, resolution, summary, as_json) -> None:
     """Parameters and MACs per layer, and the share of MACs per precision under the quantization plan."""
-    from training.stats import model_stats_report
+    from qw.training.model.stats import model_stats_report
 
-    click.echo(model_stats_report(config, resolution, per_layer=not summary))
+    click.echo(model_stats_report(config, resolution, per_layer=not summary, as_json=as_json))
 
 
 @main.command("quantize")
@@ -357,19 +391,21 @@ def model_stats_cmd(config, resolution, summary) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
               help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
+@_storage_opt
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
-                 overrides, resume) -> None:
+                 overrides, resume, storage_options) -> None:
     """Quantization-aware fine-tuning: fold BN, quantize per the plan, train with straight-through gradients.
 
     Weights are symmetric per output channel; activations are quantized where each conv reads them, with learned
     clips: [0, clip] for the network input, [-1, clip] for ELU activations. Writes OUT/last.pt (a quantized
     checkpoint that `qw eval`, `qw infer` and `qw export` accept) and OUT/quantize.json.
     """
-    from training.quantize import quantize_command
+    from qw.training.quantization.qat import quantize_command
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
-                     settings=overrides)
+                     settings=overrides, storage_options=storage_options)
+    click.echo(f"run: {out} (last.pt, quantize.json, metrics.jsonl, tb/)")
 
 
 @main.command("export")
@@ -394,7 +430,7 @@ def export_cmd(checkpoint, out, fmt, verify_shot, verify_frames) -> None:
     """
     import json
 
-    from training.export import export_command
+    from qw.training.export.exporter import export_command
 
     click.echo(json.dumps(export_command(checkpoint, out, verify_shot, verify_frames, fmt), indent=1))
 
@@ -423,7 +459,7 @@ def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop
     PSNR and SSIM (tone-mapped), HDR-FLIP and tPSNR, per shot and overall. Writes OUT/report.md,
     OUT/metrics.json, side-by-side PNG crops and per-frame metric plots.
     """
-    from training.evaluate import evaluate_command, markdown_table
+    from qw.training.evaluation.evaluate import evaluate_command, markdown_table
 
     data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
                             qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
@@ -445,7 +481,7 @@ def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
     """Reconstruct a whole captured sequence recurrently at its own resolution (any size; padded internally)."""
-    from training.infer import infer_command
+    from qw.training.infer import infer_command
 
     summary = infer_command(checkpoint, input_dir, out, fmt, start, count, device)
     click.echo(f"{summary['frames'][1] - summary['frames'][0]} frames -> {out}")
@@ -462,7 +498,7 @@ def demo_cmd(out, train_steps, qat_steps) -> None:
 
     Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
     """
-    from training.demo import run_demo
+    from qw.demo import run_demo
 
     report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps)
     click.echo(table)

@@ -6,7 +6,7 @@ feature extractor and the loss see a compressed copy so that bright highlights d
 Choice, by measurement: log1p. The intel-sample network at quarter widths was trained with each transform for
 200 steps (Ranger, lr 1e-2, batch 4, augmentation) on the 4 train blocks (64×64×8) of a builtin-renderer store
 (builtin_fence + builtin_specular, 320×256, 16 spp reference) and scored on its 12 validation blocks, in every
-domain (tone-mapped PSNR of training.metrics, and L1 after each transform); aliased input: 34.03 dB.
+domain (tone-mapped PSNR of qw.training.evaluation.metrics, and L1 after each transform); aliased input: 34.03 dB.
 
     transform   PSNR dB   L1 log1p   L1 Reinhard   L1 PQ
     log1p       36.47     0.01206    0.00754       0.00384

@@ -1,6 +1,6 @@
 """`qw quantize`: quantization-aware fine-tuning of a trained QW-Net, and loading either kind of checkpoint.
 
-The quantizers, BN folding and the QAT model itself are `training.quant` (a library that knows nothing of
+The quantizers, BN folding and the QAT model itself are `qw.training.quantization.fake_quant` (a library that knows nothing of
 training runs); this module is the workflow that calibrates them on a store and fine-tunes through `qw train`'s loop.
 """
 
@@ -12,12 +12,14 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from datagen.errors import QwError
-from training.config import Config, TrainConfig, apply_overrides, parse_overrides
-from training.data import BlockDataset, open_training_store
-from training.model import QWNet
-from training.quant import QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites, quantize_model
-from training.train import LAST, load_checkpoint, train
+from qw.datagen.errors import QwError
+from qw.training.config import Config, TrainConfig, apply_overrides, parse_overrides
+from qw.training.data import BlockDataset, open_training_store
+from qw.training.model.qwnet import QWNet
+from qw.training.quantization.fake_quant import (QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites,
+    quantize_model)
+from qw.training.train.checkpoints import LAST, load_checkpoint
+from qw.training.train.loop import train
 
 QAT_DEFAULT_STEPS = 2000
 QAT_DEFAULT_LR = 1e-4
@@ -39,17 +41,18 @@ def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool
     return model.eval(), cfg, quantized
 
 
-def calibration_sequences(store_url: str, crop: int | None, blocks: int) -> list[dict]:
+def calibration_sequences(store_url: str, crop: int | None, blocks: int,
+                          storage_options: dict | None = None) -> list[dict]:
     """The first `blocks` training blocks of a store (centre crops), one batch of one block each."""
-    indices = open_training_store(store_url).split_indices("train")[:blocks]
-    dataset = BlockDataset(store_url, crop)
+    indices = open_training_store(store_url, storage_options).split_indices("train")[:blocks]
+    dataset = BlockDataset(store_url, crop, storage_options=storage_options)
     return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
 
 
 def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
                      crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
-                     settings: Sequence[str] = ()) -> dict[str, float]:
+                     settings: Sequence[str] = (), storage_options: dict | None = None) -> dict[str, float]:
     """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`.
 
     The fine-tuning starts from the run's train settings with its own steps and lr, a constant schedule and no EMA
@@ -74,11 +77,12 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
                           {"train": {**fresh, **overrides, **changes.get("train", {})}}, str(checkpoint))
     sites = quant_sites(model, cfg.quant)
     clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
-                                                                                    calibration_blocks))
+                                                                                    calibration_blocks,
+                                                                                    storage_options))
     qmodel = quantize_model(model, cfg.quant, clips)
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "quantize.json").write_text(json.dumps(
             {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
              "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
-    return train(qmodel, cfg, store, out_dir, resume=resume)
+    return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options)

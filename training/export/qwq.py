@@ -21,7 +21,7 @@ activation tensor it reads, and references to its tensors) and the float tensors
 
 Per quantized conv: integer weights (int4 when weight_bits ≤ 4, else int8; float16 for the FP16 plan), the
 per-output-channel weight scale (float32) and the folded bias (float32); its input's scale s_a and zero point z are
-the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `training.integer_ref` runs.
+the activation entry's. Output = (Σ w_q·(a_q − z)) · s_a·s_w + b, which is what `qw.training.export.integer_ref` runs.
 Version 1 (one activation scale per conv) is no longer read: export the checkpoint again.
 
 Reading checks every value against what an exporter writes (`check_values`): 4- and 8-bit integer or float16 widths,

@@ -30,8 +30,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
-from training.model import kernel_taps
-from training.warp import _pixel_grid, warp
+from qw.training.model.qwnet import kernel_taps
+from qw.training.model.warp import _pixel_grid, warp
 
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_ALPHA = 0.1

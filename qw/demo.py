@@ -5,8 +5,8 @@ the integer reference → evaluate against TAA on held-out shots → report. Eve
 command after an interruption skips what is complete.
 
 The demo network is the paper's architecture (input processing, BN + ELU, 5 scales, the same filter pyramid)
-at a quarter of its widths, so that 1000 CPU steps are enough to beat TAA; `qw train` with the
-`paper` preset is the full-size run.
+at a quarter of its widths, so that 1000 CPU steps finish in minutes. It shows that every stage runs end to end;
+it trains far too briefly to say whether QW-Net beats TAA. `qw train` with the `paper` preset is the full-size run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from datagen.errors import QwError
+from qw.datagen.errors import QwError
 
 # The demo store (4 scenes × 48 blocks of 8×64×64 from each scene's first 'train' shot), and the held-out shots
 # evaluated at the end: shots of held-out scene instances (other seeds of the generators: other layout, geometry,
@@ -46,7 +46,7 @@ def _stage(name: str) -> float:
 
 def training_shots() -> dict[str, list[str]]:
     """The first 'train' shot of every scene of the demo dataset."""
-    from datagen.manifests import find_dataset, find_scene
+    from qw.datagen.manifests import find_dataset, find_scene
 
     return {s.scene: [next(shot.name for shot in find_scene(s.scene).shots if shot.split == "train")]
             for s in find_dataset(DATASET).scenes}
@@ -54,7 +54,7 @@ def training_shots() -> dict[str, list[str]]:
 
 def capture_all(plan: DemoPlan, root: Path) -> list[Path]:
     """Capture the training and held-out shots (resumable: complete shots are kept); returns the held-out ones."""
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     held_out = []
     for shots, frames in ((training_shots(), plan.train_frames), (HELD_OUT_SHOTS, plan.eval_frames)):
@@ -68,15 +68,15 @@ def capture_all(plan: DemoPlan, root: Path) -> list[Path]:
 
 def build_demo_store(captures: Path, store: Path, dataset: str = DATASET) -> str:
     """Build (or resume; a complete store is kept) the block store of `dataset` from the captures under `captures`."""
-    from datagen.manifests import find_dataset
-    from datagen.tile import build_store
+    from qw.datagen.manifests import find_dataset
+    from qw.datagen.tile import build_store
 
     build_store(find_dataset(dataset), captures, str(store), workers=2, progress=False)
     return str(store)
 
 
 def demo_config(plan: DemoPlan, steps: int):
-    from training.config import load_config
+    from qw.training.config import load_config
 
     return load_config("paper", {
         "model": {"widths": list(plan.widths)},
@@ -86,13 +86,14 @@ def demo_config(plan: DemoPlan, steps: int):
 
 
 def _finished(run: Path, steps: int) -> bool:
-    from training.train import LAST, load_checkpoint
+    from qw.training.train.checkpoints import LAST, load_checkpoint
 
     return (run / LAST).is_file() and int(load_checkpoint(run / LAST)["step"]) >= steps
 
 
 def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
-    from training.train import LAST, initial_model, train
+    from qw.training.train.checkpoints import LAST
+    from qw.training.train.loop import initial_model, train
 
     if not _finished(run, steps):
         cfg = demo_config(plan, steps)
@@ -101,8 +102,8 @@ def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
 
 
 def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path) -> Path:
-    from training.quantize import quantize_command
-    from training.train import LAST
+    from qw.training.quantization.qat import quantize_command
+    from qw.training.train.checkpoints import LAST
 
     if not _finished(run, plan.qat_steps):
         quantize_command(str(checkpoint), store, str(run), bits="w4a4", steps=plan.qat_steps, lr=plan.qat_lr,
@@ -113,8 +114,8 @@ def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path) -> Pa
 def run_demo(out: str | Path, train_steps: int | None = None, qat_steps: int | None = None,
              plan: DemoPlan | None = None) -> tuple[str, str]:
     """Run (or resume) the demo in `out`; returns (report path, headline table as markdown)."""
-    from training.evaluate import evaluate_command, markdown_table
-    from training.export import export_command
+    from qw.training.evaluation.evaluate import evaluate_command, markdown_table
+    from qw.training.export.exporter import export_command
 
     plan = replace(plan or DemoPlan(), **{k: v for k, v in (("train_steps", train_steps), ("qat_steps", qat_steps))
                                           if v is not None})

@@ -1,6 +1,6 @@
 """Quantization-aware QW-Net: fake quantizers with straight-through gradients, BN folding, and the QAT model.
 
-The plan (the paper's; bit widths from `training.config.QuantConfig`):
+The plan (the paper's; bit widths from `qw.training.config.QuantConfig`):
 
 * every U_e conv: weights `extractor_weight_bits` (4), input activations `extractor_act_bits` (4);
 * U_e's first conv: weights `first_weight_bits` (8), input `first_input_bits` (8);
@@ -17,7 +17,7 @@ exactly representable). Bits 16 mean "round to float16" (the FP16 variant); bits
 Batch norm is folded into the conv (running statistics, frozen) before weights are quantized, so what is simulated
 is what an integer kernel runs. A quantized conv computes conv(integer codes, integer weights) — exact in float32
 (or float64 where the worst-case sum exceeds 2^24) — and then rescales by s_a·s_w and adds the bias:
-`training.integer_ref` does the same accumulation in int32 and must, and does, give the same numbers.
+`qw.training.export.integer_ref` does the same accumulation in int32 and must, and does, give the same numbers.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.config import QuantConfig
-from training.model import ConvBNAct, QWNet
+from qw.training.config import QuantConfig
+from qw.training.model.qwnet import ConvBNAct, QWNet
 
 FLOAT16_BITS = 16
 FLOAT_BITS = 32

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.config import ModelConfig
-from training.hdr import compress
-from training.warp import warp
+from qw.training.config import ModelConfig
+from qw.training.model.hdr import compress
+from qw.training.model.warp import warp
 
 # Rec. 709 luma weights, applied to the range-compressed colour for the optional input processing.
 LUMA = (0.2126, 0.7152, 0.0722)

@@ -4,9 +4,9 @@ Every quantized conv runs as an integer kernel would: the input activation is tu
 (a_q − z), multiplied with the int32 weight codes and accumulated in int32 (im2col + integer matmul), and only
 then rescaled to float by s_a·s_w with the float bias added. Everything the quantization plan leaves in float
 (ELU, pooling, upsampling, concatenation, softmax, the kernel-prediction filters, the warp) is QW-Net's own code:
-the network is `training.model.QWNet` with its quantized convs swapped for `IntegerConv`.
+the network is `qw.training.model.qwnet.QWNet` with its quantized convs swapped for `IntegerConv`.
 
-Its output equals the fake-quantized model's (`training.quant`) to float rounding — in practice bit for bit,
+Its output equals the fake-quantized model's (`qw.training.quantization.fake_quant`) to float rounding — in practice bit for bit,
 because both round activations with the same function and both accumulate exactly — which is the proof that the
 simulated network can be run in integers. FP16-plan layers (no integers) run as float16-rounded float convs.
 Every conv that reads a tensor quantizes it with that tensor's one scale and zero point (the `.qwq` activation
@@ -23,11 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datagen.errors import QwError
-from training.config import Config
-from training.qwq import ExportedActivation, ExportedLayer, ExportedModel, read_qwq
-from training.model import QWNet
-from training.quant import activation_codes, batch_norm_of, replace_module, rescale, worst_case_accumulator
+from qw.datagen.errors import QwError
+from qw.training.config import Config
+from qw.training.export.qwq import ExportedActivation, ExportedLayer, ExportedModel, read_qwq
+from qw.training.model.qwnet import QWNet
+from qw.training.quantization.fake_quant import (activation_codes, batch_norm_of, replace_module, rescale,
+    worst_case_accumulator)
 
 INT32_MAX = 2 ** 31 - 1
 

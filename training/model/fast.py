@@ -1,24 +1,24 @@
-"""Fast execution paths for QW-Net that compute what `training.model` computes (to float rounding).
+"""Fast execution paths for QW-Net that compute what `qw.training.model.qwnet` computes (to float rounding).
 
 What is here, and why it is faster on a GPU (measured by ``benchmarks/gpu.py``):
 
 * `fused_filter_pyramid` / `fuse_filter`: U_f's softmax and 3×3 kernel application written as one expression per
   kernel group (exponentials, weighted sum of the nine shifted taps, one division at the end). Eagerly it is the
-  same work as `training.model.filter_pyramid`; under `torch.compile` each group becomes one generated kernel
+  same work as `qw.training.model.qwnet.filter_pyramid`; under `torch.compile` each group becomes one generated kernel
   (Triton on GPU, C++ on CPU) instead of ~20 launches with full-resolution intermediates.
 * `channels_last_frames`: (B,T,C,H,W) inputs whose every frame slice is channels_last, so a channels_last model
   never converts layouts inside the recurrence.
-* `fold_batch_norms`: inference copy with batch norm folded into the convs (`training.quant.fold_batch_norm`).
+* `fold_batch_norms`: inference copy with batch norm folded into the convs (`qw.training.quantization.fake_quant.fold_batch_norm`).
 * `compile_step`: `torch.compile` of `QWNet.step` (one frame), reused by all T steps of the recurrence: a small
   graph that compiles once, forward and backward.
 * `frame_step` + `CudaGraphFrame`: one recurrent inference frame (warp + step) replayed from a captured CUDA graph,
-  which removes the per-kernel launch cost that dominates a 1080p frame (`training.warp.warp` and `QWNet.step`
+  which removes the per-kernel launch cost that dominates a 1080p frame (`qw.training.model.warp.warp` and `QWNet.step`
   copy nothing from host memory, which a graph could not capture).
 * `accumulate_gradients`, `train_step` / `train_step_terms` and `DevicePrefetcher`: a training step with no host
   synchronization (the loss stays on the device) and batches copied from pinned memory on a side stream, one batch ahead; the loop of
-  `training.train` runs on them.
+  `qw.training.train.loop` runs on them.
 * `Int8Conv` / `int8_model`: U_e's and U_f's quantized convs as int8 GEMMs (`torch._int_mm`, int32 accumulation)
-  on the exported integer network of `training.integer_ref`; exact, so it equals that reference bit for bit.
+  on the exported integer network of `qw.training.export.integer_ref`; exact, so it equals that reference bit for bit.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training.losses import qwnet_loss
-from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps
-from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
+from qw.training.losses import qwnet_loss
+from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps
+from qw.training.quantization.fake_quant import activation_codes, fold_batch_norm, replace_module, rescale
 
 # ------------------------------------------------------------------------------------------------ filter network
 
@@ -54,7 +54,7 @@ def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tens
 
 def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
                          padding: str = "replicate") -> torch.Tensor:
-    """`training.model.filter_pyramid` with each softmax fused into its kernel application."""
+    """`qw.training.model.qwnet.filter_pyramid` with each softmax fused into its kernel application."""
     x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color, padding) + kernel_taps(history, padding))
     skips = [x]
     for s in range(1, len(raw)):
@@ -295,7 +295,7 @@ class Int8Conv(nn.Module):
     included, because padding is applied to c (code 0 = activation 0) before the shift. Exact, like the reference.
     """
 
-    def __init__(self, conv: nn.Module):  # a training.integer_ref.IntegerConv
+    def __init__(self, conv: nn.Module):  # a qw.training.export.integer_ref.IntegerConv
         super().__init__()
         out_ch, in_ch, kh, kw = conv.weight.shape
         zero = int(conv.act_zero)
@@ -337,8 +337,8 @@ class Int8Conv(nn.Module):
 
 
 def int8_model(integer_model: nn.Module) -> nn.Module:
-    """A copy of a `training.integer_ref.load_integer_model` network with every `IntegerConv` an `Int8Conv`."""
-    from training.integer_ref import IntegerConv  # imported here: it pulls in the export format (and OpenEXR)
+    """A copy of a `qw.training.export.integer_ref.load_integer_model` network with every `IntegerConv` an `Int8Conv`."""
+    from qw.training.export.integer_ref import IntegerConv  # imported here: it pulls in the export format (and OpenEXR)
 
     model = copy.deepcopy(integer_model)
     for name, module in list(model.named_modules()):

@@ -1,4 +1,4 @@
-"""`qw export`: a checkpoint → a `.qwq` file (`training.qwq`) or an ONNX graph (`training.onnx_graph`), optionally
+"""`qw export`: a checkpoint → a `.qwq` file (`qw.training.export.qwq`) or an ONNX graph (`qw.training.export.onnx_graph`), optionally
 checked on a captured shot against the implementation it must match."""
 
 from __future__ import annotations
@@ -7,17 +7,15 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import onnx
 import torch
 
-from datagen.capture_format import atomic_path, load_meta
-from datagen.errors import QwError
-from training.infer import frame_range, input_frames, run_qwnet
-from training.integer_ref import integer_conv, load_integer_model, rebuild_network
-from training.onnx_graph import OPSET, float_graph, qdq_graph, run_graph
-from training.quant import is_integer
-from training.quantize import model_from_any_checkpoint
-from training.qwq import exported_model, write_qwq
+from qw.datagen.capture_format import atomic_path, load_meta
+from qw.datagen.errors import QwError, require_extra
+from qw.training.infer import frame_range, input_frames, run_qwnet
+from qw.training.export.integer_ref import integer_conv, load_integer_model, rebuild_network
+from qw.training.quantization.fake_quant import is_integer
+from qw.training.quantization.qat import model_from_any_checkpoint
+from qw.training.export.qwq import exported_model, write_qwq
 
 FORMATS = ("qwq", "onnx")
 Runner = Callable[[Iterator[tuple[torch.Tensor, torch.Tensor, bool]]], Iterator[torch.Tensor]]
@@ -61,6 +59,12 @@ def _export_onnx(model: torch.nn.Module, cfg, quantized: bool, out: str, verify_
                  verify_frames: int) -> dict:
     """Float checkpoints give the float step, checked against PyTorch; quantized ones the QDQ step, checked
     against the integer reference built from the same exported numbers."""
+    require_extra("onnx", "onnx", "qw export --format onnx")
+    require_extra("onnxruntime", "onnx", "qw export --format onnx")
+    import onnx
+
+    from qw.training.export.onnx_graph import OPSET, float_graph, qdq_graph, run_graph
+
     if quantized:
         exported = exported_model(model, cfg)
         graph, reference = qdq_graph(exported), rebuild_network(exported, integer_conv, out)

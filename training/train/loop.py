@@ -1,7 +1,7 @@
 """Training loop for QW-Net (and, with a quantization-wrapped model, for QAT): one process per GPU under torchrun.
 
     qw train --store blocks.zarr --out runs/NAME [--config FILE] [--resume]
-    torchrun --nproc_per_node 8 -m cli train --store ... --out ...        (DDP: NCCL on GPU, gloo on CPU)
+    torchrun --nproc_per_node 8 -m qw.cli train --store ... --out ...        (DDP: NCCL on GPU, gloo on CPU)
 
 The global batch is batch_size × grad_accum blocks (64 by default) at any world size: each of W processes runs
 grad_accum / W micro-batches of `batch_size` blocks through the 8-step recurrence and DDP averages the gradients.
@@ -16,24 +16,16 @@ steps) and before every validation and checkpoint; the error names the first bad
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import math
-import os
-import pickle
-import re
-import shutil
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import yaml
 from pytorch_optimizer import Ranger
@@ -41,240 +33,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from datagen import __version__
-from datagen.block_store import BlockStore
-from datagen.capture_format import atomic_path
-from datagen.errors import QwError
-from training import fast, hdr
-from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides, validated_config
-from training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
-from training.model import QWNet
-from training.qwq import is_qwq_file
+from qw.datagen import __version__
+from qw.datagen.errors import QwError
+from qw.training.model import fast, hdr
+from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
+from qw.training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
+from qw.training.model.qwnet import QWNet
+from qw.training.train.checkpoints import BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, _rng_state, _set_rng_state, \
+    check_resumable, data_provenance, load_checkpoint, prune_checkpoints, publish, save_checkpoint
+from qw.training.train.ddp import Process, _gather, _mean_over_ranks, peer_failures, replica_difference, setup_process, \
+    sync_batch_norm
+from qw.training.train.run_log import RunLog, truncate_log
 
 log = logging.getLogger("qw.train")
-CHECKPOINT_FORMAT = "qw-checkpoint/1"
-LAST = "last.pt"
-BEST = "best.pt"
-STEP_PREFIX = "step-"
-ZIP_MAGIC = b"PK\x03\x04"
-# Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
-# schedules that do not depend on it).
-RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
-                     "num_workers", "compile", "channels_last", "ddp_timeout_s"}
-
-
-# ------------------------------------------------------------------------------------------------ processes
-
-
-@dataclass(frozen=True)
-class Process:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_process(timeout_s: float) -> Process:
-    """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else run alone.
-
-    `timeout_s` bounds every collective: a stalled peer fails the run instead of hanging it.
-    """
-    cuda = torch.cuda.is_available()
-    if "RANK" not in os.environ:
-        return Process(0, 1, torch.device("cuda" if cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
-    return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
-
-
-def _mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> dict[str, float]:
-    """Each value's mean over the ranks, read to the host in one transfer (the loop's one sync per logged step)."""
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=proc.device) for v in values.values()])
-    if proc.world_size > 1:
-        dist.all_reduce(t)
-        t /= proc.world_size
-    return dict(zip(values, t.tolist()))
-
-
-def _gather(obj: Any, proc: Process) -> list[Any]:
-    if proc.world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * proc.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def replica_difference(model: nn.Module, proc: Process) -> float:
-    """Largest parameter difference of any rank from rank 0; raises if DDP replicas drifted apart at all."""
-    if proc.world_size == 1:
-        return 0.0
-    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
-    reference = flat.clone()
-    dist.broadcast(reference, src=0)
-    worst = (flat - reference).abs().max()
-    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-    if float(worst) > 0:
-        raise RuntimeError(f"DDP replicas differ from rank 0 by up to {float(worst):g}")
-    return float(worst)
-
-
-def _is_peer_failure(exc: RuntimeError) -> bool:
-    """A collective that timed out or lost its peer (gloo raises plain RuntimeErrors; NCCL DistErrors)."""
-    return isinstance(exc, dist.DistError) or any(
-        text in str(exc) for text in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
-
-
-@contextlib.contextmanager
-def peer_failures(proc: Process, timeout_s: float) -> Iterator[None]:
-    """A DDP collective that fails because a peer stalled or died, as one line instead of a traceback."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if proc.world_size == 1 or not _is_peer_failure(exc):
-            raise
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])  # drop gloo's source location
-        raise QwError(f"rank {proc.rank}: a DDP peer stalled or failed (train.ddp_timeout_s = {timeout_s:g}): "
-                      f"{detail}") from None
-
-
-def sync_batch_norm(model: nn.Module, proc: Process) -> nn.Module:
-    """Under DDP, batch norm statistics over all ranks' micro-batches together (SyncBatchNorm).
-
-    torch implements SyncBatchNorm for GPUs only: CPU (gloo) ranks keep per-rank statistics, with a warning.
-    The state-dict keys do not change, so checkpoints load into a plain QWNet.
-    """
-    if proc.world_size == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model
-    if proc.device.type != "cuda":
-        log.warning("batch norm statistics stay per rank: torch's SyncBatchNorm needs GPUs")
-        return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def data_provenance(store: BlockStore, train_blocks: int, val_blocks: int) -> dict[str, Any]:
-    attrs = store.attrs
-    return {"store": store.url, "format": attrs.get("format"), "num_blocks": store.num_blocks,
-            "train_blocks": train_blocks, "val_blocks": val_blocks, "plan_digest": attrs.get("plan_digest"),
-            "store_qw_version": attrs.get("qw_version")}
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash leaves the previous checkpoint intact; a full disk is one line and leaves no
-    temporary file. (Through a Python file object: torch.save to a path reports ENOSPC as a bare zip error.)"""
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        torch.save(state, file)
-
-
-def step_checkpoints(out: Path) -> list[Path]:
-    """The run's step checkpoints, oldest first."""
-    return sorted(out.glob(f"{STEP_PREFIX}*.pt"))
-
-
-def publish(source: Path, name: Path) -> None:
-    """Make `name` the same checkpoint as `source`, atomically: a hard link (no second copy of the bytes), or a
-    copy where the filesystem has no links."""
-    with atomic_path(name) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-
-
-def prune_checkpoints(out: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` step checkpoints. last.pt and best.pt are names of their own (hard links),
-    so pruning never removes the newest or the best model."""
-    old = step_checkpoints(out)[:-keep]
-    for path in old:
-        path.unlink()
-    return old
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop the events after `step` (logged before a crash, past the checkpoint being resumed), so that after
-    --resume every step appears once. Lines torn by the crash are dropped too."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        with contextlib.suppress(ValueError):
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only); with `expected`, refuse one whose model/quant config differs."""
-    path = Path(path)
-    if not path.is_file():
-        raise QwError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
-        raise QwError(unreadable_checkpoint(path, exc)) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise QwError(f"{path}: not a qw checkpoint (expected format {CHECKPOINT_FORMAT})")
-    if "model" not in ckpt:
-        raise QwError(f"{path}: damaged qw checkpoint (no model weights)")
-    validated_config(ckpt.get("config"), f"{path}: checkpoint")
-    if expected is not None:
-        for section in ("model", "quant"):
-            have, want = ckpt["config"][section], getattr(expected, section).model_dump(mode="json")
-            diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-            if diff:
-                details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-                raise QwError(f"{path}: checkpoint was made with another {section} config ({details})")
-    return ckpt
-
-
-def unreadable_checkpoint(path: Path, exc: Exception) -> str:
-    """One line on what a file that torch.load refused is: an exported .qwq, a damaged checkpoint, or something else."""
-    if is_qwq_file(path):
-        return (f"{path}: an exported integer model (.qwq), not a checkpoint; `qw eval --qwq {path}` runs it, and "
-                "--checkpoint takes the `qw quantize` checkpoint it was exported from")
-    with open(path, "rb") as file:
-        zipped = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch.save's format: a zip archive
-    if zipped and not isinstance(exc, pickle.UnpicklingError):
-        return f"{path}: a damaged or truncated checkpoint (torch: {str(exc).strip().splitlines()[0]})"
-    return f"{path}: not a qw checkpoint (qw train and qw quantize write them)"
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[QWNet, Config]:
-    """The float QW-Net and its config from a training checkpoint (for evaluation, inference, quantization)."""
-    ckpt = load_checkpoint(path)
-    cfg = Config.model_validate(ckpt["config"])
-    model = QWNet(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model, cfg
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------------------------ the loop
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -299,7 +71,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
              amp: torch.dtype | None) -> dict[str, float]:
     """Mean loss terms and tone-mapped PSNR (output and, for scale, the aliased input) over this rank's share."""
-    from training.metrics import psnr  # the evaluation metric, so validation and `qw eval` agree
+    from qw.training.evaluation.metrics import psnr  # the evaluation metric, so validation and `qw eval` agree
 
     was_training = model.training
     model.eval()
@@ -320,46 +92,6 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
     totals = _mean_over_ranks(totals, proc)
     blocks = max(totals.pop("blocks"), 1.0)
     return {k: v / blocks for k, v in totals.items()}
-
-
-class RunLog:
-    """JSON lines + TensorBoard scalars + the progress bar; a no-op on ranks other than 0."""
-
-    def __init__(self, out: Path, proc: Process, start: int, total: int):
-        self.enabled = proc.main
-        if not self.enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.jsonl = open(out / "metrics.jsonl", "a")
-        self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
-        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-    def event(self, kind: str, step: int, values: dict[str, Any], scalars: dict[str, float] | None = None) -> None:
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"event": kind, "step": step, "time": time.time(), **values}) + "\n")
-        self.jsonl.flush()
-        for name, value in (scalars or {}).items():
-            self.tb.add_scalar(name, value, step)
-
-    def images(self, step: int, rows: list[np.ndarray]) -> None:
-        """Validation crops, one image per block: input | TAA | output | reference (tone-mapped HxWx3)."""
-        if self.enabled:
-            for i, row in enumerate(rows):
-                self.tb.add_image(f"val/crops/{i}", np.clip(row, 0, 1), step, dataformats="HWC")
-
-    def advance(self, postfix: dict[str, float] | None = None) -> None:
-        if self.enabled:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-            self.tb.close()
-            self.jsonl.close()
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> lr_scheduler.LRScheduler:
@@ -460,8 +192,9 @@ def validation_images(model: nn.Module, dataset: BlockDataset, indices: list[int
                       amp: torch.dtype | None) -> tuple[list[np.ndarray], dict[str, float]]:
     """The last frame of each given validation block as one tone-mapped row: input | TAA | output | reference,
     and the mean FLIP of the output and of TAA against the reference over those frames (small crops: FLIP is slow)."""
-    from training.metrics import flip, tonemap
-    from training.taa import run_taa
+    from qw.training.evaluation.metrics import flip
+    from qw.datagen.tonemap import tonemap
+    from qw.training.evaluation.taa import run_taa
 
     was_training = model.training
     model.eval()
@@ -500,23 +233,6 @@ def _validation_loader(url: str, val_idx: np.ndarray, cfg: Config, proc: Process
     dataset = BlockDataset(url, cfg.train.crop, augment=False, storage_options=storage_options)
     share = torch.utils.data.Subset(dataset, val_idx[proc.rank::proc.world_size].tolist())
     return DataLoader(share, batch_size=cfg.train.batch_size)
-
-
-def check_resumable(ckpt: dict[str, Any], path: Path, cfg: Config, provenance: dict[str, Any],
-                    world_size: int) -> None:
-    """Refuse to resume unless the run can continue exactly: the same store, world size and trajectory settings."""
-    problems = [f"store {key} {ckpt['data'].get(key)!r} vs {provenance.get(key)!r}"
-                for key in ("plan_digest", "num_blocks", "train_blocks", "val_blocks")
-                if ckpt["data"].get(key) != provenance.get(key)]
-    if ckpt["world_size"] != world_size:
-        problems.append(f"world size {ckpt['world_size']} vs {world_size} (each rank's data and micro-batches change)")
-    have = TrainConfig.model_validate(ckpt["config"]["train"]).model_dump(mode="json")
-    adjustable = RESUME_ADJUSTABLE - ({"steps"} if cfg.train.schedule == "cosine" else set())
-    problems += [f"train.{key} {have[key]!r} vs {value!r}" for key, value in cfg.train.model_dump(mode="json").items()
-                 if key not in adjustable and have[key] != value]
-    if problems:
-        raise QwError(f"{path}: cannot continue this run exactly ({'; '.join(problems)}); resume with the run's "
-                      f"store and settings, or start a new --out")
 
 
 def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:

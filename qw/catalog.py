@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datagen.errors import QwError
-from datagen.manifests import MANIFEST_ROOT, ManifestError, SceneManifest, find_dataset, load_scene_manifest, \
+from qw.datagen.errors import QwError
+from qw.datagen.manifests import MANIFEST_ROOT, ManifestError, SceneManifest, find_dataset, load_scene_manifest, \
     scene_manifest_path, scene_paths
 
 
@@ -33,7 +33,7 @@ class SceneStatus:
 @functools.cache
 def opengl_blocker() -> str | None:
     """Why the builtin renderer cannot get its OpenGL context (EGL) here; None when it can."""
-    from datagen.builtin.renderer import gl_context
+    from qw.datagen.builtin.renderer import gl_context
 
     try:
         gl_context()
@@ -45,7 +45,7 @@ def opengl_blocker() -> str | None:
 def unreal_blockers(manifest: SceneManifest) -> list[str]:
     """What is missing to capture an Unreal scene: the editor ($QW_UE4_EDITOR), the project file, its map (given or
     the project's default), the camera (authored keys or an existing sequence), a supported engine version."""
-    from ue_capture.launcher import check_sequence_filled, engine_major, resolve_editor, resolve_map, resolve_project
+    from qw.ue_capture.launcher import check_sequence_filled, engine_major, resolve_editor, resolve_map, resolve_project
 
     assert manifest.unreal is not None
     checks: list[Callable[[], Any]] = [lambda: resolve_editor(None),
@@ -89,6 +89,15 @@ def scene_statuses(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None 
         manifest = load_scene_manifest(path)
         statuses.append(SceneStatus(manifest, path, scene_blockers(manifest), budgets.get(name)))
     return statuses
+
+
+def scenes_json(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None = None) -> list[dict[str, Any]]:
+    """`qw scenes --json`: one object per scene manifest, the same facts as the table."""
+    return [{"name": s.manifest.name, "backend": s.manifest.backend, "path": str(s.path),
+             "shots": len(s.manifest.shots), "frames": sum(shot.frame_count for shot in s.manifest.shots),
+             "splits": dict(zip(("train", "val", "test"), map(int, s.split_counts().split("/")))),
+             "budget": s.budget, "runnable": s.runnable, "blockers": s.blockers}
+            for s in scene_statuses(root, dataset)]
 
 
 def print_scenes(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None = None,

@@ -1,0 +1,5 @@
+"""`python -m qw` is the `qw` command."""
+
+from qw.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Evaluation: image metrics, the TAA baselines and `qw eval`."""

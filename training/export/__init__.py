@@ -1,0 +1,1 @@
+"""Export: the `.qwq` integer file, its integer reference implementation, ONNX graphs, and `qw export`."""

@@ -1,0 +1,143 @@
+"""Training checkpoints: the file format, atomic publishing of ``last.pt``/``best.pt``/``step-N.pt``, pruning,
+loading and the checks that make ``--resume`` continue the same run."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qw.datagen.block_store import BlockStore
+from qw.datagen.capture_format import atomic_path
+from qw.datagen.errors import QwError
+from qw.training.config import Config, TrainConfig, validated_config
+from qw.training.export.qwq import is_qwq_file
+from qw.training.model.qwnet import QWNet
+
+CHECKPOINT_FORMAT = "qw-checkpoint/1"
+LAST = "last.pt"
+BEST = "best.pt"
+STEP_PREFIX = "step-"
+ZIP_MAGIC = b"PK\x03\x04"
+# Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
+# schedules that do not depend on it).
+RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
+                     "num_workers", "compile", "channels_last", "ddp_timeout_s"}
+
+
+def data_provenance(store: BlockStore, train_blocks: int, val_blocks: int) -> dict[str, Any]:
+    attrs = store.attrs
+    return {"store": store.url, "format": attrs.get("format"), "num_blocks": store.num_blocks,
+            "train_blocks": train_blocks, "val_blocks": val_blocks, "plan_digest": attrs.get("plan_digest"),
+            "store_qw_version": attrs.get("qw_version")}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash leaves the previous checkpoint intact; a full disk is one line and leaves no
+    temporary file. (Through a Python file object: torch.save to a path reports ENOSPC as a bare zip error.)"""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
+
+
+def step_checkpoints(out: Path) -> list[Path]:
+    """The run's step checkpoints, oldest first."""
+    return sorted(out.glob(f"{STEP_PREFIX}*.pt"))
+
+
+def publish(source: Path, name: Path) -> None:
+    """Make `name` the same checkpoint as `source`, atomically: a hard link (no second copy of the bytes), or a
+    copy where the filesystem has no links."""
+    with atomic_path(name) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def prune_checkpoints(out: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints. last.pt and best.pt are names of their own (hard links),
+    so pruning never removes the newest or the best model."""
+    old = step_checkpoints(out)[:-keep]
+    for path in old:
+        path.unlink()
+    return old
+
+
+def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only); with `expected`, refuse one whose model/quant config differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise QwError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
+        raise QwError(unreadable_checkpoint(path, exc)) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise QwError(f"{path}: not a qw checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if "model" not in ckpt:
+        raise QwError(f"{path}: damaged qw checkpoint (no model weights)")
+    validated_config(ckpt.get("config"), f"{path}: checkpoint")
+    if expected is not None:
+        for section in ("model", "quant"):
+            have, want = ckpt["config"][section], getattr(expected, section).model_dump(mode="json")
+            diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+            if diff:
+                details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+                raise QwError(f"{path}: checkpoint was made with another {section} config ({details})")
+    return ckpt
+
+
+def unreadable_checkpoint(path: Path, exc: Exception) -> str:
+    """One line on what a file that torch.load refused is: an exported .qwq, a damaged checkpoint, or something else."""
+    if is_qwq_file(path):
+        return (f"{path}: an exported integer model (.qwq), not a checkpoint; `qw eval --qwq {path}` runs it, and "
+                "--checkpoint takes the `qw quantize` checkpoint it was exported from")
+    with open(path, "rb") as file:
+        zipped = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch.save's format: a zip archive
+    if zipped and not isinstance(exc, pickle.UnpicklingError):
+        return f"{path}: a damaged or truncated checkpoint (torch: {str(exc).strip().splitlines()[0]})"
+    return f"{path}: not a qw checkpoint (qw train and qw quantize write them)"
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[QWNet, Config]:
+    """The float QW-Net and its config from a training checkpoint (for evaluation, inference, quantization)."""
+    ckpt = load_checkpoint(path)
+    cfg = Config.model_validate(ckpt["config"])
+    model = QWNet(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, cfg: Config, provenance: dict[str, Any],
+                    world_size: int) -> None:
+    """Refuse to resume unless the run can continue exactly: the same store, world size and trajectory settings."""
+    problems = [f"store {key} {ckpt['data'].get(key)!r} vs {provenance.get(key)!r}"
+                for key in ("plan_digest", "num_blocks", "train_blocks", "val_blocks")
+                if ckpt["data"].get(key) != provenance.get(key)]
+    if ckpt["world_size"] != world_size:
+        problems.append(f"world size {ckpt['world_size']} vs {world_size} (each rank's data and micro-batches change)")
+    have = TrainConfig.model_validate(ckpt["config"]["train"]).model_dump(mode="json")
+    adjustable = RESUME_ADJUSTABLE - ({"steps"} if cfg.train.schedule == "cosine" else set())
+    problems += [f"train.{key} {have[key]!r} vs {value!r}" for key, value in cfg.train.model_dump(mode="json").items()
+                 if key not in adjustable and have[key] != value]
+    if problems:
+        raise QwError(f"{path}: cannot continue this run exactly ({'; '.join(problems)}); resume with the run's "
+                      f"store and settings, or start a new --out")
