@@ -40,8 +40,8 @@ import zarr
 from torch.utils.data import DataLoader
 
 from bench_train import synthetic_store
-from datagen.block_store import open_store
-from training.data import IMAGES, BlockDataset, BlockSampler, augmentation_seed
+from qw.datagen.block_store import open_store
+from qw.training.data import IMAGES, BlockDataset, BlockSampler, augmentation_seed
 
 Measure = Callable[[list[int]], float]  # blocks per CPU second over the given block indices
 
@@ -121,7 +121,7 @@ def loader(url: str, workers: int, crop: int | None, batches: int, batch: int = 
 
 def sharded_copy(url: str, inner: int) -> str:
     """The same blocks in the sharded layout (one shard per block, inner chunks of `inner`²)."""
-    from datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal
 
     source = open_store(url)
     path = url + f".sharded{inner}"

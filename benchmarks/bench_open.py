@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.block_store import IMAGE_ARRAYS, checksum, create_store, seal
-from training.data import open_training_store
+from qw.datagen.block_store import IMAGE_ARRAYS, checksum, create_store, seal
+from qw.training.data import open_training_store
 
 SHOTS = [{"scene": "bench", "shot": "s", "split": "train"}]
 

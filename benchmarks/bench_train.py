@@ -23,11 +23,11 @@ import torch
 from pytorch_optimizer import Ranger
 from torch.utils.data import DataLoader
 
-from datagen.block_store import TILE, T, create_store, seal
-from training import fast
-from training.config import Config, load_config
-from training.data import BlockDataset, BlockSampler, open_training_store
-from training.model import QWNet
+from qw.datagen.block_store import TILE, T, create_store, seal
+from qw.training.model import fast
+from qw.training.config import Config, load_config
+from qw.training.data import BlockDataset, BlockSampler, open_training_store
+from qw.training.model.qwnet import QWNet
 
 
 def synthetic_store(path: Path, blocks: int, seed: int = 0) -> str:
@@ -101,7 +101,7 @@ def cpu_variants(rounds: int, steps: int, threads: list[int], compiled: bool = T
     """The demo configuration (quarter-width paper model, batch 4 of 8x64x64 blocks) on CPU: each variant x thread
     count timed once per round, interleaved; median and range of blocks/s and the ratio to eager at the same
     thread count in the same round."""
-    from training.demo import DemoPlan, demo_config
+    from qw.demo import DemoPlan, demo_config
 
     plan = DemoPlan()
     cfg, device = demo_config(plan, 1), torch.device("cpu")

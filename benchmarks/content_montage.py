@@ -20,10 +20,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datagen.builtin.renderer import Renderer, halton_jitter  # noqa: E402
-from datagen.builtin.scenes import build_scene  # noqa: E402
-from datagen.manifests import find_scene  # noqa: E402
-from training.metrics import psnr, tonemap  # noqa: E402
+from qw.datagen.builtin.renderer import Renderer, halton_jitter  # noqa: E402
+from qw.datagen.builtin.scenes import build_scene  # noqa: E402
+from qw.datagen.manifests import find_scene  # noqa: E402
+from qw.training.evaluation.metrics import psnr
+from qw.datagen.tonemap import tonemap  # noqa: E402
 
 BEFORE = ["builtin_fence_test", "builtin_crossing_test"]
 AFTER = ["builtin_courtyard_test", "builtin_machinery_test"]

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from capture_helpers import make_capture  # noqa: E402  (the tests' synthetic capture: a camera over a plane)
 
-from datagen.capture_format import PASSES, read_frame  # noqa: E402
-from datagen.validate import validate_capture  # noqa: E402
+from qw.datagen.capture_format import PASSES, read_frame  # noqa: E402
+from qw.datagen.validate import validate_capture  # noqa: E402
 
 
 def decode_floor(shot: Path, frames: int) -> float:

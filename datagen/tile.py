@@ -27,13 +27,13 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
+from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
     open_store, seal, store_filesystem
-from datagen.capture_format import frame_path, read_frame
-from datagen.cluster import check_cluster, cluster_failures, dask_client
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import DatasetManifest, find_dataset
-from datagen.plan import Plan, check_frames, plan_from_files
+from qw.datagen.capture_format import frame_path, read_frame
+from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import DatasetManifest, find_dataset
+from qw.datagen.plan import Plan, check_frames, plan_from_files
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
                 progress: bool = True, seed: int | None = None, overwrite: bool = False,
                 manifests_root: Path | None = None, inner_chunk: int | None = None) -> BlockStore:
     """Plan and build (or resume) the block store for `dataset` from the captures under `captures_root`, on a new
-    Dask cluster of kind `cluster` ('local', 'slurm'; see `datagen.cluster`) or the one at `scheduler`.
+    Dask cluster of kind `cluster` ('local', 'slurm'; see `qw.datagen.cluster`) or the one at `scheduler`.
     `inner_chunk`: the sharded layout (one shard per block, so still one writer per file) with inner chunks of
     that many pixels square, for crops that read part of a block."""
     if not isinstance(dataset, DatasetManifest):

@@ -191,7 +191,7 @@ def reprojected_motion(depth: np.ndarray, cam_prev: Any, cam_cur: Any, width: in
 
     Each pixel centre is unprojected with the current camera at its planar depth, projected with the previous
     camera, and the motion is ``p − p_prev`` (contract 1: +x right, +y down, current minus previous). Cameras are
-    `CameraFrame`s (or mappings / (view, projection) pairs) in the conventions of `datagen.capture_format`.
+    `CameraFrame`s (or mappings / (view, projection) pairs) in the conventions of `qw.datagen.capture_format`.
     Pixels without a valid answer (depth ≤ 0 or not finite, behind the previous camera) are NaN. With `stride`,
     `depth` is ``depth[::stride, ::stride]`` of the frame and the motion is that of those pixels.
     """

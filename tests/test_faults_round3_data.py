@@ -15,8 +15,8 @@ from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_man
 from cli_helpers import one_line_error
 from test_faults_store import built, chunk, flip_bytes, qw, store  # noqa: F401  (fixtures and helpers)
 
-from datagen.block_store import CHECKSUMS, open_store
-from datagen.errors import QwError
+from qw.datagen.block_store import CHECKSUMS, open_store
+from qw.datagen.errors import QwError
 
 # ----------------------------------------------------------------------------------------------- integrity
 
@@ -88,13 +88,13 @@ def test_a_scene_listed_twice_in_a_dataset_manifest_is_refused_naming_both(tmp_p
 
 
 def _infos(frames: int, width: int, height: int):
-    from datagen.plan import CaptureInfo
+    from qw.datagen.plan import CaptureInfo
 
     return [CaptureInfo("a/s1", capture_meta("a", "s1", frames, width, height), "sha", "train")]
 
 
 def test_a_budget_past_the_distinct_blocks_of_a_scene_is_refused():
-    from datagen.plan import make_plan
+    from qw.datagen.plan import make_plan
 
     # 24 frames = 3 windows of 8; a 40×36 frame holds 9×5 = 45 positions of a 32-pixel tile: 135 distinct blocks
     assert make_plan(dataset({"a": 135}), _infos(24, 40, 36)).num_blocks == 135
@@ -108,7 +108,7 @@ def test_a_budget_past_the_distinct_blocks_of_a_scene_is_refused():
 
 
 def test_a_budget_whose_blocks_must_overlap_is_warned_with_the_counts(caplog):
-    from datagen.plan import make_plan
+    from qw.datagen.plan import make_plan
 
     # 96×64 frames hold 3×2 = 6 disjoint 32-pixel tiles per window, 18 over 3 windows
     make_plan(dataset({"a": 18}), _infos(24, 96, 64))
@@ -153,7 +153,7 @@ def _qw_env(*args: str, env: dict, cwd: Path | None = None):
 
 
 def test_a_second_build_of_a_store_is_refused_while_the_first_holds_it(small_build):
-    from datagen.tile import build_lock
+    from qw.datagen.tile import build_lock
 
     store = str(small_build["root"] / "s.zarr")
     with build_lock(store):  # what a running build holds
@@ -218,7 +218,7 @@ def test_a_relative_store_on_a_cluster_started_elsewhere_is_built_where_the_clie
 def test_a_worker_that_cannot_open_the_store_says_why(tmp_path):
     import numpy as np
 
-    from datagen.tile import TaskSpec, run_task
+    from qw.datagen.tile import TaskSpec, run_task
 
     spec = TaskSpec(str(tmp_path / "nowhere.zarr"), None, "digest", 0, str(tmp_path), 64, 48, 0, 8, 32, 0,
                     np.zeros((1, 1, 2), np.int32), 1)
@@ -250,7 +250,7 @@ def test_channel_meanings_on_a_builtin_capture_with_a_known_camera_move(tmp_path
     import numpy as np
     import yaml
 
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     tx, ty, fov, width, height = 0.1, 0.05, 55.0, 128, 96
     manifest = tmp_path / "truck.yaml"

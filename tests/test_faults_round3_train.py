@@ -22,14 +22,15 @@ from cli_helpers import one_line_error
 from test_train import write_config
 from train_helpers import make_store
 
-from cli import main
-from datagen.capture_format import PASSES, frame_path, read_exr, write_exr
-from datagen.errors import QwError
-from training import qwq, train as train_module
-from training.config import Config, ModelConfig
-from training.data import check_batch_fits
-from training.quant import QUANT_PRESETS, quantize_model
-from training.model import QWNet
+from qw.cli import main
+from qw.datagen.capture_format import PASSES, frame_path, read_exr, write_exr
+from qw.datagen.errors import QwError
+from qw.training.export import qwq
+from qw.training.train import checkpoints
+from qw.training.config import Config, ModelConfig
+from qw.training.data import check_batch_fits
+from qw.training.quantization.fake_quant import QUANT_PRESETS, quantize_model
+from qw.training.model.qwnet import QWNet
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(widths=[8, 12, 16, 20, 24], decoder_convs=[1, 1, 1, 1])
@@ -197,7 +198,7 @@ def full_disk_on_call(monkeypatch, failing_call: int) -> None:
         with open("/dev/full", "wb") as full:
             real_save(obj, full)
 
-    monkeypatch.setattr(train_module.torch, "save", save)
+    monkeypatch.setattr(checkpoints.torch, "save", save)
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_file(store: str, tmp_path: Path,
@@ -211,7 +212,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_fil
     assert sorted(p.name for p in run.glob("*.pt*")) == ["last.pt", "step-00000001.pt"]  # nothing else
     assert not list(run.glob(".*tmp")) and not list(run.glob("*.tmp"))
     monkeypatch.undo()
-    assert train_module.load_checkpoint(run / "last.pt")["step"] == 1  # the previous checkpoint is intact
+    assert checkpoints.load_checkpoint(run / "last.pt")["step"] == 1  # the previous checkpoint is intact
 
 
 def test_a_full_disk_while_publishing_best_or_last_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
@@ -225,24 +226,24 @@ def test_a_full_disk_while_publishing_best_or_last_leaves_no_temporary_file(tmp_
         Path(dst).write_bytes(b"x" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train_module.os, "link", no_links)
-    monkeypatch.setattr(train_module.shutil, "copyfile", full_copy)
+    monkeypatch.setattr(checkpoints.os, "link", no_links)
+    monkeypatch.setattr(checkpoints.shutil, "copyfile", full_copy)
     with pytest.raises(QwError, match="best.pt: cannot write"):
-        train_module.publish(source, tmp_path / "best.pt")
+        checkpoints.publish(source, tmp_path / "best.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001.pt"]
 
 
 def test_checkpoint_writes_still_replace_the_previous_file(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     for step in (1, 2):
-        train_module.save_checkpoint(path, {"step": step})
+        checkpoints.save_checkpoint(path, {"step": step})
     assert torch.load(path)["step"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 @pytest.fixture(scope="module")
 def odd_shot(tmp_path_factory) -> Path:
     """A real builtin capture at an odd size (67×37), 3 frames, 1 sample reference (the pixels do not matter)."""
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     root = tmp_path_factory.mktemp("odd")
     return capture_scene("builtin_fence", root, shots=["rise"], frames=(0, 3), resolution=(67, 37), reference_spp=1,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from train_helpers import make_store
 
-from datagen.block_store import open_store
-from datagen.errors import QwError
-from training.data import BlockDataset, open_training_store
+from qw.datagen.block_store import open_store
+from qw.datagen.errors import QwError
+from qw.training.data import BlockDataset, open_training_store
 
 
 def chunk_path(url: str, name: str, index: int) -> Path:
@@ -43,7 +43,7 @@ def test_an_all_zero_block_without_a_chunk_is_not_refused(tmp_path):
     url = make_store(tmp_path / "s.zarr", n_train=3, n_val=1, complete=False)
     import zarr
 
-    from datagen.block_store import seal
+    from qw.datagen.block_store import seal
 
     group = zarr.open_group(url, mode="r+")
     group["motion"][1] = np.zeros(group["motion"].shape[1:], np.float16)  # a static camera: no motion at all
@@ -118,7 +118,7 @@ def bits(values: np.ndarray) -> np.ndarray:
 
 
 def test_augmentation_is_bitwise_the_step_by_step_numpy_result_for_every_flip_and_turn():
-    from training.data import augment
+    from qw.training.data import augment
 
     rng = np.random.default_rng(1)
     for block in (float16_block(rng), float16_block(rng, 16, 40)):
@@ -137,7 +137,7 @@ def test_augmentation_is_bitwise_the_step_by_step_numpy_result_for_every_flip_an
 
 def test_a_crop_of_a_sharded_store_is_the_crop_of_the_same_unsharded_block(tmp_path):
     """Same blocks, same seeds: the item (crop position, flips, exposure) does not depend on the layout."""
-    from datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal
     import zarr
 
     url = make_store(tmp_path / "flat.zarr", n_train=4, n_val=1, tile=32)
@@ -158,7 +158,7 @@ def test_a_crop_of_a_sharded_store_is_the_crop_of_the_same_unsharded_block(tmp_p
 
 def test_augmentation_on_the_batch_equals_augmentation_in_the_worker(tmp_path):
     """`augment_on_device`: the worker draws, `augment_batch` applies where the batch is (here the CPU)."""
-    from training.data import augment_batch
+    from qw.training.data import augment_batch
 
     url = make_store(tmp_path / "s.zarr", n_train=6, n_val=1, tile=32)
     items = [(i, 1000 + 7 * i) for i in range(6)]
@@ -179,7 +179,7 @@ def test_augmentation_on_the_batch_equals_augmentation_in_the_worker(tmp_path):
 def test_a_crop_of_a_sharded_store_reads_only_the_inner_chunks_it_overlaps(tmp_path):
     """The first inner chunk of block 0's colour is damaged: the centre crop never touches it (so it was never
     read), a crop over it fails naming the block, and a whole block fails too."""
-    from datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal
 
     group = create_store(str(tmp_path / "s.zarr"), 2, {"scenes": ["a"], "shots": [{"scene": "a", "shot": "s",
                                                                                    "split": "train"}],

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.builtin.renderer import Renderer, halton_jitter
-from datagen.builtin.scene import CameraKey, CameraPath, Limb, Material, RigidMotion, Scene, box, translate, scale
-from datagen.builtin.scenes import build_scene
-from datagen.manifests import find_scene
-from datagen.validate import reprojected_motion
-from training.metrics import psnr, tonemap
-from training.warp import warp as training_warp
+from qw.datagen.builtin.renderer import Renderer, halton_jitter
+from qw.datagen.builtin.scene import CameraKey, CameraPath, Limb, Material, RigidMotion, Scene, box, translate, scale
+from qw.datagen.builtin.scenes import build_scene
+from qw.datagen.manifests import find_scene
+from qw.datagen.validate import reprojected_motion
+from qw.training.evaluation.metrics import psnr
+from qw.datagen.tonemap import tonemap
+from qw.training.model.warp import warp as training_warp
 
 W, H = 128, 96
 WHITE = Material(color=(1.0, 1.0, 1.0), emissive=1.0)

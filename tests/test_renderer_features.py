@@ -9,12 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datagen.builtin.renderer import Renderer, halton_jitter, stratified_offsets
-from datagen.builtin.scene import (CameraKey, CameraPath, Material, RigidMotion, Scene, SunShadow, box, quad, rotate,
+from qw.datagen.builtin.renderer import Renderer, halton_jitter, stratified_offsets
+from qw.datagen.builtin.scene import (CameraKey, CameraPath, Material, RigidMotion, Scene, SunShadow, box, quad, rotate,
                                    scale, translate)
-from datagen.builtin.scenes import build_scene
-from datagen.builtin.textures import bricks_texture
-from datagen.manifests import find_scene
+from qw.datagen.builtin.scenes import build_scene
+from qw.datagen.builtin.textures import bricks_texture
+from qw.datagen.manifests import find_scene
 from test_renderer import H, W, camera_rays, interior, oracle_motion, planar_depth, slab_hits
 
 # ------------------------------------------------------------------------------------------------ alpha test

@@ -20,14 +20,14 @@ import zarr
 from click.testing import CliRunner
 
 from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
-from cli import main
-from datagen.block_store import IMAGE_ARRAYS, open_store
-from datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
-from datagen.errors import CaptureError, QwError
-from datagen.inspect_store import inspect_report
-from datagen.manifests import DatasetManifest
-from datagen.plan import plan_from_files
-from datagen.tile import MARKERS, build_store
+from qw.cli import main
+from qw.datagen.block_store import IMAGE_ARRAYS, open_store
+from qw.datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.inspect_store import inspect_report
+from qw.datagen.manifests import DatasetManifest
+from qw.datagen.plan import plan_from_files
+from qw.datagen.tile import MARKERS, build_store
 
 QW = str(Path(sys.executable).with_name("qw"))
 
@@ -209,7 +209,7 @@ def test_s3_store_on_local_moto_server(synthetic, s3_options):
                 manifests_root=synthetic["manifests"])
     check_store_matches_sources(url, synthetic, s3_options, ds)
     # the trainer's dataset reads the same blocks over HTTP
-    from training.data import BlockDataset
+    from qw.training.data import BlockDataset
 
     loader = torch.utils.data.DataLoader(BlockDataset(url, storage_options=s3_options), batch_size=4)
     batch = next(iter(loader))

@@ -24,13 +24,13 @@ from ue_formats import (
     write_mrq_frame,
 )
 
-from cli import main
-from datagen.capture_format import META_FILE, load_meta, read_frame
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import DatasetManifest
-from datagen.plan import CaptureInfo, make_plan
-from datagen.validate import validate_capture
-from ue_capture.importers import import_capture, mrq_passes
+from qw.cli import main
+from qw.datagen.capture_format import META_FILE, load_meta, read_frame
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import DatasetManifest
+from qw.datagen.plan import CaptureInfo, make_plan
+from qw.datagen.validate import validate_capture
+from qw.ue_capture.importers import import_capture, mrq_passes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +133,7 @@ def test_passes_qw_does_not_read_are_ignored_alike_in_files_and_layers(tmp_path,
     planes = {"FinalImageM_QW_Depth.R": np.full((H, W), 100.0, np.float32),
               "SceneDepthWorldUnits.R": np.full((H, W), 7.0, np.float32)}
     OpenEXR.File(dict(HEADER), planes).write(str(layered))
-    with caplog.at_level(logging.WARNING, logger="ue_capture.importers"):
+    with caplog.at_level(logging.WARNING, logger="qw.ue_capture.importers"):
         found = mrq_passes(src)
     assert {kind: {n: entry[:1] for n, entry in frames.items()} for kind, frames in found.items()} == expected
     warned = [r.getMessage() for r in caplog.records]

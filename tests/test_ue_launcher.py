@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 from ue_formats import camera_velocity, mrq_spatial_shift, scene_colour, trace_world
 
-from cli import main
-from datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import SceneManifest
-from datagen.validate import reprojected_motion, validate_capture
-from ue_capture.launcher import EDITOR_ENV, capture_scene
+from qw.cli import main
+from qw.datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import SceneManifest
+from qw.datagen.validate import reprojected_motion, validate_capture
+from qw.ue_capture.launcher import EDITOR_ENV, capture_scene
 
 TESTS = Path(__file__).resolve().parent
 W, H, N = 32, 20, 4

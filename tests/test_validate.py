@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from qw.cli import main
 from qw.datagen.capture_format import (META_FILE, finish_capture, frame_path, load_meta, shot_folders, write_exr,
                                     write_frame)
-from datagen.validate import reprojected_motion, reprojection_agreement, validate_capture
+from qw.datagen.validate import reprojected_motion, reprojection_agreement, validate_capture
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def _copy_shot(builtin_captures: Path, tmp_path: Path) -> Path:
 
 def _rename_frames(shot: Path, order: list[int]) -> None:
     """Stored frame k becomes the old frame order[k], in every pass (capture.json's cameras stay as recorded)."""
-    from datagen.capture_format import PASSES
+    from qw.datagen.capture_format import PASSES
 
     for pass_name in PASSES:
         data = [frame_path(shot, pass_name, i).read_bytes() for i in range(len(order))]

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datagen import __version__
-from datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_captures, frame_path, load_meta, read_frame,
+from qw.datagen import __version__
+from qw.datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_captures, frame_path, load_meta, read_frame,
                                     write_exr)
-from datagen.errors import QwError, missing_extra
-from datagen.tonemap import tonemap_8bit
-from training.model import pad_to_multiple
+from qw.datagen.errors import QwError, missing_extra
+from qw.datagen.tonemap import tonemap_8bit
+from qw.training.model.qwnet import pad_to_multiple
 
 FORMATS = ("exr", "png", "mp4")
 PREVIEW_FPS_DEFAULT = 30.0

@@ -2,7 +2,7 @@
 
 For each shot of a ``ue4`` scene manifest::
 
-    <out>/<scene>/<shot>/            the capture (contract 1), written last through datagen.capture_format
+    <out>/<scene>/<shot>/            the capture (contract 1), written last through qw.datagen.capture_format
     <out>/.unreal/<scene>/<shot>/    working area: job.json, prepare.json, editor logs, raw/
     <Project>/Saved/MovieRenderPipeline/QW_<scene>_<shot>.utxt    the saved queue (where the engine can load it)
 
@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from datagen.capture_format import atomic_path, is_complete, shot_dir
-from datagen.errors import CaptureError, QwError
-from datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
-from ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
-from ue_capture.importers import normalize_unreal_shot, raw_problems
+from qw.datagen.capture_format import atomic_path, is_complete, shot_dir
+from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
+from qw.ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
+from qw.ue_capture.importers import normalize_unreal_shot, raw_problems
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from datagen.builtin.scene import PATTERNS, Instance, Scene, merge
-from datagen.builtin.textures import SURFACE_TEXTURES, TEXT_TEXTURE_SIZE, text_texture
-from datagen.errors import QwError
+from qw.datagen.builtin.scene import PATTERNS, Instance, Scene, merge
+from qw.datagen.builtin.textures import SURFACE_TEXTURES, TEXT_TEXTURE_SIZE, text_texture
+from qw.datagen.errors import QwError
 
 MAX_MATERIALS = 64
 MAX_LIGHTS = 8

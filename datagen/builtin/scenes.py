@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from datagen.builtin.scene import (CameraKey, CameraPath, Limb, Material, PointLight, RigidMotion, Scene, SunShadow,
+from qw.datagen.builtin.scene import (CameraKey, CameraPath, Limb, Material, PointLight, RigidMotion, Scene, SunShadow,
                                    box, cylinder, quad, rotate, scale, sphere, translate)
-from datagen.errors import QwError
+from qw.datagen.errors import QwError
 
 Builder = Callable[..., Scene]
 BUILDERS: dict[str, Builder] = {}

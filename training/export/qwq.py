@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from datagen import __version__
-from datagen.capture_format import atomic_path
-from datagen.errors import QwError
-from training.config import INTEGER_BITS, Config, validated_config
-from training.quant import FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs, weight_qmax
+from qw.datagen import __version__
+from qw.datagen.capture_format import atomic_path
+from qw.datagen.errors import QwError
+from qw.training.config import INTEGER_BITS, Config, validated_config
+from qw.training.quantization.fake_quant import (FLOAT16_BITS, ActQuant, QuantConv, is_integer, quantized_convs,
+    weight_qmax)
 
 MAGIC = b"QWQ\x00"
 FORMAT_VERSION = 2
