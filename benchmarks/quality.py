@@ -25,6 +25,7 @@ same stages for checking the script.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -100,8 +101,9 @@ def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames:
     return json.loads((out / "metrics.json").read_text())
 
 
-def mean_psnr(run, shots: list[Path], frames: int) -> float:
-    """PSNR of `run` (input frames → outputs) over the first `frames` frames of every shot (frame-weighted)."""
+def frame_scores(run, shots: list[Path], frames: int) -> list[dict[str, list[float]]]:
+    """Per shot, the PSNR of every one of the first `frames` frames of `run` (input frames → outputs) and the
+    tPSNR of every frame with a valid history."""
     from datagen.capture_format import load_meta
     from training import metrics
     from training.evaluate import shot_frames
@@ -111,9 +113,32 @@ def mean_psnr(run, shots: list[Path], frames: int) -> float:
     for shot in shots:
         meta = load_meta(shot)
         indices = frame_range(meta, 0, frames)
-        scores += [metrics.psnr(to_image(o), read_reference(shot, i))
-                   for i, o in zip(indices, run(shot_frames(shot, meta, indices)))]
-    return float(np.mean(scores))
+        shot_scores: dict[str, list[float]] = {"psnr": [], "tpsnr": []}
+        previous = None
+        inputs, feed = itertools.tee(shot_frames(shot, meta, indices))
+        for i, (frame, output) in enumerate(zip(inputs, run(feed))):
+            image, reference = to_image(output), read_reference(shot, indices[i])
+            shot_scores["psnr"].append(metrics.psnr(image, reference))
+            if previous is not None and frame.history_valid:
+                shot_scores["tpsnr"].append(metrics.tpsnr(previous[0], image, previous[1], reference))
+            previous = image, reference
+        scores.append(shot_scores)
+    return scores
+
+
+def mean_psnr(run, shots: list[Path], frames: int) -> float:
+    """PSNR of `run` over the first `frames` frames of every shot (frame-weighted)."""
+    return float(np.mean([v for shot in frame_scores(run, shots, frames) for v in shot["psnr"]]))
+
+
+def val_summary(run, shots: list[Path], frames: int) -> dict[str, float]:
+    """An ablation's val scores: PSNR over all frames and over the steady state, tPSNR over all frames."""
+    from training.metrics import steady_state
+
+    scores = frame_scores(run, shots, frames)
+    return {"psnr": float(np.mean([v for s in scores for v in s["psnr"]])),
+            "psnr_steady": float(np.mean([v for s in scores for v in steady_state(s["psnr"])])),
+            "tpsnr": float(np.mean([v for s in scores for v in s["tpsnr"]]))}
 
 
 def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
@@ -272,6 +297,58 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dic
     return table
 
 
+# The recipe options, one change each from the plan's settings: short single-seed runs scored on val only.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "plan": (),
+    "jitter-input": ("model.jitter_input=true",),
+    "norm-none": ("model.norm=none",),
+    "norm-group": ("model.norm=group",),
+    "bn-momentum-0.01": ("model.bn_momentum=0.01",),
+    "loss-display": ("train.loss_domain=display",),
+    "cosine": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1"),
+}
+
+
+def ablate(plan: QualityPlan, store: str, val: list[Path], out: Path, names: list[str], steps: int) -> str:
+    """Train each named recipe option (plan settings + the option) for `steps` steps with the plan's first seed and
+    score it on the val instances (PSNR all frames and steady state, tPSNR); writes and returns `ablations.md`.
+    Resumable: finished runs and their scores are kept."""
+    from training.evaluate import _qwnet, passthrough
+    from training.quantize import model_from_any_checkpoint
+    from training.taa import run_taa
+
+    rows: dict[str, dict[str, float]] = {}
+    for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
+        cache = out / f"val_{label.replace(' ', '_')}.json"
+        if not cache.is_file():
+            cache.write_text(json.dumps(val_summary(run, val, plan.eval_frames)) + "\n")
+        rows[label] = json.loads(cache.read_text())
+    for name in names:
+        run_dir = out / name
+        cache = run_dir / f"val_step{steps}.json"
+        if not cache.is_file():
+            option = replace(plan, seed=plan.seeds[0], settings=plan.settings + ABLATIONS[name])
+            start = time.perf_counter()
+            checkpoint = train_demo(option, store, run_dir / "fp32", steps)
+            seconds = time.perf_counter() - start
+            model, _, _ = model_from_any_checkpoint(str(checkpoint))
+            cache.write_text(json.dumps({**val_summary(_qwnet(model, "cpu"), val, plan.eval_frames),
+                                         "train_s": seconds}) + "\n")
+        rows[name] = json.loads(cache.read_text())
+        print(f"[ablate] {name}: {rows[name]}", flush=True)
+    base = rows.get("plan")
+    lines = [f"Val instances, {len(val)} shots × {plan.eval_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
+             f"{plan.seeds[0]}, one option changed from the plan; Δ against the `plan` row.", "",
+             "| run | settings | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        settings = ", ".join(f"`{s}`" for s in ABLATIONS.get(name, ())) or ("–" if name in ABLATIONS else "baseline")
+        cells = [f"{r[k]:.2f} | " + (f"{r[k] - base[k]:+.2f}" if base and name in ABLATIONS else "")
+                 for k in ("psnr", "psnr_steady", "tpsnr")]
+        lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
+    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def taa_variants() -> dict[str, object]:
     """The default parameters and one change of each from them."""
     from training.taa import TaaParams
@@ -326,6 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--continue-steps", type=int, nargs="+", default=(),
                         help="after the run, continue the first seed's FP32 training to these step counts and plot "
                              "their val PSNR (learning-curve evidence; never selected or tested)")
+    parser.add_argument("--ablate", nargs="*", choices=sorted(ABLATIONS), metavar="OPTION",
+                        help=f"only train and score recipe options on val (none named: all of {', '.join(ABLATIONS)})")
+    parser.add_argument("--ablation-steps", type=int, default=300, help="FP32 steps of each --ablate run")
+    parser.add_argument("--eval-frames", type=int, help="override the plan's frames per held-out shot")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -333,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     plan = PLANS[args.plan] if args.seeds is None else replace(PLANS[args.plan], seeds=tuple(args.seeds))
+    if args.eval_frames:
+        plan = replace(plan, eval_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune_taa:
         print(tune_taa(plan, args.out), flush=True)
@@ -340,6 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     captures = args.out / "captures"
     val = capture(plan, captures, held_out_shots("val"), plan.eval_frames)
+    if args.ablate is not None:
+        capture(plan, captures, training_shots(), plan.train_frames)
+        store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)
+        print(ablate(plan, store, val, args.out / "ablations", args.ablate or list(ABLATIONS), args.ablation_steps))
+        return
     test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
     capture(plan, captures, training_shots(), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)

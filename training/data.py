@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from datagen.block_store import BlockStore, open_store
 from datagen.errors import QwError
 
-ARRAYS = ("color", "reference", "motion", "history_valid")
+ARRAYS = ("color", "reference", "motion", "history_valid", "jitter")
 IMAGES = ("color", "reference", "motion")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -45,18 +45,21 @@ def augmentation_seed(seed: int, epoch: int, block: int) -> int:
 
 
 def rotate90(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx)."""
+    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx),
+    and so does the jitter offset."""
     out = {k: np.rot90(block[k], 1, axes=(-2, -1)) for k in IMAGES}
     out["motion"] = np.stack([out["motion"][:, 1], -out["motion"][:, 0]], axis=1)
+    out["jitter"] = np.stack([block["jitter"][:, 1], -block["jitter"][:, 0]], axis=1)
     return {**block, **out}
 
 
 def flip(block: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:
-    """Mirror along W (axis=-1, negates motion x) or H (axis=-2, negates motion y)."""
+    """Mirror along W (axis=-1, negates motion x and jitter x) or H (axis=-2, negates motion y and jitter y)."""
     out = {k: np.flip(block[k], axis) for k in IMAGES}
     component = 0 if axis == -1 else 1
-    out["motion"] = out["motion"].copy()
-    out["motion"][:, component] *= -1
+    for k in ("motion", "jitter"):
+        out[k] = (out[k] if k in out else block[k]).copy()
+        out[k][:, component] *= -1
     return {**block, **out}
 
 

@@ -113,12 +113,12 @@ def compile_step(model: QWNet, mode: str | None = None, backend: str | Callable 
     """
     compiled = torch.compile(model.step, mode=mode, dynamic=False, backend=backend)
 
-    def step(color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def step(color: torch.Tensor, history: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
         layout = torch.channels_last if _is_channels_last(color) else torch.contiguous_format
         history = history.clone(memory_format=layout) if history is color else history.contiguous(memory_format=layout)
         if torch.is_grad_enabled() and not history.requires_grad:
             history = history.detach().requires_grad_()
-        return compiled(color, history)
+        return compiled(color, history, jitter)
 
     model.step = step
     return model
@@ -176,7 +176,7 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: st
                                                                                    dict[str, torch.Tensor]]:
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
-        output = model(batch["color"], batch["motion"], batch["history_valid"])
+        output = model(batch["color"], batch["motion"], batch["history_valid"], batch.get("jitter"))
     cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
                               spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,

@@ -318,7 +318,7 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
     model.eval()
     try:
         for seq in sequences:
-            model(seq["color"], seq["motion"], seq["history_valid"])
+            model(seq["color"], seq["motion"], seq["history_valid"], seq.get("jitter"))
     finally:
         for h in handles:
             h.remove()
