@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -37,11 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
+from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from training.metrics import STEADY_STATE_FROM  # noqa: E402
 
 DATASET = "builtin-quality"
 KINDS = ("fence", "specular", "street", "crossing")
 METRIC_KEYS = ("psnr", "ssim", "flip", "tpsnr")
+SPANS = {"all": 0, "steady": STEADY_STATE_FROM}  # every frame; each shot's frames from STEADY_STATE_FROM on
 
 
 @dataclass(frozen=True)
@@ -54,30 +57,55 @@ class QualityPlan(DemoPlan):
     qat_select_steps: tuple[int, ...] = (100, 200)
     qat_steps: int = 200
     seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = DATASET                       # the training store's dataset manifest
+    kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
+    store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
+    device: str = "cpu"                          # training, selection and scoring
+    flip_every: int = 1                          # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
 
 
 PLANS = {
     "full": QualityPlan(),
-    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, eval_frames=6,
+    # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
+    # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay; sized for ≤ 10 minutes on an H100.
+    "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=(32, 64, 96, 128, 160), store_tile=256,
+                       batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
+                       settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05"),
+                       qat_steps=400, qat_select_steps=(200, 400), device="cuda"),
+    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, eval_frames=10,
                          widths=(8, 12, 16, 20, 24), train_steps=6, select_steps=(3, 6), qat_select_steps=(4,),
                          qat_steps=4, seeds=(0, 1)),
 }
 
 
-def held_out_shots(split: str) -> dict[str, list[str]]:
-    """Every shot of the held-out instances of `split` ('val' or 'test'), by scene."""
+def held_out_shots(plan: QualityPlan, split: str) -> dict[str, list[str]]:
+    """Every shot of the held-out instances (`builtin_<kind>_<split>`) of `split` ('val' or 'test'), by scene."""
     from datagen.manifests import find_scene
 
-    scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in KINDS}
+    scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in plan.kinds}
     return {m.name: [s.name for s in m.shots if s.split == split] for m in scenes.values()}
 
 
-def training_shots() -> dict[str, list[str]]:
+def training_shots(plan: QualityPlan) -> dict[str, list[str]]:
     """The 'train' shots of every scene of the quality dataset."""
     from datagen.manifests import find_dataset, find_scene
 
     return {s.scene: [shot.name for shot in find_scene(s.scene).shots if shot.split == "train"]
-            for s in find_dataset(DATASET).scenes}
+            for s in find_dataset(plan.dataset).scenes}
+
+
+def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
+    """Build (or resume; a complete store is kept) the plan's store: its dataset manifest, with `store_tile` blocks
+    when set (a store per tile size: blocks.zarr, blocks-tile128.zarr, ...)."""
+    from datagen.manifests import DatasetManifest, find_dataset
+    from datagen.tile import build_store
+
+    manifest = find_dataset(plan.dataset)
+    if plan.store_tile:
+        manifest = DatasetManifest.model_validate({**manifest.model_dump(), "tile": plan.store_tile})
+    store = out / ("blocks.zarr" if plan.store_tile is None else f"blocks-tile{plan.store_tile}.zarr")
+    build_store(manifest, captures, str(store), workers=2, progress=False)
+    return str(store)
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
@@ -89,13 +117,14 @@ def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: 
 
 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
-                  baselines: tuple[str, ...] = ()) -> dict:
+                  baselines: tuple[str, ...] = (), device: str = "cpu", flip_every: int = 1) -> dict:
     """`qw eval` into `out` unless its metrics.json exists (resumable); returns metrics.json's content."""
     from training.evaluate import evaluate_command
 
     if not (out / "metrics.json").is_file():
         evaluate_command([str(c) for c in checkpoints], [str(s) for s in shots], str(out.with_suffix(".tmp")),
-                         baselines=baselines, frames=frames, flip_crop=None, crop_size=64)
+                         baselines=baselines, frames=frames, flip_crop=None, flip_every=flip_every, crop_size=64,
+                         device=device)
         shutil.rmtree(out, ignore_errors=True)
         out.with_suffix(".tmp").rename(out)
     return json.loads((out / "metrics.json").read_text())
@@ -141,7 +170,7 @@ def val_summary(run, shots: list[Path], frames: int) -> dict[str, float]:
             "tpsnr": float(np.mean([v for s in scores for v in s["tpsnr"]]))}
 
 
-def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
+def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path, device: str = "cpu") -> float:
     """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
     from training.evaluate import _qwnet
     from training.quantize import model_from_any_checkpoint
@@ -149,7 +178,7 @@ def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> flo
     if not cache.is_file():
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
         cache.write_text(json.dumps({"checkpoint": str(checkpoint),
-                                     "psnr": mean_psnr(_qwnet(model, "cpu"), val, frames)}) + "\n")
+                                     "psnr": mean_psnr(_qwnet(model.to(device), device), val, frames)}) + "\n")
     return json.loads(cache.read_text())["psnr"]
 
 
@@ -169,7 +198,7 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     PSNR (cached in `cache`)."""
     if not kept.is_file():
         shutil.copyfile(train_demo(plan, store, run, steps), kept)
-    return val_psnr(kept, val, plan.eval_frames, cache)
+    return val_psnr(kept, val, plan.eval_frames, cache, plan.device)
 
 
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
@@ -190,14 +219,47 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
             shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
-        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json")
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json",
+                                          plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
     first = seed == plan.seeds[0]
     scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames,
-                           ("taa", "taa-clamp") if first else ())
-    test = {m: v for m, v in scored["overall"].items() if m != INPUT_LABEL or first}
-    return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection, "test": test}
+                           ("taa", "taa-clamp") if first else (), plan.device, plan.flip_every)
+    kept = [m for m in scored["methods"] if m != INPUT_LABEL or first]
+    return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection,
+            "test": {m: scored["overall"][m] for m in kept},
+            "test_steady": {m: scored["overall_steady"][m] for m in kept},
+            "test_shots": {span: shot_means(scored, kept, start) for span, start in SPANS.items()}}
+
+
+def shot_means(scored: dict, methods: list[str], start: int) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per method and shot of a metrics.json: each metric's mean over the shot's frames from the `start`-th on."""
+    from training.evaluate import mean_of_scored
+
+    return {m: {name: {k: mean_of_scored(shot["per_frame"][m][k][start:]) for k in METRIC_KEYS}
+                for name, shot in scored["shots"].items()} for m in methods}
+
+
+def paired_over_seeds(rows: list[dict], against: str = "TAA") -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per QW-Net method, span and metric: the per-shot differences (method's mean over the seeds − `against`,
+    which is deterministic and scored with the first seed) with `metrics.paired_difference`'s bootstrap interval."""
+    from training.evaluate import INPUT_LABEL
+    from training.metrics import paired_difference
+
+    methods = [m for m in rows[0]["test"] if m != INPUT_LABEL and not m.startswith(against)]
+    out: dict = {}
+    for method in methods:
+        out[method] = {}
+        for span in SPANS:
+            base = rows[0]["test_shots"][span][against]
+            out[method][span] = {}
+            for k in METRIC_KEYS:
+                shots = [s for s in base if base[s][k] is not None]
+                ours = [float(np.mean([r["test_shots"][span][method][s][k] for r in rows])) for s in shots]
+                if shots:  # none when the shots are shorter than the span's start
+                    out[method][span][k] = paired_difference(ours, [base[s][k] for s in shots])
+    return out
 
 
 def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, steps: tuple[int, ...]) -> dict[int, float]:
@@ -219,11 +281,11 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per method and metric: mean, sample std, min and max over the seeds' test scores (the baselines, scored
-    once, have no spread)."""
-    methods = rows[0]["test"].keys()
-    return {m: {k: spread([r["test"][m][k] for r in rows if m in r["test"]]) for k in METRIC_KEYS} for m in methods}
+def summarize(rows: list[dict], key: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric: mean, sample std, min and max over the seeds' scores in `key` (``test`` or
+    ``test_steady``; the baselines, scored once, have no spread)."""
+    methods = rows[0][key].keys()
+    return {m: {k: spread([r[key][m][k] for r in rows if m in r[key]]) for k in METRIC_KEYS} for m in methods}
 
 
 def summary_table(summary: dict) -> str:
@@ -279,11 +341,21 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
 
 def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dict[str, float],
                   seconds: float, curve: dict[int, float] | None = None) -> str:
-    summary = summarize(rows)
-    table = summary_table(summary)
+    from training.evaluate import paired_table
+    from training.metrics import BOOTSTRAP_RESAMPLES
+
+    summary, steady = summarize(rows), summarize(rows, "test_steady")
+    paired = paired_over_seeds(rows)
+    table = "\n\n".join([f"All frames:\n\n{summary_table(summary)}",
+                         f"Steady state (frames ≥ {STEADY_STATE_FROM} of each shot):\n\n{summary_table(steady)}",
+                         f"Paired per-shot differences from TAA (QW-Net: mean over the seeds per shot), "
+                         f"[95 % percentile-bootstrap interval over the shots, {BOOTSTRAP_RESAMPLES} resamples]:"
+                         f"\n\n{paired_table(paired)}"])
     choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
-    md = ["# Quality run", "", f"Test instances (`builtin_*_test`), {len(rows)} training seeds, mean ± sample std:",
-          "", table, "", f"Chosen on val only: {choices}.", "",
+    shots = len(rows[0]["test_shots"]["all"]["TAA"])
+    md = ["# Quality run", "", f"Test instances of `{plan.dataset}` ({shots} shots × {plan.eval_frames} frames), "
+          f"{len(rows)} training seeds, QW-Net rows mean ± sample std over the seeds:", "", table, "",
+          f"Chosen on val only: {choices}. Each shot's worst region per method: `seed*/test/*_worst.png`.", "",
           f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", ""]
     if curve:
         points = ", ".join(f"{n} steps {v:.2f} dB" for n, v in curve.items())
@@ -292,31 +364,48 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dic
     md += ["![learning curves](learning_curves.png)", ""]
     (out / "summary.md").write_text("\n".join(md))
     (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary,
+                                                  "summary_steady": steady, "paired": paired,
                                                   "val_baselines": baselines, "continued": curve}, indent=1) + "\n")
     plot_learning_curves(out, rows, baselines, curve)
     return table
 
 
-# The recipe options, one change each from the plan's settings: short single-seed runs scored on val only.
-ABLATIONS: dict[str, tuple[str, ...]] = {
-    "plan": (),
-    "jitter-input": ("model.jitter_input=true",),
-    "norm-none": ("model.norm=none",),
-    "norm-group": ("model.norm=group",),
-    "bn-momentum-0.01": ("model.bn_momentum=0.01",),
-    "loss-display": ("train.loss_domain=display",),
-    "cosine": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1"),
+# The recipe options: each changes the plan's settings (config overrides) or plan fields, one at a time; short
+# single-seed runs scored on val only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64².
+ABLATIONS: dict[str, dict] = {
+    "plan": {},
+    "jitter-input": {"settings": ("model.jitter_input=true",)},
+    "norm-none": {"settings": ("model.norm=none",)},
+    "norm-group": {"settings": ("model.norm=group",)},
+    "bn-momentum-0.01": {"settings": ("model.bn_momentum=0.01",)},
+    "loss-display": {"settings": ("train.loss_domain=display",)},
+    "cosine": {"settings": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1")},
+    "crop-128": {"store_tile": 128, "batch_size": 1},
 }
 
 
-def ablate(plan: QualityPlan, store: str, val: list[Path], out: Path, names: list[str], steps: int) -> str:
-    """Train each named recipe option (plan settings + the option) for `steps` steps with the plan's first seed and
-    score it on the val instances (PSNR all frames and steady state, tPSNR); writes and returns `ablations.md`.
-    Resumable: finished runs and their scores are kept."""
+def ablation_plan(plan: QualityPlan, name: str) -> QualityPlan:
+    """`plan` (first seed) with ablation `name`'s changes; its settings are added to the plan's."""
+    change = dict(ABLATIONS[name])
+    settings = plan.settings + change.pop("settings", ())
+    return replace(plan, seed=plan.seeds[0], settings=settings, **change)
+
+
+def describe_ablation(name: str) -> str:
+    change = dict(ABLATIONS[name])
+    parts = [f"`{s}`" for s in change.pop("settings", ())] + [f"plan `{k}={v}`" for k, v in change.items()]
+    return ", ".join(parts) or "–"
+
+
+def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names: list[str], steps: int) -> str:
+    """Train each named recipe option for `steps` steps with the plan's first seed and score it on the val instances
+    (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`. Resumable: finished runs
+    and their scores are kept."""
     from training.evaluate import _qwnet, passthrough
     from training.quantize import model_from_any_checkpoint
     from training.taa import run_taa
 
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
     for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
         cache = out / f"val_{label.replace(' ', '_')}.json"
@@ -327,24 +416,27 @@ def ablate(plan: QualityPlan, store: str, val: list[Path], out: Path, names: lis
         run_dir = out / name
         cache = run_dir / f"val_step{steps}.json"
         if not cache.is_file():
-            option = replace(plan, seed=plan.seeds[0], settings=plan.settings + ABLATIONS[name])
+            option = ablation_plan(plan, name)
+            store = build_quality_store(option, captures, out.parent)
             start = time.perf_counter()
             checkpoint = train_demo(option, store, run_dir / "fp32", steps)
             seconds = time.perf_counter() - start
             model, _, _ = model_from_any_checkpoint(str(checkpoint))
-            cache.write_text(json.dumps({**val_summary(_qwnet(model, "cpu"), val, plan.eval_frames),
-                                         "train_s": seconds}) + "\n")
+            cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
+                                                       plan.eval_frames), "train_s": seconds}) + "\n")
         rows[name] = json.loads(cache.read_text())
         print(f"[ablate] {name}: {rows[name]}", flush=True)
     base = rows.get("plan")
     lines = [f"Val instances, {len(val)} shots × {plan.eval_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
-             f"{plan.seeds[0]}, one option changed from the plan; Δ against the `plan` row.", "",
-             "| run | settings | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"{plan.seeds[0]}, one change from the plan; Δ against the `plan` row.", "",
+             "| run | change | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ | train s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        settings = ", ".join(f"`{s}`" for s in ABLATIONS.get(name, ())) or ("–" if name in ABLATIONS else "baseline")
-        cells = [f"{r[k]:.2f} | " + (f"{r[k] - base[k]:+.2f}" if base and name in ABLATIONS else "")
+        trained = name in ABLATIONS
+        cells = [f"{r[k]:.2f} | " + (f"{r[k] - base[k]:+.2f}" if base and trained else "")
                  for k in ("psnr", "psnr_steady", "tpsnr")]
-        lines.append(f"| {name} | {settings} | " + " | ".join(cells) + " |")
+        change = describe_ablation(name) if trained else "baseline"
+        lines.append(f"| {name} | {change} | " + " | ".join(cells) + f" | {r.get('train_s', 0):.0f} |")
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -373,7 +465,7 @@ def tune_taa(plan: QualityPlan, out: Path) -> str:
     from training.infer import frame_range, read_reference, to_image
     from training.taa import run_taa, run_taa_clamp
 
-    shots = capture(plan, out / "captures", held_out_shots("val"), plan.eval_frames)
+    shots = capture(plan, out / "captures", held_out_shots(plan, "val"), plan.eval_frames)
     methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}
     methods.update({name: (lambda frames, p=p: run_taa(frames, p)) for name, p in taa_variants().items()})
     scores = {name: {"psnr": [], "tpsnr": []} for name in methods}
@@ -394,10 +486,26 @@ def tune_taa(plan: QualityPlan, out: Path) -> str:
     return "\n".join(lines)
 
 
+def choose_plan(name: str | None, device: str) -> QualityPlan:
+    """The named plan (default: `gpu` on CUDA, else `full`) on `device` ('auto': CUDA when present). On the CPU the
+    GPUs are hidden, so that the trainer, which takes CUDA whenever it sees it, stays on the CPU too."""
+    import torch
+
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks CUDA (the first query fixes the devices)
+    elif device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    return replace(PLANS[name or ("gpu" if device == "cuda" else "full")], device=device)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/quality", type=Path)
-    parser.add_argument("--plan", default="full", choices=sorted(PLANS))
+    parser.add_argument("--plan", choices=sorted(PLANS), help="default: gpu on a CUDA device, else full")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where training, selection and scoring run (auto: CUDA when present)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's training seeds")
     parser.add_argument("--tune-taa", action="store_true", help="only score TAA variants on the val instances")
     parser.add_argument("--continue-steps", type=int, nargs="+", default=(),
@@ -413,7 +521,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    plan = PLANS[args.plan] if args.seeds is None else replace(PLANS[args.plan], seeds=tuple(args.seeds))
+    plan = choose_plan(args.plan, args.device)
+    if args.seeds:
+        plan = replace(plan, seeds=tuple(args.seeds))
     if args.eval_frames:
         plan = replace(plan, eval_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -422,16 +532,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     captures = args.out / "captures"
-    val = capture(plan, captures, held_out_shots("val"), plan.eval_frames)
+    val = capture(plan, captures, held_out_shots(plan, "val"), plan.eval_frames)
     if args.ablate is not None:
-        capture(plan, captures, training_shots(), plan.train_frames)
-        store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)
-        print(ablate(plan, store, val, args.out / "ablations", args.ablate or list(ABLATIONS), args.ablation_steps))
+        capture(plan, captures, training_shots(plan), plan.train_frames)
+        print(ablate(plan, captures, val, args.out / "ablations", args.ablate or list(ABLATIONS),
+                     args.ablation_steps))
         return
-    test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
-    capture(plan, captures, training_shots(), plan.train_frames)
+    test = capture(plan, captures, held_out_shots(plan, "test"), plan.eval_frames)
+    capture(plan, captures, training_shots(plan), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
-    store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)  # a complete store is kept
+    store = build_quality_store(plan, captures, args.out)  # a complete store is kept
     baselines = val_baselines(val, plan.eval_frames, args.out / "val_baselines.json")
     rows = []
     for seed in plan.seeds:

@@ -46,20 +46,24 @@ def augmentation_seed(seed: int, epoch: int, block: int) -> int:
 
 def rotate90(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx),
-    and so does the jitter offset."""
+    and so does the jitter offset (T,2) when the block has one."""
     out = {k: np.rot90(block[k], 1, axes=(-2, -1)) for k in IMAGES}
     out["motion"] = np.stack([out["motion"][:, 1], -out["motion"][:, 0]], axis=1)
-    out["jitter"] = np.stack([block["jitter"][:, 1], -block["jitter"][:, 0]], axis=1)
+    if "jitter" in block:
+        out["jitter"] = np.stack([block["jitter"][:, 1], -block["jitter"][:, 0]], axis=1)
     return {**block, **out}
 
 
 def flip(block: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:
     """Mirror along W (axis=-1, negates motion x and jitter x) or H (axis=-2, negates motion y and jitter y)."""
     out = {k: np.flip(block[k], axis) for k in IMAGES}
+    if "jitter" in block:
+        out["jitter"] = block["jitter"]
     component = 0 if axis == -1 else 1
     for k in ("motion", "jitter"):
-        out[k] = (out[k] if k in out else block[k]).copy()
-        out[k][:, component] *= -1
+        if k in out:
+            out[k] = out[k].copy()
+            out[k][:, component] *= -1
     return {**block, **out}
 
 
