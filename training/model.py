@@ -272,6 +272,12 @@ class QWNet(nn.Module):
         return torch.stack(outputs, dim=1)[..., :h, :w]
 
 
+def sequence_inputs(batch: dict[str, torch.Tensor], jitter: bool) -> tuple[torch.Tensor, ...]:
+    """`QWNet.forward`'s arguments from a batch of blocks: colour, motion, history validity, and the jitter for a
+    model that reads it (other models, e.g. wrapped ones, keep the three-argument interface)."""
+    return (batch["color"], batch["motion"], batch["history_valid"]) + ((batch["jitter"],) if jitter else ())
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad the last two dims of x (any leading dims) up to multiples of `multiple`."""
     h, w = x.shape[-2:]

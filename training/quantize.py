@@ -16,7 +16,8 @@ from datagen.errors import QwError
 from training.config import Config, TrainConfig, apply_overrides, parse_overrides
 from training.data import BlockDataset, open_training_store
 from training.model import QWNet
-from training.quant import QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites, quantize_model
+from training.quant import (QUANT_PRESETS, calibrate_clips, check_quantizable, is_quantized_state, quant_sites,
+                           quantize_model)
 from training.train import LAST, load_checkpoint, train
 
 QAT_DEFAULT_STEPS = 2000
@@ -62,6 +63,10 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     if quantized:
         raise QwError(f"{checkpoint}: already a quantized checkpoint; quantize the full-precision one")
+    try:
+        check_quantizable(model)
+    except ValueError as exc:
+        raise QwError(f"{checkpoint}: {exc}") from None
     overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
                                    "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
                  if v is not None}

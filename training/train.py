@@ -48,7 +48,7 @@ from datagen.errors import QwError
 from training import fast, hdr
 from training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
 from training.data import BlockDataset, BlockSampler, open_training_store
-from training.model import QWNet
+from training.model import QWNet, sequence_inputs
 
 log = logging.getLogger("qw.train")
 CHECKPOINT_FORMAT = "qw-checkpoint/1"
@@ -451,7 +451,7 @@ def validation_images(model: nn.Module, dataset: BlockDataset, indices: list[int
     for index in indices:
         block = _to_device({k: v.unsqueeze(0) for k, v in dataset[index].items() if k != "index"}, proc.device)
         with torch.autocast(proc.device.type, dtype=amp, enabled=amp is not None):
-            output = model(block["color"], block["motion"], block["history_valid"], block.get("jitter"))
+            output = model(*sequence_inputs(block, cfg.model.jitter_input))
         frames = zip(block["color"].unbind(1), block["motion"].unbind(1), block["history_valid"][0].tolist())
         taa = list(run_taa(frames))[-1]
         images = [x[0].float().permute(1, 2, 0).cpu().numpy()
