@@ -21,7 +21,8 @@ from datagen.builtin.renderer import Renderer, halton_jitter
 from datagen.builtin.scenes import build_scene
 from datagen.manifests import find_scene
 
-SCENES = ["builtin_fence", "builtin_street", "builtin_specular", "builtin_crossing"]
+SCENES = ["builtin_fence", "builtin_street", "builtin_specular", "builtin_crossing", "builtin_courtyard",
+          "builtin_machinery"]
 
 
 def best_seconds(fn, repeat: int) -> float:

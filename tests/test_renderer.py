@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datagen.builtin.renderer import Renderer, halton_jitter
-from datagen.builtin.scene import CameraKey, CameraPath, Material, RigidMotion, Scene, box, translate, scale
+from datagen.builtin.scene import CameraKey, CameraPath, Limb, Material, RigidMotion, Scene, box, translate, scale
 from datagen.builtin.scenes import build_scene
 from datagen.manifests import find_scene
 from datagen.validate import reprojected_motion
@@ -20,12 +20,8 @@ WHITE = Material(color=(1.0, 1.0, 1.0), emissive=1.0)
 # ------------------------------------------------------------------------------------------------ oracle
 
 
-def ray_cast(scene: Scene, frame: float, offset=(0.0, 0.0)):
-    """Nearest box hit through every pixel centre (+offset pixels, +y down) of the scene's camera at `frame`.
-
-    Every instance must be the unit cube placed by its model matrix: the hit is found by slab intersection in the
-    box's local frame. Returns (instance index or −1, world hit points) per pixel.
-    """
+def camera_rays(scene: Scene, frame: float, offset=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(world origin, H×W×3 world directions) of the rays through every pixel centre (+offset pixels, +y down)."""
     view = scene.camera.view(frame)
     proj = scene.camera.projection(W / H)
     px = np.arange(W) + 0.5 + offset[0]
@@ -33,42 +29,70 @@ def ray_cast(scene: Scene, frame: float, offset=(0.0, 0.0)):
     xn, yn = np.meshgrid(2 * px / W - 1, 1 - 2 * py / H)
     cam_dir = np.stack([xn / proj[0, 0], yn / proj[1, 1], -np.ones_like(xn)], -1)
     cam_to_world = np.linalg.inv(view)
-    origin = cam_to_world[:3, 3]
-    dirs = cam_dir @ cam_to_world[:3, :3].T
+    return cam_to_world[:3, 3], cam_dir @ cam_to_world[:3, :3].T
+
+
+def slab_hits(model: np.ndarray, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Ray parameter of the first hit of the unit cube placed by `model` (inf where missed or behind)."""
+    inv = np.linalg.inv(model)
+    o = inv[:3, :3] @ origin + inv[:3, 3] if origin.ndim == 1 else origin @ inv[:3, :3].T + inv[:3, 3]
+    d = dirs @ inv[:3, :3].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0, t1 = (-0.5 - o) / d, (0.5 - o) / d
+    t_near = np.minimum(t0, t1).max(-1)
+    t_far = np.maximum(t0, t1).min(-1)
+    return np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
+
+
+def ray_cast(scene: Scene, frame: float, offset=(0.0, 0.0)):
+    """Nearest box hit through every pixel centre (+offset pixels, +y down) of the scene's camera at `frame`.
+
+    Every instance must be the unit cube placed by its model matrix: the hit is found by slab intersection in the
+    box's local frame. Returns (instance index or −1, world hit points) per pixel.
+    """
+    origin, dirs = camera_rays(scene, frame, offset)
     best_t = np.full((H, W), np.inf)
     ids = np.full((H, W), -1)
     for k, inst in enumerate(scene.instances):
-        inv = np.linalg.inv(inst.model(frame))
-        o = inv[:3, :3] @ origin + inv[:3, 3]
-        d = dirs @ inv[:3, :3].T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t0, t1 = (-0.5 - o) / d, (0.5 - o) / d
-        t_near = np.minimum(t0, t1).max(-1)
-        t_far = np.maximum(t0, t1).min(-1)
-        hit = (t_near <= t_far) & (t_near > 0) & (t_near < best_t)
-        best_t[hit], ids[hit] = t_near[hit], k
+        t = slab_hits(inst.model(frame), origin, dirs)
+        hit = t < best_t
+        best_t[hit], ids[hit] = t[hit], k
     return ids, origin + np.where(ids >= 0, best_t, 0.0)[..., None] * dirs
+
+
+def screen_position(scene: Scene, frame: float, world: np.ndarray) -> np.ndarray:
+    """Image position (pixels, +y down) of world points seen by the unjittered camera at `frame`."""
+    proj = scene.camera.projection(W / H)
+    clip = np.c_[world.reshape(-1, 3), np.ones(world[..., 0].size)] @ (proj @ scene.camera.view(frame)).T
+    ndc = clip[:, :2] / clip[:, 3:]
+    return np.stack([(ndc[:, 0] + 1) * W / 2, (1 - ndc[:, 1]) * H / 2], -1).reshape(*world.shape[:-1], 2)
+
+
+def oracle_motion(scene: Scene, ids: np.ndarray, hits: np.ndarray, frame: float, prev: float) -> np.ndarray:
+    """Motion (pixels, current − previous) of the surface points `hits` of instances `ids` (rigidly attached)."""
+    prev_world = np.zeros_like(hits)
+    for k, inst in enumerate(scene.instances):
+        sel = ids == k
+        local = (np.c_[hits[sel], np.ones(sel.sum())] @ np.linalg.inv(inst.model(frame)).T)
+        prev_world[sel] = (local @ inst.model(prev).T)[:, :3]
+    cur_px = np.stack(np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5), -1)
+    return cur_px - screen_position(scene, prev, prev_world), prev_world
+
+
+def planar_depth(scene: Scene, frame: float, world: np.ndarray) -> np.ndarray:
+    view = scene.camera.view(frame)
+    return -(world @ view[2, :3] + view[2, 3])
 
 
 def oracle_motion_depth(scene: Scene, frame: float, prev: float, with_prev_depth: bool = False):
     """Motion (pixels, current − previous, +y down) and planar depth of the ray-cast surfaces (and, optionally,
     the planar depth each surface point had in the previous frame)."""
     ids, hits = ray_cast(scene, frame)
-    proj = scene.camera.projection(W / H)
-    prev_world = np.zeros_like(hits)
-    for k, inst in enumerate(scene.instances):
-        sel = ids == k
-        local = (np.c_[hits[sel], np.ones(sel.sum())] @ np.linalg.inv(inst.model(frame)).T)
-        prev_world[sel] = (local @ inst.model(prev).T)[:, :3]
-    clip = np.c_[prev_world.reshape(-1, 3), np.ones(H * W)] @ (proj @ scene.camera.view(prev)).T
-    ndc = clip[:, :2] / clip[:, 3:]
-    prev_px = np.stack([(ndc[:, 0] + 1) * W / 2, (1 - ndc[:, 1]) * H / 2], -1).reshape(H, W, 2)
-    cur_px = np.stack(np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5), -1)
-    view, prev_view = scene.camera.view(frame), scene.camera.view(prev)
-    depth = -(hits @ view[2, :3] + view[2, 3])
+    motion, prev_world = oracle_motion(scene, ids, hits, frame, prev)
+    depth = planar_depth(scene, frame, hits)
     if with_prev_depth:
-        return ids, cur_px - prev_px, depth, -(prev_world @ prev_view[2, :3] + prev_view[2, 3])
-    return ids, cur_px - prev_px, depth
+        return ids, motion, depth, planar_depth(scene, prev, prev_world)
+    return ids, motion, depth
 
 
 def interior(ids: np.ndarray) -> np.ndarray:
@@ -82,10 +106,11 @@ def interior(ids: np.ndarray) -> np.ndarray:
 
 
 def box_scene(camera_step=(0.0, 0.0, 0.0), object_step=(0.0, 0.0, 0.0), spin=0.0, textured=False,
-              eye=(0.5, 2.0, 7.0)) -> Scene:
+              eye=(0.5, 2.0, 7.0), swing=0.0) -> Scene:
     """A floor, a static box and a moving box; the camera translates by `camera_step` per frame.
 
-    `textured` gives every surface a diffuse checker coarse enough for an 8×8 reference to resolve.
+    `textured` gives every surface a diffuse checker coarse enough for an 8×8 reference to resolve; `swing`
+    (degrees) hangs the moving box as a limb swinging about a pivot above it (a walker's leg, a crane's hook).
     """
     eye, target, step = np.asarray(eye, float), np.array([0.0, 0.5, 0.0]), np.asarray(camera_step)
     cam = CameraPath((CameraKey(0, tuple(eye), tuple(target)), CameraKey(10, tuple(eye + 10 * step),
@@ -98,9 +123,12 @@ def box_scene(camera_step=(0.0, 0.0, 0.0), object_step=(0.0, 0.0, 0.0), spin=0.0
     s = Scene([], [], cam)
     s.add(box(), look((0.5, 0.5, 0.5), 30), translate((0, -0.1, 0)) @ scale((30, 0.2, 30)))
     s.add(box(), look((0.8, 0.3, 0.3), 3), translate((-2.0, 0.6, -1.0)) @ scale((1.0, 1.2, 1.0)))
-    s.add(box(), look((0.3, 0.3, 0.8), 4),
-          RigidMotion(position=(1.0, 0.8, 0.5), size=(1.2, 1.0, 0.8), velocity=object_step, axis=(0.2, 1, 0.1),
-                      angle=20, spin=spin))
+    motion = RigidMotion(position=(1.0, 0.8, 0.5), size=(1.2, 1.0, 0.8), velocity=object_step, axis=(0.2, 1, 0.1),
+                         angle=20, spin=spin)
+    if swing:
+        body = RigidMotion(position=(1.0, 1.8, 0.5), velocity=object_step, angle=20)
+        motion = Limb(body, (0, 0, 0), (0, -1.0, 0), (1.2, 1.0, 0.8), amplitude=swing, rate=25, axis=(0.3, 0.2, 1))
+    s.add(box(), look((0.3, 0.3, 0.8), 4), motion)
     return s
 
 
@@ -111,6 +139,7 @@ CASES = {
     "object +x": dict(object_step=(0.15, 0, 0)), "object -x": dict(object_step=(-0.15, 0, 0)),
     "object +y": dict(object_step=(0, 0.12, 0)), "object -y": dict(object_step=(0, -0.12, 0)),
     "object spin + camera": dict(camera_step=(0.05, -0.03, 0.05), spin=6.0),
+    "swinging limb + walking body + camera": dict(camera_step=(0.05, 0.02, 0), object_step=(0.08, 0, 0), swing=30),
 }
 
 
@@ -184,7 +213,8 @@ def test_halton_jitter_cycle():
 
 # ------------------------------------------------------------------------------------------------ builtin scenes
 
-SCENES = ["builtin_fence", "builtin_street", "builtin_specular", "builtin_crossing"]
+SCENES = ["builtin_fence", "builtin_street", "builtin_specular", "builtin_crossing", "builtin_courtyard",
+          "builtin_machinery"]
 SMALL = (192, 112)
 
 
@@ -257,9 +287,10 @@ def test_specular_scene_has_hdr_highlights():
     assert color.max() > 10 and (color > 5).any(-1).mean() < 0.05  # sharp: few pixels far above 1
 
 
-def test_negative_mip_bias_keeps_more_texture_detail():
+@pytest.mark.parametrize("name", ["builtin_street", "builtin_machinery"])  # text; tread-plate normal map
+def test_negative_mip_bias_keeps_more_texture_detail(name):
     """The configured mip bias reaches the texture sampler: a negative bias picks finer (busier) mip levels."""
-    m = find_scene("builtin_street")
+    m = find_scene(name)
     scene = build_scene(m.builtin.builder, m.builtin.params, m.seed)
 
     def detail(bias: float) -> float:

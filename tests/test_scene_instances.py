@@ -50,7 +50,7 @@ def quality_module():
     return module
 
 
-@pytest.mark.parametrize("builder", ["fence", "street", "specular", "crossing"])
+@pytest.mark.parametrize("builder", ["fence", "street", "specular", "crossing", "courtyard", "machinery"])
 def test_held_out_instances_are_other_scenes_of_the_same_generator(builder):
     manifests = [m for m in builtin_manifests() if m.builtin.builder == builder]
     train = [m for m in manifests if not is_held_out(m)]
@@ -73,7 +73,7 @@ def test_held_out_instances_are_other_scenes_of_the_same_generator(builder):
 
 def test_no_dataset_and_no_training_shot_list_names_a_held_out_instance():
     held_out = {m.name for m in builtin_manifests() if is_held_out(m)}
-    assert len(held_out) == 8
+    assert len(held_out) == 12
     for path in dataset_paths().values():
         dataset = load_dataset_manifest(path)
         assert not {s.scene for s in dataset.scenes} & held_out, path
@@ -104,3 +104,17 @@ def test_the_store_plan_draws_only_from_training_instances(tmp_path):
     with pytest.raises(QwError, match="builtin_fence_val.*no capture of a shot of it in the dataset's splits"):
         make_plan(dataset({"builtin_fence": 4, "builtin_fence_val": 4}), captures)
 
+
+
+@pytest.mark.parametrize("builder", ["courtyard", "machinery"])
+def test_game_like_held_out_shots_are_long_and_the_game_store_uses_only_training_instances(builder):
+    """Test shots run ≥ 64 frames (start-up is a small part of the score), val shots ≥ 32; the game-like
+    dataset draws from this generator's training instances only."""
+    manifests = {m.name: m for m in builtin_manifests() if m.builtin.builder == builder}
+    lengths = {split: [s.end - s.start for m in manifests.values() for s in m.shots if s.split == split]
+               for split in ("val", "test")}
+    assert lengths["test"] and min(lengths["test"]) >= 64
+    assert lengths["val"] and min(lengths["val"]) >= 32
+    game = {s.scene for s in load_dataset_manifest(ROOT / "manifests/datasets/builtin-game-quality.yaml").scenes}
+    in_store = game & set(manifests)
+    assert in_store == {m for m in manifests if not is_held_out(manifests[m])} and len(in_store) == 2

@@ -10,7 +10,9 @@ Per frame it produces the four passes of the capture contract in float32:
 * ``reference``: the mean of N×N stratified sub-pixel samples (a box filter over the pixel), unjittered camera.
 
 Textures sampled from mip maps use the configured mip bias; the reference passes add −log2(N) so they see the
-texture detail a render at N× the resolution would see.
+texture detail a render at N× the resolution would see. Everything else a sample sees is the same function of the
+sample position in every pass: the normal maps of `bricks`/`plates`, the alpha tests (no alpha-to-coverage), and
+the sun's shadow map, rendered once per frame at a fixed world-space resolution.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from datagen.builtin.scene import PATTERNS, Instance, Scene, merge
+from datagen.builtin.textures import SURFACE_TEXTURES, TEXT_TEXTURE_SIZE, text_texture
 from datagen.errors import QwError
 
 MAX_MATERIALS = 64
 MAX_LIGHTS = 8
-TEXT_TEXTURE_SIZE = 512
+# texture units: the text page, the surface textures (in SURFACE_TEXTURES order), the sun's shadow map
+TEXT_UNIT, SHADOW_UNIT = 0, 1 + len(SURFACE_TEXTURES)
+SURFACE_UNITS = {name: 1 + k for k, name in enumerate(SURFACE_TEXTURES)}
 
 
 class RendererUnavailable(QwError):
@@ -66,6 +71,47 @@ void main() {
 }
 """
 
+# The alpha-tested patterns' holes, shared by the shading and the shadow passes (leaves cast leaf-shaped shadows).
+CUT_OUT = """
+uvec3 cell_hash(vec2 cell) {
+    // integer hash (PCG-style) of a pattern cell: the same bits on every OpenGL device
+    uvec3 v = uvec3(ivec3(int(cell.x), int(cell.y), 7919)) * 1664525u + 1013904223u;
+    v.x += v.y * v.z; v.y += v.z * v.x; v.z += v.x * v.y;
+    v ^= v >> 16u;
+    v.x += v.y * v.z; v.y += v.z * v.x; v.z += v.x * v.y;
+    return v;
+}
+
+vec3 cell_random(vec2 cell) {  // three numbers in [0, 1) per cell
+    return vec3(cell_hash(cell) >> 8u) / 16777216.0;
+}
+
+bool cut_out(int pattern, vec2 uv, vec2 card_uv) {
+    if (pattern == %(blades)d) return abs(fract(uv.x) - 0.5) > 0.42 * (1.0 - card_uv.y);
+    if (pattern == %(leaf)d) {
+        vec2 c = (fract(uv) - 0.5) * vec2(1.0, 1.7);
+        return dot(c, c) > 0.2;
+    }
+    if (pattern == %(chainlink)d) {  // diamond mesh: wires along both diagonals of each cell
+        vec2 d = abs(fract(vec2(uv.x + uv.y, uv.x - uv.y) + 0.5) - 0.5);
+        return min(d.x, d.y) > 0.06;
+    }
+    if (pattern == %(grate)d) {  // bars along v at every integer u, thin cross bars every 4 units of v
+        vec2 d = abs(fract(uv * vec2(1.0, 0.25) + 0.5) - 0.5);
+        return d.x > 0.12 && d.y > 0.03;
+    }
+    if (pattern == %(foliage)d) {  // a round cluster of leaves, one per cell, each shifted, turned and sized at random
+        if (length(card_uv - 0.5) > 0.5) return true;
+        vec3 r = cell_random(floor(uv));
+        if (r.z < 0.12) return true;  // gaps
+        float a = 6.2832 * r.x;
+        vec2 c = mat2(cos(a), sin(a), -sin(a), cos(a)) * (fract(uv) - 0.5 - 0.25 * (r.yz - 0.5));
+        return dot(c * vec2(1.0, 1.9), c * vec2(1.0, 1.9)) > 0.09 + 0.12 * r.y;
+    }
+    return false;
+}
+"""
+
 FRAGMENT_SHADER = """
 #version 330
 %(ALPHA_TEST)s
@@ -78,7 +124,7 @@ in vec4 v_prev_clip;
 in float v_depth;
 uniform vec4 u_mat_a[%(MAXM)d];  // colour rgb, pattern id
 uniform vec4 u_mat_b[%(MAXM)d];  // second colour rgb, pattern scale
-uniform vec4 u_mat_c[%(MAXM)d];  // specular, shininess, emissive, unused
+uniform vec4 u_mat_c[%(MAXM)d];  // specular, shininess, emissive, bump
 uniform vec3 u_eye;
 uniform vec3 u_sun_dir;
 uniform vec3 u_sun_color;
@@ -87,11 +133,38 @@ uniform int u_num_lights;
 uniform vec3 u_light_pos[%(MAXL)d];
 uniform vec3 u_light_color[%(MAXL)d];
 uniform sampler2D u_text;
+uniform sampler2D u_bricks;
+uniform sampler2D u_plates;
+uniform sampler2D u_shadow_map;
+uniform mat4 u_light;            // world -> the sun's shadow-map clip space
+uniform int u_shadow_on;
+uniform vec2 u_shadow_bias;      // normal offset (world units), depth bias (shadow-map depth units)
 uniform float u_mip_bias;
 uniform vec2 u_half_size;
 layout(location = 0) out vec4 o_color;
 layout(location = 1) out vec2 o_motion;
 layout(location = 2) out float o_depth;
+%(CUT_OUT)s
+vec3 perturbed_normal(vec3 n, vec3 p, vec2 uv, vec2 slope, float bump) {
+    // tangent frame from screen-space derivatives (cotangent frame): no tangent attribute needed
+    vec3 dp1 = dFdx(p), dp2 = dFdy(p);
+    vec2 duv1 = dFdx(uv), duv2 = dFdy(uv);
+    vec3 dp2perp = cross(dp2, n), dp1perp = cross(n, dp1);
+    vec3 t = dp2perp * duv1.x + dp1perp * duv2.x;
+    vec3 b = dp2perp * duv1.y + dp1perp * duv2.y;
+    float unit = inversesqrt(max(max(dot(t, t), dot(b, b)), 1e-30));
+    float z = sqrt(max(1.0 - dot(slope, slope), 0.0));
+    return normalize((t * slope.x + b * slope.y) * unit * bump + n * z);
+}
+
+float sun_visibility(vec3 world, vec3 n) {
+    // one unfiltered shadow-map texel per sample: hard, texel-stepped edges
+    if (u_shadow_on == 0) return 1.0;
+    vec4 c = u_light * vec4(world + n * u_shadow_bias.x, 1.0);
+    vec3 s = c.xyz / c.w * 0.5 + 0.5;
+    if (any(lessThan(s, vec3(0.0))) || any(greaterThan(s, vec3(1.0)))) return 1.0;
+    return s.z - u_shadow_bias.y > texture(u_shadow_map, s.xy).r ? 0.0 : 1.0;
+}
 
 vec3 specular_term(vec3 n, vec3 l, vec3 v, float shininess) {
     // normalized Blinn-Phong: narrow lobes give the HDR highlights (values >> 1) that alias
@@ -114,16 +187,15 @@ void main() {
     } else if (pattern == %(stripes)d) {
         t = step(fract(uv.x), 0.12);
     }
+    vec4 surface = vec4(0.5, 0.5, 0.0, 1.0);  // flat normal
+    if (pattern == %(bricks)d) surface = texture(u_bricks, uv, u_mip_bias);
+    else if (pattern == %(plates)d) surface = texture(u_plates, uv, u_mip_bias);
+    if (pattern == %(bricks)d || pattern == %(plates)d) t = surface.b;
 #ifdef ALPHA_TEST
-    if (pattern == %(blades)d) {
-        float halfwidth = 0.42 * (1.0 - v_uv.y);
-        if (abs(fract(uv.x) - 0.5) > halfwidth) discard;
-        t = v_uv.y;
-    } else if (pattern == %(leaf)d) {
-        vec2 c = (fract(uv) - 0.5) * vec2(1.0, 1.7);
-        if (dot(c, c) > 0.2) discard;
-        t = fract(uv.y);
-    }
+    if (cut_out(pattern, uv, v_uv)) discard;
+    if (pattern == %(blades)d) t = v_uv.y;
+    else if (pattern == %(leaf)d) t = fract(uv.y);
+    else if (pattern == %(foliage)d) t = cell_random(floor(uv)).y;
 #endif
     vec3 albedo = mix(A.rgb, B.rgb, t);
     vec3 color;
@@ -134,9 +206,11 @@ void main() {
         vec3 n = normalize(v_normal);
         vec3 v = normalize(u_eye - v_world);
         if (dot(n, v) < 0.0) n = -n;  // two-sided: cards and thin geometry are seen from both sides
+        float sun = sun_visibility(v_world, n);
+        if (C.w > 0.0) n = perturbed_normal(n, v_world, uv, surface.rg * 2.0 - 1.0, C.w);
         vec3 l = normalize(u_sun_dir);
-        color = albedo * (u_ambient + u_sun_color * max(dot(n, l), 0.0));
-        color += C.x * u_sun_color * specular_term(n, l, v, C.y);
+        color = albedo * (u_ambient + sun * u_sun_color * max(dot(n, l), 0.0));
+        color += sun * C.x * u_sun_color * specular_term(n, l, v, C.y);
         for (int i = 0; i < u_num_lights; i++) {
             vec3 d = u_light_pos[i] - v_world;
             vec3 e = u_light_color[i] / dot(d, d);
@@ -152,11 +226,43 @@ void main() {
 """
 
 
-def fragment_shader(alpha_test: bool) -> str:
-    """The fragment shader; only the alpha-tested variant can `discard`, so opaque draws keep early depth tests
+SHADOW_VERTEX_SHADER = """
+#version 330
+uniform mat4 u_model;
+uniform mat4 u_light;
+in vec3 in_pos;
+in vec2 in_uv;
+in float in_mat;
+out vec2 v_uv;
+flat out int v_mat;
+void main() {
+    v_uv = in_uv;
+    v_mat = int(in_mat + 0.5);
+    gl_Position = u_light * (u_model * vec4(in_pos, 1.0));
+}
+"""
+
+SHADOW_FRAGMENT_SHADER = """
+#version 330
+%(ALPHA_TEST)s
+in vec2 v_uv;
+flat in int v_mat;
+uniform vec4 u_mat_a[%(MAXM)d];
+uniform vec4 u_mat_b[%(MAXM)d];
+%(CUT_OUT)s
+void main() {
+#ifdef ALPHA_TEST
+    if (cut_out(int(u_mat_a[v_mat].w + 0.5), v_uv * u_mat_b[v_mat].w, v_uv)) discard;
+#endif
+}
+"""
+
+
+def fragment_shader(alpha_test: bool, source: str = FRAGMENT_SHADER) -> str:
+    """A fragment shader; only the alpha-tested variant can `discard`, so opaque draws keep early depth tests
     (a large saving on llvmpipe, which otherwise shades every covered fragment)."""
-    return FRAGMENT_SHADER % dict(MAXM=MAX_MATERIALS, MAXL=MAX_LIGHTS, ALPHA_TEST="#define ALPHA_TEST" * alpha_test,
-                                  **PATTERNS)
+    constants = dict(MAXM=MAX_MATERIALS, MAXL=MAX_LIGHTS, ALPHA_TEST="#define ALPHA_TEST" * alpha_test, **PATTERNS)
+    return source % dict(constants, CUT_OUT=CUT_OUT % PATTERNS)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -217,17 +323,6 @@ def gl_context():
         ) from None
 
 
-def text_texture(seed: int, size: int = TEXT_TEXTURE_SIZE) -> np.ndarray:
-    """(size, size) uint8 'printed page': rows of random 3×5 glyphs in 16-pixel cells, ink = 255."""
-    rng = np.random.default_rng(seed)
-    cells = size // 16
-    glyphs = rng.random((cells, cells, 5, 3)) < 0.45
-    glyphs &= rng.random((cells, cells, 1, 1)) < 0.85  # some blank cells: word gaps
-    cell = np.zeros((cells, cells, 16, 16), bool)
-    cell[:, :, 3:13, 4:10] = glyphs.repeat(2, 2).repeat(2, 3)
-    return (cell.transpose(0, 2, 1, 3).reshape(size, size) * 255).astype(np.uint8)
-
-
 def gl_matrix(m: np.ndarray) -> bytes:
     """Row-major numpy matrix → bytes of the column-major float32 matrix GLSL expects."""
     return np.ascontiguousarray(np.asarray(m, np.float64).T, np.float32).tobytes()
@@ -251,16 +346,36 @@ class Renderer:
         self.fbo = ctx.framebuffer(color_attachments=self.targets, depth_attachment=self.depth_buffer)
         # colour-only target for the colour and reference passes: motion and depth writes are skipped there
         self.fbo_color = ctx.framebuffer(color_attachments=self.targets[:1], depth_attachment=self.depth_buffer)
-        self.text = ctx.texture((TEXT_TEXTURE_SIZE,) * 2, 1, text_texture(scene.texture_seed).tobytes())
-        self.text.build_mipmaps()
-        self.text.filter = (ctx.LINEAR_MIPMAP_LINEAR, ctx.LINEAR)
+        self.textures = [self._mipmapped(TEXT_TEXTURE_SIZE, 1, text_texture(scene.texture_seed))]
+        self.textures += [self._mipmapped(len(image), 4, image)
+                          for image in (make(scene.texture_seed) for make in SURFACE_TEXTURES.values())]
+        self._init_shadow_map()
         self.buffers: list = []
         self.draws = self._draw_list()
-        for prog in self.programs.values():
-            self._set_scene_uniforms(prog)
+        self._set_scene_uniforms()
 
-    def _draw_list(self) -> list[tuple[Any, Instance | None]]:
-        """(vertex array, dynamic instance or None) in drawing order: opaque, alpha-tested, sky last.
+    def _mipmapped(self, size: int, components: int, data: np.ndarray):
+        tex = self.ctx.texture((size, size), components, np.ascontiguousarray(data).tobytes())
+        tex.build_mipmaps()
+        tex.filter = (self.ctx.LINEAR_MIPMAP_LINEAR, self.ctx.LINEAR)
+        return tex
+
+    def _init_shadow_map(self) -> None:
+        """The sun's depth map (1 texel when the scene has no shadows) and the programs that draw into it."""
+        ctx, shadow = self.ctx, self.scene.shadow
+        self.shadow_map = ctx.depth_texture((shadow.resolution,) * 2 if shadow else (1, 1))
+        self.shadow_map.compare_func = ""  # read raw depths; the shader compares
+        self.shadow_map.filter = (ctx.NEAREST, ctx.NEAREST)
+        self.shadow_map.repeat_x = self.shadow_map.repeat_y = False
+        self.shadow_fbo = ctx.framebuffer(depth_attachment=self.shadow_map)
+        self.shadow_programs = {alpha: ctx.program(vertex_shader=SHADOW_VERTEX_SHADER,
+                                                   fragment_shader=fragment_shader(alpha, SHADOW_FRAGMENT_SHADER))
+                                for alpha in (False, True)}
+        self.shadow_frame: float | None = None  # the frame the map holds
+
+    def _draw_list(self) -> list[tuple[Any, Any, Instance | None]]:
+        """(vertex array, shadow-pass vertex array or None, dynamic instance or None) in drawing order: opaque,
+        alpha-tested, sky last (the sky casts no shadow).
 
         Static instances of one group share a vertex buffer (pre-transformed); drawing the opaque geometry
         first and the sky last lets the depth test reject hidden fragments before they are shaded.
@@ -276,40 +391,70 @@ class Renderer:
             members = [i for i in self.scene.instances if group(i) == g]
             static = merge([i.mesh.transformed(i.model(0)) for i in members if i.static])
             if len(static):
-                draws.append((self._vertex_array(static, g == 1), None))
-            draws += [(self._vertex_array(i.mesh.vertex_data(), g == 1), i) for i in members if not i.static]
+                draws.append((*self._vertex_arrays(static, g), None))
+            draws += [(*self._vertex_arrays(i.mesh.vertex_data(), g), i) for i in members if not i.static]
         return draws
 
-    def _vertex_array(self, data: np.ndarray, alpha_test: bool):
-        """Indexed vertex array of a triangle list: shared corners are shaded once (vertex-bound on llvmpipe)."""
+    def _vertex_arrays(self, data: np.ndarray, group: int) -> tuple[Any, Any]:
+        """Indexed vertex arrays of a triangle list for the shading and (with shadows, not for the sky) the shadow
+        pass: shared corners are shaded once (vertex-bound on llvmpipe)."""
         vertices, index = np.unique(np.asarray(data, np.float32), axis=0, return_inverse=True)
         vbo = self.ctx.buffer(np.ascontiguousarray(vertices).tobytes())
         ibo = self.ctx.buffer(index.astype(np.uint32).ravel().tobytes())
         self.buffers += [vbo, ibo]
-        return self.ctx.vertex_array(self.programs[alpha_test],
-                                     [(vbo, "3f 3f 2f 1f", "in_pos", "in_normal", "in_uv", "in_mat")],
-                                     index_buffer=ibo, index_element_size=4)
+        alpha_test = group == 1
+        shading = self.ctx.vertex_array(self.programs[alpha_test],
+                                        [(vbo, "3f 3f 2f 1f", "in_pos", "in_normal", "in_uv", "in_mat")],
+                                        index_buffer=ibo, index_element_size=4)
+        if self.scene.shadow is None or group == 2:
+            return shading, None
+        # the opaque shadow pass reads positions only (its shader has no cut-outs)
+        layout = (vbo, "3f 12x 2f 1f", "in_pos", "in_uv", "in_mat") if alpha_test else (vbo, "3f 24x", "in_pos")
+        shadow = self.ctx.vertex_array(self.shadow_programs[alpha_test], [layout], index_buffer=ibo,
+                                       index_element_size=4)
+        return shading, shadow
 
-    def _set_scene_uniforms(self, prog) -> None:
-        s = self.scene
+    def _material_table(self) -> np.ndarray:
+        """(3, MAX_MATERIALS, 4) rows of u_mat_a, u_mat_b, u_mat_c."""
         table = np.zeros((3, MAX_MATERIALS, 4), np.float32)
-        for k, m in enumerate(s.materials):
+        for k, m in enumerate(self.scene.materials):
             table[0, k] = (*m.color, PATTERNS[m.pattern])
             table[1, k] = (*m.color2, m.pattern_scale)
-            table[2, k] = (m.specular, m.shininess, m.emissive, 0)
-        for name, rows in zip(("u_mat_a", "u_mat_b", "u_mat_c"), table):
-            prog[name].write(rows.tobytes())
-        lights = np.zeros((2, MAX_LIGHTS, 3), np.float32)
-        for k, light in enumerate(s.lights):
-            lights[:, k] = light.position, light.color
-        prog["u_light_pos"].write(lights[0].tobytes())
-        prog["u_light_color"].write(lights[1].tobytes())
-        prog["u_num_lights"].value = len(s.lights)
-        prog["u_sun_dir"].value = tuple(s.sun_direction)
-        prog["u_sun_color"].value = tuple(s.sun_color)
-        prog["u_ambient"].value = tuple(s.ambient)
-        prog["u_half_size"].value = (self.width / 2, self.height / 2)
-        prog["u_text"].value = 0
+            table[2, k] = (m.specular, m.shininess, m.emissive, m.bump)
+        return table
+
+    def _set_scene_uniforms(self) -> None:
+        s, table = self.scene, self._material_table()
+        light = None if s.shadow is None else gl_matrix(s.shadow.matrix(s.sun_direction))
+        for prog in self.programs.values():
+            for name, rows in zip(("u_mat_a", "u_mat_b", "u_mat_c"), table):
+                prog[name].write(rows.tobytes())
+            lights = np.zeros((2, MAX_LIGHTS, 3), np.float32)
+            for k, point in enumerate(s.lights):
+                lights[:, k] = point.position, point.color
+            prog["u_light_pos"].write(lights[0].tobytes())
+            prog["u_light_color"].write(lights[1].tobytes())
+            prog["u_num_lights"].value = len(s.lights)
+            prog["u_sun_dir"].value = tuple(s.sun_direction)
+            prog["u_sun_color"].value = tuple(s.sun_color)
+            prog["u_ambient"].value = tuple(s.ambient)
+            prog["u_half_size"].value = (self.width / 2, self.height / 2)
+            prog["u_text"].value = TEXT_UNIT
+            prog["u_bricks"].value = SURFACE_UNITS["bricks"]
+            prog["u_plates"].value = SURFACE_UNITS["plates"]
+            prog["u_shadow_map"].value = SHADOW_UNIT
+            prog["u_shadow_on"].value = int(light is not None)
+            if light is not None:
+                prog["u_light"].write(light)
+                # 1.5 texels along the normal and half a texel in depth: no self-shadowing acne on flat ground
+                prog["u_shadow_bias"].value = (1.5 * s.shadow.texel, 0.5 * s.shadow.texel / s.shadow.depth_range)
+        for prog in self.shadow_programs.values():
+            for name, rows in zip(("u_mat_a", "u_mat_b"), table):
+                uniform = prog.get(name, None)  # the opaque variant has no cut-outs and no material uniforms
+                if uniform is not None:
+                    uniform.write(rows.tobytes())
+            if light is not None:
+                prog["u_light"].write(light)
 
     # -------------------------------------------------------------------------------------- camera
 
@@ -324,6 +469,8 @@ class Renderer:
     # -------------------------------------------------------------------------------------- drawing
 
     def _draw(self, frame: float, prev_frame: float, offset: Sequence[float], mip_bias: float, fbo) -> None:
+        if self.scene.shadow is not None and self.shadow_frame != frame:
+            self._draw_shadow_map(frame)
         view, proj = self.camera(frame)
         prev_view = self.scene.camera.view(prev_frame)
         frame_uniforms = {"u_view": view, "u_raster": jitter_matrix(offset, self.width, self.height) @ proj @ view,
@@ -337,13 +484,27 @@ class Renderer:
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         self.ctx.enable(self.ctx.DEPTH_TEST)
         self.ctx.disable(self.ctx.CULL_FACE)
-        self.text.use(0)
-        for vao, inst in self.draws:
+        for unit, texture in enumerate(self.textures):
+            texture.use(unit)
+        self.shadow_map.use(SHADOW_UNIT)
+        for vao, _, inst in self.draws:
             model, prev_model = (np.eye(4), np.eye(4)) if inst is None else (inst.model(frame), inst.model(prev_frame))
             vao.program["u_model"].write(gl_matrix(model))
             vao.program["u_prev_model"].write(gl_matrix(prev_model))
             vao.program["u_normal_matrix"].write(gl_matrix(np.linalg.inv(model[:3, :3]).T))
             vao.render()
+
+    def _draw_shadow_map(self, frame: float) -> None:
+        """The sun's depth map of every shadow caster at `frame` (shared by all the passes of that frame)."""
+        self.shadow_fbo.use()
+        self.shadow_fbo.clear(depth=1.0)
+        self.ctx.enable(self.ctx.DEPTH_TEST)
+        self.ctx.disable(self.ctx.CULL_FACE)
+        for _, vao, inst in self.draws:
+            if vao is not None:
+                vao.program["u_model"].write(gl_matrix(np.eye(4) if inst is None else inst.model(frame)))
+                vao.render()
+        self.shadow_frame = frame
 
     def _read(self, target: int) -> np.ndarray:
         tex = self.targets[target]
@@ -376,8 +537,10 @@ class Renderer:
 
     def release(self) -> None:
         """Free this renderer's GL objects (the context itself is shared by the process)."""
-        for vao, _ in self.draws:
+        for vao, shadow_vao, _ in self.draws:
             vao.release()
-        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.fbo_color, self.text,
-                    *self.programs.values()):
+            if shadow_vao is not None:
+                shadow_vao.release()
+        for obj in (*self.buffers, *self.targets, self.depth_buffer, self.fbo, self.fbo_color, *self.textures,
+                    self.shadow_map, self.shadow_fbo, *self.programs.values(), *self.shadow_programs.values()):
             obj.release()

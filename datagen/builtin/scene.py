@@ -62,15 +62,30 @@ def perspective(fov_y_degrees: float, aspect: float, near: float, far: float) ->
                      [0, 0, -1, 0]])
 
 
+def orthographic(half_width: float, half_height: float, near: float, far: float) -> np.ndarray:
+    """OpenGL orthographic projection of the box |x| ≤ half_width, |y| ≤ half_height, near ≤ −z ≤ far."""
+    return np.array([[1 / half_width, 0, 0, 0],
+                     [0, 1 / half_height, 0, 0],
+                     [0, 0, -2 / (far - near), -(far + near) / (far - near)],
+                     [0, 0, 0, 1]])
+
+
 # ------------------------------------------------------------------------------------------------ materials
 
-# Pattern ids understood by the fragment shader (renderer.FRAGMENT_SHADER).
-PATTERNS = {"solid": 0, "checker": 1, "text": 2, "blades": 3, "stripes": 4, "sky": 5, "leaf": 6}
+# Pattern ids understood by the fragment shader (renderer.FRAGMENT_SHADER). `bricks` and `plates` sample a
+# mip-mapped surface texture (albedo mix + normal map); the alpha-tested ones cut holes with `discard`.
+PATTERNS = {"solid": 0, "checker": 1, "text": 2, "blades": 3, "stripes": 4, "sky": 5, "leaf": 6, "bricks": 7,
+            "plates": 8, "chainlink": 9, "grate": 10, "foliage": 11}
+ALPHA_TESTED = ("blades", "leaf", "chainlink", "grate", "foliage")
+NORMAL_MAPPED = ("bricks", "plates")
 
 
 @dataclass(frozen=True)
 class Material:
-    """Shading parameters; colours are linear RGB. `emissive` multiplies `color` (HDR panels use ≫ 1)."""
+    """Shading parameters; colours are linear RGB. `emissive` multiplies `color` (HDR panels use ≫ 1).
+
+    `bump` scales the slopes of the normal map of the `bricks` and `plates` patterns (0: flat).
+    """
 
     color: tuple[float, float, float] = (0.6, 0.6, 0.6)
     color2: tuple[float, float, float] = (0.1, 0.1, 0.1)
@@ -79,14 +94,17 @@ class Material:
     specular: float = 0.0
     shininess: float = 32.0
     emissive: float = 0.0
+    bump: float = 0.0
 
     def __post_init__(self):
         if self.pattern not in PATTERNS:
             raise ValueError(f"unknown material pattern {self.pattern!r}; patterns are {list(PATTERNS)}")
+        if self.bump and self.pattern not in NORMAL_MAPPED:
+            raise ValueError(f"bump needs a normal-mapped pattern {NORMAL_MAPPED}, not {self.pattern!r}")
 
     @property
     def alpha_tested(self) -> bool:
-        return self.pattern in ("blades", "leaf")
+        return self.pattern in ALPHA_TESTED
 
 
 # ------------------------------------------------------------------------------------------------ meshes
@@ -167,6 +185,22 @@ def sphere(material: int = 0, segments: int = 32, rings: int = 16) -> Mesh:
     return Mesh(0.5 * tri, tri.copy(), tuv, material)
 
 
+def cylinder(material: int = 0, segments: int = 12) -> Mesh:
+    """An open cylinder of radius 0.5 and height 1 along Y centred on the origin (pipes, trunks, poles)."""
+    a = np.linspace(0, 2 * math.pi, segments + 1)
+    ring = np.stack([0.5 * np.cos(a), np.zeros_like(a), -0.5 * np.sin(a)], -1)
+    lo, hi = ring + (0, -0.5, 0), ring + (0, 0.5, 0)
+    normals = ring / 0.5
+    u = a / (2 * math.pi)
+    corners = [(lo[:-1], normals[:-1], u[:-1], 0), (lo[1:], normals[1:], u[1:], 0), (hi[1:], normals[1:], u[1:], 1),
+               (hi[:-1], normals[:-1], u[:-1], 1)]
+    order = [0, 1, 2, 0, 2, 3]
+    pos = np.stack([corners[k][0] for k in order], 1).reshape(-1, 3)
+    nrm = np.stack([corners[k][1] for k in order], 1).reshape(-1, 3)
+    uv = np.stack([np.stack([corners[k][2], np.full(segments, corners[k][3])], -1) for k in order], 1).reshape(-1, 2)
+    return Mesh(pos, nrm, uv, material)
+
+
 # ------------------------------------------------------------------------------------------------ motion
 
 
@@ -196,6 +230,33 @@ class RigidMotion:
     @property
     def is_static(self) -> bool:
         return not any(self.velocity) and not self.spin and not self.orbit[0]
+
+
+@dataclass(frozen=True)
+class Limb:
+    """A swinging part of an articulated body (walkers' legs and arms, a crane's hook):
+
+    model(f) = body(f) · translate(pivot) · rotate(axis, amplitude · sin(rate·f + phase)) · translate(offset) ·
+    scale(size), angles in degrees. Each part moves differently from its body, so motion is per part, not per body.
+    """
+
+    body: RigidMotion
+    pivot: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    size: tuple[float, float, float]
+    amplitude: float = 0.0
+    rate: float = 0.0
+    phase: float = 0.0
+    axis: tuple[float, float, float] = (1, 0, 0)
+
+    def __call__(self, frame: float) -> np.ndarray:
+        swing = self.amplitude * math.sin(math.radians(self.rate * frame + self.phase))
+        return (self.body(frame) @ translate(self.pivot) @ rotate(self.axis, swing) @ translate(self.offset)
+                @ scale(self.size))
+
+    @property
+    def is_static(self) -> bool:
+        return self.body.is_static and not (self.amplitude and self.rate)
 
 
 @dataclass
@@ -263,6 +324,33 @@ class PointLight:
     color: tuple[float, float, float]  # linear RGB × intensity; falls off with 1/d²
 
 
+@dataclass(frozen=True)
+class SunShadow:
+    """A shadow map of the sun: an orthographic depth image of the square of half-size `extent` (metres) around
+    `center`, `resolution`² texels, looked up unfiltered (one texel per shading sample, like an engine's hard
+    shadows: texel-stepped, aliased edges). Re-rendered every frame, so moving objects cast moving shadows."""
+
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    extent: float = 15.0
+    resolution: int = 1024
+
+    @property
+    def texel(self) -> float:
+        return 2 * self.extent / self.resolution
+
+    @property
+    def depth_range(self) -> float:
+        return 8 * self.extent
+
+    def matrix(self, sun_direction: Sequence[float]) -> np.ndarray:
+        """World → light clip space: looking along −`sun_direction` at `center`, depth spanning `depth_range`."""
+        d = np.asarray(sun_direction, float) / np.linalg.norm(sun_direction)
+        up = (0, 1, 0) if abs(d[1]) < 0.99 else (0, 0, 1)
+        centre = np.asarray(self.center, float)
+        view = look_at(centre + d * self.depth_range / 2, centre, up)
+        return orthographic(self.extent, self.extent, 0.0, self.depth_range) @ view
+
+
 @dataclass
 class Scene:
     """Everything the renderer needs to draw any frame of a scene."""
@@ -276,6 +364,7 @@ class Scene:
     lights: list[PointLight] = field(default_factory=list)
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     texture_seed: int = 0
+    shadow: SunShadow | None = None
 
     def add(self, mesh: Mesh, material: Material, model: Callable[[float], np.ndarray] | np.ndarray) -> Instance:
         """Add `mesh` with `material` (materials are deduplicated) and a model matrix or motion."""
