@@ -1,25 +1,30 @@
 """The quality run: QW-Net against the engine-style TAA on held-out builtin scene instances, over several seeds.
 
-    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 2 \
+    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 1 \
         > results/quality.log 2>&1 &
 
 Protocol (every stage resumes: rerun the same command after an interruption and finished work is kept):
 
-1. capture (builtin renderer, 256×160, 16 spp references): the training shots of the 8 training instances of
-   `manifests/datasets/builtin-quality.yaml`, and the shots of the held-out `builtin_*_val` and `builtin_*_test`
-   instances (other seeds of the same generators: other layout, geometry, materials and textures);
-2. build the `builtin-quality` block store (training instances only);
-3. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
+1. capture (builtin renderer, 256×160, 16 spp references): the training shots of the training instances of the
+   plan's dataset (`manifests/datasets/builtin-game-quality.yaml`: the game-like generators courtyard and
+   machinery), the val shots and the test shots of the held-out `builtin_<kind>_val` / `builtin_<kind>_test`
+   instances (other seeds of the same generators);
+2. build the plan's block store (training instances only);
+3. score the aliased input and both TAAs on test, once (they do not depend on the seed);
+4. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
    one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
-   `qat_select_steps`, and pick again on val; then score the two picks (and, once, the aliased input and both
-   TAAs, which do not depend on the seed) on the *test* instances, once;
-4. `summary.md` / `summary.json`: each method's mean ± sample standard deviation (and min..max) over the seeds on
-   test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of
-   the aliased input and of TAA).
+   `qat_select_steps`, and pick again on val; then score the two picks on the *test* instances, once;
+5. `summary.md` / `summary.json`: every method over all frames and over the steady state (each shot's frames from
+   `training.metrics.STEADY_STATE_FROM` on), QW-Net as mean ± sample std (and min..max) over the seeds; the paired
+   per-shot differences QW-Net − TAA with percentile-bootstrap 95 % intervals over the shots; the val choices; and
+   `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of the input and of TAA). Each
+   test report (`seed*/test/`, `baselines/`) has every shot's worst region per method (`*_worst.png`).
 
-`--tune-taa` instead scores TAA parameter variants on the val instances only (PSNR and tPSNR, every frame) and
-writes `taa_tuning.md`: how `training.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
-same stages for checking the script.
+`--part seeds|baselines` runs one part only (parts in parallel processes, once the captures and the store exist,
+resume each other's finished work; a last plain run writes the summary). `--ablate` trains the recipe options of
+`ABLATIONS` briefly and scores them on val only (`ablations/ablations.md`). `--tune-taa` scores TAA parameter
+variants on the val instances only (`taa_tuning.md`). `--device cuda` (default when CUDA is present) runs the `gpu`
+plan, the paper-scale network and batch; `--plan small` is a quick run of the same stages for checking the script.
 """
 
 from __future__ import annotations
@@ -41,16 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
 from training.metrics import STEADY_STATE_FROM  # noqa: E402
 
-DATASET = "builtin-quality"
-KINDS = ("fence", "specular", "street", "crossing")
+DATASET = "builtin-game-quality"
+KINDS = ("courtyard", "machinery")
 METRIC_KEYS = ("psnr", "ssim", "flip", "tpsnr")
 SPANS = {"all": 0, "steady": STEADY_STATE_FROM}  # every frame; each shot's frames from STEADY_STATE_FROM on
 
 
 @dataclass(frozen=True)
 class QualityPlan(DemoPlan):
-    train_frames: int = 24                       # stored frames per training shot (3 windows of 8)
-    eval_frames: int = 16                        # stored frames per held-out shot
+    train_frames: int = 48                       # stored frames per training shot (6 windows of 8)
+    val_frames: int = 48                         # frames per val shot (selection, TAA tuning, ablations)
+    test_frames: int = 64                        # frames per test shot (scored once)
     widths: tuple[int, ...] = (20, 40, 60, 80, 100)   # 1.25× the demo's widths (the paper's: 32…160)
     train_steps: int = 600                       # the longest FP32 run; checkpoints at select_steps are kept
     select_steps: tuple[int, ...] = (300, 600)
@@ -72,7 +78,7 @@ PLANS = {
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05"),
                        qat_steps=400, qat_select_steps=(200, 400), device="cuda"),
-    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, eval_frames=10,
+    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, val_frames=10, test_frames=10,
                          widths=(8, 12, 16, 20, 24), train_steps=6, select_steps=(3, 6), qat_select_steps=(4,),
                          qat_steps=4, seeds=(0, 1)),
 }
@@ -198,13 +204,11 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     PSNR (cached in `cache`)."""
     if not kept.is_file():
         shutil.copyfile(train_demo(plan, store, run, steps), kept)
-    return val_psnr(kept, val, plan.eval_frames, cache, plan.device)
+    return val_psnr(kept, val, plan.val_frames, cache, plan.device)
 
 
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
-    """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
-
-    The aliased input and the TAAs do not depend on the seed: they count with the first seed only."""
+    """Train, select on val, quantize, select on val, score on test: one seed's QW-Net rows of the table."""
     from training.evaluate import INPUT_LABEL
 
     plan = replace(plan, seed=seed)
@@ -219,18 +223,28 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
             shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
-        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json",
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_w4a4_qat{qat}.json",
                                           plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
-    first = seed == plan.seeds[0]
-    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames,
-                           ("taa", "taa-clamp") if first else (), plan.device, plan.flip_every)
-    kept = [m for m in scored["methods"] if m != INPUT_LABEL or first]
+    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.test_frames, (), plan.device,
+                           plan.flip_every)
     return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection,
-            "test": {m: scored["overall"][m] for m in kept},
-            "test_steady": {m: scored["overall_steady"][m] for m in kept},
-            "test_shots": {span: shot_means(scored, kept, start) for span, start in SPANS.items()}}
+            **test_scores(scored, [m for m in scored["methods"] if m != INPUT_LABEL])}
+
+
+def score_baselines(plan: QualityPlan, test: list[Path], out: Path) -> dict:
+    """The aliased input and both TAAs on the test instances: deterministic, so scored once (not per seed)."""
+    scored = evaluate_once(out / "baselines", [], test, plan.test_frames, ("taa", "taa-clamp"), plan.device,
+                           plan.flip_every)
+    return test_scores(scored, list(scored["methods"]))
+
+
+def test_scores(scored: dict, methods: list[str]) -> dict:
+    """From a metrics.json: `methods`' overall means over all frames and over the steady state, and per shot."""
+    return {"test": {m: scored["overall"][m] for m in methods},
+            "test_steady": {m: scored["overall_steady"][m] for m in methods},
+            "test_shots": {span: shot_means(scored, methods, start) for span, start in SPANS.items()}}
 
 
 def shot_means(scored: dict, methods: list[str], start: int) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -241,18 +255,17 @@ def shot_means(scored: dict, methods: list[str], start: int) -> dict[str, dict[s
                 for name, shot in scored["shots"].items()} for m in methods}
 
 
-def paired_over_seeds(rows: list[dict], against: str = "TAA") -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Per QW-Net method, span and metric: the per-shot differences (method's mean over the seeds − `against`,
-    which is deterministic and scored with the first seed) with `metrics.paired_difference`'s bootstrap interval."""
-    from training.evaluate import INPUT_LABEL
+def paired_over_seeds(rows: list[dict], baselines: dict, against: str = "TAA"
+                      ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per QW-Net method, span and metric: the per-shot differences (method's mean over the seeds − `against`, a
+    deterministic baseline) with `metrics.paired_difference`'s bootstrap interval over the shots."""
     from training.metrics import paired_difference
 
-    methods = [m for m in rows[0]["test"] if m != INPUT_LABEL and not m.startswith(against)]
     out: dict = {}
-    for method in methods:
+    for method in rows[0]["test"]:
         out[method] = {}
         for span in SPANS:
-            base = rows[0]["test_shots"][span][against]
+            base = baselines["test_shots"][span][against]
             out[method][span] = {}
             for k in METRIC_KEYS:
                 shots = [s for s in base if base[s][k] is not None]
@@ -281,11 +294,11 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
 
 
-def summarize(rows: list[dict], key: str = "test") -> dict[str, dict[str, dict[str, float]]]:
-    """Per method and metric: mean, sample std, min and max over the seeds' scores in `key` (``test`` or
-    ``test_steady``; the baselines, scored once, have no spread)."""
-    methods = rows[0][key].keys()
-    return {m: {k: spread([r[key][m][k] for r in rows if m in r[key]]) for k in METRIC_KEYS} for m in methods}
+def summarize(rows: list[dict], baselines: dict, key: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric of `key` (``test`` or ``test_steady``): the baselines' scores (one deterministic run
+    each, no spread), then each QW-Net's mean, sample std, min and max over the seeds."""
+    return {**{m: {k: spread([v[k]]) for k in METRIC_KEYS} for m, v in baselines[key].items()},
+            **{m: {k: spread([r[key][m][k] for r in rows]) for k in METRIC_KEYS} for m in rows[0][key]}}
 
 
 def summary_table(summary: dict) -> str:
@@ -339,21 +352,21 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
     return path
 
 
-def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dict[str, float],
+def write_summary(out: Path, plan: QualityPlan, rows: list[dict], tested: dict, baselines: dict[str, float],
                   seconds: float, curve: dict[int, float] | None = None) -> str:
     from training.evaluate import paired_table
     from training.metrics import BOOTSTRAP_RESAMPLES
 
-    summary, steady = summarize(rows), summarize(rows, "test_steady")
-    paired = paired_over_seeds(rows)
+    summary, steady = summarize(rows, tested), summarize(rows, tested, "test_steady")
+    paired = paired_over_seeds(rows, tested)
     table = "\n\n".join([f"All frames:\n\n{summary_table(summary)}",
                          f"Steady state (frames ≥ {STEADY_STATE_FROM} of each shot):\n\n{summary_table(steady)}",
                          f"Paired per-shot differences from TAA (QW-Net: mean over the seeds per shot), "
                          f"[95 % percentile-bootstrap interval over the shots, {BOOTSTRAP_RESAMPLES} resamples]:"
                          f"\n\n{paired_table(paired)}"])
     choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
-    shots = len(rows[0]["test_shots"]["all"]["TAA"])
-    md = ["# Quality run", "", f"Test instances of `{plan.dataset}` ({shots} shots × {plan.eval_frames} frames), "
+    shots = len(tested["test_shots"]["all"]["TAA"])
+    md = ["# Quality run", "", f"Test instances of `{plan.dataset}` ({shots} shots × {plan.test_frames} frames), "
           f"{len(rows)} training seeds, QW-Net rows mean ± sample std over the seeds:", "", table, "",
           f"Chosen on val only: {choices}. Each shot's worst region per method: `seed*/test/*_worst.png`.", "",
           f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", ""]
@@ -364,7 +377,7 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dic
     md += ["![learning curves](learning_curves.png)", ""]
     (out / "summary.md").write_text("\n".join(md))
     (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary,
-                                                  "summary_steady": steady, "paired": paired,
+                                                  "summary_steady": steady, "paired": paired, "baselines": tested,
                                                   "val_baselines": baselines, "continued": curve}, indent=1) + "\n")
     plot_learning_curves(out, rows, baselines, curve)
     return table
@@ -410,7 +423,7 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
     for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
         cache = out / f"val_{label.replace(' ', '_')}.json"
         if not cache.is_file():
-            cache.write_text(json.dumps(val_summary(run, val, plan.eval_frames)) + "\n")
+            cache.write_text(json.dumps(val_summary(run, val, plan.val_frames)) + "\n")
         rows[label] = json.loads(cache.read_text())
     for name in names:
         run_dir = out / name
@@ -423,11 +436,11 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             seconds = time.perf_counter() - start
             model, _, _ = model_from_any_checkpoint(str(checkpoint))
             cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
-                                                       plan.eval_frames), "train_s": seconds}) + "\n")
+                                                       plan.val_frames), "train_s": seconds}) + "\n")
         rows[name] = json.loads(cache.read_text())
         print(f"[ablate] {name}: {rows[name]}", flush=True)
     base = rows.get("plan")
-    lines = [f"Val instances, {len(val)} shots × {plan.eval_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
+    lines = [f"Val instances, {len(val)} shots × {plan.val_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
              f"{plan.seeds[0]}, one change from the plan; Δ against the `plan` row.", "",
              "| run | change | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ | train s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -458,30 +471,19 @@ def taa_variants() -> dict[str, object]:
 
 
 def tune_taa(plan: QualityPlan, out: Path) -> str:
-    """PSNR / tPSNR of TAA variants (and taa-clamp, the input) on every frame of the val instances."""
-    from datagen.capture_format import load_meta
-    from training import metrics
-    from training.evaluate import passthrough, shot_frames
-    from training.infer import frame_range, read_reference, to_image
+    """PSNR (all frames and steady state) and tPSNR of TAA variants, taa-clamp and the input on the val instances."""
+    from training.evaluate import passthrough
     from training.taa import run_taa, run_taa_clamp
 
-    shots = capture(plan, out / "captures", held_out_shots(plan, "val"), plan.eval_frames)
+    shots = capture(plan, out / "captures", held_out_shots(plan, "val"), plan.val_frames)
     methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}
     methods.update({name: (lambda frames, p=p: run_taa(frames, p)) for name, p in taa_variants().items()})
-    scores = {name: {"psnr": [], "tpsnr": []} for name in methods}
-    for shot in shots:
-        meta = load_meta(shot)
-        frames = frame_range(meta, 0, plan.eval_frames)
-        references = [read_reference(shot, i) for i in frames]
-        print(f"[tune-taa] {shot}", flush=True)
-        for name, run in methods.items():
-            outputs = [to_image(o) for o in run(shot_frames(shot, meta, frames))]
-            scores[name]["psnr"] += [metrics.psnr(o, r) for o, r in zip(outputs, references)]
-            scores[name]["tpsnr"] += [metrics.tpsnr(outputs[i - 1], outputs[i], references[i - 1], references[i])
-                                      for i in range(1, len(outputs))]
-    lines = [f"# TAA variants on the val instances ({len(shots)} shots, {plan.eval_frames} frames each)", "",
-             "| variant | PSNR dB | tPSNR dB |", "|---|---:|---:|"]
-    lines += [f"| {name} | {np.mean(s['psnr']):.2f} | {np.mean(s['tpsnr']):.2f} |" for name, s in scores.items()]
+    lines = [f"# TAA variants on the val instances ({len(shots)} shots, {plan.val_frames} frames each)", "",
+             f"| variant | PSNR dB | PSNR frames ≥ {STEADY_STATE_FROM} | tPSNR dB |", "|---|---:|---:|---:|"]
+    for name, run in methods.items():
+        s = val_summary(run, shots, plan.val_frames)
+        lines.append(f"| {name} | {s['psnr']:.2f} | {s['psnr_steady']:.2f} | {s['tpsnr']:.2f} |")
+        print(lines[-1], flush=True)
     (out / "taa_tuning.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -514,7 +516,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablate", nargs="*", choices=sorted(ABLATIONS), metavar="OPTION",
                         help=f"only train and score recipe options on val (none named: all of {', '.join(ABLATIONS)})")
     parser.add_argument("--ablation-steps", type=int, default=300, help="FP32 steps of each --ablate run")
-    parser.add_argument("--eval-frames", type=int, help="override the plan's frames per held-out shot")
+    parser.add_argument("--part", default="all", choices=("all", "seeds", "baselines"),
+                        help="seeds: only train/select/quantize/test the --seeds; baselines: only score the input "
+                             "and the TAAs; all: both, then the summary (parts run in parallel processes resume "
+                             "each other's finished work)")
+    parser.add_argument("--eval-frames", type=int, help="override the plan's frames per val and test shot")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -525,33 +531,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds:
         plan = replace(plan, seeds=tuple(args.seeds))
     if args.eval_frames:
-        plan = replace(plan, eval_frames=args.eval_frames)
+        plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune_taa:
         print(tune_taa(plan, args.out), flush=True)
         return
     start = time.perf_counter()
     captures = args.out / "captures"
-    val = capture(plan, captures, held_out_shots(plan, "val"), plan.eval_frames)
+    val = capture(plan, captures, held_out_shots(plan, "val"), plan.val_frames)
     if args.ablate is not None:
         capture(plan, captures, training_shots(plan), plan.train_frames)
         print(ablate(plan, captures, val, args.out / "ablations", args.ablate or list(ABLATIONS),
                      args.ablation_steps))
         return
-    test = capture(plan, captures, held_out_shots(plan, "test"), plan.eval_frames)
+    test = capture(plan, captures, held_out_shots(plan, "test"), plan.test_frames)
     capture(plan, captures, training_shots(plan), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
     store = build_quality_store(plan, captures, args.out)  # a complete store is kept
-    baselines = val_baselines(val, plan.eval_frames, args.out / "val_baselines.json")
+    if args.part in ("all", "baselines"):
+        baselines = val_baselines(val, plan.val_frames, args.out / "val_baselines.json")
+        tested = score_baselines(plan, test, args.out)
+        print(f"[quality] baselines scored at {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     rows = []
-    for seed in plan.seeds:
+    for seed in plan.seeds if args.part in ("all", "seeds") else ():
         rows.append(run_seed(plan, seed, store, val, test, args.out))
         print(f"[quality] seed {seed} done at {(time.perf_counter() - start) / 60:.1f} min: "
               f"{json.dumps(rows[-1]['test'])}", flush=True)
-        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start), flush=True)
+    if args.part != "all":
+        return
+    print(write_summary(args.out, plan, rows, tested, baselines, time.perf_counter() - start), flush=True)
     if args.continue_steps:
         curve = extend_curve(plan, store, val, args.out, tuple(args.continue_steps))
-        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start, curve), flush=True)
+        print(write_summary(args.out, plan, rows, tested, baselines, time.perf_counter() - start, curve), flush=True)
     print(f"[quality] complete: {args.out / 'summary.md'}", flush=True)
 
 
