@@ -67,7 +67,7 @@ class QualityPlan(DemoPlan):
     kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
     store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
     device: str = "cpu"                          # training, selection and scoring
-    flip_every: int = 1                          # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
+    flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
 
 
 PLANS = {
@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablate", nargs="*", choices=sorted(ABLATIONS), metavar="OPTION",
                         help=f"only train and score recipe options on val (none named: all of {', '.join(ABLATIONS)})")
     parser.add_argument("--ablation-steps", type=int, default=300, help="FP32 steps of each --ablate run")
+    parser.add_argument("--select-steps", type=int, nargs="+",
+                        help="override the plan's FP32 checkpoints kept for selection (the run trains to the last)")
+    parser.add_argument("--qat-select-steps", type=int, nargs="+", help="override the plan's QAT lengths")
     parser.add_argument("--part", default="all", choices=("all", "seeds", "baselines"),
                         help="seeds: only train/select/quantize/test the --seeds; baselines: only score the input "
                              "and the TAAs; all: both, then the summary (parts run in parallel processes resume "
@@ -530,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
     plan = choose_plan(args.plan, args.device)
     if args.seeds:
         plan = replace(plan, seeds=tuple(args.seeds))
+    if args.select_steps:
+        plan = replace(plan, select_steps=tuple(sorted(args.select_steps)), train_steps=max(args.select_steps))
+    if args.qat_select_steps:
+        plan = replace(plan, qat_select_steps=tuple(sorted(args.qat_select_steps)),
+                       qat_steps=max(args.qat_select_steps))
     if args.eval_frames:
         plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)
