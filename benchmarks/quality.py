@@ -115,11 +115,28 @@ def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
+    """Capture the shots (<root>/<scene>/<shot>) that are not already complete with the plan's settings. Complete
+    ones are not handed to the capturer, which takes each shot's writer lock even to find it complete: parts of
+    the run in parallel processes then share finished captures instead of refusing each other."""
     from datagen.capture import capture_scene
 
-    return [path for scene, names in shots.items()
-            for path in capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
-                                      reference_spp=plan.reference_spp, progress=False)]
+    for scene, names in shots.items():
+        missing = [name for name in names if not captured(plan, root / scene / name, frames)]
+        if missing:
+            capture_scene(scene, root, shots=missing, frames=(0, frames), resolution=plan.resolution,
+                          reference_spp=plan.reference_spp, progress=False)
+    return [root / scene / name for scene, names in shots.items() for name in names]
+
+
+def captured(plan: QualityPlan, shot: Path, frames: int) -> bool:
+    """Whether `shot` is a complete capture of `frames` frames at the plan's resolution and reference samples."""
+    from datagen.capture_format import is_complete, load_meta
+
+    if not is_complete(shot):
+        return False
+    meta = load_meta(shot)
+    return ((meta.width, meta.height) == tuple(plan.resolution) and meta.frame_count == frames
+            and meta.reference.samples == plan.reference_spp)
 
 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
