@@ -285,7 +285,8 @@ def paired_over_seeds(rows: list[dict], baselines: dict, against: str = "TAA"
             base = baselines["test_shots"][span][against]
             out[method][span] = {}
             for k in METRIC_KEYS:
-                shots = [s for s in base if base[s][k] is not None]
+                shots = [s for s in base if base[s][k] is not None
+                         and all(r["test_shots"][span][method][s][k] is not None for r in rows)]
                 ours = [float(np.mean([r["test_shots"][span][method][s][k] for r in rows])) for s in shots]
                 if shots:  # none when the shots are shorter than the span's start
                     out[method][span][k] = paired_difference(ours, [base[s][k] for s in shots])
@@ -305,8 +306,11 @@ def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, step
                        runs / f"val_fp32_curve_step{n}.json") for n in sorted(steps)}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, float)
+def spread(values: list[float | None]) -> dict[str, float | None]:
+    """Mean, sample std, min, max and count of the values that exist (FLIP is not scored on every frame)."""
+    a = np.asarray([v for v in values if v is not None], float)
+    if not len(a):
+        return {"mean": None, "std": None, "min": None, "max": None, "runs": 0}
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
             "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
 
