@@ -78,6 +78,9 @@ PLANS = {
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05"),
                        qat_steps=400, qat_select_steps=(200, 400), device="cuda"),
+    # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
+    "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
+                           train_frames=24, val_frames=16, test_frames=16),
     "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, val_frames=10, test_frames=10,
                          widths=(8, 12, 16, 20, 24), train_steps=6, select_steps=(3, 6), qat_select_steps=(4,),
                          qat_steps=4, seeds=(0, 1)),
