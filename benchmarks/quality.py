@@ -1,31 +1,38 @@
 """The quality run: QW-Net against the engine-style TAA on held-out builtin scene instances, over several seeds.
 
-    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 2 \
+    nohup nice -n 5 .venv/bin/python benchmarks/quality.py --out results/quality --threads 1 \
         > results/quality.log 2>&1 &
 
 Protocol (every stage resumes: rerun the same command after an interruption and finished work is kept):
 
-1. capture (builtin renderer, 256×160, 16 spp references): the training shots of the 8 training instances of
-   `manifests/datasets/builtin-quality.yaml`, and the shots of the held-out `builtin_*_val` and `builtin_*_test`
-   instances (other seeds of the same generators: other layout, geometry, materials and textures);
-2. build the `builtin-quality` block store (training instances only);
-3. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
+1. capture (builtin renderer, 256×160, 16 spp references): the training shots of the training instances of the
+   plan's dataset (`manifests/datasets/builtin-game-quality.yaml`: the game-like generators courtyard and
+   machinery), the val shots and the test shots of the held-out `builtin_<kind>_val` / `builtin_<kind>_test`
+   instances (other seeds of the same generators);
+2. build the plan's block store (training instances only);
+3. score the aliased input and both TAAs on test, once (they do not depend on the seed);
+4. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
    one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
-   `qat_select_steps`, and pick again on val; then score the two picks (and, once, the aliased input and both
-   TAAs, which do not depend on the seed) on the *test* instances, once;
-4. `summary.md` / `summary.json`: each method's mean ± sample standard deviation (and min..max) over the seeds on
-   test, the val choices, and `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of
-   the aliased input and of TAA).
+   `qat_select_steps`, and pick again on val; then score the two picks on the *test* instances, once;
+5. `summary.md` / `summary.json`: every method over all frames and over the steady state (each shot's frames from
+   `training.metrics.STEADY_STATE_FROM` on), QW-Net as mean ± sample std (and min..max) over the seeds; the paired
+   per-shot differences QW-Net − TAA with percentile-bootstrap 95 % intervals over the shots; the val choices; and
+   `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of the input and of TAA). Each
+   test report (`seed*/test/`, `baselines/`) has every shot's worst region per method (`*_worst.png`).
 
-`--tune-taa` instead scores TAA parameter variants on the val instances only (PSNR and tPSNR, every frame) and
-writes `taa_tuning.md`: how `qw.training.evaluation.taa.TaaParams`' defaults were chosen. `--plan small` is a quick run of the
-same stages for checking the script.
+`--part seeds|baselines` runs one part only (parts in parallel processes, once the captures and the store exist,
+resume each other's finished work; a last plain run writes the summary). `--ablate` trains the recipe options of
+`ABLATIONS` briefly and scores them on val only (`ablations/ablations.md`). `--tune-taa` scores TAA parameter
+variants on the val instances only (`taa_tuning.md`). `--device cuda` (default when CUDA is present) runs the `gpu`
+plan, the paper-scale network and batch; `--plan small` is a quick run of the same stages for checking the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -36,87 +43,160 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qw.demo import DemoPlan, build_demo_store, quantize_demo, train_demo  # noqa: E402
+from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from training.metrics import STEADY_STATE_FROM  # noqa: E402
 
-DATASET = "builtin-quality"
-KINDS = ("fence", "specular", "street", "crossing")
+DATASET = "builtin-game-quality"
+KINDS = ("courtyard", "machinery")
 METRIC_KEYS = ("psnr", "ssim", "flip", "tpsnr")
+SPANS = {"all": 0, "steady": STEADY_STATE_FROM}  # every frame; each shot's frames from STEADY_STATE_FROM on
 
 
 @dataclass(frozen=True)
 class QualityPlan(DemoPlan):
-    train_frames: int = 24                       # stored frames per training shot (3 windows of 8)
-    eval_frames: int = 16                        # stored frames per held-out shot
+    train_frames: int = 48                       # stored frames per training shot (6 windows of 8)
+    val_frames: int = 48                         # frames per val shot (selection, TAA tuning, ablations)
+    test_frames: int = 64                        # frames per test shot (scored once)
     widths: tuple[int, ...] = (20, 40, 60, 80, 100)   # 1.25× the demo's widths (the paper's: 32…160)
     train_steps: int = 600                       # the longest FP32 run; checkpoints at select_steps are kept
     select_steps: tuple[int, ...] = (300, 600)
     qat_select_steps: tuple[int, ...] = (100, 200)
     qat_steps: int = 200
     seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = DATASET                       # the training store's dataset manifest
+    kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
+    store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
+    device: str = "cpu"                          # training, selection and scoring
+    flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
 
 
 PLANS = {
     "full": QualityPlan(),
-    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, eval_frames=6,
+    # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
+    # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay; sized for ≤ 10 minutes on an H100.
+    "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=(32, 64, 96, 128, 160), store_tile=256,
+                       batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
+                       settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05"),
+                       qat_steps=400, qat_select_steps=(200, 400), device="cuda"),
+    # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
+    "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
+                           train_frames=24, val_frames=16, test_frames=16),
+    "small": QualityPlan(resolution=(128, 80), reference_spp=4, train_frames=16, val_frames=10, test_frames=10,
                          widths=(8, 12, 16, 20, 24), train_steps=6, select_steps=(3, 6), qat_select_steps=(4,),
                          qat_steps=4, seeds=(0, 1)),
 }
 
 
-def held_out_shots(split: str) -> dict[str, list[str]]:
-    """Every shot of the held-out instances of `split` ('val' or 'test'), by scene."""
-    from qw.datagen.manifests import find_scene
+def held_out_shots(plan: QualityPlan, split: str) -> dict[str, list[str]]:
+    """Every shot of the held-out instances (`builtin_<kind>_<split>`) of `split` ('val' or 'test'), by scene."""
+    from datagen.manifests import find_scene
 
-    scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in KINDS}
+    scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in plan.kinds}
     return {m.name: [s.name for s in m.shots if s.split == split] for m in scenes.values()}
 
 
-def training_shots() -> dict[str, list[str]]:
+def training_shots(plan: QualityPlan) -> dict[str, list[str]]:
     """The 'train' shots of every scene of the quality dataset."""
     from qw.datagen.manifests import find_dataset, find_scene
 
     return {s.scene: [shot.name for shot in find_scene(s.scene).shots if shot.split == "train"]
-            for s in find_dataset(DATASET).scenes}
+            for s in find_dataset(plan.dataset).scenes}
+
+
+def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
+    """Build (or resume; a complete store is kept) the plan's store: its dataset manifest, with `store_tile` blocks
+    when set (a store per tile size: blocks.zarr, blocks-tile128.zarr, ...)."""
+    from datagen.manifests import DatasetManifest, find_dataset
+    from datagen.tile import build_store
+
+    manifest = find_dataset(plan.dataset)
+    if plan.store_tile:
+        manifest = DatasetManifest.model_validate({**manifest.model_dump(), "tile": plan.store_tile})
+    store = out / ("blocks.zarr" if plan.store_tile is None else f"blocks-tile{plan.store_tile}.zarr")
+    build_store(manifest, captures, str(store), workers=2, progress=False)
+    return str(store)
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
-    from qw.capture import capture_scene
+    """Capture the shots (<root>/<scene>/<shot>) that are not already complete with the plan's settings. Complete
+    ones are not handed to the capturer, which takes each shot's writer lock even to find it complete: parts of
+    the run in parallel processes then share finished captures instead of refusing each other."""
+    from datagen.capture import capture_scene
 
-    return [path for scene, names in shots.items()
-            for path in capture_scene(scene, root, shots=names, frames=(0, frames), resolution=plan.resolution,
-                                      reference_spp=plan.reference_spp, progress=False)]
+    for scene, names in shots.items():
+        missing = [name for name in names if not captured(plan, root / scene / name, frames)]
+        if missing:
+            capture_scene(scene, root, shots=missing, frames=(0, frames), resolution=plan.resolution,
+                          reference_spp=plan.reference_spp, progress=False)
+    return [root / scene / name for scene, names in shots.items() for name in names]
+
+
+def captured(plan: QualityPlan, shot: Path, frames: int) -> bool:
+    """Whether `shot` is a complete capture of `frames` frames at the plan's resolution and reference samples."""
+    from datagen.capture_format import is_complete, load_meta
+
+    if not is_complete(shot):
+        return False
+    meta = load_meta(shot)
+    return ((meta.width, meta.height) == tuple(plan.resolution) and meta.frame_count == frames
+            and meta.reference.samples == plan.reference_spp)
 
 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
-                  baselines: tuple[str, ...] = ()) -> dict:
+                  baselines: tuple[str, ...] = (), device: str = "cpu", flip_every: int = 1) -> dict:
     """`qw eval` into `out` unless its metrics.json exists (resumable); returns metrics.json's content."""
     from qw.training.evaluation.evaluate import evaluate_command
 
     if not (out / "metrics.json").is_file():
         evaluate_command([str(c) for c in checkpoints], [str(s) for s in shots], str(out.with_suffix(".tmp")),
-                         baselines=baselines, frames=frames, flip_crop=None, crop_size=64)
+                         baselines=baselines, frames=frames, flip_crop=None, flip_every=flip_every, crop_size=64,
+                         device=device)
         shutil.rmtree(out, ignore_errors=True)
         out.with_suffix(".tmp").rename(out)
     return json.loads((out / "metrics.json").read_text())
 
 
-def mean_psnr(run, shots: list[Path], frames: int) -> float:
-    """PSNR of `run` (input frames → outputs) over the first `frames` frames of every shot (frame-weighted)."""
-    from qw.datagen.capture_format import load_meta
-    from qw.training.evaluation import metrics
-    from qw.training.evaluation.evaluate import shot_frames
-    from qw.training.infer import frame_range, read_reference, to_image
+def frame_scores(run, shots: list[Path], frames: int) -> list[dict[str, list[float]]]:
+    """Per shot, the PSNR of every one of the first `frames` frames of `run` (input frames → outputs) and the
+    tPSNR of every frame with a valid history."""
+    from datagen.capture_format import load_meta
+    from training import metrics
+    from training.evaluate import shot_frames
+    from training.infer import frame_range, read_reference, to_image
 
     scores = []
     for shot in shots:
         meta = load_meta(shot)
         indices = frame_range(meta, 0, frames)
-        scores += [metrics.psnr(to_image(o), read_reference(shot, i))
-                   for i, o in zip(indices, run(shot_frames(shot, meta, indices)))]
-    return float(np.mean(scores))
+        shot_scores: dict[str, list[float]] = {"psnr": [], "tpsnr": []}
+        previous = None
+        inputs, feed = itertools.tee(shot_frames(shot, meta, indices))
+        for i, (frame, output) in enumerate(zip(inputs, run(feed))):
+            image, reference = to_image(output), read_reference(shot, indices[i])
+            shot_scores["psnr"].append(metrics.psnr(image, reference))
+            if previous is not None and frame.history_valid:
+                shot_scores["tpsnr"].append(metrics.tpsnr(previous[0], image, previous[1], reference))
+            previous = image, reference
+        scores.append(shot_scores)
+    return scores
 
 
-def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> float:
+def mean_psnr(run, shots: list[Path], frames: int) -> float:
+    """PSNR of `run` over the first `frames` frames of every shot (frame-weighted)."""
+    return float(np.mean([v for shot in frame_scores(run, shots, frames) for v in shot["psnr"]]))
+
+
+def val_summary(run, shots: list[Path], frames: int) -> dict[str, float]:
+    """An ablation's val scores: PSNR over all frames and over the steady state, tPSNR over all frames."""
+    from training.metrics import steady_state
+
+    scores = frame_scores(run, shots, frames)
+    return {"psnr": float(np.mean([v for s in scores for v in s["psnr"]])),
+            "psnr_steady": float(np.mean([v for s in scores for v in steady_state(s["psnr"])])),
+            "tpsnr": float(np.mean([v for s in scores for v in s["tpsnr"]]))}
+
+
+def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path, device: str = "cpu") -> float:
     """Model selection score: a checkpoint's PSNR on the val instances (cached in `cache`, JSON)."""
     from qw.training.evaluation.evaluate import _qwnet
     from qw.training.quantization.qat import model_from_any_checkpoint
@@ -124,7 +204,7 @@ def val_psnr(checkpoint: Path, val: list[Path], frames: int, cache: Path) -> flo
     if not cache.is_file():
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
         cache.write_text(json.dumps({"checkpoint": str(checkpoint),
-                                     "psnr": mean_psnr(_qwnet(model, "cpu"), val, frames)}) + "\n")
+                                     "psnr": mean_psnr(_qwnet(model.to(device), device), val, frames)}) + "\n")
     return json.loads(cache.read_text())["psnr"]
 
 
@@ -144,14 +224,12 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     PSNR (cached in `cache`)."""
     if not kept.is_file():
         shutil.copyfile(train_demo(plan, store, run, steps), kept)
-    return val_psnr(kept, val, plan.eval_frames, cache)
+    return val_psnr(kept, val, plan.val_frames, cache, plan.device)
 
 
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
-    """Train, select on val, quantize, select on val, score on test: one seed's row of the table.
-
-    The aliased input and the TAAs do not depend on the seed: they count with the first seed only."""
-    from qw.training.evaluation.evaluate import INPUT_LABEL
+    """Train, select on val, quantize, select on val, score on test: one seed's QW-Net rows of the table."""
+    from training.evaluate import INPUT_LABEL
 
     plan = replace(plan, seed=seed)
     runs = out / f"seed{seed}"
@@ -165,14 +243,57 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
             shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
-        selection["w4a4"][qat] = val_psnr(kept, val, plan.eval_frames, runs / f"val_w4a4_qat{qat}.json")
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_w4a4_qat{qat}.json",
+                                          plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
-    first = seed == plan.seeds[0]
-    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.eval_frames,
-                           ("taa", "taa-clamp") if first else ())
-    test = {m: v for m, v in scored["overall"].items() if m != INPUT_LABEL or first}
-    return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection, "test": test}
+    scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.test_frames, (), plan.device,
+                           plan.flip_every)
+    return {"seed": seed, "fp32_steps": best_steps, "qat_steps": best_qat, "val_psnr": selection,
+            **test_scores(scored, [m for m in scored["methods"] if m != INPUT_LABEL])}
+
+
+def score_baselines(plan: QualityPlan, test: list[Path], out: Path) -> dict:
+    """The aliased input and both TAAs on the test instances: deterministic, so scored once (not per seed)."""
+    scored = evaluate_once(out / "baselines", [], test, plan.test_frames, ("taa", "taa-clamp"), plan.device,
+                           plan.flip_every)
+    return test_scores(scored, list(scored["methods"]))
+
+
+def test_scores(scored: dict, methods: list[str]) -> dict:
+    """From a metrics.json: `methods`' overall means over all frames and over the steady state, and per shot."""
+    return {"test": {m: scored["overall"][m] for m in methods},
+            "test_steady": {m: scored["overall_steady"][m] for m in methods},
+            "test_shots": {span: shot_means(scored, methods, start) for span, start in SPANS.items()}}
+
+
+def shot_means(scored: dict, methods: list[str], start: int) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per method and shot of a metrics.json: each metric's mean over the shot's frames from the `start`-th on."""
+    from training.evaluate import mean_of_scored
+
+    return {m: {name: {k: mean_of_scored(shot["per_frame"][m][k][start:]) for k in METRIC_KEYS}
+                for name, shot in scored["shots"].items()} for m in methods}
+
+
+def paired_over_seeds(rows: list[dict], baselines: dict, against: str = "TAA"
+                      ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per QW-Net method, span and metric: the per-shot differences (method's mean over the seeds − `against`, a
+    deterministic baseline) with `metrics.paired_difference`'s bootstrap interval over the shots."""
+    from training.metrics import paired_difference
+
+    out: dict = {}
+    for method in rows[0]["test"]:
+        out[method] = {}
+        for span in SPANS:
+            base = baselines["test_shots"][span][against]
+            out[method][span] = {}
+            for k in METRIC_KEYS:
+                shots = [s for s in base if base[s][k] is not None
+                         and all(r["test_shots"][span][method][s][k] is not None for r in rows)]
+                ours = [float(np.mean([r["test_shots"][span][method][s][k] for r in rows])) for s in shots]
+                if shots:  # none when the shots are shorter than the span's start
+                    out[method][span][k] = paired_difference(ours, [base[s][k] for s in shots])
+    return out
 
 
 def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, steps: tuple[int, ...]) -> dict[int, float]:
@@ -188,17 +309,20 @@ def extend_curve(plan: QualityPlan, store: str, val: list[Path], out: Path, step
                        runs / f"val_fp32_curve_step{n}.json") for n in sorted(steps)}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, float)
+def spread(values: list[float | None]) -> dict[str, float | None]:
+    """Mean, sample std, min, max and count of the values that exist (FLIP is not scored on every frame)."""
+    a = np.asarray([v for v in values if v is not None], float)
+    if not len(a):
+        return {"mean": None, "std": None, "min": None, "max": None, "runs": 0}
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
             "min": float(a.min()), "max": float(a.max()), "runs": len(a)}
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per method and metric: mean, sample std, min and max over the seeds' test scores (the baselines, scored
-    once, have no spread)."""
-    methods = rows[0]["test"].keys()
-    return {m: {k: spread([r["test"][m][k] for r in rows if m in r["test"]]) for k in METRIC_KEYS} for m in methods}
+def summarize(rows: list[dict], baselines: dict, key: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric of `key` (``test`` or ``test_steady``): the baselines' scores (one deterministic run
+    each, no spread), then each QW-Net's mean, sample std, min and max over the seeds."""
+    return {**{m: {k: spread([v[k]]) for k in METRIC_KEYS} for m, v in baselines[key].items()},
+            **{m: {k: spread([r[key][m][k] for r in rows]) for k in METRIC_KEYS} for m in rows[0][key]}}
 
 
 def summary_table(summary: dict) -> str:
@@ -252,13 +376,23 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
     return path
 
 
-def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dict[str, float],
+def write_summary(out: Path, plan: QualityPlan, rows: list[dict], tested: dict, baselines: dict[str, float],
                   seconds: float, curve: dict[int, float] | None = None) -> str:
-    summary = summarize(rows)
-    table = summary_table(summary)
+    from training.evaluate import paired_table
+    from training.metrics import BOOTSTRAP_RESAMPLES
+
+    summary, steady = summarize(rows, tested), summarize(rows, tested, "test_steady")
+    paired = paired_over_seeds(rows, tested)
+    table = "\n\n".join([f"All frames:\n\n{summary_table(summary)}",
+                         f"Steady state (frames ≥ {STEADY_STATE_FROM} of each shot):\n\n{summary_table(steady)}",
+                         f"Paired per-shot differences from TAA (QW-Net: mean over the seeds per shot), "
+                         f"[95 % percentile-bootstrap interval over the shots, {BOOTSTRAP_RESAMPLES} resamples]:"
+                         f"\n\n{paired_table(paired)}"])
     choices = "; ".join(f"seed {r['seed']}: {r['fp32_steps']} FP32 steps, {r['qat_steps']} QAT steps" for r in rows)
-    md = ["# Quality run", "", f"Test instances (`builtin_*_test`), {len(rows)} training seeds, mean ± sample std:",
-          "", table, "", f"Chosen on val only: {choices}.", "",
+    shots = len(tested["test_shots"]["all"]["TAA"])
+    md = ["# Quality run", "", f"Test instances of `{plan.dataset}` ({shots} shots × {plan.test_frames} frames), "
+          f"{len(rows)} training seeds, QW-Net rows mean ± sample std over the seeds:", "", table, "",
+          f"Chosen on val only: {choices}. Each shot's worst region per method: `seed*/test/*_worst.png`.", "",
           f"Plan: `{json.dumps(asdict(plan))}`; {seconds / 60:.0f} min wall in this invocation.", ""]
     if curve:
         points = ", ".join(f"{n} steps {v:.2f} dB" for n, v in curve.items())
@@ -267,9 +401,81 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], baselines: dic
     md += ["![learning curves](learning_curves.png)", ""]
     (out / "summary.md").write_text("\n".join(md))
     (out / "summary.json").write_text(json.dumps({"plan": asdict(plan), "seeds": rows, "summary": summary,
+                                                  "summary_steady": steady, "paired": paired, "baselines": tested,
                                                   "val_baselines": baselines, "continued": curve}, indent=1) + "\n")
     plot_learning_curves(out, rows, baselines, curve)
     return table
+
+
+# The recipe options: each changes the plan's settings (config overrides) or plan fields, one at a time; short
+# single-seed runs scored on val only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64².
+ABLATIONS: dict[str, dict] = {
+    "plan": {},
+    "jitter-input": {"settings": ("model.jitter_input=true",)},
+    "norm-none": {"settings": ("model.norm=none",)},
+    "norm-group": {"settings": ("model.norm=group",)},
+    "bn-momentum-0.01": {"settings": ("model.bn_momentum=0.01",)},
+    "loss-display": {"settings": ("train.loss_domain=display",)},
+    "cosine": {"settings": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1")},
+    "crop-128": {"store_tile": 128, "batch_size": 1},
+}
+
+
+def ablation_plan(plan: QualityPlan, name: str) -> QualityPlan:
+    """`plan` (first seed) with ablation `name`'s changes; its settings are added to the plan's."""
+    change = dict(ABLATIONS[name])
+    settings = plan.settings + change.pop("settings", ())
+    return replace(plan, seed=plan.seeds[0], settings=settings, **change)
+
+
+def describe_ablation(name: str) -> str:
+    change = dict(ABLATIONS[name])
+    parts = [f"`{s}`" for s in change.pop("settings", ())] + [f"plan `{k}={v}`" for k, v in change.items()]
+    return ", ".join(parts) or "–"
+
+
+def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names: list[str], steps: int) -> str:
+    """Train each named recipe option for `steps` steps with the plan's first seed and score it on the val instances
+    (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`. Resumable: finished runs
+    and their scores are kept."""
+    from training.evaluate import _qwnet, passthrough
+    from training.quantize import model_from_any_checkpoint
+    from training.taa import run_taa
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, float]] = {}
+    for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
+        cache = out / f"val_{label.replace(' ', '_')}.json"
+        if not cache.is_file():
+            cache.write_text(json.dumps(val_summary(run, val, plan.val_frames)) + "\n")
+        rows[label] = json.loads(cache.read_text())
+    for name in names:
+        run_dir = out / name
+        cache = run_dir / f"val_step{steps}.json"
+        if not cache.is_file():
+            option = ablation_plan(plan, name)
+            store = build_quality_store(option, captures, out.parent)
+            start = time.perf_counter()
+            checkpoint = train_demo(option, store, run_dir / "fp32", steps)
+            seconds = time.perf_counter() - start
+            model, _, _ = model_from_any_checkpoint(str(checkpoint))
+            cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
+                                                       plan.val_frames), "train_s": seconds}) + "\n")
+        rows[name] = json.loads(cache.read_text())
+        print(f"[ablate] {name}: {rows[name]}", flush=True)
+    base = rows.get("plan")
+    lines = [f"Val instances, {len(val)} shots × {plan.val_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
+             f"{plan.seeds[0]}, one change from the plan; Δ against the `plan` row.", "",
+             "| run | change | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ | train s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        trained = name in ABLATIONS
+        cells = [f"{r[k]:.2f} | " + (f"{r[k] - base[k]:+.2f}" if base and trained else "")
+                 for k in ("psnr", "psnr_steady", "tpsnr")]
+        change = describe_ablation(name) if trained else "baseline"
+        lines.append(f"| {name} | {change} | " + " | ".join(cells) + f" | {r.get('train_s', 0):.0f} |")
+    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def taa_variants() -> dict[str, object]:
@@ -289,71 +495,106 @@ def taa_variants() -> dict[str, object]:
 
 
 def tune_taa(plan: QualityPlan, out: Path) -> str:
-    """PSNR / tPSNR of TAA variants (and taa-clamp, the input) on every frame of the val instances."""
-    from qw.datagen.capture_format import load_meta
-    from qw.training.evaluation import metrics
-    from qw.training.evaluation.evaluate import passthrough, shot_frames
-    from qw.training.infer import frame_range, read_reference, to_image
-    from qw.training.evaluation.taa import run_taa, run_taa_clamp
+    """PSNR (all frames and steady state) and tPSNR of TAA variants, taa-clamp and the input on the val instances."""
+    from training.evaluate import passthrough
+    from training.taa import run_taa, run_taa_clamp
 
-    shots = capture(plan, out / "captures", held_out_shots("val"), plan.eval_frames)
+    shots = capture(plan, out / "captures", held_out_shots(plan, "val"), plan.val_frames)
     methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}
     methods.update({name: (lambda frames, p=p: run_taa(frames, p)) for name, p in taa_variants().items()})
-    scores = {name: {"psnr": [], "tpsnr": []} for name in methods}
-    for shot in shots:
-        meta = load_meta(shot)
-        frames = frame_range(meta, 0, plan.eval_frames)
-        references = [read_reference(shot, i) for i in frames]
-        print(f"[tune-taa] {shot}", flush=True)
-        for name, run in methods.items():
-            outputs = [to_image(o) for o in run(shot_frames(shot, meta, frames))]
-            scores[name]["psnr"] += [metrics.psnr(o, r) for o, r in zip(outputs, references)]
-            scores[name]["tpsnr"] += [metrics.tpsnr(outputs[i - 1], outputs[i], references[i - 1], references[i])
-                                      for i in range(1, len(outputs))]
-    lines = [f"# TAA variants on the val instances ({len(shots)} shots, {plan.eval_frames} frames each)", "",
-             "| variant | PSNR dB | tPSNR dB |", "|---|---:|---:|"]
-    lines += [f"| {name} | {np.mean(s['psnr']):.2f} | {np.mean(s['tpsnr']):.2f} |" for name, s in scores.items()]
+    lines = [f"# TAA variants on the val instances ({len(shots)} shots, {plan.val_frames} frames each)", "",
+             f"| variant | PSNR dB | PSNR frames ≥ {STEADY_STATE_FROM} | tPSNR dB |", "|---|---:|---:|---:|"]
+    for name, run in methods.items():
+        s = val_summary(run, shots, plan.val_frames)
+        lines.append(f"| {name} | {s['psnr']:.2f} | {s['psnr_steady']:.2f} | {s['tpsnr']:.2f} |")
+        print(lines[-1], flush=True)
     (out / "taa_tuning.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
+
+
+def choose_plan(name: str | None, device: str) -> QualityPlan:
+    """The named plan (default: `gpu` on CUDA, else `full`) on `device` ('auto': CUDA when present). On the CPU the
+    GPUs are hidden, so that the trainer, which takes CUDA whenever it sees it, stays on the CPU too."""
+    import torch
+
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks CUDA (the first query fixes the devices)
+    elif device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    return replace(PLANS[name or ("gpu" if device == "cuda" else "full")], device=device)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/quality", type=Path)
-    parser.add_argument("--plan", default="full", choices=sorted(PLANS))
+    parser.add_argument("--plan", choices=sorted(PLANS), help="default: gpu on a CUDA device, else full")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where training, selection and scoring run (auto: CUDA when present)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the plan's training seeds")
     parser.add_argument("--tune-taa", action="store_true", help="only score TAA variants on the val instances")
     parser.add_argument("--continue-steps", type=int, nargs="+", default=(),
                         help="after the run, continue the first seed's FP32 training to these step counts and plot "
                              "their val PSNR (learning-curve evidence; never selected or tested)")
+    parser.add_argument("--ablate", nargs="*", choices=sorted(ABLATIONS), metavar="OPTION",
+                        help=f"only train and score recipe options on val (none named: all of {', '.join(ABLATIONS)})")
+    parser.add_argument("--ablation-steps", type=int, default=300, help="FP32 steps of each --ablate run")
+    parser.add_argument("--select-steps", type=int, nargs="+",
+                        help="override the plan's FP32 checkpoints kept for selection (the run trains to the last)")
+    parser.add_argument("--qat-select-steps", type=int, nargs="+", help="override the plan's QAT lengths")
+    parser.add_argument("--part", default="all", choices=("all", "seeds", "baselines"),
+                        help="seeds: only train/select/quantize/test the --seeds; baselines: only score the input "
+                             "and the TAAs; all: both, then the summary (parts run in parallel processes resume "
+                             "each other's finished work)")
+    parser.add_argument("--eval-frames", type=int, help="override the plan's frames per val and test shot")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    plan = PLANS[args.plan] if args.seeds is None else replace(PLANS[args.plan], seeds=tuple(args.seeds))
+    plan = choose_plan(args.plan, args.device)
+    if args.seeds:
+        plan = replace(plan, seeds=tuple(args.seeds))
+    if args.select_steps:
+        plan = replace(plan, select_steps=tuple(sorted(args.select_steps)), train_steps=max(args.select_steps))
+    if args.qat_select_steps:
+        plan = replace(plan, qat_select_steps=tuple(sorted(args.qat_select_steps)),
+                       qat_steps=max(args.qat_select_steps))
+    if args.eval_frames:
+        plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune_taa:
         print(tune_taa(plan, args.out), flush=True)
         return
     start = time.perf_counter()
     captures = args.out / "captures"
-    val = capture(plan, captures, held_out_shots("val"), plan.eval_frames)
-    test = capture(plan, captures, held_out_shots("test"), plan.eval_frames)
-    capture(plan, captures, training_shots(), plan.train_frames)
+    val = capture(plan, captures, held_out_shots(plan, "val"), plan.val_frames)
+    if args.ablate is not None:
+        capture(plan, captures, training_shots(plan), plan.train_frames)
+        print(ablate(plan, captures, val, args.out / "ablations", args.ablate or list(ABLATIONS),
+                     args.ablation_steps))
+        return
+    test = capture(plan, captures, held_out_shots(plan, "test"), plan.test_frames)
+    capture(plan, captures, training_shots(plan), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
-    store = build_demo_store(captures, args.out / "blocks.zarr", DATASET)  # a complete store is kept
-    baselines = val_baselines(val, plan.eval_frames, args.out / "val_baselines.json")
+    store = build_quality_store(plan, captures, args.out)  # a complete store is kept
+    if args.part in ("all", "baselines"):
+        baselines = val_baselines(val, plan.val_frames, args.out / "val_baselines.json")
+        tested = score_baselines(plan, test, args.out)
+        print(f"[quality] baselines scored at {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     rows = []
-    for seed in plan.seeds:
+    for seed in plan.seeds if args.part in ("all", "seeds") else ():
         rows.append(run_seed(plan, seed, store, val, test, args.out))
         print(f"[quality] seed {seed} done at {(time.perf_counter() - start) / 60:.1f} min: "
               f"{json.dumps(rows[-1]['test'])}", flush=True)
-        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start), flush=True)
+    if args.part != "all":
+        return
+    print(write_summary(args.out, plan, rows, tested, baselines, time.perf_counter() - start), flush=True)
     if args.continue_steps:
         curve = extend_curve(plan, store, val, args.out, tuple(args.continue_steps))
-        print(write_summary(args.out, plan, rows, baselines, time.perf_counter() - start, curve), flush=True)
+        print(write_summary(args.out, plan, rows, tested, baselines, time.perf_counter() - start, curve), flush=True)
     print(f"[quality] complete: {args.out / 'summary.md'}", flush=True)
 
 

@@ -37,6 +37,7 @@ class DemoPlan:
     qat_steps: int = 150
     qat_lr: float = 2e-4
     seed: int = 0
+    settings: tuple[str, ...] = ()             # config overrides (``train.lr=1e-3``) over the plan's FP32 config
 
 
 def _stage(name: str) -> float:
@@ -76,13 +77,14 @@ def build_demo_store(captures: Path, store: Path, dataset: str = DATASET) -> str
 
 
 def demo_config(plan: DemoPlan, steps: int):
-    from qw.training.config import load_config
+    from training.config import apply_overrides, load_config, parse_overrides
 
-    return load_config("paper", {
+    cfg = load_config("paper", {
         "model": {"widths": list(plan.widths)},
         "train": {"steps": steps, "lr": plan.train_lr, "batch_size": plan.batch_size, "grad_accum": 1,
                   "crop": None, "num_workers": 0, "seed": plan.seed, "log_every": 20, "val_every": 10 ** 9,
                   "val_blocks": 0, "ckpt_every": 50}})
+    return apply_overrides(cfg, parse_overrides(plan.settings), "the plan's settings")
 
 
 def _finished(run: Path, steps: int) -> bool:

@@ -46,9 +46,19 @@ def test_eval_report_on_builtin_shots(tiny_checkpoints, builtin_captures, tmp_pa
     for method in methods:
         assert f"| {method} |" in report
     for stem in ("builtin_fence_low_cut", "builtin_specular_crane"):
-        assert f"({stem}_crops.png)" in report
+        assert f"({stem}_crops.png)" in report and f"({stem}_worst.png)" in report
         assert imageio.imread(out / f"{stem}_crops.png").ndim == 3
         assert imageio.imread(out / f"{stem}_metrics.png").ndim == 3
+        worst = imageio.imread(out / f"{stem}_worst.png")  # one row per method, a column per method + reference
+        assert worst.shape[0] > 2 * worst.shape[1] / len(methods)
+    assert set(shot["worst_boxes"]) == set(methods)
+    # three frames: no steady state yet (it starts at frame 8), and the paired differences exist for the QW-Nets
+    assert data["steady_state_from"] == metrics.STEADY_STATE_FROM and data["overall_steady"]["TAA"]["psnr"] is None
+    assert set(data["paired"]) == {"QW-Net FP32", "QW-Net W4A4"}
+    fp_all = data["paired"]["QW-Net FP32"]["all"]["psnr"]
+    per_shot = [s["mean"]["QW-Net FP32"]["psnr"] - s["mean"]["TAA"]["psnr"] for s in data["shots"].values()]
+    assert fp_all["n"] == 2 and fp_all["mean"] == pytest.approx(np.mean(per_shot))
+    assert "## Paired per-shot differences from TAA" in report
 
 
 def test_eval_needs_captured_shots(tmp_path):
@@ -74,3 +84,49 @@ def test_eval_lists_the_chosen_baselines_side_by_side(builtin_captures, tmp_path
     assert crops.shape[1] > 3 * crops.shape[0]
     none = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "none"), "--baseline", "none"])
     assert none.exit_code == 0 and "| TAA |" not in none.output and "| aliased input |" in none.output
+
+
+def _shot(name: str, values: dict[str, list[float]]) -> "ShotResult":
+    from training.evaluate import ShotResult
+
+    return ShotResult(name, list(range(len(next(iter(values.values()))))),
+                      {label: {m: list(v) if m == "psnr" else [None] * len(v) for m in METRICS}
+                       for label, v in values.items()})
+
+
+def test_steady_state_means_skip_each_shots_start_up_frames():
+    from training.evaluate import overall_means
+
+    start = metrics.STEADY_STATE_FROM
+    a = _shot("a", {"TAA": [0.0] * start + [10.0, 20.0]})
+    b = _shot("b", {"TAA": [5.0] * start + [40.0]})
+    assert overall_means([a, b], ["TAA"], start)["TAA"]["psnr"] == pytest.approx((10 + 20 + 40) / 3)
+    assert overall_means([a, b], ["TAA"])["TAA"]["psnr"] == pytest.approx((70 + 5 * start) / (3 + 2 * start))
+    assert a.mean("TAA", "psnr", start) == 15.0
+
+
+def test_paired_differences_pair_each_shots_means_against_taa():
+    from training.evaluate import paired_differences
+
+    start = metrics.STEADY_STATE_FROM
+    # per shot: QW-Net − TAA is −1 over the start-up and +2 (shot a) / +1 (shot b) in the steady state
+    a = _shot("a", {"TAA": [30.0] * start + [30.0] * 4, "QW": [29.0] * start + [32.0] * 4})
+    b = _shot("b", {"TAA": [20.0] * start + [25.0] * 4, "QW": [19.0] * start + [26.0] * 4})
+    paired = paired_differences([a, b], ["aliased input", "TAA", "QW"])
+    assert set(paired) == {"QW"}
+    steady = paired["QW"]["steady"]["psnr"]
+    assert steady["mean"] == pytest.approx(1.5) and steady["n"] == 2 and 1.0 <= steady["low"] <= steady["high"] <= 2.0
+    everything = paired["QW"]["all"]["psnr"]
+    assert everything["mean"] == pytest.approx(((-8 + 8) / 12 + (-8 + 4) / 12) / 2)
+    assert "tpsnr" not in paired["QW"]["all"]  # no shot has a value: no pairs, no entry
+    assert paired_differences([a, b], ["QW"]) == {}  # nothing to compare against
+
+
+def test_worst_window_finds_each_error_map_peak():
+    from training.evaluate import worst_window
+
+    error = np.zeros((64, 96), np.float32)
+    error[40:56, 8:24] = 1.0
+    y, x, s = worst_window(error, 16)
+    assert s == 16 and abs(y - 40) <= 4 and abs(x - 8) <= 4  # on the size/4 grid
+    assert worst_window(np.zeros((8, 8), np.float32), 16)[2] == 8  # clipped to the image

@@ -72,3 +72,16 @@ def test_the_loss_is_taken_in_the_compressed_domain():
     out, ref = clip(row(e, e, 0, 0)), clip(row(0, 0, 0, 0))
     terms = qwnet_loss(out, ref, shift_x(0), torch.tensor([[False]]), "log1p")
     assert terms["spatial"].item() == pytest.approx(0.5) and terms["temporal"].item() == 0.0
+
+
+def test_the_display_loss_domain_is_the_metrics_tone_map():
+    from training.losses import DISPLAY_FLOOR
+    from training.metrics import DISPLAY_GAMMA
+
+    out, ref = clip(row(1.0, 1.0, 3.0, 3.0)), clip(row(0, 0, 0, 0))  # Reinhard 0.5 and 0.75; black below the floor
+    terms = qwnet_loss(out, ref, shift_x(0), torch.tensor([[False]]), "display")
+    black = DISPLAY_FLOOR ** (1 / DISPLAY_GAMMA)
+    expected = ((0.5 ** (1 / DISPLAY_GAMMA) - black) + (0.75 ** (1 / DISPLAY_GAMMA) - black)) / 2
+    assert terms["spatial"].item() == pytest.approx(expected, rel=1e-5)
+    cfg = load_config("paper", {"train": {"loss_domain": "display"}})
+    assert cfg.loss_transform == "display" and load_config("paper").loss_transform == "log1p"

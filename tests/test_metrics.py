@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from qw.training.evaluation import metrics
 
@@ -104,3 +105,43 @@ def test_flip_crops_the_centre():
     assert metrics.flip(test, ref, crop=None) > 0.0
     assert metrics.center_crop(ref, 32).shape == (32, 32, 3)
     np.testing.assert_array_equal(metrics.center_crop(ref, 32), ref[24:56, 34:66])
+
+
+def test_steady_state_keeps_the_frames_from_the_eighth_on():
+    values = list(range(12))
+    assert metrics.STEADY_STATE_FROM == 8
+    assert metrics.steady_state(values) == [8, 9, 10, 11]
+    assert metrics.steady_state(values[:8]) == []
+
+
+def test_display_is_the_tonemap_and_its_floor_only_clamps_the_darkest_values():
+    x = np.array([[[0.0, 1e-6, 0.2]]], np.float32)
+    t = torch.from_numpy(x)
+    np.testing.assert_allclose(metrics.display(t).numpy(), metrics.tonemap(x))
+    floored = metrics.display(t, floor=1e-4).numpy()[0, 0]
+    assert floored[0] == floored[1] == pytest.approx(1e-4 ** (1 / 2.2))
+    assert floored[2] == pytest.approx(metrics.tonemap(x)[0, 0, 2])
+    t.requires_grad_()
+    metrics.display(t, floor=1e-4).sum().backward()
+    assert torch.isfinite(t.grad).all()
+
+
+def test_paired_difference_of_a_constant_shift_is_that_shift_with_a_zero_width_interval():
+    b = [30.0, 31.5, 29.0, 33.0]
+    d = metrics.paired_difference([v + 0.7 for v in b], b)
+    assert d["mean"] == pytest.approx(0.7) and d["low"] == pytest.approx(0.7) and d["high"] == pytest.approx(0.7)
+    assert d["n"] == 4
+
+
+def test_paired_difference_interval_matches_the_sampling_spread_of_the_mean():
+    # Differences 0, 1, ..., 9: the bootstrap distribution of the mean is centred on 4.5 with standard deviation
+    # ≈ σ/√n = 2.87/√10 = 0.91, so a 95 % percentile interval is about 4.5 ± 1.78; it is seeded (same bytes twice).
+    b = [0.0] * 10
+    a = [float(i) for i in range(10)]
+    d = metrics.paired_difference(a, b)
+    assert d["mean"] == pytest.approx(4.5)
+    assert 4.5 - 2.1 < d["low"] < 4.5 - 1.5 and 4.5 + 1.5 < d["high"] < 4.5 + 2.1
+    assert metrics.paired_difference(a, b) == d
+    assert metrics.paired_difference(b, a)["high"] == pytest.approx(-d["low"])  # the sign follows a − b
+    with pytest.raises(ValueError):
+        metrics.paired_difference([1.0], [1.0, 2.0])

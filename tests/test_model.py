@@ -204,3 +204,53 @@ def test_model_stats_cli_prints_the_breakdown() -> None:
     assert "extractor.encoder.0.0.conv" in result.output and "4-bit 96.2%" in result.output
     bad = CliRunner().invoke(main, ["model-stats", "--config", "nonexistent.yaml"])
     assert bad.exit_code == 2 and "nonexistent.yaml" in bad.output
+
+
+def test_jitter_input_is_two_constant_channels_the_model_needs_and_uses() -> None:
+    cfg = load_config("paper", {"model": {"widths": [8, 8, 8, 8, 8], "jitter_input": True}}).model
+    torch.manual_seed(0)
+    model = QWNet(cfg).eval()
+    assert model.extractor.first.conv.in_channels == 12
+    color, history = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    seen = []
+    model.extractor.first.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
+    jitter = torch.tensor([[0.25, -0.5], [0.0, 0.5]])
+    with torch.no_grad():
+        out = model.step(color, history, jitter)
+        other = model.step(color, history, -jitter)
+    planes = seen[0][:, -2:]
+    assert torch.equal(planes, (jitter + 0.5)[:, :, None, None].expand(-1, -1, 16, 16))  # in [0, 1], like colour
+    assert not torch.allclose(out, other)
+    with pytest.raises(ValueError, match="jitter"):
+        model.step(color, history)
+    seq = model(torch.rand(1, 2, 3, 16, 16), torch.zeros(1, 2, 2, 16, 16), torch.tensor([[False, True]]),
+                torch.rand(1, 2, 2) - 0.5)
+    assert seq.shape == (1, 2, 3, 16, 16)
+
+
+def test_augmentation_transforms_the_jitter_like_a_constant_motion_vector() -> None:
+    rng = np.random.default_rng(5)
+    block = synthetic_block(rng, t=3, tile=16)
+    jitter = rng.uniform(-0.5, 0.5, (3, 2)).astype(np.float32)
+    block = {**block, "jitter": jitter, "motion": np.broadcast_to(jitter[:, :, None, None], (3, 2, 16, 16)).copy()}
+    for transform in (lambda b: flip(b, -1), lambda b: flip(b, -2), rotate90):
+        out = transform(block)
+        np.testing.assert_array_equal(out["jitter"], out["motion"][:, :, 0, 0])  # offsets turn with the image
+        assert not np.array_equal(out["jitter"], jitter)
+    np.testing.assert_array_equal(flip(block, -1)["jitter"], jitter * [-1, 1])
+    np.testing.assert_array_equal(block["jitter"], jitter)  # the input block is not modified
+
+
+def test_norm_options_build_their_layers() -> None:
+    def units(**model):
+        cfg = load_config("paper", {"model": {"widths": [8, 20, 8, 8, 8], **model}}).model
+        return [m for m in QWNet(cfg).extractor.modules() if isinstance(m, ConvBNAct)]
+
+    group = units(norm="group")
+    assert all(isinstance(u.bn, nn.GroupNorm) for u in group)
+    assert {(u.bn.num_channels, u.bn.num_groups) for u in group} == {(8, 8), (20, 5)}  # largest divisor ≤ 8
+    assert all(u.conv.bias is None for u in group)
+    assert all(isinstance(u.bn, nn.Identity) and u.conv.bias is not None for u in units(norm="none"))
+    assert {u.bn.momentum for u in units(bn_momentum=0.01)} == {0.01}
+    assert {u.bn.momentum for u in units(bn_momentum=None)} == {None}  # cumulative average
+    assert {u.bn.momentum for u in units()} == {0.1}  # torch's default stays the paper preset's

@@ -143,3 +143,25 @@ def test_eight_bit_model_tracks_float_model_and_fp16_is_closer():
         err4 = (quant.quantize_model(model, quant.QUANT_PRESETS["w4a4"], clips).step(color, history) - ref).abs().mean()
         err16 = (quant.quantize_model(model, quant.QUANT_PRESETS["fp16"]).step(color, history) - ref).abs().mean()
     assert err16 < err8 < err4 < 0.5 * ref.abs().mean()
+
+
+def test_norm_none_with_jitter_input_calibrates_and_quantizes_and_group_norm_is_refused():
+    from training.config import load_config
+
+    cfg = load_config("paper", {"model": {"widths": [8, 8, 8, 8, 8], "norm": "none", "jitter_input": True}})
+    torch.manual_seed(0)
+    model = QWNet(cfg.model).eval()
+    seq = {"color": torch.rand(1, 2, 3, 16, 16), "motion": torch.zeros(1, 2, 2, 16, 16),
+           "history_valid": torch.tensor([[False, True]]), "jitter": torch.rand(1, 2, 2) - 0.5}
+    sites = quant.quant_sites(model, QuantConfig())
+    clips = quant.calibrate_clips(model, sites, [seq])
+    qmodel = quant.quantize_model(model, QuantConfig(), clips)
+    first = dict(quant.quantized_convs(qmodel))["extractor.encoder.0.0.conv"]
+    assert first.weight.shape[1] == 12 and first.input_quant.lower == 0.0  # jitter + 0.5 >= 0: the unsigned input range
+    with torch.no_grad():
+        out, ref = qmodel(seq["color"], seq["motion"], seq["history_valid"], seq["jitter"]), model(
+            seq["color"], seq["motion"], seq["history_valid"], seq["jitter"])
+    assert (out - ref).abs().mean() < 0.1 * ref.abs().mean()
+    group = QWNet(load_config("paper", {"model": {"widths": [8, 8, 8, 8, 8], "norm": "group"}}).model)
+    with pytest.raises(ValueError, match="GroupNorm"):
+        quant.quantize_model(group, QuantConfig())

@@ -64,7 +64,8 @@ def test_dataset_reads_only_what_training_needs_and_keeps_float16(store: str, tm
     sample = BlockDataset(str(copy), crop=16, augment=True)[(3, 7)]
     assert sample["color"].shape == (4, 3, 16, 16) and sample["color"].dtype == torch.float16
     assert sample["motion"].shape == (4, 2, 16, 16) and sample["history_valid"].dtype == torch.bool
-    assert set(sample) == {"color", "reference", "motion", "history_valid", "index"}
+    assert set(sample) == {"color", "reference", "motion", "history_valid", "jitter", "index"}
+    assert sample["jitter"].shape == (4, 2) and sample["jitter"].dtype == torch.float32
 
 
 def test_dataset_is_deterministic_per_seed_and_centre_crops_without_one(store: str) -> None:
@@ -242,3 +243,18 @@ def test_initial_weights_depend_only_on_the_configured_seed():
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = initial_model(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": 4})})).state_dict()
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_recipe_options_train_jitter_input_display_loss_and_each_norm(store: str, tmp_path: Path) -> None:
+    """The recipe options run through the whole loop (data with jitter, loss domain, validation images)."""
+    for norm in ("none", "group", "batch"):
+        cfg = load_config(str(write_config(tmp_path / f"{norm}.yaml", {
+            "model": {"norm": norm, "jitter_input": True, "bn_momentum": None},
+            "train": {"loss_domain": "display", "steps": 2, "val_every": 2, "val_images": 1}})))
+        assert cfg.loss_transform == "display"
+        model = QWNet(cfg.model)
+        assert model.extractor.first.conv.in_channels == 6 + 2
+        train(model, cfg, store, tmp_path / norm)
+        events = read_log(tmp_path / norm)
+        assert np.isfinite([e["loss"] for e in events if e["event"] == "train"]).all()
+        assert [e["step"] for e in events if e["event"] == "val"] == [2]

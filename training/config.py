@@ -28,7 +28,13 @@ class ModelConfig(_Strict):
     """The network's shape. Changing any field changes the parameter layout of a checkpoint."""
 
     input_processing: bool = Field(True, description="add grayscale and gradient magnitude of input and history")
-    norm: Literal["batch", "none"] = "batch"
+    norm: Literal["batch", "group", "none"] = Field(
+        "batch", description="after each U_e conv: BatchNorm (folded into the conv for quantization), GroupNorm "
+                             "(per-image statistics; float only: it cannot be folded) or none (the conv has a bias)")
+    bn_momentum: float | None = Field(0.1, gt=0, le=1, description="BatchNorm running-statistics momentum (None: "
+                                                                  "the cumulative mean of every batch seen)")
+    jitter_input: bool = Field(False, description="give U_e each frame's sample offset (jitter + 0.5, in [0, 1]) as "
+                                                  "two constant input channels")
     activation: Literal["elu", "relu"] = "elu"
     widths: list[int] = Field(default_factory=lambda: [32, 64, 96, 128, 160],
                               description="U_e channel widths, full resolution first; the last is the bottleneck")
@@ -99,6 +105,9 @@ class TrainConfig(_Strict):
     global_batch: int | None = Field(None, ge=1, exclude=True,  # recorded as the grad_accum it sets
                                      description="blocks per optimizer step; sets grad_accum = global_batch / batch_size")
     crop: int | None = Field(None, ge=1, description="random square crop of each block (None: the whole 256x256 tile)")
+    loss_domain: Literal["model", "display"] = Field(
+        "model", description="where the L1 loss compares images: the model's range compression (model.hdr) or the "
+                             "display tone map that PSNR, SSIM and tPSNR are computed in (Reinhard + gamma 2.2)")
     spatial_weight: float = Field(0.3, ge=0)
     temporal_weight: float = Field(0.7, ge=0)
     augment: bool = True
@@ -166,6 +175,11 @@ class Config(_Strict):
             raise ValueError(f"train.crop {crop} must be a multiple of {multiple} (the "
                              f"{self.model.num_scales}-scale model halves it {self.model.num_scales - 1} times)")
         return self
+
+    @property
+    def loss_transform(self) -> str:
+        """The transform the loss compares images in: ``display`` or the model's range compression."""
+        return "display" if self.train.loss_domain == "display" else self.model.hdr
 
 
 def presets() -> list[str]:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from qw.datagen.block_store import BlockStore, open_store
 from qw.datagen.errors import QwError
 
-ARRAYS = ("color", "reference", "motion", "history_valid")
+ARRAYS = ("color", "reference", "motion", "history_valid", "jitter")
 IMAGES = ("color", "reference", "motion")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -129,12 +129,13 @@ def scale_exposure(image: torch.Tensor, exposure: float) -> torch.Tensor:
     return out.clamp_(max=FLOAT16_MAX) if exposure > 1 else out  # a finite x times <= 1 cannot overflow
 
 
-def _transform_motion(motion: torch.Tensor, t: Transform) -> torch.Tensor:
-    turned = _geometry(motion, t)
-    out = torch.empty(turned.shape, dtype=turned.dtype, device=turned.device)
+def _remap_components(vectors: torch.Tensor, t: Transform) -> torch.Tensor:
+    """(T, 2, ...) screen vectors already in the output's geometry: x/y taken from where the transform sends them
+    and negated where it mirrors them (motion fields, and the per-frame jitter offsets (T, 2))."""
+    out = torch.empty(vectors.shape, dtype=vectors.dtype, device=vectors.device)
     sources, negate = t.motion_components()
     for component, (source, negated) in enumerate(zip(sources, negate)):
-        out[:, component] = turned[:, source]
+        out[:, component] = vectors[:, source]
         if negated:
             out[:, component].neg_()
     return out
@@ -142,23 +143,28 @@ def _transform_motion(motion: torch.Tensor, t: Transform) -> torch.Tensor:
 
 def apply_transform(images: dict[str, torch.Tensor], t: Transform) -> dict[str, torch.Tensor]:
     """Flips, quarter turns and exposure of float16 (T, C, H, W) images (colour, reference, motion; CPU or
-    device), motion transformed with them; each output is one new contiguous tensor."""
+    device), motion (and the jitter offsets, when given) transformed with them; each output is one new
+    contiguous tensor."""
     out = {k: scale_exposure(_geometry(images[k], t), t.exposure) for k in ("color", "reference")}
-    return {**out, "motion": _transform_motion(images["motion"], t)}
+    out["motion"] = _remap_components(_geometry(images["motion"], t), t)
+    if "jitter" in images:
+        out["jitter"] = _remap_components(images["jitter"], t)
+    return out
 
 
 def _numpy_transform(block: dict[str, np.ndarray], t: Transform) -> dict[str, np.ndarray]:
-    out = apply_transform({k: torch.from_numpy(block[k]) for k in IMAGES}, t)
+    out = apply_transform({k: torch.from_numpy(block[k]) for k in (*IMAGES, "jitter") if k in block}, t)
     return {**block, **{k: v.numpy() for k, v in out.items()}}
 
 
 def flip(block: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:
-    """Mirror along W (axis=-1, negates motion x) or H (axis=-2, negates motion y)."""
+    """Mirror along W (axis=-1, negates motion x and jitter x) or H (axis=-2, negates motion y and jitter y)."""
     return _numpy_transform(block, Transform(flip_x=axis == -1, flip_y=axis == -2))
 
 
 def rotate90(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx)."""
+    """Rotate images a quarter turn (np.rot90 on H,W): new (x, y) = (y, W − x), so motion (mx, my) -> (my, −mx),
+    and so does the jitter offset (T,2) when the block has one."""
     return _numpy_transform(block, Transform(turns=1))
 
 
@@ -227,9 +233,10 @@ def augment_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply each item's drawn ``transform`` (see `BlockDataset`'s ``augment_on_device``) to a collated batch, on
     the batch's device; the ``transform`` entry is consumed."""
     transforms = [Transform.from_tensor(row) for row in batch["transform"].cpu()]
-    items = [apply_transform({k: batch[k][i] for k in IMAGES}, t) for i, t in enumerate(transforms)]
-    rest = {k: v for k, v in batch.items() if k not in (*IMAGES, "transform")}
-    return {**rest, **{k: torch.stack([item[k] for item in items]) for k in IMAGES}}
+    moved = [k for k in (*IMAGES, "jitter") if k in batch]
+    items = [apply_transform({k: batch[k][i] for k in moved}, t) for i, t in enumerate(transforms)]
+    rest = {k: v for k, v in batch.items() if k not in (*moved, "transform")}
+    return {**rest, **{k: torch.stack([item[k] for item in items]) for k in moved}}
 
 
 class BlockSampler(Sampler):

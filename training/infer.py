@@ -71,16 +71,18 @@ def run_qwnet(model: torch.nn.Module, frames: Iterator[tuple],
               device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """QW-Net's recurrence frame by frame (the streaming form of `QWNet.forward`): yields (1,3,H,W) on the CPU.
 
-    Each frame starts with (colour, motion, history valid); further fields (a `TaaFrame`'s depth, jitter) are
-    ignored."""
+    Each frame starts with (colour, motion, history valid); a `TaaFrame`'s jitter is passed to a model that reads
+    it (``jitter_input``), its depth is ignored."""
     multiple = model.cfg.size_multiple
     previous = None
-    for color, motion, valid, *_ in frames:
+    for frame in frames:
+        color, motion, valid = frame[:3]
+        jitter = getattr(frame, "jitter", None)
         h, w = color.shape[-2:]
         color = pad_to_multiple(color, multiple).to(device)
         motion = pad_to_multiple(motion, multiple).to(device)
         history = model.warp_history(previous, motion) if valid and previous is not None else color
-        previous = model.step(color, history)
+        previous = model.step(color, history, None if jitter is None else torch.tensor([jitter], device=device))
         yield previous[..., :h, :w].float().cpu()
 
 

@@ -1,4 +1,5 @@
-"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (qw.training.model.hdr).
+"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (training.hdr) or, with
+``train.loss_domain: display``, in the display tone map the metrics use (training.metrics.display).
 
 L_s = L1(out_t, ref_t) over all T steps; L_t = L1(out_t − warp(out_{t−1}), ref_t − warp(ref_{t−1})) over the
 steps whose history is valid (an invalid step contributes zero). Both are means over frames, so the loss of a
@@ -15,8 +16,16 @@ from __future__ import annotations
 
 import torch
 
-from qw.training.model.hdr import compress
-from qw.training.model.warp import warp
+from training.hdr import compress
+from training.metrics import display
+from training.warp import warp
+
+DISPLAY_FLOOR = 1e-4  # Reinhard value below which the display loss has no gradient (see metrics.display)
+
+
+def loss_domain(x: torch.Tensor, transform: str) -> torch.Tensor:
+    """Linear colour in the loss's domain: ``display`` (the metrics' tone map) or a `training.hdr` transform."""
+    return display(x, DISPLAY_FLOOR) if transform == "display" else compress(x, transform)
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -56,9 +65,9 @@ def qwnet_loss(output: torch.Tensor, reference: torch.Tensor, motion: torch.Tens
 
     `color` (the linear input) switches on the temporal term of steps without history (see the module doc).
     """
-    out_c = compress(output.float(), transform)
-    ref_c = compress(reference.float(), transform)
-    inputs = None if color is None else compress(color.float(), transform)
+    out_c = loss_domain(output.float(), transform)
+    ref_c = loss_domain(reference.float(), transform)
+    inputs = None if color is None else loss_domain(color.float(), transform)
     spatial = (out_c - ref_c).abs().mean()
     temporal = temporal_l1(out_c, ref_c, motion, history_valid, inputs, warp_padding)
     return {"spatial": spatial, "temporal": temporal, "loss": spatial_weight * spatial + temporal_weight * temporal}

@@ -7,9 +7,13 @@ Every method reconstructs each shot at full resolution from the same jittered fr
 output frame is scored against the supersampled reference with PSNR and SSIM (tone-mapped), HDR-FLIP (centred
 crop, see `qw.training.evaluation.metrics`) and tPSNR (frame differences; frames after a cut are skipped). Writes into `out/`:
 
-* ``report.md``: overall and per-shot tables, with links to the images below;
-* ``metrics.json``: every per-frame value, per-shot and overall means, and what was evaluated;
+* ``report.md``: overall tables over all frames and over the steady state (each shot's frames from the
+  `metrics.STEADY_STATE_FROM`-th on, after the recurrences' start-up), paired per-shot differences of every method
+  from TAA with bootstrap confidence intervals, per-shot tables, with links to the images below;
+* ``metrics.json``: every per-frame value, per-shot and overall means, the paired differences, what was evaluated;
 * ``<scene>_<shot>_crops.png``: side-by-side crops of one frame (the region where the input aliases most);
+* ``<scene>_<shot>_worst.png``: per method, the region of its own largest error (tone-mapped, summed over the
+  steady-state frames), shown for every method at the last frame;
 * ``<scene>_<shot>_metrics.png``: the four metrics per frame, one line per method.
 """
 
@@ -126,9 +130,11 @@ class ShotResult:
     per_frame: dict[str, dict[str, list[float | None]]]
     crops: dict[str, np.ndarray] = field(default_factory=dict)
     crop_box: tuple[int, int, int] = (0, 0, 0)
+    worst: dict[str, tuple[tuple[int, int, int], dict[str, np.ndarray]]] = field(default_factory=dict)
 
-    def mean(self, method: str, metric: str) -> float | None:
-        return mean_of_scored(self.per_frame[method][metric])
+    def mean(self, method: str, metric: str, start: int = 0) -> float | None:
+        """Mean over the scored frames from the `start`-th evaluated frame on."""
+        return mean_of_scored(self.per_frame[method][metric][start:])
 
 
 def mean_of_scored(values: Iterable[float | None]) -> float | None:
@@ -137,19 +143,32 @@ def mean_of_scored(values: Iterable[float | None]) -> float | None:
     return float(np.mean(scored)) if scored else None
 
 
-def most_aliased_window(color: np.ndarray, reference: np.ndarray, size: int) -> tuple[int, int, int]:
-    """(y, x, size) of the size×size window where the input differs most from the reference (tone-mapped)."""
-    h, w = reference.shape[:2]
-    size = min(size, h, w)
-    err = torch.from_numpy(np.abs(metrics.tonemap(color) - metrics.tonemap(reference)).mean(-1))[None, None]
+def error_map(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-pixel tone-mapped absolute error, averaged over the channels (H×W)."""
+    return np.abs(metrics.tonemap(image) - metrics.tonemap(reference)).mean(-1)
+
+
+def worst_window(error: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(y, x, size) of the size×size window (on a size/4 grid) with the largest summed `error` (H×W)."""
+    size = min(size, *error.shape)
     stride = max(1, size // 4)
-    pooled = torch.nn.functional.avg_pool2d(err, size, stride=stride)[0, 0]
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(error)[None, None].float(), size, stride=stride)[0, 0]
     iy, ix = divmod(int(pooled.argmax()), pooled.shape[1])
     return iy * stride, ix * stride, size
 
 
+def most_aliased_window(color: np.ndarray, reference: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(y, x, size) of the size×size window where the input differs most from the reference (tone-mapped)."""
+    return worst_window(error_map(color, reference), size)
+
+
+def window(images: dict[str, np.ndarray], box: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    y, x, s = box
+    return {k: v[y:y + s, x:x + s] for k, v in images.items()}
+
+
 def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_crop: int | None,
-                  crop_size: int) -> ShotResult:
+                  crop_size: int, flip_every: int = 1) -> ShotResult:
     meta = load_meta(shot)
     frames = frame_range(meta, 0, count)
     feeds = itertools.tee(shot_frames(shot, meta, frames), len(methods) + 1)
@@ -159,7 +178,11 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     result = ShotResult(f"{meta.scene}/{meta.shot}", list(frames), per_frame)
     previous: dict[str, np.ndarray] = {}
     prev_ref = None
-    for index in tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False, disable=None):
+    # the worst regions are found over the steady state (over every frame of a shot too short to have one)
+    steady_from = metrics.STEADY_STATE_FROM if len(frames) > metrics.STEADY_STATE_FROM else 0
+    errors = {m.label: 0.0 for m in methods}
+    for position, index in enumerate(tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False,
+                                                 disable=None)):
         color, _, valid, *_ = next(inputs)
         reference = read_reference(shot, index)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
@@ -167,13 +190,16 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
             scores = per_frame[label]
             scores["psnr"].append(metrics.psnr(image, reference))
             scores["ssim"].append(metrics.ssim(image, reference))
-            scores["flip"].append(metrics.flip(image, reference, flip_crop))
+            scores["flip"].append(metrics.flip(image, reference, flip_crop) if position % flip_every == 0 else None)
             scores["tpsnr"].append(metrics.tpsnr(previous[label], image, prev_ref, reference) if valid else None)
+            if position >= steady_from:
+                errors[label] = errors[label] + error_map(image, reference)
         if index == frames[-1]:
-            y, x, s = most_aliased_window(to_image(color), reference, crop_size)
-            result.crop_box = (y, x, s)
-            result.crops = {**{k: v[y:y + s, x:x + s] for k, v in images.items()},
-                            "reference": reference[y:y + s, x:x + s]}
+            shown = {**images, "reference": reference}
+            result.crop_box = most_aliased_window(to_image(color), reference, crop_size)
+            result.crops = window(shown, result.crop_box)
+            result.worst = {label: (box, window(shown, box))
+                            for label, box in ((k, worst_window(e, crop_size)) for k, e in errors.items())}
         previous, prev_ref = images, reference
     return result
 
@@ -184,14 +210,52 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.4f}" if metric in ("ssim", "flip") else f"{value:.2f}"
 
 
-def overall_means(results: list[ShotResult], labels: list[str]) -> dict[str, dict[str, float | None]]:
-    """Frame-weighted means over all shots."""
+def overall_means(results: list[ShotResult], labels: list[str], start: int = 0) -> dict[str, dict[str, float | None]]:
+    """Frame-weighted means over all shots, of each shot's frames from its `start`-th evaluated frame on."""
     out = {}
     for label in labels:
         out[label] = {}
         for metric in METRICS:
-            out[label][metric] = mean_of_scored(v for r in results for v in r.per_frame[label][metric])
+            out[label][metric] = mean_of_scored(v for r in results for v in r.per_frame[label][metric][start:])
     return out
+
+
+PAIRED_AGAINST = "TAA"
+
+
+def paired_differences(results: list[ShotResult], labels: list[str], against: str = PAIRED_AGAINST
+                       ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per method other than `against` and the input: the per-shot differences method − `against` of every metric,
+    over all frames and over the steady state, as `metrics.paired_difference` (mean, bootstrap interval, n).
+    Shots where a metric has no value (tPSNR of a one-frame shot) are left out of its pairs."""
+    if against not in labels:
+        return {}
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for label in labels:
+        if label in (against, INPUT_LABEL):
+            continue
+        out[label] = {}
+        for span, start in (("all", 0), ("steady", metrics.STEADY_STATE_FROM)):
+            out[label][span] = {}
+            for metric in METRICS:
+                pairs = [(a, b) for a, b in ((r.mean(label, metric, start), r.mean(against, metric, start))
+                                             for r in results) if a is not None and b is not None]
+                if pairs:
+                    out[label][span][metric] = metrics.paired_difference(*map(list, zip(*pairs)))
+    return out
+
+
+def paired_table(paired: dict, against: str = PAIRED_AGAINST) -> str:
+    """Markdown: mean paired difference [95 % interval] per method, metric and span."""
+    lines = [f"| method − {against} | span | shots | " + " | ".join(f"Δ {METRIC_TITLES[m]}" for m in METRICS) + " |",
+             "|---|---|---:|" + "---:|" * len(METRICS)]
+    for label, spans in paired.items():
+        for span, values in spans.items():
+            n = max((v["n"] for v in values.values()), default=0)
+            cells = [f"{_fmt(v['mean'], m)} [{_fmt(v['low'], m)}, {_fmt(v['high'], m)}]" if (v := values.get(m))
+                     else "–" for m in METRICS]
+            lines.append(f"| {label} | {span} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(means: dict[str, dict[str, float | None]]) -> str:
@@ -221,6 +285,30 @@ def save_crops(result: ShotResult, path: Path) -> None:
     plt.close(fig)
 
 
+def save_worst_regions(result: ShotResult, path: Path) -> None:
+    """One row per method: the region of its largest steady-state error, shown for every method and the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(result.worst.items())
+    cols = len(rows[0][1][1])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.4 * len(rows)), squeeze=False)
+    for ax_row, (label, ((y, x, s), crops)) in zip(axes, rows):
+        for ax, (name, crop) in zip(ax_row, crops.items()):
+            ax.imshow(np.clip(metrics.tonemap(crop), 0, 1), interpolation="nearest")
+            ax.set_title(name, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_row[0].set_ylabel(f"worst of\n{label}\nx={x} y={y}", fontsize=7)
+    fig.suptitle(f"{result.name} frame {result.frames[-1]}: each method's worst {rows[0][1][0][2]}px region",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def save_metric_plot(result: ShotResult, path: Path) -> None:
     import matplotlib
 
@@ -246,30 +334,43 @@ def save_metric_plot(result: ShotResult, path: Path) -> None:
 def write_report(out: Path, results: list[ShotResult], methods: list[Method], settings: dict) -> dict:
     labels = [m.label for m in methods]
     overall = overall_means(results, labels)
+    steady = overall_means(results, labels, metrics.STEADY_STATE_FROM)
+    paired = paired_differences(results, labels)
     shots = {}
     crop = settings["flip_crop"]
     flip_area = f"a centred crop of at most {crop}x{crop} px" if crop else "the full frame"
+    every = settings.get("flip_every", 1)
+    flip_area += f", every {every}th frame of a shot from its first" if every > 1 else ""
     md = ["# qw eval report", "",
           f"{len(results)} shot(s), {sum(len(r.frames) for r in results)} frames, full resolution. "
           f"PSNR/SSIM/tPSNR on tone-mapped images (Reinhard + gamma 2.2); HDR-FLIP on {flip_area}; "
           "tPSNR skips frames without valid history.", "",
           "## Overall (frame-weighted mean)", "", markdown_table(overall), "",
-          "Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
+          f"## Steady state (frames ≥ {metrics.STEADY_STATE_FROM} of each shot)", "", markdown_table(steady), ""]
+    if paired:
+        md += [f"## Paired per-shot differences from {PAIRED_AGAINST}", "",
+               "Mean over shots of (method − TAA) per shot, [95 % percentile-bootstrap interval, "
+               f"{metrics.BOOTSTRAP_RESAMPLES} resamples of the shots].", "", paired_table(paired), ""]
+    md += ["Methods: " + "; ".join(f"**{m.label}**" + (f" = `{m.source}`" if m.source else "") for m in methods), ""]
     no_figures = missing_extra("matplotlib", "plot", "qw eval's crop and per-frame figures")
     if no_figures:
         log.warning("%s; the report has tables only", no_figures)
     for r in results:
         stem = r.name.replace("/", "_")
         means = {label: {m: r.mean(label, m) for m in METRICS} for label in labels}
-        shots[r.name] = {"frames": r.frames, "mean": means, "per_frame": r.per_frame, "crop_box": list(r.crop_box)}
+        shots[r.name] = {"frames": r.frames, "mean": means, "per_frame": r.per_frame, "crop_box": list(r.crop_box),
+                         "worst_boxes": {label: list(box) for label, (box, _) in r.worst.items()}}
         md += [f"## {r.name} ({len(r.frames)} frames)", "", markdown_table(means), ""]
         if not no_figures:
             save_crops(r, out / f"{stem}_crops.png")
+            save_worst_regions(r, out / f"{stem}_worst.png")
             save_metric_plot(r, out / f"{stem}_metrics.png")
-            md += [f"![crops]({stem}_crops.png)", "", f"![per-frame metrics]({stem}_metrics.png)", ""]
+            md += [f"![crops]({stem}_crops.png)", "", f"![worst regions]({stem}_worst.png)", "",
+                   f"![per-frame metrics]({stem}_metrics.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     data = {"qw_version": __version__, "settings": settings, "methods": {m.label: m.source for m in methods},
-            "overall": overall, "shots": shots}
+            "overall": overall, "overall_steady": steady, "steady_state_from": metrics.STEADY_STATE_FROM,
+            "paired": paired, "shots": shots}
     (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
 
@@ -277,8 +378,10 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
 def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
                      baselines: Iterable[str] = DEFAULT_BASELINES,
                      qwq_files: list[str] = (), frames: int | None = None, flip_crop: int | None = 512,
-                     crop_size: int = 128, device: str | None = None) -> dict:
-    """Evaluate on every complete shot under `captures`; returns metrics.json's content plus the report path."""
+                     flip_every: int = 1, crop_size: int = 128, device: str | None = None) -> dict:
+    """Evaluate on every complete shot under `captures`; returns metrics.json's content plus the report path.
+
+    HDR-FLIP (seconds per frame on a CPU core) is scored on every `flip_every`-th frame of each shot only."""
     shots = [s for root in captures for s in find_captures(root)]
     if not shots:
         raise QwError(f"no complete captured shots (capture.json) under {', '.join(map(str, captures))}")
@@ -287,8 +390,10 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size) for s in tqdm(shots, desc="shots", disable=None)]
+    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size, flip_every)
+               for s in tqdm(shots, desc="shots", disable=None)]
     settings = {"captures": [str(s) for s in shots], "frames_per_shot": frames, "flip_crop": flip_crop,
+                "flip_every": flip_every,
                 "crop_size": crop_size, "device": str(device_), "seconds": round(time.perf_counter() - start, 1)}
     data = write_report(out_dir, results, methods, settings)
     data["report"] = str(out_dir / "report.md")

@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from qw.training.losses import qwnet_loss
-from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps
-from qw.training.quantization.fake_quant import activation_codes, fold_batch_norm, replace_module, rescale
+from training.losses import qwnet_loss
+from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps, sequence_inputs
+from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
 
 # ------------------------------------------------------------------------------------------------ filter network
 
@@ -113,12 +113,12 @@ def compile_step(model: QWNet, mode: str | None = None, backend: str | Callable 
     """
     compiled = torch.compile(model.step, mode=mode, dynamic=False, backend=backend)
 
-    def step(color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def step(color: torch.Tensor, history: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
         layout = torch.channels_last if _is_channels_last(color) else torch.contiguous_format
         history = history.clone(memory_format=layout) if history is color else history.contiguous(memory_format=layout)
         if torch.is_grad_enabled() and not history.requires_grad:
             history = history.detach().requires_grad_()
-        return compiled(color, history)
+        return compiled(color, history, jitter)
 
     model.step = step
     return model
@@ -175,9 +175,9 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: st
                  spatial_weight: float = 0.3, temporal_weight: float = 0.7) -> tuple[torch.Tensor,
                                                                                    dict[str, torch.Tensor]]:
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
-    with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
-        output = model(batch["color"], batch["motion"], batch["history_valid"])
     cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
+    with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
+        output = model(*sequence_inputs(batch, cfg.jitter_input))
     return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
                               spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,
                               color=batch["color"] if cfg.temporal_reset_term else None)

@@ -38,13 +38,25 @@ UP_WEIGHTS = KERNEL + 1
 PASS_THROUGH_LOGIT = 3.0  # initial logit bonus, see KernelFilter._start_as_pass_through
 
 
-class ConvBNAct(nn.Module):
-    """Conv2d (same padding) → BatchNorm2d or Identity → ELU or ReLU. The unit the quantizer replaces."""
+GROUP_NORM_CHANNELS = 8  # GroupNorm groups: the largest divisor of a width that is at most this many
 
-    def __init__(self, cin: int, cout: int, kernel: int, norm: str, activation: str):
+
+def norm_layer(norm: str, channels: int, bn_momentum: float | None = 0.1) -> nn.Module:
+    """BatchNorm2d, GroupNorm or Identity for `channels` (see `ModelConfig.norm`)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, momentum=bn_momentum)
+    if norm == "group":
+        return nn.GroupNorm(max(g for g in range(1, GROUP_NORM_CHANNELS + 1) if channels % g == 0), channels)
+    return nn.Identity()
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (same padding) → BatchNorm2d, GroupNorm or Identity → ELU or ReLU. The unit the quantizer replaces."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, activation: str, bn_momentum: float | None = 0.1):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm == "none")
-        self.bn = nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity()
+        self.bn = norm_layer(norm, cout, bn_momentum)
         self.act = nn.ELU() if activation == "elu" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +69,7 @@ class FeatureExtractor(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int):
         super().__init__()
         w = cfg.widths
-        unit = lambda cin, cout, k: ConvBNAct(cin, cout, k, cfg.norm, cfg.activation)  # noqa: E731
+        unit = lambda cin, cout, k: ConvBNAct(cin, cout, k, cfg.norm, cfg.activation, cfg.bn_momentum)  # noqa: E731
         self.encoder = nn.ModuleList(
             nn.Sequential(unit(in_channels if s == 0 else w[s - 1], w[s], 3), unit(w[s], w[s], 3))
             for s in range(len(w))
@@ -199,8 +211,14 @@ def input_features(color: torch.Tensor, history: torch.Tensor, processing: bool)
     return torch.cat([color, history, gray_c, gray_h, gradient_magnitude(gray_c), gradient_magnitude(gray_h)], 1)
 
 
+def jitter_planes(jitter: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,2) sample offsets in pixels (in [−0.5, 0.5]) as two constant (B,2,H,W) planes of offset + 0.5, in [0, 1]
+    like the other inputs (the quantized first conv's input range starts at 0)."""
+    return (jitter.to(like.device, like.dtype) + 0.5)[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+
+
 def input_channels(cfg: ModelConfig) -> int:
-    return 10 if cfg.input_processing else 6
+    return (10 if cfg.input_processing else 6) + 2 * cfg.jitter_input
 
 
 class QWNet(nn.Module):
@@ -214,18 +232,28 @@ class QWNet(nn.Module):
         """The previous output moved to the current frame, with this model's border convention."""
         return warp(previous, motion, self.cfg.warp_padding)
 
-    def step(self, color: torch.Tensor, history_warped: torch.Tensor) -> torch.Tensor:
-        """One frame: colour and warped history (B,3,H,W, linear HDR, H and W multiples of 16) -> output."""
+    def step(self, color: torch.Tensor, history_warped: torch.Tensor,
+             jitter: torch.Tensor | None = None) -> torch.Tensor:
+        """One frame: colour and warped history (B,3,H,W, linear HDR, H and W multiples of 16) -> output.
+
+        `jitter` (B,2), the frame's sample offset in pixels, is read only by a model with ``jitter_input``, which
+        needs it."""
         m = self.cfg.size_multiple
         if color.shape[-2] % m or color.shape[-1] % m:
             raise ValueError(f"QWNet.step needs height and width divisible by {m}, got {tuple(color.shape[-2:])}; "
                              "QWNet.forward pads other sizes")
-        features = self.extractor(input_features(compress(color, self.cfg.hdr), compress(history_warped, self.cfg.hdr),
-                                                 self.cfg.input_processing))
-        return self.filter(features, color, history_warped)
+        x = input_features(compress(color, self.cfg.hdr), compress(history_warped, self.cfg.hdr),
+                           self.cfg.input_processing)
+        if self.cfg.jitter_input:
+            if jitter is None:
+                raise ValueError("this QWNet reads each frame's jitter (model.jitter_input): pass it")
+            x = torch.cat([x, jitter_planes(jitter, x)], dim=1)
+        return self.filter(self.extractor(x), color, history_warped)
 
-    def forward(self, color_seq: torch.Tensor, motion_seq: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
-        """Run the recurrence over (B,T,3,H,W) colour, (B,T,2,H,W) motion, (B,T) bool -> (B,T,3,H,W) float32.
+    def forward(self, color_seq: torch.Tensor, motion_seq: torch.Tensor, history_valid: torch.Tensor,
+                jitter_seq: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the recurrence over (B,T,3,H,W) colour, (B,T,2,H,W) motion, (B,T) bool -> (B,T,3,H,W) float32;
+        `jitter_seq` (B,T,2) for a model with ``jitter_input``.
 
         Sizes that are not multiples of 16 are reflect-padded at the bottom/right and cropped back.
         """
@@ -239,9 +267,15 @@ class QWNet(nn.Module):
             if previous is not None:
                 valid = history_valid[:, t].to(color.device).view(-1, 1, 1, 1)
                 history = torch.where(valid, self.warp_history(previous, motion_seq[:, t]), color)
-            previous = self.step(color, history)
+            previous = self.step(color, history, None if jitter_seq is None else jitter_seq[:, t])
             outputs.append(previous)
         return torch.stack(outputs, dim=1)[..., :h, :w]
+
+
+def sequence_inputs(batch: dict[str, torch.Tensor], jitter: bool) -> tuple[torch.Tensor, ...]:
+    """`QWNet.forward`'s arguments from a batch of blocks: colour, motion, history validity, and the jitter for a
+    model that reads it (other models, e.g. wrapped ones, keep the three-argument interface)."""
+    return (batch["color"], batch["motion"], batch["history_valid"]) + ((batch["jitter"],) if jitter else ())
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

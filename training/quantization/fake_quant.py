@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qw.training.config import QuantConfig
-from qw.training.model.qwnet import ConvBNAct, QWNet
+from training.config import QuantConfig
+from training.model import ConvBNAct, QWNet, sequence_inputs
 
 FLOAT16_BITS = 16
 FLOAT_BITS = 32
@@ -318,7 +318,7 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
     model.eval()
     try:
         for seq in sequences:
-            model(seq["color"], seq["motion"], seq["history_valid"])
+            model(*sequence_inputs(seq, model.cfg.jitter_input))
     finally:
         for h in handles:
             h.remove()
@@ -333,12 +333,22 @@ def calibrate_clips(model: QWNet, sites: list[QuantSite], sequences: Iterable[di
     return clips
 
 
+def check_quantizable(model: nn.Module) -> None:
+    """Raise ValueError for a model the integer plan cannot express: GroupNorm normalizes each image with its own
+    statistics at inference, so unlike BatchNorm it cannot be folded into the conv before it (norm none has no
+    normalization to fold: its convs carry a bias)."""
+    if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
+        raise ValueError("model.norm 'group' cannot be quantized: GroupNorm uses each image's own statistics and "
+                         "does not fold into the convs; train with norm 'batch' or 'none' to quantize")
+
+
 def quantize_model(model: QWNet, quant: QuantConfig, clips: dict[str, float] | None = None) -> QWNet:
     """A QAT copy of a full-precision QWNet: BN folded, every site of the plan a `QuantConv`, and one activation
     quantizer per tensor in ``qmodel.act_quant`` (tensor name → `ActQuant`), shared by the convs that read it.
 
     `clips` (tensor name → initial activation clip, see `calibrate_clips`) default to 1.0.
     """
+    check_quantizable(model)
     qmodel = copy.deepcopy(model).eval()
     sites = quant_sites(qmodel, quant)
     qmodel.act_quant = nn.ModuleDict({tensor: ActQuant(bits, lower, (clips or {}).get(tensor, 1.0))

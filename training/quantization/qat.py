@@ -12,14 +12,13 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from qw.datagen.errors import QwError
-from qw.training.config import Config, TrainConfig, apply_overrides, parse_overrides
-from qw.training.data import BlockDataset, open_training_store
-from qw.training.model.qwnet import QWNet
-from qw.training.quantization.fake_quant import (QUANT_PRESETS, calibrate_clips, is_quantized_state, quant_sites,
-    quantize_model)
-from qw.training.train.checkpoints import LAST, load_checkpoint
-from qw.training.train.loop import train
+from datagen.errors import QwError
+from training.config import Config, TrainConfig, apply_overrides, parse_overrides
+from training.data import BlockDataset, open_training_store
+from training.model import QWNet
+from training.quant import (QUANT_PRESETS, calibrate_clips, check_quantizable, is_quantized_state, quant_sites,
+                           quantize_model)
+from training.train import LAST, load_checkpoint, train
 
 QAT_DEFAULT_STEPS = 2000
 QAT_DEFAULT_LR = 1e-4
@@ -65,6 +64,10 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     if quantized:
         raise QwError(f"{checkpoint}: already a quantized checkpoint; quantize the full-precision one")
+    try:
+        check_quantizable(model)
+    except ValueError as exc:
+        raise QwError(f"{checkpoint}: {exc}") from None
     overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
                                    "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
                  if v is not None}

@@ -39,7 +39,7 @@ from qw.datagen.errors import QwError
 from qw.training.model import fast, hdr
 from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
 from qw.training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
-from qw.training.model.qwnet import QWNet
+from qw.training.model.qwnet import QWNet, sequence_inputs
 from qw.training.train.checkpoints import BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, _rng_state, _set_rng_state, \
     check_resumable, data_provenance, load_checkpoint, prune_checkpoints, publish, save_checkpoint
 from qw.training.train.ddp import Process, _gather, _mean_over_ranks, peer_failures, replica_difference, setup_process, \
@@ -78,7 +78,7 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
     totals = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0, "psnr": 0.0, "psnr_input": 0.0, "blocks": 0.0}
     for batch in loader:
         batch = _to_device(batch, proc.device)
-        output, terms = fast.forward_loss(model, batch, cfg.model.hdr, amp, cfg.train.spatial_weight,
+        output, terms = fast.forward_loss(model, batch, cfg.loss_transform, amp, cfg.train.spatial_weight,
                                           cfg.train.temporal_weight)
         n = len(batch["color"])
         for k in ("loss", "spatial", "temporal"):
@@ -202,7 +202,7 @@ def validation_images(model: nn.Module, dataset: BlockDataset, indices: list[int
     for index in indices:
         block = _to_device({k: v.unsqueeze(0) for k, v in dataset[index].items() if k != "index"}, proc.device)
         with torch.autocast(proc.device.type, dtype=amp, enabled=amp is not None):
-            output = model(block["color"], block["motion"], block["history_valid"])
+            output = model(*sequence_inputs(block, cfg.model.jitter_input))
         frames = zip(block["color"].unbind(1), block["motion"].unbind(1), block["history_valid"][0].tolist())
         taa = list(run_taa(frames))[-1]
         images = [x[0].float().permute(1, 2, 0).cpu().numpy()
@@ -266,7 +266,7 @@ def _optimizer_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: 
     micro = [next(batches) for _ in range(run.accum)]
     blocks = [batch.pop("index").tolist() for batch in micro]
     run.optimizer.zero_grad(set_to_none=True)
-    terms, losses = fast.accumulate_gradients(run.model, micro, run.cfg.model.hdr, run.amp, cfg.spatial_weight,
+    terms, losses = fast.accumulate_gradients(run.model, micro, run.cfg.loss_transform, run.amp, cfg.spatial_weight,
                                               cfg.temporal_weight, run.scaler)
     run.scaler.unscale_(run.optimizer)
     # Always computed (max_norm inf: no clipping): the norm is logged and its finiteness checked.

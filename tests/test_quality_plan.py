@@ -1,0 +1,72 @@
+"""benchmarks/quality.py's plans, recipe options and summary arithmetic (the heavy stages run in the script)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import quality  # noqa: E402
+
+from training.demo import demo_config  # noqa: E402
+from training.metrics import STEADY_STATE_FROM  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(quality.ABLATIONS))
+def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
+    plan = replace(quality.PLANS["full"], settings=("train.lr=1e-3",))
+    option = quality.ablation_plan(plan, name)
+    cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
+    assert option.seed == plan.seeds[0] and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
+    changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
+    assert changed <= {"seed", "settings", "store_tile", "batch_size"}
+    if name == "crop-128":  # the same pixels per step as the plan: 1 × 128² = 4 × 64²
+        assert option.batch_size * option.store_tile ** 2 == plan.batch_size * 64 ** 2
+
+
+def test_plans_fit_their_content() -> None:
+    full, gpu = quality.PLANS["full"], quality.PLANS["gpu"]
+    assert full.test_frames >= 64 and full.val_frames > STEADY_STATE_FROM and full.dataset == "builtin-game-quality"
+    assert gpu.widths == (32, 64, 96, 128, 160) and gpu.batch_size == 8 and gpu.device == "cuda"
+    assert gpu.store_tile <= min(gpu.resolution) and gpu.store_tile % 16 == 0
+    assert max(gpu.select_steps) == gpu.train_steps and max(gpu.qat_select_steps) == gpu.qat_steps
+
+
+def test_cpu_plan_hides_the_gpus_from_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    plan = quality.choose_plan(None, "cpu")
+    assert plan.device == "cpu" and plan.widths == quality.PLANS["full"].widths
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def _scores(psnr: dict[str, float]) -> dict:
+    return {shot: {"psnr": v, "ssim": None, "flip": None, "tpsnr": None} for shot, v in psnr.items()}
+
+
+def test_summary_has_baselines_once_seeds_with_spread_and_pairs_per_shot() -> None:
+    shots = {"a": 30.0, "b": 20.0, "c": 25.0}
+    tested = {"test": {"TAA": {"psnr": 25.0, "ssim": 0.9, "flip": 0.1, "tpsnr": 24.0}},
+              "test_steady": {"TAA": {"psnr": 25.0, "ssim": 0.9, "flip": 0.1, "tpsnr": 24.0}},
+              "test_shots": {span: {"TAA": _scores(shots)} for span in quality.SPANS}}
+    rows = []
+    for offset in (1.0, 3.0):  # two seeds: QW-Net = TAA + offset on every shot
+        ours = {k: v + offset for k, v in shots.items()}
+        overall = {"psnr": 25.0 + offset, "ssim": 0.9, "flip": 0.1, "tpsnr": 24.0}
+        rows.append({"test": {"QW-Net FP32": overall}, "test_steady": {"QW-Net FP32": overall},
+                     "test_shots": {span: {"QW-Net FP32": _scores(ours)} for span in quality.SPANS}})
+    summary = quality.summarize(rows, tested)
+    assert list(summary) == ["TAA", "QW-Net FP32"]
+    assert summary["TAA"]["psnr"] == {"mean": 25.0, "std": 0.0, "min": 25.0, "max": 25.0, "runs": 1}
+    assert summary["QW-Net FP32"]["psnr"]["mean"] == 27.0 and summary["QW-Net FP32"]["psnr"]["runs"] == 2
+    assert summary["QW-Net FP32"]["psnr"]["std"] == pytest.approx(2 ** 0.5)
+    paired = quality.paired_over_seeds(rows, tested)
+    for span in quality.SPANS:
+        d = paired["QW-Net FP32"][span]["psnr"]  # per shot: the seeds' mean (+2) minus TAA
+        assert d["mean"] == pytest.approx(2.0) and d["low"] == pytest.approx(2.0) and d["n"] == 3
+        assert "flip" not in paired["QW-Net FP32"][span]  # no per-shot values: no pairs
+    assert "| TAA |" in quality.summary_table(summary) and "± " in quality.summary_table(summary)
