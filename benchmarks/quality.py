@@ -15,7 +15,7 @@ Protocol (every stage resumes: rerun the same command after an interruption and 
    one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
    `qat_select_steps`, and pick again on val; then score the two picks on the *test* instances, once;
 5. `summary.md` / `summary.json`: every method over all frames and over the steady state (each shot's frames from
-   `training.metrics.STEADY_STATE_FROM` on), QW-Net as mean ± sample std (and min..max) over the seeds; the paired
+   `qw.training.evaluation.metrics.STEADY_STATE_FROM` on), QW-Net as mean ± sample std (and min..max) over the seeds; the paired
    per-shot differences QW-Net − TAA with percentile-bootstrap 95 % intervals over the shots; the val choices; and
    `learning_curves.png` (training loss and val PSNR per seed, against the val PSNR of the input and of TAA). Each
    test report (`seed*/test/`, `baselines/`) has every shot's worst region per method (`*_worst.png`).
@@ -43,8 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
-from training.metrics import STEADY_STATE_FROM  # noqa: E402
+from qw.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
 DATASET = "builtin-game-quality"
 KINDS = ("courtyard", "machinery")
@@ -89,7 +89,7 @@ PLANS = {
 
 def held_out_shots(plan: QualityPlan, split: str) -> dict[str, list[str]]:
     """Every shot of the held-out instances (`builtin_<kind>_<split>`) of `split` ('val' or 'test'), by scene."""
-    from datagen.manifests import find_scene
+    from qw.datagen.manifests import find_scene
 
     scenes = {kind: find_scene(f"builtin_{kind}_{split}") for kind in plan.kinds}
     return {m.name: [s.name for s in m.shots if s.split == split] for m in scenes.values()}
@@ -106,8 +106,8 @@ def training_shots(plan: QualityPlan) -> dict[str, list[str]]:
 def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
     """Build (or resume; a complete store is kept) the plan's store: its dataset manifest, with `store_tile` blocks
     when set (a store per tile size: blocks.zarr, blocks-tile128.zarr, ...)."""
-    from datagen.manifests import DatasetManifest, find_dataset
-    from datagen.tile import build_store
+    from qw.datagen.manifests import DatasetManifest, find_dataset
+    from qw.datagen.tile import build_store
 
     manifest = find_dataset(plan.dataset)
     if plan.store_tile:
@@ -121,7 +121,7 @@ def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: 
     """Capture the shots (<root>/<scene>/<shot>) that are not already complete with the plan's settings. Complete
     ones are not handed to the capturer, which takes each shot's writer lock even to find it complete: parts of
     the run in parallel processes then share finished captures instead of refusing each other."""
-    from datagen.capture import capture_scene
+    from qw.capture import capture_scene
 
     for scene, names in shots.items():
         missing = [name for name in names if not captured(plan, root / scene / name, frames)]
@@ -133,7 +133,7 @@ def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: 
 
 def captured(plan: QualityPlan, shot: Path, frames: int) -> bool:
     """Whether `shot` is a complete capture of `frames` frames at the plan's resolution and reference samples."""
-    from datagen.capture_format import is_complete, load_meta
+    from qw.datagen.capture_format import is_complete, load_meta
 
     if not is_complete(shot):
         return False
@@ -159,10 +159,10 @@ def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames:
 def frame_scores(run, shots: list[Path], frames: int) -> list[dict[str, list[float]]]:
     """Per shot, the PSNR of every one of the first `frames` frames of `run` (input frames → outputs) and the
     tPSNR of every frame with a valid history."""
-    from datagen.capture_format import load_meta
-    from training import metrics
-    from training.evaluate import shot_frames
-    from training.infer import frame_range, read_reference, to_image
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import shot_frames
+    from qw.training.infer import frame_range, read_reference, to_image
 
     scores = []
     for shot in shots:
@@ -188,7 +188,7 @@ def mean_psnr(run, shots: list[Path], frames: int) -> float:
 
 def val_summary(run, shots: list[Path], frames: int) -> dict[str, float]:
     """An ablation's val scores: PSNR over all frames and over the steady state, tPSNR over all frames."""
-    from training.metrics import steady_state
+    from qw.training.evaluation.metrics import steady_state
 
     scores = frame_scores(run, shots, frames)
     return {"psnr": float(np.mean([v for s in scores for v in s["psnr"]])),
@@ -229,7 +229,7 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
 
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
     """Train, select on val, quantize, select on val, score on test: one seed's QW-Net rows of the table."""
-    from training.evaluate import INPUT_LABEL
+    from qw.training.evaluation.evaluate import INPUT_LABEL
 
     plan = replace(plan, seed=seed)
     runs = out / f"seed{seed}"
@@ -269,7 +269,7 @@ def test_scores(scored: dict, methods: list[str]) -> dict:
 
 def shot_means(scored: dict, methods: list[str], start: int) -> dict[str, dict[str, dict[str, float | None]]]:
     """Per method and shot of a metrics.json: each metric's mean over the shot's frames from the `start`-th on."""
-    from training.evaluate import mean_of_scored
+    from qw.training.evaluation.evaluate import mean_of_scored
 
     return {m: {name: {k: mean_of_scored(shot["per_frame"][m][k][start:]) for k in METRIC_KEYS}
                 for name, shot in scored["shots"].items()} for m in methods}
@@ -279,7 +279,7 @@ def paired_over_seeds(rows: list[dict], baselines: dict, against: str = "TAA"
                       ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """Per QW-Net method, span and metric: the per-shot differences (method's mean over the seeds − `against`, a
     deterministic baseline) with `metrics.paired_difference`'s bootstrap interval over the shots."""
-    from training.metrics import paired_difference
+    from qw.training.evaluation.metrics import paired_difference
 
     out: dict = {}
     for method in rows[0]["test"]:
@@ -378,8 +378,8 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
 
 def write_summary(out: Path, plan: QualityPlan, rows: list[dict], tested: dict, baselines: dict[str, float],
                   seconds: float, curve: dict[int, float] | None = None) -> str:
-    from training.evaluate import paired_table
-    from training.metrics import BOOTSTRAP_RESAMPLES
+    from qw.training.evaluation.evaluate import paired_table
+    from qw.training.evaluation.metrics import BOOTSTRAP_RESAMPLES
 
     summary, steady = summarize(rows, tested), summarize(rows, tested, "test_steady")
     paired = paired_over_seeds(rows, tested)
@@ -438,9 +438,9 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
     """Train each named recipe option for `steps` steps with the plan's first seed and score it on the val instances
     (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`. Resumable: finished runs
     and their scores are kept."""
-    from training.evaluate import _qwnet, passthrough
-    from training.quantize import model_from_any_checkpoint
-    from training.taa import run_taa
+    from qw.training.evaluation.evaluate import _qwnet, passthrough
+    from qw.training.quantization.qat import model_from_any_checkpoint
+    from qw.training.evaluation.taa import run_taa
 
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
@@ -496,8 +496,8 @@ def taa_variants() -> dict[str, object]:
 
 def tune_taa(plan: QualityPlan, out: Path) -> str:
     """PSNR (all frames and steady state) and tPSNR of TAA variants, taa-clamp and the input on the val instances."""
-    from training.evaluate import passthrough
-    from training.taa import run_taa, run_taa_clamp
+    from qw.training.evaluation.evaluate import passthrough
+    from qw.training.evaluation.taa import run_taa, run_taa_clamp
 
     shots = capture(plan, out / "captures", held_out_shots(plan, "val"), plan.val_frames)
     methods = {"aliased input": passthrough, "taa-clamp": run_taa_clamp}

@@ -77,7 +77,7 @@ def build_demo_store(captures: Path, store: Path, dataset: str = DATASET) -> str
 
 
 def demo_config(plan: DemoPlan, steps: int):
-    from training.config import apply_overrides, load_config, parse_overrides
+    from qw.training.config import apply_overrides, load_config, parse_overrides
 
     cfg = load_config("paper", {
         "model": {"widths": list(plan.widths)},

@@ -87,7 +87,7 @@ def test_eval_lists_the_chosen_baselines_side_by_side(builtin_captures, tmp_path
 
 
 def _shot(name: str, values: dict[str, list[float]]) -> "ShotResult":
-    from training.evaluate import ShotResult
+    from qw.training.evaluation.evaluate import ShotResult
 
     return ShotResult(name, list(range(len(next(iter(values.values()))))),
                       {label: {m: list(v) if m == "psnr" else [None] * len(v) for m in METRICS}
@@ -95,7 +95,7 @@ def _shot(name: str, values: dict[str, list[float]]) -> "ShotResult":
 
 
 def test_steady_state_means_skip_each_shots_start_up_frames():
-    from training.evaluate import overall_means
+    from qw.training.evaluation.evaluate import overall_means
 
     start = metrics.STEADY_STATE_FROM
     a = _shot("a", {"TAA": [0.0] * start + [10.0, 20.0]})
@@ -106,7 +106,7 @@ def test_steady_state_means_skip_each_shots_start_up_frames():
 
 
 def test_paired_differences_pair_each_shots_means_against_taa():
-    from training.evaluate import paired_differences
+    from qw.training.evaluation.evaluate import paired_differences
 
     start = metrics.STEADY_STATE_FROM
     # per shot: QW-Net − TAA is −1 over the start-up and +2 (shot a) / +1 (shot b) in the steady state
@@ -123,7 +123,7 @@ def test_paired_differences_pair_each_shots_means_against_taa():
 
 
 def test_worst_window_finds_each_error_map_peak():
-    from training.evaluate import worst_window
+    from qw.training.evaluation.evaluate import worst_window
 
     error = np.zeros((64, 96), np.float32)
     error[40:56, 8:24] = 1.0

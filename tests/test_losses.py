@@ -75,8 +75,8 @@ def test_the_loss_is_taken_in_the_compressed_domain():
 
 
 def test_the_display_loss_domain_is_the_metrics_tone_map():
-    from training.losses import DISPLAY_FLOOR
-    from training.metrics import DISPLAY_GAMMA
+    from qw.training.losses import DISPLAY_FLOOR
+    from qw.datagen.tonemap import DISPLAY_GAMMA
 
     out, ref = clip(row(1.0, 1.0, 3.0, 3.0)), clip(row(0, 0, 0, 0))  # Reinhard 0.5 and 0.75; black below the floor
     terms = qwnet_loss(out, ref, shift_x(0), torch.tensor([[False]]), "display")

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import quality  # noqa: E402
 
-from training.demo import demo_config  # noqa: E402
-from training.metrics import STEADY_STATE_FROM  # noqa: E402
+from qw.demo import demo_config  # noqa: E402
+from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(quality.ABLATIONS))

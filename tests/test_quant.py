@@ -146,7 +146,7 @@ def test_eight_bit_model_tracks_float_model_and_fp16_is_closer():
 
 
 def test_norm_none_with_jitter_input_calibrates_and_quantizes_and_group_norm_is_refused():
-    from training.config import load_config
+    from qw.training.config import load_config
 
     cfg = load_config("paper", {"model": {"widths": [8, 8, 8, 8, 8], "norm": "none", "jitter_input": True}})
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (training.hdr) or, with
-``train.loss_domain: display``, in the display tone map the metrics use (training.metrics.display).
+"""QW-Net's loss, L = 0.3·L_s + 0.7·L_t, in the range-compressed domain (qw.training.model.hdr) or, with
+``train.loss_domain: display``, in the display tone map the metrics use (qw.training.evaluation.metrics.display).
 
 L_s = L1(out_t, ref_t) over all T steps; L_t = L1(out_t − warp(out_{t−1}), ref_t − warp(ref_{t−1})) over the
 steps whose history is valid (an invalid step contributes zero). Both are means over frames, so the loss of a
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from training.hdr import compress
-from training.metrics import display
-from training.warp import warp
+from qw.training.model.hdr import compress
+from qw.training.evaluation.metrics import display
+from qw.training.model.warp import warp
 
 DISPLAY_FLOOR = 1e-4  # Reinhard value below which the display loss has no gradient (see metrics.display)
 
 
 def loss_domain(x: torch.Tensor, transform: str) -> torch.Tensor:
-    """Linear colour in the loss's domain: ``display`` (the metrics' tone map) or a `training.hdr` transform."""
+    """Linear colour in the loss's domain: ``display`` (the metrics' tone map) or a `qw.training.model.hdr` transform."""
     return display(x, DISPLAY_FLOOR) if transform == "display" else compress(x, transform)
 
 

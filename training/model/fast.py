@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training.losses import qwnet_loss
-from training.model import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps, sequence_inputs
-from training.quant import activation_codes, fold_batch_norm, replace_module, rescale
+from qw.training.losses import qwnet_loss
+from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps, sequence_inputs
+from qw.training.quantization.fake_quant import activation_codes, fold_batch_norm, replace_module, rescale
 
 # ------------------------------------------------------------------------------------------------ filter network
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.config import QuantConfig
-from training.model import ConvBNAct, QWNet, sequence_inputs
+from qw.training.config import QuantConfig
+from qw.training.model.qwnet import ConvBNAct, QWNet, sequence_inputs
 
 FLOAT16_BITS = 16
 FLOAT_BITS = 32

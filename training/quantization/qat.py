@@ -12,13 +12,14 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from datagen.errors import QwError
-from training.config import Config, TrainConfig, apply_overrides, parse_overrides
-from training.data import BlockDataset, open_training_store
-from training.model import QWNet
-from training.quant import (QUANT_PRESETS, calibrate_clips, check_quantizable, is_quantized_state, quant_sites,
+from qw.datagen.errors import QwError
+from qw.training.config import Config, TrainConfig, apply_overrides, parse_overrides
+from qw.training.data import BlockDataset, open_training_store
+from qw.training.model.qwnet import QWNet
+from qw.training.quantization.fake_quant import (QUANT_PRESETS, calibrate_clips, check_quantizable, is_quantized_state, quant_sites,
                            quantize_model)
-from training.train import LAST, load_checkpoint, train
+from qw.training.train.checkpoints import LAST, load_checkpoint
+from qw.training.train.loop import train
 
 QAT_DEFAULT_STEPS = 2000
 QAT_DEFAULT_LR = 1e-4
