@@ -117,7 +117,8 @@ def test_steady_state_keeps_the_frames_from_the_eighth_on():
 def test_display_is_the_tonemap_and_its_floor_only_clamps_the_darkest_values():
     x = np.array([[[0.0, 1e-6, 0.2]]], np.float32)
     t = torch.from_numpy(x)
-    np.testing.assert_allclose(metrics.display(t).numpy(), metrics.tonemap(x))
+    # the torch curve (for the loss) and datagen's numpy one (for torch-free previews) agree to float32 rounding
+    np.testing.assert_allclose(metrics.display(t).numpy(), metrics.tonemap(x), rtol=1e-6)
     floored = metrics.display(t, floor=1e-4).numpy()[0, 0]
     assert floored[0] == floored[1] == pytest.approx(1e-4 ** (1 / 2.2))
     assert floored[2] == pytest.approx(metrics.tonemap(x)[0, 0, 2])

@@ -79,9 +79,10 @@ def test_no_dataset_and_no_training_shot_list_names_a_held_out_instance():
         assert not {s.scene for s in dataset.scenes} & held_out, path
         assert dataset.splits == ["train"], path
     quality = quality_module()
-    assert not set(quality.training_shots()) & held_out
-    evaluated = {**quality.held_out_shots("val"), **quality.held_out_shots("test"), **HELD_OUT_SHOTS}
-    assert set(evaluated) <= held_out
+    for plan in quality.PLANS.values():
+        assert not set(quality.training_shots(plan)) & held_out
+        evaluated = {**quality.held_out_shots(plan, "val"), **quality.held_out_shots(plan, "test"), **HELD_OUT_SHOTS}
+        assert set(evaluated) <= held_out
 
 
 def test_the_store_plan_draws_only_from_training_instances(tmp_path):
