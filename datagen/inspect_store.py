@@ -3,6 +3,7 @@ picture of one block."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -68,42 +69,63 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
 
 
-def _counts_table(title: str, counts: Counter) -> list[str]:
-    return [f"{title}:"] + [f"  {k:<32} {v:>7}" for k, v in sorted(counts.items())]
+def _counts_table(title: str, counts: dict[str, int]) -> list[str]:
+    return [f"{title}:"] + [f"  {k:<32} {v:>7}" for k, v in counts.items()]
 
 
-def inspect_report(url: str, storage_options: dict | None = None) -> str:
-    """Blocks per scene/shot/split, codec, sizes, completeness and provenance of a store, as text."""
+def _counts(keys) -> dict[str, int]:
+    return {k: int(v) for k, v in sorted(Counter(keys).items())}
+
+
+def inspect_data(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Blocks per scene/shot/split, codec, sizes, completeness and provenance of a store, as plain data."""
     store = open_store(url, require_complete=False, storage_options=storage_options)
-    a, n = store.attrs, store.num_blocks
+    a = store.attrs
     damage = _missing_summary(store) if store.complete else ""
     origins = store.origins() if store.complete and not damage else np.zeros((0, 5), np.int32)
     scenes = [s["name"] for s in a["scenes"]]
     shots = a["shots"]
-    stored = _stored_bytes(url, storage_options)
     raw = sum(np.dtype(ARRAYS[name].dtype).itemsize * int(np.prod(store.array(name).shape)) for name in ARRAYS
               if name in store.group)
-    complete = "yes" if store.complete and not damage else f"NO ({damage or _progress(store)})"
     t, tile, _ = a["block_shape"]
+    return {
+        "store": url, "format": a["format"], "complete": store.complete and not damage,
+        "incomplete_reason": None if store.complete and not damage else damage or _progress(store),
+        "blocks": store.num_blocks, "frames": t, "tile": tile, "codec": a["codec"],
+        "stored_bytes": _stored_bytes(url, storage_options), "raw_bytes": raw,
+        "dataset": a.get("dataset", {}).get("name"), "seed": a.get("seed"),
+        "content_filter": a.get("content_filter"), "plan_digest": a.get("plan_digest"),
+        "qw_version": a["qw_version"],
+        "blocks_per_scene": _counts(scenes[i] for i in origins[:, 0]),
+        "blocks_per_shot": _counts(f"{shots[i]['scene']}/{shots[i]['shot']} ({shots[i]['split']})"
+                                   for i in origins[:, 1]),
+        "blocks_per_split": _counts(shots[i]["split"] for i in origins[:, 1]),
+        "sources": [{k: s[k] for k in ("path", "capture_sha256", "width", "height", "frame_count")} for s in shots],
+    }
+
+
+def inspect_report(url: str, storage_options: dict | None = None) -> str:
+    """`inspect_data` as text."""
+    d = inspect_data(url, storage_options)
+    stored, raw = d["stored_bytes"], d["raw_bytes"]
+    complete = "yes" if d["complete"] else f"NO ({d['incomplete_reason']})"
     lines = [
-        f"store:      {url}",
-        f"format:     {a['format']}   complete: {complete}",
-        f"blocks:     {n} of {t} frames × {tile}×{tile} px",
-        f"codec:      {a['codec']['name']} {a['codec']['configuration']}",
+        f"store:      {d['store']}",
+        f"format:     {d['format']}   complete: {complete}",
+        f"blocks:     {d['blocks']} of {d['frames']} frames × {d['tile']}×{d['tile']} px",
+        f"codec:      {d['codec']['name']} {d['codec']['configuration']}",
         f"size:       {_size(stored)} stored, {_size(raw)} raw ({raw / max(stored, 1):.2f}×)",
-        f"dataset:    {a.get('dataset', {}).get('name', '?')}   seed {a.get('seed')}   "
-        f"content filter {a.get('content_filter')}",
-        f"plan:       {a.get('plan_digest')}",
-        f"qw version: {a['qw_version']}",
+        f"dataset:    {d['dataset'] or '?'}   seed {d['seed']}   content filter {d['content_filter']}",
+        f"plan:       {d['plan_digest']}",
+        f"qw version: {d['qw_version']}",
     ]
-    if len(origins):
-        lines += _counts_table("blocks per scene", Counter(scenes[i] for i in origins[:, 0]))
-        lines += _counts_table("blocks per shot", Counter(f"{shots[i]['scene']}/{shots[i]['shot']} "
-                                                          f"({shots[i]['split']})" for i in origins[:, 1]))
-        lines += _counts_table("blocks per split", Counter(shots[i]["split"] for i in origins[:, 1]))
+    if d["blocks_per_scene"]:
+        lines += _counts_table("blocks per scene", d["blocks_per_scene"])
+        lines += _counts_table("blocks per shot", d["blocks_per_shot"])
+        lines += _counts_table("blocks per split", d["blocks_per_split"])
     lines.append("sources (capture.json sha256):")
     lines += [f"  {s['path']:<32} {s['capture_sha256'][:16]}…  {s['width']}×{s['height']}, "
-              f"{s['frame_count']} frames" for s in shots]
+              f"{s['frame_count']} frames" for s in d["sources"]]
     return "\n".join(lines)
 
 
@@ -125,28 +147,40 @@ def _block_problems(store: BlockStore, index: int, stored: dict[str, set[int]]) 
     return problems
 
 
-def verify_store(url: str, storage_options: dict | None = None, workers: int = 4,
-                 echo: Callable[[str], Any] = print) -> bool:
-    """`qw datagen verify`: read every block and small array of a store and check each against its recorded
-    checksum; print every missing, unreadable (truncated) or altered piece by name. True when all is intact."""
+def verify_data(url: str, storage_options: dict | None = None, workers: int = 4,
+                progress: bool = True) -> dict[str, Any]:
+    """Read every block and small array of a store and check each against its recorded checksum: every missing,
+    unreadable (truncated) or altered piece by name, as plain data."""
     from tqdm import tqdm
 
     store = open_store(url, require_complete=False, storage_options=storage_options)
     problems = [] if store.complete else [f"{url}: store is incomplete ({_progress(store)})"]
-    if not store.verified:
-        echo(f"{url}: {store.attrs['format']} records no checksums: only chunk presence and decoding are checked")
     problems += _small_array_problems(store)
     if store.complete and not problems:  # with the checksum table itself damaged, blocks cannot be judged
         stored = {} if store.verified else {name: store.stored_blocks(name) for name in IMAGE_ARRAYS}
         with ThreadPoolExecutor(workers) as pool:  # blosc and crc32c release the GIL
             for found in tqdm(pool.map(lambda i: _block_problems(store, i, stored), range(store.num_blocks)),
-                              total=store.num_blocks, unit="block", desc="verify", leave=False, disable=None):
+                              total=store.num_blocks, unit="block", desc="verify", leave=False,
+                              disable=None if progress else True):
                 problems += found
-    for problem in problems:
+    return {"store": url, "format": store.attrs["format"], "checksums": store.verified, "blocks": store.num_blocks,
+            "arrays": list(IMAGE_ARRAYS), "problems": problems, "ok": not problems}
+
+
+def verify_store(url: str, storage_options: dict | None = None, workers: int = 4,
+                 echo: Callable[[str], Any] = print, progress: bool = True, as_json: bool = False) -> bool:
+    """`qw datagen verify`: `verify_data`, printed (as JSON with `as_json`). True when all is intact."""
+    d = verify_data(url, storage_options, workers, progress)
+    if as_json:
+        echo(json.dumps(d, indent=2))
+        return d["ok"]
+    if not d["checksums"]:
+        echo(f"{url}: {d['format']} records no checksums: only chunk presence and decoding are checked")
+    for problem in d["problems"]:
         echo(problem)
-    echo(f"{url}: {store.num_blocks} blocks × {len(IMAGE_ARRAYS)} arrays: "
-         + (f"{len(problems)} problem(s)" if problems else "intact"))
-    return not problems
+    echo(f"{url}: {d['blocks']} blocks × {len(d['arrays'])} arrays: "
+         + (f"{len(d['problems'])} problem(s)" if d["problems"] else "intact"))
+    return d["ok"]
 
 
 # ----------------------------------------------------------------------------------------------- preview

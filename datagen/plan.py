@@ -24,6 +24,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,22 +123,35 @@ class Plan:
             counts[{"scene": c.meta.scene, "shot": c.path, "split": c.split}[key]] += t.num_blocks
         return counts
 
-    def summary(self) -> str:
+    def summary_data(self) -> dict[str, Any]:
+        """The plan's summary as plain data: what `summary` prints and `qw datagen plan --json` writes."""
         d = self.dataset
-        lines = [f"plan for dataset {d.name!r}: {self.num_blocks} blocks of {d.frames}×{d.tile}×{d.tile}, "
-                 f"{len(self.tasks)} windows, {len(self.shots)} shots, seed {self.seed}, "
-                 f"{self.candidates} candidate position(s) per block",
-                 f"{'scene':<20} {'budget':>7} {'blocks':>7} {'shots':>6} {'windows':>8}"]
         by_scene, windows = self.blocks_by("scene"), Counter(self.shots[t.shot].meta.scene for t in self.tasks)
-        for s in d.scenes:
-            n_shots = sum(c.meta.scene == s.scene for c in self.shots)
-            lines.append(f"{s.scene:<20} {s.budget:>7} {by_scene[s.scene]:>7} {n_shots:>6} {windows[s.scene]:>8}")
-        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.blocks_by("split").items())))
-        crossing = sum(crosses_cut(self.shots[t.shot].meta, t.start, self.frames) for t in self.tasks)
-        if crossing:
-            lines.append(f"{crossing} window(s) cross a camera cut (shots too short between cuts); "
+        return {
+            "dataset": d.name, "blocks": self.num_blocks, "frames": d.frames, "tile": d.tile,
+            "windows": len(self.tasks), "shots": len(self.shots), "seed": self.seed, "candidates": self.candidates,
+            "scenes": [{"scene": s.scene, "budget": s.budget, "blocks": by_scene[s.scene],
+                        "shots": sum(c.meta.scene == s.scene for c in self.shots), "windows": windows[s.scene]}
+                       for s in d.scenes],
+            "splits": dict(sorted(self.blocks_by("split").items())),
+            "windows_crossing_cut": sum(crosses_cut(self.shots[t.shot].meta, t.start, self.frames)
+                                        for t in self.tasks),
+            "digest": self.digest(),
+        }
+
+    def summary(self) -> str:
+        s = self.summary_data()
+        lines = [f"plan for dataset {s['dataset']!r}: {s['blocks']} blocks of {s['frames']}×{s['tile']}×{s['tile']}, "
+                 f"{s['windows']} windows, {s['shots']} shots, seed {s['seed']}, "
+                 f"{s['candidates']} candidate position(s) per block",
+                 f"{'scene':<20} {'budget':>7} {'blocks':>7} {'shots':>6} {'windows':>8}"]
+        lines += [f"{r['scene']:<20} {r['budget']:>7} {r['blocks']:>7} {r['shots']:>6} {r['windows']:>8}"
+                  for r in s["scenes"]]
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+        if s["windows_crossing_cut"]:
+            lines.append(f"{s['windows_crossing_cut']} window(s) cross a camera cut (shots too short between cuts); "
                          f"their blocks mark the cut frame's history invalid")
-        lines.append(f"digest: {self.digest()}")
+        lines.append(f"digest: {s['digest']}")
         return "\n".join(lines)
 
 
@@ -321,11 +335,15 @@ def write_plan(plan: Plan, path: str | Path) -> None:
 
 
 def print_plan(dataset_file: str | Path, captures_root: str | Path, *, seed: int | None = None,
-               out: str | Path | None = None, echo=print) -> Plan:
-    """`qw datagen plan`: plan from files, print the summary, optionally write the plan as JSON."""
+               out: str | Path | None = None, echo=print, as_json: bool = False) -> Plan:
+    """`qw datagen plan`: plan from files, print the summary (as JSON with `as_json`), optionally write the plan."""
     plan = plan_from_files(find_dataset(str(dataset_file)), captures_root, seed)
-    echo(plan.summary())
     if out:
         write_plan(plan, out)
+    if as_json:
+        echo(json.dumps({**plan.summary_data(), "written_to": str(out) if out else None}, indent=2))
+        return plan
+    echo(plan.summary())
+    if out:
         echo(f"plan written to {out}")
     return plan

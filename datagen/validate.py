@@ -50,6 +50,7 @@ sign or scale error would pass it).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -144,6 +145,15 @@ class ShotReport:
             return "FAIL: " + ", ".join(self.failed_checks)
         skipped = self.skipped_checks
         return "SKIPPED " + ", ".join(c.name for c in skipped) + " (others pass)" if skipped else "PASS"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shot's result as plain data, for `qw datagen validate --json`."""
+        meta = self.meta
+        return {"shot": str(self.shot_dir), "result": "FAIL" if not self.ok else ("SKIPPED" if self.skipped_checks else "PASS"),
+                "frames": meta.frame_count if meta else None, "width": meta.width if meta else None,
+                "height": meta.height if meta else None, "lowest_agreement": self.lowest_agreement,
+                "checks": {c.name: {"status": c.status, "problems": c.problems, "skipped": c.skipped or None,
+                                    "note": c.note or None} for c in self.checks.values()}}
 
 
 # ----------------------------------------------------------------------------------------------- reprojection
@@ -560,9 +570,8 @@ def _summary_line(report: ShotReport, width: int) -> str:
     return f"{str(report.shot_dir):<{width}}  {frames:>6}  {size:>10}  {reproj:>8}  {report.verdict}"
 
 
-def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionTolerance = ReprojectionTolerance(),
-                   max_problems: int = 20, echo: Callable[[str], Any] = print) -> bool:
-    """`qw datagen validate`: validate every shot under `paths`, print a summary table; True when all pass."""
+def _shots_under(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """The shot folders at or below `paths`, each once, and the folders that could not be read."""
     shots: dict[Path, Path] = {}  # resolved → as given: a shot named twice (itself, via its root) is checked once
     unreadable: list[str] = []
     for path in paths:
@@ -571,28 +580,48 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
             raise QwError(f"{path}: no capture here (no {META_FILE} or pass folders {list(PASSES)} at or below it)")
         for shot in found:
             shots.setdefault(shot.resolve(), shot)
-    width = max(len(str(s)) for s in shots.values())
-    echo(f"{'shot':<{width}}  {'frames':>6}  {'size':>10}  {'reproj':>8}  result")
+    return list(shots.values()), unreadable
+
+
+def _echo_report(report: ShotReport, width: int, max_problems: int, echo: Callable[[str], Any]) -> None:
+    echo(_summary_line(report, width))
+    problems = report.problems
+    for problem in problems[:max_problems]:
+        echo(f"    {problem}")
+    if len(problems) > max_problems:
+        echo(f"    … and {len(problems) - max_problems} more problems")
+    for check in report.skipped_checks if report.ok else ():
+        echo(f"    SKIPPED {check.name}: {check.skipped}")
+
+
+def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionTolerance = ReprojectionTolerance(),
+                   max_problems: int = 20, echo: Callable[[str], Any] = print, as_json: bool = False) -> bool:
+    """`qw datagen validate`: validate every shot under `paths`, print a summary table (or, with `as_json`, one
+    JSON document with every shot's result and all its problems); True when all pass."""
+    shots, unreadable = _shots_under(paths)
+    width = max(len(str(s)) for s in shots)
+    if not as_json:
+        echo(f"{'shot':<{width}}  {'frames':>6}  {'size':>10}  {'reproj':>8}  result")
     reports = []
-    for shot in shots.values():  # one line as each shot finishes: long runs show results as they go
+    for shot in shots:  # one line as each shot finishes: long runs show results as they go
         report = validate_capture(shot, tol)
         reports.append(report)
-        echo(_summary_line(report, width))
-        problems = report.problems
-        for problem in problems[:max_problems]:
-            echo(f"    {problem}")
-        if len(problems) > max_problems:
-            echo(f"    … and {len(problems) - max_problems} more problems")
-        for check in report.skipped_checks if report.ok else ():
-            echo(f"    SKIPPED {check.name}: {check.skipped}")
+        if not as_json:
+            _echo_report(report, width, max_problems, echo)
         for check in report.checks.values():
             if check.note:
                 log.info("%s: %s: %s", report.shot_dir, check.name, check.note)
-    for problem in unreadable:
-        echo(f"FAIL: {problem}; shots below it were not checked")
     failed = sum(not r.ok for r in reports)
     partly = sum(r.ok and bool(r.skipped_checks) for r in reports)
+    ok = failed == 0 and not unreadable
+    if as_json:
+        echo(json.dumps({"shots": [r.as_dict() for r in reports], "unreadable": unreadable,
+                         "passed": len(reports) - failed - partly, "failed": failed, "skipped": partly, "ok": ok},
+                        indent=2))
+        return ok
+    for problem in unreadable:
+        echo(f"FAIL: {problem}; shots below it were not checked")
     echo(f"{len(reports)} shot(s): {len(reports) - failed - partly} passed, {failed} failed"
          + (f", {partly} with checks SKIPPED (the others pass)" if partly else "")
          + (f"; {len(unreadable)} folder(s) unreadable" if unreadable else ""))
-    return failed == 0 and not unreadable
+    return ok

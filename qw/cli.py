@@ -150,7 +150,8 @@ def scenes(dataset, manifests_dir, as_json) -> None:
 @click.option("--min-agree", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Reprojection: fraction of a frame's pixels that must agree (moving objects disagree).")
 @click.option("--max-problems", default=20, show_default=True, type=int, help="Problems listed per shot.")
-def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_problems) -> None:
+@_json_flag
+def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_problems, as_json) -> None:
     """Check captures against the qw-capture/1 contract; exit status 0 only if every shot passes.
 
     Each CAPTURE_DIR is a shot (captures/kite/shot01) or any folder above shots (captures/). Checks:
@@ -164,7 +165,7 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
     from qw.datagen.validate import ReprojectionTolerance, validate_paths
 
     tol = ReprojectionTolerance(abs_px=tolerance, rel=rel_tolerance, min_agree=min_agree)
-    if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo):
+    if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo, as_json=as_json):
         sys.exit(1)
 
 
@@ -252,7 +253,8 @@ _storage_opt = click.option("--storage-options", callback=_json_option, metavar=
 @_captures_opt
 @_seed_opt
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the full plan (every block) as JSON.")
-def datagen_plan(dataset_file, captures, seed, out) -> None:
+@_json_flag
+def datagen_plan(dataset_file, captures, seed, out, as_json) -> None:
     """Plan the block store: windows of T frames that never cross a camera cut, tile positions, budgets.
 
     Reads only capture.json files (no pixels). The plan is a pure function of the dataset manifest, the capture
@@ -260,7 +262,7 @@ def datagen_plan(dataset_file, captures, seed, out) -> None:
     """
     from qw.datagen.plan import print_plan
 
-    print_plan(dataset_file, captures, seed=seed, out=out, echo=click.echo)
+    print_plan(dataset_file, captures, seed=seed, out=out, echo=click.echo, as_json=as_json)
 
 
 @datagen.command("build")
@@ -301,17 +303,22 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
 @datagen.command("inspect")
 @click.argument("store", metavar="STORE")
 @_storage_opt
-def datagen_inspect(store, storage_options) -> None:
+@_json_flag
+def datagen_inspect(store, storage_options, as_json) -> None:
     """Show a block store: blocks per scene/shot/split, codec, sizes, completeness and provenance."""
-    from qw.datagen.inspect_store import inspect_report
+    from qw.datagen.inspect_store import inspect_data, inspect_report
 
-    click.echo(inspect_report(store, storage_options))
+    if as_json:
+        click.echo(json.dumps(inspect_data(store, storage_options), indent=2))
+    else:
+        click.echo(inspect_report(store, storage_options))
 
 
 @datagen.command("verify")
 @click.argument("store", metavar="STORE")
 @_storage_opt
-def datagen_verify(store, storage_options) -> None:
+@_json_flag
+def datagen_verify(store, storage_options, as_json) -> None:
     """Check every block of a store against the checksums recorded when it was written.
 
     Names each missing, unreadable (truncated) or altered chunk and each damaged per-block array; exit status 0
@@ -319,7 +326,8 @@ def datagen_verify(store, storage_options) -> None:
     """
     from qw.datagen.inspect_store import verify_store
 
-    if not verify_store(store, storage_options, echo=click.echo):
+    if not verify_store(store, storage_options, echo=click.echo, as_json=as_json,
+                        progress=click.get_current_context().obj["progress"]):
         sys.exit(1)
 
 
@@ -356,7 +364,8 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     """
     from qw.training.train.loop import train_command
 
-    train_command(store, out, config, resume, storage_options, overrides)
+    train_command(store, out, config, resume, storage_options, overrides,
+                  progress=click.get_current_context().obj["progress"])
     click.echo(f"run: {out} (last.pt, best.pt, config.yaml, metrics.jsonl, tb/)")
 
 
@@ -463,7 +472,7 @@ def eval_cmd(checkpoints, qwq_files, captures, baselines, out, frames, flip_crop
 
     data = evaluate_command(list(checkpoints), list(captures), out, baselines=[b for b in baselines if b != "none"],
                             qwq_files=list(qwq_files), frames=frames, flip_crop=flip_crop, crop_size=crop_size,
-                            device=device)
+                            device=device, progress=click.get_current_context().obj["progress"])
     click.echo(markdown_table(data["overall"]))
     click.echo(data["report"])
 
@@ -483,7 +492,8 @@ def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
     """Reconstruct a whole captured sequence recurrently at its own resolution (any size; padded internally)."""
     from qw.training.infer import infer_command
 
-    summary = infer_command(checkpoint, input_dir, out, fmt, start, count, device)
+    summary = infer_command(checkpoint, input_dir, out, fmt, start, count, device,
+                            progress=click.get_current_context().obj["progress"])
     click.echo(f"{summary['frames'][1] - summary['frames'][0]} frames -> {out}")
 
 

@@ -170,7 +170,7 @@ def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, c
 
 
 def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", start: int = 0,
-                  count: int | None = None, device: str | None = None) -> dict:
+                  count: int | None = None, device: str | None = None, progress: bool = True) -> dict:
     """Reconstruct a captured shot with a (full-precision or quantized) checkpoint; returns a summary."""
     import imageio.v2 as imageio
 
@@ -196,7 +196,7 @@ def infer_command(checkpoint: str, input_dir: str, out: str, fmt: str = "exr", s
              else contextlib.nullcontext())
     with video as append_video:
         for index, image in tqdm(reconstruct_shot(model, shot, start, count, device), total=len(frames),
-                                 desc="infer", unit="frame", disable=None):
+                                 desc="infer", unit="frame", disable=None if progress else True):
             if fmt == "exr":
                 write_exr(out_dir / "exr" / f"{index:06d}.exr", image, PASSES["color"].channels, np.float16)
             elif fmt == "png":

@@ -168,7 +168,7 @@ def window(images: dict[str, np.ndarray], box: tuple[int, int, int]) -> dict[str
 
 
 def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_crop: int | None,
-                  crop_size: int, flip_every: int = 1) -> ShotResult:
+                  crop_size: int, flip_every: int = 1, progress: bool = True) -> ShotResult:
     meta = load_meta(shot)
     frames = frame_range(meta, 0, count)
     feeds = itertools.tee(shot_frames(shot, meta, frames), len(methods) + 1)
@@ -182,7 +182,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     steady_from = metrics.STEADY_STATE_FROM if len(frames) > metrics.STEADY_STATE_FROM else 0
     errors = {m.label: 0.0 for m in methods}
     for position, index in enumerate(tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False,
-                                                 disable=None)):
+                                                 disable=None if progress else True)):
         color, _, valid, *_ = next(inputs)
         reference = read_reference(shot, index)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
@@ -378,7 +378,8 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
 def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
                      baselines: Iterable[str] = DEFAULT_BASELINES,
                      qwq_files: list[str] = (), frames: int | None = None, flip_crop: int | None = 512,
-                     flip_every: int = 1, crop_size: int = 128, device: str | None = None) -> dict:
+                     flip_every: int = 1, crop_size: int = 128, device: str | None = None,
+                     progress: bool = True) -> dict:
     """Evaluate on every complete shot under `captures`; returns metrics.json's content plus the report path.
 
     HDR-FLIP (seconds per frame on a CPU core) is scored on every `flip_every`-th frame of each shot only."""
@@ -390,8 +391,8 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size, flip_every)
-               for s in tqdm(shots, desc="shots", disable=None)]
+    results = [evaluate_shot(s, methods, frames, flip_crop, crop_size, flip_every, progress)
+               for s in tqdm(shots, desc="shots", disable=None if progress else True)]
     settings = {"captures": [str(s) for s in shots], "frames_per_shot": frames, "flip_crop": flip_crop,
                 "flip_every": flip_every,
                 "crop_size": crop_size, "device": str(device_), "seconds": round(time.perf_counter() - start, 1)}

@@ -323,12 +323,13 @@ def _setup(model: nn.Module, cfg: Config, proc: Process) -> Run:
 
 
 def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, resume: bool = False,
-          storage_options: dict | None = None, run_info: dict[str, Any] | None = None) -> dict[str, float]:
+          storage_options: dict | None = None, run_info: dict[str, Any] | None = None,
+          progress: bool = True) -> dict[str, float]:
     """Train `model` (a QWNet, or a model with its interface, e.g. quantization-wrapped) on a block store.
 
     With `resume`, continue from ``out/last.pt``: same data order, optimizer, schedule and RNG state, so the loss
     curve is the one an uninterrupted run would have produced. `run_info` is recorded in the start event (e.g. the
-    command-line overrides). Returns the last logged training metrics.
+    command-line overrides); `progress` False hides the progress bar. Returns the last logged training metrics.
     """
     proc = setup_process(cfg.train.ddp_timeout_s)
     out = Path(out)
@@ -356,7 +357,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     image_blocks = val_idx[: cfg.train.val_images].tolist() if proc.main else []
     val_dataset = val_loader.dataset.dataset if val_loader is not None else None  # the Subset's blocks
 
-    runlog = RunLog(out, proc, step, cfg.train.steps)
+    runlog = RunLog(out, proc, step, cfg.train.steps, progress)
     runlog.event("start", step, {"world_size": proc.world_size, "device": str(proc.device), "data": provenance,
                                  "effective_batch": cfg.train.effective_batch, "grad_accum_per_process": run.accum,
                                  **(run_info or {})})
@@ -416,7 +417,8 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
 
 
 def train_command(store: str, out: str, config: str | None = None, resume: bool = False,
-                  storage_options: dict | None = None, overrides: Sequence[str] = ()) -> dict[str, float]:
+                  storage_options: dict | None = None, overrides: Sequence[str] = (),
+                  progress: bool = True) -> dict[str, float]:
     """`qw train`: build QW-Net from the config (default preset `paper`) with ``--set`` overrides and train it.
 
     Resuming without --config continues with the run's own config (overrides still apply; those that would change
@@ -433,7 +435,7 @@ def train_command(store: str, out: str, config: str | None = None, resume: bool 
     if not resume and (out_dir / LAST).exists():
         raise QwError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
     return train(initial_model(cfg), cfg, store, out_dir, resume=resume, storage_options=storage_options,
-                 run_info={"config_source": config, "overrides": list(overrides)})
+                 run_info={"config_source": config, "overrides": list(overrides)}, progress=progress)
 
 
 def initial_model(cfg: Config) -> QWNet:

@@ -37,7 +37,7 @@ def truncate_log(path: Path, step: int) -> None:
 class RunLog:
     """JSON lines + TensorBoard scalars + the progress bar; a no-op on ranks other than 0."""
 
-    def __init__(self, out: Path, proc: Process, start: int, total: int):
+    def __init__(self, out: Path, proc: Process, start: int, total: int, progress: bool = True):
         self.enabled = proc.main
         if not self.enabled:
             return
@@ -50,7 +50,8 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
-        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
+        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                        disable=None if progress else True)
 
     def event(self, kind: str, step: int, values: dict[str, Any], scalars: dict[str, float] | None = None) -> None:
         if not self.enabled:
