@@ -139,6 +139,11 @@ class ShotReport:
         return [c for c in self.checks.values() if c.status == "skip"]
 
     @property
+    def result(self) -> str:
+        """PASS, FAIL, or SKIPPED: passed, but some checks could not run."""
+        return "FAIL" if not self.ok else ("SKIPPED" if self.skipped_checks else "PASS")
+
+    @property
     def verdict(self) -> str:
         """FAIL with the failed checks; else SKIPPED with the checks that did not run; PASS only when all ran."""
         if not self.ok:
@@ -149,7 +154,7 @@ class ShotReport:
     def as_dict(self) -> dict[str, Any]:
         """The shot's result as plain data, for `qw datagen validate --json`."""
         meta = self.meta
-        return {"shot": str(self.shot_dir), "result": "FAIL" if not self.ok else ("SKIPPED" if self.skipped_checks else "PASS"),
+        return {"shot": str(self.shot_dir), "result": self.result,
                 "frames": meta.frame_count if meta else None, "width": meta.width if meta else None,
                 "height": meta.height if meta else None, "lowest_agreement": self.lowest_agreement,
                 "checks": {c.name: {"status": c.status, "problems": c.problems, "skipped": c.skipped or None,

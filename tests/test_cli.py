@@ -167,15 +167,32 @@ def test_verbosity_levels_differ(monkeypatch):
     assert _levels("-q", monkeypatch=monkeypatch) == (logging.WARNING, logging.WARNING)
 
 
-@pytest.mark.parametrize("quiet,progress", [(True, False), (False, True)])
-def test_quiet_is_passed_down_not_set_in_the_environment(quiet, progress, monkeypatch, tmp_path):
+def _fake_commands(monkeypatch, seen: dict) -> None:
+    """Replace what capture, train, eval and infer call with recorders of their keyword arguments."""
     import qw.capture
+    import qw.training.evaluation.evaluate as evaluate
+    import qw.training.infer as infer
+    import qw.training.train.loop as loop
 
-    seen = {}
     monkeypatch.setattr(qw.capture, "capture_scene", lambda *a, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(loop, "train_command", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(evaluate, "evaluate_command", lambda *a, **kw: seen.update(kw) or {"overall": {}, "report": ""})
+    monkeypatch.setattr(infer, "infer_command", lambda *a, **kw: seen.update(kw) or {"frames": [0, 1]})
+
+
+@pytest.mark.parametrize("command", [
+    ["datagen", "capture", "--scene", "builtin_fence", "--out", "{tmp}"],
+    ["train", "--store", "{tmp}/s.zarr", "--out", "{tmp}/run"],
+    ["eval", "--checkpoint", "{tmp}/a.pt", "--captures", "{tmp}", "--out", "{tmp}/report"],
+    ["infer", "--checkpoint", "{tmp}/a.pt", "--input", "{tmp}", "--out", "{tmp}/out"],
+], ids=lambda c: " ".join(c[:2]) if c[0] == "datagen" else c[0])
+@pytest.mark.parametrize("quiet,progress", [(True, False), (False, True)])
+def test_quiet_is_passed_down_not_set_in_the_environment(command, quiet, progress, monkeypatch, tmp_path):
+    seen = {}
+    _fake_commands(monkeypatch, seen)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "datagen", "capture", "--scene", "builtin_fence",
-                                       "--out", str(tmp_path)])
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), *args])
     assert result.exit_code == 0, result.output
     assert seen["progress"] is progress and "TQDM_DISABLE" not in os.environ
 
@@ -211,3 +228,116 @@ def test_missing_onnx_is_named_before_any_work(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(QwError, match=r"qw export --format onnx needs the 'onnx' extra .*qw-taa\[onnx\]"):
         require_extra("onnxruntime", "onnx", "qw export --format onnx")
+
+
+# ----------------------------------------------------------------------------------------------- --json
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory) -> dict:
+    """Synthetic captures of two scenes with their manifests, a dataset file and the store the builder made."""
+    from blocks_helpers import dataset, small_captures, write_dataset
+
+    from qw.datagen.tile import build_store
+
+    root = tmp_path_factory.mktemp("cli_json")
+    captures, manifests = root / "captures", root / "manifests"
+    small_captures(captures, manifests)
+    data = dataset({"alpha": 6, "beta": 3})
+    build_store(data, captures, str(root / "blocks.zarr"), workers=1, progress=False, manifests_root=manifests)
+    return {"captures": captures, "manifests": manifests, "dataset": write_dataset(root / "dataset.yaml", data),
+            "store": root / "blocks.zarr"}
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["-q", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.stdout
+
+
+def test_plan_json_is_the_summary_of_the_plan_the_store_was_built_from(small_build, monkeypatch):
+    import qw.datagen.plan
+
+    monkeypatch.setattr(qw.datagen.plan, "MANIFEST_ROOT", small_build["manifests"])
+    args = ["datagen", "plan", "--dataset", str(small_build["dataset"]), "--captures", str(small_build["captures"])]
+    status, text = _run(*args)
+    status_json, out = _run(*args, "--json")
+    data = json.loads(out)
+    assert status == status_json == 0
+    assert data["blocks"] == 9 and data["shots"] == 2 and data["tile"] == 32 and data["seed"] == 0  # train only
+    assert {r["scene"]: (r["budget"], r["blocks"], r["shots"]) for r in data["scenes"]} == \
+        {"alpha": (6, 6, 1), "beta": (3, 3, 1)}
+    assert data["splits"] == {"train": 9} and data["windows"] == sum(r["windows"] for r in data["scenes"])
+    assert data["windows_crossing_cut"] == 0 and data["written_to"] is None
+    assert data["digest"] == json.loads((small_build["store"] / "zarr.json").read_text())["attributes"]["plan_digest"]
+    assert f"digest: {data['digest']}" in text
+
+
+def test_inspect_json_carries_the_report_fields(small_build):
+    status, out = _run("datagen", "inspect", str(small_build["store"]), "--json")
+    data = json.loads(out)
+    assert status == 0 and data["complete"] is True and data["incomplete_reason"] is None
+    assert data["blocks"] == 9 and (data["frames"], data["tile"]) == (8, 32) and data["format"] == "qw-blocks/2"
+    assert data["blocks_per_scene"] == {"alpha": 6, "beta": 3}
+    assert sum(data["blocks_per_shot"].values()) == sum(data["blocks_per_split"].values()) == 9
+    assert data["blocks_per_split"] == {"train": 9} and len(data["sources"]) == 2
+    assert data["stored_bytes"] > 0 and data["raw_bytes"] > 0 and len(data["plan_digest"]) == 64
+    _, text = _run("datagen", "inspect", str(small_build["store"]))
+    assert f"plan:       {data['plan_digest']}" in text and "complete: yes" in text
+
+
+def test_verify_json_lists_the_problems_and_keeps_the_exit_status(small_build, tmp_path):
+    import shutil
+
+    from qw.datagen.block_store import open_store
+
+    status, out = _run("datagen", "verify", str(small_build["store"]), "--json")
+    assert status == 0 and json.loads(out) == {"store": str(small_build["store"]), "format": "qw-blocks/2",
+                                               "checksums": True, "blocks": 9,
+                                               "arrays": ["color", "reference", "motion", "depth"], "problems": [],
+                                               "ok": True}
+    store = Path(shutil.copytree(small_build["store"], tmp_path / "blocks.zarr"))
+    (store / open_store(str(store)).chunk_key("motion", 4)).unlink()
+    status, text = _run("datagen", "verify", str(store))
+    status_json, out = _run("datagen", "verify", str(store), "--json")
+    data = json.loads(out)
+    assert status == status_json == 1 and data["ok"] is False
+    assert len(data["problems"]) == 1 and "block 4" in data["problems"][0] and "motion" in data["problems"][0]
+    assert data["problems"][0] in text.splitlines()
+
+
+def test_validate_json_gives_each_shot_its_result_and_problems(tmp_path):
+    from capture_helpers import make_capture
+
+    from qw.datagen.capture_format import META_FILE
+
+    good, bad = tmp_path / "scene" / "a", tmp_path / "scene" / "b"
+    make_capture(good, frames=2)
+    make_capture(bad, frames=2)
+    (bad / META_FILE).unlink()
+    status, _ = _run("datagen", "validate", str(tmp_path))
+    status_json, out = _run("datagen", "validate", str(tmp_path), "--json")
+    data = json.loads(out)
+    assert status == status_json == 1
+    assert (data["passed"], data["failed"], data["skipped"], data["ok"]) == (1, 1, 0, False)
+    shots = {Path(s["shot"]).name: s for s in data["shots"]}
+    assert shots["a"]["result"] == "PASS" and shots["a"]["lowest_agreement"] == 1.0
+    assert {c["status"] for c in shots["a"]["checks"].values()} == {"pass"}
+    assert shots["b"]["result"] == "FAIL" and shots["b"]["checks"]["capture.json"]["status"] == "fail"
+    assert shots["b"]["checks"]["capture.json"]["problems"] == [f"{bad / META_FILE}: missing (the capture is "
+                                                                 f"incomplete or was interrupted)"]
+    assert shots["b"]["checks"]["files"]["skipped"] == "needs a valid capture.json"
+    status_good, out = _run("datagen", "validate", str(good), "--json")
+    assert status_good == 0 and json.loads(out)["ok"] is True
+
+
+@pytest.mark.parametrize("quiet,disable", [(True, True), (False, None)])
+def test_quiet_turns_the_verify_bar_off(small_build, monkeypatch, quiet, disable):
+    """tqdm gets disable=True under -q, and None otherwise (a bar on a terminal only, none in a log file)."""
+    import tqdm
+
+    real, seen = tqdm.tqdm, []
+    monkeypatch.setattr(tqdm, "tqdm", lambda *a, **kw: seen.append(kw.get("disable", False)) or real(*a, **kw))
+    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "datagen", "verify", str(small_build["store"])])
+    assert result.exit_code == 0, result.output
+    assert seen == [disable]
