@@ -535,7 +535,7 @@ def _warp_summary(frames: list[_FrameResult], check: Check) -> None:
 
 
 def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = ReprojectionTolerance(),
-                     workers: int | None = None) -> ShotReport:
+                     workers: int | None = None, progress: bool = True) -> ShotReport:
     """Run every check on one shot directory; contract violations become problems in the report, never raise."""
     shot = Path(shot_dir)
     checks = {name: Check(name) for name in CHECKS}
@@ -552,7 +552,7 @@ def validate_capture(shot_dir: str | os.PathLike, tol: ReprojectionTolerance = R
     with ThreadPoolExecutor(workers) as pool:  # EXR decode, hashing and numpy release the GIL for large buffers
         frames = list(tqdm(pool.map(lambda i: _check_frame(shot, meta, i, present, tol), range(meta.frame_count)),
                            total=meta.frame_count, desc=f"validate {shot.name}", unit="frame", leave=False,
-                           disable=None))
+                           disable=None if progress else True))
     for result in frames:
         for name, problems in result.problems.items():
             checks[name].problems += problems
@@ -600,7 +600,8 @@ def _echo_report(report: ShotReport, width: int, max_problems: int, echo: Callab
 
 
 def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionTolerance = ReprojectionTolerance(),
-                   max_problems: int = 20, echo: Callable[[str], Any] = print, as_json: bool = False) -> bool:
+                   max_problems: int = 20, echo: Callable[[str], Any] = print, as_json: bool = False,
+                   progress: bool = True) -> bool:
     """`qw datagen validate`: validate every shot under `paths`, print a summary table (or, with `as_json`, one
     JSON document with every shot's result and all its problems); True when all pass."""
     shots, unreadable = _shots_under(paths)
@@ -609,7 +610,7 @@ def validate_paths(paths: Iterable[str | os.PathLike], tol: ReprojectionToleranc
         echo(f"{'shot':<{width}}  {'frames':>6}  {'size':>10}  {'reproj':>8}  result")
     reports = []
     for shot in shots:  # one line as each shot finishes: long runs show results as they go
-        report = validate_capture(shot, tol)
+        report = validate_capture(shot, tol, progress=progress)
         reports.append(report)
         if not as_json:
             _echo_report(report, width, max_problems, echo)

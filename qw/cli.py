@@ -165,7 +165,8 @@ def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_prob
     from qw.datagen.validate import ReprojectionTolerance, validate_paths
 
     tol = ReprojectionTolerance(abs_px=tolerance, rel=rel_tolerance, min_agree=min_agree)
-    if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo, as_json=as_json):
+    if not validate_paths(capture_dirs, tol, max_problems=max_problems, echo=click.echo, as_json=as_json,
+                          progress=click.get_current_context().obj["progress"]):
         sys.exit(1)
 
 

@@ -332,12 +332,19 @@ def test_validate_json_gives_each_shot_its_result_and_problems(tmp_path):
 
 
 @pytest.mark.parametrize("quiet,disable", [(True, True), (False, None)])
-def test_quiet_turns_the_verify_bar_off(small_build, monkeypatch, quiet, disable):
+def test_quiet_turns_the_verify_and_validate_bars_off(small_build, monkeypatch, tmp_path, quiet, disable):
     """tqdm gets disable=True under -q, and None otherwise (a bar on a terminal only, none in a log file)."""
     import tqdm
+    from capture_helpers import make_capture
+
+    import qw.datagen.validate
 
     real, seen = tqdm.tqdm, []
-    monkeypatch.setattr(tqdm, "tqdm", lambda *a, **kw: seen.append(kw.get("disable", False)) or real(*a, **kw))
-    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "datagen", "verify", str(small_build["store"])])
-    assert result.exit_code == 0, result.output
-    assert seen == [disable]
+    recorder = lambda *a, **kw: seen.append(kw.get("disable", False)) or real(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(tqdm, "tqdm", recorder)  # verify imports it when it runs
+    monkeypatch.setattr(qw.datagen.validate, "tqdm", recorder)
+    make_capture(tmp_path / "scene" / "a", frames=2)
+    for command in (["datagen", "verify", str(small_build["store"])], ["datagen", "validate", str(tmp_path)]):
+        result = CliRunner().invoke(main, [*(["-q"] if quiet else []), *command])
+        assert result.exit_code == 0, result.output
+    assert seen == [disable, disable]
