@@ -286,7 +286,7 @@ def test_a_batch_the_store_cannot_fill_is_refused_at_once(store: str, tmp_path: 
     """In a subprocess with a deadline and a memory cap: before the check, the loader grew without limit."""
     config = write_config(tmp_path / "c.yaml")
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
-            "from cli import main; sys.argv = ['qw'] + sys.argv[1:]; main()")
+            "from qw.cli import main; sys.argv = ['qw'] + sys.argv[1:]; main()")
     result = subprocess.run([sys.executable, "-c", code, "-q", "train", "--store", store, "--out",
                              str(tmp_path / "run"), "--config", str(config), "--set", "train.batch_size=100000000"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)

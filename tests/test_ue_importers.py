@@ -142,7 +142,7 @@ def test_passes_qw_does_not_read_are_ignored_alike_in_files_and_layers(tmp_path,
     ref = tmp_path / "ref"
     for n in (1, 2):
         write_mrq_frame(ref, "Seq", n, W, H, colour_only=True)
-    result = subprocess.run([sys.executable, "-c", "from cli import main; main()", "datagen", "import", "--layout",
+    result = subprocess.run([sys.executable, "-c", "from qw.cli import main; main()", "datagen", "import", "--layout",
                              "mrq", str(src), "--reference", str(ref), "--scene", "Kite", "--shot", "a", "--out",
                              str(tmp_path / "cap")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0 and "ignoring pass(es) 'SceneDepthWorldUnits'" in result.stderr, result.stderr
