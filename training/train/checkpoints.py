@@ -113,14 +113,16 @@ def model_from_checkpoint(path: str | Path) -> tuple[QWNet, Config]:
     return model, cfg
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The torch (and CUDA) random states, saved in a checkpoint so that --resume draws what the run would have."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the random states `rng_state` saved (CUDA only where this machine has it)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -47,7 +47,7 @@ def setup_process(timeout_s: float) -> Process:
     return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
-def _mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> dict[str, float]:
+def mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> dict[str, float]:
     """Each value's mean over the ranks, read to the host in one transfer (the loop's one sync per logged step)."""
     t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=proc.device) for v in values.values()])
     if proc.world_size > 1:
@@ -56,7 +56,8 @@ def _mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> 
     return dict(zip(values, t.tolist()))
 
 
-def _gather(obj: Any, proc: Process) -> list[Any]:
+def gather_from_ranks(obj: Any, proc: Process) -> list[Any]:
+    """`obj` of every rank, in rank order (a picklable object; no collective when there is one process)."""
     if proc.world_size == 1:
         return [obj]
     out: list[Any] = [None] * proc.world_size

@@ -40,10 +40,11 @@ from qw.training.model import fast, hdr
 from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
 from qw.training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
 from qw.training.model.qwnet import QWNet, sequence_inputs
-from qw.training.train.checkpoints import BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, _rng_state, _set_rng_state, \
-    check_resumable, data_provenance, load_checkpoint, prune_checkpoints, publish, save_checkpoint
-from qw.training.train.ddp import Process, _gather, _mean_over_ranks, peer_failures, replica_difference, setup_process, \
-    sync_batch_norm
+from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
+                                          data_provenance, load_checkpoint, prune_checkpoints, publish,
+                                          restore_rng_state, rng_state, save_checkpoint)
+from qw.training.train.ddp import (Process, gather_from_ranks, mean_over_ranks, peer_failures, replica_difference,
+                                   setup_process, sync_batch_norm)
 from qw.training.train.run_log import RunLog, truncate_log
 
 log = logging.getLogger("qw.train")
@@ -89,7 +90,7 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
             totals["psnr_input"] += psnr(batch["color"][i].float().cpu().numpy(), reference[i])
         totals["blocks"] += n
     model.train(was_training)
-    totals = _mean_over_ranks(totals, proc)
+    totals = mean_over_ranks(totals, proc)
     blocks = max(totals.pop("blocks"), 1.0)
     return {k: v / blocks for k, v in totals.items()}
 
@@ -136,7 +137,7 @@ class Run:
     def checkpoint_state(self, step: int, provenance: dict[str, Any]) -> dict[str, Any]:
         state = {"format": CHECKPOINT_FORMAT, "model": self.eval_model.state_dict(),
                  "config": self.cfg.model_dump(mode="json"), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
                  "step": step, "best": self.best, "hdr": hdr.describe(self.cfg.model.hdr), "data": provenance,
                  "world_size": self.proc.world_size, "qw_version": __version__}
         if self.ema is not None:  # `model` holds the EMA (what eval, infer and quantize load); resume needs both
@@ -173,7 +174,7 @@ class FiniteGuard:
                 local = (step, sorted(b for micro, fine in zip(blocks, ok) if not fine for b in micro),
                          sorted(b for micro in blocks for b in micro))
                 break
-        reports = [r for r in _gather(local, proc) if r is not None]
+        reports = [r for r in gather_from_ranks(local, proc) if r is not None]
         step = min(r[0] for r in reports)
         loss_blocks = sorted({b for r in reports if r[0] == step for b in r[1]})
         stop = "stopped before writing a checkpoint"
@@ -246,7 +247,7 @@ def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"])
+    restore_rng_state(ckpt["rng"])
     # best.pt may be newer than last.pt (a validation after the last checkpoint): compare against what it holds,
     # so that a resumed run never replaces it with a worse model.
     best = path.parent / BEST
@@ -377,7 +378,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
             if logged or validating or checkpointing:
                 # One transfer (waits for the queued steps: inside the timed span): the losses and the finiteness
                 # of every step since the last one.
-                values = _mean_over_ranks({**terms, "nonfinite": guard.bad_steps()}, proc)
+                values = mean_over_ranks({**terms, "nonfinite": guard.bad_steps()}, proc)
                 if values.pop("nonfinite"):
                     guard.raise_first(proc)
                 guard.clear()
@@ -390,7 +391,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
             if logged:
                 rate = blocks_since / busy
                 runlog.event("train", step, {**last, "lr": lr, "blocks_per_s": rate,
-                                             "blocks": _gather([b for micro in blocks for b in micro], proc)},
+                                             "blocks": gather_from_ranks([b for micro in blocks for b in micro], proc)},
                              {**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr,
                               "train/blocks_per_s": rate})
                 busy, blocks_since = 0.0, 0
