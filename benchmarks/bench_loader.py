@@ -12,7 +12,8 @@ rows run pinned to one CPU (blosc single-threaded, torch 1 thread, as in a DataL
   and with ``augment_on_device`` (the worker reads and draws; flips, turns and exposure run on the GPU batch);
 * the same crop from the sharded store (reads and decodes only the inner chunks it overlaps), with bytes read
   (the read syscalls' byte count of this process, /proc/self/io rchar);
-* the DataLoader (BlockSampler, batch 4) with 1 and 2 workers, not pinned.
+* the DataLoader (BlockSampler, batch 4) with 1 and 2 workers, not pinned, augmenting in the workers or leaving
+  it to the device (`train.augment_on: device`).
 
 Rates are blocks per CPU-second (CPU time of this process, all threads; for the DataLoader rows, of this process
 and its workers), which is what one dedicated core would deliver and is far less disturbed by other processes on a
@@ -99,10 +100,12 @@ def read_bytes(run: Measure, order: list[int]) -> float:
     return (rchar() - before) / len(order)
 
 
-def loader(url: str, workers: int, crop: int | None, batches: int, batch: int = 4) -> tuple[float, float]:
+def loader(url: str, workers: int, crop: int | None, batches: int, batch: int = 4,
+           on_device: bool = False) -> tuple[float, float]:
     """(blocks/s wall, blocks per CPU second of this process and its workers) of the training DataLoader."""
     store = open_store(url)
-    data = DataLoader(BlockDataset(url, crop=crop, augment=True), batch_size=batch, num_workers=workers,
+    data = DataLoader(BlockDataset(url, crop=crop, augment=True, augment_on_device=on_device), batch_size=batch,
+                      num_workers=workers,
                       sampler=BlockSampler(store.split_indices("train"), seed=0), persistent_workers=True,
                       prefetch_factor=4)
     it = iter(data)
@@ -184,17 +187,20 @@ def main() -> None:
         os.sched_setaffinity(0, all_cores)
         walls = {}
         for workers in (1, 2):
-            for crop, what in ((None, "whole"), (args.crop, f"{args.crop}² crop, sharded")):
-                runs = [loader(sharded if crop else url, workers, crop, args.loader_batches) for _ in range(2)]
+            for crop, on_device, what in ((None, False, "whole"), (None, True, "whole, augmentation on GPU"),
+                                          (args.crop, False, f"{args.crop}² crop, sharded")):
+                runs = [loader(sharded if crop else url, workers, crop, args.loader_batches, on_device=on_device)
+                        for _ in range(2)]
                 name = f"DataLoader, {workers} worker(s), {what}"
                 rates[name], walls[name] = [r[1] for r in runs], [r[0] for r in runs]
     print(f"\n{args.blocks} synthetic 256×256×8 blocks, {args.rounds} rounds (loader rows: 2); "
           f"{os.cpu_count()} CPUs, shared machine; single-core rows pinned to CPU {args.core}\n")
-    print(f"| {'what':<44} | {'blocks per CPU-second':>26} | ratio to floor | {'wall blocks/s':>13} |")
-    print(f"|{'-' * 46}|{'-' * 27}:|---------------:|{'-' * 14}:|")
+    width = max(map(len, rates))
+    print(f"| {'what':<{width}} | {'blocks per CPU-second':>26} | ratio to floor | {'wall blocks/s':>13} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 27}:|---------------:|{'-' * 14}:|")
     for name, value, ratio in summarize(rates):
         wall = f"{statistics.median(walls[name]):.1f}" if name in walls else ""
-        print(f"| {name:<44} | {value:>26} | {ratio:>14} | {wall:>13} |")
+        print(f"| {name:<{width}} | {value:>26} | {ratio:>14} | {wall:>13} |")
     print(f"\nbytes read per block (color+reference+motion, files + metadata): whole {bytes_read['whole'] / 1e6:.2f} MB, "
           f"sharded whole {bytes_read['sharded whole'] / 1e6:.2f} MB, sharded {args.crop}² crop "
           f"{bytes_read['sharded crop'] / 1e6:.2f} MB")

@@ -32,6 +32,7 @@ fill values), a truncated chunk or an altered byte is an error naming the block,
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -44,6 +45,7 @@ import google_crc32c  # a dependency of zarr (its crc32c codec); hardware crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
 
 from qw.datagen import __version__
 from qw.datagen.errors import QwError
@@ -361,26 +363,50 @@ class BlockStore:
         the inner chunks it overlaps); zarr checks each inner chunk's crc32c and the shard index's as it decodes
         them, and an all-zero window of a block whose checksum is not that of zeros is checked for a missing
         shard (zarr reads one as zeros). A window of an unsharded array is cut from the verified whole block."""
-        where = f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
-        partial = window is not None and inner_chunk(self.array(name)) is not None
-        y, x, size = window if window is not None else (0, 0, None)
-        try:
-            values = self.array(name)[index, :, :, y:y + size, x:x + size] if partial else self.array(name)[index]
-        except QwError:
-            raise
-        except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk, inner crc32c mismatches
-            raise QwError(f"{where} cannot be read ({type(exc).__name__}: {exc}); "
-                          f"run `qw datagen verify {self.url}`") from None
-        if verify and self.verified:
-            recorded = int(self.small_array(CHECKSUMS)[index, IMAGE_ARRAYS.index(name)])
-            if partial:
-                if not values.view(np.uint16).any() and recorded != zeros_checksum(self.array(name).shape[1:]) \
-                        and not self.chunk_exists(name, index):
-                    raise QwError(f"{where} is missing; run `qw datagen verify {self.url}`")
-            elif checksum(values) != recorded:
-                what = "is altered (checksum mismatch)" if self.chunk_exists(name, index) else "is missing"
-                raise QwError(f"{where} {what}; run `qw datagen verify {self.url}`")
-        return values if partial or window is None else values[..., y:y + size, x:x + size]
+        return self._image_blocks((name,), index, verify, window)[name]
+
+    def _image_blocks(self, names: Iterable[str], index: int, verify: bool, window: Window | None
+                      ) -> dict[str, np.ndarray]:
+        """`image_block` of several arrays, fetched together: one trip through zarr's event loop for all of them
+        rather than one each (a thread hand-off per trip: ~7 % of a whole-block read, benchmarks/bench_loader.py)."""
+        names = tuple(names)
+        selections = {name: self._selection(name, index, window) for name in names}
+        arrays = [self.array(name).async_array for name in names]  # opened out here: opening is itself a sync call
+
+        async def fetch_all() -> list[Any]:
+            return await asyncio.gather(*(array.getitem(selections[name]) for array, name in zip(arrays, names)),
+                                        return_exceptions=True)
+        out = {}
+        for name, values in zip(names, zarr_sync(fetch_all())):
+            where = f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
+            if isinstance(values, Exception):  # codec/fsspec errors of a truncated or corrupt chunk, inner crc32c
+                raise QwError(f"{where} cannot be read ({type(values).__name__}: {values}); "
+                              f"run `qw datagen verify {self.url}`") from None
+            partial = len(selections[name]) > 1  # only the window was read
+            if verify and self.verified:
+                self._check_image(name, index, values, partial, where)
+            if window is not None and not partial:
+                y, x, size = window
+                values = values[..., y:y + size, x:x + size]
+            out[name] = values
+        return out
+
+    def _selection(self, name: str, index: int, window: Window | None) -> tuple:
+        """What to read of `name` for block `index`: the window alone when the array is sharded, else the block."""
+        if window is None or inner_chunk(self.array(name)) is None:
+            return (index,)
+        y, x, size = window
+        return (index, slice(None), slice(None), slice(y, y + size), slice(x, x + size))
+
+    def _check_image(self, name: str, index: int, values: np.ndarray, partial: bool, where: str) -> None:
+        recorded = int(self.small_array(CHECKSUMS)[index, IMAGE_ARRAYS.index(name)])
+        if partial:
+            if not values.view(np.uint16).any() and recorded != zeros_checksum(self.array(name).shape[1:]) \
+                    and not self.chunk_exists(name, index):
+                raise QwError(f"{where} is missing; run `qw datagen verify {self.url}`")
+        elif checksum(values) != recorded:
+            what = "is altered (checksum mismatch)" if self.chunk_exists(name, index) else "is missing"
+            raise QwError(f"{where} {what}; run `qw datagen verify {self.url}`")
 
     def read_block(self, index: int, arrays: Iterable[str] = ("color", "reference", "motion", "jitter",
                                                                "history_valid"),
@@ -391,9 +417,9 @@ class BlockStore:
         if not 0 <= index < self.num_blocks:
             raise IndexError(f"{self.url}: block index {index} is out of range (the store holds {self.num_blocks} "
                              f"blocks, 0..{self.num_blocks - 1})")
-        return {name: self.image_block(name, index, verify, window) if name in IMAGE_ARRAYS
-                else self.small_array(name)[index]
-                for name in arrays}
+        arrays = tuple(arrays)
+        images = self._image_blocks([name for name in arrays if name in IMAGE_ARRAYS], index, verify, window)
+        return {name: images[name] if name in IMAGE_ARRAYS else self.small_array(name)[index] for name in arrays}
 
 
 def integrity_record(url: str, group: zarr.Group) -> dict[str, Any]:

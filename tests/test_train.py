@@ -24,7 +24,7 @@ from qw.training.config import load_config
 from qw.training.data import BlockDataset, BlockSampler, open_training_store
 from qw.training.model.qwnet import QWNet
 from qw.training.train.checkpoints import load_checkpoint, model_from_checkpoint
-from qw.training.train.loop import train, train_command
+from qw.training.train.loop import initial_model, train, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"preset": "intel-sample", "model": {"widths": [8, 8, 8], "decoder_convs": [1, 1]},
@@ -258,3 +258,17 @@ def test_recipe_options_train_jitter_input_display_loss_and_each_norm(store: str
         events = read_log(tmp_path / norm)
         assert np.isfinite([e["loss"] for e in events if e["event"] == "train"]).all()
         assert [e["step"] for e in events if e["event"] == "val"] == [2]
+
+
+def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_workers(store: str, tmp_path: Path) -> None:
+    """`train.augment_on: device`: workers draw the transform, the prefetcher applies it to the batch (here on the
+    CPU); the network must see the very same bits, so the trained weights are identical."""
+    weights = {}
+    for name, train_overrides in (("worker", {"augment_on": "worker", "num_workers": 1}),
+                                  ("device", {"augment_on": "device", "num_workers": 1}),
+                                  ("unaugmented", {"augment": False})):
+        cfg = load_config(str(write_config(tmp_path / f"{name}.yaml", {"train": train_overrides})))
+        train(initial_model(cfg), cfg, store, tmp_path / name, progress=False)
+        weights[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    assert all(torch.equal(weights["worker"][k], weights["device"][k]) for k in weights["worker"])
+    assert any(not torch.equal(weights["worker"][k], weights["unaugmented"][k]) for k in weights["worker"])

@@ -112,6 +112,9 @@ class TrainConfig(_Strict):
     temporal_weight: float = Field(0.7, ge=0)
     augment: bool = True
     exposure_range: tuple[float, float] = (0.5, 2.0)
+    augment_on: Literal["auto", "worker", "device"] = Field(
+        "auto", description="where flips, quarter turns and exposure run: in the DataLoader workers, or on the "
+                            "collated batch on the training device (same bits either way); auto: device on CUDA")
     num_workers: int = Field(4, ge=0)
     seed: int = Field(0, ge=0, lt=2**63)
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on GPU, off on CPU")

@@ -229,26 +229,29 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
 class DevicePrefetcher:
     """Batches from a (pin_memory) DataLoader, moved to the device one batch ahead on a side CUDA stream.
 
-    On CPU it only passes batches through. With `channels_last`, image arrays get channels_last frames. The
-    block indices stay on the host: bookkeeping that reads them must not wait for the device.
+    On CPU it only passes batches through. `on_device`, when given, runs on each moved batch (on the side stream:
+    e.g. augmentation, overlapping the previous step's compute); then, with `channels_last`, image arrays get
+    channels_last frames. The block indices and drawn augmentations stay on the host: bookkeeping that reads them
+    must not wait for the device.
     """
 
     IMAGES = ("color", "reference", "motion")
-    HOST = ("index",)
+    HOST = ("index", "transform")
 
-    def __init__(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, channels_last: bool = False):
+    def __init__(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device, channels_last: bool = False,
+                 on_device: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None):
         self.batches, self.device, self.channels_last = iter(batches), torch.device(device), channels_last
+        self.on_device = on_device
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.ahead = self._load()
 
     def _move(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, v in batch.items():
-            if not isinstance(v, torch.Tensor) or k in self.HOST:
-                out[k] = v
-                continue
-            v = v.to(self.device, non_blocking=True)
-            out[k] = channels_last_frames(v) if self.channels_last and k in self.IMAGES else v
+        out = {k: v if not isinstance(v, torch.Tensor) or k in self.HOST else v.to(self.device, non_blocking=True)
+               for k, v in batch.items()}
+        if self.on_device is not None:
+            out = self.on_device(out)
+        if self.channels_last:
+            out.update({k: channels_last_frames(out[k]) for k in self.IMAGES if k in out})
         return out
 
     def _load(self) -> dict[str, torch.Tensor] | None:

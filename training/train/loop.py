@@ -38,7 +38,7 @@ from qw.datagen import __version__
 from qw.datagen.errors import QwError
 from qw.training.model import fast, hdr
 from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
-from qw.training.data import BlockDataset, BlockSampler, check_batch_fits, open_training_store
+from qw.training.data import BlockDataset, BlockSampler, augment_batch, check_batch_fits, open_training_store
 from qw.training.model.qwnet import QWNet, sequence_inputs
 from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
                                           data_provenance, load_checkpoint, prune_checkpoints, publish,
@@ -62,6 +62,13 @@ def make_loader(dataset: BlockDataset, sampler: Any, cfg: Config, device: torch.
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                       prefetch_factor=4 if workers else None)
+
+
+def augments_on_device(cfg: Config, device: torch.device) -> bool:
+    """Whether the workers leave flips, turns and exposure to the device (`train.augment_on`; auto: on CUDA, where
+    a worker core then only reads and decodes)."""
+    where = cfg.train.augment_on
+    return cfg.train.augment and (where == "device" or (where == "auto" and device.type == "cuda"))
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -348,11 +355,15 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         truncate_log(out / "metrics.jsonl", step)
 
     per_rank_step = cfg.train.batch_size * run.accum
-    dataset = BlockDataset(store_url, cfg.train.crop, cfg.train.augment, cfg.train.exposure_range, storage_options)
+    on_device = augments_on_device(cfg, proc.device)
+    dataset = BlockDataset(store_url, cfg.train.crop, cfg.train.augment, cfg.train.exposure_range, storage_options,
+                           augment_on_device=on_device)
     sampler = BlockSampler(train_idx, proc.rank, proc.world_size, cfg.train.seed, start=step * per_rank_step)
-    # Endless (BlockSampler never stops); pinned batches are copied to the device one ahead, in the model's layout.
+    # Endless (BlockSampler never stops); pinned batches are copied to the device one ahead (augmented there when
+    # the workers leave it to the device), in the model's layout.
     batches = fast.DevicePrefetcher(_one_line_errors(make_loader(dataset, sampler, cfg, proc.device)), proc.device,
-                                    cfg.train.channels_last and proc.device.type == "cuda")
+                                    cfg.train.channels_last and proc.device.type == "cuda",
+                                    augment_batch if on_device else None)
     val_idx = val_idx[: cfg.train.val_blocks]
     val_loader = _validation_loader(store_url, val_idx, cfg, proc, storage_options)
     image_blocks = val_idx[: cfg.train.val_images].tolist() if proc.main else []
