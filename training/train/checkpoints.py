@@ -26,7 +26,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
 # schedules that do not depend on it).
 RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
-                     "num_workers", "compile", "channels_last", "ddp_timeout_s"}
+                     "num_workers", "augment_on", "compile", "channels_last", "ddp_timeout_s"}
 
 
 def data_provenance(store: BlockStore, train_blocks: int, val_blocks: int) -> dict[str, Any]:
