@@ -12,6 +12,8 @@ rows run pinned to one CPU (blosc single-threaded, torch 1 thread, as in a DataL
   and with ``augment_on_device`` (the worker reads and draws; flips, turns and exposure run on the GPU batch);
 * the same crop from the sharded store (reads and decodes only the inner chunks it overlaps), with bytes read
   (the read syscalls' byte count of this process, /proc/self/io rchar);
+* the DataLoader alone, over items already in memory (`CachedItems`): what it adds per block to the item
+  (collating each batch into new shared memory in the worker, the transfer);
 * the DataLoader (BlockSampler, batch 4) with 1 and 2 workers, not pinned, augmenting in the workers or leaving
   it to the device (`train.augment_on: device`).
 
@@ -90,6 +92,21 @@ def item(url: str, crop: int | None, on_device: bool = False) -> Measure:
     return run
 
 
+class CachedItems(torch.utils.data.Dataset):
+    """The same few augmented items over and over, already in memory: a DataLoader over it costs only what it adds
+    to an item (default_collate stacking each array into a new shared-memory tensor in the worker, the transfer)."""
+
+    def __init__(self, url: str, count: int = 4):
+        dataset = BlockDataset(url, augment=True)
+        self.items = [dataset[(i, augmentation_seed(0, 0, i))] for i in range(count)]
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        return self.items[item[0] % len(self.items)]  # BlockSampler's (block, seed)
+
+
 def read_bytes(run: Measure, order: list[int]) -> float:
     """Bytes read per block by one pass of `run` (read syscalls of this process)."""
     def rchar() -> int:
@@ -100,12 +117,13 @@ def read_bytes(run: Measure, order: list[int]) -> float:
     return (rchar() - before) / len(order)
 
 
-def loader(url: str, workers: int, crop: int | None, batches: int, batch: int = 4,
-           on_device: bool = False) -> tuple[float, float]:
-    """(blocks/s wall, blocks per CPU second of this process and its workers) of the training DataLoader."""
+def loader(url: str, workers: int, crop: int | None, batches: int, batch: int = 4, on_device: bool = False,
+           cached: bool = False) -> tuple[float, float]:
+    """(blocks/s wall, blocks per CPU second of this process and its workers) of the training DataLoader (over
+    `CachedItems` when `cached`: its own cost)."""
     store = open_store(url)
-    data = DataLoader(BlockDataset(url, crop=crop, augment=True, augment_on_device=on_device), batch_size=batch,
-                      num_workers=workers,
+    dataset = CachedItems(url) if cached else BlockDataset(url, crop=crop, augment=True, augment_on_device=on_device)
+    data = DataLoader(dataset, batch_size=batch, num_workers=workers,
                       sampler=BlockSampler(store.split_indices("train"), seed=0), persistent_workers=True,
                       prefetch_factor=4)
     it = iter(data)
@@ -193,6 +211,9 @@ def main() -> None:
                         for _ in range(2)]
                 name = f"DataLoader, {workers} worker(s), {what}"
                 rates[name], walls[name] = [r[1] for r in runs], [r[0] for r in runs]
+        runs = [loader(url, 1, None, args.loader_batches, cached=True) for _ in range(2)]
+        name = "DataLoader alone (items cached), 1 worker"
+        rates[name], walls[name] = [r[1] for r in runs], [r[0] for r in runs]
     print(f"\n{args.blocks} synthetic 256×256×8 blocks, {args.rounds} rounds (loader rows: 2); "
           f"{os.cpu_count()} CPUs, shared machine; single-core rows pinned to CPU {args.core}\n")
     width = max(map(len, rates))
