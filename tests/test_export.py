@@ -87,7 +87,7 @@ def test_qwq_errors_name_the_file(tmp_path):
                                                  Config(model=SMALL)))
     raw = path.read_bytes()
     bad = tmp_path / "bad.qwq"
-    for data, message in ((b"PK\x03\x04" + raw[4:], "bad magic"),
+    for data, message in ((b"PK\x03\x04" + raw[4:], r"not a \.qwq file \(bad magic\)"),
                           (raw[:4] + struct.pack("<I", 99) + raw[8:], "version 99"),
                           (raw[:4] + struct.pack("<I", 1) + raw[8:], "version 1; this qw reads version 2"),
                           (raw[:-10], "truncated or corrupt"),
@@ -97,6 +97,9 @@ def test_qwq_errors_name_the_file(tmp_path):
         with pytest.raises(QwError, match=message) as err:
             qwq.read_qwq(bad)
         assert str(bad) in str(err.value)
+    torch.save({"model": model.state_dict()}, bad)  # a training checkpoint given where a .qwq is expected
+    with pytest.raises(QwError, match="not a .qwq file but a PyTorch checkpoint.*CHECKPOINT argument.*qw export"):
+        qwq.read_qwq(bad)
 
 
 def test_int_conv2d_is_exact_integer_convolution():

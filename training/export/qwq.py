@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,9 @@ def read_qwq(path: str | Path) -> ExportedModel:
     if not path.is_file():
         raise QwError(f"{path}: no such file")
     raw = path.read_bytes()
+    if raw[:4] != MAGIC and zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise QwError(f"{path}: not a .qwq file but a PyTorch checkpoint (bad magic); pass it to `qw eval` as a "
+                      "CHECKPOINT argument, or export it with `qw export`")
     if len(raw) < _PREFIX.size or raw[:4] != MAGIC:
         raise QwError(f"{path}: not a .qwq file (bad magic)")
     _, version, n = _PREFIX.unpack_from(raw)
