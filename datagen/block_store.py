@@ -120,6 +120,8 @@ def default_codec(typesize: int = 2) -> BloscCodec:
 
 
 def _storage_options(url: str, storage_options: dict | None) -> dict | None:
+    if url.startswith("file://"):  # fsspec's local filesystem creates no parent folders unless told to
+        return {**(storage_options or {}), "auto_mkdir": True}
     return storage_options if "://" in url else None
 
 

@@ -287,6 +287,17 @@ def test_unwritable_store(one_shot, tmp_path):
     build_fails(one_shot, QwError, r"not-a-folder/blocks.zarr: cannot create the block store", blocker / "blocks.zarr")
 
 
+def test_file_url_store_builds_in_a_new_folder_and_reads_back(one_shot, tmp_path):
+    """`--store file:///abs/path`: fsspec's local filesystem made no parent folders, so the first write failed."""
+    url = f"file://{tmp_path}/new/folder/blocks.zarr"
+    built = build_store(one_shot["dataset"], one_shot["captures"], url, workers=1, progress=False,
+                        manifests_root=one_shot["manifests"])
+    store = open_store(url)
+    assert store.complete and store.num_blocks == built.num_blocks == 6
+    np.testing.assert_array_equal(store.read_block(0, ("color",))["color"],
+                                  open_store(str(tmp_path / "new/folder/blocks.zarr")).read_block(0, ("color",))["color"])
+
+
 def test_store_of_another_format_is_left_alone(one_shot):
     zarr.open_group(str(one_shot["store"]), mode="w", attributes={"format": "someone-else/3"})
     build_fails(one_shot, QwError, r"not a qw block store \(format attribute is 'someone-else/3'\)")
