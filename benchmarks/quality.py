@@ -68,6 +68,8 @@ class QualityPlan(DemoPlan):
     store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
     device: str = "cpu"                          # training, selection and scoring
     flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
+    recipe: str = "plan"                         # the ABLATIONS entry the seeds train with (`--ablate` starts from
+                                                 # the plan itself: the paper's recipe)
 
 
 PLANS = {
@@ -424,11 +426,12 @@ ABLATIONS: dict[str, dict] = {
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 
-def ablation_plan(plan: QualityPlan, name: str, seed: int) -> QualityPlan:
-    """`plan` with ablation `name`'s changes, trained with `seed`; its settings are added to the plan's."""
+def with_option(plan: QualityPlan, name: str, seed: int | None = None) -> QualityPlan:
+    """`plan` with recipe option `name`'s changes (an `ABLATIONS` entry), trained with `seed` (default: the plan's);
+    the option's settings are added to the plan's."""
     change = dict(ABLATIONS[name])
     settings = plan.settings + change.pop("settings", ())
-    return replace(plan, seed=seed, settings=settings, **change)
+    return replace(plan, seed=plan.seed if seed is None else seed, settings=settings, **change)
 
 
 def describe_ablation(name: str) -> str:
@@ -459,7 +462,7 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             cache = run_dir / f"val_step{steps}.json"
             if cache.is_file():
                 continue
-            option = ablation_plan(plan, name, seed)
+            option = with_option(plan, name, seed)
             store = build_quality_store(option, captures, out.parent)
             start = time.perf_counter()
             checkpoint = train_demo(option, store, run_dir / "fp32", steps)
@@ -608,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     test = capture(plan, captures, held_out_shots(plan, "test"), plan.test_frames)
     capture(plan, captures, training_shots(plan), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
+    plan = with_option(plan, plan.recipe)  # what the seeds train: the plan with the recipe options kept on val
     store = build_quality_store(plan, captures, args.out)  # a complete store is kept
     if args.part in ("all", "baselines"):
         baselines = val_baselines(val, plan.val_frames, args.out / "val_baselines.json")

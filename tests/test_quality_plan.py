@@ -20,11 +20,12 @@ from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 @pytest.mark.parametrize("name", sorted(quality.ABLATIONS))
 def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     plan = replace(quality.PLANS["full"], settings=("train.lr=1e-3",))
-    option = quality.ablation_plan(plan, name, seed=5)
+    option = quality.with_option(plan, name, seed=5)
     cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
     assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
     assert changed <= {"seed", "settings", "store_tile", "batch_size"}
+    assert quality.with_option(plan, "plan") == plan
     if "crop-128" in name:  # the same pixels per step as the plan: 1 × 128² = 4 × 64²
         assert option.batch_size * option.store_tile ** 2 == plan.batch_size * 64 ** 2
 
