@@ -73,7 +73,9 @@ class QualityPlan(DemoPlan):
 
 
 PLANS = {
-    "full": QualityPlan(),
+    # The seeds train without normalisation on one 128² block per step (the same pixels as four 64² blocks): the
+    # combination that won the ablations on val (docs/quality.md).
+    "full": QualityPlan(recipe="norm-none+crop-128"),
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
     # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay; sized for ≤ 10 minutes on an H100.
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=(32, 64, 96, 128, 160), store_tile=256,
@@ -115,8 +117,20 @@ def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
     if plan.store_tile:
         manifest = DatasetManifest.model_validate({**manifest.model_dump(), "tile": plan.store_tile})
     store = out / ("blocks.zarr" if plan.store_tile is None else f"blocks-tile{plan.store_tile}.zarr")
-    build_store(manifest, captures, str(store), workers=2, progress=False)
+    if not stored(store):  # a complete one is shared, not rebuilt: the builder's lock would refuse a second part
+        build_store(manifest, captures, str(store), workers=2, progress=False)
     return str(store)
+
+
+def stored(store: Path) -> bool:
+    """Whether `store` is a complete block store (parts of the run in parallel processes share it as it is)."""
+    from qw.datagen.block_store import open_store
+    from qw.datagen.errors import QwError
+
+    try:
+        return open_store(str(store)).complete
+    except QwError:
+        return False
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
