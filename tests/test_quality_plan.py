@@ -37,7 +37,7 @@ def test_plans_fit_their_content() -> None:
     assert gpu.store_tile <= min(gpu.resolution) and gpu.store_tile % 16 == 0
     assert max(gpu.select_steps) == gpu.train_steps and max(gpu.qat_select_steps) == gpu.qat_steps
     for plan in quality.PLANS.values():  # the recipe is an option that exists and yields a valid config
-        demo_config(quality.with_option(plan, plan.recipe), 10)
+        demo_config(quality.with_option(plan, plan.recipe), plan.train_steps)
 
 
 def test_cpu_plan_hides_the_gpus_from_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
