@@ -68,16 +68,21 @@ class QualityPlan(DemoPlan):
     store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
     device: str = "cpu"                          # training, selection and scoring
     flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
+    recipe: str = "plan"                         # the ABLATIONS entry the seeds train with (`--ablate` starts from
+                                                 # the plan itself: the paper's recipe)
 
 
 PLANS = {
-    "full": QualityPlan(),
+    # The seeds train without normalisation on one 128² block per step (the same pixels as four 64² blocks): the
+    # combination that won the ablations on val (docs/quality.md).
+    "full": QualityPlan(recipe="norm-none+crop-128"),
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
-    # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay; sized for ≤ 10 minutes on an H100.
+    # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay, without normalisation (the
+    # option that helped on val with both seeds); sized for ≤ 10 minutes on an H100.
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=(32, 64, 96, 128, 160), store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05"),
-                       qat_steps=400, qat_select_steps=(200, 400), device="cuda"),
+                       qat_steps=400, qat_select_steps=(200, 400), device="cuda", recipe="norm-none"),
     # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
     "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
                            train_frames=24, val_frames=16, test_frames=16),
@@ -113,8 +118,20 @@ def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
     if plan.store_tile:
         manifest = DatasetManifest.model_validate({**manifest.model_dump(), "tile": plan.store_tile})
     store = out / ("blocks.zarr" if plan.store_tile is None else f"blocks-tile{plan.store_tile}.zarr")
-    build_store(manifest, captures, str(store), workers=2, progress=False)
+    if not stored(store):  # a complete one is shared, not rebuilt: the builder's lock would refuse a second part
+        build_store(manifest, captures, str(store), workers=2, progress=False)
     return str(store)
+
+
+def stored(store: Path) -> bool:
+    """Whether `store` is a complete block store (parts of the run in parallel processes share it as it is)."""
+    from qw.datagen.block_store import open_store
+    from qw.datagen.errors import QwError
+
+    try:
+        return open_store(str(store)).complete
+    except QwError:
+        return False
 
 
 def capture(plan: QualityPlan, root: Path, shots: dict[str, list[str]], frames: int) -> list[Path]:
@@ -407,8 +424,9 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], tested: dict, 
     return table
 
 
-# The recipe options: each changes the plan's settings (config overrides) or plan fields, one at a time; short
-# single-seed runs scored on val only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64².
+# The recipe options: each changes the plan's settings (config overrides) or plan fields; short runs scored on val
+# only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64². The last entry combines the two
+# options that helped on their own.
 ABLATIONS: dict[str, dict] = {
     "plan": {},
     "jitter-input": {"settings": ("model.jitter_input=true",)},
@@ -418,14 +436,17 @@ ABLATIONS: dict[str, dict] = {
     "loss-display": {"settings": ("train.loss_domain=display",)},
     "cosine": {"settings": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1")},
     "crop-128": {"store_tile": 128, "batch_size": 1},
+    "norm-none+crop-128": {"settings": ("model.norm=none",), "store_tile": 128, "batch_size": 1},
 }
+ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 
-def ablation_plan(plan: QualityPlan, name: str) -> QualityPlan:
-    """`plan` (first seed) with ablation `name`'s changes; its settings are added to the plan's."""
+def with_option(plan: QualityPlan, name: str, seed: int | None = None) -> QualityPlan:
+    """`plan` with recipe option `name`'s changes (an `ABLATIONS` entry), trained with `seed` (default: the plan's);
+    the option's settings are added to the plan's."""
     change = dict(ABLATIONS[name])
     settings = plan.settings + change.pop("settings", ())
-    return replace(plan, seed=plan.seeds[0], settings=settings, **change)
+    return replace(plan, seed=plan.seed if seed is None else seed, settings=settings, **change)
 
 
 def describe_ablation(name: str) -> str:
@@ -434,26 +455,29 @@ def describe_ablation(name: str) -> str:
     return ", ".join(parts) or "–"
 
 
-def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names: list[str], steps: int) -> str:
-    """Train each named recipe option for `steps` steps with the plan's first seed and score it on the val instances
-    (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`. Resumable: finished runs
-    and their scores are kept."""
+def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names: list[str], steps: int,
+           seeds: tuple[int, ...]) -> str:
+    """Train each named recipe option for `steps` steps with each of `seeds` and score it on the val
+    instances (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`, which tables
+    every option and seed scored so far (`<out>/<option>/seed<n>/`). Resumable: finished runs are kept."""
     from qw.training.evaluation.evaluate import _qwnet, passthrough
-    from qw.training.quantization.qat import model_from_any_checkpoint
     from qw.training.evaluation.taa import run_taa
+    from qw.training.quantization.qat import model_from_any_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, float]] = {}
+    baselines: dict[str, dict[str, float]] = {}
     for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
         cache = out / f"val_{label.replace(' ', '_')}.json"
         if not cache.is_file():
             cache.write_text(json.dumps(val_summary(run, val, plan.val_frames)) + "\n")
-        rows[label] = json.loads(cache.read_text())
+        baselines[label] = json.loads(cache.read_text())
     for name in names:
-        run_dir = out / name
-        cache = run_dir / f"val_step{steps}.json"
-        if not cache.is_file():
-            option = ablation_plan(plan, name)
+        for seed in seeds:
+            run_dir = out / name / f"seed{seed}"
+            cache = run_dir / f"val_step{steps}.json"
+            if cache.is_file():
+                continue
+            option = with_option(plan, name, seed)
             store = build_quality_store(option, captures, out.parent)
             start = time.perf_counter()
             checkpoint = train_demo(option, store, run_dir / "fp32", steps)
@@ -461,20 +485,42 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             model, _, _ = model_from_any_checkpoint(str(checkpoint))
             cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
                                                        plan.val_frames), "train_s": seconds}) + "\n")
-        rows[name] = json.loads(cache.read_text())
-        print(f"[ablate] {name}: {rows[name]}", flush=True)
-    base = rows.get("plan")
-    lines = [f"Val instances, {len(val)} shots × {plan.val_frames} frames; QW-Net rows: {steps} FP32 steps, seed "
-             f"{plan.seeds[0]}, one change from the plan; Δ against the `plan` row.", "",
-             "| run | change | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ | train s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        trained = name in ABLATIONS
-        cells = [f"{r[k]:.2f} | " + (f"{r[k] - base[k]:+.2f}" if base and trained else "")
-                 for k in ("psnr", "psnr_steady", "tpsnr")]
-        change = describe_ablation(name) if trained else "baseline"
-        lines.append(f"| {name} | {change} | " + " | ".join(cells) + f" | {r.get('train_s', 0):.0f} |")
-    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+            print(f"[ablate] {name} seed {seed}: {cache.read_text().strip()}", flush=True)
+    table = ablation_table(baselines, scored_ablations(out, steps), len(val), plan.val_frames, steps)
+    (out / "ablations.md").write_text(table + "\n")
+    return table
+
+
+def scored_ablations(out: Path, steps: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Every ablation run scored in `out` at `steps`: option -> seed -> val scores."""
+    runs: dict[str, dict[int, dict[str, float]]] = {}
+    for name in ABLATIONS:
+        for cache in sorted((out / name).glob(f"seed*/val_step{steps}.json")):
+            runs.setdefault(name, {})[int(cache.parent.name.removeprefix("seed"))] = json.loads(cache.read_text())
+    return runs
+
+
+def ablation_table(baselines: dict[str, dict[str, float]], runs: dict[str, dict[int, dict[str, float]]],
+                   shots: int, frames: int, steps: int) -> str:
+    """Markdown: the baselines, then each option's mean over its seeds and its paired Δ against `plan` (the mean
+    over the seeds both ran of option − plan)."""
+    lines = [f"Val instances, {shots} shots × {frames} frames; QW-Net rows: {steps} FP32 steps, mean over the seeds "
+             "listed, one change from the plan; Δ: paired against the `plan` run of the same seed.", "",
+             "| run | change | seeds | PSNR dB | Δ | PSNR frames ≥ 8 | Δ | tPSNR dB | Δ | train s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in baselines.items():
+        lines.append(f"| {label} | baseline | – | " + " | ".join(f"{r[k]:.2f} | " for k in ABLATION_KEYS) + " |")
+    base = runs.get("plan", {})
+    for name, by_seed in runs.items():
+        paired = sorted(set(by_seed) & set(base))
+        cells = []
+        for k in ABLATION_KEYS:
+            delta = (f"{np.mean([by_seed[s][k] - base[s][k] for s in paired]):+.2f}" if paired and name != "plan"
+                     else "")
+            cells.append(f"{np.mean([r[k] for r in by_seed.values()]):.2f} | {delta}")
+        seconds = np.mean([r.get("train_s", 0) for r in by_seed.values()])
+        lines.append(f"| {name} | {describe_ablation(name)} | {', '.join(map(str, sorted(by_seed)))} | "
+                     + " | ".join(cells) + f" | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -538,7 +584,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="after the run, continue the first seed's FP32 training to these step counts and plot "
                              "their val PSNR (learning-curve evidence; never selected or tested)")
     parser.add_argument("--ablate", nargs="*", choices=sorted(ABLATIONS), metavar="OPTION",
-                        help=f"only train and score recipe options on val (none named: all of {', '.join(ABLATIONS)})")
+                        help=f"only train and score recipe options on val, with the first seed or --seeds (none "
+                             f"named: all of {', '.join(ABLATIONS)})")
     parser.add_argument("--ablation-steps", type=int, default=300, help="FP32 steps of each --ablate run")
     parser.add_argument("--select-steps", type=int, nargs="+",
                         help="override the plan's FP32 checkpoints kept for selection (the run trains to the last)")
@@ -574,11 +621,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.ablate is not None:
         capture(plan, captures, training_shots(plan), plan.train_frames)
         print(ablate(plan, captures, val, args.out / "ablations", args.ablate or list(ABLATIONS),
-                     args.ablation_steps))
+                     args.ablation_steps, tuple(args.seeds) if args.seeds else plan.seeds[:1]))
         return
     test = capture(plan, captures, held_out_shots(plan, "test"), plan.test_frames)
     capture(plan, captures, training_shots(plan), plan.train_frames)
     print(f"[quality] captured in {time.perf_counter() - start:.0f}s", flush=True)
+    plan = with_option(plan, plan.recipe)  # what the seeds train: the plan with the recipe options kept on val
     store = build_quality_store(plan, captures, args.out)  # a complete store is kept
     if args.part in ("all", "baselines"):
         baselines = val_baselines(val, plan.val_frames, args.out / "val_baselines.json")

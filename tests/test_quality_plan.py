@@ -20,12 +20,13 @@ from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 @pytest.mark.parametrize("name", sorted(quality.ABLATIONS))
 def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     plan = replace(quality.PLANS["full"], settings=("train.lr=1e-3",))
-    option = quality.ablation_plan(plan, name)
+    option = quality.with_option(plan, name, seed=5)
     cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
-    assert option.seed == plan.seeds[0] and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
+    assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
     assert changed <= {"seed", "settings", "store_tile", "batch_size"}
-    if name == "crop-128":  # the same pixels per step as the plan: 1 × 128² = 4 × 64²
+    assert quality.with_option(plan, "plan") == plan
+    if "crop-128" in name:  # the same pixels per step as the plan: 1 × 128² = 4 × 64²
         assert option.batch_size * option.store_tile ** 2 == plan.batch_size * 64 ** 2
 
 
@@ -35,6 +36,8 @@ def test_plans_fit_their_content() -> None:
     assert gpu.widths == (32, 64, 96, 128, 160) and gpu.batch_size == 8 and gpu.device == "cuda"
     assert gpu.store_tile <= min(gpu.resolution) and gpu.store_tile % 16 == 0
     assert max(gpu.select_steps) == gpu.train_steps and max(gpu.qat_select_steps) == gpu.qat_steps
+    for plan in quality.PLANS.values():  # the recipe is an option that exists and yields a valid config
+        demo_config(quality.with_option(plan, plan.recipe), plan.train_steps)
 
 
 def test_cpu_plan_hides_the_gpus_from_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,3 +73,16 @@ def test_summary_has_baselines_once_seeds_with_spread_and_pairs_per_shot() -> No
         assert d["mean"] == pytest.approx(2.0) and d["low"] == pytest.approx(2.0) and d["n"] == 3
         assert "flip" not in paired["QW-Net FP32"][span]  # no per-shot values: no pairs
     assert "| TAA |" in quality.summary_table(summary) and "± " in quality.summary_table(summary)
+
+
+def test_ablation_table_pairs_each_option_with_the_plan_run_of_the_same_seed() -> None:
+    def scores(psnr: float) -> dict[str, float]:
+        return {"psnr": psnr, "psnr_steady": psnr + 0.5, "tpsnr": psnr - 1, "train_s": 10}
+    runs = {"plan": {0: scores(29.0), 1: scores(30.0)},
+            "norm-none": {0: scores(29.4), 1: scores(30.2), 2: scores(35.0)},  # seed 2 has no plan run to pair with
+            "cosine": {1: scores(29.5)}}
+    table = quality.ablation_table({"TAA": scores(31.0)}, runs, shots=4, frames=48, steps=300)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert rows["norm-none"][2:5] == ["0, 1, 2", "31.53", "+0.30"]  # mean of all three; Δ of the paired seeds 0, 1
+    assert rows["cosine"][3:5] == ["29.50", "-0.50"] and rows["plan"][4] == ""
+    assert rows["TAA"][3] == "31.00"
