@@ -425,8 +425,8 @@ def write_summary(out: Path, plan: QualityPlan, rows: list[dict], tested: dict, 
 
 
 # The recipe options: each changes the plan's settings (config overrides) or plan fields; short runs scored on val
-# only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64². The last entry combines the two
-# options that helped on their own.
+# only. `crop-128` keeps the pixels per step: 1 block of 128² against 4 of 64². `norm-none+crop-128` combines the
+# two options that helped on their own.
 ABLATIONS: dict[str, dict] = {
     "plan": {},
     "jitter-input": {"settings": ("model.jitter_input=true",)},
@@ -437,6 +437,9 @@ ABLATIONS: dict[str, dict] = {
     "cosine": {"settings": ("train.schedule=cosine", "train.warmup_steps=20", "train.final_lr_ratio=0.1")},
     "crop-128": {"store_tile": 128, "batch_size": 1},
     "norm-none+crop-128": {"settings": ("model.norm=none",), "store_tile": 128, "batch_size": 1},
+    # capacity: the recipe above with the paper's widths (2.5× the parameters)
+    "norm-none+crop-128+paper-widths": {"settings": ("model.norm=none",), "store_tile": 128, "batch_size": 1,
+                                        "widths": (32, 64, 96, 128, 160)},
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
