@@ -33,6 +33,7 @@ path and the tensor's name, even when its checksums are consistent (a bug in ano
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -229,7 +230,7 @@ def read_qwq(path: str | Path) -> ExportedModel:
     if not path.is_file():
         raise QwError(f"{path}: no such file")
     raw = path.read_bytes()
-    if raw[:4] != MAGIC and zipfile.is_zipfile(path):  # torch.save writes a zip archive
+    if raw[:4] != MAGIC and zipfile.is_zipfile(io.BytesIO(raw)):  # torch.save writes a zip archive
         raise QwError(f"{path}: not a .qwq file but a PyTorch checkpoint (bad magic); pass it to `qw eval` as a "
                       "CHECKPOINT argument, or export it with `qw export`")
     if len(raw) < _PREFIX.size or raw[:4] != MAGIC:
