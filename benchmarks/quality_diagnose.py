@@ -117,7 +117,7 @@ def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
     for checkpoint in checkpoints:
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
         model.eval()
-        label = f"{checkpoint.parent.name}/{checkpoint.name}"
+        label = "/".join(checkpoint.parts[-3:])
         scores = {split: val_summary(_qwnet(model, "cpu"), shots, frames)["psnr"]
                   for split, shots in (("train", train), ("val", val))}
         fit.append(f"| {label} | {scores['train']:.2f} ({scores['train'] - taa['train']:+.2f}) | "
