@@ -65,6 +65,29 @@ def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_check
     assert not any(name.endswith(".conv.weight") for name in inits)  # no float copy of a quantized weight
 
 
+def test_bicubic_history_model_exports_a_cubic_grid_sample_that_matches_pytorch():
+    import onnxruntime as ort
+    import torch
+
+    from qw.training.config import load_config
+    from qw.training.export.onnx_graph import float_graph
+    from qw.training.model.qwnet import QWNet
+
+    cfg = load_config("paper").model.model_copy(update={"warp_filter": "bicubic", "widths": [8, 8, 8, 8, 8]})
+    model = QWNet(cfg).eval()
+    graph = float_graph(model)
+    assert {a.s for n in graph.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"} \
+        == {b"cubic"}
+    g = torch.Generator().manual_seed(0)
+    color, previous = torch.rand(1, 3, 32, 48, generator=g) * 4, torch.rand(1, 3, 32, 48, generator=g) * 4
+    motion = torch.randn(1, 2, 32, 48, generator=g) * 3
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"color": color.numpy(), "motion": motion.numpy(), "previous": previous.numpy()})[0]
+    with torch.no_grad():
+        expected = model.step(color, model.warp_history(previous, motion)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
 def test_onnx_quantize_linear_rounds_like_the_fake_quantizer():
     """ONNX Runtime's QuantizeLinear/DequantizeLinear (UINT4, UINT8 with a zero point) give exactly the values of
     qw's activation quantizer, ties included: the graph and the integer reference start from the same codes."""

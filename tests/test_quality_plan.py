@@ -24,7 +24,7 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
     assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
-    assert changed <= {"seed", "settings", "store_tile", "batch_size", "widths"}
+    assert changed <= {"seed", "settings", "store_tile", "batch_size", "widths", "train_lr"}
     assert quality.with_option(plan, "plan") == plan
     if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or 4× with batch-4
         factor = 4 if name.endswith("batch-4") else 1

@@ -44,6 +44,9 @@ class ModelConfig(_Strict):
                                                             description="range compression for U_e and the loss")
     kernel_padding: Literal["replicate", "zeros"] = Field("replicate", description="U_f's 3x3 kernels at the border")
     warp_padding: Literal["border", "zeros"] = Field("border", description="history samples outside the frame")
+    warp_filter: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="how the history is resampled: bilinear (the paper's) or bicubic, which keeps its "
+                                "detail under motion (clamped at 0)")
     temporal_reset_term: bool = Field(False, description="temporal loss |out - in| on steps without history")
 
     @model_validator(mode="after")

@@ -229,8 +229,10 @@ class QWNet(nn.Module):
         self.filter = KernelFilter(cfg)
 
     def warp_history(self, previous: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-        """The previous output moved to the current frame, with this model's border convention."""
-        return warp(previous, motion, self.cfg.warp_padding)
+        """The previous output moved to the current frame, with this model's border convention and filter; a bicubic
+        filter's undershoot is clamped, since the filters act on radiance, which is never negative."""
+        warped = warp(previous, motion, self.cfg.warp_padding, self.cfg.warp_filter)
+        return warped.clamp_min(0) if self.cfg.warp_filter == "bicubic" else warped
 
     def step(self, color: torch.Tensor, history_warped: torch.Tensor,
              jitter: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,8 +1,13 @@
 """Backward warp of the previous frame by motion vectors (contract: pixels, +x right, +y down, current − previous).
 
 Pixel p of the current frame saw the surface that was at p − m(p) in the previous frame, so the warped history
-samples the previous image there, bilinearly. Samples outside the frame clamp to the border (`padding="border"`)
-or read zeros (`"zeros"`, the public sample's convention).
+samples the previous image there: bilinearly (the paper's way) or bicubically. Samples outside the frame clamp to
+the border (`padding="border"`) or read zeros (`"zeros"`, the public sample's convention).
+
+Why bicubic: a bilinear sample at a fractional position is a low-pass filter (at offset ½ it removes the Nyquist
+frequency entirely), and a recurrent history is resampled every frame, so under motion it loses its detail frame
+after frame; QW-Net's softmax kernels are convex and cannot sharpen it back. Engine TAA samples its history with
+a Catmull-Rom filter for the same reason.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tor
     return torch.stack((gx, gy), dim=-1).unsqueeze(0)
 
 
-def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border") -> torch.Tensor:
-    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding`: "border" or "zeros"."""
+FILTERS = ("bilinear", "bicubic")
+
+
+def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border", filter: str = "bilinear") -> torch.Tensor:
+    """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding`: "border" or "zeros";
+    `filter`: "bilinear" or "bicubic" (cubic convolution, a = −0.75; its negative lobes can undershoot 0)."""
     h, w = image.shape[-2:]
     # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
     source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
@@ -28,5 +37,5 @@ def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border") -> 
     # The scales are Python scalars: a tensor built from host values would be a host-to-device copy per call,
     # which a CUDA graph cannot capture.
     grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
-    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    out = F.grid_sample(image.float(), grid, mode=filter, padding_mode=padding, align_corners=False)
     return out.to(image.dtype)
