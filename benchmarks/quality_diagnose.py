@@ -112,7 +112,7 @@ def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
     taa = {split: val_summary(run_taa, shots, frames)["psnr"] for split, shots in (("train", train), ("val", val))}
     fit = ["| method | PSNR on its training shots | PSNR on val |", "|---|---:|---:|",
            f"| TAA | {taa['train']:.2f} | {taa['val']:.2f} |"]
-    where = [f"| checkpoint | pixels | share | QW-Net MSE | TAA MSE | QW-Net / TAA | QW-Net history weight |",
+    where = ["| checkpoint | pixels | share | QW-Net MSE | TAA MSE | QW-Net / TAA | QW-Net history weight |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for checkpoint in checkpoints:
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
@@ -126,7 +126,7 @@ def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
             where.append(f"| {label} | {name} | {c['share']:.3f} | {c['qwnet_mse']:.2e} | {c['taa_mse']:.2e} | "
                          f"{c['qwnet_mse'] / c['taa_mse']:.2f} | {c['history_weight']:.3f} |")
     return "\n".join([
-        f"# What limits QW-Net against TAA", "",
+        "# What limits QW-Net against TAA", "",
         f"## Fit: PSNR (dB) over the first {frames} frames of {len(train)} training and {len(val)} val shots", "",
         *fit, "",
         f"## Where the error is: val shots, frames ≥ {STEADY_STATE_FROM}, squared display error per pixel class", "",

@@ -130,9 +130,9 @@ def test_bicubic_warp_keeps_detail_that_bilinear_blurs() -> None:
     image, motion = _shifted_cosine(0.0), torch.zeros(1, 2, 32, 32)
     motion[:, 0] = 0.5
     truth = _shifted_cosine(0.5)[..., 4:-4]
-    errors = {f: (warp(image, motion, filter=f)[..., 4:-4] - truth).abs().max().item() for f in ("bilinear", "bicubic")}
+    errors = {f: (warp(image, motion, resample=f)[..., 4:-4] - truth).abs().max().item() for f in ("bilinear", "bicubic")}
     assert errors["bilinear"] > 0.25 and errors["bicubic"] < 0.5 * errors["bilinear"]
-    assert torch.allclose(warp(image, torch.zeros_like(motion), filter="bicubic"), image, atol=1e-5)
+    assert torch.allclose(warp(image, torch.zeros_like(motion), resample="bicubic"), image, atol=1e-5)
 
 
 def test_bicubic_history_of_an_edge_is_never_negative() -> None:
@@ -142,7 +142,7 @@ def test_bicubic_history_of_an_edge_is_never_negative() -> None:
     previous[..., 8:] = 10.0
     motion = torch.zeros(1, 2, 16, 16)
     motion[:, 0] = 0.5
-    assert warp(previous, motion, filter="bicubic").min() < -0.1
+    assert warp(previous, motion, resample="bicubic").min() < -0.1
     history = QWNet(cfg).warp_history(previous, motion)
     assert history.min() == 0.0 and history[..., 10:].min() > 9.9
 

@@ -7,7 +7,8 @@ the border (`padding="border"`) or read zeros (`"zeros"`, the public sample's co
 Why bicubic: a bilinear sample at a fractional position is a low-pass filter (at offset ½ it removes the Nyquist
 frequency entirely), and a recurrent history is resampled every frame, so under motion it loses its detail frame
 after frame; QW-Net's softmax kernels are convex and cannot sharpen it back. Engine TAA samples its history with
-a Catmull-Rom filter for the same reason.
+a Catmull-Rom filter for the same reason. On the quality protocol's content it did not raise PSNR
+(docs/quality.md), so bilinear stays the default.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tor
     return torch.stack((gx, gy), dim=-1).unsqueeze(0)
 
 
-FILTERS = ("bilinear", "bicubic")
-
-
-def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border", filter: str = "bilinear") -> torch.Tensor:
+def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border", resample: str = "bilinear"
+         ) -> torch.Tensor:
     """Sample `image` (B,C,H,W) at p − motion(p); `motion` is (B,2,H,W) in pixels; `padding`: "border" or "zeros";
-    `filter`: "bilinear" or "bicubic" (cubic convolution, a = −0.75; its negative lobes can undershoot 0)."""
+    `resample`: "bilinear" or "bicubic" (cubic convolution, a = −0.75; its negative lobes can undershoot 0)."""
     h, w = image.shape[-2:]
     # grid_sample needs one dtype for image and grid; motion may arrive in float16 from the store.
     source = _pixel_grid(h, w, image.device, torch.float32) - motion.to(torch.float32).permute(0, 2, 3, 1)
@@ -37,5 +36,5 @@ def warp(image: torch.Tensor, motion: torch.Tensor, padding: str = "border", fil
     # The scales are Python scalars: a tensor built from host values would be a host-to-device copy per call,
     # which a CUDA graph cannot capture.
     grid = torch.stack((source[..., 0] * (2.0 / w), source[..., 1] * (2.0 / h)), dim=-1) - 1.0
-    out = F.grid_sample(image.float(), grid, mode=filter, padding_mode=padding, align_corners=False)
+    out = F.grid_sample(image.float(), grid, mode=resample, padding_mode=padding, align_corners=False)
     return out.to(image.dtype)
