@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality_diagnose.py --out results/quality CHECKPOINT [CHECKPOINT ...]
 
-Reads the quality run's captures (`benchmarks/quality.py` makes them) and writes `<out>/diagnosis.md`:
+Reads the quality run's captures (rendering any that are missing) and writes `<out>/diagnosis.md`:
 
 1. **fit**: PSNR of each checkpoint and of TAA on the shots it *trained* on (their first `val_frames` frames) and
    on the val shots. A network that trails TAA on its own training shots is limited by its fit (capacity,
@@ -17,26 +17,18 @@ Reads the quality run's captures (`benchmarks/quality.py` makes them) and writes
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality import PLANS, QualityPlan, held_out_shots, training_shots, val_summary  # noqa: E402
+from quality import PLANS, QualityPlan, capture, held_out_shots, training_shots, val_summary  # noqa: E402
 
 EDGE_QUANTILE = 0.9
 CLASSES = ("TAA history reset", "edges", "rest")
-
-
-def shot_paths(captures: Path, shots: dict[str, list[str]]) -> list[Path]:
-    paths = [captures / scene / shot for scene, names in shots.items() for shot in names]
-    missing = [str(p) for p in paths if not p.is_dir()]
-    if missing:
-        raise SystemExit(f"no capture at {', '.join(missing)}: run benchmarks/quality.py with this --out first")
-    return paths
 
 
 class HistoryWeightProbe:
@@ -65,39 +57,78 @@ def pixel_classes(reference: np.ndarray, taa_reset: np.ndarray) -> dict[str, np.
     return dict(zip(CLASSES, (taa_reset, edges, ~taa_reset & ~edges)))
 
 
-def error_by_class(model, shots: list[Path], frames: int) -> dict[str, dict[str, float]]:
-    """Per class: share of pixels, mean squared display error of QW-Net and of TAA, QW-Net's history weight."""
-    import torch
+@dataclass
+class ValFrame:
+    """One val frame as every checkpoint is scored against it: the reference, and from the steady state on, the
+    pixel classes and TAA's per-pixel squared display error (TAA runs once, not once per checkpoint)."""
 
-    from qw.datagen.capture_format import load_meta
+    reference: np.ndarray
+    classes: dict[str, np.ndarray] | None = None
+    taa_error: np.ndarray | None = None
+
+
+def squared_error(output, reference: np.ndarray) -> np.ndarray:
+    """H×W squared display error (mean over channels) of a (1,3,H,W) output."""
     from qw.datagen.tonemap import tonemap
-    from qw.training.evaluation.evaluate import shot_frames
-    from qw.training.evaluation.metrics import STEADY_STATE_FROM
-    from qw.training.evaluation.taa import TemporalAA
-    from qw.training.infer import frame_range, read_reference, run_qwnet, to_image
+    from qw.training.infer import to_image
 
-    probe = HistoryWeightProbe(model)
-    sums = {c: np.zeros(4) for c in CLASSES}  # pixels, QW-Net squared error, TAA squared error, history weight
+    return ((tonemap(to_image(output)).astype(np.float64) - tonemap(reference)) ** 2).mean(-1)
+
+
+def val_frames_with_taa(shots: list[Path], frames: int) -> tuple[list[list[ValFrame]], float]:
+    """Every val shot's frames (`ValFrame`), and TAA's PSNR over all of them."""
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import shot_frames
+    from qw.training.evaluation.taa import TemporalAA
+    from qw.training.infer import frame_range, read_reference, to_image
+
+    per_shot, psnrs = [], []
     for shot in shots:
         meta = load_meta(shot)
         indices = frame_range(meta, 0, frames)
-        taa = TemporalAA()
-        feed, taa_feed = itertools.tee(shot_frames(shot, meta, indices))
+        taa, shot_truth = TemporalAA(), []
+        for i, frame in enumerate(shot_frames(shot, meta, indices)):
+            output, reference = taa.step(frame), read_reference(shot, indices[i])
+            psnrs.append(metrics.psnr(to_image(output), reference))
+            truth = ValFrame(reference)
+            if i >= metrics.STEADY_STATE_FROM:
+                truth.classes = pixel_classes(reference, taa.length[0, 0].numpy() == 1)
+                truth.taa_error = squared_error(output, reference)
+            shot_truth.append(truth)
+        per_shot.append(shot_truth)
+    return per_shot, float(np.mean(psnrs))
+
+
+def score_on_val(model, shots: list[Path], truth: list[list[ValFrame]]) -> tuple[float, dict[str, dict[str, float]]]:
+    """QW-Net's PSNR over every val frame, and per pixel class of the steady state: share of pixels, mean squared
+    display error of QW-Net and of TAA, QW-Net's history weight."""
+    import torch
+
+    from qw.datagen.capture_format import load_meta
+    from qw.training.evaluation import metrics
+    from qw.training.evaluation.evaluate import shot_frames
+    from qw.training.infer import frame_range, run_qwnet, to_image
+
+    probe = HistoryWeightProbe(model)
+    sums = {c: np.zeros(4) for c in CLASSES}  # pixels, QW-Net squared error, TAA squared error, history weight
+    psnrs = []
+    for shot, shot_truth in zip(shots, truth):
+        meta = load_meta(shot)
+        feed = shot_frames(shot, meta, frame_range(meta, 0, len(shot_truth)))
         with torch.no_grad():
-            for i, (frame, output) in enumerate(zip(taa_feed, run_qwnet(model, feed))):
-                taa_output = taa.step(frame)
-                if i < STEADY_STATE_FROM:
+            for output, t in zip(run_qwnet(model, feed), shot_truth):
+                psnrs.append(metrics.psnr(to_image(output), t.reference))
+                if t.classes is None:
                     continue
-                h, w = frame.color.shape[-2:]
-                reference = read_reference(shot, indices[i])
-                errors = [((tonemap(to_image(x)).astype(np.float64) - tonemap(reference)) ** 2).mean(-1)
-                          for x in (output, taa_output)]
-                weight = probe.weight[:h, :w].numpy()
-                for name, mask in pixel_classes(reference, taa.length[0, 0].numpy() == 1).items():
-                    sums[name] += (mask.sum(), errors[0][mask].sum(), errors[1][mask].sum(), weight[mask].sum())
+                error = squared_error(output, t.reference)
+                weight = probe.weight[:error.shape[0], :error.shape[1]].numpy()
+                for name, mask in t.classes.items():
+                    sums[name] += (mask.sum(), error[mask].sum(), t.taa_error[mask].sum(), weight[mask].sum())
     total = sum(s[0] for s in sums.values())
-    return {c: {"share": s[0] / total, "qwnet_mse": s[1] / max(s[0], 1), "taa_mse": s[2] / max(s[0], 1),
-                "history_weight": s[3] / max(s[0], 1)} for c, s in sums.items()}
+    return float(np.mean(psnrs)), {
+        c: {"share": s[0] / total, "qwnet_mse": s[1] / max(s[0], 1), "taa_mse": s[2] / max(s[0], 1),
+            "history_weight": s[3] / max(s[0], 1)} for c, s in sums.items()}
 
 
 def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
@@ -106,23 +137,23 @@ def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
     from qw.training.evaluation.taa import TaaParams, run_taa
     from qw.training.quantization.qat import model_from_any_checkpoint
 
-    train = shot_paths(captures, training_shots(plan))
-    val = shot_paths(captures, held_out_shots(plan, "val"))
     frames = plan.val_frames
-    taa = {split: val_summary(run_taa, shots, frames)["psnr"] for split, shots in (("train", train), ("val", val))}
+    train = capture(plan, captures, training_shots(plan), plan.train_frames)  # complete captures are kept
+    val = capture(plan, captures, held_out_shots(plan, "val"), frames)
+    truth, taa_val = val_frames_with_taa(val, frames)
+    taa_train = val_summary(run_taa, train, frames)["psnr"]
     fit = ["| method | PSNR on its training shots | PSNR on val |", "|---|---:|---:|",
-           f"| TAA | {taa['train']:.2f} | {taa['val']:.2f} |"]
+           f"| TAA | {taa_train:.2f} | {taa_val:.2f} |"]
     where = ["| checkpoint | pixels | share | QW-Net MSE | TAA MSE | QW-Net / TAA | QW-Net history weight |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for checkpoint in checkpoints:
         model, _, _ = model_from_any_checkpoint(str(checkpoint))
         model.eval()
         label = "/".join(checkpoint.parts[-3:])
-        scores = {split: val_summary(_qwnet(model, "cpu"), shots, frames)["psnr"]
-                  for split, shots in (("train", train), ("val", val))}
-        fit.append(f"| {label} | {scores['train']:.2f} ({scores['train'] - taa['train']:+.2f}) | "
-                   f"{scores['val']:.2f} ({scores['val'] - taa['val']:+.2f}) |")
-        for name, c in error_by_class(model, val, frames).items():
+        on_train = val_summary(_qwnet(model, "cpu"), train, frames)["psnr"]
+        on_val, classes = score_on_val(model, val, truth)
+        fit.append(f"| {label} | {on_train:.2f} ({on_train - taa_train:+.2f}) | {on_val:.2f} ({on_val - taa_val:+.2f}) |")
+        for name, c in classes.items():
             where.append(f"| {label} | {name} | {c['share']:.3f} | {c['qwnet_mse']:.2e} | {c['taa_mse']:.2e} | "
                          f"{c['qwnet_mse'] / c['taa_mse']:.2f} | {c['history_weight']:.3f} |")
     return "\n".join([

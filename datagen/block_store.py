@@ -380,13 +380,12 @@ class BlockStore:
                                         return_exceptions=True)
         out = {}
         for name, values in zip(names, zarr_sync(fetch_all())):
-            where = f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
             if isinstance(values, Exception):  # codec/fsspec errors of a truncated or corrupt chunk, inner crc32c
-                raise QwError(f"{where} cannot be read ({type(values).__name__}: {values}); "
+                raise QwError(f"{self._where(name, index)} cannot be read ({type(values).__name__}: {values}); "
                               f"run `qw datagen verify {self.url}`") from None
             partial = len(selections[name]) > 1  # only the window was read
             if verify and self.verified:
-                self._check_image(name, index, values, partial, where)
+                self._check_image(name, index, values, partial)
             if window is not None and not partial:
                 y, x, size = window
                 values = values[..., y:y + size, x:x + size]
@@ -400,15 +399,19 @@ class BlockStore:
         y, x, size = window
         return (index, slice(None), slice(None), slice(y, y + size), slice(x, x + size))
 
-    def _check_image(self, name: str, index: int, values: np.ndarray, partial: bool, where: str) -> None:
+    def _where(self, name: str, index: int) -> str:
+        """How errors name a block's chunk of image array `name` (built only when one is raised)."""
+        return f"{self.url}: block {index}: {name} chunk {self.chunk_key(name, index)}"
+
+    def _check_image(self, name: str, index: int, values: np.ndarray, partial: bool) -> None:
         recorded = int(self.small_array(CHECKSUMS)[index, IMAGE_ARRAYS.index(name)])
         if partial:
             if not values.view(np.uint16).any() and recorded != zeros_checksum(self.array(name).shape[1:]) \
                     and not self.chunk_exists(name, index):
-                raise QwError(f"{where} is missing; run `qw datagen verify {self.url}`")
+                raise QwError(f"{self._where(name, index)} is missing; run `qw datagen verify {self.url}`")
         elif checksum(values) != recorded:
             what = "is altered (checksum mismatch)" if self.chunk_exists(name, index) else "is missing"
-            raise QwError(f"{where} {what}; run `qw datagen verify {self.url}`")
+            raise QwError(f"{self._where(name, index)} {what}; run `qw datagen verify {self.url}`")
 
     def read_block(self, index: int, arrays: Iterable[str] = ("color", "reference", "motion", "jitter",
                                                                "history_valid"),
