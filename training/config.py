@@ -112,6 +112,9 @@ class TrainConfig(_Strict):
         "model", description="where the L1 loss compares images: the model's range compression (model.hdr) or the "
                              "display tone map that PSNR, SSIM and tPSNR are computed in (Reinhard + gamma 2.2)")
     spatial_weight: float = Field(0.3, ge=0)
+    spatial_norm: Literal["l1", "rmse"] = Field(
+        "l1", description="the per-frame term: L1 (the paper's) or each frame's RMSE, whose optimum is the mean that "
+                          "PSNR rewards where L1's is the median")
     temporal_weight: float = Field(0.7, ge=0)
     augment: bool = True
     exposure_range: tuple[float, float] = (0.5, 2.0)

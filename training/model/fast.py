@@ -172,20 +172,20 @@ class CudaGraphFrame:
 
 
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: str, amp: torch.dtype | None,
-                 spatial_weight: float = 0.3, temporal_weight: float = 0.7) -> tuple[torch.Tensor,
-                                                                                   dict[str, torch.Tensor]]:
+                 spatial_weight: float = 0.3, temporal_weight: float = 0.7, spatial_norm: str = "l1"
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
     cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
         output = model(*sequence_inputs(batch, cfg.jitter_input))
     return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
                               spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,
-                              color=batch["color"] if cfg.temporal_reset_term else None)
+                              color=batch["color"] if cfg.temporal_reset_term else None, spatial_norm=spatial_norm)
 
 
 def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], transform: str,
                          amp: torch.dtype | None, spatial_weight: float = 0.3, temporal_weight: float = 0.7,
-                         scaler: torch.amp.GradScaler | None = None
+                         scaler: torch.amp.GradScaler | None = None, spatial_norm: str = "l1"
                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Backward over the given micro-batches (gradient accumulation) into the parameters' ``.grad``.
 
@@ -199,7 +199,7 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Ten
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
-            _, terms = forward_loss(model, batch, transform, amp, spatial_weight, temporal_weight)
+            _, terms = forward_loss(model, batch, transform, amp, spatial_weight, temporal_weight, spatial_norm)
             scaler.scale(terms["loss"] / len(batches)).backward()
         totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in terms.items()}
         losses.append(terms["loss"].detach())
