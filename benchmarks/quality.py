@@ -275,8 +275,7 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
             shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
-        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_w4a4_qat{qat}.json",
-                                          plan.device)
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_{kept.stem}.json", plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
     scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.test_frames, (), plan.device,
