@@ -64,7 +64,7 @@ def model_step(cfg: Config, tile: int, batch: int, device: torch.device, amp: st
     batch_data = {**images, "history_valid": (torch.arange(T, device=device) > 0).expand(batch, T)}
 
     def one_step() -> None:
-        fast.train_step(model, optimizer, [batch_data], cfg.model.hdr, dtype)
+        fast.train_step(model, optimizer, [batch_data], cfg.loss, dtype)
 
     for _ in range(2):  # warm-up (and compilation)
         one_step()

@@ -66,6 +66,7 @@ class QualityPlan(DemoPlan):
     dataset: str = DATASET                       # the training store's dataset manifest
     kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
     store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
+    store_frames: int | None = None              # frames per block (the unrolled length), if not the manifest's
     device: str = "cpu"                          # training, selection and scoring
     flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
     recipe: str = "plan"                         # the ABLATIONS entry the seeds train with (`--ablate` starts from
@@ -113,16 +114,25 @@ def training_shots(plan: QualityPlan) -> dict[str, list[str]]:
             for s in find_dataset(plan.dataset).scenes}
 
 
+def store_changes(plan: QualityPlan) -> dict[str, int]:
+    """The plan's changes to its dataset manifest's block shape: side (`store_tile`) and frames (`store_frames`)."""
+    return {key: value for key, value in (("tile", plan.store_tile), ("frames", plan.store_frames)) if value}
+
+
+def store_name(plan: QualityPlan) -> str:
+    """The plan's store, one per block shape: blocks.zarr, blocks-tile128.zarr, blocks-tile96-frames16.zarr, ..."""
+    return "blocks" + "".join(f"-{key}{value}" for key, value in store_changes(plan).items()) + ".zarr"
+
+
 def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
-    """Build (or resume; a complete store is kept) the plan's store: its dataset manifest, with `store_tile` blocks
-    when set (a store per tile size: blocks.zarr, blocks-tile128.zarr, ...)."""
+    """Build (or resume; a complete store is kept) the plan's store `out`/`store_name(plan)`: its dataset manifest
+    with the plan's block shape (the same budgets)."""
     from qw.datagen.manifests import DatasetManifest, find_dataset
     from qw.datagen.tile import build_store
 
     manifest = find_dataset(plan.dataset)
-    if plan.store_tile:
-        manifest = DatasetManifest.model_validate({**manifest.model_dump(), "tile": plan.store_tile})
-    store = out / ("blocks.zarr" if plan.store_tile is None else f"blocks-tile{plan.store_tile}.zarr")
+    manifest = DatasetManifest.model_validate({**manifest.model_dump(), **store_changes(plan)})
+    store = out / store_name(plan)
     if not stored(store):  # a complete one is shared, not rebuilt: the builder's lock would refuse a second part
         build_store(manifest, captures, str(store), workers=2, progress=False)
     return str(store)
@@ -265,8 +275,7 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
             shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
-        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_w4a4_qat{qat}.json",
-                                          plan.device)
+        selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_{kept.stem}.json", plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"
     scored = evaluate_once(runs / "test", [best_fp, best_q], test, plan.test_frames, (), plan.device,
@@ -463,6 +472,14 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+spatial-0.7": _on_base(*_SPATIAL_07),
     "norm-none+crop-128+spatial-0.7+lr-4e-3": _on_base(*_SPATIAL_07, train_lr=4e-3),
     "norm-none+crop-128+spatial-0.7+warp-bicubic": _on_base(*_SPATIAL_07, "model.warp_filter=bicubic"),
+    "norm-none+crop-128+spatial-0.7+paper-widths": _on_base(*_SPATIAL_07, widths=(32, 64, 96, 128, 160)),
+    "norm-none+crop-128+spatial-0.7+rmse": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse"),
+    "norm-none+crop-128+spatial-0.7+rmse+loss-display": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse",
+                                                                 "train.loss_domain=display"),
+    # the unrolled length: 16-frame blocks train on older histories, closer to a long shot's steady state; at 128²
+    # (twice the pixels per step) and at 96² (about the same pixels per step)
+    "norm-none+crop-128+spatial-0.7+frames-16": _on_base(*_SPATIAL_07, store_frames=16),
+    "norm-none+crop-96+spatial-0.7+frames-16": _on_base(*_SPATIAL_07, store_tile=96, store_frames=16),
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from qw.training.model import fast
-from qw.training.config import QuantConfig, load_config
+from qw.training.config import LossSpec, QuantConfig, load_config
 from qw.training.export.qwq import exported_model, write_qwq
 from qw.training.export.integer_ref import IntegerConv, load_integer_model
 from qw.training.losses import qwnet_loss
@@ -162,7 +162,7 @@ def test_train_step_accumulates_micro_batches_like_one_batch() -> None:
     for batches in ([seq], halves):
         model = _model("intel-sample")  # no batch norm: statistics do not depend on the micro-batch size
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        terms = fast.train_step_terms(model, optimizer, batches, "log1p", None)
+        terms = fast.train_step_terms(model, optimizer, batches, LossSpec("log1p"), None)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         assert not any(t.requires_grad for t in terms.values())
     before = torch.cat([p.detach().flatten() for p in _model("intel-sample").parameters()])

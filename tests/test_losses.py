@@ -85,3 +85,21 @@ def test_the_display_loss_domain_is_the_metrics_tone_map():
     assert terms["spatial"].item() == pytest.approx(expected, rel=1e-5)
     cfg = load_config("paper", {"train": {"loss_domain": "display"}})
     assert cfg.loss_transform == "display" and load_config("paper").loss_transform == "log1p"
+
+
+def test_the_rmse_term_is_each_frames_rmse_and_its_optimum_is_the_mean() -> None:
+    # two frames: errors (3, 4, 0, 0) -> RMSE 2.5, and (1, 1, 1, 1) -> 1; the term is their mean
+    out, ref = clip(row(3, 4, 0, 0), row(1, 1, 1, 1)), clip(row(0, 0, 0, 0), row(0, 0, 0, 0))
+    terms = qwnet_loss(out, ref, shift_x(0, 0), torch.tensor([[False, False]]), "none", spatial_norm="rmse")
+    assert terms["spatial"].item() == pytest.approx(1.75, rel=1e-6)
+    # a constant output against a reference that is 1 on a quarter of the frame (an edge's coverage): L1 is lowest
+    # at the median (0), the RMSE at the mean (0.25), which is what PSNR rewards
+    reference = clip(row(0, 0, 0, 1))
+    levels = torch.linspace(0, 1, 101)
+
+    def best(norm: str) -> float:
+        losses = [qwnet_loss(clip(row(*[float(c)] * 4)), reference, shift_x(0), torch.tensor([[False]]), "none",
+                             spatial_norm=norm)["spatial"].item() for c in levels]
+        return float(levels[int(torch.tensor(losses).argmin())])
+
+    assert best("l1") == 0.0 and best("rmse") == pytest.approx(0.25)

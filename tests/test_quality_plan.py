@@ -24,11 +24,21 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
     assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
-    assert changed <= {"seed", "settings", "store_tile", "batch_size", "widths", "train_lr"}
+    assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr"}
     assert quality.with_option(plan, "plan") == plan
     if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or 4× with batch-4
         factor = 4 if name.endswith("batch-4") else 1
         assert option.batch_size * option.store_tile ** 2 == factor * plan.batch_size * 64 ** 2
+
+
+def test_each_block_shape_has_its_own_store() -> None:
+    full = quality.PLANS["full"]
+    names = {name: quality.store_name(quality.with_option(full, name))
+             for name in ("plan", "norm-none+crop-128", "norm-none+crop-96+spatial-0.7+frames-16")}
+    assert names == {"plan": "blocks.zarr", "norm-none+crop-128": "blocks-tile128.zarr",
+                     "norm-none+crop-96+spatial-0.7+frames-16": "blocks-tile96-frames16.zarr"}
+    option = quality.with_option(full, "norm-none+crop-128+spatial-0.7+frames-16")
+    assert quality.store_changes(option) == {"tile": 128, "frames": 16}
 
 
 def test_plans_fit_their_content() -> None:

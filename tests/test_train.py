@@ -260,6 +260,19 @@ def test_recipe_options_train_jitter_input_display_loss_and_each_norm(store: str
         assert [e["step"] for e in events if e["event"] == "val"] == [2]
 
 
+def test_the_rmse_spatial_term_reaches_the_training_step_and_validation(store: str, tmp_path: Path) -> None:
+    """Same seed, weights and blocks: each frame's RMSE is at least its mean absolute error, and above it on real
+    errors, in the logged training step and in validation alike."""
+    spatial = {}
+    for norm in ("l1", "rmse"):
+        cfg = load_config(str(write_config(tmp_path / f"{norm}.yaml", {
+            "train": {"spatial_norm": norm, "steps": 1, "val_every": 1, "val_images": 0}})))
+        train(initial_model(cfg), cfg, store, tmp_path / norm)
+        events = read_log(tmp_path / norm)
+        spatial[norm] = [next(e["spatial"] for e in events if e["event"] == kind) for kind in ("train", "val")]
+    assert all(rmse > l1 > 0 for l1, rmse in zip(spatial["l1"], spatial["rmse"]))
+
+
 def test_augmentation_on_the_device_trains_the_same_weights_as_in_the_workers(store: str, tmp_path: Path) -> None:
     """`train.augment_on: device`: workers draw the transform, the prefetcher applies it to the batch (here on the
     CPU); the network must see the very same bits, so the trained weights are identical."""

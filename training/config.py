@@ -8,6 +8,7 @@ and then override single keys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -112,6 +113,9 @@ class TrainConfig(_Strict):
         "model", description="where the L1 loss compares images: the model's range compression (model.hdr) or the "
                              "display tone map that PSNR, SSIM and tPSNR are computed in (Reinhard + gamma 2.2)")
     spatial_weight: float = Field(0.3, ge=0)
+    spatial_norm: Literal["l1", "rmse"] = Field(
+        "l1", description="the per-frame term: L1 (the paper's) or each frame's RMSE, whose optimum is the mean that "
+                          "PSNR rewards where L1's is the median")
     temporal_weight: float = Field(0.7, ge=0)
     augment: bool = True
     exposure_range: tuple[float, float] = (0.5, 2.0)
@@ -168,6 +172,17 @@ class TrainConfig(_Strict):
         return per_process
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """The loss as a training step computes it (`Config.loss`): the domain it compares images in (a `model.hdr`
+    transform or ``display``), the weights of its per-frame and frame-to-frame terms, the per-frame term's norm."""
+
+    transform: str = "log1p"
+    spatial_weight: float = 0.3
+    temporal_weight: float = 0.7
+    spatial_norm: str = "l1"
+
+
 class Config(_Strict):
     preset: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -186,6 +201,11 @@ class Config(_Strict):
     def loss_transform(self) -> str:
         """The transform the loss compares images in: ``display`` or the model's range compression."""
         return "display" if self.train.loss_domain == "display" else self.model.hdr
+
+    @property
+    def loss(self) -> LossSpec:
+        t = self.train
+        return LossSpec(self.loss_transform, t.spatial_weight, t.temporal_weight, t.spatial_norm)
 
 
 def presets() -> list[str]:

@@ -21,6 +21,7 @@ from qw.training.evaluation.metrics import display
 from qw.training.model.warp import warp
 
 DISPLAY_FLOOR = 1e-4  # Reinhard value below which the display loss has no gradient (see metrics.display)
+RMSE_EPS = 1e-8  # keeps the RMSE's gradient finite on a frame that is matched exactly
 
 
 def loss_domain(x: torch.Tensor, transform: str) -> torch.Tensor:
@@ -58,16 +59,27 @@ def temporal_l1(out: torch.Tensor, ref: torch.Tensor, motion: torch.Tensor, hist
     return (moving * valid + _per_frame_l1(out - inputs) * (1 - valid)).mean()
 
 
+def spatial_error(diff: torch.Tensor, norm: str) -> torch.Tensor:
+    """The spatial term of (B,T,C,H,W) differences: their mean absolute value (``l1``), or the mean over frames of
+    each frame's root mean square (``rmse``), whose optimum is each pixel's conditional mean, as for PSNR, where L1's
+    is the median."""
+    if norm == "l1":
+        return diff.abs().mean()
+    return (diff.square().mean(dim=(2, 3, 4)) + RMSE_EPS).sqrt().mean()
+
+
 def qwnet_loss(output: torch.Tensor, reference: torch.Tensor, motion: torch.Tensor, history_valid: torch.Tensor,
                transform: str, spatial_weight: float = 0.3, temporal_weight: float = 0.7, *,
-               color: torch.Tensor | None = None, warp_padding: str = "border") -> dict[str, torch.Tensor]:
+               color: torch.Tensor | None = None, warp_padding: str = "border",
+               spatial_norm: str = "l1") -> dict[str, torch.Tensor]:
     """Loss terms for (B,T,3,H,W) linear output and reference: {'spatial', 'temporal', 'loss'}.
 
-    `color` (the linear input) switches on the temporal term of steps without history (see the module doc).
+    `color` (the linear input) switches on the temporal term of steps without history (see the module doc);
+    `spatial_norm` is ``l1`` or ``rmse`` (see `spatial_error`).
     """
     out_c = loss_domain(output.float(), transform)
     ref_c = loss_domain(reference.float(), transform)
     inputs = None if color is None else loss_domain(color.float(), transform)
-    spatial = (out_c - ref_c).abs().mean()
+    spatial = spatial_error(out_c - ref_c, spatial_norm)
     temporal = temporal_l1(out_c, ref_c, motion, history_valid, inputs, warp_padding)
     return {"spatial": spatial, "temporal": temporal, "loss": spatial_weight * spatial + temporal_weight * temporal}

@@ -65,7 +65,7 @@ class Training(Harness):
         while True:
             parts = [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, n, micro)]
             try:
-                loss = float(fast.train_step(model, optimizer, parts, self.cfg.model.hdr, amp))
+                loss = float(fast.train_step(model, optimizer, parts, self.cfg.loss, amp))
                 break
             except torch.cuda.OutOfMemoryError:
                 if micro == 1:
@@ -75,5 +75,5 @@ class Training(Harness):
                 torch.cuda.empty_cache()
         first = reference.setdefault("loss", loss)
         note = f"micro-batch {micro} x {len(parts)} accumulated" if len(parts) > 1 else f"batch {n}"
-        return Case(lambda: fast.train_step(model, optimizer, parts, self.cfg.model.hdr, amp),
+        return Case(lambda: fast.train_step(model, optimizer, parts, self.cfg.loss, amp),
                     abs(loss - first) / abs(first), note + f"; first loss {loss:.5g}", blocks=n), micro

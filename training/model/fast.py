@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from qw.training.config import LossSpec
 from qw.training.losses import qwnet_loss
 from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps, sequence_inputs
 from qw.training.quantization.fake_quant import activation_codes, fold_batch_norm, replace_module, rescale
@@ -171,21 +172,20 @@ class CudaGraphFrame:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], transform: str, amp: torch.dtype | None,
-                 spatial_weight: float = 0.3, temporal_weight: float = 0.7) -> tuple[torch.Tensor,
-                                                                                   dict[str, torch.Tensor]]:
+def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss: LossSpec, amp: torch.dtype | None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The model's output for a batch (autocast to `amp` when given) and its `qwnet_loss` terms."""
     cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
         output = model(*sequence_inputs(batch, cfg.jitter_input))
-    return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], transform,
-                              spatial_weight, temporal_weight, warp_padding=cfg.warp_padding,
-                              color=batch["color"] if cfg.temporal_reset_term else None)
+    return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], loss.transform,
+                              loss.spatial_weight, loss.temporal_weight, warp_padding=cfg.warp_padding,
+                              color=batch["color"] if cfg.temporal_reset_term else None,
+                              spatial_norm=loss.spatial_norm)
 
 
-def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], transform: str,
-                         amp: torch.dtype | None, spatial_weight: float = 0.3, temporal_weight: float = 0.7,
-                         scaler: torch.amp.GradScaler | None = None
+def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], loss: LossSpec,
+                         amp: torch.dtype | None, scaler: torch.amp.GradScaler | None = None
                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Backward over the given micro-batches (gradient accumulation) into the parameters' ``.grad``.
 
@@ -199,7 +199,7 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Ten
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
-            _, terms = forward_loss(model, batch, transform, amp, spatial_weight, temporal_weight)
+            _, terms = forward_loss(model, batch, loss, amp)
             scaler.scale(terms["loss"] / len(batches)).backward()
         totals = {k: totals.get(k, 0.0) + v.detach() / len(batches) for k, v in terms.items()}
         losses.append(terms["loss"].detach())
@@ -207,23 +207,21 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Ten
 
 
 def train_step_terms(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
-                     transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
-                     temporal_weight: float = 0.7, scaler: torch.amp.GradScaler | None = None
+                     loss: LossSpec, amp: torch.dtype | None, scaler: torch.amp.GradScaler | None = None
                      ) -> dict[str, torch.Tensor]:
     """One optimizer step over the given micro-batches (`accumulate_gradients`); the mean loss terms, on device."""
     scaler = scaler or torch.amp.GradScaler(enabled=False)
     optimizer.zero_grad(set_to_none=True)
-    totals, _ = accumulate_gradients(model, batches, transform, amp, spatial_weight, temporal_weight, scaler)
+    totals, _ = accumulate_gradients(model, batches, loss, amp, scaler)
     scaler.step(optimizer)
     scaler.update()
     return totals
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, torch.Tensor]],
-               transform: str, amp: torch.dtype | None, spatial_weight: float = 0.3,
-               temporal_weight: float = 0.7) -> torch.Tensor:
+               loss: LossSpec, amp: torch.dtype | None) -> torch.Tensor:
     """`train_step_terms`' mean loss alone, on device (``float(loss)`` is the caller's one sync)."""
-    return train_step_terms(model, optimizer, batches, transform, amp, spatial_weight, temporal_weight)["loss"]
+    return train_step_terms(model, optimizer, batches, loss, amp)["loss"]
 
 
 class DevicePrefetcher:

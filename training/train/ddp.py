@@ -3,6 +3,7 @@ SyncBatchNorm."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -44,7 +45,16 @@ def setup_process(timeout_s: float) -> Process:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        # Left to the interpreter's teardown, the group's threads were once destroyed while still running (a rank
+        # aborted with "terminate called without an active exception" after a finished run); torch's documented
+        # end of a process: destroy the group. At exit, so QAT after training in one process reuses it.
+        atexit.register(_leave_process_group)
     return Process(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor | float], proc: Process) -> dict[str, float]:

@@ -86,8 +86,7 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
     totals = {"loss": 0.0, "spatial": 0.0, "temporal": 0.0, "psnr": 0.0, "psnr_input": 0.0, "blocks": 0.0}
     for batch in loader:
         batch = _to_device(batch, proc.device)
-        output, terms = fast.forward_loss(model, batch, cfg.loss_transform, amp, cfg.train.spatial_weight,
-                                          cfg.train.temporal_weight)
+        output, terms = fast.forward_loss(model, batch, cfg.loss, amp)
         n = len(batch["color"])
         for k in ("loss", "spatial", "temporal"):
             totals[k] += float(terms[k]) * n
@@ -274,8 +273,7 @@ def _optimizer_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: 
     micro = [next(batches) for _ in range(run.accum)]
     blocks = [batch.pop("index").tolist() for batch in micro]
     run.optimizer.zero_grad(set_to_none=True)
-    terms, losses = fast.accumulate_gradients(run.model, micro, run.cfg.loss_transform, run.amp, cfg.spatial_weight,
-                                              cfg.temporal_weight, run.scaler)
+    terms, losses = fast.accumulate_gradients(run.model, micro, run.cfg.loss, run.amp, run.scaler)
     run.scaler.unscale_(run.optimizer)
     # Always computed (max_norm inf: no clipping): the norm is logged and its finiteness checked.
     norm = nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip or math.inf)
