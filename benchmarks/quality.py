@@ -98,6 +98,23 @@ PLANS = {
 }
 
 
+def run_folder_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options of the scripts that study a quality run's folder: --out, --plan, --threads
+    (`set_threads` applies the last)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default="results/quality", type=Path, help="the quality run's folder")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
+    parser.add_argument("--threads", type=int, help="torch threads")
+    return parser
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def held_out_shots(plan: QualityPlan, split: str) -> dict[str, list[str]]:
     """Every shot of the held-out instances (`builtin_<kind>_<split>`) of `split` ('val' or 'test'), by scene."""
     from qw.datagen.manifests import find_scene
@@ -640,10 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-frames", type=int, help="override the plan's frames per val and test shot")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a busy shared machine: no spinning)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     plan = choose_plan(args.plan, args.device)
     if args.seeds:
         plan = replace(plan, seeds=tuple(args.seeds))

@@ -21,18 +21,21 @@ pixels per frame whose reference changes by more than each threshold.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality import PLANS, capture, held_out_shots, val_summary  # noqa: E402
+if TYPE_CHECKING:
+    from qw.training.evaluation.taa import TaaFrame
+
+from quality import PLANS, capture, held_out_shots, run_folder_parser, set_threads, val_summary  # noqa: E402
 
 ALPHAS = (0.1, 0.2, 0.3, 0.5)
 THRESHOLDS: tuple[float | None, ...] = (0.03, 0.1, 0.3, None)  # None: the history is never rejected
@@ -84,8 +87,8 @@ class OracleAccumulator:
 
 @dataclass
 class Shot:
-    frames: list       # TaaFrame per frame
-    references: list   # (1,3,H,W) float32 tensors
+    frames: list[TaaFrame]          # the methods' inputs, frame by frame
+    references: list[torch.Tensor]  # (1,3,H,W) float32
 
 
 def load_shots(shots: list[Path], frames: int) -> list[Shot]:
@@ -156,15 +159,10 @@ def ceiling_report(shots: list[Shot], taa: dict[str, float], frames: int) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/quality", type=Path, help="the quality run's folder")
-    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
-    parser.add_argument("--threads", type=int, help="torch threads")
-    args = parser.parse_args(argv)
+    args = run_folder_parser(__doc__.splitlines()[0]).parse_args(argv)
     from qw.training.evaluation.taa import run_taa
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     plan = PLANS[args.plan]
     val = capture(plan, args.out / "captures", held_out_shots(plan, "val"), plan.val_frames)
     taa = val_summary(run_taa, val, plan.val_frames)

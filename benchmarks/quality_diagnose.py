@@ -16,7 +16,6 @@ Reads the quality run's captures (rendering any that are missing) and writes `<o
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality import PLANS, QualityPlan, capture, held_out_shots, training_shots, val_summary  # noqa: E402
+from quality import (PLANS, QualityPlan, capture, held_out_shots, run_folder_parser, set_threads,  # noqa: E402
+                     training_shots, val_summary)
 
 EDGE_QUANTILE = 0.9
 CLASSES = ("TAA history reset", "edges", "rest")
@@ -166,16 +166,10 @@ def diagnose(plan: QualityPlan, captures: Path, checkpoints: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_folder_parser(__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="FP32 or QAT checkpoints (e.g. seed0/fp32_step750.pt)")
-    parser.add_argument("--out", default="results/quality", type=Path, help="the quality run's folder")
-    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
-    parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     for checkpoint in args.checkpoints:
         if not checkpoint.is_file():
             raise SystemExit(f"{checkpoint}: no such checkpoint")
