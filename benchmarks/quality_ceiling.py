@@ -10,8 +10,9 @@ missing capture), with everything a method could get wrong replaced by the truth
   `threshold` (display value, any channel) from the previous reference moved along the exact motion: shading that
   moves over a surface, disocclusions, and sub-pixel detail that no resampling filter moves exactly;
 * no variance clipping: the kept history is trusted as it is;
-* the blend is TAA's (1/n start-up, then at least `alpha` for the new frame, in compressed-luma YCoCg, Catmull-Rom
-  reprojection with the undilated exact motion), over a grid of `alpha` and `threshold`;
+* the rest is qw's TAA itself (`TemporalAA`: 1/n start-up, then at least `alpha` for the new frame, in
+  compressed-luma YCoCg, Catmull-Rom reprojection), with the exact motion undilated and no flicker weighting, over
+  a grid of `alpha` and `threshold`;
 * the input is either the 1-spp frame, unjittered as TAA does, or the reference itself: then the only loss is what
   the reprojection loses, and its score bounds any method that keeps that much history.
 
@@ -22,18 +23,17 @@ pixels per frame whose reference changes by more than each threshold.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qw.training.evaluation.taa import TaaFrame, TaaParams, TemporalAA
 
-if TYPE_CHECKING:
-    from qw.training.evaluation.taa import TaaFrame
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quality import PLANS, capture, held_out_shots, run_folder_parser, set_threads, val_summary  # noqa: E402
 
@@ -51,38 +51,30 @@ def reference_change(reference: torch.Tensor, previous: torch.Tensor, motion: to
     return (display(reference) - display(reproject(previous, motion))).abs().amax(1, keepdim=True)
 
 
-@dataclass
-class OracleAccumulator:
-    """TAA's blend without clipping, whose history restarts where the reference says it is stale."""
+class OracleTAA(TemporalAA):
+    """`TemporalAA` without clipping, motion dilation, depth test or flicker weighting, whose history also restarts
+    where the reference changed by more than `threshold` (never when None): TAA told where its history is stale."""
 
-    alpha: float
-    threshold: float | None
-    output: torch.Tensor | None = None
-    length: torch.Tensor | None = None
-    reference: torch.Tensor | None = None
+    def __init__(self, alpha: float, threshold: float | None):
+        super().__init__(TaaParams(gamma=None, alpha=alpha, max_history=math.inf, flicker_weight=0.0, dilate=False,
+                                   depth_tolerance=0.0))
+        self.threshold = threshold
+        self.reference: torch.Tensor | None = None
+        self.previous_reference: torch.Tensor | None = None
 
-    def step(self, color: torch.Tensor, motion: torch.Tensor, history_valid: bool, reference: torch.Tensor,
-             jitter: tuple[float, float] | None = None) -> torch.Tensor:
-        """One frame: `color` (1,3,H,W) linear, unjittered first when `jitter` is given; `reference` (1,3,H,W)."""
-        from qw.training.evaluation.taa import (compress_luma, expand_luma, off_screen, reproject, rgb_to_ycocg,
-                                                source_positions, unjitter, ycocg_to_rgb)
-        from qw.training.model.warp import warp
+    def history_reset(self, motion: torch.Tensor, depth: torch.Tensor | None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+        reset = super().history_reset(motion, depth, positions)
+        if self.threshold is not None:
+            reset |= reference_change(self.reference, self.previous_reference, motion) > self.threshold
+        return reset
 
-        sample = rgb_to_ycocg(compress_luma(color.float().clamp_min(0)))
-        if jitter is not None:
-            sample = unjitter(sample, jitter)
-        if self.output is None or not history_valid:
-            self.length, blended = torch.ones_like(sample[:, :1]), sample
-        else:
-            positions = source_positions(motion)
-            reset = off_screen(positions)
-            if self.threshold is not None:
-                reset |= reference_change(reference, self.reference, motion) > self.threshold
-            self.length = torch.where(reset, 1.0, warp(self.length, motion) + 1.0)
-            history = rgb_to_ycocg(compress_luma(reproject(self.output, motion, positions).clamp_min(0)))
-            blended = torch.lerp(history, sample, (1.0 / self.length).clamp_min(self.alpha))
-        self.output, self.reference = expand_luma(ycocg_to_rgb(blended)).clamp_min(0), reference
-        return self.output
+    def step_with_reference(self, frame: TaaFrame, reference: torch.Tensor) -> torch.Tensor:
+        """`step` on `frame` (unjittered when it carries its jitter), whose reference (1,3,H,W) is `reference`."""
+        self.reference = reference
+        output = self.step(frame)
+        self.previous_reference = reference
+        return output
 
 
 @dataclass
@@ -112,11 +104,11 @@ def accumulate(shots: list[Shot], alpha: float, threshold: float | None, referen
 
     scores: dict[str, list[float]] = {"psnr": [], "psnr_steady": []}
     for shot in shots:
-        oracle = OracleAccumulator(alpha, threshold)
+        oracle = OracleTAA(alpha, threshold)
         for i, (frame, reference) in enumerate(zip(shot.frames, shot.references)):
-            color = reference if reference_input else frame.color
-            output = oracle.step(color, frame.motion.float(), frame.history_valid, reference,
-                                 None if reference_input else frame.jitter)
+            if reference_input:
+                frame = frame._replace(color=reference, jitter=None)
+            output = oracle.step_with_reference(frame, reference)
             psnr = metrics.psnr(to_image(output), to_image(reference))
             scores["psnr"].append(psnr)
             if i >= metrics.STEADY_STATE_FROM:

@@ -29,9 +29,9 @@ def _moving_pattern(frames: int) -> quality_ceiling.Shot:
 
 def test_the_reference_fed_back_along_the_exact_motion_is_kept() -> None:
     shot = _moving_pattern(5)
-    oracle = quality_ceiling.OracleAccumulator(alpha=0.1, threshold=None)
+    oracle = quality_ceiling.OracleTAA(alpha=0.1, threshold=None)
     for frame, reference in zip(shot.frames, shot.references):
-        output = oracle.step(reference, frame.motion, frame.history_valid, reference)
+        output = oracle.step_with_reference(frame, reference)
     # whole-pixel motion: Catmull-Rom moves the history exactly; the columns that came in at the left border are new
     assert torch.allclose(output[..., 4:], shot.references[-1][..., 4:], atol=1e-5)
     assert quality_ceiling.changed_share([shot], 0.001) == 0.0
@@ -43,9 +43,9 @@ def test_a_reference_change_restarts_the_history_only_there() -> None:
     after = before.clone()
     after[..., :4, :4] = 2.0
     for threshold, restarted in ((None, False), (0.03, True)):
-        oracle = quality_ceiling.OracleAccumulator(alpha=0.1, threshold=threshold)
+        oracle = quality_ceiling.OracleTAA(alpha=0.1, threshold=threshold)
         for reference in (before, before, after):
-            output = oracle.step(reference, still, True, reference)
+            output = oracle.step_with_reference(TaaFrame(reference, still, True), reference)
         assert torch.allclose(output[..., 4:, :], after[..., 4:, :], atol=1e-5)  # unchanged: kept as it was
         assert torch.allclose(output[..., :4, :4], after[..., :4, :4], atol=1e-5) == restarted
         assert (oracle.length[0, 0, :4, :4] == 1).all() == restarted
@@ -54,9 +54,9 @@ def test_a_reference_change_restarts_the_history_only_there() -> None:
 def test_the_history_starts_as_a_running_mean() -> None:
     still = torch.zeros(1, 2, H, W)
     frames = [torch.full((1, 3, H, W), v) for v in (0.2, 1.0, 3.0)]
-    oracle = quality_ceiling.OracleAccumulator(alpha=0.1, threshold=None)
+    oracle = quality_ceiling.OracleTAA(alpha=0.1, threshold=None)
     for color in frames:
-        output = oracle.step(color, still, True, color)
+        output = oracle.step_with_reference(TaaFrame(color, still, True), color)
     mean = sum(compress_luma(c) for c in frames) / 3  # 1/n weights, not alpha's 0.1
     assert torch.allclose(output, expand_luma(mean), atol=1e-5)
     assert oracle.length.max().item() == pytest.approx(3.0)

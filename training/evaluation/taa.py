@@ -52,7 +52,7 @@ class TaaFrame(NamedTuple):
 
 @dataclass(frozen=True)
 class TaaParams:
-    gamma: float = 1.0            # variance box half-width in standard deviations
+    gamma: float | None = 1.0     # variance box half-width in standard deviations (None: no clipping)
     alpha: float = 0.2            # the smallest weight of the new frame (the 1/n start-up ends there)
     max_history: float = 16.0     # n saturates here
     flicker_weight: float = 0.25  # extra new-frame weight where clipped history and sample differ in luminance
@@ -239,7 +239,8 @@ class TemporalAA:
             reset = self.history_reset(motion, depth, positions)
             length = torch.where(reset, 1.0, (warp(self.length, motion) + 1.0).clamp(max=p.max_history))
             history = rgb_to_ycocg(compress_luma(reproject(self.output, motion, positions).clamp_min(0)))
-            history = variance_clip(history, current, p.gamma, near)
+            if p.gamma is not None:
+                history = variance_clip(history, current, p.gamma, near)
             blended = torch.lerp(history, sample, self.blend_weight(length, sample, history))
         self.output = expand_luma(ycocg_to_rgb(blended)).clamp_min(0)
         self.length, self.depth = length, depth
