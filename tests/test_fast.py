@@ -167,7 +167,8 @@ def test_train_step_accumulates_micro_batches_like_one_batch() -> None:
         assert not any(t.requires_grad for t in terms.values())
     before = torch.cat([p.detach().flatten() for p in _model("intel-sample").parameters()])
     expected = qwnet_loss(_model("intel-sample")(seq["color"], seq["motion"], seq["history_valid"]), seq["reference"],
-                          seq["motion"], seq["history_valid"], "log1p", color=seq["color"], warp_padding="zeros")
+                          seq["motion"], seq["history_valid"], LossSpec("log1p"), color=seq["color"],
+                          warp_padding="zeros")
     assert terms.keys() == expected.keys() and all(abs(float(terms[k] - expected[k].detach())) < 1e-5 for k in expected)
     assert (params[0] - before).abs().max() > 1e-4  # the step moved the weights ...
     assert (params[0] - params[1]).abs().max() < 1e-5  # ... identically with two micro-batches of one block

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qw.training.config import load_config
+from qw.training.config import LossSpec, load_config
 from qw.training.losses import qwnet_loss
 from qw.training.model.qwnet import QWNet
 
@@ -59,7 +59,7 @@ def test_intel_sample_preset_reproduces_the_public_sample(sample):
         out = model(color, motion, valid)
     expected = torch.from_numpy(sample["output"])[None]
     assert (out - expected).abs().max() <= 1e-5 * max(1.0, float(expected.abs().max()))
-    terms = qwnet_loss(out, reference, motion, valid, cfg.hdr, color=color if cfg.temporal_reset_term else None,
-                       warp_padding=cfg.warp_padding)
+    terms = qwnet_loss(out, reference, motion, valid, LossSpec(cfg.hdr),
+                       color=color if cfg.temporal_reset_term else None, warp_padding=cfg.warp_padding)
     for name in ("loss", "spatial", "temporal"):
         assert abs(terms[name].item() - float(sample[name])) <= 1e-5, name

@@ -12,7 +12,7 @@ from conftest import BUILTIN_CAPTURE, write_dataset_manifest
 
 from qw.datagen.block_store import open_store
 from qw.datagen.tile import build_store
-from qw.training.config import load_config
+from qw.training.config import LossSpec, load_config
 from qw.training.data import BlockDataset
 from qw.training.losses import qwnet_loss
 from qw.training.evaluation.metrics import psnr
@@ -40,7 +40,8 @@ def score(model: QWNet, store: str, blocks: list[int]) -> dict[str, float]:
     for index in blocks:
         b = {k: v.unsqueeze(0) if torch.is_tensor(v) else v for k, v in dataset[index].items()}
         out = model(b["color"], b["motion"], b["history_valid"])
-        totals["loss"] += float(qwnet_loss(out, b["reference"], b["motion"], b["history_valid"], "log1p")["loss"])
+        totals["loss"] += float(qwnet_loss(out, b["reference"], b["motion"], b["history_valid"],
+                                           LossSpec("log1p"))["loss"])
         reference = b["reference"][0].float().numpy()
         totals["psnr"] += psnr(out[0].numpy(), reference)
         totals["psnr_input"] += psnr(b["color"][0].float().numpy(), reference)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from qw.training.config import LossSpec
 from qw.training.model.hdr import compress
 from qw.training.evaluation.metrics import display
 from qw.training.model.warp import warp
@@ -69,17 +70,17 @@ def spatial_error(diff: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def qwnet_loss(output: torch.Tensor, reference: torch.Tensor, motion: torch.Tensor, history_valid: torch.Tensor,
-               transform: str, spatial_weight: float = 0.3, temporal_weight: float = 0.7, *,
-               color: torch.Tensor | None = None, warp_padding: str = "border",
-               spatial_norm: str = "l1") -> dict[str, torch.Tensor]:
-    """Loss terms for (B,T,3,H,W) linear output and reference: {'spatial', 'temporal', 'loss'}.
+               loss: LossSpec = LossSpec(), *, color: torch.Tensor | None = None,
+               warp_padding: str = "border") -> dict[str, torch.Tensor]:
+    """Loss terms for (B,T,3,H,W) linear output and reference: {'spatial', 'temporal', 'loss'}, with `loss`'s
+    domain, weights and per-frame norm (`spatial_error`); the default is the paper's loss in log1p.
 
-    `color` (the linear input) switches on the temporal term of steps without history (see the module doc);
-    `spatial_norm` is ``l1`` or ``rmse`` (see `spatial_error`).
+    `color` (the linear input) switches on the temporal term of steps without history (see the module doc).
     """
-    out_c = loss_domain(output.float(), transform)
-    ref_c = loss_domain(reference.float(), transform)
-    inputs = None if color is None else loss_domain(color.float(), transform)
-    spatial = spatial_error(out_c - ref_c, spatial_norm)
+    out_c = loss_domain(output.float(), loss.transform)
+    ref_c = loss_domain(reference.float(), loss.transform)
+    inputs = None if color is None else loss_domain(color.float(), loss.transform)
+    spatial = spatial_error(out_c - ref_c, loss.spatial_norm)
     temporal = temporal_l1(out_c, ref_c, motion, history_valid, inputs, warp_padding)
-    return {"spatial": spatial, "temporal": temporal, "loss": spatial_weight * spatial + temporal_weight * temporal}
+    return {"spatial": spatial, "temporal": temporal,
+            "loss": loss.spatial_weight * spatial + loss.temporal_weight * temporal}

@@ -178,10 +178,8 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], loss: LossSpe
     cfg = (model.module if isinstance(model, DistributedDataParallel) else model).cfg  # the model's conventions
     with torch.autocast(batch["color"].device.type, dtype=amp, enabled=amp is not None):
         output = model(*sequence_inputs(batch, cfg.jitter_input))
-    return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], loss.transform,
-                              loss.spatial_weight, loss.temporal_weight, warp_padding=cfg.warp_padding,
-                              color=batch["color"] if cfg.temporal_reset_term else None,
-                              spatial_norm=loss.spatial_norm)
+    return output, qwnet_loss(output, batch["reference"], batch["motion"], batch["history_valid"], loss,
+                              warp_padding=cfg.warp_padding, color=batch["color"] if cfg.temporal_reset_term else None)
 
 
 def accumulate_gradients(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], loss: LossSpec,
