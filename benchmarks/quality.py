@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qw.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from qw.training.config import ModelConfig  # noqa: E402
 from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
 DATASET = "builtin-game-quality"
@@ -73,6 +74,7 @@ class QualityPlan(DemoPlan):
                                                  # the plan itself: the paper's recipe)
 
 
+PAPER_WIDTHS = tuple(ModelConfig().widths)  # the paper's U_e widths, 32…160
 # the loss weights chosen on val: the per-frame L1 0.7, the frame-to-frame term 0.3 (the paper's: 0.3 / 0.7)
 _SPATIAL_07 = ("train.spatial_weight=0.7", "train.temporal_weight=0.3")
 
@@ -84,7 +86,7 @@ PLANS = {
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
     # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay, without normalisation and with
     # the loss weights chosen on val; sized for ≤ 10 minutes on an H100.
-    "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=(32, 64, 96, 128, 160), store_tile=256,
+    "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=PAPER_WIDTHS, store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05",
                                  *_SPATIAL_07),
@@ -480,7 +482,7 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128-batch-4": _on_base(batch_size=4),
     "norm-none+crop-128+lr-1e-3": _on_base(train_lr=1e-3),
     # capacity: the paper's widths (2.5× the parameters)
-    "norm-none+crop-128+paper-widths": _on_base(widths=(32, 64, 96, 128, 160)),
+    "norm-none+crop-128+paper-widths": _on_base(widths=PAPER_WIDTHS),
     "norm-none+crop-128+jitter-input": _on_base("model.jitter_input=true"),
     "norm-none+crop-128+ema": _on_base("train.ema_decay=0.99"),
     "norm-none+crop-128+warp-bicubic": _on_base("model.warp_filter=bicubic"),
@@ -489,7 +491,7 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+spatial-0.7": _on_base(*_SPATIAL_07),
     "norm-none+crop-128+spatial-0.7+lr-4e-3": _on_base(*_SPATIAL_07, train_lr=4e-3),
     "norm-none+crop-128+spatial-0.7+warp-bicubic": _on_base(*_SPATIAL_07, "model.warp_filter=bicubic"),
-    "norm-none+crop-128+spatial-0.7+paper-widths": _on_base(*_SPATIAL_07, widths=(32, 64, 96, 128, 160)),
+    "norm-none+crop-128+spatial-0.7+paper-widths": _on_base(*_SPATIAL_07, widths=PAPER_WIDTHS),
     "norm-none+crop-128+spatial-0.7+rmse": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse"),
     "norm-none+crop-128+spatial-0.7+rmse+loss-display": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse",
                                                                  "train.loss_domain=display"),
