@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from qw.datagen.capture_format import atomic_path, is_complete, shot_dir
+from qw.datagen.capture_format import atomic_path, is_complete, shot_dir, shot_lock
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
 from qw.ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
@@ -404,7 +404,13 @@ def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
 
 
 def capture_shot(run: ShotRun) -> Path:
-    """Capture one shot (resumable): skip if complete, else prepare and render with retries, then normalize."""
+    """Capture one shot (resumable): skip if complete, else prepare and render with retries, then normalize. A
+    second writer of the same shot at the same time is refused (`capture_format.shot_lock`)."""
+    with shot_lock(run.target):
+        return _capture_shot(run)
+
+
+def _capture_shot(run: ShotRun) -> Path:
     if is_complete(run.target):
         log.info("%s: complete, skipped", run.target)
         return run.target
