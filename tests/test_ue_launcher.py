@@ -213,6 +213,22 @@ def test_a_second_writer_of_a_shot_is_refused_before_any_editor_starts(tmp_path,
     assert logs(out, "a", "prepare") == [] and logs(out, "a") == []
 
 
+def test_output_rendered_with_other_settings_is_never_reused(tmp_path, scene, editor):
+    out = tmp_path / "c"
+    capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    scene.capture.resolution = (40, 25)
+    scene.shots[0].end = 14
+    with pytest.raises(CaptureError, match="already complete with other settings"):
+        capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    shot = out / "kite" / "a"
+    os.replace(shot / META_FILE, shot / f"{META_FILE}.invalid")  # e.g. it failed validation: the user edits, reruns
+    capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    meta = load_meta(shot)
+    assert (meta.width, meta.height, meta.frame_count) == (40, 25, 4)
+    assert (meta.backend.settings["width"], meta.backend.settings["end_frame"]) == (40, 14)
+    assert read_frame(shot, "color", 0).shape[:2] == (25, 40) and validate_capture(shot).ok
+
+
 def test_missing_editor_is_one_clear_error(tmp_path, scene):
     with pytest.raises(QwError, match=f"pass --editor PATH or set {EDITOR_ENV}"):
         capture_scene(scene, tmp_path / "c", progress=False)
