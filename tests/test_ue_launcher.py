@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from ue_formats import camera_velocity, mrq_spatial_shift, scene_colour, trace_world
 
 from qw.cli import main
-from qw.datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
+from qw.datagen.capture_format import META_FILE, load_meta, read_exr, read_frame, shot_lock
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import SceneManifest
 from qw.datagen.validate import reprojected_motion, validate_capture
@@ -203,6 +203,30 @@ def test_resume_skips_complete_shots_and_renormalizes_raw_output(tmp_path, scene
     assert (out / "kite" / "a" / META_FILE).read_text() == first
     assert validate_capture(out / "kite" / "b").ok
     assert logs(out, "a") == logs(out, "b") == ["editor-render-0.log"]  # the editor did not run again
+
+
+def test_a_second_writer_of_a_shot_is_refused_before_any_editor_starts(tmp_path, scene, editor):
+    out = tmp_path / "c"
+    with shot_lock(out / "kite" / "a"):  # another capture of this shot is running
+        with pytest.raises(QwError, match="another process is writing this shot"):
+            capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    assert logs(out, "a", "prepare") == [] and logs(out, "a") == []
+
+
+def test_output_rendered_with_other_settings_is_never_reused(tmp_path, scene, editor):
+    out = tmp_path / "c"
+    capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    scene.capture.resolution = (40, 25)
+    scene.shots[0].end = 14
+    with pytest.raises(CaptureError, match="already complete with other settings"):
+        capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    shot = out / "kite" / "a"
+    os.replace(shot / META_FILE, shot / f"{META_FILE}.invalid")  # e.g. it failed validation: the user edits, reruns
+    capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    meta = load_meta(shot)
+    assert (meta.width, meta.height, meta.frame_count) == (40, 25, 4)
+    assert (meta.backend.settings["width"], meta.backend.settings["end_frame"]) == (40, 14)
+    assert read_frame(shot, "color", 0).shape[:2] == (25, 40) and validate_capture(shot).ok
 
 
 def test_missing_editor_is_one_clear_error(tmp_path, scene):

@@ -19,7 +19,8 @@ For each shot of a ``ue4`` scene manifest::
 Both run from an argument list, never a shell string, with a timeout; their logs stream into
 ``editor-<stage>-<attempt>.log``. A crashed, hung or incomplete run is retried; a shot whose capture is complete is
 skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
-stopped; complete raw output is never deleted. A project without the Python and Editor Scripting plugins is
+stopped; complete raw output is never deleted unless it was rendered with other settings (job.json says), and a
+complete shot with other settings is refused. A project without the Python and Editor Scripting plugins is
 refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits). With a
 Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
 ``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from qw.datagen.capture_format import atomic_path, is_complete, shot_dir
+from qw.datagen.capture_format import PASSES, atomic_path, is_complete, load_meta, shot_dir, shot_lock
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
 from qw.ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
@@ -403,12 +404,45 @@ def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     return why
 
 
+def _pixel_settings(spec: dict[str, Any]) -> Any:
+    """A job spec without where its files go (the working area moves with --out, the queue with the project), as
+    JSON reads it back: what two renders must share for their pixels to be interchangeable."""
+    kept = {k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")}
+    if isinstance(kept.get("passes"), dict):
+        kept["passes"] = {name: {k: v for k, v in p.items() if k != "output_dir"} if isinstance(p, dict) else p
+                          for name, p in kept["passes"].items()}
+    return json.loads(json.dumps(kept))
+
+
+def _discard_other_settings(run: ShotRun, spec: dict[str, Any]) -> None:
+    """Never normalize raw output rendered with other settings (job.json records the spec of the last render):
+    it goes, with the unfinished shot's frames made from it, so that the shot renders again with these."""
+    recorded = read_json(run.work / "job.json")
+    if recorded is None or _pixel_settings(recorded) == _pixel_settings(spec):
+        return
+    frames = [f for p in PASSES if (run.target / p).is_dir() for f in (run.target / p).glob("*.exr")]
+    log.warning("%s: discarding raw output and %d unfinished frame file(s) rendered with other settings",
+                run.target, len(frames))
+    shutil.rmtree(run.raw, ignore_errors=True)
+    for frame in frames:
+        frame.unlink()
+
+
 def capture_shot(run: ShotRun) -> Path:
-    """Capture one shot (resumable): skip if complete, else prepare and render with retries, then normalize."""
+    """Capture one shot (resumable): skip if complete, else prepare and render with retries, then normalize. A
+    second writer of the same shot at the same time is refused (`capture_format.shot_lock`)."""
+    with shot_lock(run.target):
+        return _capture_shot(run)
+
+
+def _capture_shot(run: ShotRun) -> Path:
+    spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
     if is_complete(run.target):
+        if _pixel_settings(load_meta(run.target).backend.settings) != _pixel_settings(spec):
+            raise CaptureError(f"{run.target}: already complete with other settings; delete it or use another --out")
         log.info("%s: complete, skipped", run.target)
         return run.target
-    spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
+    _discard_other_settings(run, spec)
     done = read_json(run.raw / RENDER_DONE) or _rendered_before(run, spec)
     if not done:
         run.work.mkdir(parents=True, exist_ok=True)
