@@ -76,7 +76,9 @@ EXR_COMPRESSION = OpenEXR.ZIP_COMPRESSION
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Inf are refused in every float field: json.loads reads them from capture.json, and a NaN jitter
+    # offset or camera matrix would otherwise travel silently into the store and the checks.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackendInfo(_Strict):
@@ -111,6 +113,17 @@ class EngineInfo(_Strict):
 class CameraFrame(_Strict):
     view: list[list[float]] = Field(description="4×4 world→camera, row-major, OpenGL axes")
     projection: list[list[float]] = Field(description="4×4 camera→clip, unjittered")
+
+    @model_validator(mode="after")
+    def _matrices(self) -> "CameraFrame":
+        # the reprojection check inverts the view and reshapes both to 4×4: anything else is a broken capture.json
+        for name in ("view", "projection"):
+            rows = getattr(self, name)
+            if len(rows) != 4 or any(len(row) != 4 for row in rows):
+                raise ValueError(f"{name} is not a 4×4 matrix (rows of lengths {[len(row) for row in rows]})")
+        if abs(np.linalg.det(np.asarray(self.view, np.float64))) < 1e-12:
+            raise ValueError("view matrix is singular (a world→camera transform is invertible)")
+        return self
 
 
 class CaptureMeta(_Strict):
@@ -423,6 +436,8 @@ def load_meta(shot: str | os.PathLike) -> CaptureMeta:
         raise CaptureError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptureError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CaptureError(f"{path}: not valid JSON (nested too deeply)") from None
     fmt = str(raw.get("format", "")) if isinstance(raw, dict) else ""
     name, _, ver = fmt.partition("/")
     if name != FORMAT_NAME or not ver.isdigit():

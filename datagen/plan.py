@@ -22,7 +22,7 @@ import json
 import logging
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from qw.datagen.capture_format import META_FILE, PASSES, CaptureMeta, frame_files, is_complete, \
     load_meta, sha256_file, shot_folders
 from qw.datagen.errors import CaptureError, QwError
-from qw.datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_dataset, find_scene
+from qw.datagen.manifests import MANIFEST_ROOT, DatasetManifest, ManifestError, find_dataset, find_scene, name_key
 
 PLAN_FORMAT = "qw-plan/1"
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ def load_captures(captures_root: str | Path, scenes: list[str] | None = None,
         raise CaptureError(f"{incomplete[0] / META_FILE}: missing: the capture is incomplete or was interrupted "
                            f"({len(incomplete)} incomplete shot(s) under {root})")
     metas = [(shot, load_meta(shot)) for shot in folders if is_complete(shot)]
-    metas = [(shot, m) for shot, m in metas if scenes is None or m.scene in scenes]
+    keys = None if scenes is None else {name_key(s) for s in scenes}
+    metas = [(shot, m) for shot, m in metas if keys is None or name_key(m.scene) in keys]
     splits = shot_splits({m.scene for _, m in metas}, manifests_root)
     infos = []
     for shot, meta in metas:
@@ -284,6 +285,11 @@ def _block_counts(budget: int, n_windows: int, rng: np.random.Generator) -> np.n
 def make_plan(dataset: DatasetManifest, captures: list[CaptureInfo], seed: int | None = None) -> Plan:
     """The blocks of a store. Pure: same manifest, capture metadata and seed ⇒ same plan (and digest)."""
     seed = dataset.seed if seed is None else seed
+    # Scene names match as manifest names do (ignoring case, spaces, underscores): a shot imported with
+    # `--scene Infiltrator` belongs to the dataset's 'infiltrator'. It is planned under the dataset's spelling.
+    spelling = {name_key(s.scene): s.scene for s in dataset.scenes}
+    captures = [replace(c, meta=c.meta.model_copy(update={"scene": spelling[name_key(c.meta.scene)]}))
+                if name_key(c.meta.scene) in spelling else c for c in captures]
     scene_names = {s.scene for s in dataset.scenes}
     shots = sorted((c for c in captures if c.meta.scene in scene_names and c.split in dataset.splits),
                    key=lambda c: ([s.scene for s in dataset.scenes].index(c.meta.scene), c.meta.shot))

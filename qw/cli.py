@@ -149,7 +149,8 @@ def scenes(dataset, manifests_dir, as_json) -> None:
               help="Reprojection: extra tolerance as a fraction of the expected motion's length.")
 @click.option("--min-agree", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Reprojection: fraction of a frame's pixels that must agree (moving objects disagree).")
-@click.option("--max-problems", default=20, show_default=True, type=int, help="Problems listed per shot.")
+@click.option("--max-problems", default=20, show_default=True, type=click.IntRange(0),
+              help="Problems listed per shot.")
 @_json_flag
 def datagen_validate(capture_dirs, tolerance, rel_tolerance, min_agree, max_problems, as_json) -> None:
     """Check captures against the qw-capture/1 contract; exit status 0 only if every shot passes.

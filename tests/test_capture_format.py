@@ -117,6 +117,17 @@ def _meta_dict(**changes) -> dict:
     return {**base, **changes}
 
 
+def _cameras(view: list | None = None, nan_at: int | None = None) -> list[dict]:
+    """Three camera frames (identity views unless `view` is given; frame `nan_at` with a NaN in its view)."""
+    cameras = []
+    for i in range(3):
+        v = [row[:] for row in (view or np.eye(4).tolist())]
+        if i == nan_at:
+            v[0][0] = float("nan")
+        cameras.append({"view": v, "projection": np.eye(4).tolist()})
+    return cameras
+
+
 def test_meta_derived_arrays():
     meta = CaptureMeta.model_validate(_meta_dict(camera_cuts=[2], jitter={"sequence": "halton23", "cycle": 8,
                                                                           "offsets": [[0.1, -0.2]] * 3}))
@@ -145,9 +156,24 @@ def test_engine_fields_are_optional_and_round_trip(tmp_path):
     ({"colour": 1}, "field colour: Extra inputs are not permitted"),
     ({"format": "qw-capture/x"}, "format 'qw-capture/x' is not qw-capture/<version>"),
     ({"format": "other/1"}, "format 'other/1' is not qw-capture/<version>"),
+    # json.loads reads NaN and Infinity: they must not reach the store's jitter or the reprojection check
+    ({"jitter": {"sequence": "engine", "offsets": [[0.1, 0.2], [float("nan"), 0.0], [0.3, 0.1]]}},
+     "field jitter.offsets.1.0: Input should be a finite number"),
+    ({"fps": float("inf")}, "field fps: Input should be a finite number"),
+    ({"cameras": _cameras(nan_at=1)}, "field cameras.1.view.0.0: Input should be a finite number"),
+    # the reprojection check reshapes and inverts these: a bad one is a capture.json problem, not a traceback
+    ({"cameras": _cameras(view=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])},
+     "field cameras.0: Value error, view is not a 4×4 matrix"),
+    ({"cameras": _cameras(view=[[0.0] * 4] * 4)}, "field cameras.0: Value error, view matrix is singular"),
 ])
 def test_load_meta_names_file_field_and_problem(tmp_path, changes, message):
     (tmp_path / META_FILE).write_text(json.dumps(_meta_dict(**changes)))
     with pytest.raises(CaptureError) as info:
         load_meta(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / META_FILE}: ") and message in str(info.value)
+
+
+def test_load_meta_of_deeply_nested_json_is_one_line(tmp_path):
+    (tmp_path / META_FILE).write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(CaptureError, match="capture.json: not valid JSON \\(nested too deeply\\)"):
+        load_meta(tmp_path)

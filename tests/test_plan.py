@@ -93,6 +93,23 @@ def test_builtin_dataset_manifests_plan_on_their_scenes(tmp_path, name):
     assert dict(plan.blocks_by("scene")) == {s.scene: s.budget for s in load_dataset_manifest(path).scenes}
 
 
+def test_captures_match_dataset_scenes_as_manifest_names_do(tmp_path):
+    """`qw datagen import --scene ZenGarden` writes scene 'ZenGarden'; qwnet-paper lists 'zengarden', and its scene
+    manifest is found either way, so the planner takes the shots too (they were 'not found')."""
+    manifest_shaped_captures(tmp_path / "captures")
+    for meta_file in (tmp_path / "captures" / "zengarden").glob(f"*/{META_FILE}"):
+        meta = json.loads(meta_file.read_text())
+        meta_file.write_text(json.dumps({**meta, "scene": "Zen Garden"}))
+    paper = load_dataset_manifest(PAPER)
+    plan = make_plan(paper, load_captures(tmp_path / "captures", [s.scene for s in paper.scenes]))
+    assert dict(plan.blocks_by("scene")) == {s.scene: s.budget for s in paper.scenes}
+    assert {row["scene"] for row in plan.shot_table()} == {s.scene for s in paper.scenes}
+    # the same shot under both spellings is one shot captured twice
+    twice = infos([("zengarden", "s1", 16, "train", []), ("ZenGarden", "s1", 16, "train", [])])
+    with pytest.raises(QwError, match="shot 's1' of scene 'zengarden' was captured more than once"):
+        make_plan(dataset({"zengarden": 3}), twice)
+
+
 def infos(specs: list[tuple[str, str, int, str, list[int]]], width: int = 300, height: int = 200) -> list[CaptureInfo]:
     return [CaptureInfo(f"{scene}/{shot}", capture_meta(scene, shot, n, width, height, cuts), f"sha-{scene}-{shot}",
                         split) for scene, shot, n, split, cuts in specs]

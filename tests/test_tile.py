@@ -281,6 +281,16 @@ def test_nan_in_a_frame_fails_through_the_cli_in_one_line(one_shot, tmp_path):
     assert not open_store(str(one_shot["store"]), require_complete=False).complete
 
 
+def test_negative_infinite_depth_fails_while_positive_infinity_is_sky(one_shot):
+    """+inf depth is sky (clipped to 65504); −inf is a broken render, as NaN is, not a depth of −65504."""
+    for shot in ("a", "b"):
+        for i in range(16):
+            depth = np.ones((48, 64, 1), np.float32)
+            depth[0, 0], depth[1, 1] = np.inf, -np.inf
+            write_frame(one_shot["captures"] / "gamma" / shot, "depth", i, depth)
+    build_fails(one_shot, CaptureError, r"depth/0000\d\d\.exr: 1 NaN/inf value\(s\) in the frame")
+
+
 def test_unwritable_store(one_shot, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file")

@@ -164,6 +164,13 @@ def test_missing_frames_and_invalid_result_are_clear_errors(tmp_path):
     with pytest.raises(CaptureError, match="failed validation"):
         import_capture("intel-sample", bad, scene="I", shot="y", out=tmp_path / "cap", progress=False)
     assert not (tmp_path / "cap" / "I" / "y" / META_FILE).exists()
+    # an infinite sample offset at pixel (0,0) names its file instead of writing Infinity into capture.json
+    inf = tmp_path / "inf"
+    write_intel_sample(inf, W, H, [1, 2], offsets={1: (0.25, 0.1), 2: (np.inf, 0.1)})
+    with pytest.raises(CaptureError, match=r"noaa/VIS_ArtDemo_P_PreTonemapHDRColor_0002\.exr: the sample offset at "
+                                           r"pixel \(0,0\) is \(inf, .*not finite"):
+        import_capture("intel-sample", inf, scene="I", shot="z", out=tmp_path / "cap", progress=False)
+    assert not (tmp_path / "cap" / "I" / "z" / META_FILE).exists()
 
 
 def test_cli_import_then_validate(tmp_path):

@@ -248,6 +248,19 @@ def test_cli_validates_a_root_of_shots_and_fails_on_any_bad_one(tmp_path):
     assert "2 shot(s): 1 passed, 1 failed" in result.output
 
 
+def test_cli_max_problems_lists_that_many_and_counts_the_rest(tmp_path):
+    shot = tmp_path / "scene" / "a"
+    make_capture(shot, frames=3)
+    for i in range(3):
+        frame_path(shot, "color", i).unlink()
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(shot), "--max-problems", "1"])
+    assert result.exit_code == 1
+    assert result.output.count("color/0000") == 1 and "… and 2 more problems" in result.output
+    # a negative count printed all but the last problems and claimed more than there were
+    result = CliRunner().invoke(main, ["-q", "datagen", "validate", str(shot), "--max-problems", "-1"])
+    assert result.exit_code == 2 and "Invalid value for '--max-problems'" in result.output
+
+
 def test_cli_reports_a_directory_without_captures_as_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["datagen", "validate", str(tmp_path)])
     assert result.exit_code == 2

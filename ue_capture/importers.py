@@ -27,6 +27,7 @@ lists the problems.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Collection
@@ -277,6 +278,9 @@ def _intel_sample_frames(src: Path, full_size: tuple[int, int] | None,
         for t, (c, r, v) in enumerate(zip(_split_stack(color), _split_stack(ref), _split_stack(vel))):
             motion, written = decode_motion(v, "sign-bits", size)
             jitter = tuple(float(x) for x in sign_bits_to_ndc(c[0, 0])) if sample_offsets else None
+            if jitter is not None and not all(map(math.isfinite, jitter)):  # capture.json holds finite numbers only
+                raise CaptureError(f"{files['color'][number]}: the sample offset at pixel (0,0) is {jitter}, not "
+                                   f"finite; import with --no-sample-offsets if the sample has none")
             frames.append(DecodedFrame(number * per_file + t, c, r, motion, None, jitter, int((~written).sum()),
                                        cut=(t == 0 and (per_file > 1 or k in gap_cuts))))
         return frames
