@@ -52,6 +52,8 @@ def test_reader_returns_stored_float16_and_splits(tmp_path):
     np.testing.assert_array_equal(block["motion"].view(np.uint16), group["motion"][1].view(np.uint16))
     assert store.split_indices("train").tolist() == [0, 2] and store.split_indices("val").tolist() == [1]
     assert store.split_indices("test").tolist() == []
+    with pytest.raises(QwError, match="unknown split 'tarin'; splits are train, val, test"):
+        store.split_indices("tarin")  # not an empty selection
     with pytest.raises(QwError, match="no array 'velocity'"):
         store.array("velocity")
 
