@@ -44,6 +44,17 @@ def test_arrays_shapes_chunks_and_recorded_codec(tmp_path):
     assert group.attrs["codec"] == written and written["configuration"]["typesize"] == 2
 
 
+def test_contracts_doc_lists_every_array_with_its_shape_and_dtype():
+    """docs/contracts.md's table of contract 2 is the user's copy of ARRAYS (for T=8, 256² tiles)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "contracts.md").read_text()
+    assert f"## Contract 2: the block store (`{FORMAT}`" in doc
+    for name, spec in ARRAYS.items():
+        shape = ", ".join(map(str, ("N",) + spec.shape(1, 8, 256)[1:]))
+        assert f"| `{name}` | ({shape}) | {spec.dtype} |" in doc, name
+
+
 def test_reader_returns_stored_float16_and_splits(tmp_path):
     group = small_store(tmp_path / "s.zarr")
     store = open_store(str(tmp_path / "s.zarr"))
