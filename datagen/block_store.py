@@ -49,6 +49,7 @@ from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own e
 
 from qw.datagen import __version__
 from qw.datagen.errors import QwError
+from qw.datagen.manifests import SPLITS
 
 FORMAT_NAME = "qw-blocks"
 FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)
@@ -312,6 +313,8 @@ class BlockStore:
 
     def split_indices(self, split: str) -> np.ndarray:
         """Indices of the blocks whose shot belongs to `split` ('train', 'val', 'test')."""
+        if split not in SPLITS:  # a misspelt split would otherwise select no blocks, silently
+            raise QwError(f"{self.url}: unknown split {split!r}; splits are {', '.join(SPLITS)}")
         shot_split = np.array([s["split"] for s in self.attrs["shots"]])
         origins = self.origins()
         return np.flatnonzero(shot_split[origins[:, 1]] == split) if len(origins) else np.zeros(0, np.int64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -19,6 +19,8 @@ from qw.datagen.errors import QwError
 
 MANIFEST_ROOT = Path(os.environ.get("QW_MANIFESTS", Path(__file__).resolve().parent.parent / "manifests"))
 FILL_IN = "FILL_IN"  # marker for values the user must provide (project paths, level sequences)
+Split = Literal["train", "val", "test"]  # what a shot is used for; stores and loaders select blocks by it
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class ManifestError(QwError):
@@ -62,7 +64,7 @@ class Shot(_Strict):
     name: str
     start: int = Field(ge=0, description="first source frame")
     end: int = Field(description="one past the last source frame")
-    split: Literal["train", "val", "test"] = "train"
+    split: Split = "train"
     camera_cuts: list[int] = Field(default_factory=list, description="source frames that start a new camera cut")
 
     _name = field_validator("name")(_folder_name)
@@ -204,7 +206,7 @@ class DatasetManifest(_Strict):
     total_blocks: int = Field(ge=1)
     scenes: list[DatasetScene] = Field(min_length=1)
     content_filter: ContentFilter | None = None
-    splits: list[Literal["train", "val", "test"]] = Field(
+    splits: list[Split] = Field(
         default_factory=lambda: ["train"], min_length=1,
         description="shot splits the blocks are drawn from (per the scene manifests); the budgets count these only")
 

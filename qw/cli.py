@@ -292,7 +292,7 @@ def datagen_build(dataset_file, captures, store, cluster, workers, scheduler, st
     One task per window: each source frame is decoded once, every chunk written whole. Resumable: rerun the
     same command after an interruption and finished windows are skipped; the store is marked complete last and
     is byte-identical to an uninterrupted build. The Dask dashboard link is logged when the cluster is up
-    (see README, "Building the block store", for SLURM).
+    (see docs/datagen.md for SLURM).
     """
     from qw.datagen.tile import build_store
 
@@ -362,7 +362,7 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
     (lowest validation loss), OUT/config.yaml, OUT/metrics.jsonl and TensorBoard scalars and crops in OUT/tb.
     Multi-GPU:   torchrun --nproc_per_node 8 -m qw.cli train --store ... --out ...
     Multi-node:  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id RUN
-                 -m qw.cli train ...   (the same command on every node; see README "Training")
+                 -m qw.cli train ...   (the same command on every node; see docs/training.md)
     """
     from qw.training.train.loop import train_command
 

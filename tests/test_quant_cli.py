@@ -51,3 +51,14 @@ def test_export_cli_verifies_the_integer_reference_on_a_capture(tiny_checkpoints
     assert summary["bytes"] == out.stat().st_size and out.read_bytes()[:4] == b"QWQ\0"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(fp), "--out", str(tmp_path / "fp.qwq")])
     assert result.exit_code == 2 and "run `qw quantize` first" in result.output
+
+
+def test_export_verify_on_a_captures_folder_is_refused_before_writing(tiny_checkpoints, builtin_captures, tmp_path):
+    _, q = tiny_checkpoints
+    out = tmp_path / "model.qwq"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(q), "--out", str(out), "--verify",
+                                       str(builtin_captures)])
+    assert result.exit_code == 2, result.output
+    assert f"{builtin_captures}: a captures folder (" in result.output
+    assert "qw export --verify takes one shot, e.g. --verify " in result.output
+    assert not out.exists()  # no file that --verify was asked to check and did not

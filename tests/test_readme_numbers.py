@@ -92,3 +92,37 @@ def test_marked_commands_exist_and_cheap_ones_reproduce_their_numbers(command, c
         produced |= set(numbers(result.output.replace("x", " ")))
     missing = [n for n in numbers(chunk) if n not in produced]
     assert not rerun_all or not missing, f"{command}: README numbers {missing} are not in its output"
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings (outside code fences): lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_links_between_docs_resolve():
+    """Every relative link of the README and docs/*.md names an existing file (relative to the page that holds it)
+    and, with #anchor, a heading of that page."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if "://" in target:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken
+
+
+def test_readme_sections_named_elsewhere_exist():
+    """A doc page, `--help` text or docstring that sends the reader to a README section by name ('see README
+    "Training"') names one the README has."""
+    headings = {h.strip().lower() for h in re.findall(r"^#+ (.+)$", (ROOT / "README.md").read_text(), re.M)}
+    sources = [*sorted((ROOT / "docs").glob("*.md"))] + [p for d in ("qw", "datagen", "training", "ue_capture")
+                                                          for p in sorted((ROOT / d).rglob("*.py"))]
+    named = [(p.relative_to(ROOT), s) for p in sources
+             for s in re.findall(r'README(?:\'s)?(?: section)?,?\s+"([^"]+)"', p.read_text())]
+    assert [(str(p), s) for p, s in named if s.strip().lower() not in headings] == []

@@ -44,6 +44,17 @@ def test_arrays_shapes_chunks_and_recorded_codec(tmp_path):
     assert group.attrs["codec"] == written and written["configuration"]["typesize"] == 2
 
 
+def test_contracts_doc_lists_every_array_with_its_shape_and_dtype():
+    """docs/contracts.md's table of contract 2 is the user's copy of ARRAYS (for T=8, 256² tiles)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "contracts.md").read_text()
+    assert f"## Contract 2: the block store (`{FORMAT}`" in doc
+    for name, spec in ARRAYS.items():
+        shape = ", ".join(map(str, ("N",) + spec.shape(1, 8, 256)[1:]))
+        assert f"| `{name}` | ({shape}) | {spec.dtype} |" in doc, name
+
+
 def test_reader_returns_stored_float16_and_splits(tmp_path):
     group = small_store(tmp_path / "s.zarr")
     store = open_store(str(tmp_path / "s.zarr"))
@@ -52,6 +63,8 @@ def test_reader_returns_stored_float16_and_splits(tmp_path):
     np.testing.assert_array_equal(block["motion"].view(np.uint16), group["motion"][1].view(np.uint16))
     assert store.split_indices("train").tolist() == [0, 2] and store.split_indices("val").tolist() == [1]
     assert store.split_indices("test").tolist() == []
+    with pytest.raises(QwError, match="unknown split 'tarin'; splits are train, val, test"):
+        store.split_indices("tarin")  # not an empty selection
     with pytest.raises(QwError, match="no array 'velocity'"):
         store.array("velocity")
 

@@ -189,6 +189,16 @@ def held_out_builtin_shots() -> list[tuple[str, str]]:
                   if s.split in ("val", "test"))
 
 
+def test_evaluation_doc_counts_the_held_out_shots():
+    """docs/evaluation.md states how many shots the moving-shot test below scores."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    stated = re.search(r"every val and test shot of every builtin manifest \((\d+) shots", doc)
+    assert stated and int(stated[1]) == len(held_out_builtin_shots())
+
+
 @pytest.fixture(scope="module")
 def moving_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
     """Mean PSNR (and mean motion) per held-out builtin shot for the input, TAA and taa-clamp."""

@@ -123,17 +123,17 @@ def video_writer(path: Path, fps: float) -> Iterator[Callable[[np.ndarray], None
                 encoder.close()
 
 
-def check_shot_folder(folder: Path) -> None:
+def check_shot_folder(folder: Path, command: str = "qw infer", option: str = "--input") -> None:
     """Refuse, in one line, folders that are not one captured shot but something qw users often pass instead."""
     if (folder / "capture.json").exists():
         return
     if (folder / "zarr.json").is_file():
-        raise QwError(f"{folder}: a block store (training data); qw infer takes a captured shot folder "
+        raise QwError(f"{folder}: a block store (training data); {command} takes a captured shot folder "
                       "(<captures>/<scene>/<shot>/ with capture.json)")
     shots = find_captures(folder)
     if shots:
-        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); qw infer takes one shot, "
-                      f"e.g. --input {shots[0]}")
+        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); {command} takes one shot, "
+                      f"e.g. {option} {shots[0]}")
 
 
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:

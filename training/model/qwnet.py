@@ -175,7 +175,7 @@ class KernelFilter(nn.Module):
         """Bias the centre tap of the current frame's and the down kernels, and every skip weight, so that the
         untrained filter is close to passing the current frame through. From default (uniform) weights, a heavy
         blur, a 300-step overfit run sat on a plateau for ~230 steps and ended below the aliased input's PSNR
-        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See README "Training"."""
+        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See docs/training.md."""
         for s, conv in enumerate(self.predictors):
             conv.bias[KERNEL // 2] += logit
             if s < len(self.predictors) - 1:
