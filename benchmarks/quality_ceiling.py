@@ -16,8 +16,13 @@ missing capture), with everything a method could get wrong replaced by the truth
 * the input is either the 1-spp frame, unjittered as TAA does, or the reference itself: then the only loss is what
   the reprojection loses, and its score bounds any method that keeps that much history.
 
-Writes `<out>/ceiling.md`: PSNR over all frames and over the steady state per setting, TAA's, and the share of
-pixels per frame whose reference changes by more than each threshold.
+A second table renders every val frame again with the scene frozen there, so that nothing moves and no history
+is lost: the mean of the 1-spp samples at the jitter cycle's positions (what a perfect accumulator of the shot's
+frames would converge to on a still image), at twice as many positions, and at the reference's own positions but
+with the 1-spp frames' texture detail (their mip level: the reference sees finer mips).
+
+Writes `<out>/ceiling.md`: PSNR over all frames and over the steady state per setting, TAA's, the share of
+pixels per frame whose reference changes by more than each threshold, and the frozen-frame scores.
 """
 
 from __future__ import annotations
@@ -130,7 +135,49 @@ def changed_share(shots: list[Shot], threshold: float) -> float:
     return float(np.mean(shares))
 
 
-def ceiling_report(shots: list[Shot], taa: dict[str, float], frames: int) -> str:
+def frozen_frame_psnr(shot: Path, offsets: np.ndarray, texture_bias: float, frames: int) -> list[float]:
+    """Per frame of the first `frames` of the builtin capture `shot`, the PSNR against its reference of that frame
+    rendered again with the scene frozen: the mean of one-sample renders at `offsets` ((N,2) pixels from the pixel
+    centre, +y down), textures sampled at mip bias `texture_bias`."""
+    from qw.datagen.builtin.renderer import Renderer
+    from qw.datagen.builtin.scenes import build_scene
+    from qw.datagen.capture_format import load_meta, read_frame
+    from qw.training.evaluation.metrics import psnr
+
+    meta = load_meta(shot)
+    settings = meta.backend.settings  # the scene as captured, not as its manifest reads today
+    scene = build_scene(settings["builder"], settings["params"], meta.seed, where=str(shot))
+    renderer = Renderer(scene, meta.width, meta.height, mip_bias=texture_bias)
+    try:
+        scores = []
+        for i, frame in enumerate(meta.source_frames[:frames]):
+            mean = np.mean([renderer.render_color(frame, offset) for offset in offsets], axis=0, dtype=np.float64)
+            scores.append(psnr(mean.astype(np.float32), read_frame(shot, "reference", i)))
+        return scores
+    finally:
+        renderer.release()
+
+
+def frozen_limits(shots: list[Path], frames: int) -> list[tuple[str, float]]:
+    """(estimate, mean PSNR over the frames of `shots`) for each frozen-frame estimate of the module docstring."""
+    from qw.datagen.builtin.renderer import halton_jitter, stratified_offsets
+    from qw.datagen.capture_format import load_meta
+
+    settings = load_meta(shots[0]).backend.settings
+    cycle, bias, grid = settings["jitter_cycle"], settings["mip_bias"], settings["reference_grid"][0]
+    estimates = {
+        f"mean of the 1-spp samples at the jitter cycle's {cycle} positions": [halton_jitter(k, cycle)
+                                                                              for k in range(cycle)],
+        f"mean of the 1-spp samples at {2 * cycle} jitter positions": [halton_jitter(k, 2 * cycle)
+                                                                       for k in range(2 * cycle)],
+        f"the reference's {grid}×{grid} positions at the 1-spp texture detail": stratified_offsets(grid),
+    }
+    return [(label, float(np.mean([p for shot in shots
+                                   for p in frozen_frame_psnr(shot, np.asarray(offsets), bias, frames)])))
+            for label, offsets in estimates.items()]
+
+
+def ceiling_report(shots: list[Shot], taa: dict[str, float], frames: int, frozen: list[tuple[str, float]]) -> str:
     rows = [f"| TAA (tuned on val) | 1-spp | – | – | {taa['psnr']:.2f} | {taa['psnr_steady']:.2f} |"]
     settings = [(False, a, t) for a, t in itertools.product(ALPHAS, THRESHOLDS)]
     settings += [(True, a, t) for a, t in REFERENCE_INPUT]
@@ -147,7 +194,9 @@ def ceiling_report(shots: list[Shot], taa: dict[str, float], frames: int) -> str
         "(display value) above which the oracle restarts the history.", "",
         "| method | input | α | τ | PSNR dB | PSNR frames ≥ 8 |", "|---|---|---:|---:|---:|---:|", *rows, "",
         "Share of on-screen pixels per frame whose reference changes by more than τ along the exact motion:", "",
-        "| τ | share |", "|---:|---:|", *changes])
+        "| τ | share |", "|---:|---:|", *changes, "",
+        "Every val frame rendered again with the scene frozen there (no motion, no history lost):", "",
+        "| estimate | PSNR dB |", "|---|---:|", *(f"| {label} | {score:.2f} |" for label, score in frozen)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     val = capture(plan, args.out / "captures", held_out_shots(plan, "val"), plan.val_frames)
     taa = val_summary(run_taa, val, plan.val_frames)
     with torch.no_grad():
-        report = ceiling_report(load_shots(val, plan.val_frames), taa, plan.val_frames)
+        report = ceiling_report(load_shots(val, plan.val_frames), taa, plan.val_frames,
+                                frozen_limits(val, plan.val_frames))
     (args.out / "ceiling.md").write_text(report + "\n")
     print(report)
 

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import quality_ceiling  # noqa: E402
 
+from qw.datagen.builtin.renderer import stratified_offsets  # noqa: E402
+from qw.datagen.capture_format import load_meta  # noqa: E402
 from qw.training.evaluation.taa import TaaFrame, compress_luma, expand_luma  # noqa: E402
 
 H, W = 8, 12
@@ -60,3 +62,27 @@ def test_the_history_starts_as_a_running_mean() -> None:
     mean = sum(compress_luma(c) for c in frames) / 3  # 1/n weights, not alpha's 0.1
     assert torch.allclose(output, expand_luma(mean), atol=1e-5)
     assert oracle.length.max().item() == pytest.approx(3.0)
+
+
+def test_a_frozen_frame_at_the_reference_samples_is_the_reference(builtin_captures) -> None:
+    # A moving shot: rendering another frame than the reference's, or another scene than the captured one, would
+    # score far below the cap.
+    shot = builtin_captures / "builtin_fence" / "rise"
+    settings = load_meta(shot).backend.settings
+    scores = quality_ceiling.frozen_frame_psnr(shot, stratified_offsets(settings["reference_grid"][0]),
+                                               settings["reference_mip_bias"], frames=12)
+    assert len(scores) == 12 and min(scores) > 80
+
+
+def test_the_frozen_estimates_see_the_1spp_texture_detail(tmp_path) -> None:
+    from qw.capture import capture_scene
+
+    capture_scene("builtin_courtyard", tmp_path, shots=["walk"], frames=(0, 2), resolution=(96, 64),
+                  reference_spp=16, progress=False)
+    shot = tmp_path / "builtin_courtyard" / "walk"
+    limits = dict(quality_ceiling.frozen_limits([shot], frames=2))
+    # the reference's own positions with the 1-spp frames' coarser mips: close, but not the reference
+    assert 30 < limits["the reference's 4×4 positions at the 1-spp texture detail"] < 80
+    # eight jittered samples estimate the 16-sample box worse than sixteen do
+    assert (limits["mean of the 1-spp samples at the jitter cycle's 8 positions"]
+            < limits["mean of the 1-spp samples at 16 jitter positions"])
