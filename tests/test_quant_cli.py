@@ -1,6 +1,7 @@
 """`qw quantize` and `qw export` end to end: real checkpoints, a real .qwq, the integer check on real frames."""
 
 import json
+import shutil
 
 import torch
 from click.testing import CliRunner
@@ -51,3 +52,21 @@ def test_export_cli_verifies_the_integer_reference_on_a_capture(tiny_checkpoints
     assert summary["bytes"] == out.stat().st_size and out.read_bytes()[:4] == b"QWQ\0"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(fp), "--out", str(tmp_path / "fp.qwq")])
     assert result.exit_code == 2 and "run `qw quantize` first" in result.output
+
+
+def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path, monkeypatch):
+    """`qw quantize --resume` without repeating `--steps 8` rebuilt the run's settings from the QAT defaults and
+    went on fine-tuning to 2000 steps; like `qw train --resume` it continues with the run's own."""
+    from qw.training.quantization import qat
+
+    fp, q = tiny_checkpoints
+    run = tmp_path / "q"
+    shutil.copytree(q.parent, run)
+    trained = []
+    monkeypatch.setattr(qat, "train", lambda model, cfg, *args, **kwargs: trained.append(cfg.train) or {})
+    base = ["quantize", "--checkpoint", str(fp), "--store", str(fp.parents[1] / "blocks.zarr"), "--out", str(run),
+            "--resume"]
+    for extra, steps in (([], 8), (["--steps", "12"], 12)):
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert trained[-1].steps == steps and trained[-1].lr == load_checkpoint(q)["config"]["train"]["lr"]
