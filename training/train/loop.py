@@ -38,7 +38,8 @@ from qw.datagen import __version__
 from qw.datagen.errors import QwError
 from qw.training.model import fast, hdr
 from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
-from qw.training.data import BlockDataset, BlockSampler, augment_batch, check_batch_fits, open_training_store
+from qw.training.data import (BlockDataset, BlockSampler, augment_batch, check_batch_fits, check_crop_fits,
+                               open_training_store)
 from qw.training.model.qwnet import QWNet, sequence_inputs
 from qw.training.quantization.fake_quant import is_quantized_state
 from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
@@ -351,6 +352,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     if len(train_idx) == 0:
         raise QwError(f"{store_url}: no blocks in the 'train' split")
     check_batch_fits(store_url, len(train_idx), cfg.train.batch_size, proc.world_size)
+    check_crop_fits(store_url, cfg.train.crop, store.array("color").shape[-1])
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     run = _setup(model, cfg, proc)
     step = _restore(out / LAST, run, provenance) if resume else 0
