@@ -401,7 +401,8 @@ def model_stats_cmd(config, resolution, summary, as_json) -> None:
               help="Training blocks used to initialise the activation clips (MSE-optimal).")
 @click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
               help="Override one training value, read as YAML (repeatable): --set train.schedule=cosine.")
-@click.option("--resume", is_flag=True, help="Continue the fine-tuning in --out from its last.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the fine-tuning in --out from its last.pt, with the run's own settings.")
 @_storage_opt
 def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum, crop, calibration_blocks,
                  overrides, resume, storage_options) -> None:

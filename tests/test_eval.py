@@ -6,6 +6,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from train_helpers import small_shot
 
 from qw.cli import main
 from qw.datagen.capture_format import read_frame
@@ -130,3 +131,19 @@ def test_worst_window_finds_each_error_map_peak():
     y, x, s = worst_window(error, 16)
     assert s == 16 and abs(y - 40) <= 4 and abs(x - 8) <= 4  # on the size/4 grid
     assert worst_window(np.zeros((8, 8), np.float32), 16)[2] == 8  # clipped to the image
+
+
+def test_a_reference_frame_of_another_size_is_one_line_naming_it(tmp_path):
+    """A reference (or depth) frame of another size than the shot's crashed the metrics with a numpy traceback."""
+    from qw.datagen.capture_format import PASSES, frame_path, write_frame
+
+    shot = small_shot(tmp_path / "captures")
+    for name in ("reference", "depth"):
+        original = frame_path(shot, name, 2).read_bytes()
+        write_frame(shot, name, 2, np.ones((32, 32, len(PASSES[name].channels)), PASSES[name].dtype))
+        result = CliRunner().invoke(main, ["-q", "eval", "--captures", str(tmp_path / "captures"), "--out",
+                                           str(tmp_path / "r"), "--flip-crop", "16"])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+        assert result.output == f"qw: error: {frame_path(shot, name, 2)}: frame is 32×32, capture.json says 64×48\n"
+        assert not (tmp_path / "r" / "report.md").exists()
+        frame_path(shot, name, 2).write_bytes(original)

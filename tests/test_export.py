@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from click.testing import CliRunner
+from train_helpers import small_shot, write_checkpoint
 
+from qw.cli import main
 from qw.datagen.errors import QwError
 from qw.training.export import integer_ref, qwq
 from qw.training.quantization import fake_quant as quant
@@ -156,3 +159,16 @@ def test_fp16_plan_exports_float16_weights_and_reloads_exactly(tmp_path):
     motion, valid = torch.zeros(1, 2, 2, 32, 48), torch.tensor([[False, True]])
     with torch.no_grad():
         assert torch.equal(reloaded(color, motion, valid), qmodel(color, motion, valid))
+
+
+def test_export_verify_feeds_a_jitter_reading_model_its_jitter(tmp_path):
+    """`qw export --verify` ran the models without the frames' jitter: a `model.jitter_input` model crashed."""
+    import json
+
+    cfg = Config(model=ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1], jitter_input=True))
+    checkpoint = write_checkpoint(tmp_path / "q.pt", cfg, quantized=True)
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.qwq"),
+                                       "--verify", str(small_shot(tmp_path / "captures")), "--verify-frames", "3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    verify = json.loads(result.output)["verify"]
+    assert verify["frames"] == 3 and verify["bit_identical"] and verify["max_output"] > 0

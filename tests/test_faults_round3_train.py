@@ -295,6 +295,16 @@ def test_a_batch_the_store_cannot_fill_is_refused_at_once(store: str, tmp_path: 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_crop_larger_than_the_tiles_is_refused_before_anything_is_written(store: str, tmp_path: Path) -> None:
+    """The first batch found it, after the run had written config.yaml into --out."""
+    config = write_config(tmp_path / "c.yaml")
+    for workers in ("0", "1"):
+        out = one_line(qw("train", "--store", store, "--out", str(tmp_path / "run"), "--config", str(config),
+                          "--set", "train.crop=64", "--set", f"train.num_workers={workers}"))
+        assert out == f"qw: error: {store}: crop 64 is larger than the store's 32x32 tiles\n"
+        assert not (tmp_path / "run").exists()
+
+
 def test_batch_fit_is_per_process_share() -> None:
     check_batch_fits("s.zarr", 8, 8)
     check_batch_fits("s.zarr", 8, 4, world_size=2)

@@ -6,10 +6,11 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 from click.testing import CliRunner
+from train_helpers import small_shot, write_checkpoint
 
 from qw.cli import main
 from qw.datagen.capture_format import PASSES, load_meta, read_exr
-from qw.training.config import ModelConfig
+from qw.training.config import Config, ModelConfig
 from qw.training.infer import frame_range, input_frames, run_qwnet, to_image
 from qw.training.model.qwnet import QWNet
 from qw.training.quantization.qat import model_from_any_checkpoint
@@ -65,3 +66,43 @@ def test_infer_png_and_mp4(tiny_checkpoints, builtin_captures, tmp_path):
     bad = runner.invoke(main, ["infer", "--checkpoint", str(fp), "--input", str(shot), "--out", str(tmp_path / "x"),
                                "--start", "99"])
     assert bad.exit_code == 2 and "outside the shot" in bad.output
+
+
+def test_infer_feeds_a_jitter_reading_model_each_frames_jitter(tmp_path):
+    """A model trained with `model.jitter_input` needs every frame's sample offset: qw infer read none and crashed."""
+    cfg = Config(model=ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1], jitter_input=True))
+    checkpoint = write_checkpoint(tmp_path / "j.pt", cfg)
+    shot = small_shot(tmp_path / "captures")
+    result = CliRunner().invoke(main, ["-q", "infer", "--checkpoint", str(checkpoint), "--input", str(shot),
+                                       "--out", str(tmp_path / "o"), "--format", "exr"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    meta = load_meta(shot)
+    frames = list(input_frames(shot, meta, frame_range(meta)))
+    model, _, _ = model_from_any_checkpoint(checkpoint)
+    with torch.no_grad():  # the whole sequence at once, with the capture's jitter per frame
+        expected = model(torch.stack([c for c, _, _ in frames], 1), torch.stack([m for _, m, _ in frames], 1),
+                         torch.tensor([[v for _, _, v in frames]]),
+                         torch.from_numpy(meta.jitter_array())[None])
+    assert np.abs(meta.jitter_array()).max() > 0
+    for k in range(meta.frame_count):
+        got = read_exr(tmp_path / "o" / "exr" / f"{k:06d}.exr", PASSES["color"].channels, np.float16)
+        np.testing.assert_allclose(got.astype(np.float32), to_image(expected[:, k]), rtol=1e-3, atol=1e-3)
+
+
+def test_infer_refuses_a_frame_of_another_size_naming_it(tmp_path):
+    """A frame whose size differs from capture.json's crashed the warp with a torch traceback mid-run."""
+    from qw.datagen.capture_format import frame_path, write_frame
+
+    cfg = Config(model=ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1]))
+    checkpoint = write_checkpoint(tmp_path / "m.pt", cfg)
+    shot = small_shot(tmp_path / "captures")
+    for name in ("color", "motion"):
+        original = frame_path(shot, name, 1).read_bytes()
+        write_frame(shot, name, 1, np.ones((32, 32, len(PASSES[name].channels)), PASSES[name].dtype))
+        result = CliRunner().invoke(main, ["-q", "infer", "--checkpoint", str(checkpoint), "--input", str(shot),
+                                           "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+        assert result.output == (f"qw: error: {frame_path(shot, name, 1)}: frame is 32×32, capture.json says "
+                                 "64×48\n")
+        assert not (tmp_path / "o" / "infer.json").exists()
+        frame_path(shot, name, 1).write_bytes(original)

@@ -7,8 +7,10 @@ import numpy as np
 import onnx
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
+from train_helpers import write_checkpoint
 
 from qw.cli import main
+from qw.training.config import Config, ModelConfig
 from qw.training.quantization.qat import model_from_any_checkpoint
 
 
@@ -111,3 +113,14 @@ def test_onnx_quantize_linear_rounds_like_the_fake_quantizer():
         y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         codes = activation_codes(torch.from_numpy(x), torch.tensor(scale), torch.tensor(float(zero)), 2 ** bits - 1)
         np.testing.assert_array_equal(y, (codes * torch.tensor(scale)).numpy())
+
+
+def test_a_jitter_reading_model_is_refused_in_one_line_and_nothing_written(tmp_path):
+    """The graph has no jitter input: exporting a `model.jitter_input` model crashed in the tracer."""
+    cfg = Config(model=ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1], jitter_input=True))
+    checkpoint = write_checkpoint(tmp_path / "j.pt", cfg)
+    result = CliRunner().invoke(main, ["-q", "export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out",
+                                       str(tmp_path / "j.onnx")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+    assert result.output.startswith(f"qw: error: {checkpoint}: ONNX export takes no model that reads the jitter")
+    assert not (tmp_path / "j.onnx").exists()

@@ -1,6 +1,7 @@
 """`qw quantize` and `qw export` end to end: real checkpoints, a real .qwq, the integer check on real frames."""
 
 import json
+import shutil
 
 import torch
 from click.testing import CliRunner
@@ -62,3 +63,21 @@ def test_export_verify_on_a_captures_folder_is_refused_before_writing(tiny_check
     assert f"{builtin_captures}: a captures folder (" in result.output
     assert "qw export --verify takes one shot, e.g. --verify " in result.output
     assert not out.exists()  # no file that --verify was asked to check and did not
+
+
+def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path, monkeypatch):
+    """`qw quantize --resume` without repeating `--steps 8` rebuilt the run's settings from the QAT defaults and
+    went on fine-tuning to 2000 steps; like `qw train --resume` it continues with the run's own."""
+    from qw.training.quantization import qat
+
+    fp, q = tiny_checkpoints
+    run = tmp_path / "q"
+    shutil.copytree(q.parent, run)
+    trained = []
+    monkeypatch.setattr(qat, "train", lambda model, cfg, *args, **kwargs: trained.append(cfg.train) or {})
+    base = ["quantize", "--checkpoint", str(fp), "--store", str(fp.parents[1] / "blocks.zarr"), "--out", str(run),
+            "--resume"]
+    for extra, steps in (([], 8), (["--steps", "12"], 12)):
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert trained[-1].steps == steps and trained[-1].lr == load_checkpoint(q)["config"]["train"]["lr"]

@@ -289,3 +289,22 @@ def test_resume_never_replaces_a_best_checkpoint_newer_than_last(store: str, fin
     val = [e for e in read_log(run) if e["event"] == "val" and e["step"] > 2]
     assert [e["step"] for e in val] == [3, 4] and not any(e["best"] for e in val)
     assert load_checkpoint(run / BEST)["best"] == {"step": 3, "loss": 1e-9}
+
+
+def test_resume_refuses_a_run_of_the_other_kind_in_one_line(store: str, finished_run: Path, tmp_path: Path) -> None:
+    """`qw train --resume` on a `qw quantize` run (or the reverse) passed every config check and then crashed
+    loading the other kind's weights, with a traceback listing every key."""
+    quantized = tmp_path / "q"
+    assert qw("quantize", "--checkpoint", str(finished_run / LAST), "--store", store, "--out", str(quantized),
+              "--steps", "1", "--calibration-blocks", "1").exit_code == 0
+    result = qw("train", "--store", store, "--out", str(quantized), "--resume", "--set", "train.steps=2")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+    assert result.output == (f"qw: error: {quantized / LAST}: a `qw quantize` run; continue it with "
+                             "`qw quantize --resume`\n")
+    full = tmp_path / "fp"
+    shutil.copytree(finished_run, full)
+    result = qw("quantize", "--checkpoint", str(finished_run / LAST), "--store", store, "--out", str(full), "--resume",
+                "--steps", "3", "--lr", "5e-4")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+    assert result.output.startswith(f"qw: error: {full / LAST}: a full-precision `qw train` run; continue it with")
+    assert load_checkpoint(quantized / LAST)["step"] == 1 and load_checkpoint(full / LAST)["step"] == 2  # untouched

@@ -62,3 +62,29 @@ def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: i
     if complete:
         seal(group)
     return str(path)
+
+
+def write_checkpoint(path: Path, cfg, quantized: bool = False, seed: int = 0) -> Path:
+    """A `qw-checkpoint/1` file of an untrained QW-Net of `cfg` (quantized per `cfg.quant` when asked), holding what
+    `qw infer`, `qw eval` and `qw export` read: quick to make for tests that need a model of a given shape."""
+    import torch
+
+    from qw.training.model.qwnet import QWNet
+    from qw.training.quantization.fake_quant import quantize_model
+    from qw.training.train.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = QWNet(cfg.model).eval()
+    if quantized:
+        model = quantize_model(model, cfg.quant)
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                           "config": cfg.model_dump(mode="json")})
+    return path
+
+
+def small_shot(root: Path, frames: int = 3, resolution: tuple[int, int] = (64, 48)) -> Path:
+    """A small real builtin capture (jittered, as every builtin capture is); the pixels do not matter."""
+    from qw.capture import capture_scene
+
+    return capture_scene("builtin_fence", root, shots=["rise"], frames=(0, frames), resolution=resolution,
+                         reference_spp=1, progress=False)[0]

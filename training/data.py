@@ -210,8 +210,7 @@ class BlockDataset(Dataset):
         rng = np.random.default_rng(seed)
         tile = self.store.array("color").shape[-1]
         size = self.crop or tile
-        if size > tile:
-            raise QwError(f"{self.url}: crop {size} is larger than the store's {tile}x{tile} tiles")
+        check_crop_fits(self.url, size, tile)
         if seed is None or not self.augment:
             y = x = (tile - size) // 2
         else:
@@ -259,6 +258,12 @@ class BlockSampler(Sampler):
                 block = int(self.indices[pos])
                 yield block, augmentation_seed(self.seed, epoch, block)
             epoch, skip = epoch + 1, 0
+
+
+def check_crop_fits(url: str, crop: int | None, tile: int) -> None:
+    """Refuse a crop larger than the store's tiles (checked by the run before it writes anything, and on read)."""
+    if crop is not None and crop > tile:
+        raise QwError(f"{url}: crop {crop} is larger than the store's {tile}x{tile} tiles")
 
 
 def check_batch_fits(url: str, train_blocks: int, batch_size: int, world_size: int = 1) -> None:

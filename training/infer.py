@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -38,14 +38,25 @@ PREVIEW_FPS_DEFAULT = 30.0
 log = logging.getLogger(__name__)
 
 
-def read_pass(shot: Path, name: str, index: int) -> torch.Tensor:
-    """One stored pass of one frame as a (1,C,H,W) float32 tensor."""
-    return torch.from_numpy(read_frame(shot, name, index).astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
+def read_sized_frame(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
+    """`read_frame`, refusing a frame whose size is not the shot's (`meta`, when given): a frame of another size
+    cannot be warped onto its neighbours nor scored against its reference."""
+    image = read_frame(shot, name, index)
+    if meta is not None and image.shape[:2] != (meta.height, meta.width):
+        raise QwError(f"{frame_path(shot, name, index)}: frame is {image.shape[1]}×{image.shape[0]}, capture.json "
+                      f"says {meta.width}×{meta.height}")
+    return image
 
 
-def read_finite_pass(shot: Path, name: str, index: int) -> torch.Tensor:
+def read_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
+    """One stored pass of one frame as a (1,C,H,W) float32 tensor (of the shot's size, when `meta` is given)."""
+    image = read_sized_frame(shot, name, index, meta)
+    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
+
+
+def read_finite_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
     """`read_pass`, refusing a frame with NaN or Inf values: the network would spread them over the whole output."""
-    tensor = read_pass(shot, name, index)
+    tensor = read_pass(shot, name, index, meta)
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
         raise QwError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net needs finite "
@@ -55,15 +66,32 @@ def read_finite_pass(shot: Path, name: str, index: int) -> torch.Tensor:
 
 def input_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
     """(color (1,3,H,W), motion (1,2,H,W), history valid) in order; the first frame requested has no valid history.
-    Frames with NaN or Inf values are refused."""
+    Frames with NaN or Inf values, or of another size than the shot's, are refused."""
     valid = meta.history_valid()
     for k, index in enumerate(frames):
-        yield (read_finite_pass(shot, "color", index), read_finite_pass(shot, "motion", index),
+        yield (read_finite_pass(shot, "color", index, meta), read_finite_pass(shot, "motion", index, meta),
                bool(valid[index]) and k > 0)
 
 
-def read_reference(shot: Path, index: int) -> np.ndarray:
-    return read_frame(shot, "reference", index).astype(np.float32)
+class Frame(NamedTuple):
+    """One input frame as `run_qwnet` reads it: `input_frames`' three values and the frame's jitter offset in
+    pixels (read by a model with ``model.jitter_input``)."""
+
+    color: torch.Tensor
+    motion: torch.Tensor
+    history_valid: bool
+    jitter: tuple[float, float] | None = None
+
+
+def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[Frame]:
+    """`input_frames` with each frame's jitter: what every QW-Net, with or without ``jitter_input``, can run on."""
+    jitter = meta.jitter_array()
+    for index, (color, motion, valid) in zip(frames, input_frames(shot, meta, frames)):
+        yield Frame(color, motion, valid, (float(jitter[index][0]), float(jitter[index][1])))
+
+
+def read_reference(shot: Path, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
+    return read_sized_frame(shot, "reference", index, meta).astype(np.float32)
 
 
 @torch.no_grad()
@@ -164,7 +192,7 @@ def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, c
     meta = load_meta(shot)
     device = default_device(device)
     frames = frame_range(meta, start, count)
-    outputs = run_qwnet(model.to(device), input_frames(shot, meta, frames), device)
+    outputs = run_qwnet(model.to(device), model_frames(shot, meta, frames), device)
     for index, frame in zip(frames, outputs):
         yield index, to_image(frame)
 

@@ -71,7 +71,7 @@ def shot_frames(shot: Path, meta, frames: range) -> Frames:
     """Every method's input: colour, motion and history validity as QW-Net reads them, plus depth and jitter."""
     jitter = meta.jitter_array()
     for index, (color, motion, valid) in zip(frames, input_frames(shot, meta, frames)):
-        yield TaaFrame(color, motion, valid, read_pass(shot, "depth", index), tuple(map(float, jitter[index])))
+        yield TaaFrame(color, motion, valid, read_pass(shot, "depth", index, meta), tuple(map(float, jitter[index])))
 
 
 def checkpoint_label(cfg, quantized: bool) -> str:
@@ -184,7 +184,7 @@ def evaluate_shot(shot: Path, methods: list[Method], count: int | None, flip_cro
     for position, index in enumerate(tqdm(frames, desc=f"eval {result.name}", unit="frame", leave=False,
                                                  disable=None if progress else True)):
         color, _, valid, *_ = next(inputs)
-        reference = read_reference(shot, index)
+        reference = read_reference(shot, index, meta)
         images = {m.label: to_image(next(out)) for m, out in zip(methods, outputs)}
         for label, image in images.items():
             scores = per_frame[label]

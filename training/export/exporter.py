@@ -11,7 +11,7 @@ import torch
 
 from qw.datagen.capture_format import atomic_path, load_meta
 from qw.datagen.errors import QwError, require_extra
-from qw.training.infer import check_shot_folder, frame_range, input_frames, run_qwnet
+from qw.training.infer import check_shot_folder, frame_range, model_frames, run_qwnet
 from qw.training.export.integer_ref import integer_conv, load_integer_model, rebuild_network
 from qw.training.quantization.fake_quant import is_integer
 from qw.training.quantization.qat import model_from_any_checkpoint
@@ -26,7 +26,7 @@ def compare_on_shot(run_a: Runner, run_b: Runner, shot: str | Path, frames: int 
     """Run two implementations recurrently on a captured shot's first frames; the largest output difference."""
     meta = load_meta(shot)
     span = frame_range(meta, 0, frames)
-    feed_a, feed_b = itertools.tee(input_frames(Path(shot), meta, span))  # each frame is read from disk once
+    feed_a, feed_b = itertools.tee(model_frames(Path(shot), meta, span))  # each frame is read from disk once
     worst, total, peak, identical = 0.0, 0.0, 0.0, True
     for a, b in zip(run_a(feed_a), run_b(feed_b)):
         worst = max(worst, float((a - b).abs().max()))
@@ -101,6 +101,10 @@ def export_command(checkpoint: str, out: str, verify_shot: str | None = None, ve
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     if fmt == "onnx" and quantized and not all(is_integer(bits) for bits in cfg.quant.model_dump().values()):
         raise QwError(f"{checkpoint}: ONNX export takes a float checkpoint or an integer plan (w4a4, w8a8), not fp16")
+    if fmt == "onnx" and cfg.model.jitter_input:
+        # The graph's inputs are colour, motion and the previous output (docs/onnx.md): no jitter to feed.
+        raise QwError(f"{checkpoint}: ONNX export takes no model that reads the jitter (model.jitter_input); the "
+                      "graph's inputs are color, motion and previous")
     if fmt == "onnx":
         return _export_onnx(model, cfg, quantized, out, verify_shot, verify_frames)
     if not quantized:

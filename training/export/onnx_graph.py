@@ -153,7 +153,8 @@ def run_graph(graph: onnx.ModelProto, frames: Iterator[tuple[torch.Tensor, torch
     `qw.training.infer.run_qwnet` runs a QWNet: sizes padded to `multiple` and cropped back; yields (1,3,H,W)."""
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     previous = None
-    for color, motion, valid in frames:
+    for frame in frames:
+        color, motion, valid = frame[:3]  # a frame may carry its jitter too: the graph does not read it
         h, w = color.shape[-2:]
         color, motion = pad_to_multiple(color, multiple), pad_to_multiple(motion, multiple)
         if not valid or previous is None:  # no history: the frame itself, not moved

@@ -77,8 +77,15 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
         raise QwError(f"--set {', '.join(sorted(set(changes) - {'train'}))}.*: qw quantize takes train.* overrides only "
                       f"(the model comes from {checkpoint}, the bit widths from --bits)")
     fresh = {k: TrainConfig.model_fields[k].get_default(call_default_factory=True) for k in QAT_RESET}
+    start = {**fresh, **overrides}
+    if resume and (out_dir / LAST).is_file():
+        # Continue with the run's own settings, as `qw train --resume` does: the QAT defaults above would
+        # silently stretch a `--steps 80` run to 2000 steps. Options given again still apply (and are checked).
+        given = {"steps": steps, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}
+        start = {**load_checkpoint(out_dir / LAST)["config"]["train"],
+                 **{k: v for k, v in given.items() if v is not None}}
     cfg = apply_overrides(cfg.model_copy(update={"quant": QUANT_PRESETS[bits]}),
-                          {"train": {**fresh, **overrides, **changes.get("train", {})}}, str(checkpoint))
+                          {"train": {**start, **changes.get("train", {})}}, str(checkpoint))
     sites = quant_sites(model, cfg.quant)
     clips = None if resume else calibrate_clips(model, sites, calibration_sequences(store, cfg.train.crop,
                                                                                     calibration_blocks,

@@ -38,8 +38,10 @@ from qw.datagen import __version__
 from qw.datagen.errors import QwError
 from qw.training.model import fast, hdr
 from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
-from qw.training.data import BlockDataset, BlockSampler, augment_batch, check_batch_fits, open_training_store
+from qw.training.data import (BlockDataset, BlockSampler, augment_batch, check_batch_fits, check_crop_fits,
+                               open_training_store)
 from qw.training.model.qwnet import QWNet, sequence_inputs
+from qw.training.quantization.fake_quant import is_quantized_state
 from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
                                           data_provenance, load_checkpoint, prune_checkpoints, publish,
                                           restore_rng_state, rng_state, save_checkpoint)
@@ -246,6 +248,12 @@ def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
     """Load the weights, optimizer, schedule, scaler and RNG state of a resumable checkpoint; returns its step."""
     ckpt = load_checkpoint(path, expected=run.cfg)
     check_resumable(ckpt, path, run.cfg, provenance, run.proc.world_size)
+    # Both kinds of run share the config and the loop; only the weights tell a QAT run from a float one.
+    if is_quantized_state(ckpt["model"]) != is_quantized_state(run.raw_model.state_dict()):
+        raise QwError(f"{path}: a `qw quantize` run; continue it with `qw quantize --resume`"
+                      if is_quantized_state(ckpt["model"]) else
+                      f"{path}: a full-precision `qw train` run; continue it with `qw train --resume`, or give "
+                      "qw quantize another --out")
     run.raw_model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     if run.ema is not None:
         run.ema.module.load_state_dict(ckpt["model"])
@@ -344,6 +352,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     if len(train_idx) == 0:
         raise QwError(f"{store_url}: no blocks in the 'train' split")
     check_batch_fits(store_url, len(train_idx), cfg.train.batch_size, proc.world_size)
+    check_crop_fits(store_url, cfg.train.crop, store.array("color").shape[-1])
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     run = _setup(model, cfg, proc)
     step = _restore(out / LAST, run, provenance) if resume else 0
