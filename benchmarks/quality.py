@@ -195,16 +195,31 @@ def captured(plan: QualityPlan, shot: Path, frames: int) -> bool:
 
 def evaluate_once(out: Path, checkpoints: list[Path], shots: list[Path], frames: int,
                   baselines: tuple[str, ...] = (), device: str = "cpu", flip_every: int = 1) -> dict:
-    """`qw eval` into `out` unless its metrics.json exists (resumable); returns metrics.json's content."""
+    """`qw eval` into `out` unless its metrics.json already scores the same checkpoints on the same shots and frames
+    (resumable); returns metrics.json's content. A rerun whose val selection picks other checkpoints (other
+    `--select-steps`) or scores other frames (`--eval-frames`) is scored again, not given the old scores."""
     from qw.training.evaluation.evaluate import evaluate_command
 
-    if not (out / "metrics.json").is_file():
+    if not scored_as_asked(out / "metrics.json", checkpoints, shots, frames, flip_every):
         evaluate_command([str(c) for c in checkpoints], [str(s) for s in shots], str(out.with_suffix(".tmp")),
                          baselines=baselines, frames=frames, flip_crop=None, flip_every=flip_every, crop_size=64,
                          device=device)
         shutil.rmtree(out, ignore_errors=True)
         out.with_suffix(".tmp").rename(out)
     return json.loads((out / "metrics.json").read_text())
+
+
+def scored_as_asked(metrics_json: Path, checkpoints: list[Path], shots: list[Path], frames: int,
+                    flip_every: int) -> bool:
+    """Whether `metrics_json` exists and holds the scores of exactly `checkpoints` on `shots` over `frames` frames,
+    with FLIP on every `flip_every`-th frame."""
+    if not metrics_json.is_file():
+        return False
+    data = json.loads(metrics_json.read_text())
+    settings = data.get("settings", {})
+    return (sorted(source for source in data.get("methods", {}).values() if source) == sorted(map(str, checkpoints))
+            and settings.get("captures") == [str(s) for s in shots] and settings.get("frames_per_shot") == frames
+            and settings.get("flip_every") == flip_every)
 
 
 def frame_scores(run, shots: list[Path], frames: int) -> list[dict[str, list[float]]]:

@@ -97,3 +97,32 @@ def test_ablation_table_pairs_each_option_with_the_plan_run_of_the_same_seed() -
     assert rows["norm-none"][2:5] == ["0, 1, 2", "31.53", "+0.30"]  # mean of all three; Δ of the paired seeds 0, 1
     assert rows["cosine"][3:5] == ["29.50", "-0.50"] and rows["plan"][4] == ""
     assert rows["TAA"][3] == "31.00"
+
+
+def test_test_scores_are_reused_only_for_the_same_checkpoints_and_frames(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from qw.training.evaluation import evaluate
+
+    calls = []
+
+    def fake_eval(checkpoints, captures, out, *, frames, flip_every, **_) -> dict:
+        calls.append((list(checkpoints), frames))
+        Path(out).mkdir(parents=True)
+        data = {"methods": {"aliased input": "", **{f"QW-Net {i}": c for i, c in enumerate(checkpoints)}},
+                "settings": {"captures": list(captures), "frames_per_shot": frames, "flip_every": flip_every}}
+        (Path(out) / "metrics.json").write_text(json.dumps(data))
+        return data
+
+    monkeypatch.setattr(evaluate, "evaluate_command", fake_eval)
+    shots, out = [tmp_path / "scene" / "shot"], tmp_path / "seed0" / "test"
+    picked = [tmp_path / "fp32_step300.pt", tmp_path / "w4a4_fp300_qat100.pt"]
+    quality.evaluate_once(out, picked, shots, 64, flip_every=16)
+    quality.evaluate_once(out, picked, shots, 64, flip_every=16)  # resumed: the same scores, not scored again
+    assert len(calls) == 1
+    # a rerun whose val selection picked other checkpoints, or that scores other frames, is scored again
+    repicked = [tmp_path / "fp32_step600.pt", tmp_path / "w4a4_fp600_qat100.pt"]
+    assert quality.evaluate_once(out, repicked, shots, 64, flip_every=16)["methods"]["QW-Net 0"] == str(repicked[0])
+    quality.evaluate_once(out, repicked, shots, 32, flip_every=16)
+    assert calls[1:] == [([str(c) for c in repicked], 64), ([str(c) for c in repicked], 32)]

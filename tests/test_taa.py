@@ -199,6 +199,17 @@ def test_evaluation_doc_counts_the_held_out_shots():
     assert stated and int(stated[1]) == len(held_out_builtin_shots())
 
 
+def test_evaluation_doc_states_the_default_luminance_feedback():
+    """docs/evaluation.md gives the engine-style TAA's luminance feedback weight; it said 0.75 after the default
+    became 0.25."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    stated = re.search(r"weight ≥ ([\d.]+) × the relative difference", doc)
+    assert stated and float(stated[1]) == taa.TaaParams().flicker_weight
+
+
 @pytest.fixture(scope="module")
 def moving_scores(tmp_path_factory) -> dict[str, dict[str, float]]:
     """Mean PSNR (and mean motion) per held-out builtin shot for the input, TAA and taa-clamp."""

@@ -91,7 +91,14 @@ def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[Frame
 
 
 def read_reference(shot: Path, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
-    return read_sized_frame(shot, "reference", index, meta).astype(np.float32)
+    """The reference of one frame (H×W×3 float32), refusing NaN or Inf values: every score against them would be
+    NaN, written into the reports as if it were a result."""
+    image = read_sized_frame(shot, "reference", index, meta).astype(np.float32)
+    bad = int((~np.isfinite(image)).sum())
+    if bad:
+        raise QwError(f"{frame_path(shot, 'reference', index)}: {bad} non-finite values (NaN or Inf); the metrics "
+                      "need a finite reference (check the capture with `qw datagen validate`)")
+    return image
 
 
 @torch.no_grad()
