@@ -14,7 +14,7 @@ import pytest
 
 from qw.datagen import capture_format as cf
 from qw.datagen.builtin.renderer import halton_jitter
-from qw.datagen.capture import PROGRESS_FILE
+from qw.datagen.capture import PROGRESS_FILE, select_shots
 from qw.capture import capture_scene
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import find_scene
@@ -188,6 +188,12 @@ def test_params_the_renderer_cannot_draw_are_refused_naming_the_scene(tmp_path, 
     with pytest.raises(QwError, match=f"scene 'builtin_specular': builder 'specular' .*{message}"):
         capture_scene(bad, tmp_path, shots=["crane"], frames="0:1", progress=False, **TINY)
     assert not list(tmp_path.rglob("*.exr"))
+
+
+def test_a_shot_named_twice_is_captured_once():
+    # two jobs for one shot would race for its lock on a Dask cluster ("another process is writing this shot")
+    scene = find_scene("builtin_fence")
+    assert [s.name for s in select_shots(scene, ["rise", "dolly", "rise"])] == ["rise", "dolly"]
 
 
 def test_cli_passes_unreal_options_to_the_unreal_backend(tmp_path):
