@@ -254,7 +254,8 @@ def _backend_version(renderer) -> str:
 def select_shots(manifest: SceneManifest, shots: list[str] | str | None) -> list[Shot]:
     if isinstance(shots, str):
         shots = [shots]
-    return [manifest.shot(name) for name in shots] if shots else list(manifest.shots)
+    # a shot named twice is one shot: two jobs for it would race for its lock on a cluster
+    return [manifest.shot(name) for name in dict.fromkeys(shots)] if shots else list(manifest.shots)
 
 
 def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:

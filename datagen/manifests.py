@@ -165,6 +165,12 @@ class SceneManifest(_Strict):
         names = [s.name for s in self.shots]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate shot names in {names}")
+        # the split unit is the shot: shots sharing frames would put the same pixels in two shots (and two splits)
+        ordered = sorted(self.shots, key=lambda s: s.start)
+        for a, b in zip(ordered, ordered[1:]):
+            if b.start < a.end:
+                raise ValueError(f"shots {a.name!r} [{a.start}, {a.end}) and {b.name!r} [{b.start}, {b.end}) overlap: "
+                                 "each source frame belongs to at most one shot")
         return self
 
     def _shots_inside_camera_path(self, camera: CameraPath) -> None:

@@ -51,10 +51,12 @@ def write_scene_manifest(manifests: Path, scene: str, shots: dict[str, tuple[int
     """A builtin-backend scene manifest listing `shots` (name → (frames, split))."""
     path = manifests / "scenes" / f"{scene.lower()}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    starts = np.cumsum([0, *(f for f, _ in shots.values())]).tolist()  # one after the other: shots never overlap
     path.write_text(yaml.safe_dump({
         "name": scene, "backend": "builtin", "builtin": {"builder": "synthetic"},
         "capture": {"resolution": list(resolution), "fps": 30},
-        "shots": [{"name": n, "start": 0, "end": f, "split": split} for n, (f, split) in shots.items()],
+        "shots": [{"name": n, "start": a, "end": a + f, "split": split}
+                  for a, (n, (f, split)) in zip(starts, shots.items())],
     }))
     return path
 

@@ -14,7 +14,7 @@ import pytest
 
 from qw.datagen import capture_format as cf
 from qw.datagen.builtin.renderer import halton_jitter
-from qw.datagen.capture import PROGRESS_FILE
+from qw.datagen.capture import PROGRESS_FILE, select_shots
 from qw.capture import capture_scene
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import find_scene
@@ -156,6 +156,44 @@ def test_camera_cuts_must_match_the_camera_path(tmp_path):
     with pytest.raises(QwError, match=r"camera_cuts \[\] differ from the cuts of the builder's camera path \[102\]"):
         capture_scene(scene.model_copy(update={"shots": shots}), tmp_path, shots=["low_cut"], frames="0:2",
                       progress=False, **TINY)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"frame": 102.5}, "camera cut at frame 102.5: a cut must be at a whole frame"),
+    ({"target": [-2.0, 0.35, 3.5]}, "are the same point or straight above each other"),
+    ({"eye": [0.0, 4.0, -2.0]}, "are the same point or straight above each other"),
+    ({"eye": [-2.0, 0.35]}, "eye and target must be 3 finite numbers each"),
+])
+def test_bad_camera_keys_are_refused_before_rendering(tmp_path, change, message):
+    # a cut between frames marked the frame before it as the cut (motion across the real cut, history valid);
+    # a degenerate look-at gave NaN cameras and a traceback after every frame was rendered
+    scene = find_scene("builtin_fence")
+    keys = [dict(k) for k in scene.builtin.params["camera"]]
+    keys[2].update(change)  # the cut key at frame 102 (eye [-2, 0.35, 3.5], target [0, 0.6, -2])
+    params = {**scene.builtin.params, "camera": keys}
+    bad = scene.model_copy(update={"builtin": scene.builtin.model_copy(update={"params": params})})
+    with pytest.raises(QwError, match=f"scene 'builtin_fence': builder 'fence' failed on its params: .*{message}"):
+        capture_scene(bad, tmp_path, shots=["low_cut"], frames="0:2", progress=False, **TINY)
+    assert not list(tmp_path.rglob("*.exr"))
+
+
+@pytest.mark.parametrize("params, message", [({"fov": 0}, "fov 0 must be between 0 and 180"),
+                                             ({"fov": 200}, "fov 200 must be between 0 and 180"),
+                                             ({"spheres": 80}, "made [0-9]+ materials and 3 point lights .* at most 64 materials"),
+                                             ({"lights": 9}, "made [0-9]+ materials and 9 point lights")])
+def test_params_the_renderer_cannot_draw_are_refused_naming_the_scene(tmp_path, params, message):
+    scene = find_scene("builtin_specular")
+    bad = scene.model_copy(update={"builtin": scene.builtin.model_copy(
+        update={"params": {**scene.builtin.params, **params}})})
+    with pytest.raises(QwError, match=f"scene 'builtin_specular': builder 'specular' .*{message}"):
+        capture_scene(bad, tmp_path, shots=["crane"], frames="0:1", progress=False, **TINY)
+    assert not list(tmp_path.rglob("*.exr"))
+
+
+def test_a_shot_named_twice_is_captured_once():
+    # two jobs for one shot would race for its lock on a Dask cluster ("another process is writing this shot")
+    scene = find_scene("builtin_fence")
+    assert [s.name for s in select_shots(scene, ["rise", "dolly", "rise"])] == ["rise", "dolly"]
 
 
 def test_cli_passes_unreal_options_to_the_unreal_backend(tmp_path):

@@ -149,6 +149,18 @@ def test_bad_shot_range(tmp_path):
     _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: field shots.0", "end (5) must be greater")
 
 
+def test_overlapping_shots_are_refused(tmp_path):
+    # a val shot sharing frames with a train shot would put the same pixels in both splits
+    scene = _kite()
+    scene["shots"] = [*scene["shots"], {"name": "v", "start": 500, "end": 560, "split": "val"}]
+    root = _tree(tmp_path, scene)
+    _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: field (top level)",
+                           "shots 's0300' [300, 600) and 'v' [500, 560) overlap")
+    scene["shots"][-1] = {"name": "v", "start": 600, "end": 660, "split": "val"}  # adjacent shots share no frame
+    (tmp_path / "adjacent").mkdir()
+    assert _run("--manifests", str(_tree(tmp_path / "adjacent", scene))).exit_code == 0
+
+
 def test_not_yaml(tmp_path):
     root = _tree(tmp_path, "name: [unclosed\n")
     _assert_one_line_error(_run("--manifests", str(root)), "kite.yaml: not valid YAML")

@@ -294,6 +294,20 @@ class CameraPath:
         frames = [k.frame for k in self.keys]
         if frames != sorted(frames):
             raise ValueError(f"camera keys must be in frame order, got {frames}")
+        if not 0 < self.fov_y < 180:
+            raise ValueError(f"fov {self.fov_y:g} must be between 0 and 180 degrees")
+        for k in self.keys:
+            # `cuts` names whole frames: a cut between two frames would mark the wrong frame's history invalid
+            if k.cut and k.frame != int(k.frame):
+                raise ValueError(f"camera cut at frame {k.frame:g}: a cut must be at a whole frame")
+            eye, target = np.asarray(k.eye, float), np.asarray(k.target, float)
+            if eye.shape != (3,) or target.shape != (3,) or not np.isfinite([*eye, *target]).all():
+                raise ValueError(f"camera key at frame {k.frame:g}: eye and target must be 3 finite numbers each")
+            # look_at has no view direction for eye == target and no right axis looking straight up or down
+            forward = target - eye
+            if np.linalg.norm(np.cross(forward, (0.0, 1.0, 0.0))) <= 1e-9 * max(np.linalg.norm(forward), 1.0):
+                raise ValueError(f"camera key at frame {k.frame:g}: eye {k.eye} and target {k.target} are the same "
+                                 "point or straight above each other (the camera's up is +y)")
 
     @property
     def cuts(self) -> list[int]:
