@@ -152,6 +152,34 @@ def test_an_untouched_resigned_qwq_still_loads(qwq_file: Path, tmp_path: Path) -
     assert len(model.layers) == len(qwq.read_qwq(qwq_file).layers)
 
 
+LAYERS_THAT_DO_NOT_FIT = {
+    "name of no conv": (lambda h, d: _set(_layer(h), "name", "extractor.encoder.9.0.conv"),
+                        "tensor extractor.encoder.9.0.conv: not a conv of the network"),
+    "name of a non-conv module": (lambda h, d: _set(_layer(h), "name", "filter"), "tensor filter: not a conv"),
+    "one conv named twice": (lambda h, d: h["layers"].append(_layer(h)),
+                             "tensor extractor.encoder.1.0.conv: not a conv of the network its config describes "
+                             "(or named twice)"),
+    "kernel shape": (lambda h, d: _set(_layer(h)["weight"], "shape", [12, 8, 9, 1]),
+                     "weights [12, 8, 9, 1] with padding 1 do not fit the network's conv [12, 8, 3, 3]"),
+    "widths in the config": (lambda h, d: _set(h["config"]["model"], "widths", [8, 12, 16, 20, 32]),
+                             "tensor extractor.encoder.4.0.conv: weights [24, 20, 3, 3]"),
+    "padding": (lambda h, d: _set(_layer(h), "padding", 0), "with padding 0 do not fit"),
+    "padding true": (lambda h, d: _set(_layer(h), "padding", True), "padding True (must be an integer >= 0)"),
+}
+
+
+@pytest.mark.parametrize("case", LAYERS_THAT_DO_NOT_FIT)
+def test_qwq_layers_that_do_not_fit_the_network_are_refused_naming_file_and_tensor(qwq_file: Path, tmp_path: Path,
+                                                                                   case: str) -> None:
+    from qw.training.export.integer_ref import load_integer_model
+
+    edit, message = LAYERS_THAT_DO_NOT_FIT[case]
+    bad = resigned(qwq_file, tmp_path / "bad.qwq", edit)
+    with pytest.raises(QwError) as err:
+        load_integer_model(bad)
+    assert str(err.value).startswith(f"{bad}: ") and message in str(err.value), str(err.value)
+
+
 def test_qw_eval_of_a_hostile_qwq_is_one_line(qwq_file: Path, tmp_path: Path, builtin_captures: Path) -> None:
     bad = resigned(qwq_file, tmp_path / "bad.qwq", HOSTILE_QWQ["zero point above the bit range"][0])
     shot = builtin_captures / "builtin_fence" / "rise"

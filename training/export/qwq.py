@@ -325,7 +325,7 @@ def _problem_of_layer(layer: ExportedLayer, header: dict[str, Any],
     if layer.integer != activation.integer:
         return f"{layer.weight_bits}-bit weights read a {activation.bits}-bit input (integer weights need an integer " \
                "input, float16 weights a float16 one)"
-    if not isinstance(layer.padding, int) or layer.padding < 0:
+    if not isinstance(layer.padding, int) or isinstance(layer.padding, bool) or layer.padding < 0:
         return f"padding {layer.padding!r} (must be an integer >= 0)"
     out_channels = layer.weight.shape[0] if layer.weight.ndim == 4 else -1
     if layer.weight_scale.shape != (out_channels,) or layer.bias.shape != (out_channels,):
