@@ -61,13 +61,16 @@ def qwq_file(tmp_path_factory) -> Path:
 
 def resigned(src: Path, dst: Path, edit) -> Path:
     """`src` with `edit(header, data)` applied and the trailer recomputed: values a buggy or hostile writer could
-    produce in a file whose checksum is consistent."""
+    produce in a file whose checksums are consistent (the data's SHA-256 too, unless `edit` sets it)."""
     raw = src.read_bytes()[:-32]
     _, version, n = qwq._PREFIX.unpack_from(raw)
     header = json.loads(raw[qwq._PREFIX.size:qwq._PREFIX.size + n])
     start = qwq._PREFIX.size + n
     data = bytearray(raw[start + -start % qwq.ALIGN:])
+    declared = header["data_sha256"]
     edit(header, data)
+    if header.get("data_sha256") == declared:
+        header["data_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     text = json.dumps(header).encode()
     prefix = qwq._PREFIX.pack(qwq.MAGIC, version, len(text))
     body = prefix + text + b"\0" * (-(len(prefix) + len(text)) % qwq.ALIGN) + bytes(data)
@@ -130,6 +133,8 @@ HOSTILE_QWQ = {
                                          "extractor.encoder.1.0.conv.bias: 4 bytes for float32"),
     "unknown dtype": (lambda h, d: _set(_layer(h)["weight"], "dtype", "int2"), "unknown dtype 'int2'"),
     "input that is not defined": (lambda h, d: _set(_layer(h), "input", "nowhere"), "reads activation 'nowhere'"),
+    "data checksum that does not match": (lambda h, d: _set(h, "data_sha256", "0" * 64),
+                                          "data section is truncated or corrupt (size or SHA-256 mismatch)"),
     "missing field": (lambda h, d: h.pop("layers"), "damaged header (KeyError"),
     "bit widths in the config": (lambda h, d: _set(h["config"]["quant"], "extractor_weight_bits", -3),
                                  "invalid config: quant.extractor_weight_bits: Input should be 4, 8, 16 or 32"),
