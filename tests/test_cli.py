@@ -348,3 +348,13 @@ def test_quiet_turns_the_verify_and_validate_bars_off(small_build, monkeypatch, 
         result = CliRunner().invoke(main, [*(["-q"] if quiet else []), *command])
         assert result.exit_code == 0, result.output
     assert seen == [disable, disable]
+
+
+def test_model_stats_counts_a_jitter_reading_model(tmp_path):
+    # model.jitter_input adds two input channels: the first conv reads 12, and its MACs grow by 2/10
+    config = tmp_path / "jitter.yaml"
+    config.write_text("preset: paper\nmodel: {jitter_input: true}\n")
+    result = CliRunner().invoke(main, ["model-stats", "--config", str(config), "--resolution", "64x32", "--json"])
+    assert result.exit_code == 0, result.output
+    first = next(layer for layer in json.loads(result.output)["layers"] if layer["name"] == "extractor.encoder.0.0.conv")
+    assert first["macs"] == 64 * 32 * 32 * 12 * 9 and first["shape"].startswith("12->32 3x3")

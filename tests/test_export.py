@@ -83,6 +83,42 @@ def test_qwq_round_trip_preserves_codes_scales_and_bits(tmp_path):
     assert sizes["w4a4"] < 0.75 * sizes["w8a8"]
 
 
+def test_qwq_bytes_follow_the_documented_layout(tmp_path):
+    """A reader written from docs/quantization.md alone (no qwq code) decodes what the exporter wrote."""
+    import hashlib
+    import json
+
+    written = qwq.exported_model(quant.quantize_model(perturbed_model(SMALL), quant.QUANT_PRESETS["w4a4"]),
+                                 Config(model=SMALL))
+    path = tmp_path / "m.qwq"
+    qwq.write_qwq(path, written)
+    raw = path.read_bytes()
+    magic, version, length = struct.unpack_from("<4sIQ", raw)  # magic, uint32 version, uint64 header length
+    assert (magic, version) == (b"QWQ\0", 2)
+    header = json.loads(raw[16:16 + length].decode("utf-8"))
+    start = 16 + length + -(16 + length) % 16  # zero padding to a multiple of 16
+    assert set(raw[16 + length:start]) <= {0}
+    data = raw[start:-32]
+    assert hashlib.sha256(raw[:-32]).digest() == raw[-32:]
+    assert len(data) == header["data_bytes"] and hashlib.sha256(data).hexdigest() == header["data_sha256"]
+
+    def tensor(ref):
+        assert ref["offset"] % 16 == 0
+        chunk = data[ref["offset"]:ref["offset"] + ref["nbytes"]]
+        if ref["dtype"] == "int4":  # two per byte, the even element in the low nibble, two's complement
+            nibbles = [n for byte in chunk for n in (byte & 0xF, byte >> 4)][:int(np.prod(ref["shape"]))]
+            return np.array([n - 16 if n > 7 else n for n in nibbles]).reshape(ref["shape"])
+        return np.frombuffer(chunk, {"int8": "<i1", "float32": "<f4"}[ref["dtype"]]).reshape(ref["shape"])
+
+    for entry, layer in zip(header["layers"], written.layers):
+        assert entry["weight"]["dtype"] == ("int4" if layer.weight_bits == 4 else "int8")
+        np.testing.assert_array_equal(tensor(entry["weight"]), layer.weight)
+        np.testing.assert_array_equal(tensor(entry["weight_scale"]), layer.weight_scale)
+        np.testing.assert_array_equal(tensor(entry["bias"]), layer.bias)
+    for entry in header["activations"]:
+        assert tensor(entry["scale"]) == written.activations[entry["name"]].scale
+
+
 def test_qwq_errors_name_the_file(tmp_path):
     model = perturbed_model(SMALL)
     path = tmp_path / "m.qwq"

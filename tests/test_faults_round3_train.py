@@ -61,13 +61,16 @@ def qwq_file(tmp_path_factory) -> Path:
 
 def resigned(src: Path, dst: Path, edit) -> Path:
     """`src` with `edit(header, data)` applied and the trailer recomputed: values a buggy or hostile writer could
-    produce in a file whose checksum is consistent."""
+    produce in a file whose checksums are consistent (the data's SHA-256 too, unless `edit` sets it)."""
     raw = src.read_bytes()[:-32]
     _, version, n = qwq._PREFIX.unpack_from(raw)
     header = json.loads(raw[qwq._PREFIX.size:qwq._PREFIX.size + n])
     start = qwq._PREFIX.size + n
     data = bytearray(raw[start + -start % qwq.ALIGN:])
+    declared = header["data_sha256"]
     edit(header, data)
+    if header.get("data_sha256") == declared:
+        header["data_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     text = json.dumps(header).encode()
     prefix = qwq._PREFIX.pack(qwq.MAGIC, version, len(text))
     body = prefix + text + b"\0" * (-(len(prefix) + len(text)) % qwq.ALIGN) + bytes(data)
@@ -130,6 +133,8 @@ HOSTILE_QWQ = {
                                          "extractor.encoder.1.0.conv.bias: 4 bytes for float32"),
     "unknown dtype": (lambda h, d: _set(_layer(h)["weight"], "dtype", "int2"), "unknown dtype 'int2'"),
     "input that is not defined": (lambda h, d: _set(_layer(h), "input", "nowhere"), "reads activation 'nowhere'"),
+    "data checksum that does not match": (lambda h, d: _set(h, "data_sha256", "0" * 64),
+                                          "data section is truncated or corrupt (size or SHA-256 mismatch)"),
     "missing field": (lambda h, d: h.pop("layers"), "damaged header (KeyError"),
     "bit widths in the config": (lambda h, d: _set(h["config"]["quant"], "extractor_weight_bits", -3),
                                  "invalid config: quant.extractor_weight_bits: Input should be 4, 8, 16 or 32"),
@@ -150,6 +155,34 @@ def test_an_untouched_resigned_qwq_still_loads(qwq_file: Path, tmp_path: Path) -
     """The checks refuse the edits above, not the re-signing itself."""
     model = qwq.read_qwq(resigned(qwq_file, tmp_path / "same.qwq", lambda h, d: None))
     assert len(model.layers) == len(qwq.read_qwq(qwq_file).layers)
+
+
+LAYERS_THAT_DO_NOT_FIT = {
+    "name of no conv": (lambda h, d: _set(_layer(h), "name", "extractor.encoder.9.0.conv"),
+                        "tensor extractor.encoder.9.0.conv: not a conv of the network"),
+    "name of a non-conv module": (lambda h, d: _set(_layer(h), "name", "filter"), "tensor filter: not a conv"),
+    "one conv named twice": (lambda h, d: h["layers"].append(_layer(h)),
+                             "tensor extractor.encoder.1.0.conv: not a conv of the network its config describes "
+                             "(or named twice)"),
+    "kernel shape": (lambda h, d: _set(_layer(h)["weight"], "shape", [12, 8, 9, 1]),
+                     "weights [12, 8, 9, 1] with padding 1 do not fit the network's conv [12, 8, 3, 3]"),
+    "widths in the config": (lambda h, d: _set(h["config"]["model"], "widths", [8, 12, 16, 20, 32]),
+                             "tensor extractor.encoder.4.0.conv: weights [24, 20, 3, 3]"),
+    "padding": (lambda h, d: _set(_layer(h), "padding", 0), "with padding 0 do not fit"),
+    "padding true": (lambda h, d: _set(_layer(h), "padding", True), "padding True (must be an integer >= 0)"),
+}
+
+
+@pytest.mark.parametrize("case", LAYERS_THAT_DO_NOT_FIT)
+def test_qwq_layers_that_do_not_fit_the_network_are_refused_naming_file_and_tensor(qwq_file: Path, tmp_path: Path,
+                                                                                   case: str) -> None:
+    from qw.training.export.integer_ref import load_integer_model
+
+    edit, message = LAYERS_THAT_DO_NOT_FIT[case]
+    bad = resigned(qwq_file, tmp_path / "bad.qwq", edit)
+    with pytest.raises(QwError) as err:
+        load_integer_model(bad)
+    assert str(err.value).startswith(f"{bad}: ") and message in str(err.value), str(err.value)
 
 
 def test_qw_eval_of_a_hostile_qwq_is_one_line(qwq_file: Path, tmp_path: Path, builtin_captures: Path) -> None:

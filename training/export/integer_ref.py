@@ -88,6 +88,19 @@ def rebuild_network(exported: ExportedModel, conv_for: Callable[[ExportedLayer, 
     model = QWNet(Config.model_validate(exported.config).model)
     replaced = []
     for layer in exported.layers:
+        # The file's numbers passed `check_values`; its layer names and shapes must also fit the network its config
+        # describes, else a foreign or edited file would fail mid-inference (or run convs of the wrong widths).
+        try:
+            conv = model.get_submodule(layer.name)
+        except AttributeError:
+            conv = None
+        if not isinstance(conv, nn.Conv2d) or f"{layer.name}." in replaced:
+            raise QwError(f"{source}: tensor {layer.name}: not a conv of the network its config describes "
+                          "(or named twice)")
+        if tuple(conv.weight.shape) != layer.weight.shape or conv.padding != (layer.padding, layer.padding):
+            raise QwError(f"{source}: tensor {layer.name}: weights {list(layer.weight.shape)} with padding "
+                          f"{layer.padding} do not fit the network's conv {list(conv.weight.shape)} with padding "
+                          f"{conv.padding[0]}")
         bn = batch_norm_of(model, layer.name)
         replace_module(model, layer.name, conv_for(layer, exported.activations[layer.input]))
         if bn:

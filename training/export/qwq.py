@@ -249,10 +249,10 @@ def read_qwq(path: str | Path) -> ExportedModel:
     start = _PREFIX.size + n
     start += -start % ALIGN
     blob = raw[start:]
-    # the trailer already covers the data section, so its size is the one check left (data_sha256 is written for
-    # other readers of the format, not checked again here)
+    # the trailer already covers the data section; its declared size and SHA-256 are checked too, so a file that
+    # another reader of the format (which may check only those) would refuse is not accepted here
     try:
-        if len(blob) != header["data_bytes"]:
+        if len(blob) != header["data_bytes"] or hashlib.sha256(blob).hexdigest() != header["data_sha256"]:
             raise QwError(f"{path}: data section is truncated or corrupt (size or SHA-256 mismatch)")
         model = _parse(header, _TensorReader(path, blob))
     except (KeyError, TypeError, ValueError) as exc:  # a header that lacks a field or holds the wrong kind of value
@@ -325,7 +325,7 @@ def _problem_of_layer(layer: ExportedLayer, header: dict[str, Any],
     if layer.integer != activation.integer:
         return f"{layer.weight_bits}-bit weights read a {activation.bits}-bit input (integer weights need an integer " \
                "input, float16 weights a float16 one)"
-    if not isinstance(layer.padding, int) or layer.padding < 0:
+    if not isinstance(layer.padding, int) or isinstance(layer.padding, bool) or layer.padding < 0:
         return f"padding {layer.padding!r} (must be an integer >= 0)"
     out_channels = layer.weight.shape[0] if layer.weight.ndim == 4 else -1
     if layer.weight_scale.shape != (out_channels,) or layer.bias.shape != (out_channels,):

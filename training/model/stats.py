@@ -97,8 +97,9 @@ def _conv_macs(model: nn.Module, height: int, width: int) -> dict[str, tuple[int
     try:
         meta = model.to("meta")
         image = torch.zeros(1, 3, height, width, device="meta")
+        jitter = torch.zeros(1, 2, device="meta") if model.cfg.jitter_input else None  # a model that reads it needs it
         with torch.no_grad():
-            meta.step(image, image)
+            meta.step(image, image, jitter)
     finally:
         for handle in handles:
             handle.remove()
