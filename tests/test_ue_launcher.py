@@ -291,9 +291,24 @@ def test_cli_capture_dry_run_and_missing_editor(tmp_path, scene):
     assert result.exit_code == 2 and f"set {EDITOR_ENV}" in result.output
 
 
-def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, editor):
+def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, editor, monkeypatch):
     from distributed import LocalCluster
     from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from qw.ue_capture import launcher
+
+    prepares: list[tuple[float, float]] = []  # (start, end) of every prepare stage's editor run
+    run_editor = launcher.run_editor
+
+    def timed_run_editor(argv, env, log_path, timeout):
+        start = time.monotonic()
+        try:
+            return run_editor(argv, env, log_path, timeout)
+        finally:
+            if "prepare" in log_path.name:
+                prepares.append((start, time.monotonic()))
+
+    monkeypatch.setattr(launcher, "run_editor", timed_run_editor)
 
     class Restrictions(SchedulerPlugin):
         def __init__(self) -> None:
@@ -313,6 +328,10 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
                               timeout=60, progress=False)
     assert [p.name for p in paths] == ["a", "b"] and all(validate_capture(p).ok for p in paths)
     assert plugin.seen == {"ue-capture-kite-a": {"ue": 1}, "ue-capture-kite-b": {"ue": 1}}
+    # two shots of one project on one node: their prepares take turns, since the editor saves every queue to one
+    # fixed file before the script copies it to the shot's own (a shot could otherwise render the other's queue)
+    first, second = sorted(prepares)
+    assert len(prepares) == 2 and first[1] <= second[0]
 
 
 @pytest.mark.parametrize("version, quits", [("4.27", True), ("5.5", False)])

@@ -41,6 +41,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 from tqdm import tqdm
 
@@ -141,6 +142,14 @@ def queue_config(scene: str, shot: str) -> str:
 def queue_file(project: Path, config: str) -> Path:
     """Where the editor script saves the queue that ``-MoviePipelineConfig=<config>`` names."""
     return project.parent / "Saved" / config
+
+
+def prepare_lock(project: Path) -> Path:
+    """The lock that one project's prepare stages take in turn. The editor saves every queue to one fixed file,
+    Saved/MovieRenderPipeline/QueueManifest.utxt (SaveQueueToManifestFile, docs/unreal.md), before the script
+    copies it to the shot's own queue file: two prepares of one project at once (two shots on one render node)
+    could copy each other's queue and render the other shot. They also save the same project's assets."""
+    return project.parent / "Saved" / QUEUE_FOLDER / ".qw-prepare.lock"
 
 
 def build_job_spec(manifest: SceneManifest, shot: Shot, work: Path, map_path: str,
@@ -356,7 +365,8 @@ def _prepare(run: ShotRun, spec: dict[str, Any], editor: Path, attempt: int) -> 
     queue = Path(spec["queue_manifest"])
     for stale in (run.work / PREPARE_STATUS, queue):
         stale.unlink(missing_ok=True)
-    code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
+    with filelock.FileLock(prepare_lock(run.project)):
+        code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
     status = read_json(run.work / PREPARE_STATUS)
     if status and not status.get("ok"):  # the script's own diagnosis is the most useful message
         if status.get("user_error"):
