@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import time
 from typing import Any, Iterator
 
 from qw.datagen.errors import QwError
@@ -56,6 +58,11 @@ def check_cluster(cluster: str = "local", scheduler: str | None = None) -> None:
         raise QwError(f"--scheduler uses an existing cluster; it cannot be combined with --cluster {cluster}")
     if cluster == "slurm":
         _slurm_config()
+        from dask_jobqueue.slurm import SLURMJob
+
+        if shutil.which(SLURMJob.submit_command) is None:  # dask-jobqueue would only log it and wait for workers
+            raise QwError(f"--cluster slurm: SLURM's {SLURMJob.submit_command} is not on PATH; run qw where jobs can "
+                          "be submitted (a SLURM login node)")
 
 
 def _slurm_config() -> dict[str, Any]:
@@ -111,6 +118,18 @@ def _scale_slurm(cluster: Any, workers: int | None) -> None:
         cluster.scale(n=workers)  # dask-jobqueue rounds up to whole jobs
     else:
         cluster.scale(jobs=1)
+    # dask-jobqueue submits in the background and only logs a refused sbatch: the client would wait for workers
+    # forever. A job joins `cluster.workers` once its submission was tried; one without a job id was refused.
+    while not set(cluster.worker_spec) <= set(cluster.workers):
+        time.sleep(0.05)
+    refused = [job for job in cluster.workers.values() if job.job_id is None]
+    if refused:
+        from distributed.core import Status
+
+        for job in refused:  # never started: closing the cluster must not wait for them (it asserts they ended)
+            job.status = Status.failed
+        raise QwError(f"--cluster slurm: sbatch refused {len(refused)} of {len(cluster.workers)} job(s) (its message "
+                      "is logged above); check the jobqueue.slurm settings (queue, account, walltime …)")
     log.info("SLURM: jobs for %s submitted; `squeue --me` lists them",
              f"{workers} worker processes" if workers else "one job's worker processes")
 

@@ -63,11 +63,14 @@ class TaskSpec:
     first_block: int
     positions: np.ndarray  # (blocks, candidates, 2)
     marker_width: int
+    inner_chunk: int | None = None  # the store's layout (sharded inner chunk size), also part of the cache key
 
 
 @functools.lru_cache(maxsize=4)
-def _open_arrays(url: str, options_json: str, plan_digest: str) -> dict[str, zarr.Array]:
-    """The store's arrays, opened once per worker process."""
+def _open_arrays(url: str, options_json: str, plan_digest: str, inner: int | None) -> dict[str, zarr.Array]:
+    """The store's arrays, opened once per worker process (per store URL, plan and layout: a handle holds the
+    array's chunking and codecs, so one kept from a store since rebuilt in another layout would write chunks the
+    new store cannot decode)."""
     store = open_store(url, mode="r+", require_complete=False, storage_options=json.loads(options_json))
     return {name: store.array(name) for name in (*IMAGE_ARRAYS, MARKERS, TASK_CHECKSUMS)}
 
@@ -149,7 +152,7 @@ def run_task(spec: TaskSpec) -> int:
     of blocks."""
     try:
         arrays = _open_arrays(spec.store_url, json.dumps(spec.storage_options or {}, sort_keys=True),
-                              spec.plan_digest)
+                              spec.plan_digest, spec.inner_chunk)
     except QwError as exc:  # the store was created by the client: a worker that cannot open it does not see it
         raise QwError(f"a Dask worker on {socket.gethostname()} cannot open the store: {exc}; every worker must "
                       f"reach the store at the path or URL the build was given") from None
@@ -311,7 +314,8 @@ def finalize(store: BlockStore, plan: Plan) -> None:
 # ----------------------------------------------------------------------------------------------- Dask
 
 
-def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None) -> list[TaskSpec]:
+def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options: dict | None,
+               inner: int | None = None) -> list[TaskSpec]:
     """One spec per task. Local paths are made absolute: a worker resolves a relative one against its own working
     directory, which on a cluster started elsewhere is not the client's."""
     root, digest, width = Path(captures_root).resolve(), plan.digest(), _marker_width(plan)
@@ -320,7 +324,8 @@ def task_specs(plan: Plan, captures_root: str | Path, url: str, storage_options:
     for t in plan.tasks:
         shot = plan.shots[t.shot]
         specs.append(TaskSpec(url, storage_options, digest, t.index, str(root / shot.path), shot.meta.width,
-                              shot.meta.height, t.start, plan.frames, plan.tile, t.first_block, t.positions, width))
+                              shot.meta.height, t.start, plan.frames, plan.tile, t.first_block, t.positions, width,
+                              inner))
     return specs
 
 
@@ -392,7 +397,7 @@ def _build(plan: Plan, captures_root: str | Path, url: str, cluster: str, worker
         log.info("%s: already complete (%d blocks)", url, plan.num_blocks)
         return store
     done = done_tasks(store)
-    todo = [s for s, d in zip(task_specs(plan, captures_root, url, storage_options), done) if not d]
+    todo = [s for s, d in zip(task_specs(plan, captures_root, url, storage_options, inner_chunk), done) if not d]
     initial = sum(t.num_blocks for t, d in zip(plan.tasks, done) if d)
     with tqdm(total=plan.num_blocks, initial=initial, unit="block", desc="build", disable=None if progress else True) as bar:
         if todo:

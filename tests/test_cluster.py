@@ -161,6 +161,42 @@ def test_build_with_cluster_slurm_end_to_end(tmp_path, fake_slurm):
         script)
 
 
+def test_slurm_without_sbatch_is_refused_before_the_store_is_created(tmp_path):
+    """On a machine without SLURM the build once logged sbatch's FileNotFoundError and waited for workers forever."""
+    case = small_case(tmp_path)
+    env = {**os.environ, "QW_MANIFESTS": str(case["manifests"]), "DASK_JOBQUEUE__SLURM__CORES": "2",
+           "DASK_JOBQUEUE__SLURM__MEMORY": "2GB", "PATH": str(Path(sys.executable).parent)}  # python, no sbatch
+    result = subprocess.run([QW, "datagen", "build", "--cluster", "slurm", "--dataset", str(case["dataset_file"]),
+                             "--captures", str(case["captures"]), "--store", str(tmp_path / "blocks.zarr")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("qw: error: --cluster slurm: SLURM's sbatch is not on PATH; "
+                                                      "run qw where jobs can be submitted (a SLURM login node)")
+    assert not (tmp_path / "blocks.zarr").exists()
+
+
+def test_a_job_that_sbatch_refuses_fails_the_build_instead_of_waiting_for_workers(tmp_path, fake_slurm):
+    """dask-jobqueue submits in the background and only logs sbatch's refusal (an unknown partition): the build
+    must end with one line, the unfinished store kept for a rerun."""
+    refusing = tmp_path / "refusing-slurm"
+    refusing.mkdir()
+    (refusing / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+    (refusing / "sbatch").chmod(0o755)
+    case = small_case(tmp_path)
+    env = {**os.environ, "QW_MANIFESTS": str(case["manifests"]), "DASK_JOBQUEUE__SLURM__CORES": "2",
+           "DASK_JOBQUEUE__SLURM__MEMORY": "2GB", "DASK_JOBQUEUE__SLURM__QUEUE": "gpu",
+           "PATH": f"{refusing}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([QW, "datagen", "build", "--cluster", "slurm", "--workers", "3", "--dataset",
+                             str(case["dataset_file"]), "--captures", str(case["captures"]), "--store",
+                             str(tmp_path / "blocks.zarr")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "sbatch: error: invalid partition specified: gpu" in result.stderr  # sbatch's own reason is shown
+    assert result.stderr.strip().splitlines()[-1] == (
+        "qw: error: --cluster slurm: sbatch refused 2 of 2 job(s) (its message is logged above); check the "
+        "jobqueue.slurm settings (queue, account, walltime …)")
+    assert not submitted_jobs(fake_slurm)
+
+
 def test_builtin_capture_with_cluster_slurm(tmp_path, fake_slurm, caplog):
     """Builtin shots rendered as tasks in SLURM jobs give the same pixels as rendered in this process."""
     options = ["--scene", "builtin_fence", "--shot", "low_cut", "--shot", "rise", "--frames", "0:2",

@@ -341,6 +341,27 @@ def test_store_of_another_plan_needs_overwrite_on_an_existing_cluster(one_shot):
                                       expected_crop(folder, "depth", start, 8, y, x, 16))
 
 
+def test_the_same_plan_rebuilt_in_another_layout_on_an_existing_cluster_reads_back(one_shot):
+    """--scheduler: the worker that wrote the unsharded store must not write its sharded rebuild (same URL, same plan,
+    --overwrite --inner-chunk) through array handles that still hold the old chunking: the store was marked complete
+    and no block of it could be decoded."""
+    from distributed import LocalCluster
+
+    def build(**kw):
+        return build_store(one_shot["dataset"], one_shot["captures"], str(one_shot["store"]), progress=False,
+                           scheduler=cluster.scheduler_address, manifests_root=one_shot["manifests"], **kw)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        assert build().array("color").shards is None
+        store = build(overwrite=True, inner_chunk=16)
+    assert store.complete and store.array("color").shards == (1, 8, 3, 32, 32)
+    for i, (_, shot, start, y, x) in enumerate(store.origins()):
+        folder = one_shot["captures"] / store.attrs["shots"][shot]["path"]
+        for name in IMAGE_ARRAYS:
+            np.testing.assert_array_equal(store.read_block(i, (name,))[name],
+                                          expected_crop(folder, name, start, 8, y, x, 32), err_msg=name)
+
+
 def test_builtin_renderer_captures_end_to_end(builtin_captures, tmp_path):
     """Real renders: every block is the bit-exact float16 crop of its source frames; motion stays in full-frame
     pixels (no rescaling: equal to the source crop), jitter per frame, history flags false at block start and at
