@@ -51,7 +51,9 @@ def smooth_frames(rng: np.random.Generator, h: int, w: int, channels: int, scale
 def write_captures(root: Path, shots: int, frames: int, width: int, height: int) -> None:
     manifest = {"name": "bench", "backend": "builtin", "builtin": {"builder": "bench"},
                 "capture": {"resolution": [width, height], "fps": 30},
-                "shots": [{"name": f"s{i}", "start": 0, "end": frames, "split": "train"} for i in range(shots)]}
+                # one shot after another: a scene manifest refuses shots that share source frames
+                "shots": [{"name": f"s{i}", "start": i * frames, "end": (i + 1) * frames, "split": "train"}
+                          for i in range(shots)]}
     (root / "manifests" / "scenes").mkdir(parents=True, exist_ok=True)
     (root / "manifests" / "scenes" / "bench.yaml").write_text(yaml.safe_dump(manifest))
     rng = np.random.default_rng(0)

@@ -19,9 +19,10 @@ rows run pinned to one CPU (blosc single-threaded, torch 1 thread, as in a DataL
 
 Rates are blocks per CPU-second (CPU time of this process, all threads; for the DataLoader rows, of this process
 and its workers), which is what one dedicated core would deliver and is far less disturbed by other processes on a
-shared machine than wall time (the DataLoader rows also show wall blocks/s). Each row is measured in every round,
-rows interleaved; the table shows each row's median and range over rounds and its ratio to the floor of the same
-round (median of ratios). Nothing here is asserted.
+shared machine than wall time (the DataLoader rows also show wall blocks/s). Each single-core row is measured in
+every round, rows interleaved, and each DataLoader row twice after the rounds; the table shows each row's median and
+range and its ratio to the floor of the same round (median of ratios; the DataLoader rows: of the first two rounds).
+Nothing here is asserted.
 """
 
 from __future__ import annotations

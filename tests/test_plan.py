@@ -161,3 +161,17 @@ def test_plan_errors_name_the_problem():
         make_plan(dataset({"a": 3}), infos([("a", "s1", 7, "train", [])]))
     with pytest.raises(QwError, match="smaller than the 256-pixel tile"):
         make_plan(dataset({"a": 3}, tile=256), infos([("a", "s1", 16, "train", [])]))
+
+
+def test_build_benchmark_captures_load_with_their_manifest(tmp_path):
+    """benchmarks/bench_datagen.py writes several shots of one scene and a manifest for them: the planner must
+    accept that manifest (shots that shared source frames were refused, and the benchmark never ran)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_datagen", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_datagen.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.write_captures(tmp_path, shots=2, frames=8, width=16, height=16)
+    infos = load_captures(tmp_path / "captures", manifests_root=tmp_path / "manifests")
+    assert sorted((c.meta.shot, c.split) for c in infos) == [("s0", "train"), ("s1", "train")]
