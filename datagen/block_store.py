@@ -375,6 +375,8 @@ class BlockStore:
         """`image_block` of several arrays, fetched together: one trip through zarr's event loop for all of them
         rather than one each (a thread hand-off per trip: ~7 % of a whole-block read, benchmarks/bench_loader.py)."""
         names = tuple(names)
+        if window is not None and names:
+            self._check_window(window, names[0])
         selections = {name: self._selection(name, index, window) for name in names}
         arrays = [self.array(name).async_array for name in names]  # opened out here: opening is itself a sync call
 
@@ -394,6 +396,15 @@ class BlockStore:
                 values = values[..., y:y + size, x:x + size]
             out[name] = values
         return out
+
+    def _check_window(self, window: Window, name: str) -> None:
+        """Refuse a window that is not a non-empty square inside the tiles: slicing would silently return a
+        smaller or empty image."""
+        side = self.array(name).shape[-1]
+        y, x, size = window
+        if not (size >= 1 and 0 <= y and 0 <= x and y + size <= side and x + size <= side):
+            raise QwError(f"{self.url}: window (y={y}, x={x}, size={size}) is not a square inside the store's "
+                          f"{side}x{side} tiles")
 
     def _selection(self, name: str, index: int, window: Window | None) -> tuple:
         """What to read of `name` for block `index`: the window alone when the array is sharded, else the block."""

@@ -254,8 +254,12 @@ def _backend_version(renderer) -> str:
 def select_shots(manifest: SceneManifest, shots: list[str] | str | None) -> list[Shot]:
     if isinstance(shots, str):
         shots = [shots]
+    if shots is None:
+        return list(manifest.shots)
+    if not shots:  # an empty selection (a filter that matched nothing) must not mean every shot
+        raise QwError(f"scene {manifest.name!r}: the list of shots is empty; pass None for every shot")
     # a shot named twice is one shot: two jobs for it would race for its lock on a cluster
-    return [manifest.shot(name) for name in dict.fromkeys(shots)] if shots else list(manifest.shots)
+    return [manifest.shot(name) for name in dict.fromkeys(shots)]
 
 
 def _run_on_dask(jobs: list[ShotJob], client, progress: bool) -> list[Path]:
@@ -279,7 +283,8 @@ def capture_builtin(manifest: SceneManifest, out: Path, *, shots: list[str] | st
                     workers: int | None = None, progress: bool = True) -> list[Path]:
     """Render every (or the named) shot of a builtin scene into ``<out>/<scene>/<shot>/`` (see `qw.capture_scene`)."""
     width, height = parse_resolution(resolution, manifest.capture.resolution)
-    spp = reference_spp or manifest.capture.reference_samples
+    # `is None`, not `or`: 0 is a bad value to refuse, not a request for the manifest's
+    spp = manifest.capture.reference_samples if reference_spp is None else reference_spp
     reference_grid(spp)
     jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
             for s in select_shots(manifest, shots)]

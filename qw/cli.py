@@ -416,7 +416,8 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
 
     quantize_command(checkpoint, store, out, bits=bits, steps=steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
-                     settings=overrides, storage_options=storage_options)
+                     settings=overrides, storage_options=storage_options,
+                     progress=click.get_current_context().obj["progress"])
     click.echo(f"run: {out} (last.pt, quantize.json, metrics.jsonl, tb/)")
 
 

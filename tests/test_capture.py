@@ -147,6 +147,14 @@ def test_option_errors_are_clear(tmp_path, monkeypatch):
         capture_scene("builtin_fence", tmp_path, resolution="640")
     with pytest.raises(QwError, match="has no shot 'nope'"):
         capture_scene("builtin_fence", tmp_path, shots=["nope"])
+    # 0 samples and an empty shot list were read as "the manifest's": a full capture of every shot (the bad
+    # frames keep a regression from rendering: they are checked after these)
+    with pytest.raises(QwError, match="reference samples 0: .*square number"):
+        capture_scene("builtin_fence", tmp_path, reference_spp=0, frames="0:500")
+    with pytest.raises(QwError, match="the list of shots is empty"):
+        capture_scene("builtin_fence", tmp_path, shots=[], frames="0:500")
+    with pytest.raises(QwError, match="the list of shots is empty"):
+        capture_scene("kite", tmp_path, shots=[])
     assert not list(tmp_path.rglob("*.exr"))
 
 

@@ -4,10 +4,12 @@ import json
 
 import imageio.v2 as imageio
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from train_helpers import small_shot, write_checkpoint
 
+import qw
 from qw.cli import main
 from qw.datagen.capture_format import PASSES, load_meta, read_exr
 from qw.training.config import Config, ModelConfig
@@ -106,3 +108,15 @@ def test_infer_refuses_a_frame_of_another_size_naming_it(tmp_path):
                                  "64×48\n")
         assert not (tmp_path / "o" / "infer.json").exists()
         frame_path(shot, name, 1).write_bytes(original)
+
+
+def test_reconstruct_shot_refuses_a_count_below_one(tmp_path):
+    """`qw.reconstruct_shot(count=0)` (or a negative count) yielded nothing and raised nothing: the API took the
+    empty range that `qw infer --count` refuses."""
+    cfg = Config(model=ModelConfig(widths=[8, 12, 16], decoder_convs=[1, 1]))
+    model, _, _ = model_from_any_checkpoint(write_checkpoint(tmp_path / "m.pt", cfg))
+    shot = small_shot(tmp_path / "captures")
+    for count in (0, -2):
+        with pytest.raises(qw.QwError, match=f"frame count {count}: must be at least 1"):
+            list(qw.reconstruct_shot(model, shot, count=count, device="cpu"))
+    assert [i for i, _ in qw.reconstruct_shot(model, shot, start=1, count=1, device="cpu")] == [1]

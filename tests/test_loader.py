@@ -74,6 +74,14 @@ def test_an_index_outside_the_store_is_an_index_error_not_damage(tmp_path, index
         open_store(url).read_block(index)
 
 
+@pytest.mark.parametrize("crop", [0, -5])
+def test_a_crop_below_one_pixel_is_refused(tmp_path, crop):
+    """crop=0 gave whole tiles and a negative crop empty images, silently."""
+    url = make_store(tmp_path / "s.zarr", n_train=2, n_val=1)
+    with pytest.raises(QwError, match=rf"crop {crop}: must be at least 1 pixel"):
+        BlockDataset(url, crop=crop)
+
+
 # ----------------------------------------------------------------------------------------------- augmentation
 
 

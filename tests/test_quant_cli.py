@@ -81,3 +81,21 @@ def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path,
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 0, result.output + repr(result.exception)
         assert trained[-1].steps == steps and trained[-1].lr == load_checkpoint(q)["config"]["train"]["lr"]
+
+
+def test_quiet_quantize_draws_no_progress_bar(tiny_checkpoints, tmp_path, monkeypatch):
+    """`qw -q quantize` drew the fine-tuning's progress bar on a terminal (`-q` promises none, as `qw -q train`
+    keeps): the CLI's progress setting reaches the training loop."""
+    from qw.training.quantization import qat
+
+    fp, q = tiny_checkpoints
+    run = tmp_path / "q"
+    shutil.copytree(q.parent, run)
+    progress = []
+    monkeypatch.setattr(qat, "train", lambda *args, **kwargs: progress.append(kwargs.get("progress", True)) or {})
+    base = ["quantize", "--checkpoint", str(fp), "--store", str(fp.parents[1] / "blocks.zarr"), "--out", str(run),
+            "--resume"]
+    for quiet in ([], ["-q"]):
+        result = CliRunner().invoke(main, quiet + base)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    assert progress == [True, False]

@@ -117,6 +117,18 @@ def test_a_window_read_equals_the_window_of_the_whole_block(tmp_path, inner_chun
             np.testing.assert_array_equal(window[name].view(np.uint16), expected.view(np.uint16))
 
 
+@pytest.mark.parametrize("inner_chunk", [None, 8])
+def test_a_window_outside_the_tile_is_refused(tmp_path, inner_chunk):
+    """A window past the tile's edge, at a negative offset or of size 0 returned a smaller or empty image."""
+    small_store(tmp_path / "s.zarr", inner_chunk=inner_chunk)
+    store = open_store(str(tmp_path / "s.zarr"))
+    for y, x, size in [(10, 0, 8), (0, 9, 8), (-4, 0, 8), (0, -1, 8), (0, 0, 0), (0, 0, 17)]:
+        with pytest.raises(QwError, match=rf"window \(y={y}, x={x}, size={size}\) is not a square inside the "
+                                          r"store's 16x16 tiles"):
+            store.read_block(0, ("color", "motion"), window=(y, x, size))
+    assert store.read_block(0, ("color",), window=(8, 8, 8))["color"].shape[-2:] == (8, 8)
+
+
 def damage(path, at=0.3):
     data = bytearray(path.read_bytes())
     data[int(len(data) * at)] ^= 0xFF

@@ -173,6 +173,18 @@ def test_missing_frames_and_invalid_result_are_clear_errors(tmp_path):
     assert not (tmp_path / "cap" / "I" / "z" / META_FILE).exists()
 
 
+@pytest.mark.parametrize("scene, shot", [("..", ".."), ("S", "../x"), ("<abs>", "s")])
+def test_scene_and_shot_names_that_are_not_folder_names_are_refused(tmp_path, scene, shot):
+    """Only `qw datagen import` checked the names: `import_capture(scene='..', shot='..')` wrote the capture two
+    folders above `out`, an absolute scene wherever it points (here inside tmp_path)."""
+    scene = str(tmp_path / "abs") if scene == "<abs>" else scene
+    write_intel_sample(tmp_path / "src", W, H, [1, 2, 3])
+    with pytest.raises(QwError, match="names must be single folder names"):
+        import_capture("intel-sample", tmp_path / "src", scene=scene, shot=shot, out=tmp_path / "a" / "out",
+                       progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_cli_import_then_validate(tmp_path):
     write_intel_sample(tmp_path / "src", W, H, [10, 11, 12])
     runner = CliRunner()

@@ -188,6 +188,8 @@ class BlockDataset(Dataset):
     def __init__(self, url: str, crop: int | None = None, augment: bool = False,
                  exposure_range: tuple[float, float] = (0.5, 2.0), storage_options: dict | None = None,
                  augment_on_device: bool = False):
+        if crop is not None and crop < 1:  # 0 read as the whole tile, a negative crop as an empty image
+            raise QwError(f"{url}: crop {crop}: must be at least 1 pixel (None: the whole tile)")
         self.url, self.crop, self.augment, self.augment_on_device = url, crop, augment, augment_on_device
         self.exposure_range, self.storage_options = exposure_range, storage_options
         self._store: BlockStore | None = None

@@ -51,6 +51,7 @@ from qw.datagen.capture_format import (
     finish_capture,
     is_complete,
     read_exr,
+    shot_dir,
     write_frame,
 )
 from qw.datagen.errors import CaptureError, QwError
@@ -440,7 +441,7 @@ def import_capture(layout: str, src: str | os.PathLike, *, scene: str, shot: str
     src = Path(src)
     if not src.is_dir():
         raise QwError(f"{src}: source folder not found")
-    target = Path(out) / scene / shot
+    target = shot_dir(out, scene, shot)  # single folder names: '..' or '/etc' would write outside `out`
     if is_complete(target) and not force:
         log.info("%s: already complete; pass force=True to import again", target)
         return target

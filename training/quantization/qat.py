@@ -52,7 +52,8 @@ def calibration_sequences(store_url: str, crop: int | None, blocks: int,
 def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
                      crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
-                     settings: Sequence[str] = (), storage_options: dict | None = None) -> dict[str, float]:
+                     settings: Sequence[str] = (), storage_options: dict | None = None,
+                     progress: bool = True) -> dict[str, float]:
     """`qw quantize`: fold BN, calibrate clips, then fine-tune with simulated quantization (STE) via `train`.
 
     The fine-tuning starts from the run's train settings with its own steps and lr, a constant schedule and no EMA
@@ -96,4 +97,4 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
         (out_dir / "quantize.json").write_text(json.dumps(
             {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
              "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
-    return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options)
+    return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options, progress=progress)
