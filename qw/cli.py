@@ -508,13 +508,14 @@ def infer_cmd(checkpoint, input_dir, out, fmt, start, count, device) -> None:
               help="Full-precision training steps [default: the demo plan's, sized for 2 CPU cores].")
 @click.option("--qat-steps", type=click.IntRange(1), default=None, help="Quantization-aware fine-tuning steps.")
 def demo_cmd(out, train_steps, qat_steps) -> None:
-    """The whole pipeline on the builtin scenes, small: capture, build store, train, quantize, eval vs TAA.
+    """The whole pipeline on the builtin scenes, small: capture, build store, train, quantize, export, eval vs TAA.
 
     Prints the path of the report and its headline table. Under 15 minutes on 2 CPU cores; resumable.
     """
     from qw.demo import run_demo
 
-    report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps)
+    report, table = run_demo(out, train_steps=train_steps, qat_steps=qat_steps,
+                             progress=click.get_current_context().obj["progress"])
     click.echo(table)
     click.echo(report)
 

@@ -93,29 +93,30 @@ def _finished(run: Path, steps: int) -> bool:
     return (run / LAST).is_file() and int(load_checkpoint(run / LAST)["step"]) >= steps
 
 
-def train_demo(plan: DemoPlan, store: str, run: Path, steps: int) -> Path:
+def train_demo(plan: DemoPlan, store: str, run: Path, steps: int, progress: bool = True) -> Path:
     from qw.training.train.checkpoints import LAST
     from qw.training.train.loop import initial_model, train
 
     if not _finished(run, steps):
         cfg = demo_config(plan, steps)
-        train(initial_model(cfg), cfg, store, run, resume=(run / LAST).is_file())
+        train(initial_model(cfg), cfg, store, run, resume=(run / LAST).is_file(), progress=progress)
     return run / LAST
 
 
-def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path) -> Path:
+def quantize_demo(plan: DemoPlan, store: str, checkpoint: Path, run: Path, progress: bool = True) -> Path:
     from qw.training.quantization.qat import quantize_command
     from qw.training.train.checkpoints import LAST
 
     if not _finished(run, plan.qat_steps):
         quantize_command(str(checkpoint), store, str(run), bits="w4a4", steps=plan.qat_steps, lr=plan.qat_lr,
-                         resume=(run / LAST).is_file())
+                         resume=(run / LAST).is_file(), progress=progress)
     return run / LAST
 
 
 def run_demo(out: str | Path, train_steps: int | None = None, qat_steps: int | None = None,
-             plan: DemoPlan | None = None) -> tuple[str, str]:
-    """Run (or resume) the demo in `out`; returns (report path, headline table as markdown)."""
+             plan: DemoPlan | None = None, progress: bool = True) -> tuple[str, str]:
+    """Run (or resume) the demo in `out`; returns (report path, headline table as markdown). `progress`: the
+    training, fine-tuning and evaluation bars (the stages print one line each either way)."""
     from qw.training.evaluation.evaluate import evaluate_command, markdown_table
     from qw.training.export.exporter import export_command
 
@@ -128,9 +129,9 @@ def run_demo(out: str | Path, train_steps: int | None = None, qat_steps: int | N
     t = _stage(f"2/6 build block store ({time.perf_counter() - t:.0f}s for capture)")
     store = build_demo_store(out / "captures", out / "blocks.zarr")
     t = _stage(f"3/6 train QW-Net, {plan.train_steps} steps ({time.perf_counter() - t:.0f}s for the store)")
-    fp = train_demo(plan, store, out / "runs" / "fp32", plan.train_steps)
+    fp = train_demo(plan, store, out / "runs" / "fp32", plan.train_steps, progress)
     t = _stage(f"4/6 quantize W4A4, {plan.qat_steps} QAT steps ({time.perf_counter() - t:.0f}s for training)")
-    q = quantize_demo(plan, store, fp, out / "runs" / "w4a4")
+    q = quantize_demo(plan, store, fp, out / "runs" / "w4a4", progress)
     t = _stage(f"5/6 export and check the integer reference ({time.perf_counter() - t:.0f}s for QAT)")
     exported = export_command(str(q), str(out / "model.qwq"), verify_shot=str(held_out[0]), verify_frames=4)
     if not exported["verify"]["max_abs_diff"] <= 1e-5 * max(1.0, exported["verify"]["max_output"]):
@@ -138,7 +139,7 @@ def run_demo(out: str | Path, train_steps: int | None = None, qat_steps: int | N
                       f"({exported['verify']})")
     t = _stage(f"6/6 evaluate against TAA on held-out shots ({time.perf_counter() - t:.0f}s for export)")
     data = evaluate_command([str(fp), str(q)], [str(p) for p in held_out], str(out / "report"),
-                            frames=plan.eval_frames, flip_crop=None, crop_size=64)
+                            frames=plan.eval_frames, flip_crop=None, crop_size=64, progress=progress)
     _stage(f"done in {(time.perf_counter() - start) / 60:.1f} min ({time.perf_counter() - t:.0f}s for eval); "
            f"integer reference max |diff| {exported['verify']['max_abs_diff']:.3g} on {held_out[0].name}")
     return data["report"], markdown_table(data["overall"])

@@ -358,3 +358,29 @@ def test_model_stats_counts_a_jitter_reading_model(tmp_path):
     assert result.exit_code == 0, result.output
     first = next(layer for layer in json.loads(result.output)["layers"] if layer["name"] == "extractor.encoder.0.0.conv")
     assert first["macs"] == 64 * 32 * 32 * 12 * 9 and first["shape"].startswith("12->32 3x3")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_demo_draws_no_progress_bars(tmp_path, monkeypatch, quiet):
+    """`qw -q demo` hands "no bars" to the stages that draw them (training, fine-tuning, evaluation)."""
+    from qw import demo
+    from qw.training.evaluation import evaluate
+    from qw.training.export import exporter
+
+    seen = {}
+
+    def stage(name, result):
+        """A stage that records the progress setting it was given (its last argument, or `progress=`)."""
+        return lambda *args, **kwargs: seen.setdefault(name, kwargs.get("progress", args[-1])) is None or result
+
+    monkeypatch.setattr(demo, "capture_all", lambda plan, root: [tmp_path / "shot"])
+    monkeypatch.setattr(demo, "build_demo_store", lambda captures, store: str(store))
+    monkeypatch.setattr(demo, "train_demo", stage("train", tmp_path / "fp.pt"))
+    monkeypatch.setattr(demo, "quantize_demo", stage("quantize", tmp_path / "q.pt"))
+    monkeypatch.setattr(exporter, "export_command", lambda *a, **k: {"verify": {"max_abs_diff": 0.0,
+                                                                                "max_output": 1.0}})
+    monkeypatch.setattr(evaluate, "evaluate_command", stage("eval", {"report": "r", "overall": {}}))
+    monkeypatch.setattr(evaluate, "markdown_table", lambda overall: "table")
+    result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert seen == {"train": not quiet, "quantize": not quiet, "eval": not quiet}
