@@ -468,9 +468,11 @@ def _check_reachable(url: str, storage_options: dict | None) -> None:
                       f"in --storage-options") from None
 
 
-def open_store(url: str, *, mode: str = "r", require_complete: bool = True,
+def open_store(url: str | os.PathLike, *, mode: str = "r", require_complete: bool = True,
                storage_options: dict | None = None) -> BlockStore:
-    """Open a store and check its format; by default refuse one that is not marked complete."""
+    """Open a store (a local path or an fsspec URL) and check its format; by default refuse one that is not marked
+    complete."""
+    url = os.fspath(url)
     _check_reachable(url, storage_options)
     try:
         group = zarr.open_group(url, mode=mode, storage_options=_storage_options(url, storage_options))

@@ -67,6 +67,7 @@ def test_reader_returns_stored_float16_and_splits(tmp_path):
         store.split_indices("tarin")  # not an empty selection
     with pytest.raises(QwError, match="no array 'velocity'"):
         store.array("velocity")
+    assert open_store(tmp_path / "s.zarr").url == str(tmp_path / "s.zarr")  # a Path, as users write it
 
 
 def test_incomplete_store_refused_unless_asked(tmp_path):
