@@ -387,10 +387,17 @@ def write_frame(shot: str | os.PathLike, pass_name: str, index: int, image: np.n
     return path
 
 
-def read_frame(shot: str | os.PathLike, pass_name: str, index: int) -> np.ndarray:
-    """Read frame `index` of a pass as H×W×C in the contract's dtype."""
+def read_frame(shot: str | os.PathLike, pass_name: str, index: int, size: tuple[int, int] | None = None
+               ) -> np.ndarray:
+    """Read frame `index` of a pass as H×W×C in the contract's dtype; with `size` (width, height, what
+    capture.json says), a frame of another size is refused naming the file."""
     spec = PASSES[pass_name]
-    return read_exr(frame_path(shot, pass_name, index), spec.channels, spec.dtype)
+    path = frame_path(shot, pass_name, index)
+    image = read_exr(path, spec.channels, spec.dtype)
+    if size is not None and image.shape[:2] != (size[1], size[0]):
+        raise CaptureError(f"{path}: frame is {image.shape[1]}×{image.shape[0]}, capture.json says "
+                           f"{size[0]}×{size[1]}")
+    return image
 
 
 # ----------------------------------------------------------------------------------------------- metadata I/O

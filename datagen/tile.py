@@ -87,15 +87,11 @@ def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
     """(T, H, W, C) frames of one pass, each checked for size and finite values."""
     frames = None
     for k, i in enumerate(range(spec.start, spec.start + spec.frames)):
-        image = read_frame(spec.shot_dir, pass_name, i)
-        path = frame_path(spec.shot_dir, pass_name, i)
-        if image.shape[:2] != (spec.height, spec.width):
-            raise CaptureError(f"{path}: frame is {image.shape[1]}×{image.shape[0]}, capture.json says "
-                               f"{spec.width}×{spec.height}")
+        image = read_frame(spec.shot_dir, pass_name, i, (spec.width, spec.height))
         # Depth may be +inf (sky); anything else non-finite (−inf too) is a broken render.
         bad = _nonfinite_count(image, allow_inf=pass_name == "depth")
         if bad:
-            raise CaptureError(f"{path}: {bad} NaN/inf value(s) in the frame")
+            raise CaptureError(f"{frame_path(spec.shot_dir, pass_name, i)}: {bad} NaN/inf value(s) in the frame")
         if frames is None:  # filled in place: np.stack of a list would hold the window twice
             frames = np.empty((spec.frames, *image.shape), image.dtype)
         frames[k] = image

@@ -41,11 +41,7 @@ log = logging.getLogger(__name__)
 def read_sized_frame(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
     """`read_frame`, refusing a frame whose size is not the shot's (`meta`, when given): a frame of another size
     cannot be warped onto its neighbours nor scored against its reference."""
-    image = read_frame(shot, name, index)
-    if meta is not None and image.shape[:2] != (meta.height, meta.width):
-        raise QwError(f"{frame_path(shot, name, index)}: frame is {image.shape[1]}×{image.shape[0]}, capture.json "
-                      f"says {meta.width}×{meta.height}")
-    return image
+    return read_frame(shot, name, index, None if meta is None else (meta.width, meta.height))
 
 
 def read_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
