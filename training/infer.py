@@ -38,25 +38,21 @@ PREVIEW_FPS_DEFAULT = 30.0
 log = logging.getLogger(__name__)
 
 
-def read_sized_frame(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
-    """`read_frame`, refusing a frame whose size is not the shot's (`meta`, when given): a frame of another size
-    cannot be warped onto its neighbours nor scored against its reference."""
-    return read_frame(shot, name, index, None if meta is None else (meta.width, meta.height))
-
-
 def read_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
-    """One stored pass of one frame as a (1,C,H,W) float32 tensor (of the shot's size, when `meta` is given)."""
-    image = read_sized_frame(shot, name, index, meta)
+    """One stored pass of one frame as a (1,C,H,W) float32 tensor; with `meta`, a frame of another size than the
+    shot's is refused (it cannot be warped onto its neighbours nor scored against its reference)."""
+    image = read_frame(shot, name, index, None if meta is None else (meta.width, meta.height))
     return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
 
 
 def read_finite_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
-    """`read_pass`, refusing a frame with NaN or Inf values: the network would spread them over the whole output."""
+    """`read_pass`, refusing a frame with NaN or Inf values: in an input the network would spread them over the
+    whole output; in a reference every score would be NaN, written into the reports as if it were a result."""
     tensor = read_pass(shot, name, index, meta)
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
-        raise QwError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net needs finite "
-                      "colour and motion (check the capture with `qw datagen validate`)")
+        raise QwError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net and the metrics "
+                      "need finite values (check the capture with `qw datagen validate`)")
     return tensor
 
 
@@ -87,14 +83,8 @@ def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[Frame
 
 
 def read_reference(shot: Path, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
-    """The reference of one frame (H×W×3 float32), refusing NaN or Inf values: every score against them would be
-    NaN, written into the reports as if it were a result."""
-    image = read_sized_frame(shot, "reference", index, meta).astype(np.float32)
-    bad = int((~np.isfinite(image)).sum())
-    if bad:
-        raise QwError(f"{frame_path(shot, 'reference', index)}: {bad} non-finite values (NaN or Inf); the metrics "
-                      "need a finite reference (check the capture with `qw datagen validate`)")
-    return image
+    """The reference of one frame, H×W×3 float32 (`read_finite_pass`'s checks)."""
+    return read_finite_pass(shot, "reference", index, meta)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 @torch.no_grad()
