@@ -26,6 +26,7 @@ lists the problems.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -511,6 +512,17 @@ def _raw_entries(spec: dict[str, Any], raw: Path) -> tuple[dict[str, list[Entry]
     return aliased, [[reference[n]] for n in range(start, end)]
 
 
+def pixel_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job spec without where its files go (the working area moves with --out, the queue with the project), as
+    JSON reads it back: what two renders must share for their pixels to be interchangeable, and what capture.json
+    records of them."""
+    kept = {k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")}
+    if isinstance(kept.get("passes"), dict):
+        kept["passes"] = {name: {k: v for k, v in p.items() if k != "output_dir"} if isinstance(p, dict) else p
+                          for name, p in kept["passes"].items()}
+    return json.loads(json.dumps(kept))
+
+
 def raw_problems(spec: dict[str, Any], raw: Path) -> str | None:
     """Why Movie Render Queue's raw output of a shot is incomplete (None when every pass has every frame)."""
     try:
@@ -549,7 +561,7 @@ def normalize_unreal_shot(spec: dict[str, Any], prepared: dict[str, Any], raw: P
     written = _write(target, [partial(load, i) for i in range(len(reference))], 1, progress=False,
                      mark_cuts=set(manifest.shot(spec["shot"]).camera_cuts))
     backend = BackendInfo(name=f"ue{version.split('.')[0]}", version=version,
-                          settings={k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")})
+                          settings=pixel_settings(spec))
     samples_ref = ref_pass["spatial_samples"]
     ref_info = ReferenceInfo(samples=samples_ref, filter=mrq_reference_filter(samples_ref, version, filter_size),
                              offsets=mrq_sample_offsets(samples_ref, version, filter_size))

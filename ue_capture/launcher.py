@@ -49,7 +49,7 @@ from qw.datagen.capture_format import PASSES, atomic_path, is_complete, load_met
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import FILL_IN, PROJECT_DEFAULT_MAP, CameraPath, SceneManifest, Shot
 from qw.ue_capture.convert import FILTER_SIZE_CVAR, engine_version_tuple
-from qw.ue_capture.importers import normalize_unreal_shot, raw_problems
+from qw.ue_capture.importers import normalize_unreal_shot, pixel_settings, raw_problems
 
 log = logging.getLogger(__name__)
 
@@ -414,21 +414,11 @@ def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     return why
 
 
-def _pixel_settings(spec: dict[str, Any]) -> Any:
-    """A job spec without where its files go (the working area moves with --out, the queue with the project), as
-    JSON reads it back: what two renders must share for their pixels to be interchangeable."""
-    kept = {k: v for k, v in spec.items() if k not in ("status_file", "queue_manifest")}
-    if isinstance(kept.get("passes"), dict):
-        kept["passes"] = {name: {k: v for k, v in p.items() if k != "output_dir"} if isinstance(p, dict) else p
-                          for name, p in kept["passes"].items()}
-    return json.loads(json.dumps(kept))
-
-
 def _discard_other_settings(run: ShotRun, spec: dict[str, Any]) -> None:
     """Never normalize raw output rendered with other settings (job.json records the spec of the last render):
     it goes, with the unfinished shot's frames made from it, so that the shot renders again with these."""
     recorded = read_json(run.work / "job.json")
-    if recorded is None or _pixel_settings(recorded) == _pixel_settings(spec):
+    if recorded is None or pixel_settings(recorded) == pixel_settings(spec):
         return
     frames = [f for p in PASSES if (run.target / p).is_dir() for f in (run.target / p).glob("*.exr")]
     log.warning("%s: discarding raw output and %d unfinished frame file(s) rendered with other settings",
@@ -448,7 +438,7 @@ def capture_shot(run: ShotRun) -> Path:
 def _capture_shot(run: ShotRun) -> Path:
     spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
     if is_complete(run.target):
-        if _pixel_settings(load_meta(run.target).backend.settings) != _pixel_settings(spec):
+        if pixel_settings(load_meta(run.target).backend.settings) != pixel_settings(spec):
             raise CaptureError(f"{run.target}: already complete with other settings; delete it or use another --out")
         log.info("%s: complete, skipped", run.target)
         return run.target
