@@ -113,6 +113,9 @@ def _local_cluster(workers: int | None, quiet: bool) -> Any:
                             silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
 
 
+SUBMIT_TIMEOUT_S = 300  # how long the job submissions may take before the build gives up on SLURM
+
+
 def _scale_slurm(cluster: Any, workers: int | None) -> None:
     if workers:
         cluster.scale(n=workers)  # dask-jobqueue rounds up to whole jobs
@@ -120,7 +123,11 @@ def _scale_slurm(cluster: Any, workers: int | None) -> None:
         cluster.scale(jobs=1)
     # dask-jobqueue submits in the background and only logs a refused sbatch: the client would wait for workers
     # forever. A job joins `cluster.workers` once its submission was tried; one without a job id was refused.
+    deadline = time.monotonic() + SUBMIT_TIMEOUT_S
     while not set(cluster.worker_spec) <= set(cluster.workers):
+        if time.monotonic() > deadline:  # sbatch itself hangs (the SLURM controller does not answer)
+            raise QwError(f"--cluster slurm: sbatch did not return within {SUBMIT_TIMEOUT_S} s; is the SLURM "
+                          "controller up (`sinfo`)?")
         time.sleep(0.05)
     refused = [job for job in cluster.workers.values() if job.job_id is None]
     if refused:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from qw.datagen.errors import QwError
-from qw.datagen.manifests import MANIFEST_ROOT, ManifestError, SceneManifest, find_dataset, load_scene_manifest, \
-    scene_manifest_path, scene_paths
+from qw.datagen.manifests import MANIFEST_ROOT, SPLITS, ManifestError, SceneManifest, find_dataset, \
+    load_scene_manifest, scene_manifest_path, scene_paths
 
 
 @dataclass
@@ -27,7 +27,7 @@ class SceneStatus:
 
     def split_counts(self) -> str:
         shots = self.manifest.shots
-        return "/".join(str(sum(s.split == split for s in shots)) for split in ("train", "val", "test"))
+        return "/".join(str(sum(s.split == split for s in shots)) for split in SPLITS)
 
 
 @functools.cache
@@ -95,7 +95,7 @@ def scenes_json(root: str | os.PathLike = MANIFEST_ROOT, dataset: str | None = N
     """`qw scenes --json`: one object per scene manifest, the same facts as the table."""
     return [{"name": s.manifest.name, "backend": s.manifest.backend, "path": str(s.path),
              "shots": len(s.manifest.shots), "frames": sum(shot.frame_count for shot in s.manifest.shots),
-             "splits": dict(zip(("train", "val", "test"), map(int, s.split_counts().split("/")))),
+             "splits": dict(zip(SPLITS, map(int, s.split_counts().split("/")))),
              "budget": s.budget, "runnable": s.runnable, "blockers": s.blockers}
             for s in scene_statuses(root, dataset)]
 

@@ -187,7 +187,7 @@ def test_bad_camera_keys_are_refused_before_rendering(tmp_path, change, message)
 
 @pytest.mark.parametrize("params, message", [({"fov": 0}, "fov 0 must be between 0 and 180"),
                                              ({"fov": 200}, "fov 200 must be between 0 and 180"),
-                                             ({"spheres": 80}, "made [0-9]+ materials and 3 point lights .* at most 64 materials"),
+                                             ({"spheres": 80}, "made [0-9]+ materials and 3 point lights; .* at most 64 materials"),
                                              ({"lights": 9}, "made [0-9]+ materials and 9 point lights")])
 def test_params_the_renderer_cannot_draw_are_refused_naming_the_scene(tmp_path, params, message):
     scene = find_scene("builtin_specular")

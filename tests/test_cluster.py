@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
 from qw.cli import main
 from qw.datagen.capture_format import find_captures, read_frame
+from qw.datagen.errors import QwError
 from qw.datagen.cluster import WORKER_CONFIG, slurm_cluster, worker_config_exports
 from test_tile import check_store_matches_sources
 
@@ -217,3 +218,16 @@ def test_builtin_capture_with_cluster_slurm(tmp_path, fake_slurm, caplog):
         for name in ("color", "reference", "motion", "depth"):
             for i in range(2):
                 assert (read_frame(shot, name, i) == read_frame(here, name, i)).all()
+
+
+def test_a_submission_that_never_returns_fails_the_build_after_the_deadline(monkeypatch):
+    """A hanging sbatch (the SLURM controller down) never adds its job to the cluster's workers: the wait for the
+    submissions ends at the deadline with one line instead of lasting forever."""
+    from types import SimpleNamespace
+
+    from qw.datagen import cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "SUBMIT_TIMEOUT_S", 0.2)
+    hanging = SimpleNamespace(scale=lambda **kwargs: None, worker_spec={"job-0": {}}, workers={})
+    with pytest.raises(QwError, match="sbatch did not return within 0.2 s"):
+        cluster_module._scale_slurm(hanging, None)

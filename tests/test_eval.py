@@ -143,7 +143,8 @@ def test_a_reference_frame_of_another_size_is_one_line_naming_it(tmp_path):
         write_frame(shot, name, 2, np.ones((32, 32, len(PASSES[name].channels)), PASSES[name].dtype))
         result = CliRunner().invoke(main, ["-q", "eval", "--captures", str(tmp_path / "captures"), "--out",
                                            str(tmp_path / "r"), "--flip-crop", "16"])
-        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+        # a capture that breaks its contract: exit status 1 (docs/cli.md)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output + repr(result.exception)
         assert result.output == f"qw: error: {frame_path(shot, name, 2)}: frame is 32×32, capture.json says 64×48\n"
         assert not (tmp_path / "r" / "report.md").exists()
         frame_path(shot, name, 2).write_bytes(original)
@@ -159,6 +160,6 @@ def test_a_reference_frame_with_nan_or_inf_is_one_line_naming_it(tmp_path):
     write_frame(shot, "reference", 1, reference)
     result = CliRunner().invoke(main, ["-q", "eval", "--captures", str(tmp_path / "captures"), "--out",
                                        str(tmp_path / "r"), "--flip-crop", "16"])
-    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output + repr(result.exception)
     assert result.output.startswith(f"qw: error: {frame_path(shot, 'reference', 1)}: 1 non-finite values")
     assert not (tmp_path / "r" / "report.md").exists()

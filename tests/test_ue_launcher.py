@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -297,18 +298,25 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
 
     from qw.ue_capture import launcher
 
-    prepares: list[tuple[float, float]] = []  # (start, end) of every prepare stage's editor run
+    prepares = {"running": 0, "most": 0, "runs": 0}  # prepare stages' editor runs in flight, at most, in all
+    count = threading.Lock()
     run_editor = launcher.run_editor
 
-    def timed_run_editor(argv, env, log_path, timeout):
-        start = time.monotonic()
+    def counted_run_editor(argv, env, log_path, timeout):
+        if "prepare" not in log_path.name:
+            return run_editor(argv, env, log_path, timeout)
+        with count:
+            prepares["running"] += 1
+            prepares["most"] = max(prepares["most"], prepares["running"])
+            prepares["runs"] += 1
         try:
+            time.sleep(0.5)  # both shots start at once on the two workers: without turns, their prepares overlap
             return run_editor(argv, env, log_path, timeout)
         finally:
-            if "prepare" in log_path.name:
-                prepares.append((start, time.monotonic()))
+            with count:
+                prepares["running"] -= 1
 
-    monkeypatch.setattr(launcher, "run_editor", timed_run_editor)
+    monkeypatch.setattr(launcher, "run_editor", counted_run_editor)
 
     class Restrictions(SchedulerPlugin):
         def __init__(self) -> None:
@@ -330,8 +338,7 @@ def test_scheduler_runs_shots_as_tasks_needing_ue_resource(tmp_path, scene, edit
     assert plugin.seen == {"ue-capture-kite-a": {"ue": 1}, "ue-capture-kite-b": {"ue": 1}}
     # two shots of one project on one node: their prepares take turns, since the editor saves every queue to one
     # fixed file before the script copies it to the shot's own (a shot could otherwise render the other's queue)
-    first, second = sorted(prepares)
-    assert len(prepares) == 2 and first[1] <= second[0]
+    assert prepares["runs"] == 2 and prepares["most"] == 1
 
 
 @pytest.mark.parametrize("version, quits", [("4.27", True), ("5.5", False)])

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from qw.datagen import __version__
 from qw.datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_captures, frame_path, load_meta, read_frame,
                                     write_exr)
-from qw.datagen.errors import QwError, missing_extra
+from qw.datagen.errors import CaptureError, QwError, missing_extra
 from qw.datagen.tonemap import tonemap_8bit
 from qw.training.model.qwnet import pad_to_multiple
 
@@ -51,8 +51,8 @@ def read_finite_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None
     tensor = read_pass(shot, name, index, meta)
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
-        raise QwError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net and the metrics "
-                      "need finite values (check the capture with `qw datagen validate`)")
+        raise CaptureError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net and the "
+                           "metrics need finite values (check the capture with `qw datagen validate`)")
     return tensor
 
 

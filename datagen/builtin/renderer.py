@@ -331,12 +331,21 @@ def gl_matrix(m: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------------------ renderer
 
 
+def undrawable(scene: Scene) -> str | None:
+    """Why the shaders cannot draw `scene` (their material and light tables have fixed sizes), or None."""
+    if len(scene.materials) > MAX_MATERIALS or len(scene.lights) > MAX_LIGHTS:
+        return (f"{len(scene.materials)} materials and {len(scene.lights)} point lights; the builtin renderer draws "
+                f"at most {MAX_MATERIALS} materials and {MAX_LIGHTS} lights")
+    return None
+
+
 class Renderer:
     """Draws one `Scene` at a fixed resolution; every method returns top-row-first float32 arrays."""
 
     def __init__(self, scene: Scene, width: int, height: int, *, mip_bias: float = 0.0):
-        if len(scene.materials) > MAX_MATERIALS or len(scene.lights) > MAX_LIGHTS:
-            raise ValueError(f"at most {MAX_MATERIALS} materials and {MAX_LIGHTS} lights per scene")
+        problem = undrawable(scene)
+        if problem:
+            raise ValueError(problem)
         self.scene, self.width, self.height, self.mip_bias = scene, width, height, mip_bias
         ctx = self.ctx = gl_context()
         self.programs = {alpha: ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=fragment_shader(alpha))

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qw.datagen.builtin.renderer import MAX_LIGHTS, MAX_MATERIALS
+from qw.datagen.builtin.renderer import undrawable
 from qw.datagen.builtin.scene import (CameraKey, CameraPath, Limb, Material, PointLight, RigidMotion, Scene, SunShadow,
                                    box, cylinder, quad, rotate, scale, sphere, translate)
 from qw.datagen.errors import QwError
@@ -105,11 +105,9 @@ def build_scene(builder_name: str, params: dict[str, Any], seed: int, where: str
         scene = fn(seed=seed, **params)
     except (KeyError, TypeError, ValueError) as exc:
         raise QwError(f"{where}: builder {builder_name!r} failed on its params: {exc}") from None
-    # the renderer's shaders hold fixed-size material and light tables: refuse here, naming the manifest
-    if len(scene.materials) > MAX_MATERIALS or len(scene.lights) > MAX_LIGHTS:
-        raise QwError(f"{where}: builder {builder_name!r} made {len(scene.materials)} materials and "
-                      f"{len(scene.lights)} point lights from its params; the builtin renderer draws at most "
-                      f"{MAX_MATERIALS} materials and {MAX_LIGHTS} lights")
+    problem = undrawable(scene)  # refused here, naming the manifest, not once the renderer starts
+    if problem:
+        raise QwError(f"{where}: builder {builder_name!r} made {problem}")
     return scene
 
 

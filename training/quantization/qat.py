@@ -70,21 +70,19 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
         check_quantizable(model)
     except ValueError as exc:
         raise QwError(f"{checkpoint}: {exc}") from None
-    overrides = {k: v for k, v in {"steps": steps or QAT_DEFAULT_STEPS, "lr": lr or QAT_DEFAULT_LR,
-                                   "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}.items()
-                 if v is not None}
+    given = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+                               "crop": crop}.items() if v is not None}  # the options given on this call
     changes = parse_overrides(settings)
     if set(changes) - {"train"}:
         raise QwError(f"--set {', '.join(sorted(set(changes) - {'train'}))}.*: qw quantize takes train.* overrides only "
                       f"(the model comes from {checkpoint}, the bit widths from --bits)")
     fresh = {k: TrainConfig.model_fields[k].get_default(call_default_factory=True) for k in QAT_RESET}
+    overrides = {"steps": QAT_DEFAULT_STEPS, "lr": QAT_DEFAULT_LR, **given}
     start = {**fresh, **overrides}
     if resume and (out_dir / LAST).is_file():
         # Continue with the run's own settings, as `qw train --resume` does: the QAT defaults above would
         # silently stretch a `--steps 80` run to 2000 steps. Options given again still apply (and are checked).
-        given = {"steps": steps, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum, "crop": crop}
-        start = {**load_checkpoint(out_dir / LAST)["config"]["train"],
-                 **{k: v for k, v in given.items() if v is not None}}
+        start = {**load_checkpoint(out_dir / LAST)["config"]["train"], **given}
     cfg = apply_overrides(cfg.model_copy(update={"quant": QUANT_PRESETS[bits]}),
                           {"train": {**start, **changes.get("train", {})}}, str(checkpoint))
     sites = quant_sites(model, cfg.quant)
