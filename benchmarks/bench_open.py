@@ -21,16 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from qw.datagen.block_store import IMAGE_ARRAYS, checksum, create_store, seal
+from qw.datagen.block_store import IMAGE_ARRAYS, checksum, create_store, seal, synthetic_attrs
 from qw.training.data import open_training_store
 
-SHOTS = [{"scene": "bench", "shot": "s", "split": "train"}]
+ATTRS = synthetic_attrs([("bench", "s", "train")])
 
 
 def small_block_store(path: Path, blocks: int) -> str:
     """A complete store of `blocks` random 8×16×16 blocks (every chunk stored)."""
-    group = create_store(str(path), blocks, {"scenes": ["bench"], "shots": SHOTS, "split": {"train": ["s"]}},
-                         tile=16)
+    group = create_store(str(path), blocks, ATTRS, tile=16)
     rng = np.random.default_rng(0)
     sums = np.zeros((blocks, len(IMAGE_ARRAYS)), np.uint32)
     for k, name in enumerate(IMAGE_ARRAYS):

@@ -23,7 +23,7 @@ import torch
 from pytorch_optimizer import Ranger
 from torch.utils.data import DataLoader
 
-from qw.datagen.block_store import TILE, T, create_store, seal
+from qw.datagen.block_store import TILE, T, create_store, seal, synthetic_attrs
 from qw.training.model import fast
 from qw.training.config import Config, load_config
 from qw.training.data import BlockDataset, BlockSampler, open_training_store
@@ -33,8 +33,7 @@ from qw.training.model.qwnet import QWNet
 def synthetic_store(path: Path, blocks: int, seed: int = 0) -> str:
     """A complete store of random-but-compressible blocks (smooth noise) with a 'train' split."""
     rng = np.random.default_rng(seed)
-    shots = [{"scene": "bench", "shot": "s", "split": "train"}]
-    group = create_store(str(path), blocks, {"scenes": ["bench"], "shots": shots, "split": {"train": ["s"]}})
+    group = create_store(str(path), blocks, synthetic_attrs([("bench", "s", "train")]))
     base = rng.random((T, 3, TILE // 8, TILE // 8), dtype=np.float32)
     for i in range(blocks):
         img = np.kron(base * rng.uniform(0.5, 2.0), np.ones((8, 8), np.float32)) + rng.normal(0, 0.02, (T, 3, TILE, TILE))

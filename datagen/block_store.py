@@ -20,8 +20,9 @@ per file (a zarr v3 shard, still written whole by one writer) but splits it into
 each inner chunk carries its own crc32c (zarr's crc32c codec, checked on every decode) and the shard's index has
 one too. Chunk keys are flat (``color/c.<block>.0.0.0.0``): one file per chunk in its array's folder. Stores from
 earlier qw versions have zarr's nested keys (``color/c/<block>/0/0/0/0``); readers take the layout from each
-array's metadata, so both read alike. The group attributes hold the provenance (see `REQUIRED_ATTRS`);
-``complete`` is set last, by `seal`, and `open_store` refuses an incomplete store unless asked.
+array's metadata, so both read alike. The group attributes hold the provenance (see `REQUIRED_ATTRS`, with the
+structure `StoreAttrs` that `open_store` checks); ``complete`` is set last, by `seal`, and `open_store` refuses an
+incomplete store unless asked.
 
 Integrity (version 2): the writer records the crc32c of every block it writes, computed from the block it has in
 hand (no extra pass), in ``checksum``; `seal` adds the crc32c of each small array to the ``integrity`` attribute.
@@ -38,18 +39,19 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable, Sequence
 
 import fsspec
 import google_crc32c  # a dependency of zarr (its crc32c codec); hardware crc32c, ~5 GB/s
 import numpy as np
 import zarr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
 
 from qw.datagen import __version__
 from qw.datagen.errors import QwError
-from qw.datagen.manifests import SPLITS
+from qw.datagen.manifests import SPLITS, Split
 
 FORMAT_NAME = "qw-blocks"
 FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)
@@ -97,6 +99,78 @@ IMAGE_ARRAYS = tuple(n for n, a in ARRAYS.items() if a.channels)
 SMALL_ARRAYS = tuple(n for n, a in ARRAYS.items() if not a.channels)
 ORIGIN_FIELDS = ("scene", "shot", "first_frame", "y", "x")
 REQUIRED_ATTRS = ("format", "block_shape", "conventions", "scenes", "shots", "split", "qw_version", "codec")
+
+
+class _Attrs(BaseModel):
+    # strict: readers use the raw attributes, so what passes must already have the types they use ("8" is no int);
+    # other keys are ignored, so a store with more provenance than this still opens
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class SceneAttrs(_Attrs):
+    """A row of the ``scenes`` table (`Plan.scene_table`); ``origin[:, 0]`` indexes the table."""
+    name: str
+    budget: int | None = None
+
+
+class ShotAttrs(_Attrs):
+    """A row of the ``shots`` table (`Plan.shot_table`); ``origin[:, 1]`` indexes the table."""
+    scene: str
+    shot: str
+    split: Split
+    path: str
+    width: int
+    height: int
+    frame_count: int
+    capture_sha256: str
+
+
+class CodecAttrs(_Attrs):
+    name: str
+    configuration: dict[str, Any]
+
+
+class StoreAttrs(_Attrs):
+    """The structure of the group attributes that readers rely on (`REQUIRED_ATTRS` plus the optional ``dataset``):
+    `open_store` refuses a store whose attributes do not have it, in one line naming the attribute."""
+    format: str
+    block_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
+    conventions: dict[str, Any]
+    codec: CodecAttrs
+    qw_version: str
+    scenes: list[SceneAttrs]
+    shots: list[ShotAttrs]
+    split: dict[str, Any]
+    dataset: dict[str, Any] = {}
+
+
+def synthetic_attrs(shots: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """Provenance attributes for `create_store` of a store written without a plan (tests, benchmarks): the scene
+    and shot tables of `shots` (scene, shot, split), in table order, with the builder's structure; the capture
+    fields (path, size, sha256) are placeholders, as there is no capture."""
+    scenes = list(dict.fromkeys(scene for scene, _, _ in shots))
+    return {"scenes": [{"name": scene, "budget": None} for scene in scenes],
+            "shots": [{"scene": scene, "shot": shot, "split": split, "path": f"{scene}/{shot}", "width": 0,
+                       "height": 0, "frame_count": 0, "capture_sha256": ""} for scene, shot, split in shots],
+            "split": {"unit": "shot"}}
+
+
+def check_attrs(url: str, attrs: dict[str, Any]) -> None:
+    """Refuse attributes without the structure of `StoreAttrs`: one line naming the store and the attribute, not a
+    TypeError or KeyError in whichever reader first uses it."""
+    try:
+        StoreAttrs.model_validate(attrs)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in first["loc"]).lstrip(".")
+        # pydantic names its model class for a table row that is not a mapping: say what the attribute should be
+        problem = "Input should be a mapping" if first["type"] == "model_type" else first["msg"]
+        got = "" if first["type"] == "missing" else f", got {json.dumps(first['input'], default=str)[:60]}"
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        raise QwError(f"{url}: block store attribute {where} is malformed ({problem}{got}){more}; rebuild "
+                      f"the store with `qw datagen build`") from None
+
 
 CONVENTIONS = {
     "color": "linear HDR, 1 sample per pixel at pixel centre + jitter",
@@ -487,6 +561,7 @@ def open_store(url: str | os.PathLike, *, mode: str = "r", require_complete: boo
     missing = [a for a in REQUIRED_ATTRS if a not in group.attrs]
     if missing:
         raise QwError(f"{url}: block store attributes missing: {missing}")
+    check_attrs(url, dict(group.attrs))
     store = BlockStore(url, group, storage_options)
     if require_complete and not store.complete:
         raise QwError(f"{url}: block store is incomplete (the build did not finish); rerun `qw datagen build`")

@@ -187,11 +187,10 @@ def test_augmentation_on_the_batch_equals_augmentation_in_the_worker(tmp_path):
 def test_a_crop_of_a_sharded_store_reads_only_the_inner_chunks_it_overlaps(tmp_path):
     """The first inner chunk of block 0's colour is damaged: the centre crop never touches it (so it was never
     read), a crop over it fails naming the block, and a whole block fails too."""
-    from qw.datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal, synthetic_attrs
 
-    group = create_store(str(tmp_path / "s.zarr"), 2, {"scenes": ["a"], "shots": [{"scene": "a", "shot": "s",
-                                                                                   "split": "train"}],
-                                                       "split": {}}, t=2, tile=32, inner_chunk=8)
+    group = create_store(str(tmp_path / "s.zarr"), 2, synthetic_attrs([("a", "s", "train")]), t=2, tile=32,
+                         inner_chunk=8)
     rng = np.random.default_rng(0)
     for name in ("color", "reference", "motion"):
         group[name][:] = rng.normal(0, 1, group[name].shape).astype(np.float16)

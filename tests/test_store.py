@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import zarr
 
-from qw.datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store, seal
+from qw.datagen.block_store import ARRAYS, FORMAT, IMAGE_ARRAYS, create_store, open_store, seal, synthetic_attrs
 from qw.datagen.errors import QwError
 
-SHOTS = [{"scene": "a", "shot": "s1", "split": "train"}, {"scene": "a", "shot": "s2", "split": "val"}]
-ATTRS = {"scenes": [{"name": "a", "budget": 3}], "shots": SHOTS, "split": {"unit": "shot"}}
+ATTRS = synthetic_attrs([("a", "s1", "train"), ("a", "s2", "val")])
 
 
 def small_store(path, n=3, complete=True, inner_chunk=None):
@@ -86,6 +86,57 @@ def test_foreign_or_newer_or_broken_stores(tmp_path, attrs, message):
     zarr.open_group(str(tmp_path / "x.zarr"), mode="w", attributes=attrs)
     with pytest.raises(QwError, match=message):
         open_store(str(tmp_path / "x.zarr"))
+
+
+def _broken(attrs: dict, change: str) -> None:
+    """Break one attribute the way a hand edit or a careless writer would."""
+    if change == "scenes of names":
+        attrs["scenes"] = ["a"]
+    elif change == "shot without split":
+        del attrs["shots"][1]["split"]
+    elif change == "unknown split":
+        attrs["shots"][0]["split"] = "training"
+    elif change == "block_shape of two":
+        attrs["block_shape"] = [4, 16]
+    elif change == "block_shape of strings":
+        attrs["block_shape"] = ["4", 16, 16]
+    elif change == "codec name only":
+        attrs["codec"] = "blosc"
+    elif change == "null dataset":
+        attrs["dataset"] = None
+
+
+@pytest.mark.parametrize("change, where", [
+    ("scenes of names", "scenes[0]"), ("shot without split", "shots[1].split"), ("unknown split", "shots[0].split"),
+    ("block_shape of two", "block_shape"), ("block_shape of strings", "block_shape[0]"), ("codec name only", "codec"),
+    ("null dataset", "dataset"),
+])
+def test_attributes_of_the_wrong_structure_are_refused_in_one_line(tmp_path, change, where):
+    """Readers index the tables (`inspect`: scenes[i]["name"], `split_indices`: shots[i]["split"]): a store whose
+    attributes lack that structure is refused when opened, naming the attribute, not a TypeError in a reader."""
+    from qw.datagen.inspect_store import inspect_data
+
+    url = str(tmp_path / "s.zarr")
+    attrs = copy.deepcopy(dict(small_store(url).attrs))  # the tables are shared with ATTRS
+    _broken(attrs, change)
+    zarr.open_group(url, mode="r+").attrs.put(attrs)
+    for read in (lambda: open_store(url, require_complete=False), lambda: inspect_data(url)):
+        with pytest.raises(QwError) as error:
+            read()
+        assert str(error.value).startswith(f"{url}: block store attribute {where} is malformed (")
+        assert "\n" not in str(error.value)
+
+
+def test_a_synthetic_store_has_the_builder_attribute_structure(tmp_path):
+    """`synthetic_attrs` (the stores of tests and benchmarks) gives what the readers index: inspect reads it."""
+    from qw.datagen.inspect_store import inspect_data
+
+    small_store(tmp_path / "s.zarr")
+    data = inspect_data(str(tmp_path / "s.zarr"))
+    assert data["blocks_per_scene"] == {"a": 3} and data["blocks_per_split"] == {"train": 2, "val": 1}
+    assert data["blocks_per_shot"] == {"a/s1 (train)": 2, "a/s2 (val)": 1} and len(data["sources"]) == 2
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store.split_indices("train").tolist() == [0, 2] and store.split_indices("val").tolist() == [1]
 
 
 def test_missing_path_is_a_clear_error(tmp_path):

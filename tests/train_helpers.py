@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qw.datagen.block_store import create_store, seal
+from qw.datagen.block_store import create_store, seal, synthetic_attrs
 
 
 def texture(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -46,11 +46,8 @@ def make_store(path: Path, n_train: int = 8, n_val: int = 2, t: int = 4, tile: i
     `nan_block`: the red channel of that block's last reference frame is NaN (poisoned data that reads fine)."""
     rng = np.random.default_rng(seed)
     n = n_train + n_val
-    shots = [{"scene": "synthetic", "shot": "train", "split": "train"},
-             {"scene": "synthetic", "shot": "val", "split": "val"}]
-    group = create_store(str(path), n, {"scenes": ["synthetic"], "shots": shots, "split": {"train": ["train"],
-                                                                                            "val": ["val"]}},
-                         t=t, tile=tile)
+    attrs = synthetic_attrs([("synthetic", "train", "train"), ("synthetic", "val", "val")])
+    group = create_store(str(path), n, attrs, t=t, tile=tile)
     for i in range(n):
         block = synthetic_block(rng, t, tile, cut=t // 2 if cut_every and i % cut_every == 0 else None)
         if i == nan_block:

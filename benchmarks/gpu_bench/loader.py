@@ -17,11 +17,10 @@ from gpu_bench.harness import Case, Harness, Sizes, cpu_cores
 
 def _random_store(url: str, sizes: Sizes, threads: int) -> None:
     """A complete `qw-blocks/2` store of random blocks (all one 'train' shot), written by several threads."""
-    from qw.datagen.block_store import create_store, seal
+    from qw.datagen.block_store import create_store, seal, synthetic_attrs
 
     n, t, tile = sizes.loader_blocks, sizes.frames, sizes.tile
-    shots = [{"scene": "random", "shot": "s0", "split": "train"}]
-    group = create_store(url, n, {"scenes": ["random"], "shots": shots, "split": {"train": ["s0"]}}, t=t, tile=tile)
+    group = create_store(url, n, synthetic_attrs([("random", "s0", "train")]), t=t, tile=tile)
     valid = np.ones((n, t), bool)
     valid[:, 0] = False
     group["history_valid"][:] = valid
