@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from qw.datagen.capture_format import (PASSES, CaptureMeta, atomic_path, find_ca
                                     write_exr)
 from qw.datagen.errors import CaptureError, QwError, missing_extra
 from qw.datagen.tonemap import tonemap_8bit
+from qw.training.evaluation.taa import TaaFrame
 from qw.training.model.qwnet import pad_to_multiple
 
 FORMATS = ("exr", "png", "mp4")
@@ -65,21 +66,12 @@ def input_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[tuple
                bool(valid[index]) and k > 0)
 
 
-class Frame(NamedTuple):
-    """One input frame as `run_qwnet` reads it: `input_frames`' three values and the frame's jitter offset in
-    pixels (read by a model with ``model.jitter_input``)."""
-
-    color: torch.Tensor
-    motion: torch.Tensor
-    history_valid: bool
-    jitter: tuple[float, float] | None = None
-
-
-def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[Frame]:
-    """`input_frames` with each frame's jitter: what every QW-Net, with or without ``jitter_input``, can run on."""
+def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[TaaFrame]:
+    """`input_frames` with each frame's jitter (no depth): what every QW-Net, with or without ``jitter_input``, and
+    TAA without its depth test run on."""
     jitter = meta.jitter_array()
     for index, (color, motion, valid) in zip(frames, input_frames(shot, meta, frames)):
-        yield Frame(color, motion, valid, (float(jitter[index][0]), float(jitter[index][1])))
+        yield TaaFrame(color, motion, valid, None, (float(jitter[index][0]), float(jitter[index][1])))
 
 
 def read_reference(shot: Path, index: int, meta: CaptureMeta | None = None) -> np.ndarray:

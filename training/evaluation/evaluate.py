@@ -36,7 +36,7 @@ from qw.datagen import __version__
 from qw.datagen.capture_format import find_captures, load_meta
 from qw.datagen.errors import QwError, missing_extra
 from qw.training.evaluation import metrics
-from qw.training.infer import default_device, frame_range, input_frames, read_pass, read_reference, run_qwnet, to_image
+from qw.training.infer import default_device, frame_range, model_frames, read_pass, read_reference, run_qwnet, to_image
 from qw.training.evaluation.taa import TaaFrame, run_taa, run_taa_clamp
 
 METRICS = ("psnr", "ssim", "flip", "tpsnr")
@@ -68,10 +68,9 @@ def _qwnet(model: torch.nn.Module, device: torch.device | str) -> Callable[[Fram
 
 
 def shot_frames(shot: Path, meta, frames: range) -> Frames:
-    """Every method's input: colour, motion and history validity as QW-Net reads them, plus depth and jitter."""
-    jitter = meta.jitter_array()
-    for index, (color, motion, valid) in zip(frames, input_frames(shot, meta, frames)):
-        yield TaaFrame(color, motion, valid, read_pass(shot, "depth", index, meta), tuple(map(float, jitter[index])))
+    """Every method's input: `model_frames` (colour, motion, history validity, jitter) with each frame's depth."""
+    for index, frame in zip(frames, model_frames(shot, meta, frames)):
+        yield frame._replace(depth=read_pass(shot, "depth", index, meta))
 
 
 def checkpoint_label(cfg, quantized: bool) -> str:
