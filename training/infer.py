@@ -43,18 +43,28 @@ def read_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None
     """One stored pass of one frame as a (1,C,H,W) float32 tensor; with `meta`, a frame of another size than the
     shot's is refused (it cannot be warped onto its neighbours nor scored against its reference)."""
     image = read_frame(shot, name, index, None if meta is None else (meta.width, meta.height))
-    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
+    return _as_tensor(image)
 
 
-def read_finite_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
-    """`read_pass`, refusing a frame with NaN or Inf values: in an input the network would spread them over the
-    whole output; in a reference every score would be NaN, written into the reports as if it were a result."""
-    tensor = read_pass(shot, name, index, meta)
-    bad = int((~torch.isfinite(tensor)).sum())
+def read_finite_frame(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
+    """One frame, H×W×C float32, checked as `read_pass` does and refused with NaN or Inf values: in an input the
+    network would spread them over the whole output; in a reference every score would be NaN, written into the
+    reports as if it were a result."""
+    image = read_frame(shot, name, index, None if meta is None else (meta.width, meta.height)).astype(np.float32)
+    bad = int((~np.isfinite(image)).sum())
     if bad:
         raise CaptureError(f"{frame_path(shot, name, index)}: {bad} non-finite values (NaN or Inf); QW-Net and the "
                            "metrics need finite values (check the capture with `qw datagen validate`)")
-    return tensor
+    return image
+
+
+def read_finite_pass(shot: Path, name: str, index: int, meta: CaptureMeta | None = None) -> torch.Tensor:
+    """`read_finite_frame` as a (1,C,H,W) tensor."""
+    return _as_tensor(read_finite_frame(shot, name, index, meta))
+
+
+def _as_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.astype(np.float32, copy=False)).permute(2, 0, 1).unsqueeze(0)
 
 
 def input_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
@@ -75,8 +85,8 @@ def model_frames(shot: Path, meta: CaptureMeta, frames: range) -> Iterator[TaaFr
 
 
 def read_reference(shot: Path, index: int, meta: CaptureMeta | None = None) -> np.ndarray:
-    """The reference of one frame, H×W×3 float32 (`read_finite_pass`'s checks)."""
-    return read_finite_pass(shot, "reference", index, meta)[0].permute(1, 2, 0).contiguous().numpy()
+    """The reference of one frame, H×W×3 float32 (`read_finite_frame`'s checks)."""
+    return read_finite_frame(shot, "reference", index, meta)
 
 
 @torch.no_grad()
