@@ -6,8 +6,9 @@ It answers the two command lines qw's launcher builds, as the engine sources say
   5.5; default 4.27), runs the script, and quits as soon as it returns (EditorPythonExecuter issues
   QUIT_EDITOR on the next tick: always on 4.27, on UE5 unless the script asked to be kept alive, in which case
   this fake, like the editor, keeps running until killed). Nothing the script left pending ever runs.
-  Without PythonScriptPlugin enabled in the .uproject the script never runs and the editor stays open; without
-  EditorScriptingUtilities the module lacks the editor libraries.
+  Without the plugin that reads -ExecutePythonScript (EditorScriptingUtilities on 4.27, PythonScriptPlugin on UE5)
+  the script never runs and the editor stays open; on 4.27 without PythonScriptPlugin the editor logs an error and
+  quits; without EditorScriptingUtilities or MovieRenderPipeline the module lacks their classes.
 * ``<project> <map> -game -MoviePipelineConfig=<queue manifest> …``: Movie Render Queue's command-line render.
   It loads the queue only from a path that converts to a package name (relative paths from the project's Saved
   folder), refuses jobs whose sequence or materials were never saved, and writes what MRQ writes
@@ -67,12 +68,21 @@ def run_script(project: Path, script: str) -> int:
     flavour = os.environ.get("FAKE_UE_VERSION", "4.27")
     plugins = enabled_plugins(project)
     print(f"LogInit: fake editor {fake_unreal.VERSIONS[flavour]}", flush=True)
-    if "PythonScriptPlugin" not in plugins:
-        # -ExecutePythonScript is read by the Python plugin alone (PythonScriptPlugin.cpp), which projects must
-        # enable ("EnabledByDefault": false in PythonScriptPlugin.uplugin): without it nothing runs the script and
-        # nothing asks the editor to quit, so an unattended editor sits open until it is killed.
-        print("LogInit: PythonScriptPlugin not enabled; the editor stays open", flush=True)
+    # -ExecutePythonScript is read by the module that holds EditorPythonExecuter: EditorScriptingUtilities on 4.27
+    # (4.27.2 EditorScriptingUtilities/Private/EditorPythonExecuter.cpp 206), PythonScriptPlugin on UE5 (5.5.1
+    # PythonScriptPlugin/Private/EditorUtilities/EditorPythonExecuter.cpp). Both plugins are "EnabledByDefault":
+    # false. Without that module nothing reads the flag and nothing asks the editor to quit: an unattended editor
+    # sits open until it is killed.
+    if ("EditorScriptingUtilities" if flavour == "4.27" else "PythonScriptPlugin") not in plugins:
+        print("LogInit: nothing reads -ExecutePythonScript; the editor stays open", flush=True)
         time.sleep(3600)
+    if "PythonScriptPlugin" not in plugins:
+        # 4.27 only: the executer runs "PY <script>", which nothing handles; it logs the error (line 169) and quits
+        # on its next tick (lines 148-153).
+        print("LogEditorPythonExecuter: Error: -ExecutePythonScript cannot be used without a valid Python Script "
+              "Plugin.", flush=True)
+        print("LogEditorPythonExecuter: QUIT_EDITOR", flush=True)
+        return 0
     ue = fake_unreal.install(flavour, project.parent, plugins=tuple(plugins))
     ue._state["cvars"] = json.loads(os.environ.get("FAKE_UE_CVARS", json.dumps(DEFAULT_CVARS)))
     ue._add_player_start(*json.loads(os.environ.get("FAKE_UE_PLAYER_START", json.dumps(DEFAULT_PLAYER_START))))
@@ -199,7 +209,8 @@ def accumulate(samples: list[np.ndarray], shifts: list[tuple[float, float]]) -> 
 def exposure(cvars: dict, views: int) -> float:
     """Scene colour scale after `views` rendered views of a job. r.DefaultFeature.AutoExposure only sets the
     default that a map's post-process volume overrides (4.27.2 SceneView.cpp 159-164); eye adaptation stays on
-    unless r.EyeAdaptationQuality is 0 (SceneView.cpp 1794-1803), and then it adapts over the views a job renders,
+    unless r.EyeAdaptationQuality is 0 (4.27.2 ShowFlags.cpp 409-415, EngineShowFlagOverride, which MRQ calls in
+    MoviePipelineImagePassBase.cpp 82; 5.5.1 ShowFlags.cpp 459), and then it adapts over the views a job renders,
     so jobs with different sample counts see different exposures. $FAKE_UE_MAP_AUTO_EXPOSURE=0: a map without
     such a volume."""
     if os.environ.get("FAKE_UE_MAP_AUTO_EXPOSURE", "1") != "1" or int(cvars.get("r.EyeAdaptationQuality", 2)) == 0:

@@ -129,8 +129,17 @@ class _Asset(_Obj):
         return {"class": self._ue, **to_json(self._props)}
 
 
-# Editor libraries that plugins provide: absent from the module unless the .uproject enables the plugin.
-PLUGIN_LIBRARIES = {"EditorScriptingUtilities": ("EditorAssetLibrary", "EditorLevelLibrary")}
+# Classes that plugins provide: absent from the module unless the .uproject enables the plugin (both plugins say
+# "EnabledByDefault": false in their .uplugin, 4.27.2 and 5.5.1: EditorScriptingUtilities.uplugin line 13,
+# MovieRenderPipeline.uplugin line 16).
+PLUGIN_LIBRARIES = {
+    "EditorScriptingUtilities": ("EditorAssetLibrary", "EditorLevelLibrary"),
+    "MovieRenderPipeline": ("MoviePipelineQueue", "MoviePipelineExecutorJob", "MoviePipelineEditorLibrary",
+                            "MoviePipelineOutputSetting", "MoviePipelineAntiAliasingSetting", "MoviePipelineColorSetting",
+                            "MoviePipelineGameOverrideSetting", "MoviePipelineDebugSettings",
+                            "MoviePipelineDeferredPassBase", "MoviePipelineImageSequenceOutput_EXR",
+                            "MoviePipelineConsoleVariableSetting", "MoviePipelinePostProcessPass"),
+}
 
 
 def install(flavour: str, project_dir: str | Path,

@@ -438,16 +438,21 @@ def test_a_crash_on_shutdown_after_a_complete_render_keeps_the_render(tmp_path, 
 
 
 def test_a_project_without_the_scripting_plugins_is_refused_at_once(tmp_path, scene, editor):
-    """Without PythonScriptPlugin the editor ignores -ExecutePythonScript and stays open: refuse before it starts."""
+    """Without PythonScriptPlugin a UE5 editor ignores -ExecutePythonScript and stays open (4.27's, which reads the
+    flag in EditorScriptingUtilities, logs an error and quits): refuse before it starts."""
     project = tmp_path / "proj" / "Kite.uproject"
-    project.write_text(json.dumps({"FileVersion": 3, "Plugins": [{"Name": "EditorScriptingUtilities",
-                                                                   "Enabled": True}]}))
+    project.write_text(json.dumps({"FileVersion": 3, "Plugins": [{"Name": "EditorScriptingUtilities", "Enabled": True},
+                                                                   {"Name": "MovieRenderPipeline", "Enabled": True}]}))
     start = time.monotonic()
     with pytest.raises(QwError, match=r"Kite\.uproject: plugin\(s\) PythonScriptPlugin not enabled; add "
                                       r"\{\"Name\": \"PythonScriptPlugin\", \"Enabled\": true\}"):
         capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=20, progress=False)
     assert time.monotonic() - start < 10 and logs(tmp_path / "c", "a", "prepare") == []
-    proc = subprocess.Popen([str(editor), str(project), f"-ExecutePythonScript={tmp_path / 'any.py'}"],
+    argv = [str(editor), str(project), f"-ExecutePythonScript={tmp_path / 'any.py'}"]
+    quits = subprocess.run(argv, env={**os.environ, "FAKE_UE_VERSION": "4.27"}, capture_output=True, text=True,
+                           timeout=60)
+    assert "cannot be used without a valid Python Script Plugin" in quits.stdout
+    proc = subprocess.Popen(argv, env={**os.environ, "FAKE_UE_VERSION": "5.5"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with pytest.raises(subprocess.TimeoutExpired):  # the fake, like the editor, never quits
@@ -455,6 +460,20 @@ def test_a_project_without_the_scripting_plugins_is_refused_at_once(tmp_path, sc
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("version", ["4.27", "5.5"])
+def test_a_project_without_movie_render_queue_is_refused_at_once(tmp_path, scene, editor, monkeypatch, version):
+    """MovieRenderPipeline.uplugin says "EnabledByDefault": false (4.27 and 5.5): without it the script has no
+    unreal.MoviePipelineQueue and the render no -MoviePipelineConfig, so qw refuses before any editor starts instead
+    of retrying a prepare stage that can only fail."""
+    monkeypatch.setenv("FAKE_UE_VERSION", version)
+    project = tmp_path / "proj" / "Kite.uproject"
+    project.write_text(json.dumps({"FileVersion": 3, "Plugins": UPROJECT["Plugins"][:2]}))
+    with pytest.raises(QwError, match=r"Kite\.uproject: plugin\(s\) MovieRenderPipeline not enabled; add "
+                                      r"\{\"Name\": \"MovieRenderPipeline\", \"Enabled\": true\}"):
+        capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, retries=0, timeout=60, progress=False)
+    assert logs(tmp_path / "c", "a", "prepare") == []
 
 
 def test_both_jobs_render_at_one_fixed_exposure(tmp_path, scene, editor):

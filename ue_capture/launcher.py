@@ -21,7 +21,8 @@ Both run from an argument list, never a shell string, with a timeout; their logs
 skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
 stopped; complete raw output is never deleted unless it was rendered with other settings (job.json says), and a
 complete shot with other settings is refused. A project without the Python and Editor Scripting plugins is
-refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits). With a
+refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits), and so
+is one without the Movie Render Queue plugin. With a
 Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
 ``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
 """
@@ -61,7 +62,9 @@ PREPARE_STATUS = "prepare.json"  # written by the editor script when it finishes
 QUEUE_FOLDER = "MovieRenderPipeline"  # under <Project>/Saved, where MRQ's own executor writes its queue
 ENTRY_MAP = "MoviePipelineEntryMap"  # MRQ's empty boot map: the job's map is loaded once, by the pipeline
 PACKAGE_NAME_PART = re.compile(r"^[A-Za-z0-9_-]+$")  # no '.', ':' or '\\': the queue file must map to a package name
-REQUIRED_PLUGINS = ("PythonScriptPlugin", "EditorScriptingUtilities")  # -ExecutePythonScript, EditorAssetLibrary
+# -ExecutePythonScript, EditorAssetLibrary, Movie Render Queue: all three are "EnabledByDefault": false in their
+# .uplugin (4.27 and 5.5), so a project must list them.
+REQUIRED_PLUGINS = ("PythonScriptPlugin", "EditorScriptingUtilities", "MovieRenderPipeline")
 RENDER_DONE = "render-done.json"  # written by the launcher once the render's raw output is complete
 DEFAULT_TIMEOUT_S = 4 * 3600.0
 DEFAULT_RETRIES = 2
@@ -475,8 +478,9 @@ def _rendered_before(run: ShotRun, spec: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def check_project_plugins(project: Path) -> None:
-    """Refuse at once a project whose .uproject does not enable the plugins the prepare stage needs: without
-    PythonScriptPlugin the editor ignores -ExecutePythonScript and stays open until the timeout (hours)."""
+    """Refuse at once a project whose .uproject does not enable the plugins a capture needs: without the one that
+    reads -ExecutePythonScript the editor stays open until the timeout (hours), and without Movie Render Queue the
+    prepare script cannot build the queue, however often it is retried."""
     try:
         plugins = json.loads(project.read_text()).get("Plugins", [])
         enabled = {p.get("Name") for p in plugins if isinstance(p, dict) and p.get("Enabled")}
