@@ -67,7 +67,7 @@ def test_infer_png_and_mp4(tiny_checkpoints, builtin_captures, tmp_path):
     assert len(frames) == 2 and frames[0].shape == (256, 320, 3)
     bad = runner.invoke(main, ["infer", "--checkpoint", str(fp), "--input", str(shot), "--out", str(tmp_path / "x"),
                                "--start", "99"])
-    assert bad.exit_code == 2 and "outside the shot" in bad.output
+    assert bad.exit_code == 2 and "builtin_specular/orbit: start frame 99 outside the shot's 0.." in bad.output
 
 
 def test_infer_feeds_a_jitter_reading_model_each_frames_jitter(tmp_path):

@@ -65,6 +65,28 @@ def test_export_verify_on_a_captures_folder_is_refused_before_writing(tiny_check
     assert not out.exists()  # no file that --verify was asked to check and did not
 
 
+def test_export_verify_on_a_shot_with_a_broken_frame_writes_nothing(tiny_checkpoints, tmp_path):
+    """A --verify shot whose frame held NaN was found only after the model was written: the command failed and
+    left the file it had not checked."""
+    import numpy as np
+    from train_helpers import small_shot
+
+    from qw.datagen.capture_format import frame_path, read_frame, write_frame
+
+    fp, q = tiny_checkpoints
+    shot = small_shot(tmp_path / "captures")
+    motion = read_frame(shot, "motion", 1).copy()
+    motion[2, 3, 0] = np.nan
+    write_frame(shot, "motion", 1, motion)
+    for fmt, checkpoint in (("qwq", q), ("onnx", fp)):
+        out = tmp_path / f"model.{fmt}"
+        result = CliRunner().invoke(main, ["export", "--format", fmt, "--checkpoint", str(checkpoint), "--out",
+                                           str(out), "--verify", str(shot), "--verify-frames", "3"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output + repr(result.exception)
+        assert result.output.startswith(f"qw: error: {frame_path(shot, 'motion', 1)}: 1 non-finite values")
+        assert not out.exists()
+
+
 def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path, monkeypatch):
     """`qw quantize --resume` without repeating `--steps 8` rebuilt the run's settings from the QAT defaults and
     went on fine-tuning to 2000 steps; like `qw train --resume` it continues with the run's own."""

@@ -161,7 +161,7 @@ def check_shot_folder(folder: Path, command: str = "qw infer", option: str = "--
 
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:
     if not 0 <= start < meta.frame_count:
-        raise QwError(f"start frame {start} outside the shot's 0..{meta.frame_count - 1}")
+        raise QwError(f"{meta.scene}/{meta.shot}: start frame {start} outside the shot's 0..{meta.frame_count - 1}")
     if count is not None and count < 1:  # an empty range would "succeed" with no frames written
         raise QwError(f"frame count {count}: must be at least 1 (None: to the end of the shot)")
     return range(start, meta.frame_count if count is None else min(meta.frame_count, start + count))

@@ -11,7 +11,7 @@ import torch
 
 from qw.datagen.capture_format import atomic_path, load_meta
 from qw.datagen.errors import QwError, require_extra
-from qw.training.infer import check_shot_folder, frame_range, model_frames, run_qwnet
+from qw.training.infer import check_shot_folder, frame_range, input_frames, model_frames, run_qwnet
 from qw.training.export.integer_ref import integer_conv, load_integer_model, rebuild_network
 from qw.training.quantization.fake_quant import is_integer
 from qw.training.quantization.qat import model_from_any_checkpoint
@@ -97,7 +97,9 @@ def export_command(checkpoint: str, out: str, verify_shot: str | None = None, ve
         raise QwError(f"--out {out}: a directory; give the file to write, e.g. {Path(out) / f'model.{fmt}'}")
     if verify_shot is not None:  # before anything is written: a wrong --verify must not leave an unchecked file
         check_shot_folder(Path(verify_shot), "qw export --verify", "--verify")
-        load_meta(verify_shot)
+        meta = load_meta(verify_shot)
+        for _ in input_frames(Path(verify_shot), meta, frame_range(meta, 0, verify_frames)):
+            pass  # a missing or non-finite frame is refused here, not after the model is written
     model, cfg, quantized = model_from_any_checkpoint(checkpoint)
     if fmt == "onnx" and quantized and not all(is_integer(bits) for bits in cfg.quant.model_dump().values()):
         raise QwError(f"{checkpoint}: ONNX export takes a float checkpoint or an integer plan (w4a4, w8a8), not fp16")
