@@ -286,6 +286,9 @@ def capture_builtin(manifest: SceneManifest, out: Path, *, shots: list[str] | st
     # `is None`, not `or`: 0 is a bad value to refuse, not a request for the manifest's
     spp = manifest.capture.reference_samples if reference_spp is None else reference_spp
     reference_grid(spp)
+    if workers and not cluster:
+        raise QwError(f"--workers {workers} sizes a new Dask cluster: give --cluster local or slurm with it"
+                      + (" (--scheduler uses an existing cluster's workers)" if scheduler else ""))
     jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
             for s in select_shots(manifest, shots)]
     if scheduler or cluster:
