@@ -383,7 +383,17 @@ class BlockStore:
         return self._small[name]
 
     def origins(self) -> np.ndarray:
-        return self.small_array("origin")
+        """(N, 5) scene index, shot index, first frame, y, x per block; every index is checked against its table,
+        since an unverified (version 1) store has no checksum that would catch a damaged origin array."""
+        origins = self.small_array("origin")
+        for column, table in ((0, "scenes"), (1, "shots")):
+            rows = len(self.attrs[table])
+            outside = np.flatnonzero((origins[:, column] < 0) | (origins[:, column] >= rows))
+            if len(outside):
+                block = int(outside[0])
+                raise QwError(f"{self.url}: block {block}'s origin names {table} row {int(origins[block, column])}, "
+                              f"but the {table} table has {rows} rows; run `qw datagen verify {self.url}`")
+        return origins
 
     def split_indices(self, split: str) -> np.ndarray:
         """Indices of the blocks whose shot belongs to `split` ('train', 'val', 'test')."""

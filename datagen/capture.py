@@ -149,19 +149,27 @@ def _recorded_settings(marker: Path) -> Any:
         return None  # unreadable or damaged: not our settings
 
 
-def _check_resumable(job: ShotJob) -> None:
-    """Never mix frames rendered with other settings into this shot; record ours for the next resume.
+def resume_record(job: ShotJob, backend_version: str) -> dict[str, Any]:
+    """What an unfinished shot records for its resume: the settings, and the renderer that drew its frames (another
+    OpenGL driver or qw version may round pixels differently, and one shot must not mix them)."""
+    return {**job.settings(), "backend_version": backend_version}
 
-    The unfinished frames of an earlier run with other settings (it recorded them in PROGRESS_FILE) are removed:
-    the shot was never complete, so nothing finished is lost, and a failed run does not block a retry with other
-    settings. Frames without that record are not ours to delete: refused.
+
+def _check_resumable(job: ShotJob, backend_version: str) -> None:
+    """Never mix frames rendered with other settings or by another renderer into this shot; record ours for the
+    next resume.
+
+    The unfinished frames of an earlier run with another record (in PROGRESS_FILE) are removed: the shot was never
+    complete, so nothing finished is lost, and a failed run does not block a retry with other settings. Frames
+    without that record are not ours to delete: refused.
     """
-    path, settings = job.path, job.settings()
+    path, record = job.path, resume_record(job, backend_version)
     marker = path / PROGRESS_FILE
     frames = [f for p in cf.PASSES if (path / p).is_dir() for f in (path / p).glob("*.exr")]
     if marker.is_file():
-        if _recorded_settings(marker) != settings:
-            log.warning("%s: discarding %d unfinished frame file(s) rendered with other settings", path, len(frames))
+        if _recorded_settings(marker) != record:
+            log.warning("%s: discarding %d unfinished frame file(s) rendered with other settings or by another "
+                        "renderer", path, len(frames))
             for frame in frames:
                 frame.unlink()
     elif frames:
@@ -169,7 +177,7 @@ def _check_resumable(job: ShotJob) -> None:
     for stale in [*path.glob(".*.tmp"), *path.glob("*/.*.tmp")]:  # a killed writer's temp files
         stale.unlink()
     with cf.atomic_path(marker) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
 
 
 def _already_complete(job: ShotJob) -> bool:
@@ -200,17 +208,18 @@ def _render_shot(job: ShotJob, progress: bool) -> Path:
     scene = build_scene(m.builtin.builder, m.builtin.params, m.seed, where=f"scene {m.name!r}")
     cuts = _stored_cuts(job, scene.camera.cuts)
     offsets = [_jitter(job, f) for f in job.source_frames]
-    _check_resumable(job)
     n = reference_grid(job.reference_spp)
     with _GL_LOCK:
         renderer = Renderer(scene, job.width, job.height, mip_bias=m.capture.mip_bias)
         try:
+            version = _backend_version(renderer)
+            _check_resumable(job, version)
             cameras = _render_frames(job, renderer, offsets, set(scene.camera.cuts), n, progress)
         finally:
             renderer.release()
     meta = cf.CaptureMeta(
         scene=m.name, shot=job.shot,
-        backend=cf.BackendInfo(name=BACKEND, version=_backend_version(renderer), settings=job.settings()),
+        backend=cf.BackendInfo(name=BACKEND, version=version, settings=job.settings()),
         width=job.width, height=job.height, fps=m.capture.fps, frame_count=len(job.source_frames),
         source_frames=job.source_frames,
         jitter=cf.JitterInfo(sequence=m.capture.jitter, cycle=m.capture.jitter_cycle,
@@ -286,6 +295,9 @@ def capture_builtin(manifest: SceneManifest, out: Path, *, shots: list[str] | st
     # `is None`, not `or`: 0 is a bad value to refuse, not a request for the manifest's
     spp = manifest.capture.reference_samples if reference_spp is None else reference_spp
     reference_grid(spp)
+    if workers and not cluster:
+        raise QwError(f"--workers {workers} sizes a new Dask cluster: give --cluster local or slurm with it"
+                      + (" (--scheduler uses an existing cluster's workers)" if scheduler else ""))
     jobs = [ShotJob(manifest, s.name, str(out), *parse_frames(frames, s), width, height, spp)
             for s in select_shots(manifest, shots)]
     if scheduler or cluster:

@@ -49,13 +49,16 @@ def worker_config_exports(config: dict[str, Any] = WORKER_CONFIG) -> list[str]:
     return exports
 
 
-def check_cluster(cluster: str = "local", scheduler: str | None = None) -> None:
-    """Refuse an unknown kind, a kind combined with --scheduler, or a SLURM setup that cannot start, before any
-    work is done (a build would otherwise create its store first)."""
+def check_cluster(cluster: str = "local", scheduler: str | None = None, workers: int | None = None) -> None:
+    """Refuse an unknown kind, a kind or a worker count combined with --scheduler, or a SLURM setup that cannot
+    start, before any work is done (a build would otherwise create its store first)."""
     if cluster not in CLUSTER_KINDS:
         raise QwError(f"--cluster {cluster!r}: choose one of {', '.join(CLUSTER_KINDS)}")
     if scheduler and cluster != "local":
         raise QwError(f"--scheduler uses an existing cluster; it cannot be combined with --cluster {cluster}")
+    if scheduler and workers:
+        raise QwError(f"--scheduler uses an existing cluster, whose workers are its own; --workers {workers} sizes "
+                      "a new one (drop one of them)")
     if cluster == "slurm":
         _slurm_config()
         from dask_jobqueue.slurm import SLURMJob
@@ -147,7 +150,7 @@ def dask_client(cluster: str = "local", workers: int | None = None, scheduler: s
     CPU core; slurm: one job's worth), or on the existing cluster at `scheduler`. Closes what it started."""
     from distributed import Client
 
-    check_cluster(cluster, scheduler)
+    check_cluster(cluster, scheduler, workers)
     # Cluster chatter is not the user's business unless they asked for debug output (-vv); task errors reach the
     # client as exceptions and are reported there, once.
     quiet = not log.isEnabledFor(logging.DEBUG)

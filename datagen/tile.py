@@ -354,7 +354,7 @@ def build_store(dataset: DatasetManifest | str | Path, captures_root: str | Path
     if not isinstance(dataset, DatasetManifest):
         dataset = find_dataset(str(dataset))
     url = str(store_url)
-    check_cluster(cluster, scheduler)
+    check_cluster(cluster, scheduler, workers)
     plan = plan_from_files(dataset, captures_root, seed, manifests_root)
     check_frames(plan, captures_root)
     with build_lock(url):

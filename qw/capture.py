@@ -38,8 +38,9 @@ def capture_scene(scene: str | SceneManifest, out: str | Path, *, shots: list[st
     manifest = scene if isinstance(scene, SceneManifest) else find_scene(scene)
     out = Path(out)
     if manifest.backend != BACKEND:
-        if cluster:
-            raise QwError(f"scene {manifest.name!r} is an Unreal scene: --cluster applies to builtin scenes; run "
+        if cluster or workers:
+            option = "--cluster" if cluster else "--workers"
+            raise QwError(f"scene {manifest.name!r} is an Unreal scene: {option} applies to builtin scenes; run "
                           "Unreal shots on an existing Dask cluster with --scheduler")
         return _capture_unreal(manifest, out, shots, scheduler, progress,
                                {"frames": frames, "resolution": resolution, "reference_spp": reference_spp},

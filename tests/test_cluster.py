@@ -79,6 +79,26 @@ def test_cluster_kind_and_scheduler_are_exclusive(tmp_path):
     assert result.exit_code == 2 and "cannot be combined with --cluster slurm" in result.output
 
 
+@pytest.mark.parametrize("args, message", [
+    (["datagen", "build", "--dataset", "builtin-demo", "--captures", "CAPTURES", "--store", "STORE",
+      "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "--workers 2 sizes a new one"),
+    (["datagen", "capture", "--scene", "builtin_fence", "--out", "CAPTURES", "--scheduler", "tcp://127.0.0.1:1",
+      "--workers", "2"], "--workers 2 sizes a new Dask cluster"),
+    (["datagen", "capture", "--scene", "builtin_fence", "--out", "CAPTURES", "--workers", "2"],
+     "give --cluster local or slurm"),
+    (["datagen", "capture", "--scene", "kite", "--out", "CAPTURES", "--workers", "2"],
+     "--workers applies to builtin scenes"),
+])
+def test_workers_without_a_new_cluster_are_refused(tmp_path, args, message):
+    """A worker count the run would ignore is an error, before anything is written."""
+    args = [a.replace("CAPTURES", str(tmp_path / "captures")).replace("STORE", str(tmp_path / "blocks.zarr"))
+            for a in args]
+    (tmp_path / "captures").mkdir()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "blocks.zarr").exists() and not any((tmp_path / "captures").iterdir())
+
+
 def test_cluster_is_refused_for_unreal_scenes(tmp_path):
     result = CliRunner().invoke(main, ["datagen", "capture", "--scene", "kite", "--out", str(tmp_path),
                                        "--cluster", "local"])

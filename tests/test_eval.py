@@ -163,3 +163,17 @@ def test_a_reference_frame_with_nan_or_inf_is_one_line_naming_it(tmp_path):
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output + repr(result.exception)
     assert result.output.startswith(f"qw: error: {frame_path(shot, 'reference', 1)}: 1 non-finite values")
     assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_frames_smaller_than_the_ssim_window_are_refused_before_anything_is_written(tmp_path):
+    """A 10-pixel-high shot scored SSIM over an empty map: NaN in report.md and metrics.json."""
+    shot = small_shot(tmp_path / "captures", frames=2, resolution=(16, 10))
+    result = CliRunner().invoke(main, ["-q", "eval", "--captures", str(tmp_path / "captures"), "--out",
+                                       str(tmp_path / "r"), "--flip-crop", "16"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert result.output == (f"qw: error: {shot}: frames of 16×10 are smaller than SSIM's 11-pixel window; "
+                             "qw eval needs at least 11×11\n")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="at least 11×11 pixels, got 16×10"):
+        metrics.ssim(np.ones((10, 16, 3), np.float32), np.ones((10, 16, 3), np.float32))
+    assert metrics.ssim(np.ones((11, 16, 3), np.float32), np.ones((11, 16, 3), np.float32)) == pytest.approx(1.0, abs=1e-3)

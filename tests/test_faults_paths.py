@@ -6,6 +6,7 @@ complete."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
 from capture_helpers import make_capture
 from cli_helpers import one_line_error
@@ -25,6 +27,7 @@ from cli_helpers import one_line_error
 from qw.datagen import capture_format as cf
 from qw.datagen.capture import PROGRESS_FILE
 from qw.capture import capture_scene
+from qw.cli import main
 from qw.datagen.plan import load_captures
 from qw.datagen.validate import validate_paths
 
@@ -144,9 +147,9 @@ def test_a_second_writer_of_a_shot_is_refused_while_the_first_finishes(tmp_path)
         deadline = time.monotonic() + 60
         while len(list(shot.glob("reference/*.exr"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        second = qw(*args)
+        second = CliRunner().invoke(main, args)  # in this process: a second qw's start-up can outlast the shot
         assert first.poll() is None, "the first writer finished before the second started: make its shot longer"
-        assert "another process is writing this shot" in one_line_error(second)
+        assert second.exit_code == 2 and "another process is writing this shot" in second.output, second.output
     finally:
         assert first.wait(timeout=180) == 0, first.stderr.read()
     lines: list[str] = []
@@ -171,15 +174,20 @@ def test_a_killed_writer_does_not_block_its_resume(tmp_path):
 # ----------------------------------------------------------------------------------------------- resume
 
 
+def unfinished_record(shot: Path, **changes) -> dict:
+    """The resume record (`PROGRESS_FILE`) the capture of complete `shot` kept while it was unfinished."""
+    meta = cf.load_meta(shot)
+    return {**meta.backend.settings, "backend_version": meta.backend.version, **changes}
+
+
 def test_resume_renders_a_truncated_frame_again(tmp_path):
     whole, partial = tmp_path / "whole", tmp_path / "partial"
     capture_scene("builtin_street", whole, shots=["fly"], frames="0:3", resolution="48x32", reference_spp=1,
                   progress=False)
     shutil.copytree(whole, partial)
     shot = partial / "builtin_street" / "fly"
-    settings = cf.load_meta(shot).backend.settings
-    (shot / cf.META_FILE).unlink()  # an unfinished shot of the same settings, as a killed capture leaves it
-    (shot / PROGRESS_FILE).write_text(json.dumps(settings))
+    (shot / PROGRESS_FILE).write_text(json.dumps(unfinished_record(shot)))  # same settings and renderer, as a
+    (shot / cf.META_FILE).unlink()                                          # killed capture leaves the shot
     frame = shot / "color" / "000001.exr"
     frame.write_bytes(frame.read_bytes()[:200])  # truncated by something else
     capture_scene("builtin_street", partial, shots=["fly"], frames="0:3", resolution="48x32", reference_spp=1,
@@ -197,12 +205,42 @@ def test_unfinished_frames_of_other_settings_are_rendered_again(tmp_path):
     capture(tmp_path / "old", 1)
     capture(tmp_path / "new", 4)
     shot = tmp_path / "old" / "builtin_street" / "fly"
-    settings = cf.load_meta(shot).backend.settings
+    (shot / PROGRESS_FILE).write_text(json.dumps(unfinished_record(shot)))
     (shot / cf.META_FILE).unlink()  # the 1-sample run, unfinished
-    (shot / PROGRESS_FILE).write_text(json.dumps(settings))
     capture(tmp_path / "old", 4)
     assert {p.relative_to(tmp_path / "old"): p.read_bytes() for p in files(tmp_path / "old")} == \
            {p.relative_to(tmp_path / "new"): p.read_bytes() for p in files(tmp_path / "new")}
+
+
+def test_unfinished_frames_of_another_renderer_are_rendered_again(tmp_path, caplog):
+    """Frames drawn by another OpenGL driver (another node of a cluster) or qw version are not mixed into a shot."""
+    def resume(backend_version: str | None) -> set[Path]:
+        """Alter the colour frames (stand-ins for another renderer's pixels), leave the shot unfinished with that
+        renderer's record, resume it; the colour frames that were kept."""
+        for i in range(2):
+            cf.write_frame(shot, "color", i, cf.read_frame(shot, "color", i) * 1.5)
+        altered = {p: p.read_bytes() for p in shot.glob("color/*.exr")}
+        changes = {} if backend_version is None else {"backend_version": backend_version}
+        (shot / PROGRESS_FILE).write_text(json.dumps(unfinished_record(shot, **changes)))
+        (shot / cf.META_FILE).unlink()
+        capture()
+        return {p for p, b in altered.items() if p.read_bytes() == b}
+
+    def capture() -> None:
+        capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", resolution="48x32", reference_spp=1,
+                      progress=False)
+
+    capture()
+    shot = tmp_path / "builtin_street" / "fly"
+    whole = {p: p.read_bytes() for p in files(shot)}
+    with caplog.at_level(logging.WARNING):
+        assert resume("qw 0.1.0; llvmpipe (LLVM 1.0); OpenGL 4.5") == set()
+    assert "by another renderer" in caplog.text
+    assert {p: p.read_bytes() for p in files(shot)} == whole
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(resume(None)) == 2  # the same renderer: its frames are kept
+    assert "by another renderer" not in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- full disk

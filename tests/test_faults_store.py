@@ -219,3 +219,20 @@ def test_changed_metadata_is_refused(store, edit):
     path.write_text(json.dumps(meta))
     result = qw("datagen", "verify", str(store))
     assert result.returncode == 2 and "changed after it was written" in result.stderr, result.stderr
+
+
+def test_an_origin_outside_the_scene_or_shot_table_is_one_line(store):
+    """An unverified store (version 1, no checksums) with a damaged origin array crashed inspect and the loader's
+    split selection with an IndexError."""
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs["format"] = "qw-blocks/1"
+    del group.attrs["integrity"]
+    shutil.rmtree(store / CHECKSUMS)
+    origin = group["origin"][:]
+    origin[2, 1] = len(group.attrs["shots"])
+    group["origin"][:] = origin
+    message = f"block 2's origin names shots row {origin[2, 1]}, but the shots table has {origin[2, 1]} rows"
+    with pytest.raises(QwError, match=re.escape(message)):
+        open_store(str(store)).split_indices("train")
+    result = qw("datagen", "inspect", str(store))
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

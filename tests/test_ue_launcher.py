@@ -26,6 +26,7 @@ from qw.datagen.capture_format import META_FILE, load_meta, read_exr, read_frame
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import SceneManifest
 from qw.datagen.validate import reprojected_motion, validate_capture
+from qw.ue_capture import launcher
 from qw.ue_capture.launcher import EDITOR_ENV, capture_scene
 
 TESTS = Path(__file__).resolve().parent
@@ -518,3 +519,11 @@ def test_complete_raw_output_without_its_record_is_normalized_not_rendered_again
     tripwire.chmod(0o755)
     [path] = capture_scene(scene, out, shots=["a"], editor=tripwire, retries=0, timeout=60, progress=False)
     assert validate_capture(path).ok and not (tmp_path / "started").exists()
+
+
+@pytest.mark.parametrize("fps, rate", [(30, [30, 1]), (60.0, [60, 1]), (12.5, [25, 2]), (23.976, [24000, 1001]),
+                                       (29.97, [30000, 1001]), (59.94, [60000, 1001])])
+def test_manifest_fps_is_the_engine_frame_rate(fps, rate):
+    """Unreal's NTSC rates are n·1000/1001 (a sequence at 23.976 fps holds 24000/1001, which the prepare stage
+    compares exactly); 23.976 read as 2997/125 refused every such sequence."""
+    assert launcher.frame_rate(fps) == rate

@@ -206,8 +206,15 @@ def baked_camera(camera: CameraPath) -> dict[str, Any]:
                      for f, p, r in zip(frames, position, rotation)]}
 
 
+NTSC_TOLERANCE = 0.005  # fps written to 2-3 decimals: 23.976, 29.97, 59.94
+
+
 def frame_rate(fps: float) -> list[int]:
-    """fps as Unreal's FrameRate [numerator, denominator]: 30 → [30, 1], 23.976 → [2997, 125]."""
+    """fps as Unreal's FrameRate [numerator, denominator]: 30 → [30, 1], 23.976 → [24000, 1001] (the NTSC rates
+    as the engine's presets and sequences hold them), 12.5 → [25, 2]."""
+    ntsc = Fraction(round(fps * 1.001) * 1000, 1001)
+    if fps != round(fps) and abs(float(ntsc) - fps) < NTSC_TOLERANCE:
+        return [ntsc.numerator, ntsc.denominator]
     exact = Fraction(fps).limit_denominator(1001)
     return [exact.numerator, exact.denominator]
 

@@ -374,6 +374,16 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
     return data
 
 
+def check_frame_sizes(shots: list[Path]) -> None:
+    """Refuse, before anything is written, a shot whose frames are too small for SSIM's window."""
+    for shot in shots:
+        meta = load_meta(shot)
+        if min(meta.width, meta.height) < metrics.SSIM_MIN_SIDE:
+            raise QwError(f"{shot}: frames of {meta.width}×{meta.height} are smaller than SSIM's "
+                          f"{metrics.SSIM_MIN_SIDE}-pixel window; qw eval needs at least "
+                          f"{metrics.SSIM_MIN_SIDE}×{metrics.SSIM_MIN_SIDE}")
+
+
 def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
                      baselines: Iterable[str] = DEFAULT_BASELINES,
                      qwq_files: list[str] = (), frames: int | None = None, flip_crop: int | None = 512,
@@ -385,6 +395,7 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     shots = [s for root in captures for s in find_captures(root)]
     if not shots:
         raise QwError(f"no complete captured shots (capture.json) under {', '.join(map(str, captures))}")
+    check_frame_sizes(shots)
     device_ = default_device(device)
     methods = build_methods(list(checkpoints), list(qwq_files), baselines, device_)
     out_dir = Path(out)

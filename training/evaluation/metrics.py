@@ -15,6 +15,7 @@ from qw.datagen.tonemap import DISPLAY_GAMMA, tonemap  # noqa: F401 - the curve 
 from qw.training.model.hdr import compress
 
 SSIM_BORDER = 5  # half the 11-pixel window: the map positions whose window reaches past the image edge
+SSIM_MIN_SIDE = 2 * SSIM_BORDER + 1  # the smallest image with one window inside it
 PSNR_CAP_DB = 100.0  # identical images: report a finite ceiling instead of inf so JSON and averages stay valid
 
 
@@ -41,6 +42,10 @@ def ssim(test: np.ndarray, reference: np.ndarray) -> float:
     the valid region as Wang et al. define it: only windows that lie inside the image (torchmetrics pads the image
     by reflection and averages the whole map; its outer SSIM_BORDER pixels are cropped here)."""
     from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: evaluation only
+
+    if min(test.shape[:2]) < SSIM_MIN_SIDE:  # no window inside: the mean of an empty map would be NaN
+        raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIDE}×{SSIM_MIN_SIDE} pixels, got "
+                         f"{test.shape[1]}×{test.shape[0]}")
 
     def as_batch(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(tonemap(x)).permute(2, 0, 1).unsqueeze(0).float()
