@@ -70,7 +70,8 @@ def _size(n: float) -> str:
 
 
 def _counts_table(title: str, counts: dict[str, int]) -> list[str]:
-    return [f"{title}:"] + [f"  {k:<32} {v:>7}" for k, v in counts.items()]
+    width = max([32, *map(len, counts)])  # long scene/shot names widen the column instead of pushing counts out
+    return [f"{title}:"] + [f"  {k:<{width}} {v:>7}" for k, v in counts.items()]
 
 
 def _counts(keys) -> dict[str, int]:

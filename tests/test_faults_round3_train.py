@@ -299,7 +299,7 @@ def test_infer_refuses_a_block_store_or_a_captures_root_as_its_input(tiny_checkp
     assert f"{store}: a block store (training data); qw infer takes a captured shot folder" in out
     root = odd_shot.parents[1]
     out = one_line(qw("infer", "--checkpoint", str(fp), "--input", str(root), "--out", str(tmp_path / "o")))
-    assert f"{root}: a captures folder (1 shots); qw infer takes one shot, e.g. --input {odd_shot}" in out
+    assert f"{root}: a captures folder (1 shot); qw infer takes one shot, e.g. --input {odd_shot}" in out
     assert not (tmp_path / "o").exists()
 
 

@@ -121,3 +121,7 @@ def test_reconstruct_shot_refuses_a_count_below_one(tmp_path):
         with pytest.raises(qw.QwError, match=f"frame count {count}: must be at least 1"):
             list(qw.reconstruct_shot(model, shot, count=count, device="cpu"))
     assert [i for i, _ in qw.reconstruct_shot(model, shot, start=1, count=1, device="cpu")] == [1]
+    # the captures folder instead of a shot in it said the folder's capture.json was missing
+    with pytest.raises(qw.QwError, match=f"a captures folder \\(1 shot\\); qw.reconstruct_shot takes one shot, "
+                                         f"e.g. shot {shot}"):
+        list(qw.reconstruct_shot(model, tmp_path / "captures", device="cpu"))

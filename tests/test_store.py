@@ -139,6 +139,13 @@ def test_a_synthetic_store_has_the_builder_attribute_structure(tmp_path):
     assert store.split_indices("train").tolist() == [0, 2] and store.split_indices("val").tolist() == [1]
 
 
+def test_inspect_tables_keep_counts_in_one_column_for_long_names():
+    from qw.datagen.inspect_store import _counts_table
+
+    lines = _counts_table("blocks per shot", {"builtin_specular/close_cut (train)": 7, "a/s1 (val)": 12345})
+    assert len({len(line) for line in lines[1:]}) == 1 and all(line.endswith((" 7", " 12345")) for line in lines[1:])
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(QwError, match="not a qw block store"):
         open_store(str(tmp_path / "nothing.zarr"))

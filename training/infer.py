@@ -155,8 +155,8 @@ def check_shot_folder(folder: Path, command: str = "qw infer", option: str = "--
                       "(<captures>/<scene>/<shot>/ with capture.json)")
     shots = find_captures(folder)
     if shots:
-        raise QwError(f"{folder}: a captures folder ({len(shots)} shots); {command} takes one shot, "
-                      f"e.g. {option} {shots[0]}")
+        count = f"{len(shots)} shot" + "s" * (len(shots) != 1)
+        raise QwError(f"{folder}: a captures folder ({count}); {command} takes one shot, e.g. {option} {shots[0]}")
 
 
 def frame_range(meta: CaptureMeta, start: int = 0, count: int | None = None) -> range:
@@ -186,6 +186,7 @@ def reconstruct_shot(model: torch.nn.Module, shot: str | Path, start: int = 0, c
     """Run QW-Net recurrently over frames start..start+count-1 of a captured shot at its own resolution, streaming:
     yields (frame index, H×W×3 float32 linear HDR output) one frame at a time. The model is moved to `device`."""
     shot = Path(shot)
+    check_shot_folder(shot, "qw.reconstruct_shot", "shot")
     meta = load_meta(shot)
     device = default_device(device)
     frames = frame_range(meta, start, count)
