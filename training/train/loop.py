@@ -61,9 +61,12 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 def make_loader(dataset: BlockDataset, sampler: Any, cfg: Config, device: torch.device) -> DataLoader:
     workers = cfg.train.num_workers
+    # A generator of its own: starting the loader draws its workers' base seed, which from torch's global RNG
+    # would move the RNG state that --resume restored (and the checkpoints record) one draw past the run's.
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers else None)
+                      prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
 def augments_on_device(cfg: Config, device: torch.device) -> bool:
