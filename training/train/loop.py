@@ -358,7 +358,11 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     check_crop_fits(store_url, cfg.train.crop, store.array("color").shape[-1])
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     run = _setup(model, cfg, proc)
-    step = _restore(out / LAST, run, provenance) if resume else 0
+    if resume:
+        step = _restore(out / LAST, run, provenance)
+    else:  # the RNG state the checkpoints record depends on the config only, whatever the caller drew before
+        step = 0
+        torch.manual_seed(cfg.train.seed)
     if proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
