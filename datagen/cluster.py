@@ -17,6 +17,8 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -113,7 +115,15 @@ def _local_cluster(workers: int | None, quiet: bool) -> Any:
     with dask.config.set(WORKER_CONFIG):
         return LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                             dashboard_address=":0",  # any free port: never clash with another cluster
-                            silence_logs=logging.CRITICAL if quiet else logging.DEBUG)
+                            silence_logs=logging.CRITICAL if quiet else logging.DEBUG,
+                            preload=[__name__])  # runs `dask_setup` in each worker process
+
+
+def dask_setup(worker: Any) -> None:
+    """Preload of the local workers: Ctrl-C reaches the whole process group, and the client closes the workers
+    when it stops; a worker that took SIGINT itself printed a traceback, one per worker."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 SUBMIT_TIMEOUT_S = 300  # how long the job submissions may take before the build gives up on SLURM

@@ -251,3 +251,15 @@ def test_a_submission_that_never_returns_fails_the_build_after_the_deadline(monk
     hanging = SimpleNamespace(scale=lambda **kwargs: None, worker_spec={"job-0": {}}, workers={})
     with pytest.raises(QwError, match="sbatch did not return within 0.2 s"):
         cluster_module._scale_slurm(hanging, None)
+
+
+def test_local_workers_leave_ctrl_c_to_the_client():
+    """Ctrl-C reaches every process of the group: each local worker raised KeyboardInterrupt and printed its own
+    traceback over the client's one-line message. The workers ignore SIGINT; the client closes them."""
+    import signal
+
+    from qw.datagen.cluster import dask_client
+
+    with dask_client("local", workers=1) as client:
+        handlers = client.run(lambda: signal.getsignal(signal.SIGINT))
+    assert list(handlers.values()) == [signal.SIG_IGN]

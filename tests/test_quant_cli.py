@@ -87,6 +87,18 @@ def test_export_verify_on_a_shot_with_a_broken_frame_writes_nothing(tiny_checkpo
         assert not out.exists()
 
 
+def test_quantize_twice_writes_the_same_checkpoint_bytes(tiny_checkpoints, tmp_path):
+    """Nothing seeded torch's global RNG, which each process starts from a random seed: two identical `qw quantize`
+    runs recorded different RNG states in their checkpoints."""
+    fp, q = tiny_checkpoints
+    torch.rand(3)  # whatever was drawn before must not matter
+    result = CliRunner().invoke(main, ["-q", "quantize", "--checkpoint", str(fp), "--store",
+                                       str(fp.parents[1] / "blocks.zarr"), "--out", str(tmp_path / "q"), "--steps",
+                                       "8", "--calibration-blocks", "2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (tmp_path / "q" / "last.pt").read_bytes() == q.read_bytes()
+
+
 def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path, monkeypatch):
     """`qw quantize --resume` without repeating `--steps 8` rebuilt the run's settings from the QAT defaults and
     went on fine-tuning to 2000 steps; like `qw train --resume` it continues with the run's own."""

@@ -231,6 +231,29 @@ def test_killed_run_resumes_with_the_identical_loss_curve(store: str, tmp_path: 
     assert all(torch.allclose(final_a[k], final_b[k], rtol=1e-6, atol=1e-7) for k in final_a)
 
 
+def test_a_resumed_run_writes_the_same_checkpoint_bytes_as_an_uninterrupted_one(store: str, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """Starting the data loader drew from torch's global RNG after --resume restored it, so every checkpoint after
+    a resume recorded another RNG state than the uninterrupted run's."""
+    import qw.training.train.loop as loop
+
+    config = str(write_config(tmp_path / "c.yaml", {"train": {"steps": 4, "ckpt_every": 2}}))
+    train_command(store, str(tmp_path / "straight"), config, progress=False)
+    save = loop._save
+
+    def save_then_interrupt(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt  # right after the step-2 checkpoint
+    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_command(store, str(tmp_path / "resumed"), config, progress=False)
+    monkeypatch.setattr(loop, "_save", save)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 2
+    train_command(store, str(tmp_path / "resumed"), config, resume=True, progress=False)
+    for name in ("step-00000004.pt", "last.pt"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
 def test_initial_weights_depend_only_on_the_configured_seed():
     """The demo once built its model from whatever torch's RNG held, so two runs trained different networks."""
     from qw.training.config import load_config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash leaves the previous checkpoint intact; a full disk is one line and leaves no
     temporary file. (Through a Python file object: torch.save to a path reports ENOSPC as a bare zip error.)"""
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        torch.save(state, file)
+        torch.save(_interned(state), file)
+
+
+def _interned(value: Any) -> Any:
+    """`value` with every string interned. Pickle writes a string once per object, so equal strings that are one
+    object in a fresh run (code literals) but several after --resume (each read from the checkpoint) would give
+    the same state other bytes."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):  # dict or a state_dict's OrderedDict, whose _metadata is kept
+        interned = type(value)((_interned(k), _interned(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):
+            interned._metadata = _interned(value._metadata)
+        return interned
+    if type(value) in (list, tuple):
+        return type(value)(_interned(v) for v in value)
+    return value
 
 
 def step_checkpoints(out: Path) -> list[Path]:

@@ -61,9 +61,12 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 def make_loader(dataset: BlockDataset, sampler: Any, cfg: Config, device: torch.device) -> DataLoader:
     workers = cfg.train.num_workers
+    # A generator of its own: starting the loader draws its workers' base seed, which from torch's global RNG
+    # would move the RNG state that --resume restored (and the checkpoints record) one draw past the run's.
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers else None)
+                      prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
 def augments_on_device(cfg: Config, device: torch.device) -> bool:
@@ -355,7 +358,11 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     check_crop_fits(store_url, cfg.train.crop, store.array("color").shape[-1])
     provenance = data_provenance(store, len(train_idx), len(val_idx))
     run = _setup(model, cfg, proc)
-    step = _restore(out / LAST, run, provenance) if resume else 0
+    if resume:
+        step = _restore(out / LAST, run, provenance)
+    else:  # the RNG state the checkpoints record depends on the config only, whatever the caller drew before
+        step = 0
+        torch.manual_seed(cfg.train.seed)
     if proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
