@@ -38,9 +38,10 @@ class QwGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"qw: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("qw: aborted", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C: 128 + SIGINT, as a shell reports it; 1 means a broken capture or store
+            click.echo("qw: interrupted; what is finished is kept: rerun the same command to resume "
+                       "(qw train / qw quantize: with --resume)", err=True)
+            sys.exit(130)
 
     def invoke(self, ctx: click.Context):
         try:

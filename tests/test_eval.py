@@ -177,3 +177,22 @@ def test_frames_smaller_than_the_ssim_window_are_refused_before_anything_is_writ
     with pytest.raises(ValueError, match="at least 11×11 pixels, got 16×10"):
         metrics.ssim(np.ones((10, 16, 3), np.float32), np.ones((10, 16, 3), np.float32))
     assert metrics.ssim(np.ones((11, 16, 3), np.float32), np.ones((11, 16, 3), np.float32)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_interrupted_eval_leaves_no_earlier_report_beside_its_own_output(tmp_path, monkeypatch):
+    """metrics.json is written last; an eval stopped partway through a folder that held an earlier run's report
+    left those numbers beside the new run's figures, as if they were its own."""
+    from qw.training.evaluation import evaluate
+
+    small_shot(tmp_path / "captures")
+    args = ["-q", "eval", "--captures", str(tmp_path / "captures"), "--out", str(tmp_path / "r"), "--flip-crop", "16"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (tmp_path / "r" / "metrics.json").is_file() and (tmp_path / "r" / "report.md").is_file()
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_shot", interrupted)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130 and result.output.splitlines()[-1].startswith("qw: interrupted; "), result.output
+    assert not (tmp_path / "r" / "metrics.json").exists() and not (tmp_path / "r" / "report.md").exists()

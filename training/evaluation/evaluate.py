@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from qw.datagen import __version__
-from qw.datagen.capture_format import find_captures, load_meta
+from qw.datagen.capture_format import atomic_path, find_captures, load_meta
 from qw.datagen.errors import QwError, missing_extra
 from qw.training.evaluation import metrics
 from qw.training.infer import default_device, frame_range, model_frames, read_pass, read_reference, run_qwnet, to_image
@@ -366,11 +366,13 @@ def write_report(out: Path, results: list[ShotResult], methods: list[Method], se
             save_metric_plot(r, out / f"{stem}_metrics.png")
             md += [f"![crops]({stem}_crops.png)", "", f"![worst regions]({stem}_worst.png)", "",
                    f"![per-frame metrics]({stem}_metrics.png)", ""]
-    (out / "report.md").write_text("\n".join(md))
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(md))
     data = {"qw_version": __version__, "settings": settings, "methods": {m.label: m.source for m in methods},
             "overall": overall, "overall_steady": steady, "steady_state_from": metrics.STEADY_STATE_FROM,
             "paired": paired, "shots": shots}
-    (out / "metrics.json").write_text(json.dumps(data, indent=1) + "\n")
+    with atomic_path(out / "metrics.json") as tmp:  # written last: its presence means the report is whole
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
     return data
 
 
@@ -400,6 +402,8 @@ def evaluate_command(checkpoints: list[str], captures: list[str], out: str, *,
     methods = build_methods(list(checkpoints), list(qwq_files), baselines, device_)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for previous in ("metrics.json", "report.md"):  # an interrupted run must not leave an earlier run's numbers
+        (out_dir / previous).unlink(missing_ok=True)  # beside its own figures
     start = time.perf_counter()
     results = [evaluate_shot(s, methods, frames, flip_crop, crop_size, flip_every, progress)
                for s in tqdm(shots, desc="shots", disable=None if progress else True)]
