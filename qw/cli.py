@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -369,7 +370,14 @@ def train_cmd(store, out, config, overrides, resume, storage_options) -> None:
 
     train_command(store, out, config, resume, storage_options, overrides,
                   progress=click.get_current_context().obj["progress"])
-    click.echo(f"run: {out} (last.pt, best.pt, config.yaml, metrics.jsonl, tb/)")
+    _echo_run(out, ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "tb"))
+
+
+def _echo_run(out: str, names: tuple[str, ...]) -> None:
+    """The run folder and those of `names` the run wrote (no best.pt without validation blocks, no tb/ without
+    TensorBoard)."""
+    written = [name + "/" * (Path(out) / name).is_dir() for name in names if (Path(out) / name).exists()]
+    click.echo(f"run: {out} ({', '.join(written)})")
 
 
 @main.command("model-stats")
@@ -419,7 +427,7 @@ def quantize_cmd(checkpoint, store, out, bits, steps, lr, batch_size, grad_accum
                      grad_accum=grad_accum, crop=crop, calibration_blocks=calibration_blocks, resume=resume,
                      settings=overrides, storage_options=storage_options,
                      progress=click.get_current_context().obj["progress"])
-    click.echo(f"run: {out} (last.pt, quantize.json, metrics.jsonl, tb/)")
+    _echo_run(out, ("last.pt", "quantize.json", "metrics.jsonl", "tb"))
 
 
 @main.command("export")

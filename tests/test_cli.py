@@ -384,3 +384,13 @@ def test_quiet_demo_draws_no_progress_bars(tmp_path, monkeypatch, quiet):
     result = CliRunner().invoke(main, [*(["-q"] if quiet else []), "demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert seen == {"train": not quiet, "quantize": not quiet, "eval": not quiet}
+
+
+def test_a_finished_run_lists_the_files_it_wrote(tmp_path, capsys):
+    """`qw train` listed best.pt after a run without validation blocks, which writes none."""
+    from qw.cli import _echo_run
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "tb").mkdir()
+    _echo_run(str(tmp_path), ("last.pt", "best.pt", "config.yaml", "tb"))
+    assert capsys.readouterr().out == f"run: {tmp_path} (last.pt, tb/)\n"
