@@ -69,7 +69,7 @@ class QualityPlan(DemoPlan):
     store_tile: int | None = None                # block side, if not the dataset manifest's (same budgets)
     store_frames: int | None = None              # frames per block (the unrolled length), if not the manifest's
     device: str = "cpu"                          # training, selection and scoring
-    flip_every: int = 16                         # HDR-FLIP on every n-th test frame (~4 s a 256×160 frame on a core)
+    flip_every: int = 16                         # HDR-FLIP on every n-th test frame (0.5–1 CPU-s a 256×160 frame)
     recipe: str = "plan"                         # the ABLATIONS entry the seeds train with (`--ablate` starts from
                                                  # the plan itself: the paper's recipe)
 
