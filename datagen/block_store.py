@@ -50,6 +50,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
 
 from qw.datagen import __version__
+from qw.datagen import checked_blosc  # noqa: F401  (reads Blosc chunks through the header-checking decoder)
 from qw.datagen.errors import QwError
 from qw.datagen.manifests import SPLITS, Split
 

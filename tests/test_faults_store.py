@@ -81,7 +81,10 @@ def test_verify_names_missing_truncated_and_altered_blocks(store):
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert any("block 1: color chunk color/c.1.0.0.0.0 is missing" in line for line in lines), lines
-    assert any("block 2: reference chunk" in line and "cannot be read" in line for line in lines), lines
+    # refused from its header, before c-blosc (which trusts the header's size) reads past the chunk's end
+    half = len(data) // 2
+    assert any(f"block 2: reference chunk reference/c.2.0.0.0.0 cannot be read (ValueError: Blosc chunk of {half} "
+               f"bytes whose header says {len(data)} (truncated or altered))" in line for line in lines), lines
     assert any("block 3: motion chunk" in line and ("altered" in line or "cannot be read" in line)
                for line in lines), lines
     assert any("block 4: depth chunk" in line for line in lines), lines
@@ -236,3 +239,16 @@ def test_an_origin_outside_the_scene_or_shot_table_is_one_line(store):
         open_store(str(store)).split_indices("train")
     result = qw("datagen", "inspect", str(store))
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_blosc_header_check_reads_every_store_chunk_and_refuses_a_wrong_size(store):
+    """Every chunk the builder writes passes the check (its header's compressed size is its length); a chunk
+    longer or shorter than its header says, or shorter than a header, is refused with the reason."""
+    from qw.datagen.checked_blosc import blosc_frame_problem
+
+    frames = [p.read_bytes() for name in IMAGE_ARRAYS for p in (store / name).glob("c.*")]
+    assert len(frames) == 6 * 4 and all(blosc_frame_problem(f) is None for f in frames)
+    assert blosc_frame_problem(frames[0] + b"\0") == (f"Blosc chunk of {len(frames[0]) + 1} bytes whose header says "
+                                                      f"{len(frames[0])} (truncated or altered)")
+    assert blosc_frame_problem(frames[0][:-1]).startswith(f"Blosc chunk of {len(frames[0]) - 1} bytes")
+    assert blosc_frame_problem(frames[0][:15]) == "15 bytes, shorter than a Blosc header"
