@@ -6,6 +6,7 @@ copy of it the way a partial copy, a sync or a bad disk would, and runs the real
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,11 +18,12 @@ import numpy as np
 import pytest
 import zarr
 from blocks_helpers import capture_meta, dataset, expected_crop, write_scene_manifest, write_shot
+from cli_helpers import one_line_error
 
 from qw.datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, open_store
 from qw.datagen.errors import QwError
 from qw.datagen.tile import build_store
-from qw.training.data import BlockDataset
+from qw.training.data import BlockDataset, open_training_store
 
 QW = str(Path(sys.executable).with_name("qw"))
 
@@ -252,3 +254,29 @@ def test_the_blosc_header_check_reads_every_store_chunk_and_refuses_a_wrong_size
                                                       f"{len(frames[0])} (truncated or altered)")
     assert blosc_frame_problem(frames[0][:-1]).startswith(f"Blosc chunk of {len(frames[0]) - 1} bytes")
     assert blosc_frame_problem(frames[0][:15]) == "15 bytes, shorter than a Blosc header"
+
+
+@pytest.mark.parametrize("name", ["color", "origin"])
+def test_an_unreadable_array_zarr_json_is_one_line_naming_it(store, name):
+    """An array's zarr.json cut short (an interrupted copy) made zarr raise JSONDecodeError from deep inside, and
+    `qw datagen verify` / `inspect` ended in a traceback instead of naming the file."""
+    path = store / name / "zarr.json"
+    path.write_text(path.read_text()[:300])
+    for command in ("verify", "inspect"):
+        error = one_line_error(qw("datagen", command, str(store)))
+        assert f"array {name!r} has unreadable metadata ({name}/zarr.json: JSONDecodeError" in error, command
+    with pytest.raises(QwError, match=f"{name}/zarr.json"):
+        open_training_store(str(store))
+
+
+@pytest.mark.parametrize("name, field, value", [("color", "shape", [-1, 8, 3, 32, 32]),
+                                                ("history_valid", "fill_value", [1, 2])])
+def test_an_edited_array_zarr_json_is_one_error(store, name, field, value):
+    """zarr raises ValueError for a negative shape; a bool array's list fill value zarr accepts, and the
+    description digest then raised ValueError: both are damage named as such."""
+    path = store / name / "zarr.json"
+    meta = json.loads(path.read_text())
+    meta[field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(QwError, match=f"{name}/zarr.json|{name} metadata"):
+        open_store(str(store))
