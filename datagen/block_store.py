@@ -272,13 +272,27 @@ def block_checksums(group: zarr.Group) -> np.ndarray:
     return np.array([[checksum(a[i]) for a in arrays] for i in range(n)], np.uint32)
 
 
-def present_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+def open_array(group: zarr.Group, name: str, url: str | None = None) -> zarr.Array:
+    """Array `name` of `group`: a KeyError when it is absent, a QwError naming its zarr.json when zarr cannot parse
+    that (truncated or edited: zarr raises JSONDecodeError, ValueError, TypeError … from deep inside)."""
+    try:
+        return group[name]
+    except KeyError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise QwError(f"{url or group.store_path}: array {name!r} has unreadable metadata ({name}/zarr.json: "
+                      f"{type(exc).__name__}: {reason}); copy the store again or rebuild it with `qw datagen build`"
+                      ) from None
+
+
+def present_arrays(group: zarr.Group, url: str | None = None) -> dict[str, zarr.Array]:
     """The contract's arrays present in `group`, each opened once (in zarr 3 ``name in group`` is itself a
     metadata read, so it is not asked first)."""
     arrays = {}
     for name in ARRAYS:
         try:
-            arrays[name] = group[name]
+            arrays[name] = open_array(group, name, url)
         except KeyError:
             pass
     return arrays
@@ -292,8 +306,9 @@ def descriptions(group: zarr.Group, arrays: dict[str, zarr.Array] | None = None)
     def crc(value: Any) -> int:
         return checksum(np.frombuffer(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), np.uint8))
 
+    # tolist: the scalar item() gave for a scalar fill value, and no ValueError for a list edited into zarr.json
     found = {name: crc({"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
-                        "fill_value": np.asarray(a.fill_value).item()})
+                        "fill_value": np.asarray(a.fill_value).tolist()})
              for name, a in (present_arrays(group) if arrays is None else arrays).items()}
     return {**found, "attributes": crc({k: v for k, v in group.attrs.items() if k not in ("integrity", "complete")})}
 
@@ -359,7 +374,7 @@ class BlockStore:
         """The named array, opened once (each open reads its metadata: a round trip on object storage)."""
         if name not in self._arrays:
             try:
-                self._arrays[name] = self.group[name]
+                self._arrays[name] = open_array(self.group, name, self.url)
             except KeyError:
                 raise QwError(f"{self.url}: block store has no array {name!r} "
                               f"(has {sorted(self.group.array_keys())})") from None
@@ -579,7 +594,7 @@ def open_store(url: str | os.PathLike, *, mode: str = "r", require_complete: boo
     if store.complete and store.verified:
         # only the arrays present are checked: a copy may leave out one its reader does not need (depth)
         recorded = integrity_record(url, group)["descriptions"]
-        arrays = present_arrays(group)
+        arrays = present_arrays(group, url)
         store._arrays.update(arrays)  # opened once: reads reuse these handles
         changed = [name for name, value in descriptions(group, arrays).items() if recorded.get(name) != value]
         if changed:

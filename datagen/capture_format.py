@@ -360,10 +360,10 @@ def read_exr(path: str | os.PathLike, channels: tuple[str, ...], dtype: type | N
         raise
     except Exception:  # OpenEXR raises RuntimeError("Unable to open") for truncated and non-EXR files alike
         raise CaptureError(f"{path}: {_unreadable_reason(path)}") from None
-    image = np.stack(planes, axis=-1)
-    if dtype is not None and image.dtype != dtype:
-        raise CaptureError(f"{path}: channels stored as {image.dtype}, expected {np.dtype(dtype)}")
-    return image
+    stored_types = sorted({p.dtype.name for p in planes})  # per channel: np.stack would upcast a mix (to float64)
+    if dtype is not None and stored_types != [np.dtype(dtype).name]:
+        raise CaptureError(f"{path}: channels stored as {' and '.join(stored_types)}, expected {np.dtype(dtype)}")
+    return np.stack(planes, axis=-1)
 
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"

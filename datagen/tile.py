@@ -28,7 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
-    open_store, seal, store_filesystem
+    open_array, open_store, seal, store_filesystem
 from qw.datagen.capture_format import frame_path, read_frame
 from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
 from qw.datagen.errors import CaptureError, QwError
@@ -218,7 +218,7 @@ def _resumable(store: BlockStore, plan: Plan, overwrite: bool) -> bool:
                           f"plan {plan.digest()[:12]}…); use a new --store or pass --overwrite")
         return False
     try:
-        shapes = {name: tuple(store.group[name].shape) for name in _expected_shapes(plan)}
+        shapes = {name: tuple(open_array(store.group, name, store.url).shape) for name in _expected_shapes(plan)}
     except KeyError:
         return False  # creation was interrupted before every array existed: no task ran yet
     return shapes == _expected_shapes(plan)
@@ -278,8 +278,14 @@ def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, ove
 
 
 def done_tasks(store: BlockStore) -> np.ndarray:
-    """(tasks,) bool: tasks whose completion marker is written."""
-    return store.group[MARKERS][:, 0] != NOT_DONE
+    """(tasks,) bool: tasks whose completion marker is written. Markers that cannot be read (a damaged copy of an
+    unfinished store) are a QwError naming the array, as zarr's and the codecs' errors would be a traceback."""
+    markers = store.array(MARKERS)
+    try:
+        return markers[:, 0] != NOT_DONE
+    except Exception as exc:
+        raise QwError(f"{store.url}: array {MARKERS!r} (the build's progress) cannot be read "
+                      f"({type(exc).__name__}: {exc}); remove the store and build it again") from None
 
 
 def finalize(store: BlockStore, plan: Plan) -> None:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 import qw
 from blocks_helpers import capture_meta, write_shot
-from qw.datagen.capture_format import read_frame
+from qw.datagen.capture_format import read_frame, write_frame
 from train_helpers import make_store
 
 
@@ -67,6 +67,16 @@ def test_captured_sequences_refuse_bad_input(tmp_path, shots):
         qw.CapturedSequences(tmp_path / "nothing")
     with pytest.raises(qw.QwError, match="unknown pass"):
         qw.CapturedSequences(shots[0], passes=("albedo",))
+
+
+def test_captured_sequences_name_a_frame_of_another_size(shots):
+    """A frame smaller than capture.json says (a damaged EXR whose data window still decodes) ended reading the
+    window in numpy's 'all input arrays must have the same shape', naming no file."""
+    root, (s1, _), _ = shots
+    write_frame(s1, "color", 2, np.ones((12, 40, 3)))
+    clips = qw.CapturedSequences(s1, frames=4)
+    with pytest.raises(qw.QwError, match=r"color/000002\.exr: frame is 40×12, capture\.json says 40×24"):
+        clips[0]
 
 
 def test_reconstruct_shot_is_the_model_over_the_captured_sequence(tiny_checkpoints, builtin_captures):

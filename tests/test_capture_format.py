@@ -79,6 +79,16 @@ def test_read_exr_names_file_and_problem(tmp_path):
         read_frame(tmp_path, "depth", 1)
 
 
+def test_read_exr_names_the_stored_types_of_channels_of_mixed_types(tmp_path):
+    """A motion file whose Y channel is uint32 (a damaged channel list) was reported as 'stored as float64': the
+    type np.stack made of the mix, which no channel has."""
+    path = tmp_path / "motion.exr"
+    planes = {"X": np.zeros((4, 5), np.float32), "Y": np.zeros((4, 5), np.uint32)}
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, planes).write(str(path))
+    with pytest.raises(CaptureError, match=r"motion\.exr: channels stored as float32 and uint32, expected float32$"):
+        read_exr(path, ("X", "Y"), np.float32)
+
+
 def test_finish_capture_checksums_every_file_and_writes_meta_last(tmp_path):
     shot = tmp_path / "scene" / "shot"
     meta = make_capture(shot)

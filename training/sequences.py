@@ -79,7 +79,8 @@ class CapturedSequences(Dataset):
 
     def _image(self, shot: Path, name: str, index: int) -> np.ndarray:
         """(C, H, W) frame of one pass in the dataset's dtype."""
-        image = read_frame(shot, name, index).transpose(2, 0, 1)
+        meta = self.metas[shot]  # the size capture.json says: a frame of another size is named, not a stack error
+        image = read_frame(shot, name, index, (meta.width, meta.height)).transpose(2, 0, 1)
         if self.dtype == torch.float16:
             return np.clip(image, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
         return image.astype(torch.empty((), dtype=self.dtype).numpy().dtype)
