@@ -185,7 +185,7 @@ def _already_complete(job: ShotJob) -> bool:
         return False
     meta = cf.load_meta(job.path)
     if meta.backend.settings != job.settings():
-        raise CaptureError(f"{job.path}: already complete with other settings; delete it or use another --out")
+        raise QwError(f"{job.path}: already complete with other settings; delete it or use another --out")
     return True
 
 

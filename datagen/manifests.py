@@ -280,6 +280,9 @@ def _find(kind: str, name_or_path: str, known: dict[str, Path]) -> Path:
     if name_or_path.endswith((".yaml", ".yml")):
         return Path(name_or_path)
     by_key = {name_key(name): path for name, path in known.items()}
+    if name_key(name_or_path) not in by_key and Path(name_or_path).is_file():
+        raise ManifestError(f"{name_or_path}: a {kind} manifest is a YAML file ending in .yaml or .yml "
+                            f"(or name a shipped {kind}: {', '.join(known) or '(none)'})")
     if name_key(name_or_path) not in by_key:
         raise ManifestError(f"unknown {kind} {name_or_path!r}; known {kind}s: {', '.join(known) or '(none)'}")
     return by_key[name_key(name_or_path)]

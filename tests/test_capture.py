@@ -16,7 +16,7 @@ from qw.datagen import capture_format as cf
 from qw.datagen.builtin.renderer import halton_jitter
 from qw.datagen.capture import PROGRESS_FILE, select_shots
 from qw.capture import capture_scene
-from qw.datagen.errors import CaptureError, QwError
+from qw.datagen.errors import QwError
 from qw.datagen.manifests import find_scene
 
 QW = [sys.executable, "-m", "qw.cli"]
@@ -92,9 +92,10 @@ def test_complete_shot_with_other_settings_is_refused_unfinished_one_restarts(tm
     capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", progress=False, **TINY)
     shot = tmp_path / "builtin_street/fly"
     complete = tree_bytes(tmp_path)
-    with pytest.raises(CaptureError, match="already complete with other settings"):
+    with pytest.raises(QwError, match="already complete with other settings") as refused:
         capture_scene("builtin_street", tmp_path, shots=["fly"], frames="0:2", resolution=(80, 48),
                       reference_spp=4, progress=False)
+    assert refused.value.exit_code == 2  # a request that conflicts with what exists; the capture itself is sound
     assert tree_bytes(tmp_path) == complete  # nothing finished is touched
     (shot / cf.META_FILE).unlink()  # now an unfinished shot of another run's settings: a retry is not blocked
     (shot / PROGRESS_FILE).write_text('{"resolution": [1, 1]}')

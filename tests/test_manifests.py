@@ -201,3 +201,11 @@ def test_missing_file(tmp_path):
 
 def test_unknown_dataset_name(tmp_path):
     _assert_one_line_error(_run("--dataset", "atlantis"), "unknown dataset 'atlantis'; known datasets: ", "qwnet-paper")
+
+
+def test_a_dataset_file_without_the_yaml_suffix_is_named_as_such(tmp_path):
+    """An existing file that does not end in .yaml was reported as an unknown dataset name."""
+    (tmp_path / "ds.txt").write_text(yaml.safe_dump(_dataset()))
+    _assert_one_line_error(_run("--dataset", str(tmp_path / "ds.txt")),
+                           f"{tmp_path / 'ds.txt'}: a dataset manifest is a YAML file ending in .yaml or .yml "
+                           "(or name a shipped dataset: ", "qwnet-paper")

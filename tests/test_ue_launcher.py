@@ -220,8 +220,9 @@ def test_output_rendered_with_other_settings_is_never_reused(tmp_path, scene, ed
     capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
     scene.capture.resolution = (40, 25)
     scene.shots[0].end = 14
-    with pytest.raises(CaptureError, match="already complete with other settings"):
+    with pytest.raises(QwError, match="already complete with other settings") as refused:
         capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    assert refused.value.exit_code == 2
     shot = out / "kite" / "a"
     os.replace(shot / META_FILE, shot / f"{META_FILE}.invalid")  # e.g. it failed validation: the user edits, reruns
     capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)

@@ -449,7 +449,7 @@ def _capture_shot(run: ShotRun) -> Path:
     spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
     if is_complete(run.target):
         if pixel_settings(load_meta(run.target).backend.settings) != pixel_settings(spec):
-            raise CaptureError(f"{run.target}: already complete with other settings; delete it or use another --out")
+            raise QwError(f"{run.target}: already complete with other settings; delete it or use another --out")
         log.info("%s: complete, skipped", run.target)
         return run.target
     _discard_other_settings(run, spec)
