@@ -372,12 +372,18 @@ class BlockStore:
 
     def array(self, name: str) -> zarr.Array:
         """The named array, opened once (each open reads its metadata: a round trip on object storage)."""
+        array = self.optional_array(name)
+        if array is None:
+            raise QwError(f"{self.url}: block store has no array {name!r} (has {sorted(self.group.array_keys())})")
+        return array
+
+    def optional_array(self, name: str) -> zarr.Array | None:
+        """`array`, or None when the store has no such array (a damaged one is still an error)."""
         if name not in self._arrays:
             try:
                 self._arrays[name] = open_array(self.group, name, self.url)
             except KeyError:
-                raise QwError(f"{self.url}: block store has no array {name!r} "
-                              f"(has {sorted(self.group.array_keys())})") from None
+                return None
         return self._arrays[name]
 
     def small_array(self, name: str) -> np.ndarray:

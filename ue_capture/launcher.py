@@ -20,11 +20,10 @@ Both run from an argument list, never a shell string, with a timeout; their logs
 ``editor-<stage>-<attempt>.log``. A crashed, hung or incomplete run is retried; a shot whose capture is complete is
 skipped, and a shot whose raw output is complete is only normalized again, so an interrupted scene resumes where it
 stopped; complete raw output is never deleted unless it was rendered with other settings (job.json says), and a
-complete shot with other settings is refused. A project without the Python and Editor Scripting plugins is
-refused before any editor starts (the editor ignores -ExecutePythonScript without them and never quits), and so
-is one without the Movie Render Queue plugin. With a
-Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render nodes run
-``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
+complete shot with other settings is refused. A project without the Python, Editor Scripting and Movie Render
+Queue plugins is refused before any editor starts (without the first two the editor ignores -ExecutePythonScript
+and never quits). With a Dask scheduler each shot is one task that needs the worker resource ``ue=1`` (render
+nodes run ``dask worker ADDRESS --resources ue=1``). See docs/unreal.md for the engine facts behind each step.
 """
 
 from __future__ import annotations
