@@ -279,8 +279,20 @@ def render(project: Path, config: str, argv: list[str]) -> int:
     return 0
 
 
+def open_project(value: str) -> Path:
+    """The project the engine opens from its first argument. It first switches into its executable's folder
+    (SetCurrentWorkingDirectoryToBaseDir: 4.27.2 LaunchEngineLoop.cpp 1476, 1623; 5.5.1 1984, 2136), so a relative
+    path is taken from there, as is any relative path its Python opens later. A project not found there is looked
+    up by name in the engine's .uprojectdirs folders (4.27.2 1630-1652, 5.5.1 2143-2166), not modelled: the fake
+    stops, as the editor would without a project."""
+    os.chdir(os.environ["FAKE_UE_BASE_DIR"])  # the editor's Binaries/<Platform> folder
+    if not os.path.isfile(value):
+        sys.exit(f"LogInit: Display: Project file not found: {value}")
+    return Path(os.path.abspath(value))
+
+
 def main(argv: list[str]) -> int:
-    project = Path(argv[0])
+    project = open_project(argv[0])
     script = flag_value(argv, "-ExecutePythonScript")
     if script:
         return run_script(project, script)

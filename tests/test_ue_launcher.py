@@ -38,10 +38,12 @@ UPROJECT = {"FileVersion": 3, "Plugins": [{"Name": "PythonScriptPlugin", "Enable
 
 @pytest.fixture
 def editor(tmp_path) -> Path:
-    """An executable that runs the fake editor with this interpreter (as a render node's editor path would)."""
+    """An executable that runs the fake editor with this interpreter (as a render node's editor path would); the
+    fake switches into the executable's folder as the engine does (FAKE_UE_BASE_DIR)."""
     path = tmp_path / "bin" / "UE4Editor-Cmd"
     path.parent.mkdir()
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TESTS / "fake_ue_editor.py"}" "$@"\n')
+    path.write_text(f'#!/bin/sh\nexport FAKE_UE_BASE_DIR="{path.parent}"\n'
+                    f'exec "{sys.executable}" "{TESTS / "fake_ue_editor.py"}" "$@"\n')
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -390,6 +392,19 @@ def test_queue_is_saved_where_the_render_can_load_it(tmp_path, scene, editor):
         result = run_fake_render(editor, project, str(bad))
         assert result.returncode != 0 and "Could not parse text asset package" in result.stderr, bad
     assert run_fake_render(editor, project, "MovieRenderPipeline/QW_kite_a.utxt").returncode == 0
+
+
+def test_a_relative_project_path_reaches_the_editor_absolute(tmp_path, scene, editor, monkeypatch):
+    """The editor opens its project, and its Python writes the shot's queue, from its own Binaries folder, not
+    from the directory qw was started in: a relative project (and output) path must reach it absolute."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QW_TEST_PROJECTS", "proj")
+    [path] = capture_scene(scene, Path("c"), shots=["a"], editor=editor, progress=False, timeout=60, retries=0)
+    job = json.loads((tmp_path / "c" / ".unreal" / "kite" / "a" / "job.json").read_text())
+    assert job["queue_manifest"] == str(tmp_path / "proj" / "Saved" / "MovieRenderPipeline" / "QW_kite_a.utxt")
+    prepare_log = (tmp_path / "c" / ".unreal" / "kite" / "a" / "editor-prepare-0.log").read_text()
+    assert "QUIT_EDITOR (the script returned)" in prepare_log
+    assert validate_capture(tmp_path / path).ok
 
 
 def test_leftward_and_upward_motion_survive(tmp_path, scene, editor):

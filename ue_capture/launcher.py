@@ -242,7 +242,9 @@ def resolve_project(manifest: SceneManifest, project: str | os.PathLike | None, 
     if FILL_IN in expanded or "$" in expanded:
         raise QwError(f"scene {manifest.name!r}: project is {value!r}; pass --project PATH.uproject or set the "
                       "environment variable it names")
-    path = Path(expanded)
+    # Absolute: the editor switches into its own Binaries folder before it opens the project, and the editor script
+    # writes the queue under the project's folder, so a path relative to this directory would miss both.
+    path = Path(os.path.abspath(expanded))
     if must_exist and not path.is_file():
         raise QwError(f"{path}: Unreal project file not found (scene {manifest.name!r})")
     return path
@@ -547,7 +549,8 @@ def capture_scene(manifest: SceneManifest, out: Path, *, shots: list[str] | None
     check_sequence_filled(manifest)
     if dry_run:
         configured = editor or os.environ.get(EDITOR_ENV)
-        proj = Path(os.path.expandvars(str(project or manifest.unreal.project)))
+        value = os.path.expandvars(str(project or manifest.unreal.project))
+        proj = Path(value if "$" in value or FILL_IN in value else os.path.abspath(value))  # as a real run has it
         map_path = (manifest.unreal.map if manifest.unreal.map != PROJECT_DEFAULT_MAP or not proj.is_file()
                     else resolve_map(manifest, proj))
         print(dry_run_text(manifest, out, selected, Path(configured or f"${EDITOR_ENV}"), proj, map_path))
