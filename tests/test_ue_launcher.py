@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
+import fake_ue_editor
 import numpy as np
 import psutil
 import pytest
@@ -405,6 +406,36 @@ def test_a_relative_project_path_reaches_the_editor_absolute(tmp_path, scene, ed
     prepare_log = (tmp_path / "c" / ".unreal" / "kite" / "a" / "editor-prepare-0.log").read_text()
     assert "QUIT_EDITOR (the script returned)" in prepare_log
     assert validate_capture(tmp_path / path).ok
+
+
+@pytest.mark.parametrize("version, folder", [("4.27", "Program Files"), ("5.5", ".pyenv")])
+def test_an_editor_script_path_the_engine_cannot_take_still_runs(tmp_path, scene, editor, monkeypatch, version,
+                                                                 folder):
+    """qw installed under a folder with a space (4.27 runs the -ExecutePythonScript value up to its first space) or
+    with '.py' in a folder name (5.5 ends the file at the first '.py'): the script still runs and the shot renders."""
+    monkeypatch.setenv("FAKE_UE_VERSION", version)
+    scene.unreal.engine_version = version
+    script = tmp_path / folder / "qw" / "ue_capture" / "editor_script.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(launcher.EDITOR_SCRIPT.read_text())
+    monkeypatch.setattr(launcher, "EDITOR_SCRIPT", script)
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60, retries=0)
+    assert validate_capture(path).ok
+    copy = tmp_path / "proj" / "Content" / "Python" / "qw_editor_script.py"
+    assert copy.read_text() == script.read_text()
+
+
+@pytest.mark.parametrize("version", ["4.27", "5.5"])
+def test_windows_command_line_of_an_editor_script_under_program_files(tmp_path, scene, capsys, monkeypatch, version):
+    """subprocess on Windows joins the argv with list2cmdline; the engine splits it back (CommandLineToArgvW) and
+    re-quotes it, then reads -ExecutePythonScript: the file it runs must be the script, not a garbled path."""
+    script = r"C:\Program Files\Python311\Lib\site-packages\qw\ue_capture\editor_script.py"
+    monkeypatch.setattr(launcher, "EDITOR_SCRIPT", PureWindowsPath(script))
+    scene.unreal.engine_version = version
+    capture_scene(scene, tmp_path / "c", shots=["a"], dry_run=True)
+    argv = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("prepare: "))[9:])
+    assert fake_ue_editor.execute_python_script(argv[1:], version)[1] == "qw_editor_script.py"
+    assert " -ExecutePythonScript=qw_editor_script.py " in subprocess.list2cmdline(argv)
 
 
 def test_leftward_and_upward_motion_survive(tmp_path, scene, editor):
