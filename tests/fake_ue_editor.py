@@ -3,7 +3,8 @@
 It answers the two command lines qw's launcher builds, as the engine sources say the real editor does:
 
 * ``<project> -ExecutePythonScript=<script> …``: installs the `fake_unreal` stand-in of $FAKE_UE_VERSION (4.27 or
-  5.5; default 4.27), runs the script, and quits as soon as it returns (EditorPythonExecuter issues
+  5.5; default 4.27), runs the script (the file the engine's own reading of the flag finds: a path it splits or
+  garbles runs as Python code and fails, see `execute_python_script`), and quits as soon as it returns (EditorPythonExecuter issues
   QUIT_EDITOR on the next tick: always on 4.27, on UE5 unless the script asked to be kept alive, in which case
   this fake, like the editor, keeps running until killed). Nothing the script left pending ever runs.
   Without the plugin that reads -ExecutePythonScript (EditorScriptingUtilities on 4.27, PythonScriptPlugin on UE5)
@@ -22,6 +23,7 @@ It answers the two command lines qw's launcher builds, as the engine sources say
   the map's post-process volume unless r.EyeAdaptationQuality is 0. It exits 0 when done, as MRQ's command line
   does even after errors.
 
+Like the engine, it first switches into its executable's folder, $FAKE_UE_BASE_DIR (`open_project`).
 $FAKE_UE_CVARS (JSON) holds the editor's read-only console variables (default: UE4 velocity enabled) and
 $FAKE_UE_PLAYER_START (JSON [[x, y, z], yaw]) the map's PlayerStart.
 $FAKE_UE_BEHAVIOUR acts out a failure of the render stage:
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
+import string
 import sys
 import time
 import traceback
@@ -64,7 +68,128 @@ def enabled_plugins(project: Path) -> set[str]:
         return set()
 
 
-def run_script(project: Path, script: str) -> int:
+# ------------------------------------------------------------------ -ExecutePythonScript, as the engines read it
+
+
+def engine_command_line(argv: list[str]) -> str:
+    """FCommandLine as the engine rebuilds it from its arguments: one holding a space is quoted again, after its '='
+    when it is a -Key=value (4.27.2 UnixCommonStartup.cpp 212-231; on Windows LaunchWindows.cpp 161-189, from the
+    CommandLineToArgvW split of the process's command line, which undoes subprocess.list2cmdline; 5.5.1
+    UnixCommonStartup.cpp 263-282, LaunchWindows.cpp 147-175). A quote qw added itself would be kept and doubled."""
+    line = ""
+    for arg in argv:
+        if " " in arg:
+            quote = arg.index("=") + 1 if arg.startswith("-") and "=" in arg else 0
+            arg = arg[:quote] + '"' + arg[quote:] + '"'
+        line += " " + arg
+    return line
+
+
+def strifind(stream: str, match: str) -> int:
+    """FCString::Strifind(Stream, Match, bSkipQuotedChars=true): case-insensitive, outside quotes, not right after
+    an ASCII letter or digit (4.27.2 CString.h 515-548); -1 when absent."""
+    quoted = alnum = False
+    for i, c in enumerate(stream):
+        if not quoted and not alnum and stream[i:i + len(match)].upper() == match.upper():
+            return i
+        alnum = c.isascii() and c.isalnum()
+        quoted = quoted != (c == '"')
+    return -1
+
+
+def token(text: str) -> str:
+    """FParse::Token(Str, Arg, UseEscape=false) (4.27.2 Parse.cpp 837-909; 5.5.1 the same): after whitespace, a
+    quoted string without its quotes, else everything up to whitespace outside quotes (quotes kept)."""
+    text = text.lstrip()
+    if text.startswith('"'):
+        return text[1:].split('"', 1)[0]
+    out, quoted = "", False
+    for c in text:
+        if c.isspace() and not quoted:
+            break
+        quoted = quoted != (c == '"')
+        out += c
+    return out
+
+
+def quoted_string(text: str) -> str | None:
+    """FParse::QuotedString (5.5.1 Parse.cpp 366-496): the string between the quotes, with C escapes read:
+    \\\\ \\" \\' \\n \\r \\t, octal, \\x hex, \\u (up to 4 hex digits), \\U (up to 8); any other backslash is kept."""
+    if not text.startswith('"'):
+        return None
+    out, i = "", 1  # what was read stays the value even without a closing quote, as in the engine
+    while i < len(text) and text[i] not in '"\n\r':
+        c = text[i]
+        if c != "\\" or i + 1 >= len(text):
+            out, i = out + c, i + 1
+            continue
+        e = text[i + 1]
+        simple = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "r": "\r", "t": "\t"}
+        if e in simple:
+            out, i = out + simple[e], i + 2
+            continue
+        digits, base, start = "", 0, i + 1
+        if e in "01234567":
+            digits, base = re.match(r"[0-7]{1,3}", text[start:])[0], 8
+        elif e in "xuU" and i + 2 < len(text) and text[i + 2] in string.hexdigits:
+            limit = {"x": "", "u": "{1,4}", "U": "{1,8}"}[e] or "+"
+            digits, base, start = re.match(f"[0-9a-fA-F]{limit}", text[i + 2:])[0], 16, i + 2
+        if base:
+            out, i = out + chr(int(digits, base)), start + len(digits)
+        else:
+            out, i = out + "\\" + e, i + 2
+    return out
+
+
+def execute_python_script(argv: list[str], flavour: str) -> tuple[str, str | None]:
+    """(the PY command the editor runs, the .py file that command runs or None when it runs it as Python code).
+
+    4.27: FParse::Value(CommandLine, "ExecutePythonScript=") (EditorPythonExecuter.cpp 206): a value quoted right
+    after the '=' up to the next quote, else up to a space, ',' or ')' (Parse.cpp 225-283); then "PY <value>"
+    (line 167) takes the first token as the file if its extension is py (PythonScriptPlugin.cpp 469-488).
+    5.5: the value after "-ExecutePythonScript=" is a token, or a quoted string with escapes when quoted
+    (EditorPythonExecuter.cpp 142-178); the file is the command up to the first ".py", which must be followed by
+    whitespace, the end, or a closing quote (PythonScriptPlugin.cpp 677-763)."""
+    line = engine_command_line(argv)
+    if flavour == "4.27":
+        found = strifind(line, "ExecutePythonScript=")
+        rest = line[found + len("ExecutePythonScript="):]
+        if rest.startswith('"'):
+            command = rest[1:].split('"', 1)[0]
+        else:
+            command = re.split(r"[ \r\n\t,)]", rest.lstrip(" \r\n\t"), maxsplit=1)[0]
+        name = token(command)
+        extension = re.split(r"[\\/]", name)[-1].rpartition(".")
+        return command, name if extension[1] and extension[2].lower() == "py" else None
+    rest = line[strifind(line, "-ExecutePythonScript=") + len("-ExecutePythonScript="):]
+    command = (quoted_string(rest) if rest.startswith('"') else token(rest)) or ""
+    end = command.find(".py") + len(".py")
+    if end < len(".py"):
+        return command, None
+    name = command[:end]
+    if name.startswith('"'):
+        name = name[1:]
+        after = command[end:]
+        if not after or not re.match(r'\s*("|$)', after):
+            return command, None
+    elif end < len(command) and not command[end].isspace():
+        return command, None
+    return command, name
+
+
+def python_file(name: str, project: Path, flavour: str) -> Path | None:
+    """RunFile's lookup: the file relative to the working directory (the Binaries folder), then in each folder of
+    sys.path (4.27.2 PythonScriptPlugin.cpp 1215-1241; 5.5.1 1602-1628), which holds the project's Content/Python
+    (4.27.2 734-742 always; 5.5.1 1043-1049 with 1770-1786 when the folder exists at start-up)."""
+    content_python = project.parent / "Content" / "Python"
+    sys_path = [content_python] if flavour == "4.27" or content_python.is_dir() else []
+    for candidate in [Path(name)] + [folder / name for folder in sys_path]:
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def run_script(project: Path, argv: list[str]) -> int:
     flavour = os.environ.get("FAKE_UE_VERSION", "4.27")
     plugins = enabled_plugins(project)
     print(f"LogInit: fake editor {fake_unreal.VERSIONS[flavour]}", flush=True)
@@ -86,8 +211,14 @@ def run_script(project: Path, script: str) -> int:
     ue = fake_unreal.install(flavour, project.parent, plugins=tuple(plugins))
     ue._state["cvars"] = json.loads(os.environ.get("FAKE_UE_CVARS", json.dumps(DEFAULT_CVARS)))
     ue._add_player_start(*json.loads(os.environ.get("FAKE_UE_PLAYER_START", json.dumps(DEFAULT_PLAYER_START))))
+    command, name = execute_python_script(argv, flavour)
+    script = python_file(name, project, flavour) if name else None
     try:
-        runpy.run_path(script, run_name="__main__")
+        if name is None:  # RunString: the command as Python code, which a path is not
+            raise SyntaxError(f"invalid syntax: {command!r} ran as Python code")
+        if script is None:
+            raise FileNotFoundError(f"Could not load Python file '{name}'")
+        runpy.run_path(str(script), run_name="__main__")
     except Exception:  # the editor logs a script's error and carries on to the quit
         print("LogPython: Error: " + traceback.format_exc(), flush=True)
     if ue._state["keep_alive"]:  # UE5 only: nothing quits the editor any more
@@ -279,11 +410,22 @@ def render(project: Path, config: str, argv: list[str]) -> int:
     return 0
 
 
+def open_project(value: str) -> Path:
+    """The project the engine opens from its first argument. It first switches into its executable's folder
+    (SetCurrentWorkingDirectoryToBaseDir: 4.27.2 LaunchEngineLoop.cpp 1476, 1623; 5.5.1 1984, 2136), so a relative
+    path is taken from there, as is any relative path its Python opens later. A project not found there is looked
+    up by name in the engine's .uprojectdirs folders (4.27.2 1630-1652, 5.5.1 2143-2166), not modelled: the fake
+    stops, as the editor would without a project."""
+    os.chdir(os.environ["FAKE_UE_BASE_DIR"])  # the editor's Binaries/<Platform> folder
+    if not os.path.isfile(value):
+        sys.exit(f"LogInit: Display: Project file not found: {value}")
+    return Path(os.path.abspath(value))
+
+
 def main(argv: list[str]) -> int:
-    project = Path(argv[0])
-    script = flag_value(argv, "-ExecutePythonScript")
-    if script:
-        return run_script(project, script)
+    project = open_project(argv[0])
+    if flag_value(argv, "-ExecutePythonScript"):
+        return run_script(project, argv)
     config = flag_value(argv, "-MoviePipelineConfig")
     if config and "-game" in argv:
         return render(project, config, argv)

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
+import fake_ue_editor
 import numpy as np
 import psutil
 import pytest
@@ -38,10 +39,12 @@ UPROJECT = {"FileVersion": 3, "Plugins": [{"Name": "PythonScriptPlugin", "Enable
 
 @pytest.fixture
 def editor(tmp_path) -> Path:
-    """An executable that runs the fake editor with this interpreter (as a render node's editor path would)."""
+    """An executable that runs the fake editor with this interpreter (as a render node's editor path would); the
+    fake switches into the executable's folder as the engine does (FAKE_UE_BASE_DIR)."""
     path = tmp_path / "bin" / "UE4Editor-Cmd"
     path.parent.mkdir()
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TESTS / "fake_ue_editor.py"}" "$@"\n')
+    path.write_text(f'#!/bin/sh\nexport FAKE_UE_BASE_DIR="{path.parent}"\n'
+                    f'exec "{sys.executable}" "{TESTS / "fake_ue_editor.py"}" "$@"\n')
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -390,6 +393,49 @@ def test_queue_is_saved_where_the_render_can_load_it(tmp_path, scene, editor):
         result = run_fake_render(editor, project, str(bad))
         assert result.returncode != 0 and "Could not parse text asset package" in result.stderr, bad
     assert run_fake_render(editor, project, "MovieRenderPipeline/QW_kite_a.utxt").returncode == 0
+
+
+def test_a_relative_project_path_reaches_the_editor_absolute(tmp_path, scene, editor, monkeypatch):
+    """The editor opens its project, and its Python writes the shot's queue, from its own Binaries folder, not
+    from the directory qw was started in: a relative project (and output) path must reach it absolute."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QW_TEST_PROJECTS", "proj")
+    [path] = capture_scene(scene, Path("c"), shots=["a"], editor=editor, progress=False, timeout=60, retries=0)
+    job = json.loads((tmp_path / "c" / ".unreal" / "kite" / "a" / "job.json").read_text())
+    assert job["queue_manifest"] == str(tmp_path / "proj" / "Saved" / "MovieRenderPipeline" / "QW_kite_a.utxt")
+    prepare_log = (tmp_path / "c" / ".unreal" / "kite" / "a" / "editor-prepare-0.log").read_text()
+    assert "QUIT_EDITOR (the script returned)" in prepare_log
+    assert validate_capture(tmp_path / path).ok
+
+
+@pytest.mark.parametrize("version, folder", [("4.27", "Program Files"), ("5.5", ".pyenv")])
+def test_an_editor_script_path_the_engine_cannot_take_still_runs(tmp_path, scene, editor, monkeypatch, version,
+                                                                 folder):
+    """qw installed under a folder with a space (4.27 runs the -ExecutePythonScript value up to its first space) or
+    with '.py' in a folder name (5.5 ends the file at the first '.py'): the script still runs and the shot renders."""
+    monkeypatch.setenv("FAKE_UE_VERSION", version)
+    scene.unreal.engine_version = version
+    script = tmp_path / folder / "qw" / "ue_capture" / "editor_script.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(launcher.EDITOR_SCRIPT.read_text())
+    monkeypatch.setattr(launcher, "EDITOR_SCRIPT", script)
+    [path] = capture_scene(scene, tmp_path / "c", shots=["a"], editor=editor, progress=False, timeout=60, retries=0)
+    assert validate_capture(path).ok
+    copy = tmp_path / "proj" / "Content" / "Python" / "qw_editor_script.py"
+    assert copy.read_text() == script.read_text()
+
+
+@pytest.mark.parametrize("version", ["4.27", "5.5"])
+def test_windows_command_line_of_an_editor_script_under_program_files(tmp_path, scene, capsys, monkeypatch, version):
+    """subprocess on Windows joins the argv with list2cmdline; the engine splits it back (CommandLineToArgvW) and
+    re-quotes it, then reads -ExecutePythonScript: the file it runs must be the script, not a garbled path."""
+    script = r"C:\Program Files\Python311\Lib\site-packages\qw\ue_capture\editor_script.py"
+    monkeypatch.setattr(launcher, "EDITOR_SCRIPT", PureWindowsPath(script))
+    scene.unreal.engine_version = version
+    capture_scene(scene, tmp_path / "c", shots=["a"], dry_run=True)
+    argv = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("prepare: "))[9:])
+    assert fake_ue_editor.execute_python_script(argv[1:], version)[1] == "qw_editor_script.py"
+    assert " -ExecutePythonScript=qw_editor_script.py " in subprocess.list2cmdline(argv)
 
 
 def test_leftward_and_upward_motion_survive(tmp_path, scene, editor):

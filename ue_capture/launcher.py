@@ -57,6 +57,7 @@ EDITOR_ENV = "QW_UE4_EDITOR"
 JOB_ENV = "QW_UE_JOB"  # the editor script reads its job spec path from here
 JOB_FORMAT = "qw-ue-job/2"
 EDITOR_SCRIPT = Path(__file__).resolve().parent / "editor_script.py"
+ENGINE_SCRIPT_NAME = "qw_editor_script.py"  # its copy in <Project>/Content/Python when its path cannot be passed
 PREPARE_STATUS = "prepare.json"  # written by the editor script when it finishes, ok or not
 QUEUE_FOLDER = "MovieRenderPipeline"  # under <Project>/Saved, where MRQ's own executor writes its queue
 ENTRY_MAP = "MoviePipelineEntryMap"  # MRQ's empty boot map: the job's map is loaded once, by the pipeline
@@ -242,7 +243,9 @@ def resolve_project(manifest: SceneManifest, project: str | os.PathLike | None, 
     if FILL_IN in expanded or "$" in expanded:
         raise QwError(f"scene {manifest.name!r}: project is {value!r}; pass --project PATH.uproject or set the "
                       "environment variable it names")
-    path = Path(expanded)
+    # Absolute: the editor switches into its own Binaries folder before it opens the project, and the editor script
+    # writes the queue under the project's folder, so a path relative to this directory would miss both.
+    path = Path(os.path.abspath(expanded))
     if must_exist and not path.is_file():
         raise QwError(f"{path}: Unreal project file not found (scene {manifest.name!r})")
     return path
@@ -275,9 +278,31 @@ def check_sequence_filled(manifest: SceneManifest) -> None:
                       f"{FILL_IN}; set them to the /Game/... assets of your project")
 
 
-def prepare_argv(editor: Path, project: Path) -> list[str]:
-    """Stage 1: open the project and run the synchronous editor script (job from $QW_UE_JOB); it quits after."""
-    return [str(editor), str(project), f"-ExecutePythonScript={EDITOR_SCRIPT}", "-unattended", "-nosplash",
+def engine_reads_intact(script: str) -> bool:
+    """Whether the editor runs `script` given as ``-ExecutePythonScript=<script>``. UE 4.27 runs the value up to its
+    first whitespace as the file; UE 5.5 reads a value with a space (which it quotes itself) with C escapes, so
+    ``\\ue_capture`` in a Windows path becomes a control character, and ends the file at the first ".py"; 4.27 also
+    ends an unquoted value at ',' or ')' (docs/unreal.md, "Engine behaviours"). No quoting by qw helps: the engine
+    re-quotes each argument itself."""
+    return not re.search(r'[\s",)]', script) and script.find(".py") == len(script) - len(".py")
+
+
+def editor_script_argument(project: Path, *, install: bool) -> str:
+    """The ``-ExecutePythonScript`` value: the editor script's path when the editor reads it intact, else the bare
+    name of a copy in the project's Content/Python folder, which both engines put on Python's path and search for a
+    bare name. `install` writes that copy (a dry run does not)."""
+    if engine_reads_intact(str(EDITOR_SCRIPT)):
+        return str(EDITOR_SCRIPT)
+    if install:
+        with atomic_path(project.parent / "Content" / "Python" / ENGINE_SCRIPT_NAME) as tmp:
+            shutil.copyfile(EDITOR_SCRIPT, tmp)
+    return ENGINE_SCRIPT_NAME
+
+
+def prepare_argv(editor: Path, project: Path, script: str) -> list[str]:
+    """Stage 1: open the project and run the synchronous editor script (job from $QW_UE_JOB); it quits after.
+    `script` is `editor_script_argument`'s value; arguments go unquoted (the engine quotes those with spaces)."""
+    return [str(editor), str(project), f"-ExecutePythonScript={script}", "-unattended", "-nosplash",
             "-nosound", "-RenderOffScreen", "-stdout", "-FullStdOutLogOutput"]
 
 
@@ -375,7 +400,8 @@ def _prepare(run: ShotRun, spec: dict[str, Any], editor: Path, attempt: int) -> 
     for stale in (run.work / PREPARE_STATUS, queue):
         stale.unlink(missing_ok=True)
     with filelock.FileLock(prepare_lock(run.project)):
-        code, log_path = _run_stage(run, "prepare", prepare_argv(editor, run.project), attempt)
+        argv = prepare_argv(editor, run.project, editor_script_argument(run.project, install=True))
+        code, log_path = _run_stage(run, "prepare", argv, attempt)
     status = read_json(run.work / PREPARE_STATUS)
     if status and not status.get("ok"):  # the script's own diagnosis is the most useful message
         if status.get("user_error"):
@@ -513,7 +539,8 @@ def dry_run_text(manifest: SceneManifest, out: Path, shots: list[Shot], editor: 
         lines += [f"# {manifest.name}/{shot.name}", f"{JOB_ENV}={run.work / 'job.json'}",
                   f"queue: {spec['queue_manifest']} (loaded by the render as -MoviePipelineConfig="
                   f"{spec['queue_config']})",
-                  "prepare: " + json.dumps(prepare_argv(editor, project)),
+                  "prepare: " + json.dumps(prepare_argv(editor, project, editor_script_argument(project,
+                                                                                                install=False))),
                   "render: " + json.dumps(render_argv(editor, project, spec)),
                   "job: " + json.dumps(spec, indent=1)]
     return "\n".join(lines)
@@ -547,7 +574,8 @@ def capture_scene(manifest: SceneManifest, out: Path, *, shots: list[str] | None
     check_sequence_filled(manifest)
     if dry_run:
         configured = editor or os.environ.get(EDITOR_ENV)
-        proj = Path(os.path.expandvars(str(project or manifest.unreal.project)))
+        value = os.path.expandvars(str(project or manifest.unreal.project))
+        proj = Path(value if "$" in value or FILL_IN in value else os.path.abspath(value))  # as a real run has it
         map_path = (manifest.unreal.map if manifest.unreal.map != PROJECT_DEFAULT_MAP or not proj.is_file()
                     else resolve_map(manifest, proj))
         print(dry_run_text(manifest, out, selected, Path(configured or f"${EDITOR_ENV}"), proj, map_path))
