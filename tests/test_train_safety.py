@@ -22,7 +22,8 @@ from qw.training.model.qwnet import QWNet
 from qw.training.train.checkpoints import (BEST, LAST, check_resumable, load_checkpoint, prune_checkpoints, publish,
     save_checkpoint, step_checkpoints)
 from qw.training.train.ddp import Process, sync_batch_norm
-from qw.training.train.loop import train
+from qw.training.train import loop
+from qw.training.train.loop import initial_model, train
 from qw.training.train.run_log import truncate_log
 
 
@@ -308,3 +309,41 @@ def test_resume_refuses_a_run_of_the_other_kind_in_one_line(store: str, finished
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
     assert result.output.startswith(f"qw: error: {full / LAST}: a full-precision `qw train` run; continue it with")
     assert load_checkpoint(quantized / LAST)["step"] == 1 and load_checkpoint(full / LAST)["step"] == 2  # untouched
+
+
+class _Killed(BaseException):
+    """A kill that lands inside the trainer (BaseException: nothing in the loop catches it)."""
+
+
+def test_a_kill_between_publishing_last_and_best_leaves_them_consistent(store: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final checkpoint improves on the best; the process dies after publishing the first of its two names.
+    last.pt published first left best.pt an older, worse model than the one last.pt records as the best, and
+    --resume (nothing left to train) kept it so."""
+    run = tmp_path / "run"
+    # Validations at steps 6 and 7 (Ranger's first steps barely move this tiny model; step 7 improves on 6).
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", {"train": {
+        "steps": 7, "lr": 0.01, "val_every": 6, "ckpt_every": 6, "val_images": 0}})))
+    published: list[str] = []
+
+    def publish_then_die(source: Path, name: Path) -> None:
+        if source.name == "step-00000007.pt" and published:
+            raise _Killed
+        publish(source, name)
+        if source.name == "step-00000007.pt":
+            published.append(name.name)
+
+    monkeypatch.setattr(loop, "publish", publish_then_die)
+    with pytest.raises(_Killed):
+        train(initial_model(cfg), cfg, store, run)
+    monkeypatch.undo()
+    val = {e["step"]: e["loss"] for e in read_log(run) if e["event"] == "val"}
+    assert val[7] < val[6], f"precondition: the second validation must improve, val losses {val}"
+    last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
+    assert best["best"] == {"step": best["step"], "loss": val[best["step"]]}
+    assert best["best"]["loss"] <= last["best"]["loss"]  # best.pt holds the best model last.pt knows of
+    result = qw("train", "--store", store, "--out", str(run), "--resume")
+    assert result.exit_code == 0, result.output
+    last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
+    assert last["step"] == 7 and best["best"] == last["best"] == {"step": 7, "loss": val[7]}
+    assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
