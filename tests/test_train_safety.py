@@ -347,3 +347,41 @@ def test_a_kill_between_publishing_last_and_best_leaves_them_consistent(store: s
     last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
     assert last["step"] == 7 and best["best"] == last["best"] == {"step": 7, "loss": val[7]}
     assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+
+
+def _die_at_step(monkeypatch: pytest.MonkeyPatch, dead: int) -> None:
+    """Kill the run as it starts optimizer step `dead`."""
+    step_once = loop._optimizer_step
+
+    def step_or_die(run, batches, step, guard):
+        if step == dead:
+            raise _Killed
+        return step_once(run, batches, step, guard)
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_or_die)
+
+
+def test_a_fresh_start_replaces_the_log_of_a_run_killed_before_its_first_checkpoint(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The killed run's start event (its config and overrides) stayed in metrics.jsonl above the new run's, and
+    TensorBoard showed its steps next to the new run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, config = tmp_path / "run", write_config(tmp_path / "c.yaml")
+    killed = load_config(str(config), {"train": {"lr": 0.1}})
+    _die_at_step(monkeypatch, 3)
+    with pytest.raises(_Killed):
+        train(initial_model(killed), killed, store, run, run_info={"overrides": ["train.lr=0.1"]})
+    monkeypatch.undo()
+    assert not (run / LAST).exists() and [e["event"] for e in read_log(run)] == ["start", "train", "train"]
+    result = qw("train", "--store", store, "--out", str(run), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    events = read_log(run)
+    assert [(e["event"], e["step"]) for e in events if e["event"] in ("start", "train")] == [
+        ("start", 0), ("train", 1), ("train", 2), ("train", 3), ("train", 4)]
+    assert events[0]["overrides"] == []
+    scalars = EventAccumulator(str(run / "tb"))
+    scalars.Reload()
+    logged = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+    assert {s.step: s.value for s in scalars.Scalars("train/loss")} == pytest.approx(logged)
+    assert [s.step for s in scalars.Scalars("train/loss")] == [1, 2, 3, 4]

@@ -369,7 +369,10 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     if proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        truncate_log(out / "metrics.jsonl", step)
+        if resume:
+            truncate_log(out / "metrics.jsonl", step)
+        else:  # the log of a run killed before its first checkpoint (its start event too) belongs to no run
+            (out / "metrics.jsonl").unlink(missing_ok=True)
 
     per_rank_step = cfg.train.batch_size * run.accum
     on_device = augments_on_device(cfg, proc.device)
