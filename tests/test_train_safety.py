@@ -385,3 +385,25 @@ def test_a_fresh_start_replaces_the_log_of_a_run_killed_before_its_first_checkpo
     logged = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
     assert {s.step: s.value for s in scalars.Scalars("train/loss")} == pytest.approx(logged)
     assert [s.step for s in scalars.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_a_fresh_start_drops_the_best_checkpoint_of_a_run_killed_before_its_first_checkpoint(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt of the killed run (another model) stayed until the new run's first validation, and a --resume before
+    that compared the new run against it, so it could stay best.pt for good."""
+    run = tmp_path / "run"
+    killed = load_config(str(write_config(tmp_path / "a.yaml", {"train": {"val_every": 1}})))
+    _die_at_step(monkeypatch, 3)
+    with pytest.raises(_Killed):
+        train(initial_model(killed), killed, store, run)
+    assert (run / BEST).is_file() and not (run / LAST).exists()
+    config = write_config(tmp_path / "b.yaml", {"model": {"widths": [8, 8, 16]}, "train": {"ckpt_every": 2}})
+    fresh = load_config(str(config))
+    with pytest.raises(_Killed):  # validates at its last step only
+        train(initial_model(fresh), fresh, store, run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / LAST)["step"] == 2 and not (run / BEST).exists()
+    result = qw("train", "--store", store, "--out", str(run), "--resume")
+    assert result.exit_code == 0, result.output
+    best = load_checkpoint(run / BEST)
+    assert best["step"] == 4 and best["config"]["model"]["widths"] == [8, 8, 16]

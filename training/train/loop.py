@@ -371,8 +371,10 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         if resume:
             truncate_log(out / "metrics.jsonl", step)
-        else:  # the log of a run killed before its first checkpoint (its start event too) belongs to no run
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+        else:  # what a run killed before its first checkpoint left belongs to no run: its log (start event too) and
+            # best.pt (a model of its config; --resume would compare this run against it)
+            for leftover in (out / "metrics.jsonl", out / BEST):
+                leftover.unlink(missing_ok=True)
 
     per_rank_step = cfg.train.batch_size * run.accum
     on_device = augments_on_device(cfg, proc.device)
