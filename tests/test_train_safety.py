@@ -22,7 +22,8 @@ from qw.training.model.qwnet import QWNet
 from qw.training.train.checkpoints import (BEST, LAST, check_resumable, load_checkpoint, prune_checkpoints, publish,
     save_checkpoint, step_checkpoints)
 from qw.training.train.ddp import Process, sync_batch_norm
-from qw.training.train.loop import train
+from qw.training.train import loop
+from qw.training.train.loop import initial_model, train
 from qw.training.train.run_log import truncate_log
 
 
@@ -308,3 +309,101 @@ def test_resume_refuses_a_run_of_the_other_kind_in_one_line(store: str, finished
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output + repr(result.exception)
     assert result.output.startswith(f"qw: error: {full / LAST}: a full-precision `qw train` run; continue it with")
     assert load_checkpoint(quantized / LAST)["step"] == 1 and load_checkpoint(full / LAST)["step"] == 2  # untouched
+
+
+class _Killed(BaseException):
+    """A kill that lands inside the trainer (BaseException: nothing in the loop catches it)."""
+
+
+def test_a_kill_between_publishing_last_and_best_leaves_them_consistent(store: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final checkpoint improves on the best; the process dies after publishing the first of its two names.
+    last.pt published first left best.pt an older, worse model than the one last.pt records as the best, and
+    --resume (nothing left to train) kept it so."""
+    run = tmp_path / "run"
+    # Validations at steps 6 and 7 (Ranger's first steps barely move this tiny model; step 7 improves on 6).
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", {"train": {
+        "steps": 7, "lr": 0.01, "val_every": 6, "ckpt_every": 6, "val_images": 0}})))
+    published: list[str] = []
+
+    def publish_then_die(source: Path, name: Path) -> None:
+        if source.name == "step-00000007.pt" and published:
+            raise _Killed
+        publish(source, name)
+        if source.name == "step-00000007.pt":
+            published.append(name.name)
+
+    monkeypatch.setattr(loop, "publish", publish_then_die)
+    with pytest.raises(_Killed):
+        train(initial_model(cfg), cfg, store, run)
+    monkeypatch.undo()
+    val = {e["step"]: e["loss"] for e in read_log(run) if e["event"] == "val"}
+    assert val[7] < val[6], f"precondition: the second validation must improve, val losses {val}"
+    last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
+    assert best["best"] == {"step": best["step"], "loss": val[best["step"]]}
+    assert best["best"]["loss"] <= last["best"]["loss"]  # best.pt holds the best model last.pt knows of
+    result = qw("train", "--store", store, "--out", str(run), "--resume")
+    assert result.exit_code == 0, result.output
+    last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
+    assert last["step"] == 7 and best["best"] == last["best"] == {"step": 7, "loss": val[7]}
+    assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+
+
+def _die_at_step(monkeypatch: pytest.MonkeyPatch, dead: int) -> None:
+    """Kill the run as it starts optimizer step `dead`."""
+    step_once = loop._optimizer_step
+
+    def step_or_die(run, batches, step, guard):
+        if step == dead:
+            raise _Killed
+        return step_once(run, batches, step, guard)
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_or_die)
+
+
+def test_a_fresh_start_replaces_the_log_of_a_run_killed_before_its_first_checkpoint(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The killed run's start event (its config and overrides) stayed in metrics.jsonl above the new run's, and
+    TensorBoard showed its steps next to the new run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, config = tmp_path / "run", write_config(tmp_path / "c.yaml")
+    killed = load_config(str(config), {"train": {"lr": 0.1}})
+    _die_at_step(monkeypatch, 3)
+    with pytest.raises(_Killed):
+        train(initial_model(killed), killed, store, run, run_info={"overrides": ["train.lr=0.1"]})
+    monkeypatch.undo()
+    assert not (run / LAST).exists() and [e["event"] for e in read_log(run)] == ["start", "train", "train"]
+    result = qw("train", "--store", store, "--out", str(run), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    events = read_log(run)
+    assert [(e["event"], e["step"]) for e in events if e["event"] in ("start", "train")] == [
+        ("start", 0), ("train", 1), ("train", 2), ("train", 3), ("train", 4)]
+    assert events[0]["overrides"] == []
+    scalars = EventAccumulator(str(run / "tb"))
+    scalars.Reload()
+    logged = {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+    assert {s.step: s.value for s in scalars.Scalars("train/loss")} == pytest.approx(logged)
+    assert [s.step for s in scalars.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_a_fresh_start_drops_the_best_checkpoint_of_a_run_killed_before_its_first_checkpoint(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt of the killed run (another model) stayed until the new run's first validation, and a --resume before
+    that compared the new run against it, so it could stay best.pt for good."""
+    run = tmp_path / "run"
+    killed = load_config(str(write_config(tmp_path / "a.yaml", {"train": {"val_every": 1}})))
+    _die_at_step(monkeypatch, 3)
+    with pytest.raises(_Killed):
+        train(initial_model(killed), killed, store, run)
+    assert (run / BEST).is_file() and not (run / LAST).exists()
+    config = write_config(tmp_path / "b.yaml", {"model": {"widths": [8, 8, 16]}, "train": {"ckpt_every": 2}})
+    fresh = load_config(str(config))
+    with pytest.raises(_Killed):  # validates at its last step only
+        train(initial_model(fresh), fresh, store, run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / LAST)["step"] == 2 and not (run / BEST).exists()
+    result = qw("train", "--store", store, "--out", str(run), "--resume")
+    assert result.exit_code == 0, result.output
+    best = load_checkpoint(run / BEST)
+    assert best["step"] == 4 and best["config"]["model"]["widths"] == [8, 8, 16]

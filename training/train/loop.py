@@ -299,14 +299,17 @@ def _optimizer_step(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: 
 
 
 def _save(run: Run, out: Path, step: int, state: dict[str, Any], checkpointing: bool, improved: bool) -> list[str]:
-    """Write the step checkpoint (then last.pt) and/or best.pt; prune old step checkpoints. Returns what was written."""
+    """Write the step checkpoint (then best.pt, then last.pt) and/or best.pt; prune old step checkpoints. Returns
+    what was written."""
     written = []
     if checkpointing:
         path = out / f"{STEP_PREFIX}{step:08d}.pt"
         save_checkpoint(path, state)
-        publish(path, out / LAST)
+        # best.pt first: a kill between the two names leaves best.pt newer than last.pt, which --resume expects (as
+        # after a validation between checkpoints); the other order left best.pt a worse model than last.pt records.
         if improved:
             publish(path, out / BEST)
+        publish(path, out / LAST)
         prune_checkpoints(out, run.cfg.train.keep_last)
         written += [path.name, LAST]
     elif improved:
@@ -366,7 +369,12 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
     if proc.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        truncate_log(out / "metrics.jsonl", step)
+        if resume:
+            truncate_log(out / "metrics.jsonl", step)
+        else:  # what a run killed before its first checkpoint left belongs to no run: its log (start event too) and
+            # best.pt (a model of its config; --resume would compare this run against it)
+            for leftover in (out / "metrics.jsonl", out / BEST):
+                leftover.unlink(missing_ok=True)
 
     per_rank_step = cfg.train.batch_size * run.accum
     on_device = augments_on_device(cfg, proc.device)

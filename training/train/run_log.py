@@ -49,7 +49,8 @@ class RunLog:
         else:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+            # Hides the scalars and images logged after `start` by a killed run (on a fresh start, all of them).
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
                         disable=None if progress else True)
 
