@@ -126,7 +126,8 @@ class UnrealSource(_Strict):
     notes: str = ""
     cvars: dict[str, float | int | str] = Field(
         default_factory=dict, description="extra console variables for both passes (override qw's defaults)")
-    warm_up_frames: int = Field(32, ge=0, description="frames rendered and discarded before each shot")
+    warm_up_frames: int = Field(32, ge=0, description="frames of world time (ticked and rendered, then discarded) "
+                                "and as many render warm-up samples before each shot's first frame")
 
     @model_validator(mode="after")
     def _one_camera_source(self) -> "UnrealSource":

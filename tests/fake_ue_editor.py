@@ -20,8 +20,9 @@ It answers the two command lines qw's launcher builds, as the engine sources say
   overflows, as on the engine). The quirks the sources show are acted out, each cited where it is modelled:
   emissive clamped at 0 unless the material was compiled allowing negative emissive, the accumulated frame
   splatted bilinearly, the first frame's velocity reversed without camera-cut warm-up, and eye adaptation from
-  the map's post-process volume unless r.EyeAdaptationQuality is 0. It exits 0 when done, as MRQ's command line
-  does even after errors.
+  the map's post-process volume unless r.EyeAdaptationQuality is 0, and particle systems that settle only after
+  enough world (game-thread) or rendered (GPU) ticks since the map loaded, which MRQ's warm-up frames give
+  (`warm_up`). It exits 0 when done, as MRQ's command line does even after errors.
 
 Like the engine, it first switches into its executable's folder, $FAKE_UE_BASE_DIR (`open_project`).
 $FAKE_UE_CVARS (JSON) holds the editor's read-only console variables (default: UE4 velocity enabled) and
@@ -315,6 +316,49 @@ def pass_image(texture: str, unclamped: bool, frame: int, first: bool, width: in
     return (image if unclamped else np.maximum(image, 0.0)), dtype
 
 
+# UMoviePipelineAntiAliasingSetting's constructor (4.27.2 and 5.5.1 MoviePipelineAntiAliasingSetting.h 15-23): what a
+# queue that does not set a property renders with.
+AA_DEFAULTS = {"render_warm_up_count": 32, "use_camera_cut_for_warm_up": False, "engine_warm_up_count": 0,
+               "render_warm_up_frames": False}
+# The fake map's particle systems reach their steady state this many ticks after the map loads: the left quarter
+# of the image is simulated on the game thread (it runs on every world tick), the right quarter on the GPU (it
+# runs only on ticks whose scene is rendered: MoviePipelineAntiAliasingSetting.h 100-106, both versions; Niagara
+# would run ticks left unrendered for 10 frames with a dummy view and no depth collisions, 4.27.2
+# NiagaraEmitterInstanceBatcher.cpp 91-108, 428-470, not modelled). Before that their colour is the scene's scaled
+# by the fraction of ticks run; settled, it is the scene's.
+SIMULATION_SETTLE_TICKS = 8
+
+
+def warm_up(aa: dict) -> tuple[int, int, int]:
+    """(world ticks, rendered ticks, rendered views) of a job after its map loads and before its first output
+    frame. Each job opens its map (4.27.2 MoviePipelineInProcessExecutor.cpp 71-74; 5.5.1 80-83). Engine warm-up
+    frames are max(EngineWarmUpCount, 1 if RenderWarmUpCount > 0) (4.27.2 MoviePipeline.cpp 849-851; 5.5.1
+    979-980; the count camera-cut warm-up takes from the sequence, which qw never asks for, is not modelled); each
+    ticks the world once with the sequence held at the shot's first frame (4.27.2 MoviePipelineTiming.cpp 190-199,
+    224-265; 5.5.1 259-312). Only the last is rendered, with RenderWarmUpCount samples, unless bRenderWarmUpFrames
+    renders every one, the others with one sample each (4.27.2 MoviePipelineTiming.cpp 237-243,
+    MoviePipelineRendering.cpp 224-237, 262-283; 5.5.1 272-278, 274-287, 336-353). Without camera-cut warm-up one
+    more tick renders the motion-blur frame with one sample (4.27.2 MoviePipelineTiming.cpp 306-342,
+    MoviePipelineRendering.cpp 210-221; 5.5.1 354-389, 264-271)."""
+    get = {**AA_DEFAULTS, **{k: v for k, v in aa.items() if v is not None}}.get
+    samples, engine = get("render_warm_up_count"), get("engine_warm_up_count")
+    engine = max(engine, 1 if samples > 0 else 0)
+    single = engine - 1 if engine and get("render_warm_up_frames") else 0  # the one-sample ticks before the last
+    last = 1 if engine and samples > 0 else 0  # the last warm-up tick renders its samples
+    blur = 0 if get("use_camera_cut_for_warm_up") else 1
+    return engine + blur, single + last + blur, single + (samples if last else 0) + blur
+
+
+def simulated(colour: np.ndarray, world_ticks: int, rendered_ticks: int) -> np.ndarray:
+    """`colour` with the fake map's particle systems as they are `world_ticks` (`rendered_ticks` rendered) after
+    the map loaded (see SIMULATION_SETTLE_TICKS)."""
+    quarter = colour.shape[1] // 4
+    out = colour.copy()
+    out[:, :quarter] *= min(1.0, world_ticks / SIMULATION_SETTLE_TICKS)
+    out[:, colour.shape[1] - quarter:] *= min(1.0, rendered_ticks / SIMULATION_SETTLE_TICKS)
+    return out
+
+
 def sample_colour(frame: int, width: int, height: int, shift: tuple[float, float]) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     return scene_colour(x + 0.5 - shift[0], y + 0.5 - shift[1], frame)
@@ -368,9 +412,12 @@ def render_job(project: Path, job: dict, version: str, limit: int | None) -> Non
     frames = list(range(out["custom_start_frame"], out["custom_end_frame"]))[:limit]  # the end is exclusive
     first_is_emulated = not aa.get("use_camera_cut_for_warm_up")
     camera = sequence_camera(project, sequence)
-    for n, frame in enumerate(frames):
-        scale = exposure(cvars, aa["render_warm_up_count"] + samples * (n + 1))
-        samples_of = {"FinalImage": ([scale * sample_colour(frame, width, height, s) for s in shifts], np.float16)}
+    world_ticks, rendered_ticks, views = warm_up(aa)
+    for n, frame in enumerate(frames):  # one world tick per output frame (one temporal sample), each rendered
+        scale = exposure(cvars, views + samples * (n + 1))
+        colours = [simulated(sample_colour(frame, width, height, s), world_ticks + n + 1, rendered_ticks + n + 1)
+                   for s in shifts]
+        samples_of = {"FinalImage": ([scale * c for c in colours], np.float16)}
         for name, tex, unclamped, hdr in passes:
             images = [pass_image(tex, unclamped, frame, n == 0 and first_is_emulated, width, height, hdr, camera, s)
                       for s in shifts]

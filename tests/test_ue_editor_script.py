@@ -74,6 +74,9 @@ def test_prepare_saves_a_queue_of_both_jobs(tmp_path, run_script, flavour):
         aa, out = s["MoviePipelineAntiAliasingSetting"], s["MoviePipelineOutputSetting"]
         assert (aa["anti_aliasing_method"], aa["spatial_sample_count"], aa["temporal_sample_count"]) == (
             "AntiAliasingMethod.AAM_NONE", samples, 1)
+        # world time passes before frame 0 (engine warm-up frames, rendered for GPU particles), then render samples
+        assert (aa["engine_warm_up_count"], aa["render_warm_up_frames"], aa["render_warm_up_count"]) == (3, True, 3)
+        assert aa["use_camera_cut_for_warm_up"] is False
         assert (out["custom_start_frame"], out["custom_end_frame"]) == (100, 104)  # end exclusive, as MRQ reads it
         assert out["output_resolution"] == {"x": W, "y": H}
         assert s["MoviePipelineColorSetting"]["disable_tone_curve"] is True

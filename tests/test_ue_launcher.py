@@ -68,7 +68,8 @@ def scene(tmp_path) -> SceneManifest:
         name="kite", backend="ue4",
         capture=dict(resolution=(W, H), fps=30, mode="mrq", reference_samples=4, jitter_cycle=N),
         unreal=dict(engine_version="4.27", project="${QW_TEST_PROJECTS}/Kite.uproject",
-                    map="/Game/Maps/GoldenPath/GDC_Landscape_01", camera=camera(), warm_up_frames=1),
+                    map="/Game/Maps/GoldenPath/GDC_Landscape_01", camera=camera(),
+                    warm_up_frames=fake_ue_editor.SIMULATION_SETTLE_TICKS),
         shots=[dict(name="a", start=10, end=15), dict(name="b", start=50, end=53, camera_cuts=[52])]))
 
 
@@ -536,6 +537,42 @@ def test_both_jobs_render_at_one_fixed_exposure(tmp_path, scene, editor):
         np.testing.assert_allclose(read_frame(path, "color", i), colour, rtol=2e-3)
         ratio = read_frame(path, "reference", i).mean() / scene_colour(x, y, 10 + i).mean()
         assert ratio == pytest.approx(1.0, abs=5e-3)
+
+
+def test_first_frame_is_captured_after_the_maps_particles_have_settled(tmp_path, scene, editor):
+    """Each job loads its map, and MRQ's warm-up must let world time pass before frame 0: engine warm-up frames tick
+    the world (game-thread particles, physics), and rendering them runs GPU particles. Render warm-up samples alone
+    all fall in one tick, so frame 0 would show the fake map's particle systems still spawning."""
+    out = tmp_path / "c"
+    [path] = capture_scene(scene, out, shots=["a"], editor=editor, progress=False, timeout=60)
+    meta = load_meta(path)
+    y, x = np.mgrid[0:H, 0:W] + 0.5
+    settled = scene_colour(x + meta.jitter.offsets[0][0], y + meta.jitter.offsets[0][1], 10)
+    np.testing.assert_allclose(read_frame(path, "color", 0), settled, rtol=2e-3)
+    truth = np.mean([scene_colour(x + ox, y + oy, 10) for ox, oy in meta.reference.offsets], axis=0)
+    np.testing.assert_allclose(read_frame(path, "reference", 0), truth, rtol=2e-3)
+
+    # The same saved job rendered again with less warm-up: the fake's simulation tells the settings apart.
+    spec = json.loads((out / ".unreal" / "kite" / "a" / "job.json").read_text())
+    aliased = json.loads(Path(spec["queue_manifest"]).read_text())["jobs"][0]
+    quarter = W // 4
+
+    def first_sample(**warm_up) -> np.ndarray:
+        folder = tmp_path / "again" / "-".join(f"{k}={v}" for k, v in warm_up.items())
+        settings = aliased["settings"]
+        job = {**aliased, "settings": {**settings, "MoviePipelineAntiAliasingSetting": {
+            **settings["MoviePipelineAntiAliasingSetting"], **warm_up}, "MoviePipelineOutputSetting": {
+            **settings["MoviePipelineOutputSetting"], "output_directory": {"path": str(folder)}}}}
+        fake_ue_editor.render_job(tmp_path / "proj" / "Kite.uproject", job, "4.27", 1)
+        return read_exr(folder / "FinalImage_SS_0_TS_0_TileX_0_TileY_0.0.exr", ("R", "G", "B"))
+
+    np.testing.assert_allclose(first_sample(), settled, rtol=2e-3)  # the settings qw saved
+    old = first_sample(engine_warm_up_count=0, render_warm_up_frames=False)  # render_warm_up_count only
+    unrendered = first_sample(render_warm_up_frames=False)
+    for image, left_settled, right_settled in ((old, False, False), (unrendered, True, False)):
+        assert np.allclose(image[:, :quarter], settled[:, :quarter], rtol=2e-3) == left_settled
+        assert np.allclose(image[:, W - quarter:], settled[:, W - quarter:], rtol=2e-3) == right_settled
+        np.testing.assert_allclose(image[:, quarter:W - quarter], settled[:, quarter:W - quarter], rtol=2e-3)
 
 
 def test_reference_is_the_mean_of_its_samples_not_the_accumulators_splat(tmp_path, scene, editor):

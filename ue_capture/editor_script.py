@@ -291,6 +291,14 @@ def configure(config, job: dict, pass_name: str) -> None:
     aa.set_editor_property("anti_aliasing_method", unreal.AntiAliasingMethod.AAM_NONE)  # MRQ's jitter needs no TAA
     aa.set_editor_property("spatial_sample_count", samples)
     aa.set_editor_property("temporal_sample_count", 1)  # temporal samples would blend motion across sub-frames
+    # Warm-up before each shot: MRQ holds the sequence at the shot's first frame and ticks the world once per engine
+    # warm-up frame (4.27 MoviePipelineTiming.cpp 190-199, 224-265), so particles, cloth and physics have run for
+    # warm_up_frames frames of world time before frame 0. With render_warm_up_count alone it ticks only once
+    # (MoviePipeline.cpp 849-851). render_warm_up_frames also renders each of those ticks (one sample each): GPU
+    # particles only simulate when rendered (MoviePipelineAntiAliasingSetting.h 100-106). The render warm-up
+    # samples, all in the last of those ticks, give temporal effects their history.
+    aa.set_editor_property("engine_warm_up_count", job["warm_up_frames"])
+    aa.set_editor_property("render_warm_up_frames", True)
     aa.set_editor_property("render_warm_up_count", job["warm_up_frames"])
     aa.set_editor_property("use_camera_cut_for_warm_up", False)
 

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 EDITOR_ENV = "QW_UE4_EDITOR"
 JOB_ENV = "QW_UE_JOB"  # the editor script reads its job spec path from here
-JOB_FORMAT = "qw-ue-job/2"
+JOB_FORMAT = "qw-ue-job/3"  # /3: warm_up_frames also ticks (and renders) the world before each shot
 EDITOR_SCRIPT = Path(__file__).resolve().parent / "editor_script.py"
 ENGINE_SCRIPT_NAME = "qw_editor_script.py"  # its copy in <Project>/Content/Python when its path cannot be passed
 PREPARE_STATUS = "prepare.json"  # written by the editor script when it finishes, ok or not
