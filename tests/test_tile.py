@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,7 @@ from click.testing import CliRunner
 from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
 from qw.cli import main
 from qw.datagen.block_store import IMAGE_ARRAYS, open_store
-from qw.datagen.capture_format import CaptureMeta, META_FILE, frame_path, write_frame
+from qw.datagen.capture_format import CaptureMeta, META_FILE, frame_path, load_meta, read_frame, write_frame
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.inspect_store import inspect_report
 from qw.datagen.manifests import DatasetManifest
@@ -279,6 +281,36 @@ def test_nan_in_a_frame_fails_through_the_cli_in_one_line(one_shot, tmp_path):
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "reference/0000" in result.stderr and "NaN/inf" in result.stderr
     assert not open_store(str(one_shot["store"]), require_complete=False).complete
+
+
+def test_a_frame_changed_after_capture_fails_through_the_cli_in_one_line(one_shot, tmp_path):
+    """A frame edited after capture.json recorded its sha256 still decodes (finite, right size): the build refuses
+    it by its checksum, as `qw datagen validate` does, instead of tiling it."""
+    for shot in ("a", "b"):  # whichever windows the plan picked, every colour frame is changed
+        for i in range(16):
+            image = read_frame(one_shot["captures"] / "gamma" / shot, "color", i)
+            image[3, 4] += 1
+            write_frame(one_shot["captures"] / "gamma" / shot, "color", i, image)
+    ds_file = write_dataset(tmp_path / "ds.yaml", one_shot["dataset"])
+    env = {**os.environ, "QW_MANIFESTS": str(one_shot["manifests"])}
+    result = subprocess.run([QW, "-q", "datagen", "build", "--dataset", str(ds_file), "--captures",
+                             str(one_shot["captures"]), "--store", str(one_shot["store"]), "--workers", "1"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert re.search(r"gamma/[ab]/color/0000\d\d\.exr: sha256 does not match capture\.json \(file changed after "
+                     r"capture\)$", result.stderr.strip()), result.stderr
+    assert not open_store(str(one_shot["store"]), require_complete=False).complete
+
+
+def test_a_frame_without_a_recorded_checksum_is_refused(one_shot):
+    """A capture.json that records no sha256 for a frame leaves it unverifiable: refused, as validate does."""
+    for shot in ("a", "b"):
+        meta = load_meta(one_shot["captures"] / "gamma" / shot)
+        checksums = {rel: s for rel, s in meta.checksums.items() if not rel.startswith("depth/")}
+        text = json.dumps(meta.model_copy(update={"checksums": checksums}).model_dump(mode="json"))
+        (one_shot["captures"] / "gamma" / shot / META_FILE).write_text(text)
+    build_fails(one_shot, CaptureError, r"depth/0000\d\d\.exr: no checksum recorded in capture\.json")
 
 
 def test_negative_infinite_depth_fails_while_positive_infinity_is_sky(one_shot):
