@@ -185,9 +185,16 @@ class KernelFilter(nn.Module):
         """Bias the centre tap of the current frame's and the down kernels, and every skip weight, so that the
         untrained filter is close to passing the current frame through. From default (uniform) weights, a heavy
         blur, a 300-step overfit run sat on a plateau for ~230 steps and ended below the aliased input's PSNR
-        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See docs/training.md."""
+        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See docs/training.md.
+
+        Larger input kernels get a larger bonus, so that the centre tap starts with the same share of its softmax
+        as in the paper's 18 (~0.54)."""
+        n = input_weights(self.input_kernel)
         for s, conv in enumerate(self.predictors):
-            conv.bias[(self.input_kernel ** 2 if s == 0 else KERNEL) // 2] += logit
+            if s == 0:
+                conv.bias[self.input_kernel ** 2 // 2] += logit + math.log((n - 1) / (input_weights() - 1))
+            else:
+                conv.bias[KERNEL // 2] += logit
             if s < len(self.predictors) - 1:
                 conv.bias[-1] += logit
 
