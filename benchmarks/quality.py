@@ -514,6 +514,8 @@ ABLATIONS: dict[str, dict] = {
     # (twice the pixels per step) and at 96² (about the same pixels per step)
     "norm-none+crop-128+spatial-0.7+frames-16": _on_base(*_SPATIAL_07, store_frames=16),
     "norm-none+crop-96+spatial-0.7+frames-16": _on_base(*_SPATIAL_07, store_tile=96, store_frames=16),
+    # spatial reach: 5×5 full-resolution kernels on the frame and the history (edges hold most of the error)
+    "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 

@@ -32,15 +32,16 @@ CLASSES = ("TAA history reset", "edges", "rest")
 
 
 class HistoryWeightProbe:
-    """A forward hook on U_f that keeps the last frame's per-pixel history weight: the sum of the nine
+    """A forward hook on U_f that keeps the last frame's per-pixel history weight: the sum of the
     full-resolution kernel weights applied to the warped history."""
 
     def __init__(self, model):
-        from qw.training.model.qwnet import KERNEL, normalize_weights
+        from qw.training.model.qwnet import normalize_weights
 
         def hook(module, inputs, _output):
             raw = [p(f) for p, f in zip(module.predictors, inputs[0])]
-            self.weight = normalize_weights(raw)[0][0][0, KERNEL:].sum(0).detach()
+            taps = module.input_kernel ** 2
+            self.weight = normalize_weights(raw, module.input_kernel)[0][0][0, taps:].sum(0).detach()
 
         self.weight = None
         model.filter.register_forward_hook(hook)

@@ -87,10 +87,32 @@ def test_constant_image_passes_through_the_filter_network_unchanged(preset: str)
     assert not torch.allclose(model.step(noisy, noisy), noisy, rtol=1e-3)
 
 
-def test_filter_output_is_a_convex_combination_of_input_and_history() -> None:
-    raw = [torch.randn(1, c, 32 >> s, 32 >> s) * 4 for s, c in enumerate(predictor_outputs(3))]
+def test_five_by_five_input_kernels_reach_two_pixels_and_start_as_pass_through() -> None:
+    cfg = load_config("paper").model.model_copy(update={"input_kernel": 5})
+    model = QWNet(cfg)
+    assert [p.out_channels for p in model.filter.predictors] == [60, 19, 19, 19, 9]
+    # all full-resolution weight on the colour tap two rows up and two columns left: a (2, 2) shift, exact
+    logits = torch.full((1, 60, 16, 16), -1e4)
+    logits[:, 0] = 1e4
+    weights = normalize_weights([logits], input_kernel=5)[0][0]
+    assert weights.shape[1] == 50
+    image = torch.rand(1, 3, 16, 16)
+    out = filter_pyramid([logits[:, :50]], image, torch.zeros_like(image), input_kernel=5)
+    assert torch.equal(out[..., 2:, 2:], image[..., :-2, :-2])
+    # the untrained filter favours the centre of the colour kernel (tap 12 of 25) as much as the 3×3 one does
+    def centre_share(k: int) -> float:
+        bias = QWNet(cfg.model_copy(update={"input_kernel": k})).filter.predictors[0].bias.detach()
+        weights = torch.softmax(bias[:2 * k * k], 0)
+        assert int(weights.argmax()) == k * k // 2
+        return float(weights.max())
+    assert 0.45 < centre_share(3) < 0.65 and abs(centre_share(5) - centre_share(3)) < 0.08
+
+
+@pytest.mark.parametrize("input_kernel", [3, 5])
+def test_filter_output_is_a_convex_combination_of_input_and_history(input_kernel: int) -> None:
+    raw = [torch.randn(1, c, 32 >> s, 32 >> s) * 4 for s, c in enumerate(predictor_outputs(3, input_kernel))]
     color, history = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32) + 1
-    out = filter_pyramid(raw, color, history)
+    out = filter_pyramid(raw, color, history, input_kernel=input_kernel)
     assert out.min() >= color.min() - 1e-6 and out.max() <= history.max() + 1e-6
 
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 from train_helpers import write_checkpoint
@@ -67,7 +68,8 @@ def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_check
     assert not any(name.endswith(".conv.weight") for name in inits)  # no float copy of a quantized weight
 
 
-def test_bicubic_history_model_exports_a_cubic_grid_sample_that_matches_pytorch():
+@pytest.mark.parametrize("change", [{"warp_filter": "bicubic"}, {"input_kernel": 5}], ids=["bicubic", "kernel-5"])
+def test_float_graph_of_a_model_option_matches_pytorch(change):
     import onnxruntime as ort
     import torch
 
@@ -75,11 +77,11 @@ def test_bicubic_history_model_exports_a_cubic_grid_sample_that_matches_pytorch(
     from qw.training.export.onnx_graph import float_graph
     from qw.training.model.qwnet import QWNet
 
-    cfg = load_config("paper").model.model_copy(update={"warp_filter": "bicubic", "widths": [8, 8, 8, 8, 8]})
+    cfg = load_config("paper").model.model_copy(update={**change, "widths": [8, 8, 8, 8, 8]})
     model = QWNet(cfg).eval()
     graph = float_graph(model)
-    assert {a.s for n in graph.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"} \
-        == {b"cubic"}
+    modes = {a.s for n in graph.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"}
+    assert modes == ({b"cubic"} if cfg.warp_filter == "bicubic" else {b"linear"})
     g = torch.Generator().manual_seed(0)
     color, previous = torch.rand(1, 3, 32, 48, generator=g) * 4, torch.rand(1, 3, 32, 48, generator=g) * 4
     motion = torch.randn(1, 2, 32, 48, generator=g) * 3

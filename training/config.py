@@ -43,7 +43,9 @@ class ModelConfig(_Strict):
                                      description="3x3 convs after each decoder 1x1 projection, full resolution first")
     hdr: Literal["log1p", "reinhard", "pq", "none"] = Field("log1p",
                                                             description="range compression for U_e and the loss")
-    kernel_padding: Literal["replicate", "zeros"] = Field("replicate", description="U_f's 3x3 kernels at the border")
+    kernel_padding: Literal["replicate", "zeros"] = Field("replicate", description="U_f's kernels at the border")
+    input_kernel: Literal[3, 5] = Field(3, description="size of U_f's full-resolution kernels on the current frame "
+                                                       "and the history (the paper's 3x3; 5x5 reaches twice as far)")
     warp_padding: Literal["border", "zeros"] = Field("border", description="history samples outside the frame")
     warp_filter: Literal["bilinear", "bicubic"] = Field(
         "bilinear", description="how the history is resampled: bilinear (the paper's) or bicubic, which keeps its "

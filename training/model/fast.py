@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from qw.training.config import LossSpec
 from qw.training.losses import qwnet_loss
-from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, kernel_taps, sequence_inputs
+from qw.training.model.qwnet import (KERNEL, UP_WEIGHTS, ConvBNAct, QWNet, input_weights, kernel_taps,
+                                    sequence_inputs)
 from qw.training.quantization.fake_quant import activation_codes, fold_batch_norm, replace_module, rescale
 
 # ------------------------------------------------------------------------------------------------ filter network
@@ -54,9 +55,10 @@ def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tens
 
 
 def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
-                         padding: str = "replicate") -> torch.Tensor:
+                         padding: str = "replicate", input_kernel: int = 3) -> torch.Tensor:
     """`qw.training.model.qwnet.filter_pyramid` with each softmax fused into its kernel application."""
-    x = softmax_filter(raw[0][:, :INPUT_WEIGHTS], kernel_taps(color, padding) + kernel_taps(history, padding))
+    x = softmax_filter(raw[0][:, :input_weights(input_kernel)],
+                       kernel_taps(color, padding, input_kernel) + kernel_taps(history, padding, input_kernel))
     skips = [x]
     for s in range(1, len(raw)):
         x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2), padding))
@@ -70,18 +72,20 @@ def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: 
 class FusedKernelFilter(nn.Module):
     """U_f with the fused pyramid; holds the original ``predictors`` (same parameters, same state-dict keys)."""
 
-    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate"):
+    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate", input_kernel: int = 3):
         super().__init__()
         self.predictors = predictors
         self.padding = padding
+        self.input_kernel = input_kernel
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding)
+        return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding,
+                                    self.input_kernel)
 
 
 def fuse_filter(model: QWNet) -> QWNet:
     """Swap the model's U_f for the fused one, in place (parameters shared); returns the model."""
-    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding)
+    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding, model.filter.input_kernel)
     return model
 
 

@@ -13,7 +13,8 @@ Structure the quantizer relies on (names are stable):
   are the functions below.
 
 Filter pyramid, per scale s (full resolution s=0 … bottleneck s=n−1), weights shared by R, G, B:
-  s=0:      18 weights, two 3×3 kernels on I_a and I_w summed (one softmax over all 18) -> skip_0;
+  s=0:      18 weights, two 3×3 kernels on I_a and I_w summed (one softmax over all 18) -> skip_0
+            (two 5×5 kernels, 50 weights, with ``input_kernel: 5``);
             10 weights for the output up filter.
   0<s<n−1:  2×2 average pool, 9 weights (3×3 kernel) -> skip_s; 10 weights for the up filter.
   s=n−1:    2×2 average pool, 9 weights (3×3 kernel).
@@ -21,6 +22,8 @@ Filter pyramid, per scale s (full resolution s=0 … bottleneck s=n−1), weight
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -33,7 +36,6 @@ from qw.training.model.warp import warp
 # Rec. 709 luma weights, applied to the range-compressed colour for the optional input processing.
 LUMA = (0.2126, 0.7152, 0.0722)
 KERNEL = 9          # 3×3 kernel weights
-INPUT_WEIGHTS = 2 * KERNEL
 UP_WEIGHTS = KERNEL + 1
 PASS_THROUGH_LOGIT = 3.0  # initial logit bonus, see KernelFilter._start_as_pass_through
 
@@ -97,57 +99,63 @@ class FeatureExtractor(nn.Module):
         return features
 
 
-def predictor_outputs(num_scales: int) -> list[int]:
+def input_weights(input_kernel: int = 3) -> int:
+    """Full-resolution weights on the current frame and the history: two `input_kernel`² kernels."""
+    return 2 * input_kernel ** 2
+
+
+def predictor_outputs(num_scales: int, input_kernel: int = 3) -> list[int]:
     """Kernel weights predicted per scale, full resolution first."""
-    return [INPUT_WEIGHTS + UP_WEIGHTS] + [KERNEL + UP_WEIGHTS] * (num_scales - 2) + [KERNEL]
+    return [input_weights(input_kernel) + UP_WEIGHTS] + [KERNEL + UP_WEIGHTS] * (num_scales - 2) + [KERNEL]
 
 
-def replicate_pad(x: torch.Tensor) -> torch.Tensor:
-    """Pad H and W by one replicated pixel. Built from slices and concatenation, not F.pad(mode="replicate"),
+def replicate_pad(x: torch.Tensor, r: int = 1) -> torch.Tensor:
+    """Pad H and W by `r` replicated pixels. Built from slices and concatenation, not F.pad(mode="replicate"),
     whose backward failed under torch.compile (inductor stride assertion in replication_pad2d_backward, torch 2.13)."""
-    x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
-    return torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
+    x = torch.cat([x[..., :1, :]] * r + [x] + [x[..., -1:, :]] * r, dim=-2)
+    return torch.cat([x[..., :1]] * r + [x] + [x[..., -1:]] * r, dim=-1)
 
 
-def kernel_taps(image: torch.Tensor, padding: str = "replicate") -> list[torch.Tensor]:
-    """The nine neighbours of every pixel, in row-major kernel order; borders replicate or read zeros."""
+def kernel_taps(image: torch.Tensor, padding: str = "replicate", size: int = 3) -> list[torch.Tensor]:
+    """The size² neighbours of every pixel, in row-major kernel order; borders replicate or read zeros."""
     h, w = image.shape[-2:]
-    padded = replicate_pad(image) if padding == "replicate" else F.pad(image, (1, 1, 1, 1))
-    return [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    r = size // 2
+    padded = replicate_pad(image, r) if padding == "replicate" else F.pad(image, (r, r, r, r))
+    return [padded[..., dy:dy + h, dx:dx + w] for dy in range(size) for dx in range(size)]
 
 
 def apply_kernel(image: torch.Tensor, weights: torch.Tensor, padding: str = "replicate") -> torch.Tensor:
-    """Per-pixel 3×3 filter: image (B,C,H,W), weights (B,9,H,W) in row-major kernel order, the same for every C.
+    """Per-pixel square filter: image (B,C,H,W), weights (B,k²,H,W) in row-major kernel order, the same for every C.
 
     With replicated borders normalized weights keep a constant image constant; "zeros" is the public sample's way.
     """
     out = image.new_zeros(())
-    for k, tap in enumerate(kernel_taps(image, padding)):
+    for k, tap in enumerate(kernel_taps(image, padding, math.isqrt(weights.shape[1]))):
         out = out + weights[:, k:k + 1] * tap
     return out
 
 
-def normalize_weights(raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def normalize_weights(raw: list[torch.Tensor], input_kernel: int = 3) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Softmax per kernel group, per scale: (input or down weights, up weights or None at the bottleneck).
 
-    Full resolution: the 18 input weights share one softmax; every 3×3 down kernel and every 10-weight up filter
-    has its own. Computed in float32 whatever the autocast dtype.
+    Full resolution: the 2·input_kernel² input weights share one softmax; every 3×3 down kernel and every 10-weight
+    up filter has its own. Computed in float32 whatever the autocast dtype.
     """
     n = len(raw)
     out = []
     for s, w in enumerate(raw):
         w = w.float()
-        first = torch.softmax(w[:, :INPUT_WEIGHTS if s == 0 else KERNEL], dim=1)
+        first = torch.softmax(w[:, :input_weights(input_kernel) if s == 0 else KERNEL], dim=1)
         out.append((first, torch.softmax(w[:, -UP_WEIGHTS:], dim=1) if s < n - 1 else None))
     return out
 
 
 def filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
-                   padding: str = "replicate") -> torch.Tensor:
+                   padding: str = "replicate", input_kernel: int = 3) -> torch.Tensor:
     """U_f's filtering, given the raw (pre-softmax) predictor outputs per scale; acts on linear colour."""
-    weights = normalize_weights(raw)
-    full = weights[0][0]
-    x = apply_kernel(color, full[:, :KERNEL], padding) + apply_kernel(history, full[:, KERNEL:], padding)
+    weights = normalize_weights(raw, input_kernel)
+    full, taps = weights[0][0], input_kernel ** 2
+    x = apply_kernel(color, full[:, :taps], padding) + apply_kernel(history, full[:, taps:], padding)
     skips = [x]
     for down, _ in weights[1:]:
         x = apply_kernel(F.avg_pool2d(x, 2), down, padding)
@@ -165,9 +173,11 @@ class KernelFilter(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.predictors = nn.ModuleList(
-            nn.Conv2d(width, count, 1) for width, count in zip(cfg.widths, predictor_outputs(cfg.num_scales))
+            nn.Conv2d(width, count, 1)
+            for width, count in zip(cfg.widths, predictor_outputs(cfg.num_scales, cfg.input_kernel))
         )
         self.padding = cfg.kernel_padding
+        self.input_kernel = cfg.input_kernel
         self._start_as_pass_through()
 
     @torch.no_grad()
@@ -175,19 +185,27 @@ class KernelFilter(nn.Module):
         """Bias the centre tap of the current frame's and the down kernels, and every skip weight, so that the
         untrained filter is close to passing the current frame through. From default (uniform) weights, a heavy
         blur, a 300-step overfit run sat on a plateau for ~230 steps and ended below the aliased input's PSNR
-        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See docs/training.md."""
+        (32.1 vs 35.3 dB); from this start it ended above it (35.9 dB). See docs/training.md.
+
+        Larger input kernels get a larger bonus, so that the centre tap starts with the same share of its softmax
+        as in the paper's 18 (~0.54)."""
+        n = input_weights(self.input_kernel)
         for s, conv in enumerate(self.predictors):
-            conv.bias[KERNEL // 2] += logit
+            if s == 0:
+                conv.bias[self.input_kernel ** 2 // 2] += logit + math.log((n - 1) / (input_weights() - 1))
+            else:
+                conv.bias[KERNEL // 2] += logit
             if s < len(self.predictors) - 1:
                 conv.bias[-1] += logit
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding)
+        return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding,
+                              self.input_kernel)
 
     def kernel_macs(self, height: int, width: int, channels: int = 3) -> list[int]:
         """Multiply-adds of kernel application per scale: every predicted weight multiplies one value per channel."""
         return [count * channels * (height >> s) * (width >> s)
-                for s, count in enumerate(predictor_outputs(len(self.predictors)))]
+                for s, count in enumerate(predictor_outputs(len(self.predictors), self.input_kernel))]
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
