@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quality_diagnose  # noqa: E402
 
 from qw.training.config import load_config  # noqa: E402
-from qw.training.model.qwnet import INPUT_WEIGHTS, KERNEL, QWNet  # noqa: E402
+from qw.training.model.qwnet import KERNEL, QWNet, input_weights  # noqa: E402
 
 
 def _model_favouring(taps: slice) -> QWNet:
@@ -30,7 +30,7 @@ def _model_favouring(taps: slice) -> QWNet:
 def test_history_weight_probe_reads_the_history_kernel() -> None:
     color, motion = torch.rand(1, 2, 3, 16, 16), torch.zeros(1, 2, 2, 16, 16)
     valid = torch.tensor([[False, True]])
-    for taps, expected in ((slice(KERNEL, INPUT_WEIGHTS), 1.0), (slice(0, KERNEL), 0.0)):
+    for taps, expected in ((slice(KERNEL, input_weights()), 1.0), (slice(0, KERNEL), 0.0)):
         model = _model_favouring(taps)
         probe = quality_diagnose.HistoryWeightProbe(model)
         with torch.no_grad():

@@ -133,6 +133,17 @@ def test_training_writes_logs_and_a_checkpoint_that_loads_back(store: str, tmp_p
     assert cfg.model.widths == [8, 8, 8] and isinstance(model, QWNet)
 
 
+def test_a_run_from_before_a_model_option_existed_resumes(store: str, tmp_path: Path) -> None:
+    # A checkpoint written before `input_kernel` was a config key has no such key; its default is what it trained.
+    run = tmp_path / "run"
+    train_command(store, str(run), str(write_config(tmp_path / "c.yaml", {"train": {"steps": 1}})))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    del ckpt["config"]["model"]["input_kernel"]
+    torch.save(ckpt, run / "last.pt")
+    train_command(store, str(run), None, overrides=["train.steps=2"], resume=True)
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+
+
 def test_checkpoint_of_another_config_is_refused(store: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train_command(store, str(run), str(write_config(tmp_path / "c.yaml", {"train": {"steps": 1}})))

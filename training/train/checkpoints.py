@@ -98,10 +98,13 @@ def load_checkpoint(path: str | Path, expected: Config | None = None) -> dict[st
         raise QwError(f"{path}: not a qw checkpoint (expected format {CHECKPOINT_FORMAT})")
     if "model" not in ckpt:
         raise QwError(f"{path}: damaged qw checkpoint (no model weights)")
-    validated_config(ckpt.get("config"), f"{path}: checkpoint")
+    stored = validated_config(ckpt.get("config"), f"{path}: checkpoint")
     if expected is not None:
         for section in ("model", "quant"):
-            have, want = ckpt["config"][section], getattr(expected, section).model_dump(mode="json")
+            # Compared as validated: a key added to the config since the checkpoint was written takes its default,
+            # which is how the checkpoint was trained (new options default to the old behaviour).
+            have = getattr(stored, section).model_dump(mode="json")
+            want = getattr(expected, section).model_dump(mode="json")
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
             if diff:
                 details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
