@@ -236,6 +236,22 @@ def test_output_rendered_with_other_settings_is_never_reused(tmp_path, scene, ed
     assert read_frame(shot, "color", 0).shape[:2] == (25, 40) and validate_capture(shot).ok
 
 
+def test_a_shot_of_an_older_job_format_is_refused_naming_the_format(tmp_path, scene, editor, monkeypatch, caplog):
+    """After the job format changed (an upgrade of qw), nothing the user set differs: the refusal of a complete shot
+    and the warning that discards raw output must say what does, not only "other settings"."""
+    out = tmp_path / "c"
+    with monkeypatch.context() as older:
+        older.setattr(launcher, "JOB_FORMAT", "qw-ue-job/2")
+        capture_scene(scene, out, editor=editor, timeout=60, progress=False)
+    (out / "kite" / "b" / META_FILE).unlink()  # b: rendered, not yet normalized
+    with pytest.raises(QwError, match=r"kite/a: already complete with other settings \(format "
+                                      r"'qw-ue-job/2' → 'qw-ue-job/3'\); delete it or use another --out"):
+        capture_scene(scene, out, shots=["a"], editor=editor, timeout=60, progress=False)
+    capture_scene(scene, out, shots=["b"], editor=editor, timeout=60, progress=False)
+    assert "rendered with other settings (format 'qw-ue-job/2' → 'qw-ue-job/3')" in caplog.text
+    assert load_meta(out / "kite" / "b").backend.settings["format"] == "qw-ue-job/3"
+
+
 def test_missing_editor_is_one_clear_error(tmp_path, scene):
     with pytest.raises(QwError, match=f"pass --editor PATH or set {EDITOR_ENV}"):
         capture_scene(scene, tmp_path / "c", progress=False)

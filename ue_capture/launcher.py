@@ -449,6 +449,18 @@ def _attempt(run: ShotRun, spec: dict[str, Any], attempt: int) -> str | None:
     return why
 
 
+def _settings_changes(recorded: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The job settings that differ between a recorded render and `spec`, for messages: after an upgrade of qw only
+    the job format may differ, which "other settings" alone does not tell the user."""
+    old, new = pixel_settings(recorded), pixel_settings(spec)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            values = repr(old.get(key)), repr(new.get(key))
+            changes.append(f"{key} {values[0]} → {values[1]}" if max(map(len, values)) <= 40 else key)
+    return ", ".join(changes)
+
+
 def _discard_other_settings(run: ShotRun, spec: dict[str, Any]) -> None:
     """Never normalize raw output rendered with other settings (job.json records the spec of the last render):
     it goes, with the unfinished shot's frames made from it, so that the shot renders again with these."""
@@ -456,8 +468,8 @@ def _discard_other_settings(run: ShotRun, spec: dict[str, Any]) -> None:
     if recorded is None or pixel_settings(recorded) == pixel_settings(spec):
         return
     frames = [f for p in PASSES if (run.target / p).is_dir() for f in (run.target / p).glob("*.exr")]
-    log.warning("%s: discarding raw output and %d unfinished frame file(s) rendered with other settings",
-                run.target, len(frames))
+    log.warning("%s: discarding raw output and %d unfinished frame file(s) rendered with other settings (%s)",
+                run.target, len(frames), _settings_changes(recorded, spec))
     shutil.rmtree(run.raw, ignore_errors=True)
     for frame in frames:
         frame.unlink()
@@ -473,8 +485,10 @@ def capture_shot(run: ShotRun) -> Path:
 def _capture_shot(run: ShotRun) -> Path:
     spec = build_job_spec(run.manifest, run.shot, run.work, run.map_path, run.project)
     if is_complete(run.target):
-        if pixel_settings(load_meta(run.target).backend.settings) != pixel_settings(spec):
-            raise QwError(f"{run.target}: already complete with other settings; delete it or use another --out")
+        recorded = load_meta(run.target).backend.settings
+        if pixel_settings(recorded) != pixel_settings(spec):
+            raise QwError(f"{run.target}: already complete with other settings ({_settings_changes(recorded, spec)}); "
+                          "delete it or use another --out")
         log.info("%s: complete, skipped", run.target)
         return run.target
     _discard_other_settings(run, spec)
