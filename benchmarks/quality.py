@@ -308,7 +308,9 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     for qat in plan.qat_select_steps:
         kept = runs / f"w4a4_fp{best_steps}_qat{qat}.pt"
         if not kept.is_file():
-            shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, runs / "w4a4"), kept)
+            # one fine-tuning run per FP32 source: a rerun with other --select-steps may pick another one
+            qat_run = runs / f"w4a4_fp{best_steps}"
+            shutil.copyfile(quantize_demo(replace(plan, qat_steps=qat), store, best_fp, qat_run), kept)
         selection["w4a4"][qat] = val_psnr(kept, val, plan.val_frames, runs / f"val_{kept.stem}.json", plan.device)
     best_qat = max(selection["w4a4"], key=selection["w4a4"].get)
     best_q = runs / f"w4a4_fp{best_steps}_qat{best_qat}.pt"

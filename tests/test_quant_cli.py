@@ -117,6 +117,21 @@ def test_quantize_resume_keeps_the_runs_own_settings(tiny_checkpoints, tmp_path,
         assert trained[-1].steps == steps and trained[-1].lr == load_checkpoint(q)["config"]["train"]["lr"]
 
 
+def test_quantize_resume_from_another_checkpoint_is_refused(tiny_checkpoints, tmp_path):
+    """--resume went on fine-tuning the run's own model and ignored the --checkpoint given."""
+    fp, q = tiny_checkpoints
+    run = tmp_path / "q"
+    shutil.copytree(q.parent, run)
+    other = load_checkpoint(fp)
+    other["model"]["filter.predictors.0.bias"] += 0.01
+    torch.save(other, tmp_path / "other.pt")
+    before = (run / "last.pt").read_bytes()
+    result = CliRunner().invoke(main, ["quantize", "--checkpoint", str(tmp_path / "other.pt"), "--store",
+                                       str(fp.parents[1] / "blocks.zarr"), "--out", str(run), "--resume"])
+    assert result.exit_code == 2 and f"fine-tunes {fp}, not {tmp_path / 'other.pt'}" in result.output
+    assert (run / "last.pt").read_bytes() == before
+
+
 def test_quiet_quantize_draws_no_progress_bar(tiny_checkpoints, tmp_path, monkeypatch):
     """`qw -q quantize` drew the fine-tuning's progress bar on a terminal (`-q` promises none, as `qw -q train`
     keeps): the CLI's progress setting reaches the training loop."""

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
+from qw.datagen.capture_format import sha256_file
 from qw.datagen.errors import QwError
 from qw.training.config import Config, TrainConfig, apply_overrides, parse_overrides
 from qw.training.data import BlockDataset, open_training_store
@@ -49,6 +50,23 @@ def calibration_sequences(store_url: str, crop: int | None, blocks: int,
     return [{k: v.unsqueeze(0) for k, v in dataset[int(i)].items() if k != "index"} for i in indices]
 
 
+RECORD = "quantize.json"  # what a fine-tuning run started from: source checkpoint (path, sha256), bits, clips
+
+
+def check_same_source(out_dir: Path, checkpoint: str | Path) -> None:
+    """Refuse to resume a fine-tuning run from another full-precision checkpoint than the one it started from: it
+    would go on fine-tuning its own model, and the checkpoint given would be ignored without a word. Runs recorded
+    before the sha256 was kept are not checked."""
+    path = out_dir / RECORD
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise QwError(f"{path}: cannot be read ({exc})") from None
+    if record.get("source_sha256") not in (None, sha256_file(checkpoint)):
+        raise QwError(f"{out_dir}: fine-tunes {record.get('source_checkpoint')}, not {checkpoint} (other contents); "
+                      "resume it from that checkpoint or choose another --out")
+
+
 def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4", steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
                      crop: int | None = None, calibration_blocks: int = 4, resume: bool = False,
@@ -80,6 +98,7 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     overrides = {"steps": QAT_DEFAULT_STEPS, "lr": QAT_DEFAULT_LR, **given}
     start = {**fresh, **overrides}
     if resume and (out_dir / LAST).is_file():
+        check_same_source(out_dir, checkpoint)
         # Continue with the run's own settings, as `qw train --resume` does: the QAT defaults above would
         # silently stretch a `--steps 80` run to 2000 steps. Options given again still apply (and are checked).
         start = {**load_checkpoint(out_dir / LAST)["config"]["train"], **given}
@@ -92,7 +111,7 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     qmodel = quantize_model(model, cfg.quant, clips)
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "quantize.json").write_text(json.dumps(
-            {"source_checkpoint": str(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
+        (out_dir / RECORD).write_text(json.dumps(
+            {"source_checkpoint": str(checkpoint), "source_sha256": sha256_file(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
              "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
     return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options, progress=progress)
