@@ -266,17 +266,22 @@ def test_frame_of_another_size_than_capture_json(one_shot):
     build_fails(one_shot, CaptureError, r"depth/00000[29].exr: frame is 64×40, capture.json says 64×48")
 
 
+def build_through_cli(one_shot, tmp_path) -> subprocess.CompletedProcess:
+    """`qw -q datagen build` of the one-shot dataset, in its own process (one worker)."""
+    ds_file = write_dataset(tmp_path / "ds.yaml", one_shot["dataset"])
+    env = {**os.environ, "QW_MANIFESTS": str(one_shot["manifests"])}
+    return subprocess.run([QW, "-q", "datagen", "build", "--dataset", str(ds_file), "--captures",
+                           str(one_shot["captures"]), "--store", str(one_shot["store"]), "--workers", "1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_nan_in_a_frame_fails_through_the_cli_in_one_line(one_shot, tmp_path):
     for shot in ("a", "b"):
         for i in range(16):
             image = np.ones((48, 64, 3))
             image[5, 7] = np.nan
             write_frame(one_shot["captures"] / "gamma" / shot, "reference", i, image)
-    ds_file = write_dataset(tmp_path / "ds.yaml", one_shot["dataset"])
-    env = {**os.environ, "QW_MANIFESTS": str(one_shot["manifests"])}
-    result = subprocess.run([QW, "-q", "datagen", "build", "--dataset", str(ds_file), "--captures",
-                             str(one_shot["captures"]), "--store", str(one_shot["store"]), "--workers", "1"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = build_through_cli(one_shot, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "reference/0000" in result.stderr and "NaN/inf" in result.stderr
@@ -291,11 +296,7 @@ def test_a_frame_changed_after_capture_fails_through_the_cli_in_one_line(one_sho
             image = read_frame(one_shot["captures"] / "gamma" / shot, "color", i)
             image[3, 4] += 1
             write_frame(one_shot["captures"] / "gamma" / shot, "color", i, image)
-    ds_file = write_dataset(tmp_path / "ds.yaml", one_shot["dataset"])
-    env = {**os.environ, "QW_MANIFESTS": str(one_shot["manifests"])}
-    result = subprocess.run([QW, "-q", "datagen", "build", "--dataset", str(ds_file), "--captures",
-                             str(one_shot["captures"]), "--store", str(one_shot["store"]), "--workers", "1"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = build_through_cli(one_shot, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert re.search(r"gamma/[ab]/color/0000\d\d\.exr: sha256 does not match capture\.json \(file changed after "
