@@ -411,6 +411,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def checksum_problem(path: str | os.PathLike, expected: str | None) -> str | None:
+    """Why frame file `path` is not the file capture.json recorded (`expected`: its sha256 there), or None."""
+    if expected is None:
+        return f"{path}: no checksum recorded in {META_FILE}"
+    if sha256_file(path) != expected:
+        return f"{path}: sha256 does not match {META_FILE} (file changed after capture)"
+    return None
+
+
 def frame_files(shot: str | os.PathLike, frame_count: int) -> list[str]:
     """Relative paths of every frame file a complete shot must contain."""
     return [f"{p}/{i:06d}.exr" for p in PASSES for i in range(frame_count)]

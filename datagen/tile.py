@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
     open_array, open_store, seal, store_filesystem
-from qw.datagen.capture_format import META_FILE, PASSES, frame_path, read_frame, sha256_file
+from qw.datagen.capture_format import PASSES, checksum_problem, frame_path, read_frame
 from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
 from qw.datagen.errors import CaptureError, QwError
 from qw.datagen.manifests import DatasetManifest, find_dataset
@@ -96,11 +96,9 @@ def _decode_window(spec: TaskSpec, pass_name: str) -> np.ndarray:
             raise CaptureError(f"{path}: {bad} NaN/inf value(s) in the frame")
         # A frame edited after capture can still decode: only its checksum tells. Hashed after the decode, so
         # the file comes from the page cache (measured: ~1/5 of the frame's decode, ~2 % of a block's build CPU).
-        expected = spec.checksums.get(path.relative_to(spec.shot_dir).as_posix())
-        if expected is None:
-            raise CaptureError(f"{path}: no checksum recorded in {META_FILE}")
-        if sha256_file(path) != expected:
-            raise CaptureError(f"{path}: sha256 does not match {META_FILE} (file changed after capture)")
+        problem = checksum_problem(path, spec.checksums.get(path.relative_to(spec.shot_dir).as_posix()))
+        if problem:
+            raise CaptureError(problem)
         if frames is None:  # filled in place: np.stack of a list would hold the window twice
             frames = np.empty((spec.frames, *image.shape), image.dtype)
         frames[k] = image

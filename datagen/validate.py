@@ -67,10 +67,10 @@ from qw.datagen.capture_format import (
     META_FILE,
     PASSES,
     CaptureMeta,
+    checksum_problem,
     frame_path,
     load_meta,
     read_frame,
-    sha256_file,
     shot_folders,
 )
 from qw.datagen.errors import CaptureError, QwError
@@ -380,12 +380,10 @@ def _check_frame(shot: Path, meta: CaptureMeta, index: int, present: set[str],
         rel = path.relative_to(shot).as_posix()
         if rel not in present:
             continue  # reported by the files check
-        expected_sum = meta.checksums.get(rel)
         try:
-            if expected_sum is None:
-                result.add("checksums", f"{path}: no checksum recorded in {META_FILE}")
-            elif sha256_file(path) != expected_sum:
-                result.add("checksums", f"{path}: sha256 does not match {META_FILE} (file changed after capture)")
+            problem = checksum_problem(path, meta.checksums.get(rel))
+            if problem:
+                result.add("checksums", problem)
             image = read_frame(shot, pass_name, index)
         except OSError as exc:  # unreadable, a link loop: reported, and the other frames and shots still checked
             result.add("readable", f"{path}: cannot read ({exc.strerror or exc})")

@@ -112,6 +112,6 @@ def quantize_command(checkpoint: str, store: str, out: str, *, bits: str = "w4a4
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RECORD).write_text(json.dumps(
-            {"source_checkpoint": str(checkpoint), "source_sha256": sha256_file(checkpoint), "bits": bits, "quant": cfg.quant.model_dump(),
-             "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
+            {"source_checkpoint": str(checkpoint), "source_sha256": sha256_file(checkpoint), "bits": bits,
+             "quant": cfg.quant.model_dump(), "initial_clips": clips, "train_overrides": overrides, "set": list(settings)}, indent=1) + "\n")
     return train(qmodel, cfg, store, out_dir, resume=resume, storage_options=storage_options, progress=progress)
