@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qw.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from qw.demo import DemoPlan, demo_config, quantize_demo, train_demo  # noqa: E402
 from qw.training.config import ModelConfig  # noqa: E402
 from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
@@ -295,6 +295,21 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     return val_psnr(kept, val, plan.val_frames, cache, plan.device)
 
 
+def decaying(plan: QualityPlan) -> QualityPlan:
+    """The plan whose run decays the rate over its last `decay_steps` steps."""
+    return replace(plan, settings=(*plan.settings, f"train.decay_steps={plan.decay_steps}"))
+
+
+def check_decay(plan: QualityPlan) -> None:
+    """Refuse a decay branch that the plan's schedule cannot take (cosine, step) before anything trains."""
+    from qw.datagen.errors import QwError
+
+    try:
+        demo_config(decaying(with_option(plan, plan.recipe)), plan.train_steps + plan.decay_steps)
+    except QwError as exc:
+        raise SystemExit(f"--decay-steps {plan.decay_steps}: {exc}") from None
+
+
 def decayed_at(plan: QualityPlan, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
     """The seed's constant-rate run continued from its last selection checkpoint with the rate decaying linearly to 0
     over `plan.decay_steps` more steps (warm-up, stable, decay), in its own folder: the candidate's name
@@ -308,8 +323,7 @@ def decayed_at(plan: QualityPlan, store: str, runs: Path, val: list[Path]) -> tu
         shutil.copyfile(runs / f"fp32_step{plan.train_steps}.pt", staging / "last.pt")
         shutil.copyfile(runs / "fp32" / "metrics.jsonl", staging / "metrics.jsonl")
         staging.rename(branch)
-    decaying = replace(plan, settings=(*plan.settings, f"train.decay_steps={plan.decay_steps}"))
-    return name, fp32_at(decaying, store, branch, plan.train_steps + plan.decay_steps, runs / f"fp32_step{name}.pt",
+    return name, fp32_at(decaying(plan), store, branch, plan.train_steps + plan.decay_steps, runs / f"fp32_step{name}.pt",
                          val, runs / f"val_fp32_step{name}.json")
 
 
@@ -725,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
                        qat_steps=max(args.qat_select_steps))
     if args.decay_steps:
         plan = replace(plan, decay_steps=args.decay_steps)
+        check_decay(plan)
     if args.eval_frames:
         plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -152,3 +152,10 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
     row = {"seed": 0, "val_psnr": {"fp32": {"3": 30.0, "6": 31.0, "6+2": 31.5}}}
     assert quality.constant_rate_points(row) == {3: 30.0, 6: 31.0}
     assert quality.plot_learning_curves(tmp_path, [row], {"TAA": 31.2}).stat().st_size > 0
+
+
+def test_a_decay_branch_is_refused_before_training_where_the_schedule_is_not_constant() -> None:
+    quality.check_decay(replace(quality.PLANS["full"], decay_steps=100))
+    with pytest.raises(SystemExit, match="--decay-steps 100: .*decay_steps is a decay of the constant schedule, "
+                                         "not of 'cosine'"):
+        quality.check_decay(replace(quality.PLANS["gpu"], decay_steps=100))
