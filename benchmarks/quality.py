@@ -447,6 +447,22 @@ def constant_rate_points(row: dict) -> dict[int, float]:
     return {int(k): v for k, v in row["val_psnr"]["fp32"].items() if "+" not in str(k)}
 
 
+def plot_training_loss(ax, run: Path, color: str, style: str, label: str | None, window: int | None = None,
+                       after: int = 0) -> int:
+    """A run's logged training loss after step `after`, as a moving mean over `window` logged steps (default: a
+    sixth of them; the loss of one small batch is noisy); returns the window."""
+    events = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    train = [e for e in events if e["event"] == "train" and "loss" in e and e["step"] > after]
+    if not train:
+        return window or 1
+    steps = np.array([e["step"] for e in train])
+    loss = np.array([e["loss"] for e in train])
+    window = min(window or max(1, len(loss) // 6), len(loss))
+    ax.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, mode="valid"), color=color,
+            linestyle=style, label=label)
+    return window
+
+
 def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float],
                          curve: dict[int, float] | None = None) -> Path:
     import matplotlib
@@ -455,29 +471,32 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    shown = [*baselines.values()]  # the val PSNRs drawn, for the axis range
     for i, row in enumerate(rows):
-        events = [json.loads(line) for line in (out / f"seed{row['seed']}" / "fp32" / "metrics.jsonl").open()]
-        train = [e for e in events if e["event"] == "train" and "loss" in e]
-        steps = np.array([e["step"] for e in train])
-        loss = np.array([e["loss"] for e in train])
-        window = max(1, len(loss) // 6)  # the loss is logged every few steps of a small, noisy batch
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        loss_ax.plot(steps[window - 1:], smooth, color=f"C{i}", label=f"seed {row['seed']}")
+        runs = out / f"seed{row['seed']}"
+        window = plot_training_loss(loss_ax, runs / "fp32", f"C{i}", "-", f"seed {row['seed']}")
         fp = constant_rate_points(row)
         val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", color=f"C{i}",
                     label=f"FP32 seed {row['seed']}")
+        shown += fp.values()
         for name, psnr in row["val_psnr"]["fp32"].items():
             if "+" in str(name):  # a decay branch: from its constant-rate checkpoint to its last step
                 start, decay = map(int, name.split("+"))
                 val_ax.plot([start, start + decay], [fp[start], psnr], marker="*", markersize=10, linestyle=":",
                             color=f"C{i}", label=f"FP32 seed {row['seed']}, rate decayed")
+                plot_training_loss(loss_ax, runs / f"fp32_{name}", f"C{i}", ":", None, window, after=start)
+                shown.append(psnr)
     if curve:
         first = constant_rate_points(rows[0])
         last = max(first)
         val_ax.plot([last, *curve], [first[last], *curve.values()], marker="s", linestyle="--", color="C0",
                     label=f"FP32 seed {rows[0]['seed']}, continued")
+        shown += curve.values()
     for (name, psnr), style in zip(baselines.items(), (":", "--")):
-        val_ax.axhline(psnr, color="gray", linestyle=style, label=name)
+        val_ax.axhline(psnr, color="gray", linestyle=style, label=f"{name} {psnr:.2f} dB")
+    # the aliased input lies far below: the range of the networks and TAA, so that their differences show
+    top = max(shown)
+    val_ax.set_ylim(min(v for v in shown if v > top - 3) - 0.2, top + 0.2)
     loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title="QW-Net FP32 training")
     val_ax.set(xlabel="FP32 step", ylabel="val PSNR dB", title="val instances (model selection)")
     for ax in (loss_ax, val_ax):

@@ -134,7 +134,8 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
     runs = tmp_path / "seed0"
     (runs / "fp32").mkdir(parents=True)
     (runs / "fp32" / "last.pt").write_bytes(b"continued past the selection steps")
-    (runs / "fp32" / "metrics.jsonl").write_text('{"event": "train", "step": 6, "loss": 0.5}\n')
+    (runs / "fp32" / "metrics.jsonl").write_text("".join(f'{{"event": "train", "step": {k}, "loss": 0.5}}\n'
+                                                         for k in range(1, 7)))
     (runs / "fp32_step6.pt").write_bytes(b"the run at step 6")
     trained = []
 
@@ -151,6 +152,8 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
 
     row = {"seed": 0, "val_psnr": {"fp32": {"3": 30.0, "6": 31.0, "6+2": 31.5}}}
     assert quality.constant_rate_points(row) == {3: 30.0, 6: 31.0}
+    with (runs / "fp32_6+2" / "metrics.jsonl").open("a") as log:  # the branch's own steps
+        log.writelines(f'{{"event": "train", "step": {k}, "loss": 0.4}}\n' for k in (7, 8))
     assert quality.plot_learning_curves(tmp_path, [row], {"TAA": 31.2}).stat().st_size > 0
 
 
