@@ -63,8 +63,9 @@ class QualityPlan(DemoPlan):
     select_steps: tuple[int, ...] = (300, 600)
     qat_select_steps: tuple[int, ...] = (100, 200)
     qat_steps: int = 200
-    decay_steps: int = 0                         # > 0: also select the last FP32 checkpoint continued with a
-                                                 # linear decay of the rate to 0 over this many more steps
+    decay_steps: tuple[int, ...] = ()            # also select the last FP32 checkpoint continued with a
+                                                 # linear decay of the rate to 0 over each of these many more
+                                                 # steps
     seeds: tuple[int, ...] = (0, 1, 2)
     dataset: str = DATASET                       # the training store's dataset manifest
     kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
@@ -295,26 +296,27 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     return val_psnr(kept, val, plan.val_frames, cache, plan.device)
 
 
-def decaying(plan: QualityPlan) -> QualityPlan:
-    """The plan whose run decays the rate over its last `decay_steps` steps."""
-    return replace(plan, settings=(*plan.settings, f"train.decay_steps={plan.decay_steps}"))
+def decaying(plan: QualityPlan, decay: int) -> QualityPlan:
+    """The plan whose run decays the rate over its last `decay` steps."""
+    return replace(plan, settings=(*plan.settings, f"train.decay_steps={decay}"))
 
 
 def check_decay(plan: QualityPlan) -> None:
     """Refuse a decay branch that the plan's schedule cannot take (cosine, step) before anything trains."""
     from qw.datagen.errors import QwError
 
-    try:
-        demo_config(decaying(with_option(plan, plan.recipe)), plan.train_steps + plan.decay_steps)
-    except QwError as exc:
-        raise SystemExit(f"--decay-steps {plan.decay_steps}: {exc}") from None
+    for decay in plan.decay_steps:
+        try:
+            demo_config(decaying(with_option(plan, plan.recipe), decay), plan.train_steps + decay)
+        except QwError as exc:
+            raise SystemExit(f"--decay-steps {decay}: {exc}") from None
 
 
-def decayed_at(plan: QualityPlan, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
+def decayed_at(plan: QualityPlan, decay: int, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
     """The seed's constant-rate run continued from its last selection checkpoint with the rate decaying linearly to 0
-    over `plan.decay_steps` more steps (warm-up, stable, decay), in its own folder: the candidate's name
-    ('4000+1000': constant steps + decay steps) and its val PSNR."""
-    name = f"{plan.train_steps}+{plan.decay_steps}"
+    over `decay` more steps (warm-up, stable, decay), in its own folder: the candidate's name ('4000+1000':
+    constant steps + decay steps) and its val PSNR."""
+    name = f"{plan.train_steps}+{decay}"
     branch = runs / f"fp32_{name}"
     if not branch.is_dir():  # resumes the kept checkpoint; the metrics log up to it comes along for the curves
         staging = branch.with_name(branch.name + ".tmp")
@@ -323,7 +325,7 @@ def decayed_at(plan: QualityPlan, store: str, runs: Path, val: list[Path]) -> tu
         shutil.copyfile(runs / f"fp32_step{plan.train_steps}.pt", staging / "last.pt")
         shutil.copyfile(runs / "fp32" / "metrics.jsonl", staging / "metrics.jsonl")
         staging.rename(branch)
-    return name, fp32_at(decaying(plan), store, branch, plan.train_steps + plan.decay_steps, runs / f"fp32_step{name}.pt",
+    return name, fp32_at(decaying(plan, decay), store, branch, plan.train_steps + decay, runs / f"fp32_step{name}.pt",
                          val, runs / f"val_fp32_step{name}.json")
 
 
@@ -337,8 +339,8 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     for steps in plan.select_steps:
         selection["fp32"][steps] = fp32_at(plan, store, runs / "fp32", steps, runs / f"fp32_step{steps}.pt", val,
                                            runs / f"val_fp32_step{steps}.json")
-    if plan.decay_steps:
-        name, selection["fp32"][name] = decayed_at(plan, store, runs, val)
+    for decay in plan.decay_steps:
+        name, selection["fp32"][name] = decayed_at(plan, decay, store, runs, val)
     best_steps = max(selection["fp32"], key=selection["fp32"].get)
     best_fp = runs / f"fp32_step{best_steps}.pt"
     for qat in plan.qat_select_steps:
@@ -737,9 +739,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--select-steps", type=int, nargs="+",
                         help="override the plan's FP32 checkpoints kept for selection (the run trains to the last)")
     parser.add_argument("--qat-select-steps", type=int, nargs="+", help="override the plan's QAT lengths")
-    parser.add_argument("--decay-steps", type=int, default=0,
+    parser.add_argument("--decay-steps", type=int, nargs="+",
                         help="also select, per seed, the last FP32 checkpoint continued with the rate decaying "
-                             "linearly to 0 over this many more steps (needs a constant-rate plan)")
+                             "linearly to 0 over each of these many more steps (needs a constant-rate plan)")
     parser.add_argument("--part", default="all", choices=("all", "seeds", "baselines"),
                         help="seeds: only train/select/quantize/test the --seeds; baselines: only score the input "
                              "and the TAAs; all: both, then the summary (parts run in parallel processes resume "
@@ -757,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = replace(plan, qat_select_steps=tuple(sorted(args.qat_select_steps)),
                        qat_steps=max(args.qat_select_steps))
     if args.decay_steps:
-        plan = replace(plan, decay_steps=args.decay_steps)
+        plan = replace(plan, decay_steps=tuple(sorted(args.decay_steps)))
         check_decay(plan)
     if args.eval_frames:
         plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)

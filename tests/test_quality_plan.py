@@ -130,7 +130,7 @@ def test_test_scores_are_reused_only_for_the_same_checkpoints_and_frames(tmp_pat
 
 def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_constant_rate(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = replace(quality.PLANS["small"], train_steps=6, select_steps=(3, 6), decay_steps=2)
+    plan = replace(quality.PLANS["small"], train_steps=6, select_steps=(3, 6))
     runs = tmp_path / "seed0"
     (runs / "fp32").mkdir(parents=True)
     (runs / "fp32" / "last.pt").write_bytes(b"continued past the selection steps")
@@ -144,7 +144,7 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
         return 31.5
 
     monkeypatch.setattr(quality, "fp32_at", fake_fp32_at)
-    assert quality.decayed_at(plan, "store", runs, []) == ("6+2", 31.5)
+    assert quality.decayed_at(plan, 2, "store", runs, []) == ("6+2", 31.5)
     (train, branch, kept), = trained
     assert (train.steps, train.decay_steps, train.schedule) == (8, 2, "constant")
     assert (branch / "last.pt").read_bytes() == b"the run at step 6" and kept == runs / "fp32_step6+2.pt"
@@ -158,7 +158,7 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
 
 
 def test_a_decay_branch_is_refused_before_training_where_the_schedule_is_not_constant() -> None:
-    quality.check_decay(replace(quality.PLANS["full"], decay_steps=100))
+    quality.check_decay(replace(quality.PLANS["full"], decay_steps=(100, 200)))
     with pytest.raises(SystemExit, match="--decay-steps 100: .*decay_steps is a decay of the constant schedule, "
                                          "not of 'cosine'"):
-        quality.check_decay(replace(quality.PLANS["gpu"], decay_steps=100))
+        quality.check_decay(replace(quality.PLANS["gpu"], decay_steps=(100,)))
