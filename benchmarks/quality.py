@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qw.demo import DemoPlan, quantize_demo, train_demo  # noqa: E402
+from qw.demo import DemoPlan, demo_config, quantize_demo, train_demo  # noqa: E402
 from qw.training.config import ModelConfig  # noqa: E402
 from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
@@ -63,6 +63,9 @@ class QualityPlan(DemoPlan):
     select_steps: tuple[int, ...] = (300, 600)
     qat_select_steps: tuple[int, ...] = (100, 200)
     qat_steps: int = 200
+    decay_steps: tuple[int, ...] = ()            # also select the last FP32 checkpoint continued with a
+                                                 # linear decay of the rate to 0 over each of these many more
+                                                 # steps
     seeds: tuple[int, ...] = (0, 1, 2)
     dataset: str = DATASET                       # the training store's dataset manifest
     kinds: tuple[str, ...] = KINDS               # generators whose builtin_<kind>_val/_test instances are held out
@@ -293,6 +296,39 @@ def fp32_at(plan: QualityPlan, store: str, run: Path, steps: int, kept: Path, va
     return val_psnr(kept, val, plan.val_frames, cache, plan.device)
 
 
+def decaying(plan: QualityPlan, decay: int) -> QualityPlan:
+    """The plan whose run decays the rate over its last `decay` steps."""
+    return replace(plan, settings=(*plan.settings, f"train.decay_steps={decay}"))
+
+
+def check_decay(plan: QualityPlan) -> None:
+    """Refuse a decay branch that the plan's schedule cannot take (cosine, step) before anything trains."""
+    from qw.datagen.errors import QwError
+
+    for decay in plan.decay_steps:
+        try:
+            demo_config(decaying(with_option(plan, plan.recipe), decay), plan.train_steps + decay)
+        except QwError as exc:
+            raise SystemExit(f"--decay-steps {decay}: {exc}") from None
+
+
+def decayed_at(plan: QualityPlan, decay: int, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
+    """The seed's constant-rate run continued from its last selection checkpoint with the rate decaying linearly to 0
+    over `decay` more steps (warm-up, stable, decay), in its own folder: the candidate's name ('4000+1000':
+    constant steps + decay steps) and its val PSNR."""
+    name = f"{plan.train_steps}+{decay}"
+    branch = runs / f"fp32_{name}"
+    if not branch.is_dir():  # resumes the kept checkpoint; the metrics log up to it comes along for the curves
+        staging = branch.with_name(branch.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        shutil.copyfile(runs / f"fp32_step{plan.train_steps}.pt", staging / "last.pt")
+        shutil.copyfile(runs / "fp32" / "metrics.jsonl", staging / "metrics.jsonl")
+        staging.rename(branch)
+    return name, fp32_at(decaying(plan, decay), store, branch, plan.train_steps + decay, runs / f"fp32_step{name}.pt",
+                         val, runs / f"val_fp32_step{name}.json")
+
+
 def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: list[Path], out: Path) -> dict:
     """Train, select on val, quantize, select on val, score on test: one seed's QW-Net rows of the table."""
     from qw.training.evaluation.evaluate import INPUT_LABEL
@@ -303,6 +339,8 @@ def run_seed(plan: QualityPlan, seed: int, store: str, val: list[Path], test: li
     for steps in plan.select_steps:
         selection["fp32"][steps] = fp32_at(plan, store, runs / "fp32", steps, runs / f"fp32_step{steps}.pt", val,
                                            runs / f"val_fp32_step{steps}.json")
+    for decay in plan.decay_steps:
+        name, selection["fp32"][name] = decayed_at(plan, decay, store, runs, val)
     best_steps = max(selection["fp32"], key=selection["fp32"].get)
     best_fp = runs / f"fp32_step{best_steps}.pt"
     for qat in plan.qat_select_steps:
@@ -406,6 +444,27 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def constant_rate_points(row: dict) -> dict[int, float]:
+    """A seed's val PSNR per FP32 selection step, without the decay branch ('4000+1000')."""
+    return {int(k): v for k, v in row["val_psnr"]["fp32"].items() if "+" not in str(k)}
+
+
+def plot_training_loss(ax, run: Path, color: str, style: str, label: str | None, window: int | None = None,
+                       after: int = 0) -> int:
+    """A run's logged training loss after step `after`, as a moving mean over `window` logged steps (default: a
+    sixth of them; the loss of one small batch is noisy); returns the window."""
+    events = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    train = [e for e in events if e["event"] == "train" and "loss" in e and e["step"] > after]
+    if not train:
+        return window or 1
+    steps = np.array([e["step"] for e in train])
+    loss = np.array([e["loss"] for e in train])
+    window = min(window or max(1, len(loss) // 6), len(loss))
+    ax.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, mode="valid"), color=color,
+            linestyle=style, label=label)
+    return window
+
+
 def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float],
                          curve: dict[int, float] | None = None) -> Path:
     import matplotlib
@@ -414,23 +473,32 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in rows:
-        events = [json.loads(line) for line in (out / f"seed{row['seed']}" / "fp32" / "metrics.jsonl").open()]
-        train = [e for e in events if e["event"] == "train" and "loss" in e]
-        steps = np.array([e["step"] for e in train])
-        loss = np.array([e["loss"] for e in train])
-        window = max(1, len(loss) // 6)  # the loss is logged every few steps of a small, noisy batch
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        loss_ax.plot(steps[window - 1:], smooth, label=f"seed {row['seed']}")
-        fp = {int(k): v for k, v in row["val_psnr"]["fp32"].items()}
-        val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", label=f"FP32 seed {row['seed']}")
+    shown = [*baselines.values()]  # the val PSNRs drawn, for the axis range
+    for i, row in enumerate(rows):
+        runs = out / f"seed{row['seed']}"
+        window = plot_training_loss(loss_ax, runs / "fp32", f"C{i}", "-", f"seed {row['seed']}")
+        fp = constant_rate_points(row)
+        val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", color=f"C{i}",
+                    label=f"FP32 seed {row['seed']}")
+        shown += fp.values()
+        for name, psnr in row["val_psnr"]["fp32"].items():
+            if "+" in str(name):  # a decay branch: from its constant-rate checkpoint to its last step
+                start, decay = map(int, name.split("+"))
+                val_ax.plot([start, start + decay], [fp[start], psnr], marker="*", markersize=10, linestyle=":",
+                            color=f"C{i}", label=f"FP32 seed {row['seed']}, rate decayed")
+                plot_training_loss(loss_ax, runs / f"fp32_{name}", f"C{i}", ":", None, window, after=start)
+                shown.append(psnr)
     if curve:
-        first = {int(k): v for k, v in rows[0]["val_psnr"]["fp32"].items()}
+        first = constant_rate_points(rows[0])
         last = max(first)
         val_ax.plot([last, *curve], [first[last], *curve.values()], marker="s", linestyle="--", color="C0",
                     label=f"FP32 seed {rows[0]['seed']}, continued")
+        shown += curve.values()
     for (name, psnr), style in zip(baselines.items(), (":", "--")):
-        val_ax.axhline(psnr, color="gray", linestyle=style, label=name)
+        val_ax.axhline(psnr, color="gray", linestyle=style, label=f"{name} {psnr:.2f} dB")
+    # the aliased input lies far below: the range of the networks and TAA, so that their differences show
+    top = max(shown)
+    val_ax.set_ylim(min(v for v in shown if v > top - 3) - 0.2, top + 0.2)
     loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title="QW-Net FP32 training")
     val_ax.set(xlabel="FP32 step", ylabel="val PSNR dB", title="val instances (model selection)")
     for ax in (loss_ax, val_ax):
@@ -671,6 +739,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--select-steps", type=int, nargs="+",
                         help="override the plan's FP32 checkpoints kept for selection (the run trains to the last)")
     parser.add_argument("--qat-select-steps", type=int, nargs="+", help="override the plan's QAT lengths")
+    parser.add_argument("--decay-steps", type=int, nargs="+",
+                        help="also select, per seed, the last FP32 checkpoint continued with the rate decaying "
+                             "linearly to 0 over each of these many more steps (needs a constant-rate plan)")
     parser.add_argument("--part", default="all", choices=("all", "seeds", "baselines"),
                         help="seeds: only train/select/quantize/test the --seeds; baselines: only score the input "
                              "and the TAAs; all: both, then the summary (parts run in parallel processes resume "
@@ -687,6 +758,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.qat_select_steps:
         plan = replace(plan, qat_select_steps=tuple(sorted(args.qat_select_steps)),
                        qat_steps=max(args.qat_select_steps))
+    if args.decay_steps:
+        plan = replace(plan, decay_steps=tuple(sorted(args.decay_steps)))
+        check_decay(plan)
     if args.eval_frames:
         plan = replace(plan, val_frames=args.eval_frames, test_frames=args.eval_frames)
     args.out.mkdir(parents=True, exist_ok=True)

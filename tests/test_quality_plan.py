@@ -126,3 +126,39 @@ def test_test_scores_are_reused_only_for_the_same_checkpoints_and_frames(tmp_pat
     assert quality.evaluate_once(out, repicked, shots, 64, flip_every=16)["methods"]["QW-Net 0"] == str(repicked[0])
     quality.evaluate_once(out, repicked, shots, 32, flip_every=16)
     assert calls[1:] == [([str(c) for c in repicked], 64), ([str(c) for c in repicked], 32)]
+
+
+def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_constant_rate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = replace(quality.PLANS["small"], train_steps=6, select_steps=(3, 6))
+    runs = tmp_path / "seed0"
+    (runs / "fp32").mkdir(parents=True)
+    (runs / "fp32" / "last.pt").write_bytes(b"continued past the selection steps")
+    (runs / "fp32" / "metrics.jsonl").write_text("".join(f'{{"event": "train", "step": {k}, "loss": 0.5}}\n'
+                                                         for k in range(1, 7)))
+    (runs / "fp32_step6.pt").write_bytes(b"the run at step 6")
+    trained = []
+
+    def fake_fp32_at(plan, store, run, steps, kept, val, cache) -> float:
+        trained.append((demo_config(plan, steps).train, run, kept))
+        return 31.5
+
+    monkeypatch.setattr(quality, "fp32_at", fake_fp32_at)
+    assert quality.decayed_at(plan, 2, "store", runs, []) == ("6+2", 31.5)
+    (train, branch, kept), = trained
+    assert (train.steps, train.decay_steps, train.schedule) == (8, 2, "constant")
+    assert (branch / "last.pt").read_bytes() == b"the run at step 6" and kept == runs / "fp32_step6+2.pt"
+    assert (branch / "metrics.jsonl").is_file() and not branch.with_name(branch.name + ".tmp").exists()
+
+    row = {"seed": 0, "val_psnr": {"fp32": {"3": 30.0, "6": 31.0, "6+2": 31.5}}}
+    assert quality.constant_rate_points(row) == {3: 30.0, 6: 31.0}
+    with (runs / "fp32_6+2" / "metrics.jsonl").open("a") as log:  # the branch's own steps
+        log.writelines(f'{{"event": "train", "step": {k}, "loss": 0.4}}\n' for k in (7, 8))
+    assert quality.plot_learning_curves(tmp_path, [row], {"TAA": 31.2}).stat().st_size > 0
+
+
+def test_a_decay_branch_is_refused_before_training_where_the_schedule_is_not_constant() -> None:
+    quality.check_decay(replace(quality.PLANS["full"], decay_steps=(100, 200)))
+    with pytest.raises(SystemExit, match="--decay-steps 100: .*decay_steps is a decay of the constant schedule, "
+                                         "not of 'cosine'"):
+        quality.check_decay(replace(quality.PLANS["gpu"], decay_steps=(100,)))

@@ -18,11 +18,13 @@ from test_train import read_log, write_config
 from train_helpers import make_store
 
 from qw.training.config import load_config
+from qw.datagen.errors import QwError
 from qw.training.data import BlockDataset, open_training_store
 from qw.datagen.tonemap import tonemap
 from qw.training.train.checkpoints import BEST, LAST, load_checkpoint, model_from_checkpoint
 from qw.training.train.ddp import Process
-from qw.training.train.loop import _validation_loader, make_scheduler, train_command, validate
+from qw.training.train.loop import _validation_loader, train_command, validate
+from qw.training.train.schedule import make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,40 @@ def test_warm_up_then_cosine_ends_at_the_final_ratio() -> None:
 def test_warm_up_then_step_decay_after_each_milestone() -> None:
     assert lrs(8, warmup_steps=2, schedule="step", milestones=[4, 6], gamma=0.5) == pytest.approx(
         [0.5, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])  # "after step 4": step 5 uses lr·gamma
+
+
+def test_constant_then_linear_decay_over_the_last_decay_steps() -> None:
+    assert lrs(8, warmup_steps=2, decay_steps=4, final_lr_ratio=0.2) == pytest.approx(
+        [0.5, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2])
+    assert lrs(3, decay_steps=3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+
+
+@pytest.mark.parametrize("train, problem", [
+    ({"schedule": "cosine", "decay_steps": 2}, "decay_steps is a decay of the constant schedule, not of 'cosine'"),
+    ({"warmup_steps": 3, "decay_steps": 2}, r"warmup_steps \+ decay_steps \(3 \+ 2\) exceed steps \(4\)")])
+def test_decay_steps_is_refused_where_it_has_no_meaning(train: dict, problem: str) -> None:
+    with pytest.raises(QwError, match=problem):
+        load_config("intel-sample", {"train": {"steps": 4, **train}})
+
+
+def test_a_constant_run_resumed_with_a_decay_is_the_run_trained_with_it(store: str, tmp_path: Path) -> None:
+    """Warm-up, stable, decay: a constant-rate run continued from its checkpoint with a decay over new steps gives the
+    bytes of a run trained with that decay from the start; a decay that would change a step already taken is
+    refused in one line."""
+    common = {"lr": 0.02, "val_images": 0, "ckpt_every": 2}
+    straight = tmp_path / "straight"
+    train_command(store, str(straight), str(write_config(tmp_path / "a.yaml", {"train": {
+        "steps": 4, "decay_steps": 2, "final_lr_ratio": 0.25, **common}})))
+    branched = tmp_path / "branched"
+    train_command(store, str(branched), str(write_config(tmp_path / "b.yaml", {"train": {"steps": 2, **common}})))
+    with pytest.raises(QwError, match="train.decay_steps 0 vs 3, train.steps 2 vs 4: changes the learning rate of "
+                                      "step 2, already taken"):
+        train_command(store, str(branched), resume=True, overrides=["train.steps=4", "train.decay_steps=3"])
+    train_command(store, str(branched), resume=True,
+                  overrides=["train.steps=4", "train.decay_steps=2", "train.final_lr_ratio=0.25"])
+    assert [e["lr"] for e in read_log(branched) if e["event"] == "train"] == pytest.approx([0.02, 0.02, 0.0125, 0.005])
+    assert all(torch.equal(a, b) for a, b in zip(load_checkpoint(branched / LAST)["model"].values(),
+                                                 load_checkpoint(straight / LAST)["model"].values()))
 
 
 def test_logged_lr_is_the_one_each_step_used(store: str, tmp_path: Path) -> None:

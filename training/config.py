@@ -99,9 +99,13 @@ class TrainConfig(_Strict):
         "constant", description="after warm-up: constant, cosine decay to final_lr_ratio·lr at `steps`, or ×gamma at "
                                 "each of `milestones`")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up: optimizer step k <= warmup_steps uses lr·k/warmup_steps")
-    final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last step's lr as a fraction of lr")
+    final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine and decay_steps: the last step's lr as a "
+                                                               "fraction of lr")
     milestones: list[int] = Field(default_factory=list, description="step: optimizer steps after which lr ×= gamma")
     gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor per milestone")
+    decay_steps: int = Field(0, ge=0, description="constant: the last decay_steps steps decay lr linearly to "
+                                                  "final_lr_ratio·lr (warm-up, stable, decay); a constant-rate run "
+                                                  "resumed with more steps and a decay anneals from its checkpoint")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient L2 norm to this (None: off)")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an EMA of the weights (e.g. 0.999); when set "
                                                                   "validation, best.pt and every checkpoint's model use it")
@@ -150,6 +154,11 @@ class TrainConfig(_Strict):
             raise ValueError(f"milestones must increase and lie after warmup_steps, got {self.milestones}")
         if self.schedule == "step" and not self.milestones:
             raise ValueError("schedule 'step' needs milestones")
+        if self.decay_steps and self.schedule != "constant":
+            raise ValueError(f"decay_steps is a decay of the constant schedule, not of {self.schedule!r}")
+        if self.warmup_steps + self.decay_steps > self.steps:
+            raise ValueError(f"warmup_steps + decay_steps ({self.warmup_steps} + {self.decay_steps}) exceed steps "
+                             f"({self.steps})")
         if self.global_batch is not None:
             accum, rest = divmod(self.global_batch, self.batch_size)
             if rest:

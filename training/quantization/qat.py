@@ -21,10 +21,11 @@ from qw.training.quantization.fake_quant import (QUANT_PRESETS, calibrate_clips,
                            quantize_model)
 from qw.training.train.checkpoints import LAST, load_checkpoint
 from qw.training.train.loop import train
+from qw.training.train.schedule import SCHEDULE_KEYS
 
 QAT_DEFAULT_STEPS = 2000
 QAT_DEFAULT_LR = 1e-4
-QAT_RESET = ("schedule", "warmup_steps", "final_lr_ratio", "milestones", "gamma", "ema_decay")  # to their defaults
+QAT_RESET = (*sorted(SCHEDULE_KEYS - {"steps"}), "ema_decay")  # to their defaults
 
 
 def model_from_any_checkpoint(path: str | Path) -> tuple[nn.Module, Config, bool]:

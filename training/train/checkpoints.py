@@ -18,16 +18,17 @@ from qw.datagen.errors import QwError
 from qw.training.config import Config, TrainConfig, validated_config
 from qw.training.export.qwq import is_qwq_file
 from qw.training.model.qwnet import QWNet
+from qw.training.train.schedule import SCHEDULE_KEYS, changed_rate
 
 CHECKPOINT_FORMAT = "qw-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
 STEP_PREFIX = "step-"
 ZIP_MAGIC = b"PK\x03\x04"
-# Train settings that may change on --resume: they do not alter the weights' trajectory (steps only for
-# schedules that do not depend on it).
-RESUME_ADJUSTABLE = {"steps", "log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last",
-                     "num_workers", "augment_on", "compile", "channels_last", "ddp_timeout_s"}
+# Train settings that may change on --resume: they do not alter the weights' trajectory. The schedule's settings
+# may change too, as long as the rates of the steps already taken stay the same.
+RESUME_ADJUSTABLE = {"log_every", "val_every", "val_blocks", "val_images", "ckpt_every", "keep_last", "num_workers",
+                     "augment_on", "compile", "channels_last", "ddp_timeout_s"} | SCHEDULE_KEYS
 
 
 def data_provenance(store: BlockStore, train_blocks: int, val_blocks: int) -> dict[str, Any]:
@@ -156,10 +157,15 @@ def check_resumable(ckpt: dict[str, Any], path: Path, cfg: Config, provenance: d
                 if ckpt["data"].get(key) != provenance.get(key)]
     if ckpt["world_size"] != world_size:
         problems.append(f"world size {ckpt['world_size']} vs {world_size} (each rank's data and micro-batches change)")
-    have = TrainConfig.model_validate(ckpt["config"]["train"]).model_dump(mode="json")
-    adjustable = RESUME_ADJUSTABLE - ({"steps"} if cfg.train.schedule == "cosine" else set())
-    problems += [f"train.{key} {have[key]!r} vs {value!r}" for key, value in cfg.train.model_dump(mode="json").items()
-                 if key not in adjustable and have[key] != value]
+    have = TrainConfig.model_validate(ckpt["config"]["train"])
+    recorded = have.model_dump(mode="json")
+    problems += [f"train.{key} {recorded[key]!r} vs {value!r}" for key, value in cfg.train.model_dump(mode="json").items()
+                 if key not in RESUME_ADJUSTABLE and recorded[key] != value]
+    changed = changed_rate(have, cfg.train, int(ckpt["step"]))
+    if changed is not None:
+        differ = ", ".join(f"train.{key} {getattr(have, key)!r} vs {getattr(cfg.train, key)!r}"
+                           for key in sorted(SCHEDULE_KEYS) if getattr(have, key) != getattr(cfg.train, key))
+        problems.append(f"{differ}: changes the learning rate of step {changed}, already taken")
     if problems:
         raise QwError(f"{path}: cannot continue this run exactly ({'; '.join(problems)}); resume with the run's "
                       f"store and settings, or start a new --out")

@@ -30,7 +30,7 @@ import torch.nn as nn
 import yaml
 from pytorch_optimizer import Ranger
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import lr_scheduler
+from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
@@ -48,6 +48,7 @@ from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_P
 from qw.training.train.ddp import (Process, gather_from_ranks, mean_over_ranks, peer_failures, replica_difference,
                                    setup_process, sync_batch_norm)
 from qw.training.train.run_log import RunLog, truncate_log
+from qw.training.train.schedule import make_scheduler
 
 log = logging.getLogger("qw.train")
 
@@ -106,23 +107,6 @@ def validate(model: nn.Module, loader: DataLoader, cfg: Config, proc: Process,
     return {k: v / blocks for k, v in totals.items()}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> lr_scheduler.LRScheduler:
-    """The learning rate per optimizer step: linear warm-up (step k <= W uses lr·k/W), then constant, cosine decay
-    to final_lr_ratio·lr at the last step, or ×gamma after each milestone. Stepped once per optimizer step."""
-    warmup = train.warmup_steps if train.warmup_steps > 1 else 0  # a 1-step warm-up is lr·1/1: none
-    if train.schedule == "cosine":
-        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(train.steps - warmup - 1, 1), eta_min=train.lr * train.final_lr_ratio)
-    elif train.schedule == "step":
-        main = lr_scheduler.MultiStepLR(optimizer, [m - warmup for m in train.milestones], gamma=train.gamma)
-    else:
-        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if not warmup:
-        return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
-    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
 @dataclass
 class Run:
     """What one training process holds: the model (DDP-wrapped or compiled for the step), its plain module, and the
@@ -133,7 +117,7 @@ class Run:
     raw_model: nn.Module
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: lr_scheduler.LRScheduler
+    scheduler: LambdaLR
     scaler: torch.amp.GradScaler
     ema: AveragedModel | None
     amp: torch.dtype | None
@@ -148,7 +132,7 @@ class Run:
     def checkpoint_state(self, step: int, provenance: dict[str, Any]) -> dict[str, Any]:
         state = {"format": CHECKPOINT_FORMAT, "model": self.eval_model.state_dict(),
                  "config": self.cfg.model_dump(mode="json"), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                 "scaler": self.scaler.state_dict(), "rng": rng_state(),
                  "step": step, "best": self.best, "hdr": hdr.describe(self.cfg.model.hdr), "data": provenance,
                  "world_size": self.proc.world_size, "qw_version": __version__}
         if self.ema is not None:  # `model` holds the EMA (what eval, infer and quantize load); resume needs both
@@ -248,7 +232,8 @@ def _validation_loader(url: str, val_idx: np.ndarray, cfg: Config, proc: Process
 
 
 def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
-    """Load the weights, optimizer, schedule, scaler and RNG state of a resumable checkpoint; returns its step."""
+    """Load the weights, optimizer, scaler and RNG state of a resumable checkpoint and set the learning rate for its
+    next step; returns its step."""
     ckpt = load_checkpoint(path, expected=run.cfg)
     check_resumable(ckpt, path, run.cfg, provenance, run.proc.world_size)
     # Both kinds of run share the config and the loop; only the weights tell a QAT run from a float one.
@@ -262,7 +247,7 @@ def _restore(path: Path, run: Run, provenance: dict[str, Any]) -> int:
         run.ema.module.load_state_dict(ckpt["model"])
         run.ema.n_averaged.fill_(ckpt["ema_updates"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scheduler = make_scheduler(run.optimizer, run.cfg.train, done=int(ckpt["step"]))
     run.scaler.load_state_dict(ckpt["scaler"])
     restore_rng_state(ckpt["rng"])
     # best.pt may be newer than last.pt (a validation after the last checkpoint): compare against what it holds,
