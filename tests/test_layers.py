@@ -24,7 +24,7 @@ LIBRARIES = {"qw.training.config", "qw.training.model.hdr", "qw.training.model.w
              "qw.training.export.integer_ref", "qw.training.export.onnx_graph", "qw.training.model.fast",
              "qw.training.model.stats", "qw.training.data", "qw.training.sequences", "qw.training.evaluation.metrics",
              "qw.training.evaluation.taa", "qw.training.train.ddp", "qw.training.train.checkpoints",
-             "qw.training.train.run_log"}
+             "qw.training.train.run_log", "qw.training.train.schedule"}
 # layer -> the layers it may import (itself included)
 MAY_IMPORT = {"qw.datagen": {"qw.datagen"},
               "qw.ue_capture": {"qw.datagen", "qw.ue_capture"},
