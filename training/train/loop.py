@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from qw.datagen import __version__
 from qw.datagen.errors import QwError
 from qw.training.model import fast, hdr
-from qw.training.config import Config, TrainConfig, apply_overrides, load_config, parse_overrides
+from qw.training.config import Config, apply_overrides, load_config, parse_overrides
 from qw.training.data import (BlockDataset, BlockSampler, augment_batch, check_batch_fits, check_crop_fits,
                                open_training_store)
 from qw.training.model.qwnet import QWNet, sequence_inputs
