@@ -11,9 +11,10 @@ Protocol (every stage resumes: rerun the same command after an interruption and 
    instances (other seeds of the same generators);
 2. build the plan's block store (training instances only);
 3. score the aliased input and both TAAs on test, once (they do not depend on the seed);
-4. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps`; pick the
-   one with the best PSNR on the *val* instances; fine-tune it W4A4, keeping a copy at every length of
-   `qat_select_steps`, and pick again on val; then score the two picks on the *test* instances, once;
+4. per training seed: train FP32, keeping a copy of the checkpoint at every step count of `select_steps` (and, with
+   `--decay-steps`, the last one continued with the rate decaying to 0); pick the one with the best PSNR on the *val*
+   instances; fine-tune it W4A4, keeping a copy at every length of `qat_select_steps`, and pick again on val; then
+   score the two picks on the *test* instances, once;
 5. `summary.md` / `summary.json`: every method over all frames and over the steady state (each shot's frames from
    `qw.training.evaluation.metrics.STEADY_STATE_FROM` on), QW-Net as mean ± sample std (and min..max) over the seeds; the paired
    per-shot differences QW-Net − TAA with percentile-bootstrap 95 % intervals over the shots; the val choices; and
