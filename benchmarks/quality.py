@@ -313,11 +313,16 @@ def check_decay(plan: QualityPlan) -> None:
             raise SystemExit(f"--decay-steps {decay}: {exc}") from None
 
 
+def decay_name(start: int, decay: int) -> str:
+    """A decay branch's name: its constant-rate steps + its decay steps ('4000+1000')."""
+    return f"{start}+{decay}"
+
+
 def decayed_at(plan: QualityPlan, decay: int, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
     """The seed's constant-rate run continued from its last selection checkpoint with the rate decaying linearly to 0
     over `decay` more steps (warm-up, stable, decay), in its own folder: the candidate's name ('4000+1000':
     constant steps + decay steps) and its val PSNR."""
-    name = f"{plan.train_steps}+{decay}"
+    name = decay_name(plan.train_steps, decay)
     branch = runs / f"fp32_{name}"
     if not branch.is_dir():  # resumes the kept checkpoint; the metrics log up to it comes along for the curves
         staging = branch.with_name(branch.name + ".tmp")
@@ -445,9 +450,17 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def constant_rate_points(row: dict) -> dict[int, float]:
-    """A seed's val PSNR per FP32 selection step, without the decay branch ('4000+1000')."""
-    return {int(k): v for k, v in row["val_psnr"]["fp32"].items() if "+" not in str(k)}
+def fp32_candidates(row: dict) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+    """A seed's val PSNR per FP32 candidate: the constant-rate checkpoints by step, and the decay branches (named by
+    `decay_name`) by (constant steps, decay steps)."""
+    constant, decayed = {}, {}
+    for name, psnr in row["val_psnr"]["fp32"].items():
+        start, _, decay = str(name).partition("+")
+        if decay:
+            decayed[int(start), int(decay)] = psnr
+        else:
+            constant[int(start)] = psnr
+    return constant, decayed
 
 
 def plot_training_loss(ax, run: Path, color: str, style: str, label: str | None, window: int | None = None,
@@ -478,19 +491,17 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
     for i, row in enumerate(rows):
         runs = out / f"seed{row['seed']}"
         window = plot_training_loss(loss_ax, runs / "fp32", f"C{i}", "-", f"seed {row['seed']}")
-        fp = constant_rate_points(row)
+        fp, decayed = fp32_candidates(row)
         val_ax.plot(sorted(fp), [fp[k] for k in sorted(fp)], marker="o", color=f"C{i}",
                     label=f"FP32 seed {row['seed']}")
-        shown += fp.values()
-        for name, psnr in row["val_psnr"]["fp32"].items():
-            if "+" in str(name):  # a decay branch: from its constant-rate checkpoint to its last step
-                start, decay = map(int, name.split("+"))
-                val_ax.plot([start, start + decay], [fp[start], psnr], marker="*", markersize=10, linestyle=":",
-                            color=f"C{i}", label=f"FP32 seed {row['seed']}, rate decayed")
-                plot_training_loss(loss_ax, runs / f"fp32_{name}", f"C{i}", ":", None, window, after=start)
-                shown.append(psnr)
+        shown += [*fp.values(), *decayed.values()]
+        for (start, decay), psnr in decayed.items():  # from its constant-rate checkpoint to its last step
+            val_ax.plot([start, start + decay], [fp[start], psnr], marker="*", markersize=10, linestyle=":",
+                        color=f"C{i}", label=f"FP32 seed {row['seed']}, rate decayed")
+            plot_training_loss(loss_ax, runs / f"fp32_{decay_name(start, decay)}", f"C{i}", ":", None, window,
+                               after=start)
     if curve:
-        first = constant_rate_points(rows[0])
+        first = fp32_candidates(rows[0])[0]
         last = max(first)
         val_ax.plot([last, *curve], [first[last], *curve.values()], marker="s", linestyle="--", color="C0",
                     label=f"FP32 seed {rows[0]['seed']}, continued")

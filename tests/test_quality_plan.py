@@ -151,7 +151,7 @@ def test_decay_branch_starts_from_the_kept_checkpoint_and_is_plotted_beside_the_
     assert (branch / "metrics.jsonl").is_file() and not branch.with_name(branch.name + ".tmp").exists()
 
     row = {"seed": 0, "val_psnr": {"fp32": {"3": 30.0, "6": 31.0, "6+2": 31.5}}}
-    assert quality.constant_rate_points(row) == {3: 30.0, 6: 31.0}
+    assert quality.fp32_candidates(row) == ({3: 30.0, 6: 31.0}, {(6, 2): 31.5})
     with (runs / "fp32_6+2" / "metrics.jsonl").open("a") as log:  # the branch's own steps
         log.writelines(f'{{"event": "train", "step": {k}, "loss": 0.4}}\n' for k in (7, 8))
     assert quality.plot_learning_curves(tmp_path, [row], {"TAA": 31.2}).stat().st_size > 0
