@@ -39,7 +39,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Awaitable, Iterable, Sequence, TypeVar
 
 import fsspec
 import google_crc32c  # a dependency of zarr (its crc32c codec); hardware crc32c, ~5 GB/s
@@ -58,6 +58,7 @@ FORMAT_NAME = "qw-blocks"
 FORMAT_VERSION = 2  # 2 added block checksums; 1 is still read (unverified)
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 T, TILE = 8, 256
+Value = TypeVar("Value")
 CHECKSUMS = "checksum"
 # zarr's default '/' separator nests a folder per chunk index: ~220k folders in a 13712-block store, which every
 # listing, copy and delete walks. With '.' an array is one folder of files.
@@ -242,6 +243,23 @@ def create_store(url: str, n_blocks: int, attrs: dict[str, Any], *, t: int = T, 
         create_array(group, spec.name, shape=spec.shape(n_blocks, t, tile), dtype=spec.dtype, fill_value=0,
                      **layout)
     return group
+
+
+async def settled(read: Awaitable[Value]) -> Value:
+    """Await a zarr read; when it fails, first await the chunk reads it started. zarr gathers one task per chunk and
+    raises at the first failure, leaving the others running on its loop; one still pending at interpreter exit
+    fails to reach the closed thread pool, and asyncio prints that traceback after the command's error line."""
+    before = asyncio.all_tasks()
+    try:
+        return await read
+    except Exception:
+        await asyncio.gather(*(asyncio.all_tasks() - before), return_exceptions=True)
+        raise
+
+
+def read_array(array: zarr.Array, selection: Any = slice(None)) -> np.ndarray:
+    """`array[selection]`, with no chunk read left running when it fails (see `settled`)."""
+    return zarr_sync(settled(array.async_array.getitem(selection)))
 
 
 def inner_chunk(array: zarr.Array) -> int | None:
@@ -487,8 +505,8 @@ class BlockStore:
         arrays = [self.array(name).async_array for name in names]  # opened out here: opening is itself a sync call
 
         async def fetch_all() -> list[Any]:
-            return await asyncio.gather(*(array.getitem(selections[name]) for array, name in zip(arrays, names)),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(settled(array.getitem(selections[name]))
+                                          for array, name in zip(arrays, names)), return_exceptions=True)
         out = {}
         for name, values in zip(names, zarr_sync(fetch_all())):
             if isinstance(values, Exception):  # codec/fsspec errors of a truncated or corrupt chunk, inner crc32c

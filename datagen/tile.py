@@ -28,7 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from qw.datagen.block_store import ARRAYS, IMAGE_ARRAYS, BlockStore, checksum, create_array, create_store, inner_chunk, \
-    open_array, open_store, seal, store_filesystem
+    open_array, open_store, read_array, seal, store_filesystem
 from qw.datagen.capture_format import PASSES, checksum_problem, frame_path, read_frame
 from qw.datagen.cluster import check_cluster, cluster_failures, dask_client
 from qw.datagen.errors import CaptureError, QwError
@@ -289,7 +289,7 @@ def done_tasks(store: BlockStore) -> np.ndarray:
     unfinished store) are a QwError naming the array, as zarr's and the codecs' errors would be a traceback."""
     markers = store.array(MARKERS)
     try:
-        return markers[:, 0] != NOT_DONE
+        return read_array(markers, (slice(None), 0)) != NOT_DONE
     except Exception as exc:
         raise QwError(f"{store.url}: array {MARKERS!r} (the build's progress) cannot be read "
                       f"({type(exc).__name__}: {exc}); remove the store and build it again") from None

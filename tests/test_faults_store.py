@@ -6,6 +6,7 @@ copy of it the way a partial copy, a sync or a bad disk would, and runs the real
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -17,12 +18,13 @@ import google_crc32c
 import numpy as np
 import pytest
 import zarr
+from zarr.core.sync import sync as zarr_sync
 from blocks_helpers import capture_meta, dataset, expected_crop, write_scene_manifest, write_shot
 from cli_helpers import one_line_error
 
 from qw.datagen.block_store import CHECKSUMS, IMAGE_ARRAYS, open_store
 from qw.datagen.errors import QwError
-from qw.datagen.tile import build_store
+from qw.datagen.tile import build_store, done_tasks
 from qw.training.data import BlockDataset, open_training_store
 
 QW = str(Path(sys.executable).with_name("qw"))
@@ -303,11 +305,25 @@ def test_damaged_build_progress_of_an_unfinished_store_is_one_line(store, damage
     else:
         (store / "_tasks" / "c.0.0").write_bytes(bytes.fromhex("28b52ffd2006310000"))  # a Zstd frame cut short
     for command in ("inspect", "verify"):
-        result = qw("datagen", command, str(store))
-        # not one_line_error: zarr leaves its read of the other marker chunk pending when one fails, and asyncio
-        # may log "Task was destroyed but it is pending!" at exit, after the error line
-        assert result.returncode == 2 and result.stderr.startswith("qw: error: "), result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr, (command, result.stderr)
+        assert message in one_line_error(qw("datagen", command, str(store))), command
+
+
+def test_a_failed_read_of_the_build_progress_leaves_no_chunk_read_running(store):
+    """zarr raises at the first chunk that fails while its reads of the other chunks go on; one still pending at
+    exit printed asyncio's traceback after the error line, now and then (seen in CI). Each failed read must
+    return only once they have all ended."""
+    _mark_unfinished(store)
+    (store / "_tasks" / "c.0.0").write_bytes(bytes.fromhex("28b52ffd2006310000"))
+    opened = open_store(str(store), require_complete=False)
+    assert len(list((store / "_tasks").glob("c.*"))) > 2  # chunks left to read when the first one fails
+
+    async def running() -> int:
+        return len(asyncio.all_tasks()) - 1  # all but this one
+
+    for _ in range(20):  # without the wait, 60-70 % of the failed reads left some running
+        with pytest.raises(QwError, match="the build's progress"):
+            done_tasks(opened)
+        assert zarr_sync(running()) == 0
 
 
 def test_resuming_a_build_whose_array_metadata_is_damaged_is_one_error(built, store):
