@@ -409,7 +409,7 @@ class BlockStore:
         digest `seal` recorded: a missing or altered chunk of it is an error, not zeros."""
         if name not in self._small:
             try:
-                values = self.array(name)[:]
+                values = read_array(self.array(name))
             except QwError:
                 raise
             except Exception as exc:  # codec/fsspec errors of a truncated or corrupt chunk

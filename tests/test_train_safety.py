@@ -349,6 +349,31 @@ def test_a_kill_between_publishing_last_and_best_leaves_them_consistent(store: s
     assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
 
 
+def test_resume_drops_a_step_checkpoint_the_killed_run_never_published(store: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after writing step 4's checkpoint, before publishing it as last.pt: the run resumes from step 2, here
+    with checkpoints every 3 steps. step-4.pt, a state of the killed run, was kept beside the resumed run's."""
+    run = tmp_path / "run"
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", {"train": {"steps": 4, "ckpt_every": 2, "val_images": 0,
+                                                                      "keep_last": 5}})))
+
+    def die_at_step_4(source: Path, name: Path) -> None:
+        if source.name == "step-00000004.pt":
+            raise _Killed
+        publish(source, name)
+
+    monkeypatch.setattr(loop, "publish", die_at_step_4)
+    with pytest.raises(_Killed):
+        train(initial_model(cfg), cfg, store, run)
+    monkeypatch.undo()
+    assert load_checkpoint(run / LAST)["step"] == 2 and (run / "step-00000004.pt").is_file()
+    result = qw("train", "--store", store, "--out", str(run), "--resume", "--set", "train.steps=6",
+                "--set", "train.ckpt_every=3")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in run.glob("step-*.pt")) == [
+        "step-00000002.pt", "step-00000003.pt", "step-00000006.pt"]
+
+
 def _die_at_step(monkeypatch: pytest.MonkeyPatch, dead: int) -> None:
     """Kill the run as it starts optimizer step `dead`."""
     step_once = loop._optimizer_step

@@ -66,6 +66,17 @@ def step_checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob(f"{STEP_PREFIX}*.pt"))
 
 
+def drop_later_checkpoints(out: Path, step: int) -> list[Path]:
+    """Delete the step checkpoints past `step`, the one being resumed: a run killed between writing a step
+    checkpoint and publishing it as last.pt leaves one behind, a state the resumed run may never reach (its
+    schedule or ckpt_every may differ) and that pruning, which keeps the newest names, would keep over its own."""
+    later = [path for path in step_checkpoints(out)
+             if (number := path.stem.removeprefix(STEP_PREFIX)).isdigit() and int(number) > step]
+    for path in later:
+        path.unlink()
+    return later
+
+
 def publish(source: Path, name: Path) -> None:
     """Make `name` the same checkpoint as `source`, atomically: a hard link (no second copy of the bytes), or a
     copy where the filesystem has no links."""

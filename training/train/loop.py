@@ -43,8 +43,8 @@ from qw.training.data import (BlockDataset, BlockSampler, augment_batch, check_b
 from qw.training.model.qwnet import QWNet, sequence_inputs
 from qw.training.quantization.fake_quant import is_quantized_state
 from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
-                                          data_provenance, load_checkpoint, prune_checkpoints, publish,
-                                          restore_rng_state, rng_state, save_checkpoint)
+                                          data_provenance, drop_later_checkpoints, load_checkpoint,
+                                          prune_checkpoints, publish, restore_rng_state, rng_state, save_checkpoint)
 from qw.training.train.ddp import (Process, gather_from_ranks, mean_over_ranks, peer_failures, replica_difference,
                                    setup_process, sync_batch_norm)
 from qw.training.train.run_log import RunLog, truncate_log
@@ -356,6 +356,7 @@ def train(model: nn.Module, cfg: Config, store_url: str, out: str | Path, *, res
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         if resume:
             truncate_log(out / "metrics.jsonl", step)
+            drop_later_checkpoints(out, step)
         else:  # what a run killed before its first checkpoint left belongs to no run: its log (start event too) and
             # best.pt (a model of its config; --resume would compare this run against it)
             for leftover in (out / "metrics.jsonl", out / BEST):
