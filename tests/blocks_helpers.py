@@ -15,6 +15,7 @@ import yaml
 from qw.datagen.capture_format import (BackendInfo, CaptureMeta, JitterInfo, ReferenceInfo, finish_capture,
                                     read_frame, write_frame)
 from qw.datagen.manifests import DatasetManifest
+from qw.datagen.tile import MARKERS
 
 TILE = 32
 
@@ -96,3 +97,10 @@ def expected_crop(shot: Path, pass_name: str, first: int, frames: int, y: int, x
             img = np.minimum(img, 65504.0)
         out.append(img.astype(np.float16).transpose(2, 0, 1))
     return np.stack(out)
+
+
+def marker_chunks(store: Path) -> list[Path]:
+    """The build's completion markers written so far. zarr writes a chunk as a `.partial` file, then renames it:
+    one caught before the rename is not written yet (and is gone a moment later)."""
+    folder = store / MARKERS
+    return [p for p in folder.glob("c.*") if not p.name.endswith(".partial")] if folder.is_dir() else []

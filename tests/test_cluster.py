@@ -153,8 +153,10 @@ def assert_jobs_ran_and_ended(jobs: Path, count: int) -> None:
     ids = submitted_jobs(jobs)
     assert len(ids) == count
     assert sorted(int(line) for line in (jobs / "cancelled").read_text().split()) == ids
+    # Some job's workers joined the scheduler. Not every job's: the first to join may finish the work, and closing
+    # the cluster cancels a job that is still starting.
+    assert any("Registered to:" in (jobs / f"job-{job}.log").read_text() for job in ids)
     for job in ids:
-        assert "Registered to:" in (jobs / f"job-{job}.log").read_text()  # its workers joined the scheduler
         deadline = time.monotonic() + 30
         while running_processes(job) and time.monotonic() < deadline:  # the nannies stop their workers first
             time.sleep(0.2)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from blocks_helpers import capture_meta, dataset, write_dataset, write_scene_manifest, write_shot
+from blocks_helpers import capture_meta, dataset, marker_chunks, write_dataset, write_scene_manifest, write_shot
 from cli_helpers import free_port, one_line_error
 
 from qw.datagen.block_store import open_store
@@ -151,12 +151,11 @@ def test_a_lost_scheduler_is_one_line_and_the_build_resumes(tmp_path):
         build = subprocess.Popen([QW, *args, "--scheduler", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 120
-        markers = store / "_tasks"
-        while not (markers.is_dir() and any(markers.glob("c.*"))) and time.monotonic() < deadline:
+        while not marker_chunks(store) and time.monotonic() < deadline:
             time.sleep(0.01)
         scheduler.kill()
         killed = time.monotonic()
-        kept = {p: p.stat().st_mtime_ns for p in markers.glob("c.*")}
+        kept = {p: p.stat().st_mtime_ns for p in marker_chunks(store)}
         _, stderr = build.communicate(timeout=120)
         print(f"build stopped {time.monotonic() - killed:.1f} s after the scheduler was killed")
     finally:

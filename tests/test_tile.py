@@ -21,7 +21,8 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from blocks_helpers import capture_meta, dataset, expected_crop, write_dataset, write_scene_manifest, write_shot
+from blocks_helpers import capture_meta, dataset, expected_crop, marker_chunks, write_dataset, write_scene_manifest, \
+    write_shot
 from qw.cli import main
 from qw.datagen.block_store import IMAGE_ARRAYS, open_store
 from qw.datagen.capture_format import CaptureMeta, META_FILE, frame_path, load_meta, read_frame, write_frame
@@ -146,11 +147,6 @@ def run_build(synthetic: dict, store: Path, kill_when=None, extra: tuple[str, ..
     return proc
 
 
-def markers_written(store: Path) -> int:
-    folder = store / MARKERS
-    return sum(not p.name.endswith(".partial") for p in folder.glob("c.*")) if folder.is_dir() else 0
-
-
 def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_path):
     clean = tmp_path / "clean.zarr"
     t0 = time.monotonic()
@@ -160,17 +156,17 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(synthetic, tmp_pa
     rng = random.Random(5)
     killers = [
         lambda: (lambda s, t=time.monotonic() + rng.uniform(0.3, 1.0) * duration: time.monotonic() >= t),
-        lambda: (lambda s, k=rng.randint(1, 4): markers_written(s) >= k),  # mid-way through the tasks
-        lambda: (lambda s, k=rng.randint(6, 9): markers_written(s) >= k),  # near the end
+        lambda: (lambda s, k=rng.randint(1, 4): len(marker_chunks(s)) >= k),  # mid-way through the tasks
+        lambda: (lambda s, k=rng.randint(6, 9): len(marker_chunks(s)) >= k),  # near the end
     ]
     n_tasks = zarr.open_group(str(clean))[MARKERS].shape[0]
     left_partial = []
     for trial, killer in enumerate(killers):
         store = tmp_path / f"killed{trial}.zarr"
         run_build(synthetic, store, kill_when=killer())
-        left_partial.append(0 < markers_written(store) < n_tasks)
+        left_partial.append(0 < len(marker_chunks(store)) < n_tasks)
         if left_partial[-1]:
-            assert f"complete: NO (build unfinished: {markers_written(store)} of {n_tasks} windows" in \
+            assert f"complete: NO (build unfinished: {len(marker_chunks(store))} of {n_tasks} windows" in \
                 inspect_report(str(store))
         run_build(synthetic, store)
         assert checksums(store) == reference, f"trial {trial}: store differs from the clean build"
@@ -191,10 +187,10 @@ def test_sharded_store_reads_verifies_and_resumes_a_killed_build_byte_identicall
     killed = tmp_path / "killed.zarr"
     for _ in range(3):  # a kill that lands mid-build (not before the first or after the last window)
         shutil.rmtree(killed, ignore_errors=True)
-        run_build(synthetic, killed, kill_when=lambda s: markers_written(s) >= 3, extra=sharded)
-        if 0 < markers_written(killed) < n_tasks:
+        run_build(synthetic, killed, kill_when=lambda s: len(marker_chunks(s)) >= 3, extra=sharded)
+        if 0 < len(marker_chunks(killed)) < n_tasks:
             break
-    assert 0 < markers_written(killed) < n_tasks
+    assert 0 < len(marker_chunks(killed)) < n_tasks
     env = {**os.environ, "QW_MANIFESTS": str(synthetic["manifests"])}
     other = subprocess.run([QW, "datagen", "build", "--dataset", str(synthetic["dataset_file"]), "--captures",
                             str(synthetic["captures"]), "--store", str(killed)], env=env, capture_output=True,
