@@ -61,20 +61,24 @@ def _interned(value: Any) -> Any:
     return value
 
 
+def step_checkpoint(out: Path, step: int) -> Path:
+    """The checkpoint of `step` (zero-padded, so that the names sort by step)."""
+    return out / f"{STEP_PREFIX}{step:08d}.pt"
+
+
 def step_checkpoints(out: Path) -> list[Path]:
     """The run's step checkpoints, oldest first."""
     return sorted(out.glob(f"{STEP_PREFIX}*.pt"))
 
 
-def drop_later_checkpoints(out: Path, step: int) -> list[Path]:
+def drop_later_checkpoints(out: Path, step: int) -> None:
     """Delete the step checkpoints past `step`, the one being resumed: a run killed between writing a step
     checkpoint and publishing it as last.pt leaves one behind, a state the resumed run may never reach (its
     schedule or ckpt_every may differ) and that pruning, which keeps the newest names, would keep over its own."""
-    later = [path for path in step_checkpoints(out)
-             if (number := path.stem.removeprefix(STEP_PREFIX)).isdigit() and int(number) > step]
-    for path in later:
-        path.unlink()
-    return later
+    resumed = step_checkpoint(out, step).name
+    for path in step_checkpoints(out):
+        if path.name > resumed:
+            path.unlink()
 
 
 def publish(source: Path, name: Path) -> None:

@@ -42,9 +42,9 @@ from qw.training.data import (BlockDataset, BlockSampler, augment_batch, check_b
                                open_training_store)
 from qw.training.model.qwnet import QWNet, sequence_inputs
 from qw.training.quantization.fake_quant import is_quantized_state
-from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, STEP_PREFIX, check_resumable,
-                                          data_provenance, drop_later_checkpoints, load_checkpoint,
-                                          prune_checkpoints, publish, restore_rng_state, rng_state, save_checkpoint)
+from qw.training.train.checkpoints import (BEST, CHECKPOINT_FORMAT, LAST, check_resumable, data_provenance,
+                                          drop_later_checkpoints, load_checkpoint, prune_checkpoints, publish,
+                                          restore_rng_state, rng_state, save_checkpoint, step_checkpoint)
 from qw.training.train.ddp import (Process, gather_from_ranks, mean_over_ranks, peer_failures, replica_difference,
                                    setup_process, sync_batch_norm)
 from qw.training.train.run_log import RunLog, truncate_log
@@ -288,7 +288,7 @@ def _save(run: Run, out: Path, step: int, state: dict[str, Any], checkpointing: 
     what was written."""
     written = []
     if checkpointing:
-        path = out / f"{STEP_PREFIX}{step:08d}.pt"
+        path = step_checkpoint(out, step)
         save_checkpoint(path, state)
         # best.pt first: a kill between the two names leaves best.pt newer than last.pt, which --resume expects (as
         # after a validation between checkpoints); the other order left best.pt a worse model than last.pt records.
