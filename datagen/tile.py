@@ -21,6 +21,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import filelock
 import numpy as np
@@ -285,21 +286,26 @@ def prepare_store(plan: Plan, url: str, storage_options: dict | None = None, ove
 
 
 def done_tasks(store: BlockStore) -> np.ndarray:
-    """(tasks,) bool: tasks whose completion marker is written. Markers that cannot be read (a damaged copy of an
-    unfinished store) are a QwError naming the array, as zarr's and the codecs' errors would be a traceback."""
-    markers = store.array(MARKERS)
+    """(tasks,) bool: tasks whose completion marker is written."""
+    return _read_build_record(store, MARKERS, "the build's progress", (slice(None), 0)) != NOT_DONE
+
+
+def _read_build_record(store: BlockStore, name: str, role: str, selection: Any = slice(None)) -> np.ndarray:
+    """Read one of the arrays an unfinished build keeps. One that cannot be read (a damaged copy of an unfinished
+    store) is a QwError naming the array, as zarr's and the codecs' errors would be a traceback."""
+    array = store.array(name)
     try:
-        return read_array(markers, (slice(None), 0)) != NOT_DONE
+        return read_array(array, selection)
     except Exception as exc:
-        raise QwError(f"{store.url}: array {MARKERS!r} (the build's progress) cannot be read "
-                      f"({type(exc).__name__}: {exc}); remove the store and build it again") from None
+        raise QwError(f"{store.url}: array {name!r} ({role}) cannot be read ({type(exc).__name__}: {exc}); "
+                      "remove the store and build it again") from None
 
 
 def finalize(store: BlockStore, plan: Plan) -> None:
     """Write the per-block arrays from the plan and the markers, then seal the store with the checksums the tasks
     recorded (marking it complete, last)."""
-    chosen = store.group[MARKERS][:]
-    task_sums = store.group[TASK_CHECKSUMS][:]
+    chosen = _read_build_record(store, MARKERS, "the build's progress")
+    task_sums = _read_build_record(store, TASK_CHECKSUMS, "the tasks' checksums")
     sums = np.zeros((plan.num_blocks, len(IMAGE_ARRAYS)), np.uint32)
     origin = np.zeros((plan.num_blocks, 5), np.int32)
     jitter = np.zeros((plan.num_blocks, plan.frames, 2), np.float32)

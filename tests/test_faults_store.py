@@ -326,6 +326,18 @@ def test_a_failed_read_of_the_build_progress_leaves_no_chunk_read_running(store)
         assert zarr_sync(running()) == 0
 
 
+def test_finishing_a_build_whose_task_checksums_are_damaged_is_one_error_and_seals_nothing(built, store):
+    """Sealing an unfinished store reads the checksums its tasks recorded: a damaged chunk of them ended the
+    resumed build in the Zstd decoder's traceback."""
+    _mark_unfinished(store)
+    (store / "_task_checksums" / "c.0.0.0").write_bytes(bytes.fromhex("28b52ffd2006310000"))
+    with pytest.raises(QwError, match=r"array '_task_checksums' \(the tasks' checksums\) cannot be read "
+                                      r"\(RuntimeError: Zstd decompression error"):
+        build_store(dataset({"gamma": 6}), built["captures"], str(store), workers=1, progress=False,
+                    manifests_root=built["manifests"])
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["complete"] is False
+
+
 def test_resuming_a_build_whose_array_metadata_is_damaged_is_one_error(built, store):
     """The resume check reads every array's shape: a cut-short zarr.json ended `qw datagen build` in a traceback."""
     _mark_unfinished(store)
