@@ -21,7 +21,7 @@ from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     plan = replace(quality.PLANS["full"], settings=("train.lr=1e-3",))
     option = quality.with_option(plan, name, seed=5)
-    cfg = demo_config(option, 300)  # a typo in an override or an invalid value fails here
+    cfg = demo_config(option, 2000)  # a typo in an override or an invalid value fails here (decay-1000: > 1000)
     assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
     assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr"}
