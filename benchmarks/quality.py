@@ -599,7 +599,7 @@ ABLATIONS: dict[str, dict] = {
     # spatial reach: 5×5 full-resolution kernels on the frame and the history (edges hold most of the error)
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
-    # --ablation-steps; the constant-rate run of the same seed continues into it unchanged up to that point
+    # --ablation-steps above 1000; the same seed's constant-rate run is identical to it up to that point
     "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
