@@ -143,8 +143,10 @@ def store_changes(plan: QualityPlan) -> dict[str, int]:
 
 
 def store_name(plan: QualityPlan) -> str:
-    """The plan's store, one per block shape: blocks.zarr, blocks-tile128.zarr, blocks-tile96-frames16.zarr, ..."""
-    return "blocks" + "".join(f"-{key}{value}" for key, value in store_changes(plan).items()) + ".zarr"
+    """The plan's store, one per dataset and block shape: blocks.zarr, blocks-tile128.zarr,
+    blocks-tile96-frames16.zarr, blocks-builtin-game-quality-8-tile128.zarr (a dataset other than `DATASET`), ..."""
+    dataset = f"-{plan.dataset}" if plan.dataset != DATASET else ""
+    return "blocks" + dataset + "".join(f"-{key}{value}" for key, value in store_changes(plan).items()) + ".zarr"
 
 
 def build_quality_store(plan: QualityPlan, captures: Path, out: Path) -> str:
@@ -601,6 +603,9 @@ ABLATIONS: dict[str, dict] = {
     # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
     # --ablation-steps above 1000; the same seed's constant-rate run is identical to it up to that point
     "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
+    # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
+    "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
+    "norm-none+crop-128+spatial-0.7+instances-16": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-16"),
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
@@ -621,9 +626,10 @@ def describe_ablation(name: str) -> str:
 
 def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names: list[str], steps: int,
            seeds: tuple[int, ...]) -> str:
-    """Train each named recipe option for `steps` steps with each of `seeds` and score it on the val
-    instances (PSNR over all frames and the steady state, tPSNR); writes and returns `ablations.md`, which tables
-    every option and seed scored so far (`<out>/<option>/seed<n>/`). Resumable: finished runs are kept."""
+    """Train each named recipe option (capturing its dataset's missing training shots first) for `steps` steps with
+    each of `seeds` and score it on the val instances (PSNR over all frames and the steady state, tPSNR); writes
+    and returns `ablations.md`, which tables every option and seed scored so far (`<out>/<option>/seed<n>/`).
+    Resumable: finished runs are kept."""
     from qw.training.evaluation.evaluate import _qwnet, passthrough
     from qw.training.evaluation.taa import run_taa
     from qw.training.quantization.qat import model_from_any_checkpoint
@@ -642,6 +648,7 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             if cache.is_file():
                 continue
             option = with_option(plan, name, seed)
+            capture(option, captures, training_shots(option), option.train_frames)
             store = build_quality_store(option, captures, out.parent)
             start = time.perf_counter()
             checkpoint = train_demo(option, store, run_dir / "fp32", steps)
@@ -786,7 +793,6 @@ def main(argv: list[str] | None = None) -> None:
     captures = args.out / "captures"
     val = capture(plan, captures, held_out_shots(plan, "val"), plan.val_frames)
     if args.ablate is not None:
-        capture(plan, captures, training_shots(plan), plan.train_frames)
         print(ablate(plan, captures, val, args.out / "ablations", args.ablate or list(ABLATIONS),
                      args.ablation_steps, tuple(args.seeds) if args.seeds else plan.seeds[:1]))
         return

@@ -24,7 +24,8 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     cfg = demo_config(option, 2000)  # a typo in an override or an invalid value fails here (decay-1000: > 1000)
     assert option.seed == 5 and option.settings[:1] == ("train.lr=1e-3",) and cfg.train.lr == 1e-3
     changed = {k for k in quality.QualityPlan.__dataclass_fields__ if getattr(option, k) != getattr(plan, k)}
-    assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr"}
+    assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr",
+                       "dataset"}
     assert quality.with_option(plan, "plan") == plan
     if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or 4× with batch-4
         factor = 4 if name.endswith("batch-4") else 1
@@ -39,6 +40,25 @@ def test_each_block_shape_has_its_own_store() -> None:
                      "norm-none+crop-96+spatial-0.7+frames-16": "blocks-tile96-frames16.zarr"}
     option = quality.with_option(full, "norm-none+crop-128+spatial-0.7+frames-16")
     assert quality.store_changes(option) == {"tile": 128, "frames": 16}
+    option = quality.with_option(full, "norm-none+crop-128+spatial-0.7+instances-8")  # another dataset
+    assert quality.store_name(option) == "blocks-builtin-game-quality-8-tile128.zarr"
+
+
+@pytest.mark.parametrize("instances", [8, 16])
+def test_instance_options_add_other_seeds_of_the_plan_generators_at_the_same_budget(instances: int) -> None:
+    from qw.datagen.manifests import find_dataset, find_scene
+
+    full = quality.PLANS["full"]
+    option = quality.with_option(full, f"norm-none+crop-128+spatial-0.7+instances-{instances}")
+    plan_scenes, option_scenes = quality.training_shots(full), quality.training_shots(option)
+    assert plan_scenes.items() <= option_scenes.items() and len(option_scenes) == instances
+    manifests = [find_scene(name) for name in option_scenes]
+    assert len({m.seed for m in manifests}) == instances  # each instance its own scene
+    assert {m.builtin.builder for m in manifests} == set(full.kinds)
+    for kind in full.kinds:  # as many instances of each generator
+        assert sum(m.builtin.builder == kind for m in manifests) == instances // len(full.kinds)
+    budgets = {s.budget for s in find_dataset(option.dataset).scenes} | {s.budget for s in find_dataset(full.dataset).scenes}
+    assert budgets == {128}
 
 
 def test_plans_fit_their_content() -> None:

@@ -110,12 +110,14 @@ def test_the_store_plan_draws_only_from_training_instances(tmp_path):
 @pytest.mark.parametrize("builder", ["courtyard", "machinery"])
 def test_game_like_held_out_shots_are_long_and_the_game_store_uses_only_training_instances(builder):
     """Test shots run ≥ 64 frames (start-up is a small part of the score), val shots ≥ 32; the game-like
-    dataset draws from this generator's training instances only."""
+    datasets draw from this generator's training instances only (2, 4 and 8 of them)."""
     manifests = {m.name: m for m in builtin_manifests() if m.builtin.builder == builder}
     lengths = {split: [s.end - s.start for m in manifests.values() for s in m.shots if s.split == split]
                for split in ("val", "test")}
     assert lengths["test"] and min(lengths["test"]) >= 64
     assert lengths["val"] and min(lengths["val"]) >= 32
-    game = {s.scene for s in load_dataset_manifest(ROOT / "manifests/datasets/builtin-game-quality.yaml").scenes}
-    in_store = game & set(manifests)
-    assert in_store == {m for m in manifests if not is_held_out(manifests[m])} and len(in_store) == 2
+    training = {m for m in manifests if not is_held_out(manifests[m])}
+    for path, instances in ((ROOT / "manifests/datasets/builtin-game-quality.yaml", 2),
+                            *((ROOT / f"manifests/datasets/builtin-game-quality-{n}.yaml", n // 2) for n in (8, 16))):
+        in_store = {s.scene for s in load_dataset_manifest(path).scenes} & set(manifests)
+        assert in_store <= training and len(in_store) == instances, path
