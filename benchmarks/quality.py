@@ -320,19 +320,28 @@ def decay_name(start: int, decay: int) -> str:
     return f"{start}+{decay}"
 
 
+def branch_from(checkpoint: Path, run: Path, branch: Path) -> None:
+    """Make `branch` (unless it exists) a run folder that resumes `checkpoint` of `run`; `run`'s metrics log comes
+    along for the curves (the trainer drops its events past the checkpoint's step on resuming)."""
+    from qw.training.train.checkpoints import LAST
+
+    if branch.is_dir():
+        return
+    staging = branch.with_name(branch.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(checkpoint, staging / LAST)
+    shutil.copyfile(run / "metrics.jsonl", staging / "metrics.jsonl")
+    staging.rename(branch)
+
+
 def decayed_at(plan: QualityPlan, decay: int, store: str, runs: Path, val: list[Path]) -> tuple[str, float]:
     """The seed's constant-rate run continued from its last selection checkpoint with the rate decaying linearly to 0
     over `decay` more steps (warm-up, stable, decay), in its own folder: the candidate's name ('4000+1000':
     constant steps + decay steps) and its val PSNR."""
     name = decay_name(plan.train_steps, decay)
     branch = runs / f"fp32_{name}"
-    if not branch.is_dir():  # resumes the kept checkpoint; the metrics log up to it comes along for the curves
-        staging = branch.with_name(branch.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        shutil.copyfile(runs / f"fp32_step{plan.train_steps}.pt", staging / "last.pt")
-        shutil.copyfile(runs / "fp32" / "metrics.jsonl", staging / "metrics.jsonl")
-        staging.rename(branch)
+    branch_from(runs / f"fp32_step{plan.train_steps}.pt", runs / "fp32", branch)
     return name, fp32_at(decaying(plan, decay), store, branch, plan.train_steps + decay, runs / f"fp32_step{name}.pt",
                          val, runs / f"val_fp32_step{name}.json")
 
@@ -601,7 +610,7 @@ ABLATIONS: dict[str, dict] = {
     # spatial reach: 5×5 full-resolution kernels on the frame and the history (edges hold most of the error)
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
-    # --ablation-steps above 1000; the same seed's constant-rate run is identical to it up to that point
+    # --ablation-steps above 1000; its run branches from the same seed's constant-rate run (`ablation_run`)
     "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
@@ -651,7 +660,7 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             capture(option, captures, training_shots(option), option.train_frames)
             store = build_quality_store(option, captures, out.parent)
             start = time.perf_counter()
-            checkpoint = train_demo(option, store, run_dir / "fp32", steps)
+            checkpoint = train_demo(option, store, ablation_run(plan, name, seed, steps, store, out), steps)
             seconds = time.perf_counter() - start
             model, _, _ = model_from_any_checkpoint(str(checkpoint))
             cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
@@ -660,6 +669,47 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
     table = ablation_table(baselines, scored_ablations(out, steps), len(val), plan.val_frames, steps)
     (out / "ablations.md").write_text(table + "\n")
     return table
+
+
+def decay_of(settings: tuple[str, ...]) -> int:
+    """The steps over which a run with `settings` decays the rate to 0 at its end (`train.decay_steps`; 0: none)."""
+    values = [s.partition("=")[2] for s in settings if s.startswith("train.decay_steps=")]
+    return int(values[-1]) if values else 0
+
+
+def ablation_run(plan: QualityPlan, name: str, seed: int, steps: int, store: str, out: Path) -> Path:
+    """The folder in which option `name` trains with `seed` to `steps`: `<out>/<name>/seed<n>/fp32`. An option
+    that decays the rate over its last N steps (`...+decay-N`) is its constant-rate option (`...`) up to
+    `steps` − N, so its run is a branch of that one, `fp32_<steps − N>+<N>`: it starts from the constant-rate run's
+    checkpoint at `steps` − N (training that run there first if it has not got so far) and trains the N steps."""
+    decay = decay_of(ABLATIONS[name].get("settings", ()))
+    runs = out / name / f"seed{seed}"
+    if not decay:
+        return runs / "fp32"
+    start = steps - decay
+    branch = runs / f"fp32_{decay_name(start, decay)}"
+    if not branch.is_dir():
+        constant = name.removesuffix(f"+decay-{decay}")
+        source = out / constant / f"seed{seed}" / "fp32"
+        checkpoint = checkpoint_at(source, start) or train_demo(with_option(plan, constant, seed), store, source,
+                                                                start)
+        branch_from(checkpoint, source, branch)
+    return branch
+
+
+def checkpoint_at(run: Path, step: int) -> Path | None:
+    """`run`'s checkpoint of `step`: its last one or a kept step checkpoint; None if the run has not got so far.
+    Refused when the run is past `step` and no longer keeps it."""
+    from qw.training.train.checkpoints import LAST, load_checkpoint, step_checkpoint
+
+    if step_checkpoint(run, step).is_file():
+        return step_checkpoint(run, step)
+    last = int(load_checkpoint(run / LAST)["step"]) if (run / LAST).is_file() else 0
+    if last > step:
+        raise SystemExit(f"{run}: trained to {last} steps and keeps no checkpoint of step {step} to branch a rate "
+                         f"decay from (decay from its last step, or train the constant-rate option to {step} in a "
+                         "fresh folder)")
+    return run / LAST if last == step else None
 
 
 def scored_ablations(out: Path, steps: int) -> dict[str, dict[int, dict[str, float]]]:

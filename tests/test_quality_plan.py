@@ -182,3 +182,60 @@ def test_a_decay_branch_is_refused_before_training_where_the_schedule_is_not_con
     with pytest.raises(SystemExit, match="--decay-steps 100: .*decay_steps is a decay of the constant schedule, "
                                          "not of 'cosine'"):
         quality.check_decay(replace(quality.PLANS["gpu"], decay_steps=(100,)))
+
+
+def fake_checkpoint(path: Path, step: int) -> Path:
+    """A checkpoint file the loader accepts, at `step` (no weights: only where a run stands is read)."""
+    import torch
+
+    from qw.training.config import Config
+    from qw.training.train.checkpoints import CHECKPOINT_FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": Config().model_dump(mode="json"), "step": step},
+               path)
+    return path
+
+
+def test_every_decay_option_is_its_constant_rate_option_plus_the_decay() -> None:
+    decaying = [name for name in quality.ABLATIONS if quality.decay_of(quality.ABLATIONS[name].get("settings", ()))]
+    assert decaying
+    for name in decaying:
+        decay = quality.decay_of(quality.ABLATIONS[name]["settings"])
+        constant = dict(quality.ABLATIONS[name.removesuffix(f"+decay-{decay}")])
+        option = dict(quality.ABLATIONS[name])
+        settings = option.pop("settings")
+        assert settings == (*constant.pop("settings"), f"train.decay_steps={decay}") and option == constant
+
+
+def test_a_decay_option_branches_from_its_constant_rate_run_at_the_decay_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, decayed = quality.PLANS["small"], "norm-none+crop-128+spatial-0.7+decay-1000"
+    constant = tmp_path / "norm-none+crop-128+spatial-0.7" / "seed0" / "fp32"
+    trained = []
+
+    def fake_train_demo(option, store, run, steps):  # the constant-rate run trained to `steps`
+        trained.append((option.settings, run, steps))
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text('{"event": "train", "step": 3}\n')
+        return fake_checkpoint(run / "last.pt", steps)
+
+    monkeypatch.setattr(quality, "train_demo", fake_train_demo)
+    assert quality.ablation_run(plan, "norm-none+crop-128+spatial-0.7", 0, 3, "s", tmp_path) == constant
+    branch = quality.ablation_run(plan, decayed, 0, 1003, "store", tmp_path)
+    assert branch == tmp_path / decayed / "seed0" / "fp32_3+1000"
+    (settings, run, steps), = trained  # nothing trained yet: the constant run first, to the decay's start
+    assert run == constant and steps == 3 and not quality.decay_of(settings)
+    assert (branch / "last.pt").read_bytes() == (constant / "last.pt").read_bytes()
+    assert (branch / "metrics.jsonl").is_file() and not (tmp_path / decayed / "seed0" / "fp32_3+1000.tmp").exists()
+
+    fake_checkpoint(constant / "last.pt", 5)  # the constant run went on: a kept step checkpoint is branched from
+    kept = fake_checkpoint(constant / "step-00000004.pt", 4)
+    assert quality.ablation_run(plan, decayed, 0, 1004, "store", tmp_path).joinpath("last.pt").read_bytes() \
+        == kept.read_bytes()
+    assert quality.ablation_run(plan, decayed, 0, 1005, "store", tmp_path).joinpath("last.pt").read_bytes() \
+        == (constant / "last.pt").read_bytes()
+    assert len(trained) == 1
+    with pytest.raises(SystemExit, match=r"seed0/fp32: trained to 5 steps and keeps no checkpoint of step 2"):
+        quality.ablation_run(plan, decayed, 0, 1002, "store", tmp_path)
+    assert not (tmp_path / decayed / "seed0" / "fp32_2+1000").exists()
