@@ -143,8 +143,8 @@ def store_changes(plan: QualityPlan) -> dict[str, int]:
 
 
 def store_name(plan: QualityPlan) -> str:
-    """The plan's store, one per dataset and block shape: blocks.zarr, blocks-tile128.zarr,
-    blocks-tile96-frames16.zarr, blocks-builtin-game-quality-8-tile128.zarr (a dataset other than `DATASET`), ..."""
+    """The plan's store, one name per dataset and block shape: blocks.zarr, blocks-tile128.zarr,
+    blocks-tile96-frames16.zarr, blocks-builtin-game-quality-8-tile128.zarr (any dataset but `DATASET` is named)."""
     dataset = f"-{plan.dataset}" if plan.dataset != DATASET else ""
     return "blocks" + dataset + "".join(f"-{key}{value}" for key, value in store_changes(plan).items()) + ".zarr"
 
@@ -320,6 +320,11 @@ def decay_name(start: int, decay: int) -> str:
     return f"{start}+{decay}"
 
 
+def decay_branch(runs: Path, start: int, decay: int) -> Path:
+    """The run folder of a seed's decay branch in `runs`: `fp32_<start>+<decay>`."""
+    return runs / f"fp32_{decay_name(start, decay)}"
+
+
 def branch_from(checkpoint: Path, run: Path, branch: Path) -> None:
     """Make `branch` (unless it exists) a run folder that resumes `checkpoint` of `run`; `run`'s metrics log comes
     along for the curves (the trainer drops its events past the checkpoint's step on resuming)."""
@@ -340,7 +345,7 @@ def decayed_at(plan: QualityPlan, decay: int, store: str, runs: Path, val: list[
     over `decay` more steps (warm-up, stable, decay), in its own folder: the candidate's name ('4000+1000':
     constant steps + decay steps) and its val PSNR."""
     name = decay_name(plan.train_steps, decay)
-    branch = runs / f"fp32_{name}"
+    branch = decay_branch(runs, plan.train_steps, decay)
     branch_from(runs / f"fp32_step{plan.train_steps}.pt", runs / "fp32", branch)
     return name, fp32_at(decaying(plan, decay), store, branch, plan.train_steps + decay, runs / f"fp32_step{name}.pt",
                          val, runs / f"val_fp32_step{name}.json")
@@ -509,7 +514,7 @@ def plot_learning_curves(out: Path, rows: list[dict], baselines: dict[str, float
         for (start, decay), psnr in decayed.items():  # from its constant-rate checkpoint to its last step
             val_ax.plot([start, start + decay], [fp[start], psnr], marker="*", markersize=10, linestyle=":",
                         color=f"C{i}", label=f"FP32 seed {row['seed']}, rate decayed")
-            plot_training_loss(loss_ax, runs / f"fp32_{decay_name(start, decay)}", f"C{i}", ":", None, window,
+            plot_training_loss(loss_ax, decay_branch(runs, start, decay), f"C{i}", ":", None, window,
                                after=start)
     if curve:
         first = fp32_candidates(rows[0])[0]
@@ -610,7 +615,7 @@ ABLATIONS: dict[str, dict] = {
     # spatial reach: 5×5 full-resolution kernels on the frame and the history (edges hold most of the error)
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
-    # --ablation-steps above 1000; its run branches from the same seed's constant-rate run (`ablation_run`)
+    # --ablation-steps from 1000 on; its run branches from the same seed's constant-rate run (`ablation_run`)
     "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
@@ -637,12 +642,13 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
            seeds: tuple[int, ...]) -> str:
     """Train each named recipe option (capturing its dataset's missing training shots first) for `steps` steps with
     each of `seeds` and score it on the val instances (PSNR over all frames and the steady state, tPSNR); writes
-    and returns `ablations.md`, which tables every option and seed scored so far (`<out>/<option>/seed<n>/`).
-    Resumable: finished runs are kept."""
+    and returns `ablations.md`, which tables every option and seed scored so far (`<out>/<option>/seed<n>/`, with
+    a copy of the scored checkpoint, `fp32_step<steps>.pt`). Resumable: finished runs are kept."""
     from qw.training.evaluation.evaluate import _qwnet, passthrough
     from qw.training.evaluation.taa import run_taa
     from qw.training.quantization.qat import model_from_any_checkpoint
 
+    check_ablations(plan, names, steps)
     out.mkdir(parents=True, exist_ok=True)
     baselines: dict[str, dict[str, float]] = {}
     for label, run in (("aliased input", passthrough), ("TAA", run_taa)):
@@ -659,9 +665,11 @@ def ablate(plan: QualityPlan, captures: Path, val: list[Path], out: Path, names:
             option = with_option(plan, name, seed)
             capture(option, captures, training_shots(option), option.train_frames)
             store = build_quality_store(option, captures, out.parent)
+            run = ablation_run(name, seed, steps, out)
             start = time.perf_counter()
-            checkpoint = train_demo(option, store, ablation_run(plan, name, seed, steps, store, out), steps)
+            checkpoint = train_demo(option, store, run, steps)
             seconds = time.perf_counter() - start
+            shutil.copyfile(checkpoint, run_dir / f"fp32_step{steps}.pt")  # a decay option may branch from it
             model, _, _ = model_from_any_checkpoint(str(checkpoint))
             cache.write_text(json.dumps({**val_summary(_qwnet(model.to(plan.device), plan.device), val,
                                                        plan.val_frames), "train_s": seconds}) + "\n")
@@ -677,39 +685,43 @@ def decay_of(settings: tuple[str, ...]) -> int:
     return int(values[-1]) if values else 0
 
 
-def ablation_run(plan: QualityPlan, name: str, seed: int, steps: int, store: str, out: Path) -> Path:
-    """The folder in which option `name` trains with `seed` to `steps`: `<out>/<name>/seed<n>/fp32`. An option
-    that decays the rate over its last N steps (`...+decay-N`) is its constant-rate option (`...`) up to
-    `steps` − N, so its run is a branch of that one, `fp32_<steps − N>+<N>`: it starts from the constant-rate run's
-    checkpoint at `steps` − N (training that run there first if it has not got so far) and trains the N steps."""
+def constant_option(name: str) -> str | None:
+    """The constant-rate option that option `name` decays (`...+decay-N` → `...`); None for a constant-rate one."""
     decay = decay_of(ABLATIONS[name].get("settings", ()))
+    return name.removesuffix(f"+decay-{decay}") if decay else None
+
+
+def check_ablations(plan: QualityPlan, names: list[str], steps: int) -> None:
+    """Refuse, before anything trains, an option whose config is invalid at `steps` and a rate-decay option not
+    named after an existing constant-rate option (`<option>+decay-N`)."""
+    from qw.datagen.errors import QwError
+
+    for name in names:
+        try:
+            demo_config(with_option(plan, name), steps)
+        except QwError as exc:
+            raise SystemExit(f"--ablate {name} at --ablation-steps {steps}: {exc}") from None
+        constant = constant_option(name)
+        if constant is not None and (constant == name or constant not in ABLATIONS):
+            raise SystemExit(f"--ablate {name}: a rate-decay option is named <constant-rate option>+decay-<steps>")
+
+
+def ablation_run(name: str, seed: int, steps: int, out: Path) -> Path:
+    """The folder in which option `name` trains with `seed` to `steps`: `<out>/<name>/seed<n>/fp32`. An option
+    that decays the rate over its last N steps is its constant-rate option up to `steps` − N, so its run is a
+    branch, `fp32_<steps − N>+<N>`: it resumes the constant-rate run's checkpoint scored at `steps` − N
+    (`fp32_step<steps − N>.pt`) and trains only the N steps; without that checkpoint it trains all of them."""
     runs = out / name / f"seed{seed}"
-    if not decay:
+    constant = constant_option(name)
+    if constant is None:
         return runs / "fp32"
+    decay = decay_of(ABLATIONS[name]["settings"])
     start = steps - decay
-    branch = runs / f"fp32_{decay_name(start, decay)}"
-    if not branch.is_dir():
-        constant = name.removesuffix(f"+decay-{decay}")
-        source = out / constant / f"seed{seed}" / "fp32"
-        checkpoint = checkpoint_at(source, start) or train_demo(with_option(plan, constant, seed), store, source,
-                                                                start)
-        branch_from(checkpoint, source, branch)
+    branch = decay_branch(runs, start, decay)
+    kept = out / constant / f"seed{seed}" / f"fp32_step{start}.pt"
+    if kept.is_file():
+        branch_from(kept, kept.parent / "fp32", branch)
     return branch
-
-
-def checkpoint_at(run: Path, step: int) -> Path | None:
-    """`run`'s checkpoint of `step`: its last one or a kept step checkpoint; None if the run has not got so far.
-    Refused when the run is past `step` and no longer keeps it."""
-    from qw.training.train.checkpoints import LAST, load_checkpoint, step_checkpoint
-
-    if step_checkpoint(run, step).is_file():
-        return step_checkpoint(run, step)
-    last = int(load_checkpoint(run / LAST)["step"]) if (run / LAST).is_file() else 0
-    if last > step:
-        raise SystemExit(f"{run}: trained to {last} steps and keeps no checkpoint of step {step} to branch a rate "
-                         f"decay from (decay from its last step, or train the constant-rate option to {step} in a "
-                         "fresh folder)")
-    return run / LAST if last == step else None
 
 
 def scored_ablations(out: Path, steps: int) -> dict[str, dict[int, dict[str, float]]]:

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import quality  # noqa: E402
 
+import torch  # noqa: E402
+
 from qw.demo import demo_config  # noqa: E402
 from qw.training.evaluation.metrics import STEADY_STATE_FROM  # noqa: E402
 
@@ -42,6 +44,7 @@ def test_each_block_shape_has_its_own_store() -> None:
     assert quality.store_changes(option) == {"tile": 128, "frames": 16}
     option = quality.with_option(full, "norm-none+crop-128+spatial-0.7+instances-8")  # another dataset
     assert quality.store_name(option) == "blocks-builtin-game-quality-8-tile128.zarr"
+    assert quality.store_name(quality.PLANS["classic"]) == "blocks-builtin-quality.zarr"
 
 
 @pytest.mark.parametrize("instances", [8, 16])
@@ -208,34 +211,56 @@ def test_every_decay_option_is_its_constant_rate_option_plus_the_decay() -> None
         assert settings == (*constant.pop("settings"), f"train.decay_steps={decay}") and option == constant
 
 
-def test_a_decay_option_branches_from_its_constant_rate_run_at_the_decay_start(
+def test_a_decay_option_resumes_its_constant_rate_run_scored_at_the_decay_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plan, decayed = quality.PLANS["small"], "norm-none+crop-128+spatial-0.7+decay-1000"
-    constant = tmp_path / "norm-none+crop-128+spatial-0.7" / "seed0" / "fp32"
-    trained = []
+    from qw.training.evaluation import evaluate
+    from qw.training.quantization import qat
+    from qw.training.train.checkpoints import load_checkpoint
 
-    def fake_train_demo(option, store, run, steps):  # the constant-rate run trained to `steps`
-        trained.append((option.settings, run, steps))
-        run.mkdir(parents=True)
-        (run / "metrics.jsonl").write_text('{"event": "train", "step": 3}\n')
+    constant, decayed = "norm-none+crop-128+spatial-0.7", "norm-none+crop-128+spatial-0.7+decay-1000"
+    out, trained = tmp_path / "ablations", []
+
+    def fake_train_demo(option, store, run, steps):  # where the run stood, then the run trained to `steps`
+        start = load_checkpoint(run / "last.pt")["step"] if (run / "last.pt").is_file() else 0
+        trained.append((run.relative_to(out), quality.decay_of(option.settings), start, steps))
+        run.mkdir(parents=True, exist_ok=True)
+        with (run / "metrics.jsonl").open("a") as log:
+            log.write(f'{{"event": "train", "step": {steps}}}\n')
         return fake_checkpoint(run / "last.pt", steps)
 
     monkeypatch.setattr(quality, "train_demo", fake_train_demo)
-    assert quality.ablation_run(plan, "norm-none+crop-128+spatial-0.7", 0, 3, "s", tmp_path) == constant
-    branch = quality.ablation_run(plan, decayed, 0, 1003, "store", tmp_path)
-    assert branch == tmp_path / decayed / "seed0" / "fp32_3+1000"
-    (settings, run, steps), = trained  # nothing trained yet: the constant run first, to the decay's start
-    assert run == constant and steps == 3 and not quality.decay_of(settings)
-    assert (branch / "last.pt").read_bytes() == (constant / "last.pt").read_bytes()
-    assert (branch / "metrics.jsonl").is_file() and not (tmp_path / decayed / "seed0" / "fp32_3+1000.tmp").exists()
+    monkeypatch.setattr(quality, "capture", lambda *args: [])
+    monkeypatch.setattr(quality, "build_quality_store", lambda *args: "store")
+    monkeypatch.setattr(quality, "val_summary", lambda *args: {k: 30.0 for k in quality.ABLATION_KEYS})
+    monkeypatch.setattr(qat, "model_from_any_checkpoint", lambda path: (torch.nn.Identity(), None, None))
+    monkeypatch.setattr(evaluate, "_qwnet", lambda model, device: None)
 
-    fake_checkpoint(constant / "last.pt", 5)  # the constant run went on: a kept step checkpoint is branched from
-    kept = fake_checkpoint(constant / "step-00000004.pt", 4)
-    assert quality.ablation_run(plan, decayed, 0, 1004, "store", tmp_path).joinpath("last.pt").read_bytes() \
-        == kept.read_bytes()
-    assert quality.ablation_run(plan, decayed, 0, 1005, "store", tmp_path).joinpath("last.pt").read_bytes() \
-        == (constant / "last.pt").read_bytes()
-    assert len(trained) == 1
-    with pytest.raises(SystemExit, match=r"seed0/fp32: trained to 5 steps and keeps no checkpoint of step 2"):
-        quality.ablation_run(plan, decayed, 0, 1002, "store", tmp_path)
-    assert not (tmp_path / decayed / "seed0" / "fp32_2+1000").exists()
+    def ablate(name: str, steps: int) -> None:
+        quality.ablate(quality.PLANS["small"], tmp_path, [], out, [name], steps, (0,))
+
+    ablate(constant, 3)
+    ablate(decayed, 1003)  # from the constant-rate run's checkpoint scored at 3 steps: only the decay trains
+    ablate(constant, 5)
+    ablate(decayed, 1004)  # no checkpoint scored at 4: the whole run trains in its own folder
+    assert trained == [(Path(constant, "seed0", "fp32"), 0, 0, 3),
+                       (Path(decayed, "seed0", "fp32_3+1000"), 1000, 3, 1003),
+                       (Path(constant, "seed0", "fp32"), 0, 3, 5),
+                       (Path(decayed, "seed0", "fp32_4+1000"), 1000, 0, 1004)]
+    assert load_checkpoint(out / constant / "seed0" / "fp32_step3.pt")["step"] == 3
+    assert (out / decayed / "seed0" / "val_step1003.json").is_file()
+    branch_log = (out / decayed / "seed0" / "fp32_3+1000" / "metrics.jsonl").read_text().splitlines()
+    assert branch_log == ['{"event": "train", "step": 3}', '{"event": "train", "step": 1003}']
+
+
+def test_ablations_are_refused_before_anything_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = quality.PLANS["full"]
+    quality.check_ablations(plan, list(quality.ABLATIONS), 2000)
+    monkeypatch.setitem(quality.ABLATIONS, "norm-none+late-decay", {"settings": ("train.decay_steps=500",)})
+    with pytest.raises(SystemExit, match=r"--ablate norm-none\+late-decay: a rate-decay option is named "
+                                         r"<constant-rate option>\+decay-<steps>"):
+        quality.check_ablations(plan, ["norm-none+late-decay"], 2000)
+    with pytest.raises(SystemExit, match=r"--ablate norm-none\+crop-128\+spatial-0.7\+decay-1000 at "
+                                         r"--ablation-steps 999: .*decay_steps \(0 \+ 1000\) exceed steps \(999\)"):
+        quality.check_ablations(plan, ["plan", "norm-none+crop-128+spatial-0.7+decay-1000"], 999)
+    assert quality.constant_option("norm-none+crop-128+spatial-0.7+decay-1000") == "norm-none+crop-128+spatial-0.7"
+    assert quality.constant_option("norm-none+crop-128+spatial-0.7") is None
