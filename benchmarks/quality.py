@@ -620,6 +620,10 @@ ABLATIONS: dict[str, dict] = {
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
     "norm-none+crop-128+spatial-0.7+instances-16": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-16"),
+    "norm-none+crop-128+spatial-0.7+instances-8+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000",
+                                                                      dataset="builtin-game-quality-8"),
+    "norm-none+crop-128+spatial-0.7+instances-16+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000",
+                                                                       dataset="builtin-game-quality-16"),
 }
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
