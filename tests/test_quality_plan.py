@@ -60,7 +60,7 @@ def test_instance_options_add_other_seeds_of_the_plan_generators_at_the_same_bud
     assert {m.builtin.builder for m in manifests} == set(full.kinds)
     for kind in full.kinds:  # as many instances of each generator
         assert sum(m.builtin.builder == kind for m in manifests) == instances // len(full.kinds)
-    budgets = {s.budget for s in find_dataset(option.dataset).scenes} | {s.budget for s in find_dataset(full.dataset).scenes}
+    budgets = {s.budget for dataset in (option.dataset, full.dataset) for s in find_dataset(dataset).scenes}
     assert budgets == {128}
 
 
