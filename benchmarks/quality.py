@@ -616,6 +616,8 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the sample offsets as input (TAA's unjitter) on the loss that reconstructs each frame, where edges lose
     "norm-none+crop-128+spatial-0.7+jitter-input": _on_base(*_SPATIAL_07, "model.jitter_input=true"),
+    "norm-none+crop-128+spatial-0.7+jitter-input+decay-1000": _on_base(*_SPATIAL_07, "model.jitter_input=true",
+                                                                       "train.decay_steps=1000"),
     # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
     # --ablation-steps from 1000 on; its run branches from the same seed's constant-rate run (`ablation_run`)
     "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
