@@ -616,19 +616,22 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the sample offsets as input (TAA's unjitter) on the loss that reconstructs each frame, where edges lose
     "norm-none+crop-128+spatial-0.7+jitter-input": _on_base(*_SPATIAL_07, "model.jitter_input=true"),
-    "norm-none+crop-128+spatial-0.7+jitter-input+decay-1000": _on_base(*_SPATIAL_07, "model.jitter_input=true",
-                                                                       "train.decay_steps=1000"),
-    # the schedule: the constant rate decayed linearly to 0 over the last 1000 steps (`train.decay_steps`), at any
-    # --ablation-steps from 1000 on; its run branches from the same seed's constant-rate run (`ablation_run`)
-    "norm-none+crop-128+spatial-0.7+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000"),
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
     "norm-none+crop-128+spatial-0.7+instances-16": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-16"),
-    "norm-none+crop-128+spatial-0.7+instances-8+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000",
-                                                                      dataset="builtin-game-quality-8"),
-    "norm-none+crop-128+spatial-0.7+instances-16+decay-1000": _on_base(*_SPATIAL_07, "train.decay_steps=1000",
-                                                                       dataset="builtin-game-quality-16"),
 }
+
+
+def _decayed(option: dict, steps: int) -> dict:
+    """`option` with its constant rate decayed linearly to 0 over its last `steps` steps (`train.decay_steps`)."""
+    return {**option, "settings": option.get("settings", ()) + (f"train.decay_steps={steps}",)}
+
+
+# the schedule: these options with the rate decayed over their last 1000 steps (`+decay-1000`, at any
+# --ablation-steps from 1000 on); such a run branches from the same seed's constant-rate run (`ablation_run`)
+ABLATIONS |= {f"{name}+decay-1000": _decayed(ABLATIONS[name], 1000)
+              for name in ("norm-none+crop-128+spatial-0.7", "norm-none+crop-128+spatial-0.7+jitter-input",
+                           "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16")}
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 
