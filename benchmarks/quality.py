@@ -84,16 +84,16 @@ _SPATIAL_07 = ("train.spatial_weight=0.7", "train.temporal_weight=0.3")
 
 PLANS = {
     # The seeds train without normalisation on one 128² block per step (the same pixels as four 64² blocks), with
-    # the spatial loss term weighted 0.7 instead of 0.3: the combination that won the ablations on val
-    # (docs/quality.md).
-    "full": QualityPlan(recipe="norm-none+crop-128+spatial-0.7"),
+    # the spatial loss term weighted 0.7 instead of 0.3 and each frame's sample offset as two input channels: the
+    # combination that won the ablations on val (docs/quality.md).
+    "full": QualityPlan(recipe="norm-none+crop-128+spatial-0.7+jitter-input"),
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
     # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay, without normalisation and with
-    # the loss weights chosen on val; sized for ≤ 10 minutes on an H100.
+    # the loss weights and the sample offsets as input chosen on val; sized for ≤ 10 minutes on an H100.
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=PAPER_WIDTHS, store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05",
-                                 *_SPATIAL_07),
+                                 *_SPATIAL_07, "model.jitter_input=true"),
                        qat_steps=400, qat_select_steps=(200, 400), device="cuda", recipe="norm-none"),
     # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
     "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
