@@ -619,6 +619,9 @@ ABLATIONS: dict[str, dict] = {
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
     "norm-none+crop-128+spatial-0.7+instances-16": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-16"),
+    # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
+    "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, "model.jitter_input=true",
+                                                                       dataset="builtin-game-quality-8"),
 }
 
 
@@ -631,7 +634,8 @@ def _decayed(option: dict, steps: int) -> dict:
 # --ablation-steps from 1000 on); such a run branches from the same seed's constant-rate run (`ablation_run`)
 ABLATIONS |= {f"{name}+decay-1000": _decayed(ABLATIONS[name], 1000)
               for name in ("norm-none+crop-128+spatial-0.7", "norm-none+crop-128+spatial-0.7+jitter-input",
-                           "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16")}
+                           "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16",
+                           "norm-none+crop-128+spatial-0.7+jitter-input+instances-8")}
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 
