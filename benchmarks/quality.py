@@ -81,6 +81,7 @@ class QualityPlan(DemoPlan):
 PAPER_WIDTHS = tuple(ModelConfig().widths)  # the paper's U_e widths, 32…160
 # the loss weights chosen on val: the per-frame L1 0.7, the frame-to-frame term 0.3 (the paper's: 0.3 / 0.7)
 _SPATIAL_07 = ("train.spatial_weight=0.7", "train.temporal_weight=0.3")
+_JITTER_INPUT = "model.jitter_input=true"  # each frame's sample offset as two input channels
 
 PLANS = {
     # The seeds train without normalisation on one 128² block per step (the same pixels as four 64² blocks), with
@@ -93,7 +94,7 @@ PLANS = {
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=PAPER_WIDTHS, store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05",
-                                 *_SPATIAL_07, "model.jitter_input=true"),
+                                 *_SPATIAL_07, _JITTER_INPUT),
                        qat_steps=400, qat_select_steps=(200, 400), device="cuda", recipe="norm-none"),
     # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
     "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
@@ -583,7 +584,7 @@ def _on_base(*settings: str, **changes) -> dict:
 
 ABLATIONS: dict[str, dict] = {
     "plan": {},
-    "jitter-input": {"settings": ("model.jitter_input=true",)},
+    "jitter-input": {"settings": (_JITTER_INPUT,)},
     "norm-none": {"settings": ("model.norm=none",)},
     "norm-group": {"settings": ("model.norm=group",)},
     "bn-momentum-0.01": {"settings": ("model.bn_momentum=0.01",)},
@@ -596,7 +597,7 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+lr-1e-3": _on_base(train_lr=1e-3),
     # capacity: the paper's widths (2.5× the parameters)
     "norm-none+crop-128+paper-widths": _on_base(widths=PAPER_WIDTHS),
-    "norm-none+crop-128+jitter-input": _on_base("model.jitter_input=true"),
+    "norm-none+crop-128+jitter-input": _on_base(_JITTER_INPUT),
     "norm-none+crop-128+ema": _on_base("train.ema_decay=0.99"),
     "norm-none+crop-128+warp-bicubic": _on_base("model.warp_filter=bicubic"),
     # the loss: more weight on the per-frame term, less on frame-to-frame changes
@@ -615,12 +616,12 @@ ABLATIONS: dict[str, dict] = {
     # spatial reach: 5×5 full-resolution kernels on the frame and the history (edges hold most of the error)
     "norm-none+crop-128+spatial-0.7+kernel-5": _on_base(*_SPATIAL_07, "model.input_kernel=5"),
     # the sample offsets as input (TAA's unjitter) on the loss that reconstructs each frame, where edges lose
-    "norm-none+crop-128+spatial-0.7+jitter-input": _on_base(*_SPATIAL_07, "model.jitter_input=true"),
+    "norm-none+crop-128+spatial-0.7+jitter-input": _on_base(*_SPATIAL_07, _JITTER_INPUT),
     # the training content: 4 and 8 training instances (seeds) of each generator instead of 2, 128 blocks each
     "norm-none+crop-128+spatial-0.7+instances-8": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-8"),
     "norm-none+crop-128+spatial-0.7+instances-16": _on_base(*_SPATIAL_07, dataset="builtin-game-quality-16"),
     # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
-    "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, "model.jitter_input=true",
+    "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                        dataset="builtin-game-quality-8"),
 }
 
