@@ -623,6 +623,9 @@ ABLATIONS: dict[str, dict] = {
     # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
     "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                        dataset="builtin-game-quality-8"),
+    # gradient noise: the plan's recipe on two 128² blocks per step (the `gpu` plan's direction, at twice the time
+    # per step on a CPU); compared at equal training time with one block
+    "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
 }
 
 
@@ -636,7 +639,8 @@ def _decayed(option: dict, steps: int) -> dict:
 ABLATIONS |= {f"{name}+decay-1000": _decayed(ABLATIONS[name], 1000)
               for name in ("norm-none+crop-128+spatial-0.7", "norm-none+crop-128+spatial-0.7+jitter-input",
                            "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16",
-                           "norm-none+crop-128+spatial-0.7+jitter-input+instances-8")}
+                           "norm-none+crop-128+spatial-0.7+jitter-input+instances-8",
+                           "norm-none+crop-128+spatial-0.7+jitter-input+batch-2")}
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 

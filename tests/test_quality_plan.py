@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +30,9 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr",
                        "dataset"}
     assert quality.with_option(plan, "plan") == plan
-    if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or 4× with batch-4
-        factor = 4 if name.endswith("batch-4") else 1
+    if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or N× with batch-N
+        batch = re.search(r"batch-(\d+)", name)
+        factor = int(batch[1]) if batch else 1
         assert option.batch_size * option.store_tile ** 2 == factor * plan.batch_size * 64 ** 2
 
 
