@@ -623,8 +623,8 @@ ABLATIONS: dict[str, dict] = {
     # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
     "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                        dataset="builtin-game-quality-8"),
-    # gradient noise: the plan's recipe on two 128² blocks per step (the `gpu` plan's direction, at twice the time
-    # per step on a CPU); compared at equal training time with one block
+    # gradient noise: the plan's recipe on two 128² blocks per step (the `gpu` plan's direction at a CPU's scale),
+    # against one block at the same steps
     "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
 }
 
