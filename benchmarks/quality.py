@@ -626,6 +626,10 @@ ABLATIONS: dict[str, dict] = {
     # gradient noise: the plan's recipe on two 128² blocks per step (the `gpu` plan's direction at a CPU's scale),
     # against one block at the same steps
     "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
+    # the history's resampling: a cubic filter keeps the detail a bilinear one blurs away frame after frame (engine
+    # TAA's reason for Catmull-Rom); within noise at 300 steps, when the network still gave its history little weight
+    "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic": _on_base(*_SPATIAL_07, _JITTER_INPUT,
+                                                                        "model.warp_filter=bicubic"),
 }
 
 
@@ -640,7 +644,8 @@ ABLATIONS |= {f"{name}+decay-1000": _decayed(ABLATIONS[name], 1000)
               for name in ("norm-none+crop-128+spatial-0.7", "norm-none+crop-128+spatial-0.7+jitter-input",
                            "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16",
                            "norm-none+crop-128+spatial-0.7+jitter-input+instances-8",
-                           "norm-none+crop-128+spatial-0.7+jitter-input+batch-2")}
+                           "norm-none+crop-128+spatial-0.7+jitter-input+batch-2",
+                           "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic")}
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 
