@@ -627,7 +627,7 @@ ABLATIONS: dict[str, dict] = {
     # against one block at the same steps
     "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
     # the history's resampling: a cubic filter keeps the detail a bilinear one blurs away frame after frame (engine
-    # TAA's reason for Catmull-Rom); within noise at 300 steps, when the network still gave its history little weight
+    # TAA's reason for Catmull-Rom); within noise at 300 steps (`norm-none+crop-128+spatial-0.7+warp-bicubic`)
     "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                         "model.warp_filter=bicubic"),
 }
