@@ -30,6 +30,10 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     assert changed <= {"seed", "settings", "store_tile", "store_frames", "batch_size", "widths", "train_lr",
                        "dataset"}
     assert quality.with_option(plan, "plan") == plan
+    # the model changes an option's name announces are the ones it makes
+    assert ("warp-bicubic" in name) == (cfg.model.warp_filter == "bicubic")
+    assert ("jitter-input" in name) == cfg.model.jitter_input
+    assert ("kernel-5" in name) == (cfg.model.input_kernel == 5)
     if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or N× with batch-N
         batch = re.search(r"batch-(\d+)", name)
         factor = int(batch[1]) if batch else 1
