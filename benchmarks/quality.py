@@ -82,19 +82,20 @@ PAPER_WIDTHS = tuple(ModelConfig().widths)  # the paper's U_e widths, 32…160
 # the loss weights chosen on val: the per-frame L1 0.7, the frame-to-frame term 0.3 (the paper's: 0.3 / 0.7)
 _SPATIAL_07 = ("train.spatial_weight=0.7", "train.temporal_weight=0.3")
 _JITTER_INPUT = "model.jitter_input=true"  # each frame's sample offset as two input channels
+_WARP_BICUBIC = "model.warp_filter=bicubic"  # the history resampled with a cubic filter instead of bilinearly
 
 PLANS = {
     # The seeds train without normalisation on one 128² block per step (the same pixels as four 64² blocks), with
-    # the spatial loss term weighted 0.7 instead of 0.3 and each frame's sample offset as two input channels: the
-    # combination that won the ablations on val (docs/quality.md).
-    "full": QualityPlan(recipe="norm-none+crop-128+spatial-0.7+jitter-input"),
+    # the spatial loss term weighted 0.7 instead of 0.3, each frame's sample offset as two input channels and the
+    # history resampled with a cubic filter: the combination that won the ablations on val (docs/quality.md).
+    "full": QualityPlan(recipe="norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic"),
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
     # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay, without normalisation and with
-    # the loss weights and the sample offsets as input chosen on val; sized for ≤ 10 minutes on an H100.
+    # the loss weights, the sample offsets as input and the cubic history filter chosen on val; sized for ≤ 10 minutes on an H100.
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=PAPER_WIDTHS, store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05",
-                                 *_SPATIAL_07, _JITTER_INPUT),
+                                 *_SPATIAL_07, _JITTER_INPUT, _WARP_BICUBIC),
                        qat_steps=400, qat_select_steps=(200, 400), device="cuda", recipe="norm-none"),
     # The earlier protocol's content: the four older generators (clean edges, one light) and 16-frame held-out shots.
     "classic": QualityPlan(dataset="builtin-quality", kinds=("fence", "specular", "street", "crossing"),
@@ -599,12 +600,12 @@ ABLATIONS: dict[str, dict] = {
     "norm-none+crop-128+paper-widths": _on_base(widths=PAPER_WIDTHS),
     "norm-none+crop-128+jitter-input": _on_base(_JITTER_INPUT),
     "norm-none+crop-128+ema": _on_base("train.ema_decay=0.99"),
-    "norm-none+crop-128+warp-bicubic": _on_base("model.warp_filter=bicubic"),
+    "norm-none+crop-128+warp-bicubic": _on_base(_WARP_BICUBIC),
     # the loss: more weight on the per-frame term, less on frame-to-frame changes
     "norm-none+crop-128+spatial-0.5": _on_base("train.spatial_weight=0.5", "train.temporal_weight=0.5"),
     "norm-none+crop-128+spatial-0.7": _on_base(*_SPATIAL_07),
     "norm-none+crop-128+spatial-0.7+lr-4e-3": _on_base(*_SPATIAL_07, train_lr=4e-3),
-    "norm-none+crop-128+spatial-0.7+warp-bicubic": _on_base(*_SPATIAL_07, "model.warp_filter=bicubic"),
+    "norm-none+crop-128+spatial-0.7+warp-bicubic": _on_base(*_SPATIAL_07, _WARP_BICUBIC),
     "norm-none+crop-128+spatial-0.7+paper-widths": _on_base(*_SPATIAL_07, widths=PAPER_WIDTHS),
     "norm-none+crop-128+spatial-0.7+rmse": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse"),
     "norm-none+crop-128+spatial-0.7+rmse+loss-display": _on_base(*_SPATIAL_07, "train.spatial_norm=rmse",
@@ -623,13 +624,13 @@ ABLATIONS: dict[str, dict] = {
     # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
     "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                        dataset="builtin-game-quality-8"),
-    # gradient noise: the plan's recipe on two 128² blocks per step (the `gpu` plan's direction at a CPU's scale),
+    # gradient noise: the recipe with the offsets on two 128² blocks per step (the `gpu` plan's direction at a CPU's scale),
     # against one block at the same steps
     "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
     # the history's resampling: a cubic filter keeps the detail a bilinear one blurs away frame after frame (engine
     # TAA's reason for Catmull-Rom); within noise at 300 steps (`norm-none+crop-128+spatial-0.7+warp-bicubic`)
     "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic": _on_base(*_SPATIAL_07, _JITTER_INPUT,
-                                                                        "model.warp_filter=bicubic"),
+                                                                        _WARP_BICUBIC),
 }
 
 
