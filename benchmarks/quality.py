@@ -91,7 +91,8 @@ PLANS = {
     "full": QualityPlan(recipe="norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic"),
     # Paper scale on one GPU (untested on a GPU so far): the paper's widths, batch of 8 blocks of 8×256×256
     # (blocks cut at 256² from 640×360 captures), 4000 steps with a cosine decay, without normalisation and with
-    # the loss weights, the sample offsets as input and the cubic history filter chosen on val; sized for ≤ 10 minutes on an H100.
+    # the loss weights, the sample offsets as input and the cubic history filter chosen on val; sized for
+    # ≤ 10 minutes on an H100.
     "gpu": QualityPlan(resolution=(640, 360), train_frames=48, widths=PAPER_WIDTHS, store_tile=256,
                        batch_size=8, train_lr=1e-3, train_steps=4000, select_steps=(2000, 4000),
                        settings=("train.schedule=cosine", "train.warmup_steps=100", "train.final_lr_ratio=0.05",
@@ -624,8 +625,8 @@ ABLATIONS: dict[str, dict] = {
     # the two levers that still gained past 6000 steps, together: the offsets and 4 training instances per generator
     "norm-none+crop-128+spatial-0.7+jitter-input+instances-8": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                        dataset="builtin-game-quality-8"),
-    # gradient noise: the recipe with the offsets on two 128² blocks per step (the `gpu` plan's direction at a CPU's scale),
-    # against one block at the same steps
+    # gradient noise: the recipe with the offsets on two 128² blocks per step (the `gpu` plan's direction at a
+    # CPU's scale), against one block at the same steps
     "norm-none+crop-128+spatial-0.7+jitter-input+batch-2": _on_base(*_SPATIAL_07, _JITTER_INPUT, batch_size=2),
     # the history's resampling: a cubic filter keeps the detail a bilinear one blurs away frame after frame (engine
     # TAA's reason for Catmull-Rom); within noise at 300 steps (`norm-none+crop-128+spatial-0.7+warp-bicubic`)
