@@ -632,6 +632,10 @@ ABLATIONS: dict[str, dict] = {
     # TAA's reason for Catmull-Rom); within noise at 300 steps (`norm-none+crop-128+spatial-0.7+warp-bicubic`)
     "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic": _on_base(*_SPATIAL_07, _JITTER_INPUT,
                                                                         _WARP_BICUBIC),
+    # negative taps: the full-resolution kernels may sharpen (λ = 1: each tap down to −1/18), which convex kernels
+    # cannot, to undo the blur the history's resampling still leaves
+    "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic+lobe-1": _on_base(
+        *_SPATIAL_07, _JITTER_INPUT, _WARP_BICUBIC, "model.input_kernel_lobe=1.0"),
 }
 
 

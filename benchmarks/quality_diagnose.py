@@ -41,7 +41,7 @@ class HistoryWeightProbe:
         def hook(module, inputs, _output):
             raw = [p(f) for p, f in zip(module.predictors, inputs[0])]
             taps = module.input_kernel ** 2
-            self.weight = normalize_weights(raw, module.input_kernel)[0][0][0, taps:].sum(0).detach()
+            self.weight = normalize_weights(raw, module.input_kernel, module.lobe)[0][0][0, taps:].sum(0).detach()
 
         self.weight = None
         model.filter.register_forward_hook(hook)

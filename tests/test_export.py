@@ -155,8 +155,9 @@ def test_int_conv2d_is_exact_integer_convolution():
 
 @pytest.mark.parametrize("preset_model", [
     SMALL, ModelConfig(input_processing=False, norm="none", activation="relu", widths=[8, 12, 16, 20, 24],
-                       decoder_convs=[2, 1, 1, 1]), SMALL.model_copy(update={"input_kernel": 5})],
-    ids=["paper-shape", "intel-sample-shape", "five-by-five-input-kernels"])
+                       decoder_convs=[2, 1, 1, 1]), SMALL.model_copy(update={"input_kernel": 5}),
+    SMALL.model_copy(update={"input_kernel_lobe": 1.0})],
+    ids=["paper-shape", "intel-sample-shape", "five-by-five-input-kernels", "negative-lobe"])
 def test_integer_reference_equals_fake_quant_on_a_builtin_capture(tmp_path, builtin_captures, preset_model):
     shot = builtin_captures / "builtin_fence" / "rise"
     meta = load_meta(shot)

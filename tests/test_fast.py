@@ -48,14 +48,14 @@ def _sequence(b: int = 2, t: int = 4, h: int = 32, w: int = 48, seed: int = 1) -
             "motion": (torch.randn(b, t, 2, h, w, generator=g) * 3).half(), "history_valid": valid}
 
 
-@pytest.mark.parametrize("input_kernel", [3, 5])
-def test_fused_filter_pyramid_matches_the_model_in_value_and_gradient(input_kernel: int) -> None:
+@pytest.mark.parametrize("input_kernel, lobe", [(3, 0.0), (5, 0.0), (3, 1.0)])
+def test_fused_filter_pyramid_matches_the_model_in_value_and_gradient(input_kernel: int, lobe: float) -> None:
     g = torch.Generator().manual_seed(0)
     raw = [(torch.randn(2, c, 64 >> s, 48 >> s, generator=g) * 4).requires_grad_()
            for s, c in enumerate(predictor_outputs(5, input_kernel))]
     color, history = torch.rand(2, 3, 64, 48, generator=g) * 8, torch.rand(2, 3, 64, 48, generator=g) * 8
-    plain = filter_pyramid(raw, color, history, input_kernel=input_kernel)
-    fused = fast.fused_filter_pyramid(raw, color, history, input_kernel=input_kernel)
+    plain = filter_pyramid(raw, color, history, input_kernel=input_kernel, lobe=lobe)
+    fused = fast.fused_filter_pyramid(raw, color, history, input_kernel=input_kernel, lobe=lobe)
     assert _rel(fused, plain) < 1e-6
     grads_plain = torch.autograd.grad(plain.square().sum(), raw)
     grads_fused = torch.autograd.grad(fused.square().sum(), raw)

@@ -116,6 +116,38 @@ def test_filter_output_is_a_convex_combination_of_input_and_history(input_kernel
     assert out.min() >= color.min() - 1e-6 and out.max() <= history.max() + 1e-6
 
 
+def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex_filter() -> None:
+    lobe, n = 1.0, 18
+    raw = [torch.randn(2, c, 8 >> s, 8 >> s) * 5 for s, c in enumerate(predictor_outputs(4))]
+    convex, widened = normalize_weights(raw)[0][0], normalize_weights(raw, lobe=lobe)[0][0]
+    assert torch.allclose(widened.sum(1), torch.ones(()), atol=1e-6)
+    assert torch.allclose(widened, (1 + lobe) * convex - lobe / n)
+    assert widened.min() < 0 and widened.min() >= -lobe / n - 1e-7
+    assert torch.equal(normalize_weights(raw, lobe=lobe)[1][0], normalize_weights(raw)[1][0])  # full resolution only
+    # all weight on the history's centre tap: an unsharp mask, 2·h − the mean of the 18 taps, which overshoots an edge
+    logits = torch.full((1, 28, 16, 16), -1e4)
+    logits[:, 9 + 4] = 1e4
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 1.0
+    out = filter_pyramid([logits[:, :18]], edge, edge, lobe=lobe)
+    assert out.max() == pytest.approx(1 + 6 / 18) and out.min() == pytest.approx(-6 / 18)
+    # an untrained model starts from the kernels of the convex one; its output is radiance, never below 0
+    cfg = load_config("paper").model
+    biases = []
+    for c in (cfg, cfg.model_copy(update={"input_kernel_lobe": lobe})):
+        torch.manual_seed(0)
+        model = QWNet(c).eval()
+        bias = [p.bias.detach()[None, :, None, None] for p in model.filter.predictors]
+        biases.append(normalize_weights(bias, lobe=c.input_kernel_lobe)[0][0])
+    assert torch.allclose(*biases, atol=1e-6)
+    with torch.no_grad():
+        model.filter.predictors[0].weight.zero_()
+        model.filter.predictors[0].bias.copy_(logits[0, :, 0, 0].clamp(-30, 30))
+        model.filter.predictors[0].bias[-1] = 30.0  # the output is the full-resolution result
+        assert model.filter(model.extractor(torch.rand(1, 10, 16, 16)), edge, edge).min() < 0
+        assert model.step(edge, edge).min() == 0
+
+
 def test_warp_with_zero_motion_is_identity() -> None:
     image = torch.rand(2, 3, 17, 23)
     assert torch.allclose(warp(image, torch.zeros(2, 2, 17, 23)), image, rtol=0, atol=1e-6)

@@ -68,7 +68,8 @@ def test_qdq_graph_carries_the_plan_and_matches_the_integer_reference(tiny_check
     assert not any(name.endswith(".conv.weight") for name in inits)  # no float copy of a quantized weight
 
 
-@pytest.mark.parametrize("change", [{"warp_filter": "bicubic"}, {"input_kernel": 5}], ids=["bicubic", "kernel-5"])
+@pytest.mark.parametrize("change", [{"warp_filter": "bicubic"}, {"input_kernel": 5}, {"input_kernel_lobe": 1.0}],
+                         ids=["bicubic", "kernel-5", "lobe-1"])
 def test_float_graph_of_a_model_option_matches_pytorch(change):
     import onnxruntime as ort
     import torch

@@ -34,6 +34,7 @@ def test_every_ablation_is_one_valid_change_of_the_plan(name: str) -> None:
     assert ("warp-bicubic" in name) == (cfg.model.warp_filter == "bicubic")
     assert ("jitter-input" in name) == cfg.model.jitter_input
     assert ("kernel-5" in name) == (cfg.model.input_kernel == 5)
+    assert ("lobe-1" in name) == (cfg.model.input_kernel_lobe == 1)
     if "crop-128" in name:  # the same pixels per step as the plan (1 × 128² = 4 × 64²), or N× with batch-N
         batch = re.search(r"batch-(\d+)", name)
         factor = int(batch[1]) if batch else 1

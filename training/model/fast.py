@@ -41,8 +41,9 @@ from qw.training.quantization.fake_quant import activation_codes, fold_batch_nor
 # ------------------------------------------------------------------------------------------------ filter network
 
 
-def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
-    """Σ_k softmax(logits)_k · taps[k] over the channel dim of `logits` (B,K,H,W), in float32.
+def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor], lobe: float = 0.0) -> torch.Tensor:
+    """Σ_k w_k · taps[k] over the channel dim of `logits` (B,K,H,W), in float32, with w = softmax(logits) widened by
+    `lobe` (`qw.training.model.qwnet.with_lobe`).
 
     Normalizes once after the weighted sum instead of dividing every weight: one pass for a fused kernel.
     """
@@ -51,14 +52,15 @@ def softmax_filter(logits: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tens
     total = e[:, :1] * taps[0]
     for k in range(1, len(taps)):
         total = total + e[:, k:k + 1] * taps[k]
-    return total / e.sum(dim=1, keepdim=True)
+    filtered = total / e.sum(dim=1, keepdim=True)
+    return (1 + lobe) * filtered - lobe / len(taps) * sum(taps) if lobe else filtered
 
 
 def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
-                         padding: str = "replicate", input_kernel: int = 3) -> torch.Tensor:
+                         padding: str = "replicate", input_kernel: int = 3, lobe: float = 0.0) -> torch.Tensor:
     """`qw.training.model.qwnet.filter_pyramid` with each softmax fused into its kernel application."""
     x = softmax_filter(raw[0][:, :input_weights(input_kernel)],
-                       kernel_taps(color, padding, input_kernel) + kernel_taps(history, padding, input_kernel))
+                       kernel_taps(color, padding, input_kernel) + kernel_taps(history, padding, input_kernel), lobe)
     skips = [x]
     for s in range(1, len(raw)):
         x = softmax_filter(raw[s][:, :KERNEL], kernel_taps(F.avg_pool2d(x, 2), padding))
@@ -72,20 +74,23 @@ def fused_filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: 
 class FusedKernelFilter(nn.Module):
     """U_f with the fused pyramid; holds the original ``predictors`` (same parameters, same state-dict keys)."""
 
-    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate", input_kernel: int = 3):
+    def __init__(self, predictors: nn.ModuleList, padding: str = "replicate", input_kernel: int = 3,
+                 lobe: float = 0.0):
         super().__init__()
         self.predictors = predictors
         self.padding = padding
         self.input_kernel = input_kernel
+        self.lobe = lobe
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return fused_filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding,
-                                    self.input_kernel)
+                                    self.input_kernel, self.lobe)
 
 
 def fuse_filter(model: QWNet) -> QWNet:
     """Swap the model's U_f for the fused one, in place (parameters shared); returns the model."""
-    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding, model.filter.input_kernel)
+    model.filter = FusedKernelFilter(model.filter.predictors, model.filter.padding, model.filter.input_kernel,
+                                     model.filter.lobe)
     return model
 
 

@@ -135,25 +135,33 @@ def apply_kernel(image: torch.Tensor, weights: torch.Tensor, padding: str = "rep
     return out
 
 
-def normalize_weights(raw: list[torch.Tensor], input_kernel: int = 3) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def with_lobe(weights: torch.Tensor, lobe: float) -> torch.Tensor:
+    """(1 + lobe)·weights − lobe/n of n convex weights (dim 1): the sum stays 1, a tap can reach −lobe/n."""
+    return (1 + lobe) * weights - lobe / weights.shape[1] if lobe else weights
+
+
+def normalize_weights(raw: list[torch.Tensor], input_kernel: int = 3,
+                      lobe: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Softmax per kernel group, per scale: (input or down weights, up weights or None at the bottleneck).
 
-    Full resolution: the 2·input_kernel² input weights share one softmax; every 3×3 down kernel and every 10-weight
-    up filter has its own. Computed in float32 whatever the autocast dtype.
+    Full resolution: the 2·input_kernel² input weights share one softmax, widened by `lobe`
+    (`ModelConfig.input_kernel_lobe`); every 3×3 down kernel and every 10-weight up filter has its own. Computed in
+    float32 whatever the autocast dtype.
     """
     n = len(raw)
     out = []
     for s, w in enumerate(raw):
         w = w.float()
         first = torch.softmax(w[:, :input_weights(input_kernel) if s == 0 else KERNEL], dim=1)
-        out.append((first, torch.softmax(w[:, -UP_WEIGHTS:], dim=1) if s < n - 1 else None))
+        out.append((with_lobe(first, lobe) if s == 0 else first,
+                    torch.softmax(w[:, -UP_WEIGHTS:], dim=1) if s < n - 1 else None))
     return out
 
 
 def filter_pyramid(raw: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor,
-                   padding: str = "replicate", input_kernel: int = 3) -> torch.Tensor:
+                   padding: str = "replicate", input_kernel: int = 3, lobe: float = 0.0) -> torch.Tensor:
     """U_f's filtering, given the raw (pre-softmax) predictor outputs per scale; acts on linear colour."""
-    weights = normalize_weights(raw, input_kernel)
+    weights = normalize_weights(raw, input_kernel, lobe)
     full, taps = weights[0][0], input_kernel ** 2
     x = apply_kernel(color, full[:, :taps], padding) + apply_kernel(history, full[:, taps:], padding)
     skips = [x]
@@ -178,6 +186,7 @@ class KernelFilter(nn.Module):
         )
         self.padding = cfg.kernel_padding
         self.input_kernel = cfg.input_kernel
+        self.lobe = cfg.input_kernel_lobe
         self._start_as_pass_through()
 
     @torch.no_grad()
@@ -197,10 +206,13 @@ class KernelFilter(nn.Module):
                 conv.bias[KERNEL // 2] += logit
             if s < len(self.predictors) - 1:
                 conv.bias[-1] += logit
+        if self.lobe:  # the same starting kernel as convex weights: solve (1 + λ)·softmax(b') − λ/n = softmax(b)
+            bias = self.predictors[0].bias[:n]
+            bias.copy_(torch.log((torch.softmax(bias, 0) + self.lobe / n) / (1 + self.lobe)))
 
     def forward(self, features: list[torch.Tensor], color: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return filter_pyramid([p(f) for p, f in zip(self.predictors, features)], color, history, self.padding,
-                              self.input_kernel)
+                              self.input_kernel, self.lobe)
 
     def kernel_macs(self, height: int, width: int, channels: int = 3) -> list[int]:
         """Multiply-adds of kernel application per scale: every predicted weight multiplies one value per channel."""
@@ -268,7 +280,8 @@ class QWNet(nn.Module):
             if jitter is None:
                 raise ValueError("this QWNet reads each frame's jitter (model.jitter_input): pass it")
             x = torch.cat([x, jitter_planes(jitter, x)], dim=1)
-        return self.filter(self.extractor(x), color, history_warped)
+        out = self.filter(self.extractor(x), color, history_warped)
+        return out.clamp_min(0) if self.cfg.input_kernel_lobe else out  # negative taps can undershoot below 0
 
     def forward(self, color_seq: torch.Tensor, motion_seq: torch.Tensor, history_valid: torch.Tensor,
                 jitter_seq: torch.Tensor | None = None) -> torch.Tensor:
