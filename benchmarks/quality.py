@@ -651,7 +651,8 @@ ABLATIONS |= {f"{name}+decay-1000": _decayed(ABLATIONS[name], 1000)
                            "norm-none+crop-128+spatial-0.7+instances-8", "norm-none+crop-128+spatial-0.7+instances-16",
                            "norm-none+crop-128+spatial-0.7+jitter-input+instances-8",
                            "norm-none+crop-128+spatial-0.7+jitter-input+batch-2",
-                           "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic")}
+                           "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic",
+                           "norm-none+crop-128+spatial-0.7+jitter-input+warp-bicubic+lobe-1")}
 ABLATION_KEYS = ("psnr", "psnr_steady", "tpsnr")
 
 

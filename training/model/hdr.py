@@ -1,6 +1,6 @@
 """Range compression of linear HDR colour: what U_e sees and where the loss is computed.
 
-The filters act on linear colour (so the output is a convex combination of input and history radiance); the
+The filters act on linear colour (with the paper's convex kernels the output is a convex combination of input and history radiance); the
 feature extractor and the loss see a compressed copy so that bright highlights do not dominate.
 
 Choice, by measurement: log1p. The intel-sample network at quarter widths was trained with each transform for

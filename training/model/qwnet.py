@@ -14,7 +14,7 @@ Structure the quantizer relies on (names are stable):
 
 Filter pyramid, per scale s (full resolution s=0 … bottleneck s=n−1), weights shared by R, G, B:
   s=0:      18 weights, two 3×3 kernels on I_a and I_w summed (one softmax over all 18) -> skip_0
-            (two 5×5 kernels, 50 weights, with ``input_kernel: 5``);
+            (two 5×5 kernels, 50 weights, with ``input_kernel: 5``; negative taps with ``input_kernel_lobe``);
             10 weights for the output up filter.
   0<s<n−1:  2×2 average pool, 9 weights (3×3 kernel) -> skip_s; 10 weights for the up filter.
   s=n−1:    2×2 average pool, 9 weights (3×3 kernel).
