@@ -7,9 +7,9 @@ the border (`padding="border"`) or read zeros (`"zeros"`, the public sample's co
 Why bicubic: a bilinear sample at a fractional position is a low-pass filter (at offset ½ it removes the Nyquist
 frequency entirely), and a recurrent history is resampled every frame, so under motion it loses its detail frame
 after frame; QW-Net's softmax kernels are convex and cannot sharpen it back (`input_kernel_lobe` lets them).
-Engine TAA samples its history with a Catmull-Rom filter for the same reason. On the quality protocol's content it reaches in 2000 steps the val
-score bilinear reaches in 4000 and ends ~0.1 dB ahead on every seed, on val and on test, so the quality plan's
-recipe uses it (docs/quality.md); bilinear, the paper's, stays the model's default.
+Engine TAA samples its history with a Catmull-Rom filter for the same reason. On the quality protocol's content it
+reaches in 2000 steps the val score bilinear reaches in 4000 and ends ~0.1 dB ahead on every seed, on val and on
+test, so the quality plan's recipe uses it (docs/quality.md); bilinear, the paper's, stays the model's default.
 """
 
 from __future__ import annotations
