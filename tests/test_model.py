@@ -133,6 +133,8 @@ def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex
     assert out.max() == pytest.approx(1 + 6 / 18) and out.min() == pytest.approx(-6 / 18)
     # an untrained model starts from the kernels of the convex one; its output is radiance, never below 0
     cfg = load_config("paper").model
+    with pytest.raises(ValueError, match="input_kernel_lobe"):
+        cfg.model_validate({**cfg.model_dump(), "input_kernel_lobe": -0.5})  # λ < 0 would pull every kernel toward a box
     biases = []
     for c in (cfg, cfg.model_copy(update={"input_kernel_lobe": lobe})):
         torch.manual_seed(0)

@@ -47,7 +47,7 @@ class ModelConfig(_Strict):
     input_kernel: Literal[3, 5] = Field(3, description="size of U_f's full-resolution kernels on the current frame "
                                                        "and the history (the paper's 3x3; 5x5 reaches twice as far)")
     input_kernel_lobe: float = Field(
-        0.0, ge=0, le=4, description="λ: U_f's full-resolution weights become (1 + λ)·softmax − λ/n (n weights, "
+        0.0, ge=0, description="λ: U_f's full-resolution weights become (1 + λ)·softmax − λ/n (n weights, "
                                      "still summing to 1), so a tap can go down to −λ/n and the kernel can sharpen "
                                      "the resampled history; 0 is the paper's convex kernels. The output is clamped "
                                      "at 0 when λ > 0")
