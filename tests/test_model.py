@@ -124,7 +124,7 @@ def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex
     assert torch.allclose(widened, (1 + lobe) * convex - lobe / n)
     assert widened.min() < 0 and widened.min() >= -lobe / n - 1e-7
     assert torch.equal(normalize_weights(raw, lobe=lobe)[1][0], normalize_weights(raw)[1][0])  # full resolution only
-    # all weight on the history's centre tap: an unsharp mask, 2·h − the mean of the 18 taps, which overshoots an edge
+    # all weight on the history's centre tap: an unsharp mask, 2·h − the mean of the 18 taps: it overshoots edges
     logits = torch.full((1, 28, 16, 16), -1e4)
     logits[:, 9 + 4] = 1e4
     edge = torch.zeros(1, 3, 16, 16)
@@ -133,8 +133,8 @@ def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex
     assert out.max() == pytest.approx(1 + 6 / 18) and out.min() == pytest.approx(-6 / 18)
     # an untrained model starts from the kernels of the convex one; its output is radiance, never below 0
     cfg = load_config("paper").model
-    with pytest.raises(ValueError, match="input_kernel_lobe"):
-        cfg.model_validate({**cfg.model_dump(), "input_kernel_lobe": -0.5})  # λ < 0 would pull every kernel toward a box
+    with pytest.raises(ValueError, match="input_kernel_lobe"):  # λ < 0 would pull every kernel toward a box
+        cfg.model_validate({**cfg.model_dump(), "input_kernel_lobe": -0.5})
     biases = []
     for c in (cfg, cfg.model_copy(update={"input_kernel_lobe": lobe})):
         torch.manual_seed(0)
