@@ -116,7 +116,14 @@ def test_filter_output_is_a_convex_combination_of_input_and_history(input_kernel
     assert out.min() >= color.min() - 1e-6 and out.max() <= history.max() + 1e-6
 
 
-def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex_filter() -> None:
+def _vertical_edge() -> torch.Tensor:
+    """(1,3,16,16): 0 on the left half, 1 on the right."""
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 1.0
+    return edge
+
+
+def test_a_negative_lobe_lets_the_input_kernels_sharpen() -> None:
     lobe, n = 1.0, 18
     raw = [torch.randn(2, c, 8 >> s, 8 >> s) * 5 for s, c in enumerate(predictor_outputs(4))]
     convex, widened = normalize_weights(raw)[0][0], normalize_weights(raw, lobe=lobe)[0][0]
@@ -127,11 +134,13 @@ def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex
     # all weight on the history's centre tap: an unsharp mask, 2·h − the mean of the 18 taps: it overshoots edges
     logits = torch.full((1, 28, 16, 16), -1e4)
     logits[:, 9 + 4] = 1e4
-    edge = torch.zeros(1, 3, 16, 16)
-    edge[..., 8:] = 1.0
+    edge = _vertical_edge()
     out = filter_pyramid([logits[:, :18]], edge, edge, lobe=lobe)
     assert out.max() == pytest.approx(1 + 6 / 18) and out.min() == pytest.approx(-6 / 18)
-    # an untrained model starts from the kernels of the convex one; its output is radiance, never below 0
+
+
+def test_a_model_with_a_negative_lobe_starts_as_the_convex_one_and_outputs_no_negative_radiance() -> None:
+    lobe = 1.0
     cfg = load_config("paper").model
     with pytest.raises(ValueError, match="input_kernel_lobe"):  # λ < 0 would pull every kernel toward a box
         cfg.model_validate({**cfg.model_dump(), "input_kernel_lobe": -0.5})
@@ -142,10 +151,12 @@ def test_a_negative_lobe_lets_the_input_kernels_sharpen_and_starts_as_the_convex
         bias = [p.bias.detach()[None, :, None, None] for p in model.filter.predictors]
         biases.append(normalize_weights(bias, lobe=c.input_kernel_lobe)[0][0])
     assert torch.allclose(*biases, atol=1e-6)
+    # the unsharp kernel above, and the output taken from the full-resolution result: the filter undershoots 0
+    edge = _vertical_edge()
     with torch.no_grad():
         model.filter.predictors[0].weight.zero_()
-        model.filter.predictors[0].bias.copy_(logits[0, :, 0, 0].clamp(-30, 30))
-        model.filter.predictors[0].bias[-1] = 30.0  # the output is the full-resolution result
+        model.filter.predictors[0].bias.fill_(-30.0)
+        model.filter.predictors[0].bias[9 + 4] = model.filter.predictors[0].bias[-1] = 30.0
         assert model.filter(model.extractor(torch.rand(1, 10, 16, 16)), edge, edge).min() < 0
         assert model.step(edge, edge).min() == 0
 
