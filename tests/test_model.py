@@ -126,11 +126,12 @@ def _vertical_edge() -> torch.Tensor:
 def test_a_negative_lobe_lets_the_input_kernels_sharpen() -> None:
     lobe, n = 1.0, 18
     raw = [torch.randn(2, c, 8 >> s, 8 >> s) * 5 for s, c in enumerate(predictor_outputs(4))]
-    convex, widened = normalize_weights(raw)[0][0], normalize_weights(raw, lobe=lobe)[0][0]
+    plain, wide = normalize_weights(raw), normalize_weights(raw, lobe=lobe)
+    convex, widened = plain[0][0], wide[0][0]
     assert torch.allclose(widened.sum(1), torch.ones(()), atol=1e-6)
     assert torch.allclose(widened, (1 + lobe) * convex - lobe / n)
     assert widened.min() < 0 and widened.min() >= -lobe / n - 1e-7
-    assert torch.equal(normalize_weights(raw, lobe=lobe)[1][0], normalize_weights(raw)[1][0])  # full resolution only
+    assert torch.equal(wide[1][0], plain[1][0])  # full resolution only
     # all weight on the history's centre tap: an unsharp mask, 2·h − the mean of the 18 taps: it overshoots edges
     logits = torch.full((1, 28, 16, 16), -1e4)
     logits[:, 9 + 4] = 1e4
